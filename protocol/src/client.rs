@@ -1,0 +1,576 @@
+//! The client protocol: JSON text frames on the WebSocket.
+//!
+//! Requests (the seed's two commands plus `leave_group`):
+//! `{"cmd":"add_group","group_id":G}`, `{"cmd":"leave_group","group_id":G}`,
+//! `{"cmd":"send_to_group","group_id":G,"message":M}`, each with an optional `"req_id"`.
+//! Replies: `{"cmd":"ack","req_id":R}` (only when the request had a `req_id`, so the seed's
+//! browser snippet sees nothing but group messages) and
+//! `{"cmd":"error","code":C,"reason":"...","req_id":R}` (always; `req_id` when known).
+//! Group messages are delivered as the raw message text, unframed.
+//!
+//! [`parse_command`] borrows from the frame text wherever it can: a message string without escapes
+//! and a string group id are slices of the input, not copies.
+
+use std::borrow::{Borrow, Cow};
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// Default limit on a group id, in bytes of UTF-8.
+pub const DEFAULT_MAX_GROUP_ID_LEN: usize = 256;
+/// Longest accepted `req_id`, in bytes of its JSON text.
+pub const MAX_REQ_ID_LEN: usize = 64;
+/// Largest integer a numeric group id may have: floats beyond it are no longer exact.
+const MAX_EXACT_INT: f64 = 9_007_199_254_740_992.0; // 2^53
+
+/// A validated group id: non-empty UTF-8 of at most the configured length. `123`, `"123"` and
+/// `123.0` in a command all become the group `"123"`. Cheap to clone (shared).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(Arc<str>);
+
+impl GroupId {
+    /// Validates `name` as a group id of at most `max_len` bytes.
+    pub fn new(name: &str, max_len: usize) -> Result<GroupId, GroupIdError> {
+        validate_group_name(name, max_len)?;
+        Ok(GroupId(Arc::from(name)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for GroupId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for GroupId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl<'a> From<GroupName<'a>> for GroupId {
+    fn from(name: GroupName<'a>) -> GroupId {
+        GroupId(Arc::from(name.0.as_ref()))
+    }
+}
+
+/// A validated group id borrowed from a request where possible (see [`GroupId`]).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct GroupName<'a>(Cow<'a, str>);
+
+impl<'a> GroupName<'a> {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn to_group_id(&self) -> GroupId {
+        GroupId(Arc::from(self.0.as_ref()))
+    }
+}
+
+impl fmt::Debug for GroupName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupIdError {
+    #[error("group_id must not be empty")]
+    Empty,
+    #[error("group_id is {len} bytes, longer than the limit of {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("group_id must be a string or an integer, not {0}")]
+    WrongType(&'static str),
+    #[error("a numeric group_id must be an integer of magnitude at most 2^53")]
+    NotAnInteger,
+}
+
+fn validate_group_name(name: &str, max_len: usize) -> Result<(), GroupIdError> {
+    if name.is_empty() {
+        return Err(GroupIdError::Empty);
+    }
+    if name.len() > max_len {
+        return Err(GroupIdError::TooLong {
+            len: name.len(),
+            max: max_len,
+        });
+    }
+    Ok(())
+}
+
+/// The raw JSON text of a request's `req_id` (a string or a non-negative integer), echoed back
+/// verbatim in the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReqId<'a>(&'a str);
+
+impl<'a> ReqId<'a> {
+    /// The JSON text, ready to be embedded in a reply.
+    pub fn as_json(&self) -> &'a str {
+        self.0
+    }
+}
+
+/// One parsed client request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCommand<'a> {
+    AddGroup {
+        group_id: GroupName<'a>,
+    },
+    LeaveGroup {
+        group_id: GroupName<'a>,
+    },
+    /// `message` is the exact text members receive: a JSON string's content, or the compact JSON
+    /// text of any other value.
+    SendToGroup {
+        group_id: GroupName<'a>,
+        message: Cow<'a, str>,
+    },
+}
+
+/// A request and its optional `req_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub command: ClientCommand<'a>,
+    pub req_id: Option<ReqId<'a>>,
+}
+
+/// The machine-readable codes of error replies. Stable: clients match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The frame is not valid JSON (this includes nesting deeper than 128 levels).
+    InvalidJson,
+    /// The frame is valid JSON but not an object.
+    NotAnObject,
+    /// A key appears twice in the object.
+    DuplicateField,
+    /// `cmd`, `group_id` or `message` is missing.
+    MissingField,
+    /// A field has the wrong type (`cmd` not a string, `req_id` not a string or integer, ...).
+    InvalidField,
+    /// `group_id` is empty, too long, or not a string or integer.
+    InvalidGroupId,
+    /// `cmd` names no known command.
+    UnknownCmd,
+    /// A binary frame: the protocol is JSON text only.
+    BinaryNotSupported,
+    /// Joining would exceed the groups-per-connection limit.
+    TooManyGroups,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::NotAnObject,
+        ErrorCode::DuplicateField,
+        ErrorCode::MissingField,
+        ErrorCode::InvalidField,
+        ErrorCode::InvalidGroupId,
+        ErrorCode::UnknownCmd,
+        ErrorCode::BinaryNotSupported,
+        ErrorCode::TooManyGroups,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::NotAnObject => "not_an_object",
+            ErrorCode::DuplicateField => "duplicate_field",
+            ErrorCode::MissingField => "missing_field",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::InvalidGroupId => "invalid_group_id",
+            ErrorCode::UnknownCmd => "unknown_cmd",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::TooManyGroups => "too_many_groups",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a request cannot be served; becomes an `error` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError<'a> {
+    pub code: ErrorCode,
+    pub reason: String,
+    /// The request's `req_id`, when it could be read.
+    pub req_id: Option<ReqId<'a>>,
+}
+
+impl<'a> CommandError<'a> {
+    pub fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
+        CommandError {
+            code,
+            reason: reason.into(),
+            req_id: None,
+        }
+    }
+
+    /// The JSON error reply for this error.
+    pub fn to_reply(&self) -> String {
+        error_reply(self.code, &self.reason, self.req_id)
+    }
+}
+
+impl fmt::Display for CommandError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.reason)
+    }
+}
+
+/// Limits applied while parsing.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseLimits {
+    pub max_group_id_len: usize,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        ParseLimits {
+            max_group_id_len: DEFAULT_MAX_GROUP_ID_LEN,
+        }
+    }
+}
+
+/// Parses one text frame into a request.
+pub fn parse_command<'a>(
+    text: &'a str,
+    limits: &ParseLimits,
+) -> Result<Request<'a>, CommandError<'a>> {
+    let raw: RawCommand<'a> = match serde_json::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            return Err(CommandError::new(
+                ErrorCode::NotAnObject,
+                "a command must be a JSON object",
+            ))
+        }
+        Err(e) => {
+            return Err(CommandError::new(
+                ErrorCode::InvalidJson,
+                format!("invalid JSON: {e}"),
+            ))
+        }
+    };
+    let req_id = match raw.req_id {
+        None => None,
+        Some(r) => Some(parse_req_id(r)?),
+    };
+    let command = parse_fields(&raw, limits).map_err(|mut e| {
+        e.req_id = req_id;
+        e
+    })?;
+    Ok(Request { command, req_id })
+}
+
+fn parse_fields<'a>(
+    raw: &RawCommand<'a>,
+    limits: &ParseLimits,
+) -> Result<ClientCommand<'a>, CommandError<'a>> {
+    if let Some(field) = raw.duplicate {
+        return Err(CommandError::new(
+            ErrorCode::DuplicateField,
+            format!("`{field}` appears more than once"),
+        ));
+    }
+    let cmd = raw
+        .cmd
+        .ok_or_else(|| CommandError::new(ErrorCode::MissingField, "`cmd` is required"))?;
+    let cmd: &str = serde_json::from_str(cmd.get()).map_err(|_| {
+        CommandError::new(
+            ErrorCode::InvalidField,
+            "`cmd` must be a string without escapes",
+        )
+    })?;
+    let group_id = || -> Result<GroupName<'a>, CommandError<'a>> {
+        let raw_group = raw
+            .group_id
+            .ok_or_else(|| CommandError::new(ErrorCode::MissingField, "`group_id` is required"))?;
+        parse_group_id(raw_group, limits.max_group_id_len)
+            .map_err(|e| CommandError::new(ErrorCode::InvalidGroupId, e.to_string()))
+    };
+    match cmd {
+        "add_group" => Ok(ClientCommand::AddGroup {
+            group_id: group_id()?,
+        }),
+        "leave_group" => Ok(ClientCommand::LeaveGroup {
+            group_id: group_id()?,
+        }),
+        "send_to_group" => {
+            let group_id = group_id()?;
+            let message = raw.message.ok_or_else(|| {
+                CommandError::new(ErrorCode::MissingField, "`message` is required")
+            })?;
+            Ok(ClientCommand::SendToGroup {
+                group_id,
+                message: message_text(message)?,
+            })
+        }
+        other => Err(CommandError::new(
+            ErrorCode::UnknownCmd,
+            format!(
+                "unknown cmd {:?}; expected add_group, leave_group or send_to_group",
+                truncate(other, 64)
+            ),
+        )),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn parse_req_id<'a>(raw: &'a RawValue) -> Result<ReqId<'a>, CommandError<'a>> {
+    let text = raw.get();
+    let ok_type = match text.as_bytes().first() {
+        Some(b'"') => true,
+        Some(b'0'..=b'9') => text.bytes().all(|b| b.is_ascii_digit()),
+        _ => false,
+    };
+    if !ok_type || text.len() > MAX_REQ_ID_LEN {
+        return Err(CommandError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "`req_id` must be a string or a non-negative integer of at most {MAX_REQ_ID_LEN} characters"
+            ),
+        ));
+    }
+    Ok(ReqId(text))
+}
+
+/// `"123"`, `123` and `123.0` name the same group, as in the original.
+fn parse_group_id<'a>(raw: &'a RawValue, max_len: usize) -> Result<GroupName<'a>, GroupIdError> {
+    let text = raw.get();
+    let name: Cow<'a, str> = match text.as_bytes().first() {
+        Some(b'"') => match serde_json::from_str::<&'a str>(text) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => Cow::Owned(
+                serde_json::from_str::<String>(text)
+                    .map_err(|_| GroupIdError::WrongType("an undecodable string"))?,
+            ),
+        },
+        Some(b'-' | b'0'..=b'9') => Cow::Owned(canonical_integer(text)?),
+        Some(b'{') => return Err(GroupIdError::WrongType("an object")),
+        Some(b'[') => return Err(GroupIdError::WrongType("an array")),
+        Some(b't' | b'f') => return Err(GroupIdError::WrongType("a boolean")),
+        _ => return Err(GroupIdError::WrongType("null")),
+    };
+    validate_group_name(&name, max_len)?;
+    Ok(GroupName(name))
+}
+
+fn canonical_integer(text: &str) -> Result<String, GroupIdError> {
+    if let Ok(i) = text.parse::<i64>() {
+        return Ok(i.to_string());
+    }
+    if let Ok(u) = text.parse::<u64>() {
+        return Ok(u.to_string());
+    }
+    match text.parse::<f64>() {
+        Ok(f) if f.is_finite() && f.fract() == 0.0 && f.abs() <= MAX_EXACT_INT => {
+            Ok((f as i64).to_string())
+        }
+        _ => Err(GroupIdError::NotAnInteger),
+    }
+}
+
+/// The text members receive for a `message` value.
+fn message_text<'a>(raw: &'a RawValue) -> Result<Cow<'a, str>, CommandError<'a>> {
+    let text = raw.get();
+    if text.starts_with('"') {
+        if let Ok(s) = serde_json::from_str::<&'a str>(text) {
+            return Ok(Cow::Borrowed(s));
+        }
+        return serde_json::from_str::<String>(text)
+            .map(Cow::Owned)
+            .map_err(|e| CommandError::new(ErrorCode::InvalidField, format!("`message`: {e}")));
+    }
+    Ok(compact_json(text))
+}
+
+/// Removes insignificant whitespace from valid JSON text, keeping key order and number spelling.
+fn compact_json(text: &str) -> Cow<'_, str> {
+    let is_ws = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let mut in_string = false;
+    let mut escaped = false;
+    let needs_work = text.bytes().any(|b| {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            false
+        } else if b == b'"' {
+            in_string = true;
+            false
+        } else {
+            is_ws(b)
+        }
+    });
+    if !needs_work {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !(c.is_ascii() && is_ws(c as u8)) {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The fields we read, kept as raw JSON so each gets its own precise error.
+struct RawCommand<'a> {
+    cmd: Option<&'a RawValue>,
+    group_id: Option<&'a RawValue>,
+    message: Option<&'a RawValue>,
+    req_id: Option<&'a RawValue>,
+    duplicate: Option<&'static str>,
+}
+
+impl<'de> de::Deserialize<'de> for RawCommand<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RawVisitor;
+
+        impl<'de> Visitor<'de> for RawVisitor {
+            type Value = RawCommand<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a command object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = RawCommand {
+                    cmd: None,
+                    group_id: None,
+                    message: None,
+                    req_id: None,
+                    duplicate: None,
+                };
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let (slot, name) = match key.as_ref() {
+                        "cmd" => (&mut out.cmd, "cmd"),
+                        "group_id" => (&mut out.group_id, "group_id"),
+                        "message" => (&mut out.message, "message"),
+                        "req_id" => (&mut out.req_id, "req_id"),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    let value: &'de RawValue = map.next_value()?;
+                    if slot.replace(value).is_some() && out.duplicate.is_none() {
+                        out.duplicate = Some(name);
+                    }
+                }
+                Ok(out)
+            }
+        }
+
+        deserializer.deserialize_map(RawVisitor)
+    }
+}
+
+/// `{"cmd":"ack","req_id":R}`.
+pub fn ack_reply(req_id: ReqId<'_>) -> String {
+    format!(r#"{{"cmd":"ack","req_id":{}}}"#, req_id.as_json())
+}
+
+/// `{"cmd":"error","code":C,"reason":"...","req_id":R}` (`req_id` only when given).
+pub fn error_reply(code: ErrorCode, reason: &str, req_id: Option<ReqId<'_>>) -> String {
+    let reason = serde_json::Value::from(reason).to_string();
+    match req_id {
+        Some(r) => format!(
+            r#"{{"cmd":"error","code":"{code}","reason":{reason},"req_id":{}}}"#,
+            r.as_json()
+        ),
+        None => format!(r#"{{"cmd":"error","code":"{code}","reason":{reason}}}"#),
+    }
+}
+
+/// Builds request frames, for clients such as client-cli.
+pub fn request_json(command: &ClientCommand<'_>, req_id: Option<u64>) -> String {
+    let mut obj = serde_json::Map::new();
+    let (cmd, group) = match command {
+        ClientCommand::AddGroup { group_id } => ("add_group", group_id),
+        ClientCommand::LeaveGroup { group_id } => ("leave_group", group_id),
+        ClientCommand::SendToGroup { group_id, .. } => ("send_to_group", group_id),
+    };
+    obj.insert("cmd".into(), cmd.into());
+    obj.insert("group_id".into(), group.as_str().into());
+    if let ClientCommand::SendToGroup { message, .. } = command {
+        obj.insert("message".into(), message.as_ref().into());
+    }
+    if let Some(r) = req_id {
+        obj.insert("req_id".into(), r.into());
+    }
+    serde_json::Value::Object(obj).to_string()
+}
+
+/// A reply from the server, as a client reads it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Reply {
+    pub cmd: String,
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub req_id: Option<serde_json::Value>,
+}
+
+impl<'a> GroupName<'a> {
+    /// Validates a group id given as text (e.g. on a command line).
+    pub fn parse(name: &'a str, max_len: usize) -> Result<GroupName<'a>, GroupIdError> {
+        validate_group_name(name, max_len)?;
+        Ok(GroupName(Cow::Borrowed(name)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

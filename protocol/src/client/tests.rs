@@ -1,0 +1,218 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Request<'_>, CommandError<'_>> {
+    parse_command(text, &ParseLimits::default())
+}
+
+fn code(text: &str) -> ErrorCode {
+    parse(text).expect_err(text).code
+}
+
+#[test]
+fn seed_commands() {
+    let r = parse(r#"{"cmd":"add_group", "group_id":"123"}"#).unwrap();
+    assert_eq!(
+        r.command,
+        ClientCommand::AddGroup {
+            group_id: GroupName(Cow::Borrowed("123"))
+        }
+    );
+    assert_eq!(r.req_id, None);
+    let r = parse(r#"{"cmd":"send_to_group", "group_id":"123", "message":"C'est le message"}"#)
+        .unwrap();
+    match r.command {
+        ClientCommand::SendToGroup { group_id, message } => {
+            assert_eq!(group_id.as_str(), "123");
+            assert_eq!(message, "C'est le message");
+            assert!(
+                matches!(message, Cow::Borrowed(_)),
+                "no copy without escapes"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn group_id_forms_are_one_group() {
+    for text in [
+        r#"{"cmd":"add_group","group_id":"123"}"#,
+        r#"{"cmd":"add_group","group_id":123}"#,
+        r#"{"cmd":"add_group","group_id":123.0}"#,
+        r#"{"cmd":"add_group","group_id":1.23e2}"#,
+    ] {
+        match parse(text).unwrap().command {
+            ClientCommand::AddGroup { group_id } => assert_eq!(group_id.as_str(), "123", "{text}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    match parse(r#"{"cmd":"leave_group","group_id":-0}"#)
+        .unwrap()
+        .command
+    {
+        ClientCommand::LeaveGroup { group_id } => assert_eq!(group_id.as_str(), "0"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bad_group_ids() {
+    for text in [
+        r#"{"cmd":"add_group","group_id":""}"#,
+        r#"{"cmd":"add_group","group_id":[1]}"#,
+        r#"{"cmd":"add_group","group_id":{"a":1}}"#,
+        r#"{"cmd":"add_group","group_id":true}"#,
+        r#"{"cmd":"add_group","group_id":null}"#,
+        r#"{"cmd":"add_group","group_id":1.5}"#,
+        r#"{"cmd":"add_group","group_id":1e400}"#,
+        r#"{"cmd":"add_group","group_id":99999999999999999999}"#,
+    ] {
+        assert_eq!(code(text), ErrorCode::InvalidGroupId, "{text}");
+    }
+    let long = format!(r#"{{"cmd":"add_group","group_id":"{}"}}"#, "x".repeat(257));
+    assert_eq!(code(&long), ErrorCode::InvalidGroupId);
+    let ok = format!(r#"{{"cmd":"add_group","group_id":"{}"}}"#, "x".repeat(256));
+    assert!(parse(&ok).is_ok());
+    let limits = ParseLimits {
+        max_group_id_len: 3,
+    };
+    assert!(parse_command(r#"{"cmd":"add_group","group_id":"1234"}"#, &limits).is_err());
+}
+
+#[test]
+fn escaped_group_id_is_unescaped() {
+    match parse(r#"{"cmd":"add_group","group_id":"a\u0062c"}"#)
+        .unwrap()
+        .command
+    {
+        ClientCommand::AddGroup { group_id } => assert_eq!(group_id.as_str(), "abc"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn message_values() {
+    let msg = |text: &str| match parse(text).unwrap().command {
+        ClientCommand::SendToGroup { message, .. } => message.into_owned(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        msg(r#"{"cmd":"send_to_group","group_id":1,"message":"a\"b\nc"}"#),
+        "a\"b\nc"
+    );
+    assert_eq!(
+        msg(r#"{"cmd":"send_to_group","group_id":1,"message":{ "b" : [1, 2 ,"x y"], "a":null }}"#),
+        r#"{"b":[1,2,"x y"],"a":null}"#
+    );
+    assert_eq!(
+        msg(r#"{"cmd":"send_to_group","group_id":1,"message":12.50}"#),
+        "12.50"
+    );
+    assert_eq!(
+        msg(r#"{"cmd":"send_to_group","group_id":1,"message":null}"#),
+        "null"
+    );
+    assert_eq!(
+        msg(r#"{"cmd":"send_to_group","group_id":1,"message":"é \" \\ ü"}"#),
+        "é \" \\ ü"
+    );
+}
+
+#[test]
+fn error_codes() {
+    assert_eq!(code("not json"), ErrorCode::InvalidJson);
+    assert_eq!(code(r#"{"cmd":"add_group""#), ErrorCode::InvalidJson);
+    assert_eq!(code(""), ErrorCode::InvalidJson);
+    assert_eq!(code(r#""add_group""#), ErrorCode::NotAnObject);
+    assert_eq!(code("[1,2]"), ErrorCode::NotAnObject);
+    assert_eq!(code("42"), ErrorCode::NotAnObject);
+    assert_eq!(code("null"), ErrorCode::NotAnObject);
+    assert_eq!(code(r#"{"group_id":"1"}"#), ErrorCode::MissingField);
+    assert_eq!(code(r#"{"cmd":"add_group"}"#), ErrorCode::MissingField);
+    assert_eq!(
+        code(r#"{"cmd":"send_to_group","group_id":"1"}"#),
+        ErrorCode::MissingField
+    );
+    assert_eq!(code(r#"{"cmd":1,"group_id":"1"}"#), ErrorCode::InvalidField);
+    assert_eq!(code(r#"{"cmd":["add_group"]}"#), ErrorCode::InvalidField);
+    assert_eq!(
+        code(r#"{"cmd":"join","group_id":"1"}"#),
+        ErrorCode::UnknownCmd
+    );
+    assert_eq!(
+        code(r#"{"cmd":"add_group","cmd":"add_group","group_id":"1"}"#),
+        ErrorCode::DuplicateField
+    );
+    assert_eq!(
+        code(r#"{"cmd":"add_group","group_id":"1","req_id":{"x":1}}"#),
+        ErrorCode::InvalidField
+    );
+    assert_eq!(
+        code(r#"{"cmd":"add_group","group_id":"1","req_id":-1}"#),
+        ErrorCode::InvalidField
+    );
+}
+
+#[test]
+fn unknown_fields_are_ignored() {
+    assert!(parse(r#"{"cmd":"add_group","group_id":"1","extra":{"deep":[1,2]}}"#).is_ok());
+}
+
+#[test]
+fn req_id_is_echoed() {
+    let r = parse(r#"{"cmd":"add_group","group_id":"1","req_id":7}"#).unwrap();
+    assert_eq!(ack_reply(r.req_id.unwrap()), r#"{"cmd":"ack","req_id":7}"#);
+    let e = parse(r#"{"cmd":"nope","req_id":"a"}"#).unwrap_err();
+    assert_eq!(
+        e.to_reply(),
+        r#"{"cmd":"error","code":"unknown_cmd","reason":"unknown cmd \"nope\"; expected add_group, leave_group or send_to_group","req_id":"a"}"#
+    );
+    let reply: Reply = serde_json::from_str(&e.to_reply()).unwrap();
+    assert_eq!(reply.code.as_deref(), Some("unknown_cmd"));
+    assert_eq!(reply.req_id, Some(serde_json::json!("a")));
+}
+
+#[test]
+fn error_reply_escapes_reason() {
+    let text = error_reply(ErrorCode::InvalidJson, "bad \"quote\"\n", None);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["reason"], "bad \"quote\"\n");
+    assert_eq!(v["code"], "invalid_json");
+}
+
+#[test]
+fn request_json_round_trips() {
+    let cmd = ClientCommand::SendToGroup {
+        group_id: GroupName::parse("g 1", 256).unwrap(),
+        message: Cow::Borrowed("hi \"there\""),
+    };
+    let text = request_json(&cmd, Some(3));
+    let parsed = parse(&text).unwrap();
+    assert_eq!(parsed.command, cmd);
+    assert_eq!(parsed.req_id.map(|r| r.as_json()), Some("3"));
+}
+
+#[test]
+fn error_code_names_are_unique() {
+    let names: std::collections::HashSet<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(names.len(), ErrorCode::ALL.len());
+}
+
+#[test]
+fn deep_nesting_is_skipped_without_recursion() {
+    // serde_json skips raw values iteratively: a 100,000-deep `message` is forwarded verbatim and
+    // an unknown field that deep is ignored, without exhausting the stack.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let text = format!(r#"{{"cmd":"send_to_group","group_id":1,"message":{deep}}}"#);
+    match parse(&text).unwrap().command {
+        ClientCommand::SendToGroup { message, .. } => assert_eq!(message, deep),
+        other => panic!("{other:?}"),
+    }
+    let text = format!(r#"{{"cmd":"add_group","group_id":1,"x":{deep}}}"#);
+    assert!(parse(&text).is_ok());
+    let unbalanced = format!(
+        r#"{{"cmd":"add_group","group_id":1,"x":{}}}"#,
+        "[".repeat(100_000)
+    );
+    assert_eq!(code(&unbalanced), ErrorCode::InvalidJson);
+}

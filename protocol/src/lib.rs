@@ -1,0 +1,21 @@
+//! Wire formats of the group push system. Pure data and codecs: no sockets, no tasks.
+//!
+//! - [`link`]: the messages gateways and the broker exchange (prost), and [`codec`]: how they are
+//!   framed on the TCP link (4-byte big-endian length + protobuf body), with a hard frame limit.
+//! - [`client`]: the JSON commands WebSocket clients send (`add_group`, `leave_group`,
+//!   `send_to_group`), the validated [`GroupId`], and the JSON replies (`ack`, `error`).
+//!
+//! Data flow: a client's text frame is parsed by [`client::parse_command`] in the gateway; a send
+//! becomes a [`link::Publish`] encoded by [`codec`]; the broker answers subscribers with
+//! [`link::Message`] frames encoded once and shared by every subscriber.
+
+pub mod client;
+pub mod codec;
+pub mod link;
+
+pub use client::{
+    parse_command, ClientCommand, CommandError, ErrorCode, GroupId, GroupIdError, GroupName,
+    ParseLimits, ReqId, Request,
+};
+pub use codec::{FrameError, LinkCodec, DEFAULT_MAX_FRAME_SIZE};
+pub use link::{Frame, PROTOCOL_VERSION};

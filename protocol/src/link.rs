@@ -1,0 +1,141 @@
+//! Messages of the broker link (gateway <-> broker), as prost types.
+//!
+//! The schema is written with prost's derive macros rather than generated from a `.proto` file, so
+//! building needs no `protoc`; `docs/protocol.md` gives the equivalent `.proto` text. Field tags
+//! are the wire contract: never reuse or renumber one.
+//!
+//! Channel names and payloads are `bytes` on the wire so that decoding a frame from a
+//! [`bytes::Bytes`] buffer slices it instead of copying; receivers validate UTF-8 at the edge.
+
+use bytes::Bytes;
+
+/// Version spoken by this build. A peer announcing another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One frame on the link. Exactly one body must be set.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Frame {
+    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    pub body: Option<Body>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Body {
+    /// First frame each side sends.
+    #[prost(message, tag = "1")]
+    Hello(Hello),
+    #[prost(message, tag = "2")]
+    Subscribe(Subscribe),
+    #[prost(message, tag = "3")]
+    Unsubscribe(Unsubscribe),
+    /// Gateway -> broker: fan this payload out to the channel's subscribers.
+    #[prost(message, tag = "4")]
+    Publish(Publish),
+    /// Broker -> gateway: a payload published on a channel this link subscribed to.
+    #[prost(message, tag = "5")]
+    Message(Message),
+    #[prost(message, tag = "6")]
+    Ping(Ping),
+    #[prost(message, tag = "7")]
+    Pong(Pong),
+    /// Sent just before a peer closes the link because of the other side's fault.
+    #[prost(message, tag = "8")]
+    Error(LinkError),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Hello {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// Free-form name of the sending node, for logs.
+    #[prost(string, tag = "2")]
+    pub node: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Subscribe {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub channels: Vec<Bytes>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Unsubscribe {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub channels: Vec<Bytes>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Publish {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub channel: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub payload: Bytes,
+    /// When set, the broker does not send the message back to the publishing link even if it is
+    /// subscribed: the gateway has already delivered it to its own members.
+    #[prost(bool, tag = "3")]
+    pub no_echo: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Message {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub channel: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub payload: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Ping {
+    #[prost(uint64, tag = "1")]
+    pub nonce: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Pong {
+    #[prost(uint64, tag = "1")]
+    pub nonce: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LinkError {
+    /// Stable machine-readable code, e.g. `incompatible_version`.
+    #[prost(string, tag = "1")]
+    pub code: String,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+}
+
+impl Frame {
+    pub fn new(body: Body) -> Self {
+        Frame { body: Some(body) }
+    }
+
+    pub fn hello(node: impl Into<String>) -> Self {
+        Frame::new(Body::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            node: node.into(),
+        }))
+    }
+
+    pub fn error(code: impl Into<String>, reason: impl Into<String>) -> Self {
+        Frame::new(Body::Error(LinkError {
+            code: code.into(),
+            reason: reason.into(),
+        }))
+    }
+
+    /// Short name of the body, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match &self.body {
+            None => "empty",
+            Some(Body::Hello(_)) => "hello",
+            Some(Body::Subscribe(_)) => "subscribe",
+            Some(Body::Unsubscribe(_)) => "unsubscribe",
+            Some(Body::Publish(_)) => "publish",
+            Some(Body::Message(_)) => "message",
+            Some(Body::Ping(_)) => "ping",
+            Some(Body::Pong(_)) => "pong",
+            Some(Body::Error(_)) => "error",
+        }
+    }
+}
