@@ -1,1 +1,22 @@
-//! placeholder
+//! The channel server: a pub/sub broker that relays group messages between gateways.
+//!
+//! - [`server`]: [`Broker`] owns the shared state; [`Broker::serve`] accepts links until shutdown.
+//! - [`link`]: one task pair per connected gateway: a reader that applies subscribe / unsubscribe /
+//!   publish frames, and a writer that drains the link's bounded queue in batches.
+//! - [`registry`]: channel -> subscribed links. A publish is encoded once and the same bytes are
+//!   queued to every subscriber; a link whose queue is full is disconnected as a slow consumer.
+//! - [`config`]: every limit, with its default. [`stats`]: counters for `/api/stats`.
+//! - [`admin`]: `/healthz`, `/readyz` and `/api/stats` over HTTP (axum).
+//! - [`ops`]: process plumbing shared with the gateway binary: tracing setup, signals, admin HTTP.
+
+pub mod admin;
+pub mod config;
+pub mod link;
+pub mod ops;
+pub mod registry;
+pub mod server;
+pub mod stats;
+
+pub use config::BrokerConfig;
+pub use server::{run, Broker, BrokerError};
+pub use stats::{BrokerStats, StatsSnapshot};

@@ -7,7 +7,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message as _;
 
-use crate::link::{Body, Frame, Message, Subscribe, Unsubscribe};
+use crate::link::{Body, Frame, Subscribe, Unsubscribe};
 
 /// Default hard limit on a frame body, as in the original Channel server.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 10 * 1024 * 1024;
@@ -92,17 +92,71 @@ pub fn encode_frame(frame: &Frame, max_frame_size: usize) -> Result<Bytes, Frame
     Ok(dst.freeze())
 }
 
-/// Encodes a broker -> gateway [`Message`] once; the result is cloned (by reference count) to
-/// every subscriber.
+/// Encodes a broker -> gateway `Message` frame straight from slices (one allocation, no
+/// intermediate structs). The result is cloned, by reference count, to every subscriber.
 pub fn encode_message(
-    channel: Bytes,
-    payload: Bytes,
+    channel: &[u8],
+    payload: &[u8],
     max_frame_size: usize,
 ) -> Result<Bytes, FrameError> {
-    encode_frame(
-        &Frame::new(Body::Message(Message { channel, payload })),
-        max_frame_size,
-    )
+    encode_channel_payload(MESSAGE_TAG, channel, payload, false, max_frame_size)
+}
+
+/// Encodes a gateway -> broker `Publish` frame straight from slices.
+pub fn encode_publish(
+    channel: &[u8],
+    payload: &[u8],
+    no_echo: bool,
+    max_frame_size: usize,
+) -> Result<Bytes, FrameError> {
+    encode_channel_payload(PUBLISH_TAG, channel, payload, no_echo, max_frame_size)
+}
+
+/// Tags of the `Frame.body` oneof used by the hand-written encoders (see `link.rs`).
+const PUBLISH_TAG: u32 = 4;
+const MESSAGE_TAG: u32 = 5;
+
+fn encode_channel_payload(
+    body_tag: u32,
+    channel: &[u8],
+    payload: &[u8],
+    no_echo: bool,
+    max_frame_size: usize,
+) -> Result<Bytes, FrameError> {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+    // Proto3 omits fields holding their default value; so do we, to match prost byte for byte.
+    let field = |tag: u32, value: &[u8]| {
+        if value.is_empty() {
+            0
+        } else {
+            key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
+        }
+    };
+    let inner = field(1, channel) + field(2, payload) + if no_echo { key_len(3) + 1 } else { 0 };
+    let len = key_len(body_tag) + encoded_len_varint(inner as u64) + inner;
+    if len > max_frame_size {
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame_size,
+        });
+    }
+    let mut dst = BytesMut::with_capacity(HEADER_LEN + len);
+    dst.put_u32(len as u32);
+    encode_key(body_tag, WireType::LengthDelimited, &mut dst);
+    encode_varint(inner as u64, &mut dst);
+    for (tag, value) in [(1, channel), (2, payload)] {
+        if !value.is_empty() {
+            encode_key(tag, WireType::LengthDelimited, &mut dst);
+            encode_varint(value.len() as u64, &mut dst);
+            dst.put_slice(value);
+        }
+    }
+    if no_echo {
+        encode_key(3, WireType::Varint, &mut dst);
+        encode_varint(1, &mut dst);
+    }
+    debug_assert_eq!(dst.len(), HEADER_LEN + len);
+    Ok(dst.freeze())
 }
 
 /// Splits a (re)subscription of many channels into `Subscribe` frames that each stay within the
@@ -334,6 +388,43 @@ mod tests {
             ptr >= start && ptr < end,
             "payload points into the read buffer"
         );
+    }
+
+    #[test]
+    fn hand_encoders_match_prost() {
+        use crate::link::Message;
+        for (channel, payload) in [("g", "hello"), ("123", ""), ("x", &*"y".repeat(300))] {
+            for no_echo in [false, true] {
+                let by_prost = encode_frame(
+                    &Frame::new(Body::Publish(Publish {
+                        channel: Bytes::copy_from_slice(channel.as_bytes()),
+                        payload: Bytes::copy_from_slice(payload.as_bytes()),
+                        no_echo,
+                    })),
+                    1024,
+                )
+                .unwrap();
+                let by_hand =
+                    encode_publish(channel.as_bytes(), payload.as_bytes(), no_echo, 1024).unwrap();
+                assert_eq!(by_hand, by_prost);
+            }
+            let by_prost = encode_frame(
+                &Frame::new(Body::Message(Message {
+                    channel: Bytes::copy_from_slice(channel.as_bytes()),
+                    payload: Bytes::copy_from_slice(payload.as_bytes()),
+                })),
+                1024,
+            )
+            .unwrap();
+            assert_eq!(
+                encode_message(channel.as_bytes(), payload.as_bytes(), 1024).unwrap(),
+                by_prost
+            );
+        }
+        assert!(matches!(
+            encode_message(b"g", &[b'x'; 2000], 1024),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -1,0 +1,305 @@
+//! One connected gateway: a reader task that applies its frames, a writer task that drains its
+//! bounded queue in batches (one flush per batch).
+//!
+//! Malformed input closes this link only, after an `Error` frame that says why.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use protocol::codec::encode_frame;
+use protocol::link::{Body, Pong};
+use protocol::{Frame, LinkCodec, PROTOCOL_VERSION};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::{LinkHandle, LinkId};
+use crate::server::Shared;
+
+/// Most frames the writer takes from the queue before it flushes.
+const WRITE_BATCH: usize = 256;
+/// How long a closing link may take to write its last frames (e.g. an `Error`).
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a link ended.
+#[derive(Debug)]
+enum Close {
+    Eof,
+    Shutdown,
+    SlowConsumer,
+    Idle,
+    /// The peer broke the protocol; the code is sent back in an `Error` frame.
+    Fault {
+        code: &'static str,
+        reason: String,
+    },
+    PeerError(String),
+}
+
+pub(crate) async fn serve_link(
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: LinkId,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let config = &shared.config;
+    let _ = stream.set_nodelay(true);
+    let (read_half, write_half) = stream.into_split();
+    let (tx, rx) = mpsc::channel(config.link_queue_frames);
+    let kill = CancellationToken::new();
+    let handle = LinkHandle::new(id, tx, kill.clone());
+    let writer = tokio::spawn(write_loop(rx, write_half, kill.clone()));
+    let mut frames =
+        FramedRead::with_capacity(read_half, LinkCodec::new(config.max_frame_size), 8 * 1024);
+    let mut subscribed: HashSet<Bytes> = HashSet::new();
+
+    shared.stats.links.fetch_add(1, Relaxed);
+    shared.stats.links_total.fetch_add(1, Relaxed);
+    send_frame(&handle, &shared, &Frame::hello("broker"));
+
+    let close = async {
+        // Handshake: the first frame must be a compatible hello.
+        let first = tokio::select! {
+            first = tokio::time::timeout(config.handshake_timeout, frames.next()) => first,
+            _ = shutdown.cancelled() => return Close::Shutdown,
+        };
+        let node = match first {
+            Err(_) => {
+                return Close::Fault {
+                    code: "handshake_timeout",
+                    reason: format!("no hello within {:?}", config.handshake_timeout),
+                }
+            }
+            Ok(None) => return Close::Eof,
+            Ok(Some(Err(e))) => {
+                return Close::Fault {
+                    code: "bad_frame",
+                    reason: e.to_string(),
+                }
+            }
+            Ok(Some(Ok(Frame {
+                body: Some(Body::Hello(hello)),
+            }))) => {
+                if hello.version != PROTOCOL_VERSION {
+                    return Close::Fault {
+                        code: "incompatible_version",
+                        reason: format!(
+                            "broker speaks link protocol version {PROTOCOL_VERSION}, peer sent {}",
+                            hello.version
+                        ),
+                    };
+                }
+                hello.node
+            }
+            Ok(Some(Ok(other))) => {
+                return Close::Fault {
+                    code: "expected_hello",
+                    reason: format!("first frame must be hello, got {}", other.kind()),
+                }
+            }
+        };
+        tracing::info!(link = id.0, %peer, node = %node, "link up");
+
+        let idle = config.link_idle_timeout;
+        let mut last_heard = Instant::now();
+        let idle_timer = tokio::time::sleep(idle);
+        tokio::pin!(idle_timer);
+        loop {
+            tokio::select! {
+                biased;
+                _ = kill.cancelled() => return Close::SlowConsumer,
+                _ = shutdown.cancelled() => return Close::Shutdown,
+                frame = frames.next() => {
+                    let frame = match frame {
+                        None => return Close::Eof,
+                        Some(Err(e)) => return Close::Fault { code: "bad_frame", reason: e.to_string() },
+                        Some(Ok(frame)) => frame,
+                    };
+                    last_heard = Instant::now();
+                    if let Err(close) = apply(frame, &handle, &shared, &mut subscribed) {
+                        return close;
+                    }
+                }
+                _ = &mut idle_timer => {
+                    let deadline = last_heard + idle;
+                    if Instant::now() >= deadline {
+                        return Close::Idle;
+                    }
+                    idle_timer.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
+    .await;
+
+    match &close {
+        Close::Eof | Close::Shutdown => {
+            tracing::info!(link = id.0, %peer, reason = ?close, "link closed")
+        }
+        Close::SlowConsumer => {
+            tracing::warn!(link = id.0, %peer, "link closed: slow consumer")
+        }
+        Close::Idle => {
+            tracing::warn!(link = id.0, %peer, timeout = ?config.link_idle_timeout, "link closed: idle")
+        }
+        Close::PeerError(reason) => {
+            tracing::warn!(link = id.0, %peer, reason = %reason, "link closed by peer error")
+        }
+        Close::Fault { code, reason } => {
+            shared.stats.bad_frames.fetch_add(1, Relaxed);
+            tracing::warn!(link = id.0, %peer, code = %code, reason = %reason, "closing link: bad input");
+            send_frame(&handle, &shared, &Frame::error(*code, reason.clone()));
+        }
+    }
+    shared.registry.remove_link(id, subscribed.iter());
+    drop(handle);
+    if matches!(close, Close::SlowConsumer | Close::Shutdown) {
+        kill.cancel();
+    }
+    // The writer ends once every queue sender is gone and the queue is drained.
+    if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer)
+        .await
+        .is_err()
+    {
+        kill.cancel();
+    }
+    shared.stats.links.fetch_sub(1, Relaxed);
+}
+
+/// Applies one post-handshake frame.
+fn apply(
+    frame: Frame,
+    handle: &LinkHandle,
+    shared: &Shared,
+    subscribed: &mut HashSet<Bytes>,
+) -> Result<(), Close> {
+    let config = &shared.config;
+    match frame.body {
+        Some(Body::Subscribe(sub)) => {
+            for channel in sub.channels {
+                check_channel(&channel, config.max_channel_len)?;
+                if subscribed.contains(channel.as_ref()) {
+                    continue;
+                }
+                if subscribed.len() >= config.max_channels_per_link {
+                    return Err(Close::Fault {
+                        code: "too_many_channels",
+                        reason: format!(
+                            "a link may subscribe to at most {} channels",
+                            config.max_channels_per_link
+                        ),
+                    });
+                }
+                // Own the name: the frame's buffer must not stay alive for it.
+                let channel = Bytes::copy_from_slice(&channel);
+                subscribed.insert(channel.clone());
+                shared.registry.subscribe(handle, channel);
+            }
+        }
+        Some(Body::Unsubscribe(unsub)) => {
+            for channel in unsub.channels {
+                if subscribed.remove(channel.as_ref()) {
+                    shared.registry.unsubscribe(handle.id, &channel);
+                }
+            }
+        }
+        Some(Body::Publish(publish)) => {
+            check_channel(&publish.channel, config.max_channel_len)?;
+            if let Err(e) = shared.registry.publish(
+                handle.id,
+                publish.channel,
+                publish.payload,
+                publish.no_echo,
+            ) {
+                return Err(Close::Fault {
+                    code: "bad_publish",
+                    reason: e.to_string(),
+                });
+            }
+        }
+        Some(Body::Ping(ping)) => {
+            send_frame(
+                handle,
+                shared,
+                &Frame::new(Body::Pong(Pong { nonce: ping.nonce })),
+            );
+        }
+        Some(Body::Pong(_)) => {}
+        Some(Body::Error(e)) => {
+            return Err(Close::PeerError(format!("{}: {}", e.code, e.reason)));
+        }
+        Some(Body::Hello(_)) | Some(Body::Message(_)) | None => {
+            return Err(Close::Fault {
+                code: "unexpected_frame",
+                reason: format!(
+                    "a gateway may not send {} frames here",
+                    frame_kind(&frame.body)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn frame_kind(body: &Option<Body>) -> &'static str {
+    Frame { body: body.clone() }.kind()
+}
+
+fn check_channel(channel: &[u8], max_len: usize) -> Result<(), Close> {
+    if channel.is_empty() || channel.len() > max_len {
+        return Err(Close::Fault {
+            code: "invalid_channel",
+            reason: format!(
+                "channel names must be 1 to {max_len} bytes, got {}",
+                channel.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn send_frame(handle: &LinkHandle, shared: &Shared, frame: &Frame) {
+    match encode_frame(frame, shared.config.max_frame_size) {
+        Ok(bytes) => {
+            handle.send(bytes, &shared.stats);
+        }
+        Err(e) => tracing::error!(link = handle.id.0, cause = %e, "cannot encode frame"),
+    }
+}
+
+async fn write_loop(
+    mut rx: mpsc::Receiver<Bytes>,
+    write_half: OwnedWriteHalf,
+    kill: CancellationToken,
+) {
+    let mut out = BufWriter::with_capacity(64 * 1024, write_half);
+    let drain = async {
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+            for frame in batch.drain(..) {
+                out.write_all(&frame).await?;
+            }
+            out.flush().await?;
+        }
+        out.shutdown().await
+    };
+    tokio::select! {
+        result = drain => {
+            if let Err(e) = result {
+                tracing::debug!(cause = %e, "link write failed");
+                kill.cancel();
+            }
+        }
+        _ = kill.cancelled() => {}
+    }
+}

@@ -1,0 +1,269 @@
+//! Channel -> subscribed links, shared by every link task.
+//!
+//! Reads (publishes) take a shared lock; subscription changes take it exclusively. A publish
+//! encodes the `Message` frame once and queues clones of the same `Bytes` to each subscriber.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+use protocol::codec::{encode_message, FrameError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::BrokerStats;
+
+/// Identifies one link for the lifetime of the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinkId(pub u64);
+
+/// What the registry holds of a link: its outbound queue and its kill switch.
+#[derive(Debug, Clone)]
+pub struct LinkHandle {
+    pub id: LinkId,
+    tx: mpsc::Sender<Bytes>,
+    kill: CancellationToken,
+}
+
+impl LinkHandle {
+    pub fn new(id: LinkId, tx: mpsc::Sender<Bytes>, kill: CancellationToken) -> Self {
+        LinkHandle { id, tx, kill }
+    }
+
+    /// Queues an encoded frame without waiting. A full queue means the link cannot keep up: it is
+    /// disconnected (slow consumer) rather than allowed to stall the publisher or grow memory.
+    pub fn send(&self, frame: Bytes, stats: &BrokerStats) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                stats.dropped_frames.fetch_add(1, Relaxed);
+                if !self.kill.is_cancelled() {
+                    stats.slow_link_disconnects.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        link = self.id.0,
+                        "slow consumer: link queue full, disconnecting"
+                    );
+                    self.kill.cancel();
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                stats.dropped_frames.fetch_add(1, Relaxed);
+                false
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    channels: RwLock<HashMap<Bytes, Vec<LinkHandle>>>,
+    stats: Arc<BrokerStats>,
+    max_frame_size: usize,
+}
+
+impl Registry {
+    pub fn new(stats: Arc<BrokerStats>, max_frame_size: usize) -> Self {
+        Registry {
+            channels: RwLock::new(HashMap::new()),
+            stats,
+            max_frame_size,
+        }
+    }
+
+    /// Adds `link` to `channel`. The caller guarantees it is not already subscribed.
+    pub fn subscribe(&self, link: &LinkHandle, channel: Bytes) {
+        let mut channels = self.channels.write();
+        let subscribers = channels.entry(channel).or_insert_with(|| {
+            self.stats.channels.fetch_add(1, Relaxed);
+            Vec::with_capacity(1)
+        });
+        subscribers.push(link.clone());
+        self.stats.subscriptions.fetch_add(1, Relaxed);
+    }
+
+    pub fn unsubscribe(&self, link: LinkId, channel: &[u8]) {
+        let mut channels = self.channels.write();
+        self.remove_locked(&mut channels, link, channel);
+    }
+
+    /// Removes every subscription of a closing link.
+    pub fn remove_link<'a>(&self, link: LinkId, subscribed: impl IntoIterator<Item = &'a Bytes>) {
+        let mut channels = self.channels.write();
+        for channel in subscribed {
+            self.remove_locked(&mut channels, link, channel);
+        }
+    }
+
+    fn remove_locked(
+        &self,
+        channels: &mut HashMap<Bytes, Vec<LinkHandle>>,
+        link: LinkId,
+        channel: &[u8],
+    ) {
+        let Some(subscribers) = channels.get_mut(channel) else {
+            return;
+        };
+        if let Some(pos) = subscribers.iter().position(|s| s.id == link) {
+            subscribers.swap_remove(pos);
+            self.stats.subscriptions.fetch_sub(1, Relaxed);
+        }
+        if subscribers.is_empty() {
+            channels.remove(channel);
+            self.stats.channels.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Fans a publish out to the channel's subscribers (all but `origin` when `no_echo`).
+    /// Returns how many links it was queued to.
+    pub fn publish(
+        &self,
+        origin: LinkId,
+        channel: Bytes,
+        payload: Bytes,
+        no_echo: bool,
+    ) -> Result<usize, FrameError> {
+        self.stats.publishes.fetch_add(1, Relaxed);
+        let channels = self.channels.read();
+        let Some(subscribers) = channels.get(channel.as_ref()) else {
+            return Ok(0);
+        };
+        let mut recipients = subscribers
+            .iter()
+            .filter(|s| !(no_echo && s.id == origin))
+            .peekable();
+        if recipients.peek().is_none() {
+            return Ok(0);
+        }
+        let frame = encode_message(&channel, &payload, self.max_frame_size)?;
+        let mut queued = 0;
+        for subscriber in recipients {
+            if subscriber.send(frame.clone(), &self.stats) {
+                queued += 1;
+            }
+        }
+        self.stats.deliveries.fetch_add(queued as u64, Relaxed);
+        Ok(queued)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::link::Body;
+
+    fn link(id: u64, cap: usize) -> (LinkHandle, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (
+            LinkHandle::new(LinkId(id), tx, CancellationToken::new()),
+            rx,
+        )
+    }
+
+    fn decode(frame: Bytes) -> (Bytes, Bytes) {
+        let mut buf = bytes::BytesMut::from(&frame[..]);
+        match protocol::codec::decode_frame(&mut buf, 1 << 20).unwrap() {
+            Some(protocol::Frame {
+                body: Some(Body::Message(m)),
+            }) => (m.channel, m.payload),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn publish_reaches_each_subscriber_once_with_shared_bytes() {
+        let stats = Arc::new(BrokerStats::default());
+        let registry = Registry::new(stats.clone(), 1 << 20);
+        let (a, mut ra) = link(1, 8);
+        let (b, mut rb) = link(2, 8);
+        let (c, mut rc) = link(3, 8);
+        registry.subscribe(&a, Bytes::from_static(b"g"));
+        registry.subscribe(&b, Bytes::from_static(b"g"));
+        registry.subscribe(&c, Bytes::from_static(b"other"));
+        let n = registry
+            .publish(
+                LinkId(1),
+                Bytes::from_static(b"g"),
+                Bytes::from_static(b"hi"),
+                false,
+            )
+            .unwrap();
+        assert_eq!(n, 2);
+        let fa = ra.try_recv().unwrap();
+        let fb = rb.try_recv().unwrap();
+        assert_eq!(fa.as_ptr(), fb.as_ptr(), "one encoding shared by all");
+        assert_eq!(
+            decode(fa),
+            (Bytes::from_static(b"g"), Bytes::from_static(b"hi"))
+        );
+        assert!(rc.try_recv().is_err());
+        assert!(ra.try_recv().is_err() && rb.try_recv().is_err());
+
+        // no_echo skips the publisher only.
+        let n = registry
+            .publish(
+                LinkId(1),
+                Bytes::from_static(b"g"),
+                Bytes::from_static(b"x"),
+                true,
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(ra.try_recv().is_err());
+        assert!(rb.try_recv().is_ok());
+        let snap = stats.snapshot();
+        assert_eq!(
+            (snap.channels, snap.subscriptions, snap.deliveries),
+            (2, 3, 3)
+        );
+    }
+
+    #[test]
+    fn slow_subscriber_is_killed_and_others_still_served() {
+        let stats = Arc::new(BrokerStats::default());
+        let registry = Registry::new(stats.clone(), 1 << 20);
+        let (slow, _slow_rx) = link(1, 1);
+        let (fast, mut fast_rx) = link(2, 16);
+        registry.subscribe(&slow, Bytes::from_static(b"g"));
+        registry.subscribe(&fast, Bytes::from_static(b"g"));
+        for _ in 0..3 {
+            registry
+                .publish(
+                    LinkId(9),
+                    Bytes::from_static(b"g"),
+                    Bytes::from_static(b"m"),
+                    false,
+                )
+                .unwrap();
+        }
+        assert!(slow.kill.is_cancelled());
+        assert_eq!(stats.snapshot().slow_link_disconnects, 1);
+        assert_eq!(stats.snapshot().dropped_frames, 2);
+        for _ in 0..3 {
+            assert!(fast_rx.try_recv().is_ok());
+        }
+    }
+
+    #[test]
+    fn removal_returns_tables_to_empty() {
+        let stats = Arc::new(BrokerStats::default());
+        let registry = Registry::new(stats.clone(), 1 << 20);
+        let (a, _ra) = link(1, 8);
+        let (b, _rb) = link(2, 8);
+        let chans: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("c{i}"))).collect();
+        for c in &chans {
+            registry.subscribe(&a, c.clone());
+            registry.subscribe(&b, c.clone());
+        }
+        registry.unsubscribe(LinkId(1), b"c0");
+        registry.unsubscribe(LinkId(1), b"never");
+        registry.remove_link(LinkId(1), chans[1..].iter());
+        assert_eq!(stats.snapshot().subscriptions, 10);
+        registry.remove_link(LinkId(2), chans.iter());
+        let snap = stats.snapshot();
+        assert_eq!((snap.channels, snap.subscriptions), (0, 0));
+        assert!(registry.channels.read().is_empty());
+    }
+}

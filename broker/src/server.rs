@@ -1,0 +1,107 @@
+//! The accept loop and the state every link shares.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::BrokerConfig;
+use crate::link::serve_link;
+use crate::registry::{LinkId, Registry};
+use crate::stats::{BrokerStats, StatsSnapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: BrokerConfig,
+    pub(crate) registry: Registry,
+    pub(crate) stats: Arc<BrokerStats>,
+    next_link: AtomicU64,
+}
+
+/// A broker instance. Cheap to clone; clones share state.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+impl Broker {
+    pub fn new(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        config.validate().map_err(BrokerError::Config)?;
+        let stats = Arc::new(BrokerStats::default());
+        Ok(Broker {
+            shared: Arc::new(Shared {
+                registry: Registry::new(stats.clone(), config.max_frame_size),
+                config,
+                stats,
+                next_link: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Accepts links on `listener` until `shutdown` is cancelled, then closes every link and
+    /// waits (up to the configured shutdown timeout) for them to finish.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), BrokerError> {
+        let tracker = TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = shutdown.cancelled() => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let id = LinkId(self.shared.next_link.fetch_add(1, Relaxed));
+                    tracker.spawn(serve_link(
+                        stream,
+                        peer,
+                        id,
+                        self.shared.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(cause = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        drop(listener);
+        tracker.close();
+        if tokio::time::timeout(self.shared.config.shutdown_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(links = tracker.len(), "shutdown timeout: links still open");
+        }
+        tracing::info!("broker stopped");
+        Ok(())
+    }
+}
+
+/// Runs a broker with `config` on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    listener: TcpListener,
+    config: BrokerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), BrokerError> {
+    Broker::new(config)?.serve(listener, shutdown).await
+}
