@@ -1,1 +1,72 @@
-fn main() {}
+//! Command-line client of the group push gateway.
+//!
+//! ```text
+//! client-cli join 123 456            # prints `joined 123 456` on stderr, then messages on stdout
+//! client-cli send 123 "hello"        # sends, waits for the ack, closes
+//! client-cli --url ws://host:1234 send 123 --json '{"a":1}'
+//! ```
+//!
+//! - [`cli`]: the flags and their parsers.
+//! - [`frames`]: the JSON requests sent and how replies are read (pure).
+//! - [`conn`]: connecting, reading under a deadline, clean close.
+//! - [`join`] and [`send`]: the two subcommands.
+//!
+//! Errors are printed as `error: ...` on stderr; exit codes are listed in `--help`.
+
+// Printing received messages on stdout is this binary's job.
+#![allow(clippy::print_stdout)]
+
+mod cli;
+mod conn;
+mod frames;
+mod join;
+mod send;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command};
+use crate::conn::TimedOut;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Usage errors exit 1, not clap's 2: 2 means "timed out" here.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Join(args) => join::run(&cli, args).await,
+            Command::Send(args) => send::run(&cli, args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.is::<TimedOut>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,1 +1,30 @@
-//! placeholder
+//! The multi-worker WebSocket gateway.
+//!
+//! - [`server`]: [`Gateway::start`] spawns the workers and the bus; [`Gateway::serve`] accepts
+//!   clients and hands them to workers in turn.
+//! - [`worker`]: one thread and single-threaded runtime per worker, owning its connections and
+//!   their group table; fans deliveries out to local members.
+//! - [`connection`]: one task per client: handshake, commands, batched writes, ping/idle, close
+//!   codes. [`outbox`]: its bounded outbound queue (slow consumers are closed, never waited on).
+//! - [`hub`]: which workers have members of which group; a send goes to those workers directly
+//!   and to the [`bus`] for other gateways; the first/last local member (un)subscribes the bus.
+//! - [`bus`]: the trait under cross-gateway fan-out, and the built-in broker link behind it.
+//! - [`config`], [`stats`], [`admin`]: settings, counters, and the admin HTTP endpoints.
+//!
+//! A message's path: client frame -> `connection` parses it -> `Hub::publish` -> (a) `Router`
+//! queues it to each interested worker's inbox -> `worker` pushes the shared bytes into each
+//! member's outbox -> the member's `connection` writes its batch; (b) the bus sends it to the
+//! broker, which relays it to the other gateways' routers.
+
+pub mod admin;
+pub mod bus;
+pub mod config;
+mod connection;
+pub mod hub;
+mod outbox;
+pub mod server;
+pub mod stats;
+mod worker;
+
+pub use config::GatewayConfig;
+pub use server::{bind_reuseport, Gateway, GatewayError};

@@ -156,7 +156,7 @@ pub struct Request<'a> {
 /// The machine-readable codes of error replies. Stable: clients match on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
-    /// The frame is not valid JSON (this includes nesting deeper than 128 levels).
+    /// The frame is not valid JSON.
     InvalidJson,
     /// The frame is valid JSON but not an object.
     NotAnObject,
@@ -570,6 +570,16 @@ impl<'a> GroupName<'a> {
         validate_group_name(name, max_len)?;
         Ok(GroupName(Cow::Borrowed(name)))
     }
+}
+
+/// WebSocket close codes the gateway sends, beyond the standard ones it uses as RFC 6455 defines
+/// them (1000 normal, 1001 shutting down, 1002 protocol violation, 1007 invalid UTF-8, 1009 too
+/// big).
+pub mod close_code {
+    /// Nothing was received from the client for the idle timeout.
+    pub const IDLE_TIMEOUT: u16 = 4000;
+    /// The connection's outbound queue exceeded its bound: the client does not read fast enough.
+    pub const SLOW_CONSUMER: u16 = 4001;
 }
 
 #[cfg(test)]

@@ -1,0 +1,412 @@
+//! [`BrokerBus`]: the bus over one TCP link to the built-in broker.
+//!
+//! One task owns the link. It connects, exchanges hellos, subscribes every group that has local
+//! members (split so no frame exceeds the limit), then loops: write queued publishes in batches,
+//! send subscription changes, hand incoming messages to the router, ping, and watch for silence.
+//! When the link drops it reconnects with exponential backoff and jitter; clients stay
+//! connected and local delivery goes on meanwhile.
+//!
+//! Subscription changes are not queued as commands (a full queue would lose them): the wanted
+//! state of each changed group is recorded in `pending`, and the full wanted set in `desired`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use protocol::codec::{encode_frame, encode_publish, subscribe_frames, unsubscribe_frames};
+use protocol::link::{Body, Ping, Pong};
+use protocol::{Frame, FrameError, GroupId, LinkCodec, PROTOCOL_VERSION};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use super::{Bus, BusStatus};
+use crate::config::GatewayConfig;
+use crate::hub::Router;
+
+/// Most publishes written before one flush.
+const WRITE_BATCH: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("broker closed the link")]
+    Closed,
+    #[error("broker refused the link: {code}: {reason}")]
+    Refused { code: String, reason: String },
+    #[error("broker speaks link protocol version {0}, this gateway {PROTOCOL_VERSION}")]
+    Version(u32),
+    #[error("unexpected {0} frame from the broker")]
+    Unexpected(&'static str),
+    #[error("no frame from the broker for {0:?}")]
+    Silent(Duration),
+}
+
+#[derive(Debug, Default)]
+struct SubState {
+    desired: HashSet<GroupId>,
+    /// Group -> wanted state (true = subscribed), changed since the link last caught up.
+    pending: HashMap<GroupId, bool>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    reconnects: AtomicU64,
+    publishes: AtomicU64,
+    publishes_dropped: AtomicU64,
+    messages_in: AtomicU64,
+    messages_invalid: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct BrokerBus {
+    publish_tx: mpsc::Sender<Bytes>,
+    subs: Mutex<SubState>,
+    subs_changed: Notify,
+    up: AtomicBool,
+    counters: Counters,
+    max_frame_size: usize,
+}
+
+#[derive(Debug, Clone)]
+struct LinkSettings {
+    broker: String,
+    node: String,
+    max_frame_size: usize,
+    ping_interval: Duration,
+    timeout: Duration,
+    connect_timeout: Duration,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+}
+
+impl BrokerBus {
+    /// Starts the link task on the current runtime; it runs until `shutdown`.
+    pub fn start(
+        broker: String,
+        config: &GatewayConfig,
+        router: Arc<Router>,
+        shutdown: CancellationToken,
+    ) -> (Arc<BrokerBus>, JoinHandle<()>) {
+        let (publish_tx, publish_rx) = mpsc::channel(config.link_queue);
+        let bus = Arc::new(BrokerBus {
+            publish_tx,
+            subs: Mutex::new(SubState::default()),
+            subs_changed: Notify::new(),
+            up: AtomicBool::new(false),
+            counters: Counters::default(),
+            max_frame_size: config.link_max_frame_size,
+        });
+        let settings = LinkSettings {
+            broker,
+            node: config.node_name(),
+            max_frame_size: config.link_max_frame_size,
+            ping_interval: config.link_ping_interval,
+            timeout: config.link_timeout,
+            connect_timeout: config.link_connect_timeout,
+            reconnect_min: config.reconnect_min,
+            reconnect_max: config.reconnect_max,
+        };
+        let task = tokio::spawn(link_loop(
+            bus.clone(),
+            settings,
+            router,
+            publish_rx,
+            shutdown,
+        ));
+        (bus, task)
+    }
+}
+
+impl Bus for BrokerBus {
+    fn publish(&self, group: &str, payload: &Bytes) {
+        self.counters.publishes.fetch_add(1, Relaxed);
+        if !self.up.load(Relaxed) {
+            self.counters.publishes_dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        let frame = match encode_publish(group.as_bytes(), payload, true, self.max_frame_size) {
+            Ok(frame) => frame,
+            Err(e) => {
+                // Config validation keeps group + message within a frame; count it regardless.
+                tracing::error!(group, cause = %e, "cannot encode publish");
+                self.counters.publishes_dropped.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        if self.publish_tx.try_send(frame).is_err() {
+            self.counters.publishes_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn subscribe(&self, group: &GroupId) {
+        let mut subs = self.subs.lock();
+        subs.desired.insert(group.clone());
+        subs.pending.insert(group.clone(), true);
+        self.subs_changed.notify_one();
+    }
+
+    fn unsubscribe(&self, group: &GroupId) {
+        let mut subs = self.subs.lock();
+        subs.desired.remove(group);
+        subs.pending.insert(group.clone(), false);
+        self.subs_changed.notify_one();
+    }
+
+    fn status(&self) -> BusStatus {
+        BusStatus {
+            up: self.up.load(Relaxed),
+            subscriptions: self.subs.lock().desired.len() as u64,
+            reconnects: self.counters.reconnects.load(Relaxed),
+            publishes: self.counters.publishes.load(Relaxed),
+            publishes_dropped: self.counters.publishes_dropped.load(Relaxed),
+            messages_in: self.counters.messages_in.load(Relaxed),
+            messages_invalid: self.counters.messages_invalid.load(Relaxed),
+        }
+    }
+}
+
+async fn link_loop(
+    bus: Arc<BrokerBus>,
+    settings: LinkSettings,
+    router: Arc<Router>,
+    mut publish_rx: mpsc::Receiver<Bytes>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = settings.reconnect_min;
+    let mut ever_up = false;
+    loop {
+        let connected = tokio::select! {
+            connected = connect(&settings) => connected,
+            _ = shutdown.cancelled() => return,
+        };
+        match connected {
+            Ok((reader, writer)) => {
+                backoff = settings.reconnect_min;
+                if ever_up {
+                    bus.counters.reconnects.fetch_add(1, Relaxed);
+                }
+                ever_up = true;
+                let result = session(
+                    &bus,
+                    &settings,
+                    &router,
+                    &mut publish_rx,
+                    reader,
+                    writer,
+                    &shutdown,
+                )
+                .await;
+                bus.up.store(false, Relaxed);
+                match result {
+                    Ok(()) => return, // shutdown
+                    Err(e) => {
+                        tracing::warn!(broker = %settings.broker, cause = %e, "broker link down")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(broker = %settings.broker, cause = %e, retry_in = ?backoff, "cannot reach broker")
+            }
+        }
+        // Full jitter over the upper half of the backoff keeps gateways from reconnecting in step.
+        let delay = backoff / 2 + backoff.mul_f64(fastrand::f64() / 2.0);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(settings.reconnect_max);
+    }
+}
+
+type Reader = FramedRead<OwnedReadHalf, LinkCodec>;
+type Writer = BufWriter<OwnedWriteHalf>;
+
+async fn connect(settings: &LinkSettings) -> Result<(Reader, Writer), LinkError> {
+    let handshake = async {
+        let stream = TcpStream::connect(&settings.broker).await?;
+        stream.set_nodelay(true)?;
+        let (read_half, write_half) = stream.into_split();
+        let mut reader = FramedRead::with_capacity(
+            read_half,
+            LinkCodec::new(settings.max_frame_size),
+            16 * 1024,
+        );
+        let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
+        write_frame(
+            &mut writer,
+            &Frame::hello(settings.node.clone()),
+            settings.max_frame_size,
+        )
+        .await?;
+        writer.flush().await?;
+        match reader.next().await {
+            None => Err(LinkError::Closed),
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(Frame {
+                body: Some(Body::Hello(hello)),
+            })) if hello.version == PROTOCOL_VERSION => Ok((reader, writer)),
+            Some(Ok(Frame {
+                body: Some(Body::Hello(hello)),
+            })) => Err(LinkError::Version(hello.version)),
+            Some(Ok(Frame {
+                body: Some(Body::Error(e)),
+            })) => Err(LinkError::Refused {
+                code: e.code,
+                reason: e.reason,
+            }),
+            Some(Ok(other)) => Err(LinkError::Unexpected(other.kind())),
+        }
+    };
+    tokio::time::timeout(settings.connect_timeout, handshake)
+        .await
+        .map_err(|_| LinkError::ConnectTimeout)?
+}
+
+async fn write_frame(writer: &mut Writer, frame: &Frame, max: usize) -> Result<(), LinkError> {
+    let bytes = encode_frame(frame, max)?;
+    writer.write_all(&bytes).await?;
+    Ok(())
+}
+
+/// Sends the subscription changes recorded since the last call (all wanted groups when
+/// `full`). Returns once they are written.
+async fn sync_subscriptions(
+    bus: &BrokerBus,
+    writer: &mut Writer,
+    max: usize,
+    full: bool,
+) -> Result<(), LinkError> {
+    let (subscribe, unsubscribe): (Vec<Bytes>, Vec<Bytes>) = {
+        let mut subs = bus.subs.lock();
+        let pending = std::mem::take(&mut subs.pending);
+        if full {
+            let all = subs
+                .desired
+                .iter()
+                .map(|g| Bytes::copy_from_slice(g.as_str().as_bytes()))
+                .collect();
+            (all, Vec::new())
+        } else {
+            let mut subscribe = Vec::new();
+            let mut unsubscribe = Vec::new();
+            for (group, wanted) in pending {
+                let name = Bytes::copy_from_slice(group.as_str().as_bytes());
+                if wanted {
+                    subscribe.push(name)
+                } else {
+                    unsubscribe.push(name)
+                }
+            }
+            (subscribe, unsubscribe)
+        }
+    };
+    for frame in subscribe_frames(subscribe, max)?
+        .iter()
+        .chain(unsubscribe_frames(unsubscribe, max)?.iter())
+    {
+        write_frame(writer, frame, max).await?;
+    }
+    writer.flush().await?;
+    Ok(())
+}
+
+async fn session(
+    bus: &BrokerBus,
+    settings: &LinkSettings,
+    router: &Router,
+    publish_rx: &mut mpsc::Receiver<Bytes>,
+    mut reader: Reader,
+    mut writer: Writer,
+    shutdown: &CancellationToken,
+) -> Result<(), LinkError> {
+    let max = settings.max_frame_size;
+    sync_subscriptions(bus, &mut writer, max, true).await?;
+    bus.up.store(true, Relaxed);
+    tracing::info!(broker = %settings.broker, "broker link up");
+
+    let mut last_heard = Instant::now();
+    let mut heartbeat = tokio::time::interval_at(
+        Instant::now() + settings.ping_interval,
+        settings.ping_interval,
+    );
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut nonce = 0u64;
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                let _ = writer.shutdown().await;
+                return Ok(());
+            }
+            frame = reader.next() => {
+                let frame = match frame {
+                    None => return Err(LinkError::Closed),
+                    Some(frame) => frame?,
+                };
+                last_heard = Instant::now();
+                match frame.body {
+                    Some(Body::Message(message)) => {
+                        bus.counters.messages_in.fetch_add(1, Relaxed);
+                        let (Ok(group), Ok(payload)) = (
+                            std::str::from_utf8(&message.channel),
+                            Utf8Bytes::try_from(message.payload),
+                        ) else {
+                            bus.counters.messages_invalid.fetch_add(1, Relaxed);
+                            tracing::warn!("dropping broker message that is not UTF-8");
+                            continue;
+                        };
+                        router.dispatch(group, &payload).await;
+                    }
+                    Some(Body::Ping(ping)) => {
+                        write_frame(&mut writer, &Frame::new(Body::Pong(Pong { nonce: ping.nonce })), max).await?;
+                        writer.flush().await?;
+                    }
+                    Some(Body::Pong(_)) => {}
+                    Some(Body::Error(e)) => return Err(LinkError::Refused { code: e.code, reason: e.reason }),
+                    _ => return Err(LinkError::Unexpected(frame_kind(frame.body))),
+                }
+            }
+            _ = bus.subs_changed.notified() => {
+                sync_subscriptions(bus, &mut writer, max, false).await?;
+            }
+            n = publish_rx.recv_many(&mut batch, WRITE_BATCH) => {
+                if n == 0 {
+                    return Ok(()); // the bus itself is gone
+                }
+                for frame in batch.drain(..) {
+                    writer.write_all(&frame).await?;
+                }
+                writer.flush().await?;
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > settings.timeout {
+                    return Err(LinkError::Silent(settings.timeout));
+                }
+                nonce += 1;
+                write_frame(&mut writer, &Frame::new(Body::Ping(Ping { nonce })), max).await?;
+                writer.flush().await?;
+            }
+        }
+    }
+}
+
+fn frame_kind(body: Option<Body>) -> &'static str {
+    Frame { body }.kind()
+}

@@ -1,0 +1,220 @@
+//! Gateway settings. Each is a command-line flag and an environment variable of the `gateway`
+//! binary; docs/configuration.md lists them with what happens when a limit is hit.
+
+use std::time::Duration;
+
+use protocol::client::DEFAULT_MAX_GROUP_ID_LEN;
+use protocol::DEFAULT_MAX_FRAME_SIZE;
+
+/// Workers are tracked in a 64-bit set per group; run more processes for more cores.
+pub const MAX_WORKERS: usize = 64;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayConfig {
+    /// Worker threads, each owning its share of the connections. Default: one per CPU.
+    #[arg(long, env = "GATEWAY_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Largest WebSocket message (and frame) a client may send, in bytes. Larger closes the
+    /// connection with code 1009.
+    #[arg(long, env = "GATEWAY_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024)]
+    pub max_message_size: usize,
+
+    /// Longest group id, in bytes. Longer gets an `invalid_group_id` error reply.
+    #[arg(long, env = "GATEWAY_MAX_GROUP_ID_LEN", default_value_t = DEFAULT_MAX_GROUP_ID_LEN)]
+    pub max_group_id_len: usize,
+
+    /// Groups one connection may be in at once. More gets a `too_many_groups` error reply.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_GROUPS_PER_CONNECTION",
+        default_value_t = 1000
+    )]
+    pub max_groups_per_connection: usize,
+
+    /// Messages queued for one connection before it is closed as a slow consumer (code 4001).
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_MESSAGES", default_value_t = 1024)]
+    pub outbound_queue_messages: usize,
+
+    /// Bytes queued for one connection before it is closed as a slow consumer (code 4001).
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub outbound_queue_bytes: usize,
+
+    /// Deliveries queued for one worker; a full queue makes publishers wait (backpressure).
+    #[arg(long, env = "GATEWAY_WORKER_QUEUE", default_value_t = 4096)]
+    pub worker_queue: usize,
+
+    /// Interval of WebSocket pings to each client.
+    #[arg(long, env = "GATEWAY_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A client that sends nothing (not even a pong) for this long is closed with code 4000.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// A write to a client that makes no progress for this long closes it as a slow consumer.
+    #[arg(long, env = "GATEWAY_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Time a new TCP connection has to complete the WebSocket handshake.
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Read buffer per connection, in bytes (tokio-tungstenite's default of 128 KiB is far too
+    /// much for many mostly idle connections).
+    #[arg(long, env = "GATEWAY_WS_READ_BUFFER", default_value_t = 4096)]
+    pub ws_read_buffer: usize,
+
+    /// Bytes of outgoing frames buffered per connection before they are written to the socket.
+    #[arg(long, env = "GATEWAY_WS_WRITE_BUFFER", default_value_t = 8192)]
+    pub ws_write_buffer: usize,
+
+    /// Largest broker link frame sent or accepted, in bytes.
+    #[arg(long, env = "GATEWAY_LINK_MAX_FRAME_SIZE", default_value_t = DEFAULT_MAX_FRAME_SIZE)]
+    pub link_max_frame_size: usize,
+
+    /// Publishes queued for the broker link; when full, further publishes to other gateways are
+    /// dropped and counted (local members still receive them).
+    #[arg(long, env = "GATEWAY_LINK_QUEUE", default_value_t = 65_536)]
+    pub link_queue: usize,
+
+    /// Interval of heartbeat pings on the broker link.
+    #[arg(long, env = "GATEWAY_LINK_PING_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub link_ping_interval: Duration,
+
+    /// A broker link silent for this long is considered dead and reconnected.
+    #[arg(long, env = "GATEWAY_LINK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub link_timeout: Duration,
+
+    /// Time allowed to connect to the broker and exchange hellos.
+    #[arg(long, env = "GATEWAY_LINK_CONNECT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub link_connect_timeout: Duration,
+
+    /// First reconnect delay after the broker link drops; doubles up to the maximum, with jitter.
+    #[arg(long, env = "GATEWAY_RECONNECT_MIN", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub reconnect_min: Duration,
+
+    /// Largest reconnect delay.
+    #[arg(long, env = "GATEWAY_RECONNECT_MAX", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub reconnect_max: Duration,
+
+    /// How long shutdown waits for queued messages to be written before closing clients.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Name of this gateway on the broker link, for logs. Default: gateway-<pid>.
+    #[arg(long, env = "GATEWAY_NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: GatewayConfig,
+        }
+        // The clap attributes above are the single source of the defaults; a test parses them.
+        Defaults::try_parse_from(["gateway"])
+            .map(|d| d.config)
+            .expect("gateway config defaults parse")
+    }
+}
+
+impl GatewayConfig {
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(MAX_WORKERS)
+        })
+    }
+
+    pub fn node_name(&self) -> String {
+        self.node_name
+            .clone()
+            .unwrap_or_else(|| format!("gateway-{}", std::process::id()))
+    }
+
+    /// Rejects settings that cannot work, naming the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let workers = self.worker_count();
+        if workers == 0 || workers > MAX_WORKERS {
+            return Err(format!("workers must be between 1 and {MAX_WORKERS}"));
+        }
+        let positive = [
+            ("max-message-size", self.max_message_size),
+            ("max-group-id-len", self.max_group_id_len),
+            ("max-groups-per-connection", self.max_groups_per_connection),
+            ("outbound-queue-messages", self.outbound_queue_messages),
+            ("outbound-queue-bytes", self.outbound_queue_bytes),
+            ("worker-queue", self.worker_queue),
+            ("ws-read-buffer", self.ws_read_buffer),
+            ("link-queue", self.link_queue),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        let durations = [
+            ("ping-interval", self.ping_interval),
+            ("idle-timeout", self.idle_timeout),
+            ("handshake-timeout", self.handshake_timeout),
+            ("write-timeout", self.write_timeout),
+            ("link-ping-interval", self.link_ping_interval),
+            ("link-timeout", self.link_timeout),
+            ("link-connect-timeout", self.link_connect_timeout),
+            ("reconnect-min", self.reconnect_min),
+        ];
+        for (name, value) in durations {
+            if value.is_zero() {
+                return Err(format!("{name} must be greater than zero"));
+            }
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return Err("reconnect-max must be at least reconnect-min".into());
+        }
+        if self.link_max_frame_size < 1024 || self.link_max_frame_size > u32::MAX as usize {
+            return Err("link-max-frame-size must be between 1 KiB and 4 GiB".into());
+        }
+        if self.max_group_id_len + 64 > self.link_max_frame_size
+            || self.max_message_size + self.max_group_id_len + 64 > self.link_max_frame_size
+        {
+            return Err("link-max-frame-size must hold the largest group id and message".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let config = GatewayConfig::default();
+        assert_eq!(config.max_message_size, 64 * 1024);
+        assert_eq!(config.idle_timeout, Duration::from_secs(60));
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let config = GatewayConfig {
+            workers: Some(65),
+            ..GatewayConfig::default()
+        };
+        assert!(config.validate().unwrap_err().contains("workers"));
+        let config = GatewayConfig {
+            outbound_queue_bytes: 0,
+            ..GatewayConfig::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("outbound-queue-bytes"));
+    }
+}

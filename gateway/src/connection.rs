@@ -1,0 +1,342 @@
+//! One client connection: WebSocket handshake, then a single task that reads commands, writes
+//! what its outbox holds in batches (one flush per batch), pings, and closes with a code that
+//! says why (docs/protocol.md lists them).
+
+use std::borrow::Cow;
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use protocol::client::{
+    ack_reply, close_code, error_reply, ClientCommand, ErrorCode, GroupName, Request,
+};
+use protocol::{parse_command, CommandError, GroupId};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::outbox::{Outbox, Push};
+use crate::worker::WorkerState;
+
+/// Time allowed for the closing handshake before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Close {
+    /// The client closed or vanished.
+    ClientGone,
+    Shutdown,
+    SlowConsumer,
+    Idle,
+    /// A WebSocket-level violation: close code and reason.
+    Violation(u16, String),
+}
+
+pub(crate) async fn serve(
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    state: Rc<WorkerState>,
+    shutdown: CancellationToken,
+) {
+    let conn = state.next_conn_id();
+    let span = tracing::debug_span!("conn", worker = state.id, conn, %peer);
+    async move {
+        let ws = match handshake(stream, &state).await {
+            Ok(ws) => ws,
+            Err(cause) => {
+                state.stats.handshake_failures.fetch_add(1, Relaxed);
+                tracing::debug!(%cause, "handshake failed");
+                return;
+            }
+        };
+        state.stats.connections.fetch_add(1, Relaxed);
+        state.stats.connections_total.fetch_add(1, Relaxed);
+        let mut connection = Connection {
+            id: conn,
+            outbox: Rc::new(Outbox::new(
+                state.config.outbound_queue_messages,
+                state.config.outbound_queue_bytes,
+            )),
+            groups: HashSet::new(),
+            state: state.clone(),
+        };
+        let mut ws = ws;
+        let close = connection.run(&mut ws, &shutdown).await;
+        connection.leave_all();
+        match close {
+            Close::ClientGone => {}
+            Close::Shutdown => {
+                close_with(&mut ws, 1001, "server shutting down").await;
+            }
+            Close::SlowConsumer => {
+                state.stats.slow_consumer_closes.fetch_add(1, Relaxed);
+                tracing::info!("closing slow consumer");
+                close_with(&mut ws, close_code::SLOW_CONSUMER, "slow consumer").await;
+            }
+            Close::Idle => {
+                state.stats.idle_closes.fetch_add(1, Relaxed);
+                close_with(&mut ws, close_code::IDLE_TIMEOUT, "idle timeout").await;
+            }
+            Close::Violation(code, reason) => {
+                state.stats.protocol_closes.fetch_add(1, Relaxed);
+                tracing::debug!(code, %reason, "closing on protocol violation");
+                close_with(&mut ws, code, &reason).await;
+            }
+        }
+        state.stats.connections.fetch_sub(1, Relaxed);
+    }
+    .instrument(span)
+    .await
+}
+
+async fn handshake(stream: std::net::TcpStream, state: &WorkerState) -> Result<Ws, String> {
+    let stream = TcpStream::from_std(stream).map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let accept = tokio_tungstenite::accept_async_with_config(stream, Some(state.ws_config));
+    match tokio::time::timeout(state.config.handshake_timeout, accept).await {
+        Ok(Ok(ws)) => Ok(ws),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no handshake within {:?}",
+            state.config.handshake_timeout
+        )),
+    }
+}
+
+async fn close_with(ws: &mut Ws, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: Utf8Bytes::from(reason),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if ws.close(Some(frame)).await.is_err() {
+            return;
+        }
+        // Wait for the client's half of the closing handshake.
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+struct Connection {
+    id: u64,
+    outbox: Rc<Outbox>,
+    groups: HashSet<GroupId>,
+    state: Rc<WorkerState>,
+}
+
+impl Connection {
+    async fn run(&mut self, ws: &mut Ws, shutdown: &CancellationToken) -> Close {
+        let config = self.state.config.clone();
+        let outbox = self.outbox.clone();
+        let mut batch = VecDeque::new();
+        let mut last_heard = Instant::now();
+        let mut next_ping = last_heard + config.ping_interval;
+        let timer = tokio::time::sleep_until(next_ping.min(last_heard + config.idle_timeout));
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    // Deliver what is already queued, within the shutdown deadline.
+                    let _ = tokio::time::timeout(config.shutdown_timeout, write_outbox(ws, &outbox, &mut batch)).await;
+                    return Close::Shutdown;
+                }
+                _ = outbox.wake.notified() => {
+                    if let Err(close) = self.write(ws, &mut batch).await {
+                        return close;
+                    }
+                }
+                message = ws.next() => {
+                    last_heard = Instant::now();
+                    let message = match message {
+                        None => return Close::ClientGone,
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => return read_error(e),
+                    };
+                    match message {
+                        Message::Text(text) => self.on_text(text).await,
+                        Message::Binary(_) => {
+                            self.state.stats.messages_in.fetch_add(1, Relaxed);
+                            self.reply_error(ErrorCode::BinaryNotSupported, "binary frames are not supported: send JSON text frames", None);
+                        }
+                        // tungstenite answers pings itself; a pong only proves the client is alive.
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                        Message::Close(_) => {
+                            // tungstenite queued the close reply; flushing sends it.
+                            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+                            return Close::ClientGone;
+                        }
+                    }
+                }
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if now >= last_heard + config.idle_timeout {
+                        return Close::Idle;
+                    }
+                    if now >= next_ping {
+                        next_ping = now + config.ping_interval;
+                        let ping = async {
+                            ws.feed(Message::Ping(Default::default())).await?;
+                            ws.flush().await
+                        };
+                        match tokio::time::timeout(config.write_timeout, ping).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return read_error(e),
+                            Err(_) => return Close::SlowConsumer,
+                        }
+                    }
+                    timer.as_mut().reset(next_ping.min(last_heard + config.idle_timeout));
+                }
+            }
+        }
+    }
+
+    /// Writes the outbox out. Gives up (slow consumer) if the queue overflows meanwhile or a
+    /// write makes no progress for the write timeout.
+    async fn write(&self, ws: &mut Ws, batch: &mut VecDeque<Utf8Bytes>) -> Result<(), Close> {
+        if self.outbox.overflowed() {
+            return Err(Close::SlowConsumer);
+        }
+        let write = tokio::time::timeout(
+            self.state.config.write_timeout,
+            write_outbox(ws, &self.outbox, batch),
+        );
+        tokio::select! {
+            result = write => match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(read_error(e)),
+                Err(_) => Err(Close::SlowConsumer),
+            },
+            _ = self.outbox.overflow.notified() => Err(Close::SlowConsumer),
+        }
+    }
+
+    async fn on_text(&mut self, text: Utf8Bytes) {
+        let stats = &self.state.stats;
+        stats.messages_in.fetch_add(1, Relaxed);
+        let request = match parse_command(text.as_str(), &self.state.parse_limits) {
+            Ok(request) => request,
+            Err(e) => {
+                self.reply_error(e.code, &e.reason, e.req_id);
+                return;
+            }
+        };
+        let Request { command, req_id } = request;
+        let result = match command {
+            ClientCommand::AddGroup { group_id } => self.join(group_id),
+            ClientCommand::LeaveGroup { group_id } => {
+                self.leave(group_id.as_str());
+                Ok(())
+            }
+            ClientCommand::SendToGroup { group_id, message } => {
+                stats.sends.fetch_add(1, Relaxed);
+                let payload = match message {
+                    Cow::Borrowed(slice) => share_slice(&text, slice),
+                    Cow::Owned(owned) => Utf8Bytes::from(owned),
+                };
+                self.state.hub.publish(group_id.as_str(), &payload).await;
+                Ok(())
+            }
+        };
+        match result {
+            Ok(()) => {
+                if let Some(req_id) = req_id {
+                    self.reply(ack_reply(req_id));
+                }
+            }
+            Err(e) => self.reply_error(e.code, &e.reason, req_id),
+        }
+    }
+
+    fn join(&mut self, group: GroupName<'_>) -> Result<(), CommandError<'static>> {
+        if self.groups.contains(group.as_str()) {
+            return Ok(());
+        }
+        let max = self.state.config.max_groups_per_connection;
+        if self.groups.len() >= max {
+            return Err(CommandError::new(
+                ErrorCode::TooManyGroups,
+                format!("a connection may be in at most {max} groups"),
+            ));
+        }
+        let group = group.to_group_id();
+        self.state.add_member(&group, self.id, &self.outbox);
+        self.groups.insert(group);
+        Ok(())
+    }
+
+    fn leave(&mut self, group: &str) {
+        if let Some(group) = self.groups.take(group) {
+            self.state.remove_member(&group, self.id);
+        }
+    }
+
+    fn leave_all(&mut self) {
+        for group in std::mem::take(&mut self.groups) {
+            self.state.remove_member(&group, self.id);
+        }
+    }
+
+    fn reply(&self, text: String) {
+        if self.outbox.push(Utf8Bytes::from(text)) == Push::Queued {
+            self.state.stats.deliveries.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn reply_error(&self, code: ErrorCode, reason: &str, req_id: Option<protocol::ReqId<'_>>) {
+        self.state.stats.count_error(code);
+        tracing::debug!(code = %code, reason, "error reply");
+        self.reply(error_reply(code, reason, req_id));
+    }
+}
+
+/// The message text as a slice of the received frame's buffer: no copy.
+fn share_slice(frame: &Utf8Bytes, slice: &str) -> Utf8Bytes {
+    let bytes: &bytes::Bytes = frame.as_ref();
+    Utf8Bytes::try_from(bytes.slice_ref(slice.as_bytes()))
+        .unwrap_or_else(|_| Utf8Bytes::from(slice))
+}
+
+/// Writes everything queued (and whatever is queued meanwhile), then flushes once.
+async fn write_outbox(
+    ws: &mut Ws,
+    outbox: &Outbox,
+    batch: &mut VecDeque<Utf8Bytes>,
+) -> Result<(), WsError> {
+    loop {
+        outbox.take_all(batch);
+        if batch.is_empty() {
+            break;
+        }
+        while let Some(message) = batch.pop_front() {
+            ws.feed(Message::Text(message)).await?;
+        }
+    }
+    ws.flush().await
+}
+
+fn read_error(e: WsError) -> Close {
+    match e {
+        WsError::Capacity(e) => Close::Violation(1009, e.to_string()),
+        WsError::Utf8(_) => Close::Violation(1007, "invalid UTF-8 in a text frame".into()),
+        WsError::Protocol(p) => match p {
+            tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake => {
+                Close::ClientGone
+            }
+            p => Close::Violation(1002, p.to_string()),
+        },
+        _ => Close::ClientGone,
+    }
+}

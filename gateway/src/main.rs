@@ -1,0 +1,117 @@
+//! `gateway`: the WebSocket server. `gateway` alone is a whole system: the broker runs embedded
+//! and listens on `--broker-listen` (127.0.0.1:2206) so other gateways can join it. With
+//! `--broker HOST:PORT` it uses a standalone broker instead. `gateway --help` lists every setting;
+//! each also reads an environment variable.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use anyhow::Context;
+use broker::ops::{self, LogFormat};
+use clap::Parser;
+use gateway::{Gateway, GatewayConfig};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about = "Group push WebSocket server")]
+struct Cli {
+    /// Address clients connect to (WebSocket). Bound with SO_REUSEPORT: several gateway processes
+    /// may share it.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:1234")]
+    listen: SocketAddr,
+
+    /// A standalone broker to use ("host:port"). Without it the broker runs in this process.
+    #[arg(long, env = "GATEWAY_BROKER")]
+    broker: Option<String>,
+
+    /// Where the embedded broker listens for other gateways (ignored with --broker).
+    #[arg(long, env = "GATEWAY_BROKER_LISTEN", default_value = "127.0.0.1:2206")]
+    broker_listen: SocketAddr,
+
+    /// Admin HTTP address (/healthz, /readyz, /api/stats), or "off".
+    #[arg(long, env = "GATEWAY_ADMIN", default_value = "127.0.0.1:9090")]
+    admin: AdminAddr,
+
+    /// Log format on stderr. RUST_LOG sets the level (default info).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
+    log_format: LogFormat,
+
+    #[command(flatten)]
+    config: GatewayConfig,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AdminAddr(Option<SocketAddr>);
+
+impl FromStr for AdminAddr {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(AdminAddr(None));
+        }
+        s.parse().map(|addr| AdminAddr(Some(addr)))
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    ops::init_tracing(cli.log_format);
+    cli.config
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid configuration")?;
+    let shutdown = CancellationToken::new();
+    ops::cancel_on_signals(shutdown.clone());
+
+    let (broker_addr, embedded, broker_task) = match cli.broker {
+        Some(addr) => (addr, None, None),
+        None => {
+            let broker_config = broker::BrokerConfig {
+                max_frame_size: cli.config.link_max_frame_size,
+                ..broker::BrokerConfig::default()
+            };
+            let broker = broker::Broker::new(broker_config)?;
+            let listener = ops::bind_logged(cli.broker_listen, "embedded broker listening")
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {} (embedded broker)", cli.broker_listen)
+                })?;
+            let addr = listener.local_addr()?.to_string();
+            let serving = broker.clone();
+            let token = shutdown.clone();
+            let task = tokio::spawn(async move { serving.serve(listener, token).await });
+            (addr, Some(broker), Some(task))
+        }
+    };
+
+    let listener = gateway::bind_reuseport(cli.listen)
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    let gateway = Gateway::start(cli.config, broker_addr, embedded, shutdown.clone())?;
+
+    let admin = match cli.admin.0 {
+        Some(addr) => {
+            let admin_listener = ops::bind_logged(addr, "admin listening")
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin)"))?;
+            let router = gateway::admin::router(gateway.clone());
+            Some(tokio::spawn(ops::serve_admin(
+                admin_listener,
+                router,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+
+    gateway.serve(listener).await?;
+    if let Some(task) = broker_task {
+        task.await.context("embedded broker panicked")??;
+    }
+    if let Some(admin) = admin {
+        admin.await.context("admin server panicked")??;
+    }
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! A connection's bounded outbound queue, shared between the worker's fan-out (producer) and
+//! the connection task (consumer). Both run on the worker's thread, hence `Cell`/`RefCell`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    queue: RefCell<VecDeque<Utf8Bytes>>,
+    bytes: Cell<usize>,
+    overflowed: Cell<bool>,
+    max_messages: usize,
+    max_bytes: usize,
+    /// Wakes the connection task: something was queued, or the queue overflowed.
+    pub(crate) wake: Notify,
+    /// Signalled once, when the queue overflows: interrupts a write in progress.
+    pub(crate) overflow: Notify,
+}
+
+/// Result of [`Outbox::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Push {
+    Queued,
+    /// This push overflowed the queue: the connection is now a slow consumer, its queue was
+    /// dropped (`dropped` messages, this one included).
+    Overflowed {
+        dropped: usize,
+    },
+    /// The queue overflowed earlier; the message was discarded.
+    Closed,
+}
+
+impl Outbox {
+    pub(crate) fn new(max_messages: usize, max_bytes: usize) -> Outbox {
+        Outbox {
+            queue: RefCell::new(VecDeque::new()),
+            bytes: Cell::new(0),
+            overflowed: Cell::new(false),
+            max_messages,
+            max_bytes,
+            wake: Notify::new(),
+            overflow: Notify::new(),
+        }
+    }
+
+    pub(crate) fn push(&self, message: Utf8Bytes) -> Push {
+        if self.overflowed.get() {
+            return Push::Closed;
+        }
+        let mut queue = self.queue.borrow_mut();
+        let bytes = self.bytes.get() + message.len();
+        if queue.len() >= self.max_messages || bytes > self.max_bytes {
+            let dropped = queue.len() + 1;
+            *queue = VecDeque::new();
+            self.bytes.set(0);
+            self.overflowed.set(true);
+            self.wake.notify_one();
+            self.overflow.notify_one();
+            return Push::Overflowed { dropped };
+        }
+        let was_empty = queue.is_empty();
+        queue.push_back(message);
+        self.bytes.set(bytes);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Push::Queued
+    }
+
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed.get()
+    }
+
+    /// Moves everything queued into `into` (which should be empty), releasing the byte budget.
+    pub(crate) fn take_all(&self, into: &mut VecDeque<Utf8Bytes>) {
+        std::mem::swap(&mut *self.queue.borrow_mut(), into);
+        self.bytes.set(0);
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.queue.borrow().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_by_count_and_bytes() {
+        let outbox = Outbox::new(3, 10);
+        assert_eq!(outbox.push("abc".into()), Push::Queued);
+        assert_eq!(outbox.push("def".into()), Push::Queued);
+        assert_eq!(outbox.push("ghij".into()), Push::Queued);
+        assert_eq!(outbox.push("k".into()), Push::Overflowed { dropped: 4 });
+        assert!(outbox.overflowed());
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.push("l".into()), Push::Closed);
+
+        let outbox = Outbox::new(100, 10);
+        assert_eq!(outbox.push("0123456789".into()), Push::Queued);
+        assert_eq!(outbox.push("x".into()), Push::Overflowed { dropped: 2 });
+    }
+
+    #[test]
+    fn take_all_frees_budget() {
+        let outbox = Outbox::new(2, 100);
+        outbox.push("a".into());
+        outbox.push("b".into());
+        let mut batch = VecDeque::new();
+        outbox.take_all(&mut batch);
+        assert_eq!(batch.len(), 2);
+        assert_eq!(outbox.push("c".into()), Push::Queued);
+        assert_eq!(outbox.push("d".into()), Push::Queued);
+    }
+}

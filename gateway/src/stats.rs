@@ -1,0 +1,100 @@
+//! Gateway counters. Workers update their own [`WorkerStats`] (atomics, so the admin server can
+//! read them from another thread without locks).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use protocol::ErrorCode;
+
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub connections: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    /// Distinct groups with members on this worker.
+    pub groups: AtomicU64,
+    /// (connection, group) pairs on this worker.
+    pub memberships: AtomicU64,
+    pub joins: AtomicU64,
+    pub leaves: AtomicU64,
+    /// Frames received from clients.
+    pub messages_in: AtomicU64,
+    /// `send_to_group` commands accepted.
+    pub sends: AtomicU64,
+    /// Messages queued to client connections (group messages and replies).
+    pub deliveries: AtomicU64,
+    /// Connections closed because their outbound queue overflowed (code 4001).
+    pub slow_consumer_closes: AtomicU64,
+    /// Messages discarded when a slow consumer's queue was dropped.
+    pub queue_drops: AtomicU64,
+    pub idle_closes: AtomicU64,
+    /// Connections closed for a WebSocket-level violation (1002, 1007, 1009).
+    pub protocol_closes: AtomicU64,
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+}
+
+impl WorkerStats {
+    pub fn count_error(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self, id: usize) -> WorkerSnapshot {
+        WorkerSnapshot {
+            id,
+            connections: self.connections.load(Relaxed),
+            connections_total: self.connections_total.load(Relaxed),
+            handshake_failures: self.handshake_failures.load(Relaxed),
+            groups: self.groups.load(Relaxed),
+            memberships: self.memberships.load(Relaxed),
+            joins: self.joins.load(Relaxed),
+            leaves: self.leaves.load(Relaxed),
+            messages_in: self.messages_in.load(Relaxed),
+            sends: self.sends.load(Relaxed),
+            deliveries: self.deliveries.load(Relaxed),
+            slow_consumer_closes: self.slow_consumer_closes.load(Relaxed),
+            queue_drops: self.queue_drops.load(Relaxed),
+            idle_closes: self.idle_closes.load(Relaxed),
+            protocol_closes: self.protocol_closes.load(Relaxed),
+            errors: ErrorCode::ALL
+                .iter()
+                .zip(&self.errors)
+                .map(|(code, n)| (code.as_str(), n.load(Relaxed)))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerSnapshot {
+    pub id: usize,
+    pub connections: u64,
+    pub connections_total: u64,
+    pub handshake_failures: u64,
+    pub groups: u64,
+    pub memberships: u64,
+    pub joins: u64,
+    pub leaves: u64,
+    pub messages_in: u64,
+    pub sends: u64,
+    pub deliveries: u64,
+    pub slow_consumer_closes: u64,
+    pub queue_drops: u64,
+    pub idle_closes: u64,
+    pub protocol_closes: u64,
+    /// Error replies sent, by code.
+    pub errors: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// What `/api/stats` serves.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GatewaySnapshot {
+    pub connections: u64,
+    /// Distinct groups with members in this process.
+    pub groups: u64,
+    pub memberships: u64,
+    pub workers: Vec<WorkerSnapshot>,
+    pub broker_link: crate::bus::BusStatus,
+    /// Present when the broker runs inside this process.
+    pub embedded_broker: Option<broker::StatsSnapshot>,
+}

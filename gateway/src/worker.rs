@@ -1,0 +1,201 @@
+//! A worker: one OS thread with a single-threaded runtime that owns a share of the connections
+//! and the local group table for them (no locks on the per-message path).
+//!
+//! The acceptor hands it sockets; the [`Router`](crate::hub::Router) hands it deliveries, which
+//! it fans out to its local members' outboxes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use protocol::client::ParseLimits;
+use protocol::GroupId;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::GatewayConfig;
+use crate::connection;
+use crate::hub::{Delivery, Hub};
+use crate::outbox::{Outbox, Push};
+use crate::stats::WorkerStats;
+
+/// Deliveries taken from the inbox per wake-up.
+const INBOX_BATCH: usize = 64;
+
+pub(crate) type NewConnection = (std::net::TcpStream, SocketAddr);
+
+/// State shared by the worker's tasks (all on its one thread).
+#[derive(Debug)]
+pub(crate) struct WorkerState {
+    pub(crate) id: usize,
+    pub(crate) config: Arc<GatewayConfig>,
+    pub(crate) ws_config: WebSocketConfig,
+    pub(crate) parse_limits: ParseLimits,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) stats: Arc<WorkerStats>,
+    /// Group -> (connection id -> outbox) for this worker's connections.
+    groups: RefCell<HashMap<GroupId, HashMap<u64, Rc<Outbox>>>>,
+    next_conn: Cell<u64>,
+}
+
+impl WorkerState {
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        id
+    }
+
+    pub(crate) fn add_member(&self, group: &GroupId, conn: u64, outbox: &Rc<Outbox>) {
+        let mut groups = self.groups.borrow_mut();
+        let members = groups.entry(group.clone()).or_insert_with(|| {
+            self.hub.worker_joined(self.id, group);
+            self.stats.groups.fetch_add(1, Relaxed);
+            HashMap::new()
+        });
+        if members.insert(conn, outbox.clone()).is_none() {
+            self.stats.memberships.fetch_add(1, Relaxed);
+            self.stats.joins.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn remove_member(&self, group: &GroupId, conn: u64) {
+        let mut groups = self.groups.borrow_mut();
+        let Some(members) = groups.get_mut(group) else {
+            return;
+        };
+        if members.remove(&conn).is_some() {
+            self.stats.memberships.fetch_sub(1, Relaxed);
+            self.stats.leaves.fetch_add(1, Relaxed);
+        }
+        if members.is_empty() {
+            groups.remove(group);
+            self.stats.groups.fetch_sub(1, Relaxed);
+            self.hub.worker_left(self.id, group);
+        }
+    }
+
+    /// Queues a group message to every local member.
+    fn deliver(&self, delivery: Delivery) {
+        let groups = self.groups.borrow();
+        let Some(members) = groups.get(&delivery.group) else {
+            return; // the last member left after the router looked
+        };
+        let mut delivered = 0;
+        for outbox in members.values() {
+            match outbox.push(delivery.payload.clone()) {
+                Push::Queued => delivered += 1,
+                Push::Overflowed { dropped } => {
+                    self.stats.queue_drops.fetch_add(dropped as u64, Relaxed);
+                }
+                Push::Closed => {
+                    self.stats.queue_drops.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        self.stats.deliveries.fetch_add(delivered, Relaxed);
+    }
+}
+
+/// Everything a worker thread needs.
+#[derive(Debug)]
+pub(crate) struct WorkerSetup {
+    pub(crate) id: usize,
+    pub(crate) config: Arc<GatewayConfig>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) stats: Arc<WorkerStats>,
+    pub(crate) connections: mpsc::Receiver<NewConnection>,
+    pub(crate) inbox: mpsc::Receiver<Delivery>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+pub(crate) fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("worker-{}", setup.id))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!(worker = setup.id, cause = %e, "cannot start worker runtime");
+                    setup.shutdown.cancel();
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, run(setup));
+        })
+}
+
+async fn run(setup: WorkerSetup) {
+    let WorkerSetup {
+        id,
+        config,
+        hub,
+        stats,
+        mut connections,
+        mut inbox,
+        shutdown,
+    } = setup;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(config.ws_read_buffer)
+        .write_buffer_size(config.ws_write_buffer)
+        .max_write_buffer_size(config.ws_write_buffer.max(config.max_message_size) * 2 + 1024)
+        .max_message_size(Some(config.max_message_size))
+        .max_frame_size(Some(config.max_message_size));
+    let state = Rc::new(WorkerState {
+        id,
+        parse_limits: ParseLimits {
+            max_group_id_len: config.max_group_id_len,
+        },
+        ws_config,
+        config,
+        hub,
+        stats,
+        groups: RefCell::new(HashMap::new()),
+        next_conn: Cell::new(0),
+    });
+    let tasks = TaskTracker::new();
+    let mut batch = Vec::with_capacity(INBOX_BATCH);
+    tracing::debug!(worker = id, "worker started");
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            n = inbox.recv_many(&mut batch, INBOX_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                for delivery in batch.drain(..) {
+                    state.deliver(delivery);
+                }
+                // Let the connections write what was just queued before taking more: without
+                // this a burst fills outboxes faster than their owners can drain them.
+                tokio::task::yield_now().await;
+            }
+            accepted = connections.recv() => match accepted {
+                Some((stream, peer)) => {
+                    tasks.spawn_local(connection::serve(stream, peer, state.clone(), shutdown.clone()));
+                }
+                None => break,
+            },
+        }
+    }
+    tasks.close();
+    // Connections flush their queues and close with 1001 on their own; the deadline is theirs.
+    let deadline = state.config.shutdown_timeout + std::time::Duration::from_secs(1);
+    if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            worker = id,
+            open = tasks.len(),
+            "worker stopped with connections still open"
+        );
+    }
+    tracing::debug!(worker = id, "worker stopped");
+}

@@ -1,0 +1,384 @@
+//! The gateway library with an in-process broker, driven by real WebSocket clients.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use gateway::stats::GatewaySnapshot;
+use gateway::{Gateway, GatewayConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Fixture {
+    gateway: Gateway,
+    url: String,
+    shutdown: CancellationToken,
+    served: tokio::task::JoinHandle<()>,
+}
+
+async fn start(config: GatewayConfig) -> Result<Fixture> {
+    let shutdown = CancellationToken::new();
+    let broker = broker::Broker::new(broker::BrokerConfig::default())?;
+    let broker_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let broker_addr = broker_listener.local_addr()?.to_string();
+    tokio::spawn({
+        let (broker, token) = (broker.clone(), shutdown.clone());
+        async move {
+            broker
+                .serve(broker_listener, token)
+                .await
+                .expect("broker serves")
+        }
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}", listener.local_addr()?);
+    let gateway = Gateway::start(config, broker_addr, Some(broker), shutdown.clone())?;
+    let served = tokio::spawn({
+        let gateway = gateway.clone();
+        async move { gateway.serve(listener).await.expect("gateway serves") }
+    });
+    let fixture = Fixture {
+        gateway,
+        url,
+        shutdown,
+        served,
+    };
+    fixture.wait_stats(|s| s.broker_link.up).await?;
+    Ok(fixture)
+}
+
+impl Fixture {
+    async fn connect(&self) -> Result<Client> {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&self.url))
+            .await
+            .context("connect timed out")??;
+        Ok(ws)
+    }
+
+    async fn wait_stats(&self, cond: impl Fn(&GatewaySnapshot) -> bool) -> Result<GatewaySnapshot> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let stats = self.gateway.stats();
+            if cond(&stats) {
+                return Ok(stats);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("stats condition not met: {stats:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn send(ws: &mut Client, text: &str) -> Result<()> {
+    ws.send(Message::text(text)).await?;
+    Ok(())
+}
+
+async fn recv(ws: &mut Client) -> Result<Message> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .context("nothing received in time")?
+            .context("stream ended")??;
+        if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
+            return Ok(msg);
+        }
+    }
+}
+
+async fn recv_text(ws: &mut Client) -> Result<String> {
+    match recv(ws).await? {
+        Message::Text(t) => Ok(t.as_str().to_owned()),
+        other => bail!("expected text, got {other:?}"),
+    }
+}
+
+async fn join(ws: &mut Client, group: &str, req_id: u64) -> Result<()> {
+    send(
+        ws,
+        &format!(r#"{{"cmd":"add_group","group_id":"{group}","req_id":{req_id}}}"#),
+    )
+    .await?;
+    let reply = recv_text(ws).await?;
+    assert_eq!(reply, format!(r#"{{"cmd":"ack","req_id":{req_id}}}"#));
+    Ok(())
+}
+
+fn config(workers: usize) -> GatewayConfig {
+    GatewayConfig {
+        workers: Some(workers),
+        ..GatewayConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_scenario_and_cleanup() -> Result<()> {
+    let fx = start(config(2)).await?;
+    let mut ws = fx.connect().await?;
+    send(&mut ws, r#"{"cmd":"add_group", "group_id":"123"}"#).await?;
+    send(
+        &mut ws,
+        r#"{"cmd":"send_to_group", "group_id":"123", "message":"C'est le message"}"#,
+    )
+    .await?;
+    assert_eq!(recv_text(&mut ws).await?, "C'est le message");
+    // Nothing else came first or in between: the next thing is the ack of a barrier request.
+    send(
+        &mut ws,
+        r#"{"cmd":"leave_group","group_id":123,"req_id":"b"}"#,
+    )
+    .await?;
+    assert_eq!(recv_text(&mut ws).await?, r#"{"cmd":"ack","req_id":"b"}"#);
+    join(&mut ws, "123", 1).await?;
+    fx.wait_stats(|s| s.groups == 1 && s.memberships == 1 && s.broker_link.subscriptions == 1)
+        .await?;
+    ws.close(None).await?;
+    let stats = fx
+        .wait_stats(|s| {
+            s.connections == 0
+                && s.groups == 0
+                && s.memberships == 0
+                && s.broker_link.subscriptions == 0
+        })
+        .await?;
+    assert!(stats.workers.iter().all(|w| w.groups == 0));
+    fx.wait_stats(|s| {
+        s.embedded_broker
+            .is_some_and(|b| b.subscriptions == 0 && b.channels == 0)
+    })
+    .await?;
+    fx.shutdown.cancel();
+    tokio::time::timeout(WAIT, fx.served).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_workers_exactly_once() -> Result<()> {
+    let fx = start(config(3)).await?;
+    let mut members = Vec::new();
+    for i in 0..6 {
+        let mut ws = fx.connect().await?;
+        join(&mut ws, "g", i).await?;
+        members.push(ws);
+    }
+    let mut outsider = fx.connect().await?;
+    join(&mut outsider, "other", 99).await?;
+    let stats = fx.wait_stats(|s| s.connections == 7).await?;
+    assert!(
+        stats.workers.iter().all(|w| w.connections >= 2),
+        "{stats:#?}"
+    );
+    for n in 0..20 {
+        send(
+            &mut members[n % 6],
+            &format!(r#"{{"cmd":"send_to_group","group_id":"g","message":"m{n}"}}"#),
+        )
+        .await?;
+        for ws in members.iter_mut() {
+            assert_eq!(recv_text(ws).await?, format!("m{n}"));
+        }
+    }
+    send(
+        &mut outsider,
+        r#"{"cmd":"send_to_group","group_id":"other","message":"only me"}"#,
+    )
+    .await?;
+    assert_eq!(recv_text(&mut outsider).await?, "only me");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_keep_the_connection_open() -> Result<()> {
+    let fx = start(config(1)).await?;
+    let mut ws = fx.connect().await?;
+    for (input, code) in [
+        ("nope", "invalid_json"),
+        ("[1]", "not_an_object"),
+        (r#"{"cmd":"add_group"}"#, "missing_field"),
+        (r#"{"cmd":"jump","group_id":1}"#, "unknown_cmd"),
+        (r#"{"cmd":"add_group","group_id":[1]}"#, "invalid_group_id"),
+    ] {
+        send(&mut ws, input).await?;
+        let reply: serde_json::Value = serde_json::from_str(&recv_text(&mut ws).await?)?;
+        assert_eq!(reply["cmd"], "error", "{input}");
+        assert_eq!(reply["code"], code, "{input}");
+    }
+    ws.send(Message::binary(vec![1, 2, 3])).await?;
+    let reply: serde_json::Value = serde_json::from_str(&recv_text(&mut ws).await?)?;
+    assert_eq!(reply["code"], "binary_not_supported");
+    join(&mut ws, "still-open", 1).await?;
+    let stats = fx.gateway.stats();
+    assert_eq!(stats.workers[0].errors["invalid_json"], 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_close_with_documented_codes() -> Result<()> {
+    let fx = start(GatewayConfig {
+        workers: Some(1),
+        max_message_size: 1024,
+        max_groups_per_connection: 2,
+        ..GatewayConfig::default()
+    })
+    .await?;
+    let mut ws = fx.connect().await?;
+    join(&mut ws, "a", 1).await?;
+    join(&mut ws, "b", 2).await?;
+    send(&mut ws, r#"{"cmd":"add_group","group_id":"c","req_id":3}"#).await?;
+    let reply: serde_json::Value = serde_json::from_str(&recv_text(&mut ws).await?)?;
+    assert_eq!(reply["code"], "too_many_groups");
+    assert_eq!(reply["req_id"], 3);
+
+    let mut bystander = fx.connect().await?;
+    join(&mut bystander, "a", 1).await?;
+    send(&mut ws, &"x".repeat(2000)).await?;
+    match recv(&mut ws).await? {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1009),
+        other => bail!("expected close 1009, got {other:?}"),
+    }
+    fx.wait_stats(|s| s.connections == 1 && s.memberships == 1)
+        .await?;
+    send(
+        &mut bystander,
+        r#"{"cmd":"send_to_group","group_id":"a","message":"fine"}"#,
+    )
+    .await?;
+    assert_eq!(recv_text(&mut bystander).await?, "fine");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_is_closed_and_pinged_client_is_not() -> Result<()> {
+    let fx = start(GatewayConfig {
+        workers: Some(1),
+        ping_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(400),
+        ..GatewayConfig::default()
+    })
+    .await?;
+    // tokio-tungstenite answers pings while it is polled: a client that keeps reading stays alive.
+    let mut alive = fx.connect().await?;
+    join(&mut alive, "g", 1).await?;
+    let (mut alive_tx, mut alive_rx) = alive.split();
+    let (texts_tx, mut texts) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        let mut pings = 0;
+        while let Some(Ok(msg)) = alive_rx.next().await {
+            match msg {
+                Message::Ping(_) => pings += 1,
+                Message::Text(t) => {
+                    let _ = texts_tx.send(t.as_str().to_owned());
+                }
+                _ => break,
+            }
+        }
+        pings
+    });
+    assert_eq!(fx.gateway.stats().workers[0].idle_closes, 0);
+    // A client that stops reading cannot answer pings: after the idle timeout it is closed
+    // with 4000. (Not reading is the subject of this test, hence the deliberate pause.)
+    let mut silent = fx.connect().await?;
+    join(&mut silent, "g", 2).await?;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let code = match recv(&mut silent).await? {
+        Message::Close(Some(frame)) => u16::from(frame.code),
+        other => bail!("expected a close frame, got {other:?}"),
+    };
+    assert_eq!(code, 4000);
+    let stats = fx.wait_stats(|s| s.connections == 1).await?;
+    assert_eq!(stats.workers[0].idle_closes, 1);
+    // The reading client survived all along.
+    alive_tx
+        .send(Message::text(
+            r#"{"cmd":"send_to_group","group_id":"g","message":"still here"}"#,
+        ))
+        .await?;
+    let got = tokio::time::timeout(WAIT, texts.recv()).await?;
+    assert_eq!(got.as_deref(), Some("still here"));
+    alive_tx.close().await?;
+    let pings = tokio::time::timeout(WAIT, reader).await??;
+    assert!(pings >= 5, "the server pinged every 100 ms, saw {pings}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_closed_and_others_get_everything() -> Result<()> {
+    let fx = start(GatewayConfig {
+        workers: Some(2),
+        outbound_queue_messages: 256,
+        outbound_queue_bytes: 256 * 1024,
+        ..GatewayConfig::default()
+    })
+    .await?;
+    let mut slow = fx.connect().await?;
+    join(&mut slow, "g", 1).await?;
+    let mut fast = fx.connect().await?;
+    join(&mut fast, "g", 2).await?;
+    const N: usize = 20_000;
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < N {
+            match recv_text(&mut fast).await {
+                Ok(text) if text.starts_with(&format!("{got:06}")) => got += 1,
+                Ok(text) => {
+                    return Err(anyhow::anyhow!(
+                        "out of order: expected {got}, got {}",
+                        &text[..6]
+                    ))
+                }
+                Err(e) => return Err(e.context(format!("after {got} messages"))),
+            }
+        }
+        Ok((got, fast))
+    });
+    let mut sender = fx.connect().await?;
+    let filler = "x".repeat(1000);
+    for i in 0..N {
+        send(
+            &mut sender,
+            &format!(r#"{{"cmd":"send_to_group","group_id":"g","message":"{i:06}{filler}"}}"#),
+        )
+        .await?;
+    }
+    let (got, _fast) = tokio::time::timeout(Duration::from_secs(30), reader).await???;
+    assert_eq!(got, N);
+    let stats = fx
+        .wait_stats(|s| {
+            s.workers
+                .iter()
+                .map(|w| w.slow_consumer_closes)
+                .sum::<u64>()
+                == 1
+                && s.connections == 2
+        })
+        .await?;
+    assert!(stats.workers.iter().map(|w| w.queue_drops).sum::<u64>() > 0);
+    assert_eq!(stats.memberships, 1, "the slow consumer left its group");
+    drop(slow);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_clients_with_1001() -> Result<()> {
+    let fx = start(config(2)).await?;
+    let mut a = fx.connect().await?;
+    let mut b = fx.connect().await?;
+    join(&mut a, "g", 1).await?;
+    join(&mut b, "g", 1).await?;
+    fx.shutdown.cancel();
+    for ws in [&mut a, &mut b] {
+        match recv(ws).await? {
+            Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
+            other => bail!("expected close 1001, got {other:?}"),
+        }
+    }
+    tokio::time::timeout(WAIT, fx.served).await??;
+    Ok(())
+}
