@@ -36,6 +36,8 @@ enum Close {
     Eof,
     Shutdown,
     SlowConsumer,
+    /// The writer could not write to the socket.
+    WriteFailed,
     Idle,
     /// The peer broke the protocol; the code is sent back in an `Error` frame.
     Fault {
@@ -117,7 +119,9 @@ pub(crate) async fn serve_link(
         loop {
             tokio::select! {
                 biased;
-                _ = kill.cancelled() => return Close::SlowConsumer,
+                _ = kill.cancelled() => {
+                    return if handle.is_slow() { Close::SlowConsumer } else { Close::WriteFailed };
+                }
                 _ = shutdown.cancelled() => return Close::Shutdown,
                 frame = frames.next() => {
                     let frame = match frame {
@@ -143,7 +147,7 @@ pub(crate) async fn serve_link(
     .await;
 
     match &close {
-        Close::Eof | Close::Shutdown => {
+        Close::Eof | Close::Shutdown | Close::WriteFailed => {
             tracing::info!(link = id.0, %peer, reason = ?close, "link closed")
         }
         Close::SlowConsumer => {
@@ -163,7 +167,10 @@ pub(crate) async fn serve_link(
     }
     shared.registry.remove_link(id, subscribed.iter());
     drop(handle);
-    if matches!(close, Close::SlowConsumer | Close::Shutdown) {
+    if matches!(
+        close,
+        Close::SlowConsumer | Close::Shutdown | Close::WriteFailed
+    ) {
         kill.cancel();
     }
     // The writer ends once every queue sender is gone and the queue is drained.

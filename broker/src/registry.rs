@@ -4,7 +4,7 @@
 //! encodes the `Message` frame once and queues clones of the same `Bytes` to each subscriber.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,11 +25,23 @@ pub struct LinkHandle {
     pub id: LinkId,
     tx: mpsc::Sender<Bytes>,
     kill: CancellationToken,
+    /// Set once, by whichever publisher first finds the queue full.
+    slow: Arc<AtomicBool>,
 }
 
 impl LinkHandle {
     pub fn new(id: LinkId, tx: mpsc::Sender<Bytes>, kill: CancellationToken) -> Self {
-        LinkHandle { id, tx, kill }
+        LinkHandle {
+            id,
+            tx,
+            kill,
+            slow: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// True once the link was found too slow and is being disconnected.
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Relaxed)
     }
 
     /// Queues an encoded frame without waiting. A full queue means the link cannot keep up: it is
@@ -39,7 +51,7 @@ impl LinkHandle {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 stats.dropped_frames.fetch_add(1, Relaxed);
-                if !self.kill.is_cancelled() {
+                if !self.slow.swap(true, Relaxed) {
                     stats.slow_link_disconnects.fetch_add(1, Relaxed);
                     tracing::warn!(
                         link = self.id.0,
@@ -238,7 +250,7 @@ mod tests {
                 )
                 .unwrap();
         }
-        assert!(slow.kill.is_cancelled());
+        assert!(slow.kill.is_cancelled() && slow.is_slow());
         assert_eq!(stats.snapshot().slow_link_disconnects, 1);
         assert_eq!(stats.snapshot().dropped_frames, 2);
         for _ in 0..3 {

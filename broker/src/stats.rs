@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 #[derive(Debug, Default)]
 pub struct BrokerStats {
+    /// Open links, including those still exchanging hellos.
     pub links: AtomicU64,
     pub links_total: AtomicU64,
     pub channels: AtomicU64,

@@ -1,0 +1,817 @@
+//! The broker link over real TCP: handshake, fan-out, `no_echo`, unsubscribe and cleanup,
+//! malformed input, handshake and idle timeouts, slow consumers, graceful shutdown.
+//!
+//! Each test runs its own broker on `127.0.0.1:0`. "Nothing else arrived" is proven with a
+//! ping/pong barrier: the broker writes a link's frames in the order it queued them, so once the
+//! pong for a ping arrives, everything queued before that ping was handled has arrived too. To
+//! prove a publish was *not* delivered, the publisher's own barrier comes first (its frames are
+//! applied in order, so the fan-out is done when its pong arrives), then the subscriber's.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use broker::{Broker, BrokerConfig, BrokerError, StatsSnapshot};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use protocol::link::{Body, Hello, LinkError, Message, Ping, Publish, Subscribe, Unsubscribe};
+use protocol::{Frame, FrameError, LinkCodec, DEFAULT_MAX_FRAME_SIZE, PROTOCOL_VERSION};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, Instant};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound on any single wait; generous so a loaded machine does not fail a correct broker.
+const WAIT: Duration = Duration::from_secs(3);
+
+/// A broker serving on an ephemeral port in the test's runtime; cancelled on drop.
+struct TestBroker {
+    broker: Broker,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    serve: JoinHandle<Result<(), BrokerError>>,
+}
+
+impl TestBroker {
+    async fn start(config: BrokerConfig) -> TestBroker {
+        let broker = Broker::new(config).expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("listener address");
+        let shutdown = CancellationToken::new();
+        let serve = tokio::spawn({
+            let broker = broker.clone();
+            let shutdown = shutdown.clone();
+            async move { broker.serve(listener, shutdown).await }
+        });
+        TestBroker {
+            broker,
+            addr,
+            shutdown,
+            serve,
+        }
+    }
+
+    fn stats(&self) -> StatsSnapshot {
+        self.broker.stats()
+    }
+
+    /// Polls the stats until `done` holds, for counters the broker updates after a socket closes.
+    async fn wait_for_stats(
+        &self,
+        what: &str,
+        done: impl Fn(&StatsSnapshot) -> bool,
+    ) -> StatsSnapshot {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let stats = self.stats();
+            if done(&stats) {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; stats: {stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A gateway's end of a link, reduced to what the tests need.
+struct Client {
+    framed: Framed<TcpStream, LinkCodec>,
+    next_nonce: u64,
+}
+
+impl Client {
+    /// Connects without reading or sending anything.
+    async fn connect_raw(addr: SocketAddr) -> Client {
+        let stream = timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect timed out")
+            .expect("connect to the broker");
+        // Like a gateway: a ping right after a publish must not wait out Nagle + delayed ACK.
+        stream.set_nodelay(true).expect("set TCP_NODELAY");
+        Client {
+            framed: Framed::new(stream, LinkCodec::default()),
+            next_nonce: 1,
+        }
+    }
+
+    /// Connects and completes the handshake; the link is up (the broker applied our hello) on
+    /// return.
+    async fn connect(addr: SocketAddr) -> Client {
+        let mut client = Client::connect_raw(addr).await;
+        client.expect_hello().await;
+        client.send(Frame::hello("test")).await;
+        client.barrier().await;
+        client
+    }
+
+    async fn send(&mut self, frame: Frame) {
+        timeout(WAIT, self.framed.send(frame))
+            .await
+            .expect("send timed out")
+            .expect("send a frame");
+    }
+
+    /// Writes bytes as they are, bypassing the codec (whose write buffer is flushed after
+    /// every `send`, so ordering is kept).
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        timeout(WAIT, self.framed.get_mut().write_all(bytes))
+            .await
+            .expect("raw write timed out")
+            .expect("raw write");
+    }
+
+    async fn publish(&mut self, channel: &str, payload: &[u8], no_echo: bool) {
+        self.send(publish(channel, payload, no_echo)).await;
+    }
+
+    /// Subscribes, then waits until the broker has applied it.
+    async fn subscribe(&mut self, channels: &[&str]) {
+        self.send(subscribe(channels)).await;
+        self.barrier().await;
+    }
+
+    /// Unsubscribes, then waits until the broker has applied it.
+    async fn unsubscribe(&mut self, channels: &[&str]) {
+        self.send(Frame::new(Body::Unsubscribe(Unsubscribe {
+            channels: to_bytes(channels),
+        })))
+        .await;
+        self.barrier().await;
+    }
+
+    async fn recv(&mut self) -> Option<Result<Frame, FrameError>> {
+        timeout(WAIT, self.framed.next())
+            .await
+            .expect("nothing arrived (no frame, no EOF) in time")
+    }
+
+    async fn expect_frame(&mut self) -> Frame {
+        match self.recv().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => panic!("expected a frame, got a link error: {e}"),
+            None => panic!("expected a frame, got EOF"),
+        }
+    }
+
+    async fn expect_hello(&mut self) {
+        match self.expect_frame().await.body {
+            Some(Body::Hello(Hello { version, .. })) => assert_eq!(version, PROTOCOL_VERSION),
+            other => panic!("expected the broker's hello first, got {other:?}"),
+        }
+    }
+
+    async fn expect_message(&mut self, channel: &str, payload: &[u8]) {
+        match self.expect_frame().await.body {
+            Some(Body::Message(Message {
+                channel: got_channel,
+                payload: got_payload,
+            })) => {
+                assert_eq!(got_channel.as_ref(), channel.as_bytes(), "message channel");
+                assert_eq!(got_payload.as_ref(), payload, "message payload");
+            }
+            other => panic!("expected a message on {channel:?}, got {other:?}"),
+        }
+    }
+
+    /// Ping, and require the very next frame to be the matching pong: nothing was queued for
+    /// this link before the ping was handled, except what the caller already read.
+    async fn barrier(&mut self) {
+        let nonce = self.next_nonce;
+        self.next_nonce += 1;
+        self.send(ping(nonce)).await;
+        match self.expect_frame().await.body {
+            Some(Body::Pong(pong)) if pong.nonce == nonce => {}
+            other => panic!("expected pong {nonce} with nothing before it, got {other:?}"),
+        }
+    }
+
+    /// The broker closes the link after an `Error` frame with `code`, and sends nothing else.
+    async fn expect_error_code(&mut self, code: &str) {
+        match self.expect_frame().await.body {
+            Some(Body::Error(LinkError { code: got, reason })) => {
+                assert_eq!(got, code, "error code (reason: {reason})");
+                assert!(!reason.is_empty(), "an error says why");
+            }
+            other => panic!("expected an error {code:?}, got {other:?}"),
+        }
+        self.expect_eof().await;
+    }
+
+    /// A clean close: no frame, no error, just EOF.
+    async fn expect_eof(&mut self) {
+        if let Some(got) = self.recv().await {
+            panic!("expected EOF, got {got:?}");
+        }
+    }
+}
+
+fn to_bytes(channels: &[&str]) -> Vec<Bytes> {
+    channels
+        .iter()
+        .map(|c| Bytes::copy_from_slice(c.as_bytes()))
+        .collect()
+}
+
+fn subscribe(channels: &[&str]) -> Frame {
+    Frame::new(Body::Subscribe(Subscribe {
+        channels: to_bytes(channels),
+    }))
+}
+
+fn publish(channel: &str, payload: &[u8], no_echo: bool) -> Frame {
+    Frame::new(Body::Publish(Publish {
+        channel: Bytes::copy_from_slice(channel.as_bytes()),
+        payload: Bytes::copy_from_slice(payload),
+        no_echo,
+    }))
+}
+
+fn ping(nonce: u64) -> Frame {
+    Frame::new(Body::Ping(Ping { nonce }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_broker_speaks_first_then_link_is_up() {
+    let tb = TestBroker::start(BrokerConfig::default()).await;
+    let mut client = Client::connect_raw(tb.addr).await;
+    // Read before sending anything: the broker's hello must not wait for ours.
+    client.expect_hello().await;
+    client.send(Frame::hello("gateway-1")).await;
+    client.barrier().await;
+
+    let stats = tb.stats();
+    assert_eq!((stats.links, stats.links_total), (1, 1));
+    assert_eq!(stats.bad_frames, 0);
+    assert_eq!((stats.channels, stats.subscriptions), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_reaches_each_subscriber_of_the_channel_exactly_once() {
+    let tb = TestBroker::start(BrokerConfig::default()).await;
+    let mut a = Client::connect(tb.addr).await;
+    let mut b = Client::connect(tb.addr).await;
+    let mut other = Client::connect(tb.addr).await;
+    let mut publisher = Client::connect(tb.addr).await;
+    a.subscribe(&["g"]).await;
+    b.subscribe(&["g"]).await;
+    other.subscribe(&["other"]).await;
+
+    // Payloads are bytes, not text.
+    let payload = b"hello \x00\xff group";
+    publisher.publish("g", payload, false).await;
+    publisher.publish("nobody-listens", b"lost", false).await;
+    publisher.barrier().await;
+
+    a.expect_message("g", payload).await;
+    a.barrier().await;
+    b.expect_message("g", payload).await;
+    b.barrier().await;
+    other.barrier().await;
+
+    let stats = tb.stats();
+    assert_eq!((stats.publishes, stats.deliveries), (2, 2));
+    assert_eq!((stats.channels, stats.subscriptions), (2, 3));
+    assert_eq!(stats.links, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_echo_skips_only_the_publishing_link() {
+    let tb = TestBroker::start(BrokerConfig::default()).await;
+    let mut publisher = Client::connect(tb.addr).await;
+    let mut peer = Client::connect(tb.addr).await;
+    publisher.subscribe(&["g"]).await;
+    peer.subscribe(&["g"]).await;
+
+    publisher.publish("g", b"echoed", false).await;
+    publisher.expect_message("g", b"echoed").await;
+    publisher.barrier().await;
+    peer.expect_message("g", b"echoed").await;
+    peer.barrier().await;
+
+    publisher.publish("g", b"not echoed", true).await;
+    publisher.barrier().await;
+    peer.expect_message("g", b"not echoed").await;
+    peer.barrier().await;
+
+    assert_eq!(tb.stats().deliveries, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_stops_delivery_and_closing_removes_subscriptions() {
+    let tb = TestBroker::start(BrokerConfig::default()).await;
+    let mut leaver = Client::connect(tb.addr).await;
+    let mut stayer = Client::connect(tb.addr).await;
+    let mut publisher = Client::connect(tb.addr).await;
+    // A channel named twice, in one frame and again later, is one subscription.
+    leaver.subscribe(&["g", "h", "g"]).await;
+    leaver.subscribe(&["h"]).await;
+    stayer.subscribe(&["g"]).await;
+    let stats = tb.stats();
+    assert_eq!((stats.channels, stats.subscriptions), (2, 3));
+
+    // Unsubscribing from a channel never subscribed is a no-op, not an error.
+    leaver.unsubscribe(&["g", "never-subscribed"]).await;
+    let stats = tb.stats();
+    assert_eq!((stats.channels, stats.subscriptions), (2, 2));
+
+    publisher.publish("g", b"to g", false).await;
+    publisher.publish("h", b"to h", false).await;
+    publisher.barrier().await;
+    leaver.expect_message("h", b"to h").await;
+    leaver.barrier().await;
+    stayer.expect_message("g", b"to g").await;
+    stayer.barrier().await;
+
+    drop(leaver);
+    let stats = tb
+        .wait_for_stats("the closed link's subscriptions to go", |s| s.links == 2)
+        .await;
+    assert_eq!((stats.channels, stats.subscriptions), (1, 1));
+
+    drop(stayer);
+    let stats = tb
+        .wait_for_stats("every subscription to go", |s| s.links == 1)
+        .await;
+    assert_eq!((stats.channels, stats.subscriptions), (0, 0));
+    assert_eq!(stats.bad_frames, 0);
+}
+
+/// What a misbehaving client sends.
+enum Input {
+    Raw(Vec<u8>),
+    Frames(Vec<Frame>),
+}
+
+struct Case {
+    name: &'static str,
+    /// Whether the client completes the handshake before sending `input`.
+    handshake: bool,
+    input: Input,
+    code: &'static str,
+}
+
+const MAX_CHANNEL_LEN: usize = 16;
+const MAX_CHANNELS: usize = 3;
+
+fn limits_config() -> BrokerConfig {
+    BrokerConfig {
+        max_channel_len: MAX_CHANNEL_LEN,
+        max_channels_per_link: MAX_CHANNELS,
+        ..BrokerConfig::default()
+    }
+}
+
+fn malformed_cases() -> Vec<Case> {
+    let oversize = u32::try_from(DEFAULT_MAX_FRAME_SIZE + 1).expect("limit fits a u32");
+    let long_channel = "x".repeat(MAX_CHANNEL_LEN + 1);
+    vec![
+        Case {
+            name: "zero-length frame",
+            handshake: true,
+            input: Input::Raw(vec![0, 0, 0, 0]),
+            code: "bad_frame",
+        },
+        Case {
+            name: "length prefix over the frame limit",
+            handshake: true,
+            input: Input::Raw(oversize.to_be_bytes().to_vec()),
+            code: "bad_frame",
+        },
+        Case {
+            name: "undecodable body",
+            handshake: true,
+            input: Input::Raw(vec![0, 0, 0, 3, 0xff, 0xff, 0xff]),
+            code: "bad_frame",
+        },
+        Case {
+            // Field 15, varint 1: decodes to a frame with no body.
+            name: "frame without a body",
+            handshake: true,
+            input: Input::Raw(vec![0, 0, 0, 2, 0x78, 0x01]),
+            code: "bad_frame",
+        },
+        Case {
+            name: "undecodable body instead of hello",
+            handshake: false,
+            input: Input::Raw(vec![0, 0, 0, 3, 0xff, 0xff, 0xff]),
+            code: "bad_frame",
+        },
+        Case {
+            name: "first frame not hello",
+            handshake: false,
+            input: Input::Frames(vec![ping(1)]),
+            code: "expected_hello",
+        },
+        Case {
+            name: "hello with another version",
+            handshake: false,
+            input: Input::Frames(vec![Frame::new(Body::Hello(Hello {
+                version: PROTOCOL_VERSION + 1,
+                node: "future".into(),
+            }))]),
+            code: "incompatible_version",
+        },
+        Case {
+            name: "second hello",
+            handshake: true,
+            input: Input::Frames(vec![Frame::hello("again")]),
+            code: "unexpected_frame",
+        },
+        Case {
+            name: "message frame from a gateway",
+            handshake: true,
+            input: Input::Frames(vec![Frame::new(Body::Message(Message {
+                channel: Bytes::from_static(b"g"),
+                payload: Bytes::from_static(b"forged"),
+            }))]),
+            code: "unexpected_frame",
+        },
+        Case {
+            name: "empty channel in subscribe",
+            handshake: true,
+            input: Input::Frames(vec![subscribe(&[""])]),
+            code: "invalid_channel",
+        },
+        Case {
+            name: "channel over max_channel_len in subscribe",
+            handshake: true,
+            input: Input::Frames(vec![subscribe(&[&long_channel])]),
+            code: "invalid_channel",
+        },
+        Case {
+            name: "empty channel in publish",
+            handshake: true,
+            input: Input::Frames(vec![publish("", b"p", false)]),
+            code: "invalid_channel",
+        },
+        Case {
+            name: "channel over max_channel_len in publish",
+            handshake: true,
+            input: Input::Frames(vec![publish(&long_channel, b"p", false)]),
+            code: "invalid_channel",
+        },
+        Case {
+            // The limit counts across frames; the first frame's subscriptions must be cleaned up.
+            name: "more channels than max_channels_per_link",
+            handshake: true,
+            input: Input::Frames(vec![subscribe(&["a", "b", "c"]), subscribe(&["d"])]),
+            code: "too_many_channels",
+        },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_closes_only_that_link_with_an_error_code() {
+    let tb = TestBroker::start(limits_config()).await;
+    let mut healthy = Client::connect(tb.addr).await;
+    healthy.subscribe(&["g"]).await;
+    let mut publisher = Client::connect(tb.addr).await;
+
+    for case in malformed_cases() {
+        let name = case.name;
+        let before = tb.stats().bad_frames;
+        let mut bad = if case.handshake {
+            Client::connect(tb.addr).await
+        } else {
+            let mut client = Client::connect_raw(tb.addr).await;
+            client.expect_hello().await;
+            client
+        };
+        match &case.input {
+            Input::Raw(bytes) => bad.send_raw(bytes).await,
+            Input::Frames(frames) => {
+                for frame in frames {
+                    bad.send(frame.clone()).await;
+                }
+            }
+        }
+        bad.expect_error_code(case.code).await;
+        assert_eq!(tb.stats().bad_frames, before + 1, "bad_frames after {name}");
+
+        let payload = format!("after {name}");
+        publisher.publish("g", payload.as_bytes(), true).await;
+        publisher.barrier().await;
+        healthy.expect_message("g", payload.as_bytes()).await;
+        healthy.barrier().await;
+        let stats = tb
+            .wait_for_stats(&format!("the link closed by {name} to go"), |s| {
+                s.links == 2
+            })
+            .await;
+        assert_eq!(
+            (stats.channels, stats.subscriptions),
+            (1, 1),
+            "only the healthy subscription is left after {name}"
+        );
+    }
+    let stats = tb.stats();
+    assert_eq!(stats.bad_frames, malformed_cases().len() as u64);
+    assert_eq!(stats.slow_link_disconnects, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_limits_are_inclusive() {
+    let tb = TestBroker::start(limits_config()).await;
+    let longest = "y".repeat(MAX_CHANNEL_LEN);
+    let mut client = Client::connect(tb.addr).await;
+    client.subscribe(&["a", "b", &longest]).await;
+    // Already subscribed: does not count against the limit again.
+    client.subscribe(&["a"]).await;
+    let mut publisher = Client::connect(tb.addr).await;
+    publisher.publish(&longest, b"fits", false).await;
+    publisher.barrier().await;
+    client.expect_message(&longest, b"fits").await;
+    client.barrier().await;
+
+    let stats = tb.stats();
+    assert_eq!(stats.subscriptions, MAX_CHANNELS as u64);
+    assert_eq!(stats.bad_frames, 0);
+}
+
+/// A publish whose whole frame body is exactly `len` bytes.
+fn publish_of_frame_len(channel: &str, len: usize) -> Frame {
+    (0..len)
+        .map(|n| publish(channel, &vec![b'p'; n], false))
+        .find(|frame| frame.encoded_len() == len)
+        .expect("some payload length gives this frame length")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_size_limit_is_inclusive() {
+    const MAX_FRAME_SIZE: usize = 1024;
+    let tb = TestBroker::start(BrokerConfig {
+        max_frame_size: MAX_FRAME_SIZE,
+        // The default channel limit does not fit in frames this small.
+        max_channel_len: 64,
+        ..BrokerConfig::default()
+    })
+    .await;
+    let mut subscriber = Client::connect(tb.addr).await;
+    subscriber.subscribe(&["g"]).await;
+    let mut publisher = Client::connect(tb.addr).await;
+
+    // The relayed message is the same size as the publish (no_echo unset is not encoded).
+    let largest = publish_of_frame_len("g", MAX_FRAME_SIZE);
+    let Some(Body::Publish(Publish { payload, .. })) = &largest.body else {
+        unreachable!("built as a publish");
+    };
+    let payload = payload.clone();
+    publisher.send(largest).await;
+    publisher.barrier().await;
+    subscriber.expect_message("g", &payload).await;
+    subscriber.barrier().await;
+    assert_eq!(tb.stats().bad_frames, 0);
+
+    publisher
+        .send(publish_of_frame_len("g", MAX_FRAME_SIZE + 1))
+        .await;
+    publisher.expect_error_code("bad_frame").await;
+    subscriber.barrier().await;
+    assert_eq!(tb.stats().bad_frames, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_new_link_is_closed_after_the_handshake_timeout() {
+    let handshake_timeout = Duration::from_millis(200);
+    let tb = TestBroker::start(BrokerConfig {
+        handshake_timeout,
+        ..BrokerConfig::default()
+    })
+    .await;
+    let started = Instant::now();
+    let mut silent = Client::connect_raw(tb.addr).await;
+    silent.expect_hello().await;
+    let mut prompt = Client::connect(tb.addr).await;
+
+    silent.expect_error_code("handshake_timeout").await;
+    assert!(
+        started.elapsed() >= handshake_timeout,
+        "closed after {:?}, before the handshake timeout",
+        started.elapsed()
+    );
+    // The handshake timeout does not apply once the hello is in.
+    prompt.barrier().await;
+    let stats = tb
+        .wait_for_stats("the silent link to go", |s| s.links == 1)
+        .await;
+    assert_eq!(stats.bad_frames, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_link_is_closed_and_pinging_link_stays_up() {
+    let idle = Duration::from_millis(300);
+    let tb = TestBroker::start(BrokerConfig {
+        link_idle_timeout: idle,
+        ..BrokerConfig::default()
+    })
+    .await;
+    let mut silent = Client::connect(tb.addr).await;
+    let mut active = Client::connect(tb.addr).await;
+
+    let silent_closes = async {
+        let started = Instant::now();
+        // The last frame the broker hears from this link; it was sent after `started`.
+        silent.barrier().await;
+        silent.expect_eof().await;
+        started.elapsed()
+    };
+    let active_pings = async {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(1200) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            active.barrier().await;
+        }
+    };
+    let (silent_lifetime, ()) = tokio::join!(silent_closes, active_pings);
+    assert!(
+        silent_lifetime >= idle,
+        "idle link closed after {silent_lifetime:?}, before the idle timeout"
+    );
+
+    active.barrier().await;
+    let stats = tb
+        .wait_for_stats("the idle link to go", |s| s.links == 1)
+        .await;
+    assert_eq!(stats.bad_frames, 0, "an idle close is not a protocol fault");
+}
+
+/// What the concurrently reading subscriber saw.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Message(u64),
+    Pong(u64),
+}
+
+fn numbered_payload(seq: u64, len: usize) -> Vec<u8> {
+    let mut payload = vec![0x5a; len];
+    payload[..8].copy_from_slice(&seq.to_be_bytes());
+    payload
+}
+
+fn payload_seq(payload: &[u8]) -> u64 {
+    u64::from_be_bytes(payload[..8].try_into().expect("8-byte sequence number"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_disconnected_and_a_reading_subscriber_gets_everything() {
+    const PAYLOAD_LEN: usize = 64 * 1024;
+    /// More than enough to fill any socket buffers between the broker and a stalled reader.
+    const MAX_PUBLISHES: u64 = 2000;
+    /// Publishes after the disconnect, which must reach the reading subscriber alone.
+    const AFTER_DISCONNECT: u64 = 20;
+    let tb = TestBroker::start(BrokerConfig {
+        link_queue_frames: 8,
+        ..BrokerConfig::default()
+    })
+    .await;
+
+    let mut stalled = Client::connect(tb.addr).await;
+    stalled.subscribe(&["g"]).await;
+    let mut reader = Client::connect(tb.addr).await;
+    reader.subscribe(&["g"]).await;
+    let mut publisher = Client::connect(tb.addr).await;
+
+    // The reading subscriber reads on its own task and reports each frame; the test publishes
+    // in lockstep with it, so its queue never holds more than one message and it cannot be the
+    // slow one.
+    let (mut reader_sink, mut reader_stream) = reader.framed.split();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::channel(16);
+    let reading = tokio::spawn(async move {
+        loop {
+            let frame = timeout(WAIT, reader_stream.next())
+                .await
+                .expect("reading subscriber starved")
+                .expect("reading subscriber's link closed")
+                .expect("reading subscriber's link failed");
+            let (report, last) = match frame.body {
+                Some(Body::Message(m)) => {
+                    assert_eq!(m.channel.as_ref(), b"g");
+                    assert_eq!(m.payload.len(), PAYLOAD_LEN);
+                    (Seen::Message(payload_seq(&m.payload)), false)
+                }
+                Some(Body::Pong(p)) => (Seen::Pong(p.nonce), true),
+                other => panic!("reading subscriber got {other:?}"),
+            };
+            seen_tx.send(report).await.expect("test is listening");
+            if last {
+                return;
+            }
+        }
+    });
+
+    let mut published = 0;
+    let mut disconnected_after = None;
+    while published < MAX_PUBLISHES {
+        publisher
+            .publish("g", &numbered_payload(published, PAYLOAD_LEN), false)
+            .await;
+        let got = timeout(WAIT, seen.recv())
+            .await
+            .expect("reading subscriber did not get the message in time")
+            .expect("reading task ended");
+        assert_eq!(got, Seen::Message(published));
+        published += 1;
+        // The message reached the reader, so the broker is done fanning it out.
+        if disconnected_after.is_none() && tb.stats().slow_link_disconnects > 0 {
+            disconnected_after = Some(published);
+        }
+        if disconnected_after.is_some_and(|n| published >= n + AFTER_DISCONNECT) {
+            break;
+        }
+    }
+    let disconnected_after =
+        disconnected_after.expect("the stalled subscriber was never disconnected");
+
+    // Nothing beyond the numbered messages reached the reader.
+    timeout(WAIT, reader_sink.send(ping(99)))
+        .await
+        .expect("ping timed out")
+        .expect("ping the reader's link");
+    let got = timeout(WAIT, seen.recv())
+        .await
+        .expect("no pong in time")
+        .expect("reading task ended");
+    assert_eq!(got, Seen::Pong(99));
+    timeout(WAIT, reading)
+        .await
+        .expect("reading task did not finish")
+        .expect("reading task panicked");
+
+    let stats = tb
+        .wait_for_stats("the stalled link to go", |s| s.links == 2)
+        .await;
+    assert_eq!(stats.slow_link_disconnects, 1, "only the stalled link");
+    assert!(stats.dropped_frames >= 1, "the frame that did not fit");
+    assert_eq!((stats.channels, stats.subscriptions), (1, 1));
+    assert_eq!(stats.publishes, published);
+    assert_eq!(stats.bad_frames, 0);
+
+    // The stalled link got an in-order prefix of the messages, then the link ended (a frame the
+    // writer was cut off in may be truncated: that is an I/O error at the end).
+    let mut next_seq = 0;
+    loop {
+        match stalled.recv().await {
+            Some(Ok(Frame {
+                body: Some(Body::Message(m)),
+            })) => {
+                assert_eq!(payload_seq(&m.payload), next_seq, "stalled link order");
+                next_seq += 1;
+            }
+            None | Some(Err(FrameError::Io(_))) => break,
+            Some(other) => panic!("stalled link got {other:?}"),
+        }
+    }
+    assert!(
+        next_seq < disconnected_after,
+        "the stalled link got {next_seq} messages; it was disconnected after {disconnected_after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_stops_serving_and_closes_every_link() {
+    let shutdown_timeout = Duration::from_secs(2);
+    let mut tb = TestBroker::start(BrokerConfig {
+        shutdown_timeout,
+        ..BrokerConfig::default()
+    })
+    .await;
+    let mut up = Client::connect(tb.addr).await;
+    up.subscribe(&["g"]).await;
+    let mut handshaking = Client::connect_raw(tb.addr).await;
+    handshaking.expect_hello().await;
+    tb.wait_for_stats("both links to be accepted", |s| s.links == 2)
+        .await;
+
+    tb.shutdown.cancel();
+    timeout(shutdown_timeout, &mut tb.serve)
+        .await
+        .expect("serve did not return within the shutdown timeout")
+        .expect("serve task panicked")
+        .expect("serve returned an error");
+
+    up.expect_eof().await;
+    handshaking.expect_eof().await;
+    let stats = tb.stats();
+    assert_eq!(
+        stats.links, 0,
+        "every link task finished before serve returned"
+    );
+    assert_eq!((stats.channels, stats.subscriptions), (0, 0));
+    assert!(
+        TcpStream::connect(tb.addr).await.is_err(),
+        "the listener is closed"
+    );
+}
