@@ -43,6 +43,8 @@ struct Inner {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     bus_task: Mutex<Option<JoinHandle<()>>>,
     embedded_broker: Option<broker::Broker>,
+    /// Where clients connect, once `serve` has been called.
+    ws_addr: std::sync::OnceLock<SocketAddr>,
     shutdown: CancellationToken,
 }
 
@@ -101,6 +103,7 @@ impl Gateway {
                 threads: Mutex::new(threads),
                 bus_task: Mutex::new(Some(bus_task)),
                 embedded_broker,
+                ws_addr: std::sync::OnceLock::new(),
                 shutdown,
             }),
         })
@@ -110,6 +113,7 @@ impl Gateway {
     /// waits for the workers (which close their clients with 1001) and the broker link.
     pub async fn serve(&self, listener: TcpListener) -> Result<(), GatewayError> {
         let inner = &self.inner;
+        let _ = inner.ws_addr.set(listener.local_addr()?);
         let mut next = 0usize;
         loop {
             let accepted = tokio::select! {
@@ -161,6 +165,11 @@ impl Gateway {
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
         tracing::info!("gateway stopped");
+    }
+
+    /// The address clients connect to (set once `serve` runs).
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.inner.ws_addr.get().copied()
     }
 
     /// True while messages flow to and from other gateways (the broker link is up).
