@@ -1,1 +1,74 @@
-//! placeholder
+//! End-to-end test harness: runs the real `broker`, `gateway` and `client-cli` binaries (built
+//! next to the test executable, in `target/<profile>/`) and talks to them as users do.
+//!
+//! - [`process`]: a child process guard, killed on drop, whose stdout and stderr are captured
+//!   line by line; waits for the JSON log events that signal readiness.
+//! - [`servers`]: starts a [`Broker`] or a [`Gateway`] on port 0, waits until it is ready, and
+//!   reads its admin API ([`Admin`]).
+//! - [`ws`]: a WebSocket [`Client`] speaking the JSON protocol.
+//!
+//! No fixed ports and no sleeps for readiness: addresses and readiness come from the log events.
+//! Every wait has a deadline (the constants below); stats are polled every [`POLL_INTERVAL`].
+
+pub mod process;
+pub mod servers;
+pub mod ws;
+
+use std::time::Duration;
+
+pub use process::Process;
+pub use servers::{stat, Admin, Broker, BrokerMode, Gateway, GatewayConfig};
+pub use ws::{expect_quiet, Client, Event};
+
+/// How long a server may take to log that it is ready.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one expected frame may take to arrive.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long stats may take to reach an expected state.
+pub const STATS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a process may take to exit once told to.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Interval between two polls of an admin endpoint.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// After every expected frame arrived (barriers included), how long a client must then stay
+/// silent: catches late duplicates and strays that no barrier can order.
+pub const QUIET_PERIOD: Duration = Duration::from_millis(300);
+
+/// The text of message `seq` from `sender` to `group`: unique per test, so a received message
+/// tells who sent it, where, and in which order.
+pub fn tagged(sender: &str, group: &str, seq: usize) -> String {
+    format!("{sender}>{group}#{seq}")
+}
+
+/// Sends `count` tagged messages from `sender` to each of `groups`, interleaved
+/// (`g1#0, g2#0, g1#1, ...`), without `req_id` (as the seed does).
+pub async fn publish_tagged(
+    sender: &mut Client,
+    groups: &[&str],
+    count: usize,
+) -> anyhow::Result<()> {
+    for seq in 0..count {
+        for group in groups {
+            let message = tagged(sender.name(), group, seq);
+            sender.publish(group, &message).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The streams (see [`Client::expect_streams`]) a member of `member_of` receives when each of
+/// `senders` ran [`publish_tagged`] with `groups` and `count`.
+pub fn tagged_streams(
+    member_of: &[&str],
+    senders: &[&str],
+    groups: &[&str],
+    count: usize,
+) -> Vec<Vec<String>> {
+    let mut streams = Vec::new();
+    for sender in senders {
+        for group in groups.iter().filter(|g| member_of.contains(g)) {
+            streams.push((0..count).map(|seq| tagged(sender, group, seq)).collect());
+        }
+    }
+    streams
+}

@@ -1,0 +1,80 @@
+//! The `client-cli` binary against a real gateway.
+
+use anyhow::{ensure, Result};
+use e2e::{Gateway, GatewayConfig, Process, EXIT_TIMEOUT, STARTUP_TIMEOUT};
+
+/// Starts `client-cli --url <gateway> join <groups> --count <count> --timeout 10` and waits
+/// until it has joined.
+async fn join(gateway: &Gateway, groups: &[&str], count: usize) -> Result<Process> {
+    let url = gateway.url();
+    let count = count.to_string();
+    let mut args = vec!["--url", url.as_str(), "join"];
+    args.extend(groups);
+    args.extend(["--count", count.as_str(), "--timeout", "10"]);
+    let join = Process::spawn("client-cli join", "client-cli", &args)?;
+    let joined = format!("joined {}", groups.join(" "));
+    join.wait_for_stderr_line(&format!("{joined:?} on stderr"), STARTUP_TIMEOUT, |line| {
+        line == joined
+    })
+    .await?;
+    Ok(join)
+}
+
+/// Runs `client-cli --url <gateway> send <group> <message>`; it must exit 0.
+async fn send(gateway: &Gateway, group: &str, message: &str) -> Result<()> {
+    let url = gateway.url();
+    let mut send = Process::spawn(
+        "client-cli send",
+        "client-cli",
+        ["--url", url.as_str(), "send", group, message],
+    )?;
+    let status = send.wait(EXIT_TIMEOUT).await?;
+    ensure!(
+        status.success(),
+        "`client-cli send {group} {message:?}` exited with {status}; stderr: {:?}",
+        send.stderr_lines()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_prints_what_send_sends() -> Result<()> {
+    let gateway = Gateway::start(GatewayConfig::embedded("gateway")).await?;
+    let mut join = join(&gateway, &["123"], 1).await?;
+    send(&gateway, "123", "hi there").await?;
+    let status = join.wait(EXIT_TIMEOUT).await?;
+    ensure!(
+        status.success(),
+        "`client-cli join` exited with {status}; stderr: {:?}",
+        join.stderr_lines()
+    );
+    let stdout = join.stdout();
+    ensure!(
+        stdout == "hi there\n",
+        "join printed {stdout:?}, expected \"hi there\\n\""
+    );
+    gateway.process.assert_no_panics()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_several_groups() -> Result<()> {
+    let gateway = Gateway::start(GatewayConfig::embedded("gateway")).await?;
+    let mut join = join(&gateway, &["news", "42"], 2).await?;
+    send(&gateway, "news", "first").await?;
+    send(&gateway, "42", "second, with spaces").await?;
+    let status = join.wait(EXIT_TIMEOUT).await?;
+    ensure!(
+        status.success(),
+        "`client-cli join` exited with {status}; stderr: {:?}",
+        join.stderr_lines()
+    );
+    // Two senders: their messages may arrive in either order.
+    let stdout = join.stdout();
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort_unstable();
+    ensure!(
+        stdout.ends_with('\n') && lines == ["first", "second, with spaces"],
+        "join printed {stdout:?}"
+    );
+    Ok(())
+}

@@ -1,0 +1,458 @@
+//! Several gateways on one standalone broker: delivery across servers, cleanup of every
+//! counter once clients leave, and a broker restart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use e2e::{
+    expect_quiet, publish_tagged, stat, tagged_streams, Broker, Client, Event, Gateway,
+    GatewayConfig, EXIT_TIMEOUT, RECV_TIMEOUT, STARTUP_TIMEOUT,
+};
+use futures_util::future::try_join_all;
+use tokio::time::Instant;
+
+/// A broker and two gateways linked to it.
+async fn cluster(workers: usize) -> Result<(Broker, Gateway, Gateway)> {
+    let broker = Broker::start("broker").await?;
+    let a = Gateway::start(GatewayConfig::with_broker("gateway-a", broker.addr).workers(workers));
+    let b = Gateway::start(GatewayConfig::with_broker("gateway-b", broker.addr).workers(workers));
+    let (a, b) = tokio::try_join!(a, b)?;
+    Ok((broker, a, b))
+}
+
+/// Waits until the broker holds `subscriptions` (link, group) pairs.
+async fn wait_for_broker_subscriptions(broker: &Broker, subscriptions: u64) -> Result<()> {
+    broker
+        .admin
+        .wait_for_stats(&format!("subscriptions == {subscriptions}"), |s| {
+            stat(s, "/subscriptions") == Some(subscriptions)
+        })
+        .await?;
+    Ok(())
+}
+
+fn groups_of(i: usize) -> &'static [&'static str] {
+    match i % 5 {
+        0 | 1 => &["red"],
+        2 => &["blue"],
+        3 => &["red", "blue"],
+        _ => &[],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_across_servers() -> Result<()> {
+    const PER_GATEWAY: usize = 10;
+    const COUNT: usize = 5;
+    const GROUPS: [&str; 2] = ["red", "blue"];
+    let (broker, gateway_a, gateway_b) = cluster(2).await?;
+
+    // (groups, client) on both gateways: a0..a9 and b0..b9.
+    let mut clients: Vec<(&[&str], Client)> = Vec::new();
+    for (prefix, gateway) in [("a", &gateway_a), ("b", &gateway_b)] {
+        for i in 0..PER_GATEWAY {
+            let mut client = gateway.connect(format!("{prefix}{i}")).await?;
+            for group in groups_of(i) {
+                client.join(group).await?;
+            }
+            clients.push((groups_of(i), client));
+        }
+    }
+    // Both gateways have members of both groups.
+    gateway_a.wait_for_subscriptions(2).await?;
+    gateway_b.wait_for_subscriptions(2).await?;
+    wait_for_broker_subscriptions(&broker, 4).await?;
+
+    // A member of one group, of two, and of none on each side.
+    let senders = ["a0", "a3", "a4", "b1", "b3", "b4"];
+    try_join_all(
+        clients
+            .iter_mut()
+            .filter(|(_, c)| senders.contains(&c.name()))
+            .map(|(_, sender)| publish_tagged(sender, &GROUPS, COUNT)),
+    )
+    .await?;
+    try_join_all(clients.iter_mut().map(|(groups, client)| {
+        client.expect_streams(tagged_streams(groups, &senders, &GROUPS, COUNT))
+    }))
+    .await?;
+    expect_quiet(clients.iter_mut().map(|(_, client)| client)).await?;
+
+    let stats = broker.admin.stats().await?;
+    let publishes = (senders.len() * GROUPS.len() * COUNT) as u64;
+    ensure!(
+        stat(&stats, "/publishes") == Some(publishes),
+        "the broker should count {publishes} publishes: {stats}"
+    );
+    for process in [&broker.process, &gateway_a.process, &gateway_b.process] {
+        process.assert_no_panics()?;
+    }
+    Ok(())
+}
+
+/// Every counter that describes clients, memberships and subscriptions.
+const CLIENT_COUNTERS: [&str; 4] = [
+    "/connections",
+    "/groups",
+    "/memberships",
+    "/broker_link/subscriptions",
+];
+
+fn all_zero(stats: &serde_json::Value) -> bool {
+    let workers_zero = stats["workers"].as_array().is_some_and(|workers| {
+        workers.iter().all(|w| {
+            ["/connections", "/groups", "/memberships"]
+                .iter()
+                .all(|p| stat(w, p) == Some(0))
+        })
+    });
+    workers_zero && CLIENT_COUNTERS.iter().all(|p| stat(stats, p) == Some(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_return_to_zero_when_clients_leave() -> Result<()> {
+    let (broker, gateway_a, gateway_b) = cluster(2).await?;
+    // a: x, x+y, z, x, x+y, z; b: x only.
+    let mut a_clients = Vec::new();
+    for i in 0..6 {
+        let mut client = gateway_a.connect(format!("a{i}")).await?;
+        let groups: &[&str] = match i % 3 {
+            0 => &["x"],
+            1 => &["x", "y"],
+            _ => &["z"],
+        };
+        for group in groups {
+            client.join(group).await?;
+        }
+        a_clients.push(client);
+    }
+    let mut b_clients = Vec::new();
+    for i in 0..4 {
+        let mut client = gateway_b.connect(format!("b{i}")).await?;
+        client.join("x").await?;
+        b_clients.push(client);
+    }
+    gateway_a
+        .admin
+        .wait_for_stats("6 connections, 3 groups, 8 memberships", |s| {
+            stat(s, "/connections") == Some(6)
+                && stat(s, "/groups") == Some(3)
+                && stat(s, "/memberships") == Some(8)
+        })
+        .await?;
+    gateway_a.wait_for_subscriptions(3).await?;
+    gateway_b
+        .admin
+        .wait_for_stats("4 connections, 1 group, 4 memberships", |s| {
+            stat(s, "/connections") == Some(4)
+                && stat(s, "/groups") == Some(1)
+                && stat(s, "/memberships") == Some(4)
+        })
+        .await?;
+    gateway_b.wait_for_subscriptions(1).await?;
+    broker
+        .admin
+        .wait_for_stats("2 links, 3 channels, 4 subscriptions", |s| {
+            stat(s, "/links") == Some(2)
+                && stat(s, "/channels") == Some(3)
+                && stat(s, "/subscriptions") == Some(4)
+        })
+        .await?;
+
+    // Leaving: "y" loses both members (a1, a4), so gateway a unsubscribes from it.
+    for i in [1, 4] {
+        a_clients[i].leave("y").await?;
+    }
+    gateway_a
+        .admin
+        .wait_for_stats("2 groups, 6 memberships after leaving y", |s| {
+            stat(s, "/groups") == Some(2) && stat(s, "/memberships") == Some(6)
+        })
+        .await?;
+    gateway_a.wait_for_subscriptions(2).await?;
+    broker
+        .admin
+        .wait_for_stats("channel y gone", |s| {
+            stat(s, "/channels") == Some(2) && stat(s, "/subscriptions") == Some(3)
+        })
+        .await?;
+
+    // Gone three ways: leave every group then close, close cleanly, or just drop the TCP
+    // connection.
+    let mut all = a_clients;
+    all.append(&mut b_clients);
+    for (i, mut client) in all.into_iter().enumerate() {
+        match i % 3 {
+            0 => {
+                for group in ["x", "z"] {
+                    // Leaving a group one is not in is acked too (no-op).
+                    client.leave(group).await?;
+                }
+                client.close().await?;
+            }
+            1 => client.close().await?,
+            _ => drop(client),
+        }
+    }
+    for gateway in [&gateway_a, &gateway_b] {
+        gateway
+            .admin
+            .wait_for_stats("every client counter back to 0", all_zero)
+            .await?;
+    }
+    broker
+        .admin
+        .wait_for_stats("no channels and no subscriptions", |s| {
+            stat(s, "/channels") == Some(0)
+                && stat(s, "/subscriptions") == Some(0)
+                && stat(s, "/links") == Some(2)
+        })
+        .await?;
+    for process in [&broker.process, &gateway_a.process, &gateway_b.process] {
+        process.assert_no_panics()?;
+    }
+    Ok(())
+}
+
+/// Messages `sender|n` of the broker restart test.
+fn numbered(sender: &str, n: u64) -> String {
+    format!("{sender}|{n}")
+}
+
+/// A sender in the broker restart test, numbering its messages.
+struct Sender {
+    client: Client,
+    next: u64,
+}
+
+impl Sender {
+    fn new(client: Client) -> Sender {
+        Sender { client, next: 0 }
+    }
+
+    /// Sends its next message to "room" and records it in `sent` (sender -> messages sent).
+    async fn publish(&mut self, sent: &mut BTreeMap<String, u64>) -> Result<(String, u64)> {
+        let name = self.client.name().to_owned();
+        let n = self.next;
+        self.client.publish("room", &numbered(&name, n)).await?;
+        self.next += 1;
+        sent.insert(name.clone(), self.next);
+        Ok((name, n))
+    }
+}
+
+/// A receiver in the broker restart test: checks each message as it arrives, per sender: never
+/// twice, never out of order, only what was sent.
+struct Receiver {
+    client: Client,
+    /// Highest number received from each sender.
+    last: BTreeMap<String, u64>,
+    /// Every message received, by sender.
+    seen: BTreeMap<String, BTreeSet<u64>>,
+}
+
+impl Receiver {
+    fn new(client: Client) -> Receiver {
+        Receiver {
+            client,
+            last: BTreeMap::new(),
+            seen: BTreeMap::new(),
+        }
+    }
+
+    fn check(&mut self, event: Event, sent: &BTreeMap<String, u64>) -> Result<()> {
+        let name = self.client.name().to_owned();
+        let Event::Text(text) = event else {
+            bail!("{name}: expected a message, got {event}");
+        };
+        let (sender, n) = text
+            .split_once('|')
+            .and_then(|(s, n)| Some((s.to_owned(), n.parse::<u64>().ok()?)))
+            .with_context(|| format!("{name}: unexpected message {text:?}"))?;
+        ensure!(
+            sent.get(&sender).is_some_and(|&next| n < next),
+            "{name}: got {text:?}, which was never sent"
+        );
+        if let Some(&last) = self.last.get(&sender) {
+            ensure!(
+                n > last,
+                "{name}: got {text:?} after {}",
+                numbered(&sender, last)
+            );
+        }
+        self.last.insert(sender.clone(), n);
+        self.seen.entry(sender).or_default().insert(n);
+        Ok(())
+    }
+
+    /// Handles whatever arrives within `wait`.
+    async fn drain(&mut self, wait: Duration, sent: &BTreeMap<String, u64>) -> Result<()> {
+        let deadline = Instant::now() + wait;
+        while let Some(event) = self.client.next_event(deadline).await {
+            self.check(event, sent)?;
+        }
+        Ok(())
+    }
+
+    /// Receives until every message in `required` has arrived.
+    async fn require(
+        &mut self,
+        required: &[(String, u64)],
+        sent: &BTreeMap<String, u64>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + RECV_TIMEOUT;
+        loop {
+            let missing: Vec<String> = required
+                .iter()
+                .filter(|(s, n)| !self.seen.get(s).is_some_and(|seen| seen.contains(n)))
+                .map(|(s, n)| numbered(s, *n))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            let event = self.client.next_event(deadline).await.with_context(|| {
+                format!(
+                    "{}: timed out; still missing {missing:?}",
+                    self.client.name()
+                )
+            })?;
+            self.check(event, sent)?;
+        }
+    }
+}
+
+/// Whether `member` received a message from `sender` numbered `first` or later.
+fn crossed(member: &Receiver, sender: &str, first: u64) -> bool {
+    member
+        .seen
+        .get(sender)
+        .is_some_and(|seen| seen.range(first..).next().is_some())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart() -> Result<()> {
+    let (mut broker, gateway_a, gateway_b) = cluster(2).await?;
+    let broker_addr = broker.addr;
+
+    // Members a1, a2 on gateway a and b1, b2 on gateway b; senders sa, sb in no group.
+    let mut members = Vec::new();
+    for (name, gateway) in [
+        ("a1", &gateway_a),
+        ("a2", &gateway_a),
+        ("b1", &gateway_b),
+        ("b2", &gateway_b),
+    ] {
+        let mut client = gateway.connect(name).await?;
+        client.join("room").await?;
+        members.push(Receiver::new(client));
+    }
+    let mut sa = Sender::new(gateway_a.connect("sa").await?);
+    let mut sb = Sender::new(gateway_b.connect("sb").await?);
+    wait_for_broker_subscriptions(&broker, 2).await?;
+    let mut sent = BTreeMap::new();
+
+    // Before: both directions work.
+    let before = [sa.publish(&mut sent).await?, sb.publish(&mut sent).await?];
+    for member in &mut members {
+        member.require(&before, &sent).await?;
+    }
+
+    // Outage.
+    broker.process.kill(EXIT_TIMEOUT).await?;
+    for gateway in [&gateway_a, &gateway_b] {
+        gateway
+            .process
+            .wait_for_log("broker link down", STARTUP_TIMEOUT)
+            .await?;
+        gateway.admin.wait_for_status("/readyz", 503).await?;
+        gateway.admin.wait_for_status("/healthz", 200).await?;
+    }
+    // Local delivery does not depend on the broker.
+    let outage_a = [sa.publish(&mut sent).await?];
+    let outage_b = [sb.publish(&mut sent).await?];
+    for (i, member) in members.iter_mut().enumerate() {
+        let local = if i < 2 { &outage_a } else { &outage_b };
+        member.require(local, &sent).await?;
+    }
+
+    // Restart on the same port, then probe both directions until messages cross again.
+    let restarted = Instant::now();
+    let broker = Broker::start_on("broker (restarted)", broker_addr).await?;
+    let listening_after = restarted.elapsed();
+    let resume_deadline = restarted + Duration::from_secs(5);
+    let (first_a, first_b) = (sa.next, sb.next);
+    let mut probes = Vec::new();
+    let mut resumed_a_to_b = None;
+    let mut resumed_b_to_a = None;
+    while resumed_a_to_b.is_none() || resumed_b_to_a.is_none() {
+        if Instant::now() >= resume_deadline {
+            let stats = broker.admin.stats().await;
+            bail!(
+                "cross-gateway delivery did not resume within 5 s of the broker restart \
+                 (a->b after {resumed_a_to_b:?}, b->a after {resumed_b_to_a:?}); broker stats: \
+                 {stats:?}"
+            );
+        }
+        probes.push(sa.publish(&mut sent).await?);
+        probes.push(sb.publish(&mut sent).await?);
+        // About 20 ms per round: the waits for messages pace the probes.
+        for member in &mut members {
+            member.drain(Duration::from_millis(5), &sent).await?;
+        }
+        if resumed_a_to_b.is_none() && members[2..].iter().all(|m| crossed(m, "sa", first_a)) {
+            resumed_a_to_b = Some(restarted.elapsed());
+        }
+        if resumed_b_to_a.is_none() && members[..2].iter().all(|m| crossed(m, "sb", first_b)) {
+            resumed_b_to_a = Some(restarted.elapsed());
+        }
+    }
+    eprintln!(
+        "broker restart: new broker listening after {listening_after:?}; cross-gateway delivery \
+         resumed a->b after {resumed_a_to_b:?}, b->a after {resumed_b_to_a:?} ({} probes)",
+        probes.len()
+    );
+    for gateway in [&gateway_a, &gateway_b] {
+        gateway
+            .process
+            .wait_for_nth_log("broker link up", 2, STARTUP_TIMEOUT)
+            .await?;
+        gateway.admin.wait_for_status("/readyz", 200).await?;
+        // Its three clients are all still connected, and the link counted its reconnection.
+        gateway
+            .admin
+            .wait_for_stats("3 connections and a reconnected, resubscribed link", |s| {
+                stat(s, "/connections") == Some(3)
+                    && s.pointer("/broker_link/up") == Some(&true.into())
+                    && stat(s, "/broker_link/reconnects").is_some_and(|n| n >= 1)
+                    && stat(s, "/broker_link/subscriptions") == Some(1)
+            })
+            .await?;
+    }
+
+    // After: every member gets all local probes and the final message of both senders; a
+    // cross-gateway probe may have been lost while the link was down, never duplicated.
+    let after = [sa.publish(&mut sent).await?, sb.publish(&mut sent).await?];
+    for (i, member) in members.iter_mut().enumerate() {
+        let local = if i < 2 { "sa" } else { "sb" };
+        let mut required: Vec<(String, u64)> = probes
+            .iter()
+            .filter(|(sender, _)| sender == local)
+            .cloned()
+            .collect();
+        required.extend(after.iter().cloned());
+        member.require(&required, &sent).await?;
+    }
+    // Nobody was disconnected (a close frame would have failed a check above) or got extras.
+    expect_quiet(
+        members
+            .iter_mut()
+            .map(|m| &mut m.client)
+            .chain([&mut sa.client, &mut sb.client]),
+    )
+    .await?;
+    for process in [&broker.process, &gateway_a.process, &gateway_b.process] {
+        process.assert_no_panics()?;
+    }
+    Ok(())
+}
