@@ -5,13 +5,17 @@
 //!   publish frames, and a writer that drains the link's bounded queue in batches.
 //! - [`registry`]: channel -> subscribed links. A publish is encoded once and the same bytes are
 //!   queued to every subscriber; a link whose queue is full is disconnected as a slow consumer.
-//! - [`config`]: every limit, with its default. [`stats`]: counters for `/api/stats`.
-//! - [`admin`]: `/healthz`, `/readyz` and `/api/stats` over HTTP (axum).
-//! - [`ops`]: process plumbing shared with the gateway binary: tracing setup, signals, admin HTTP.
+//! - [`config`]: every limit, with its default. [`stats`]: counters for `/api/stats`;
+//!   [`metrics`]: the same counters read at scrape time for `/metrics` (prometheus-client).
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/api/stats` over HTTP (axum).
+//! - [`ops`]: process plumbing shared with the gateway binary: tracing setup, signals, admin HTTP;
+//!   [`cli_config`]: `--config FILE`, settings from TOML beneath flags and environment variables.
 
 pub mod admin;
+pub mod cli_config;
 pub mod config;
 pub mod link;
+pub mod metrics;
 pub mod ops;
 pub mod registry;
 pub mod server;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use protocol::codec::encode_frame;
 use protocol::link::{Body, Pong};
-use protocol::{Frame, LinkCodec, PROTOCOL_VERSION};
+use protocol::{Frame, FrameError, LinkCodec, PROTOCOL_VERSION};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -34,6 +34,9 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 enum Close {
     Eof,
+    /// Reading failed: the connection was reset (e.g. the gateway's process died with data
+    /// unread) or broke. The peer is gone; nothing it sent was malformed.
+    ReadFailed(std::io::Error),
     Shutdown,
     SlowConsumer,
     /// The writer could not write to the socket.
@@ -83,6 +86,7 @@ pub(crate) async fn serve_link(
                 }
             }
             Ok(None) => return Close::Eof,
+            Ok(Some(Err(FrameError::Io(e)))) => return Close::ReadFailed(e),
             Ok(Some(Err(e))) => {
                 return Close::Fault {
                     code: "bad_frame",
@@ -126,6 +130,7 @@ pub(crate) async fn serve_link(
                 frame = frames.next() => {
                     let frame = match frame {
                         None => return Close::Eof,
+                        Some(Err(FrameError::Io(e))) => return Close::ReadFailed(e),
                         Some(Err(e)) => return Close::Fault { code: "bad_frame", reason: e.to_string() },
                         Some(Ok(frame)) => frame,
                     };
@@ -150,6 +155,9 @@ pub(crate) async fn serve_link(
         Close::Eof | Close::Shutdown | Close::WriteFailed => {
             tracing::info!(link = id.0, %peer, reason = ?close, "link closed")
         }
+        Close::ReadFailed(cause) => {
+            tracing::info!(link = id.0, %peer, %cause, "link closed: connection lost")
+        }
         Close::SlowConsumer => {
             tracing::warn!(link = id.0, %peer, "link closed: slow consumer")
         }
@@ -169,7 +177,7 @@ pub(crate) async fn serve_link(
     drop(handle);
     if matches!(
         close,
-        Close::SlowConsumer | Close::Shutdown | Close::WriteFailed
+        Close::SlowConsumer | Close::Shutdown | Close::WriteFailed | Close::ReadFailed(_)
     ) {
         kill.cancel();
     }

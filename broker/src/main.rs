@@ -4,6 +4,7 @@
 //! `broker --help` lists every setting; each also reads an environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use broker::ops::{self, LogFormat};
@@ -18,12 +19,18 @@ use tokio_util::sync::CancellationToken;
     about = "Channel server: relays group messages between gateways"
 )]
 struct Cli {
+    /// TOML file of settings keyed by long flag name (docs/configuration.md); flags and
+    /// environment variables override it.
+    #[arg(long = "config", env = "BROKER_CONFIG", value_name = "FILE")]
+    config_file: Option<PathBuf>,
+
     /// Address the broker link listens on. Loopback by default: anyone who reaches this port can
     /// publish to any group.
     #[arg(long, env = "BROKER_LISTEN", default_value = "127.0.0.1:2206")]
     listen: SocketAddr,
 
-    /// Address of the admin HTTP server (/healthz, /readyz, /api/stats). Off unless given.
+    /// Address of the admin HTTP server (/healthz, /readyz, /metrics, /api/stats). Off unless
+    /// given.
     #[arg(long, env = "BROKER_ADMIN")]
     admin: Option<SocketAddr>,
 
@@ -37,8 +44,11 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = ops::parse_cli()?;
     ops::init_tracing(cli.log_format);
+    if let Some(path) = &cli.config_file {
+        tracing::info!(path = %path.display(), "settings read from config file");
+    }
     let broker = Broker::new(cli.config)?;
     let shutdown = CancellationToken::new();
     ops::cancel_on_signals(shutdown.clone());
@@ -65,4 +75,50 @@ async fn main() -> anyhow::Result<()> {
         admin.await.context("admin server panicked")??;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::path::Path;
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// docs/broker.example.toml parses, holds exactly the defaults and lists every setting, and
+    /// docs/configuration.md has a row for every flag with its environment variable and default.
+    #[test]
+    fn example_config_and_reference_cover_every_setting() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        let example = docs.join("broker.example.toml");
+        let args = [
+            OsStr::new("broker"),
+            OsStr::new("--config"),
+            example.as_os_str(),
+        ];
+        let from_file: Cli = match broker::cli_config::try_parse_from(args) {
+            Ok(cli) => cli,
+            Err(e) => panic!("{} does not parse: {e}", example.display()),
+        };
+        let defaults = Cli::try_parse_from(["broker"]).expect("defaults parse");
+        let from_file = Cli {
+            config_file: None,
+            ..from_file
+        };
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+
+        let read = |name: &str| std::fs::read_to_string(docs.join(name)).expect("read docs");
+        let reference = read("configuration.md");
+        let section = reference
+            .split("\n## ")
+            .find(|s| s.starts_with("Broker\n"))
+            .expect("configuration.md has a `## Broker` section");
+        let missing = broker::cli_config::undocumented(
+            &Cli::command(),
+            &read("broker.example.toml"),
+            section,
+        );
+        assert!(missing.is_empty(), "not documented: {missing:#?}");
+    }
 }

@@ -104,20 +104,29 @@ impl Process {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let name = name.into();
         let path = binary(binary_name)?;
-        let mut child = Command::new(&path)
+        let mut command = Command::new(&path);
+        command
             .args(args)
             // A clean environment: no stray BROKER_*/GATEWAY_*/PUSH_URL settings of the shell.
             .env_clear()
             .env("RUST_LOG", log_filter())
-            .env("RUST_BACKTRACE", "1")
+            .env("RUST_BACKTRACE", "1");
+        Process::spawn_command(name, command)
+    }
+
+    /// Starts `command` (e.g. a program that is not part of the workspace, such as
+    /// chromedriver) as it is set up, with stdin closed and both output streams captured.
+    pub fn spawn_command(name: impl Into<String>, mut command: Command) -> Result<Process> {
+        let name = name.into();
+        let program = command.as_std().get_program().to_owned();
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start {name} ({})", path.display()))?;
+            .with_context(|| format!("cannot start {name} ({})", program.to_string_lossy()))?;
         let stdout = capture(child.stdout.take().context("stdout is not piped")?);
         let stderr = capture(child.stderr.take().context("stderr is not piped")?);
         Ok(Process {
@@ -272,6 +281,13 @@ impl Process {
             bail!("`kill -TERM {pid}` ({}) failed: {status}", self.name);
         }
         Ok(())
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        self.child
+            .try_wait()
+            .with_context(|| format!("cannot check on {}", self.name))
     }
 
     /// SIGKILLs the process and reaps it.

@@ -82,7 +82,8 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_LINK_PING_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub link_ping_interval: Duration,
 
-    /// A broker link silent for this long is considered dead and reconnected.
+    /// A broker link silent for this long is considered dead and reconnected; so is one whose
+    /// writes stay blocked past that point (a half-open link with full socket buffers).
     #[arg(long, env = "GATEWAY_LINK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub link_timeout: Duration,
 
@@ -94,8 +95,9 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_RECONNECT_MIN", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub reconnect_min: Duration,
 
-    /// Largest reconnect delay.
-    #[arg(long, env = "GATEWAY_RECONNECT_MAX", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// Largest reconnect delay. It bounds how long after a broker comes back the gateway
+    /// notices, however long the outage was: the default keeps resumption under 2 s.
+    #[arg(long, env = "GATEWAY_RECONNECT_MAX", default_value = "1s", value_parser = humantime::parse_duration)]
     pub reconnect_max: Duration,
 
     /// How long shutdown waits for queued messages to be written before closing clients.

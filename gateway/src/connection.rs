@@ -167,8 +167,9 @@ impl Connection {
                     };
                     match message {
                         Message::Text(text) => self.on_text(text).await,
-                        Message::Binary(_) => {
+                        Message::Binary(bytes) => {
                             self.state.stats.messages_in.fetch_add(1, Relaxed);
+                            self.state.stats.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
                             self.reply_error(ErrorCode::BinaryNotSupported, "binary frames are not supported: send JSON text frames", None);
                         }
                         // tungstenite answers pings itself; a pong only proves the client is alive.
@@ -226,6 +227,7 @@ impl Connection {
     async fn on_text(&mut self, text: Utf8Bytes) {
         let stats = &self.state.stats;
         stats.messages_in.fetch_add(1, Relaxed);
+        stats.bytes_in.fetch_add(text.len() as u64, Relaxed);
         let request = match parse_command(text.as_str(), &self.state.parse_limits) {
             Ok(request) => request,
             Err(e) => {
@@ -290,8 +292,10 @@ impl Connection {
     }
 
     fn reply(&self, text: String) {
+        let len = text.len() as u64;
         if self.outbox.push(Utf8Bytes::from(text)) == Push::Queued {
             self.state.stats.deliveries.fetch_add(1, Relaxed);
+            self.state.stats.bytes_out.fetch_add(len, Relaxed);
         }
     }
 

@@ -9,7 +9,10 @@
 //! - [`hub`]: which workers have members of which group; a send goes to those workers directly
 //!   and to the [`bus`] for other gateways; the first/last local member (un)subscribes the bus.
 //! - [`bus`]: the trait under cross-gateway fan-out, and the built-in broker link behind it.
-//! - [`config`], [`stats`], [`admin`]: settings, counters, and the admin HTTP endpoints.
+//! - [`config`], [`stats`]: settings and counters; [`metrics`] reads the counters at scrape time.
+//! - [`admin`]: the admin HTTP server: probes, `/metrics`, `/api/stats`, and `POST /api/publish`,
+//!   which enters the same path as a client's send (`Gateway::publish` -> `Hub::publish`).
+//! - [`demo`]: the demo page (`static/demo.html`, served at `/` and `/demo` by the admin server).
 //!
 //! A message's path: client frame -> `connection` parses it -> `Hub::publish` -> (a) `Router`
 //! queues it to each interested worker's inbox -> `worker` pushes the shared bytes into each
@@ -20,7 +23,9 @@ pub mod admin;
 pub mod bus;
 pub mod config;
 mod connection;
+pub mod demo;
 pub mod hub;
+pub mod metrics;
 mod outbox;
 pub mod server;
 pub mod stats;

@@ -4,6 +4,7 @@
 //! each also reads an environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::Context;
@@ -15,6 +16,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version, about = "Group push WebSocket server")]
 struct Cli {
+    /// TOML file of settings keyed by long flag name (docs/configuration.md); flags and
+    /// environment variables override it.
+    #[arg(long = "config", env = "GATEWAY_CONFIG", value_name = "FILE")]
+    config_file: Option<PathBuf>,
+
     /// Address clients connect to (WebSocket). Bound with SO_REUSEPORT: several gateway processes
     /// may share it.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:1234")]
@@ -28,9 +34,13 @@ struct Cli {
     #[arg(long, env = "GATEWAY_BROKER_LISTEN", default_value = "127.0.0.1:2206")]
     broker_listen: SocketAddr,
 
-    /// Admin HTTP address (/healthz, /readyz, /api/stats), or "off".
+    /// Admin HTTP address (/healthz, /readyz, /metrics, /api/stats, /api/publish), or "off".
+    /// A non-loopback address requires --api-token.
     #[arg(long, env = "GATEWAY_ADMIN", default_value = "127.0.0.1:9090")]
     admin: AdminAddr,
+
+    #[command(flatten)]
+    admin_api: gateway::admin::AdminConfig,
 
     /// Log format on stderr. RUST_LOG sets the level (default info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
@@ -56,12 +66,21 @@ impl FromStr for AdminAddr {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = ops::parse_cli()?;
     ops::init_tracing(cli.log_format);
+    if let Some(path) = &cli.config_file {
+        tracing::info!(path = %path.display(), "settings read from config file");
+    }
     cli.config
         .validate()
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
+    if let Some(addr) = cli.admin.0 {
+        cli.admin_api
+            .validate(addr)
+            .map_err(anyhow::Error::msg)
+            .context("invalid admin configuration")?;
+    }
     let shutdown = CancellationToken::new();
     ops::cancel_on_signals(shutdown.clone());
 
@@ -96,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
             let admin_listener = ops::bind_logged(addr, "admin listening")
                 .await
                 .with_context(|| format!("cannot listen on {addr} (admin)"))?;
-            let router = gateway::admin::router(gateway.clone());
+            let router = gateway::admin::router(gateway.clone(), cli.admin_api);
             Some(tokio::spawn(ops::serve_admin(
                 admin_listener,
                 router,
@@ -114,4 +133,50 @@ async fn main() -> anyhow::Result<()> {
         admin.await.context("admin server panicked")??;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::path::Path;
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// docs/gateway.example.toml parses, holds exactly the defaults and lists every setting, and
+    /// docs/configuration.md has a row for every flag with its environment variable and default.
+    #[test]
+    fn example_config_and_reference_cover_every_setting() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        let example = docs.join("gateway.example.toml");
+        let args = [
+            OsStr::new("gateway"),
+            OsStr::new("--config"),
+            example.as_os_str(),
+        ];
+        let from_file: Cli = match broker::cli_config::try_parse_from(args) {
+            Ok(cli) => cli,
+            Err(e) => panic!("{} does not parse: {e}", example.display()),
+        };
+        let defaults = Cli::try_parse_from(["gateway"]).expect("defaults parse");
+        let from_file = Cli {
+            config_file: None,
+            ..from_file
+        };
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+
+        let read = |name: &str| std::fs::read_to_string(docs.join(name)).expect("read docs");
+        let reference = read("configuration.md");
+        let section = reference
+            .split("\n## ")
+            .find(|s| s.starts_with("Gateway\n"))
+            .expect("configuration.md has a `## Gateway` section");
+        let missing = broker::cli_config::undocumented(
+            &Cli::command(),
+            &read("gateway.example.toml"),
+            section,
+        );
+        assert!(missing.is_empty(), "not documented: {missing:#?}");
+    }
 }

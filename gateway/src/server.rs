@@ -1,13 +1,16 @@
 //! Starting and stopping a gateway: worker threads, the bus, the accept loop.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use protocol::GroupName;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::broker_link::BrokerBus;
@@ -45,6 +48,8 @@ struct Inner {
     embedded_broker: Option<broker::Broker>,
     /// Where clients connect, once `serve` has been called.
     ws_addr: std::sync::OnceLock<SocketAddr>,
+    /// Messages published through [`Gateway::publish`].
+    api_publishes: AtomicU64,
     shutdown: CancellationToken,
 }
 
@@ -104,6 +109,7 @@ impl Gateway {
                 bus_task: Mutex::new(Some(bus_task)),
                 embedded_broker,
                 ws_addr: std::sync::OnceLock::new(),
+                api_publishes: AtomicU64::new(0),
                 shutdown,
             }),
         })
@@ -177,6 +183,18 @@ impl Gateway {
         self.inner.hub.bus().status().up
     }
 
+    pub fn config(&self) -> &GatewayConfig {
+        &self.inner.config
+    }
+
+    /// Delivers `payload` to `group` exactly as a client's `send_to_group` does: to this
+    /// process's members directly and to other gateways through the bus. Waits while a worker's
+    /// inbox is full (backpressure), like a client's send.
+    pub async fn publish(&self, group: &GroupName<'_>, payload: Utf8Bytes) {
+        self.inner.api_publishes.fetch_add(1, Relaxed);
+        self.inner.hub.publish(group.as_str(), &payload).await;
+    }
+
     pub fn stats(&self) -> GatewaySnapshot {
         let workers: Vec<_> = self
             .inner
@@ -190,6 +208,7 @@ impl Gateway {
             groups: self.inner.hub.router().group_count() as u64,
             memberships: workers.iter().map(|w| w.memberships).sum(),
             workers,
+            api_publishes: self.inner.api_publishes.load(Relaxed),
             broker_link: self.inner.hub.bus().status(),
             embedded_broker: self.inner.embedded_broker.as_ref().map(|b| b.stats()),
         }

@@ -18,10 +18,14 @@ pub struct WorkerStats {
     pub leaves: AtomicU64,
     /// Frames received from clients.
     pub messages_in: AtomicU64,
+    /// Payload bytes of the text and binary frames received from clients.
+    pub bytes_in: AtomicU64,
     /// `send_to_group` commands accepted.
     pub sends: AtomicU64,
     /// Messages queued to client connections (group messages and replies).
     pub deliveries: AtomicU64,
+    /// Bytes of the messages counted in `deliveries`.
+    pub bytes_out: AtomicU64,
     /// Connections closed because their outbound queue overflowed (code 4001).
     pub slow_consumer_closes: AtomicU64,
     /// Messages discarded when a slow consumer's queue was dropped.
@@ -50,8 +54,10 @@ impl WorkerStats {
             joins: self.joins.load(Relaxed),
             leaves: self.leaves.load(Relaxed),
             messages_in: self.messages_in.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
             sends: self.sends.load(Relaxed),
             deliveries: self.deliveries.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
             slow_consumer_closes: self.slow_consumer_closes.load(Relaxed),
             queue_drops: self.queue_drops.load(Relaxed),
             idle_closes: self.idle_closes.load(Relaxed),
@@ -76,8 +82,10 @@ pub struct WorkerSnapshot {
     pub joins: u64,
     pub leaves: u64,
     pub messages_in: u64,
+    pub bytes_in: u64,
     pub sends: u64,
     pub deliveries: u64,
+    pub bytes_out: u64,
     pub slow_consumer_closes: u64,
     pub queue_drops: u64,
     pub idle_closes: u64,
@@ -94,6 +102,8 @@ pub struct GatewaySnapshot {
     pub groups: u64,
     pub memberships: u64,
     pub workers: Vec<WorkerSnapshot>,
+    /// Messages published through the admin API (`POST /api/publish`).
+    pub api_publishes: u64,
     pub broker_link: crate::bus::BusStatus,
     /// Present when the broker runs inside this process.
     pub embedded_broker: Option<broker::StatsSnapshot>,

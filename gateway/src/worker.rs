@@ -98,6 +98,9 @@ impl WorkerState {
             }
         }
         self.stats.deliveries.fetch_add(delivered, Relaxed);
+        self.stats
+            .bytes_out
+            .fetch_add(delivered * delivery.payload.len() as u64, Relaxed);
     }
 }
 

@@ -9,7 +9,8 @@
 //! Group messages are delivered as the raw message text, unframed.
 //!
 //! [`parse_command`] borrows from the frame text wherever it can: a message string without escapes
-//! and a string group id are slices of the input, not copies.
+//! and a string group id are slices of the input, not copies. [`parse_publish`] reads the
+//! gateway admin API's `{"group_id":G,"message":M}` by the same rules.
 
 use std::borrow::{Borrow, Cow};
 use std::fmt;
@@ -259,21 +260,7 @@ pub fn parse_command<'a>(
     text: &'a str,
     limits: &ParseLimits,
 ) -> Result<Request<'a>, CommandError<'a>> {
-    let raw: RawCommand<'a> = match serde_json::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) if e.classify() == serde_json::error::Category::Data => {
-            return Err(CommandError::new(
-                ErrorCode::NotAnObject,
-                "a command must be a JSON object",
-            ))
-        }
-        Err(e) => {
-            return Err(CommandError::new(
-                ErrorCode::InvalidJson,
-                format!("invalid JSON: {e}"),
-            ))
-        }
-    };
+    let raw = parse_raw(text, "a command must be a JSON object")?;
     let req_id = match raw.req_id {
         None => None,
         Some(r) => Some(parse_req_id(r)?),
@@ -285,16 +272,78 @@ pub fn parse_command<'a>(
     Ok(Request { command, req_id })
 }
 
+/// One message of the gateway's admin publish API (`POST /api/publish`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish<'a> {
+    pub group_id: GroupName<'a>,
+    /// The exact text members receive, as for [`ClientCommand::SendToGroup`].
+    pub message: Cow<'a, str>,
+}
+
+/// Parses `{"group_id":G,"message":M}`: a `send_to_group` command without `cmd`, read by the same
+/// rules and answered with the same error codes (`not_an_object`, `duplicate_field`,
+/// `missing_field`, `invalid_group_id`, `invalid_field`). Other fields are ignored.
+pub fn parse_publish<'a>(
+    text: &'a str,
+    limits: &ParseLimits,
+) -> Result<Publish<'a>, CommandError<'a>> {
+    let raw = parse_raw(text, "a publish must be a JSON object")?;
+    check_duplicates(&raw)?;
+    let (group_id, message) = send_fields(&raw, limits)?;
+    Ok(Publish { group_id, message })
+}
+
+fn parse_raw<'a>(text: &'a str, not_an_object: &str) -> Result<RawCommand<'a>, CommandError<'a>> {
+    match serde_json::from_str(text) {
+        Ok(raw) => Ok(raw),
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            Err(CommandError::new(ErrorCode::NotAnObject, not_an_object))
+        }
+        Err(e) => Err(CommandError::new(
+            ErrorCode::InvalidJson,
+            format!("invalid JSON: {e}"),
+        )),
+    }
+}
+
+fn check_duplicates<'a>(raw: &RawCommand<'a>) -> Result<(), CommandError<'a>> {
+    match raw.duplicate {
+        Some(field) => Err(CommandError::new(
+            ErrorCode::DuplicateField,
+            format!("`{field}` appears more than once"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn required_group_id<'a>(
+    raw: &RawCommand<'a>,
+    limits: &ParseLimits,
+) -> Result<GroupName<'a>, CommandError<'a>> {
+    let raw_group = raw
+        .group_id
+        .ok_or_else(|| CommandError::new(ErrorCode::MissingField, "`group_id` is required"))?;
+    parse_group_id(raw_group, limits.max_group_id_len)
+        .map_err(|e| CommandError::new(ErrorCode::InvalidGroupId, e.to_string()))
+}
+
+/// The fields of a send: `group_id`, then `message`.
+fn send_fields<'a>(
+    raw: &RawCommand<'a>,
+    limits: &ParseLimits,
+) -> Result<(GroupName<'a>, Cow<'a, str>), CommandError<'a>> {
+    let group_id = required_group_id(raw, limits)?;
+    let message = raw
+        .message
+        .ok_or_else(|| CommandError::new(ErrorCode::MissingField, "`message` is required"))?;
+    Ok((group_id, message_text(message)?))
+}
+
 fn parse_fields<'a>(
     raw: &RawCommand<'a>,
     limits: &ParseLimits,
 ) -> Result<ClientCommand<'a>, CommandError<'a>> {
-    if let Some(field) = raw.duplicate {
-        return Err(CommandError::new(
-            ErrorCode::DuplicateField,
-            format!("`{field}` appears more than once"),
-        ));
-    }
+    check_duplicates(raw)?;
     let cmd = raw
         .cmd
         .ok_or_else(|| CommandError::new(ErrorCode::MissingField, "`cmd` is required"))?;
@@ -304,29 +353,16 @@ fn parse_fields<'a>(
             "`cmd` must be a string without escapes",
         )
     })?;
-    let group_id = || -> Result<GroupName<'a>, CommandError<'a>> {
-        let raw_group = raw
-            .group_id
-            .ok_or_else(|| CommandError::new(ErrorCode::MissingField, "`group_id` is required"))?;
-        parse_group_id(raw_group, limits.max_group_id_len)
-            .map_err(|e| CommandError::new(ErrorCode::InvalidGroupId, e.to_string()))
-    };
     match cmd {
         "add_group" => Ok(ClientCommand::AddGroup {
-            group_id: group_id()?,
+            group_id: required_group_id(raw, limits)?,
         }),
         "leave_group" => Ok(ClientCommand::LeaveGroup {
-            group_id: group_id()?,
+            group_id: required_group_id(raw, limits)?,
         }),
         "send_to_group" => {
-            let group_id = group_id()?;
-            let message = raw.message.ok_or_else(|| {
-                CommandError::new(ErrorCode::MissingField, "`message` is required")
-            })?;
-            Ok(ClientCommand::SendToGroup {
-                group_id,
-                message: message_text(message)?,
-            })
+            let (group_id, message) = send_fields(raw, limits)?;
+            Ok(ClientCommand::SendToGroup { group_id, message })
         }
         other => Err(CommandError::new(
             ErrorCode::UnknownCmd,
@@ -371,13 +407,9 @@ fn parse_req_id<'a>(raw: &'a RawValue) -> Result<ReqId<'a>, CommandError<'a>> {
 fn parse_group_id<'a>(raw: &'a RawValue, max_len: usize) -> Result<GroupName<'a>, GroupIdError> {
     let text = raw.get();
     let name: Cow<'a, str> = match text.as_bytes().first() {
-        Some(b'"') => match serde_json::from_str::<&'a str>(text) {
-            Ok(s) => Cow::Borrowed(s),
-            Err(_) => Cow::Owned(
-                serde_json::from_str::<String>(text)
-                    .map_err(|_| GroupIdError::WrongType("an undecodable string"))?,
-            ),
-        },
+        Some(b'"') => {
+            json_string(text).map_err(|_| GroupIdError::WrongType("an undecodable string"))?
+        }
         Some(b'-' | b'0'..=b'9') => Cow::Owned(canonical_integer(text)?),
         Some(b'{') => return Err(GroupIdError::WrongType("an object")),
         Some(b'[') => return Err(GroupIdError::WrongType("an array")),
@@ -407,14 +439,21 @@ fn canonical_integer(text: &str) -> Result<String, GroupIdError> {
 fn message_text<'a>(raw: &'a RawValue) -> Result<Cow<'a, str>, CommandError<'a>> {
     let text = raw.get();
     if text.starts_with('"') {
-        if let Ok(s) = serde_json::from_str::<&'a str>(text) {
-            return Ok(Cow::Borrowed(s));
-        }
-        return serde_json::from_str::<String>(text)
-            .map(Cow::Owned)
+        return json_string(text)
             .map_err(|e| CommandError::new(ErrorCode::InvalidField, format!("`message`: {e}")));
     }
     Ok(compact_json(text))
+}
+
+/// The content of a JSON string literal that serde_json already validated (a `RawValue`):
+/// without escapes it is the text between the quotes, borrowed; with escapes it is decoded.
+fn json_string(literal: &str) -> Result<Cow<'_, str>, serde_json::Error> {
+    if !literal.contains('\\') {
+        if let Some(inner) = literal.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+            return Ok(Cow::Borrowed(inner));
+        }
+    }
+    serde_json::from_str::<String>(literal).map(Cow::Owned)
 }
 
 /// Removes insignificant whitespace from valid JSON text, keeping key order and number spelling.

@@ -14,8 +14,8 @@ pub mod codec;
 pub mod link;
 
 pub use client::{
-    parse_command, ClientCommand, CommandError, ErrorCode, GroupId, GroupIdError, GroupName,
-    ParseLimits, ReqId, Request,
+    parse_command, parse_publish, ClientCommand, CommandError, ErrorCode, GroupId, GroupIdError,
+    GroupName, ParseLimits, Publish, ReqId, Request,
 };
 pub use codec::{FrameError, LinkCodec, DEFAULT_MAX_FRAME_SIZE};
 pub use link::{Frame, PROTOCOL_VERSION};

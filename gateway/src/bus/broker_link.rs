@@ -55,6 +55,8 @@ enum LinkError {
     Unexpected(&'static str),
     #[error("no frame from the broker for {0:?}")]
     Silent(Duration),
+    #[error("no frame from the broker for {0:?} and a write to it is blocked")]
+    Stalled(Duration),
 }
 
 #[derive(Debug, Default)]
@@ -336,11 +338,17 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
     let max = settings.max_frame_size;
-    sync_subscriptions(bus, &mut writer, max, true).await?;
+    // The broker's hello has just arrived.
+    let mut last_heard = Instant::now();
+    bounded(
+        last_heard,
+        settings.timeout,
+        sync_subscriptions(bus, &mut writer, max, true),
+    )
+    .await?;
     bus.up.store(true, Relaxed);
     tracing::info!(broker = %settings.broker, "broker link up");
 
-    let mut last_heard = Instant::now();
     let mut heartbeat = tokio::time::interval_at(
         Instant::now() + settings.ping_interval,
         settings.ping_interval,
@@ -375,8 +383,12 @@ async fn session(
                         router.dispatch(group, &payload).await;
                     }
                     Some(Body::Ping(ping)) => {
-                        write_frame(&mut writer, &Frame::new(Body::Pong(Pong { nonce: ping.nonce })), max).await?;
-                        writer.flush().await?;
+                        let pong = Frame::new(Body::Pong(Pong { nonce: ping.nonce }));
+                        bounded(last_heard, settings.timeout, async {
+                            write_frame(&mut writer, &pong, max).await?;
+                            Ok(writer.flush().await?)
+                        })
+                        .await?;
                     }
                     Some(Body::Pong(_)) => {}
                     Some(Body::Error(e)) => return Err(LinkError::Refused { code: e.code, reason: e.reason }),
@@ -384,27 +396,48 @@ async fn session(
                 }
             }
             _ = bus.subs_changed.notified() => {
-                sync_subscriptions(bus, &mut writer, max, false).await?;
+                bounded(last_heard, settings.timeout, sync_subscriptions(bus, &mut writer, max, false)).await?;
             }
             n = publish_rx.recv_many(&mut batch, WRITE_BATCH) => {
                 if n == 0 {
                     return Ok(()); // the bus itself is gone
                 }
-                for frame in batch.drain(..) {
-                    writer.write_all(&frame).await?;
-                }
-                writer.flush().await?;
+                bounded(last_heard, settings.timeout, async {
+                    for frame in batch.drain(..) {
+                        writer.write_all(&frame).await?;
+                    }
+                    Ok(writer.flush().await?)
+                })
+                .await?;
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > settings.timeout {
                     return Err(LinkError::Silent(settings.timeout));
                 }
                 nonce += 1;
-                write_frame(&mut writer, &Frame::new(Body::Ping(Ping { nonce })), max).await?;
-                writer.flush().await?;
+                let ping = Frame::new(Body::Ping(Ping { nonce }));
+                bounded(last_heard, settings.timeout, async {
+                    write_frame(&mut writer, &ping, max).await?;
+                    Ok(writer.flush().await?)
+                })
+                .await?;
             }
         }
     }
+}
+
+/// Runs a write to the broker, giving up once nothing has been heard from it for `timeout`
+/// since `last_heard`. A broker (or a path to it) that stopped reading fills the socket
+/// buffers, and a write blocked on them would otherwise keep this task from ever reaching the
+/// heartbeat check: the link would never be found dead.
+async fn bounded<T>(
+    last_heard: Instant,
+    timeout: Duration,
+    write: impl std::future::Future<Output = Result<T, LinkError>>,
+) -> Result<T, LinkError> {
+    tokio::time::timeout_at(last_heard + timeout, write)
+        .await
+        .unwrap_or(Err(LinkError::Stalled(timeout)))
 }
 
 fn frame_kind(body: Option<Body>) -> &'static str {

@@ -216,3 +216,46 @@ fn deep_nesting_is_skipped_without_recursion() {
     );
     assert_eq!(code(&unbalanced), ErrorCode::InvalidJson);
 }
+
+#[test]
+fn publish_reads_like_send_to_group() {
+    let limits = ParseLimits::default();
+    let p = parse_publish(r#"{"group_id":123.0,"message":{ "a" : [1, 2] }}"#, &limits).unwrap();
+    assert_eq!(p.group_id.as_str(), "123");
+    assert_eq!(p.message, r#"{"a":[1,2]}"#);
+    let p = parse_publish(
+        r#"{"message":"a\"b","group_id":"g","cmd":"x","y":1}"#,
+        &limits,
+    )
+    .unwrap();
+    assert_eq!((p.group_id.as_str(), p.message.as_ref()), ("g", "a\"b"));
+
+    let code = |text: &str| parse_publish(text, &limits).unwrap_err().code;
+    assert_eq!(code(r#"{"group_id":"g""#), ErrorCode::InvalidJson);
+    assert_eq!(code(r#"["g","m"]"#), ErrorCode::NotAnObject);
+    assert_eq!(code(r#""g""#), ErrorCode::NotAnObject);
+    assert_eq!(
+        code(r#"{"group_id":"g","group_id":"h","message":1}"#),
+        ErrorCode::DuplicateField
+    );
+    assert_eq!(code(r#"{"message":"m"}"#), ErrorCode::MissingField);
+    assert_eq!(code(r#"{"group_id":"g"}"#), ErrorCode::MissingField);
+    assert_eq!(
+        code(r#"{"group_id":"","message":"m"}"#),
+        ErrorCode::InvalidGroupId
+    );
+    assert_eq!(
+        code(r#"{"group_id":[1],"message":"m"}"#),
+        ErrorCode::InvalidGroupId
+    );
+    assert_eq!(
+        code(r#"{"group_id":1.5,"message":"m"}"#),
+        ErrorCode::InvalidGroupId
+    );
+    assert_eq!(
+        code(r#"{"group_id":"g","message":"\ud800"}"#),
+        ErrorCode::InvalidField
+    );
+    let long = format!(r#"{{"group_id":"{}","message":"m"}}"#, "x".repeat(257));
+    assert_eq!(code(&long), ErrorCode::InvalidGroupId);
+}

@@ -1,0 +1,588 @@
+//! `--config FILE` for any clap command: an optional TOML file whose keys are the command's long
+//! flag names (`max-message-size = 65536`, `idle-timeout = "60s"`).
+//!
+//! Precedence: command-line flag > environment variable > config file > default. The command is
+//! parsed once to find the file and to learn where each value came from; every key of the file
+//! whose flag was set neither on the command line nor by its environment variable becomes a
+//! `--key=value` argument, and the command is parsed again. clap's own value parsers therefore
+//! check the file's values, and a flag added to a binary later is settable from the file with no
+//! further code.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches, Command, Parser};
+
+/// The long flag that names the config file. A command without it parses as plain clap.
+pub const CONFIG_FLAG: &str = "config";
+
+/// What is wrong with a config file. Each message names the file, and the key when one is at
+/// fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {} is not valid TOML: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("config file {}: {detail}", path.display())]
+    UnknownKeys { path: PathBuf, detail: String },
+    #[error("config file {}: key `{key}`: {reason}", path.display())]
+    InvalidValue {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+    /// The file's settings are each valid but not together (clap conflicts and the like).
+    #[error("config file {}: {reason}", path.display())]
+    Rejected { path: PathBuf, reason: String },
+}
+
+/// Why the command line could not be turned into settings.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A bad flag or environment variable, or a request for `--help` or `--version`: clap's own
+    /// error, which prints itself and picks the exit code (`clap::Error::exit`).
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
+}
+
+/// Parses the process's arguments, environment and config file into `C`.
+///
+/// Behaves like [`Parser::parse`] for the command line itself (help, version and usage errors
+/// are printed and exit the process); a bad config file is returned, for `main` to report.
+pub fn parse_cli<C: Parser>() -> Result<C, ConfigFileError> {
+    match try_parse_from(std::env::args_os()) {
+        Ok(cli) => Ok(cli),
+        Err(CliError::Clap(e)) => e.exit(),
+        Err(CliError::ConfigFile(e)) => Err(e),
+    }
+}
+
+/// [`parse_cli`] over the given arguments (the first is the binary name), returning every error.
+/// Environment variables are read by clap, from the process environment.
+pub fn try_parse_from<C, I, T>(args: I) -> Result<C, CliError>
+where
+    C: Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut command = C::command();
+    let matches = command.clone().try_get_matches_from(&args)?;
+    let Some(path) = config_path(&command, &matches) else {
+        return C::from_arg_matches(&matches).map_err(|e| e.format(&mut command).into());
+    };
+    let table = load(&path)?;
+    let from_file = file_args(&command, &matches, &path, &table)?;
+
+    let merged = with_inserted(&args, from_file);
+    match C::try_parse_from(merged) {
+        Ok(cli) => Ok(cli),
+        Err(e) => Err(ConfigFileError::Rejected {
+            path,
+            reason: clap_reason(&e),
+        }
+        .into()),
+    }
+}
+
+/// The value of `--config` (from the command line or its environment variable), if any.
+fn config_path(command: &Command, matches: &ArgMatches) -> Option<PathBuf> {
+    let arg = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(CONFIG_FLAG))?;
+    let mut raw = matches.try_get_raw(arg.get_id().as_str()).ok()??;
+    raw.next().map(PathBuf::from)
+}
+
+fn load(path: &Path) -> Result<toml::Table, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigFileError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+}
+
+/// The arguments each key of the file stands for, each checked on its own, leaving out the keys
+/// whose flag was set on the command line or by an environment variable.
+fn file_args(
+    command: &Command,
+    matches: &ArgMatches,
+    path: &Path,
+    table: &toml::Table,
+) -> Result<Vec<OsString>, ConfigFileError> {
+    let unknown: Vec<String> = table
+        .keys()
+        .filter(|key| find_arg(command, key).is_none())
+        .map(|key| unknown_key(command, key))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ConfigFileError::UnknownKeys {
+            path: path.to_owned(),
+            detail: format!(
+                "{}; keys are the long flag names that `{} --help` lists",
+                unknown.join(", "),
+                command.get_name()
+            ),
+        });
+    }
+
+    let mut from_file = Vec::new();
+    for (key, value) in table {
+        let Some(arg) = find_arg(command, key) else {
+            continue; // reported above
+        };
+        let invalid = |reason: String| ConfigFileError::InvalidValue {
+            path: path.to_owned(),
+            key: key.clone(),
+            reason,
+        };
+        if key == CONFIG_FLAG {
+            return Err(invalid("a config file cannot name another one".into()));
+        }
+        let args = to_args(arg, key, value).map_err(invalid)?;
+        // Checked even when a flag overrides it, so the file does not break once the flag goes.
+        check_alone(command, &args).map_err(invalid)?;
+        let overridden = matches!(
+            matches.value_source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if !overridden {
+            from_file.extend(args);
+        }
+    }
+    Ok(from_file)
+}
+
+fn find_arg<'a>(command: &'a Command, key: &str) -> Option<&'a Arg> {
+    command.get_arguments().find(|a| a.get_long() == Some(key))
+}
+
+fn unknown_key(command: &Command, key: &str) -> String {
+    let kebab = key.replace('_', "-");
+    if kebab != key && find_arg(command, &kebab).is_some() {
+        format!("unknown key `{key}` (did you mean `{kebab}`?)")
+    } else {
+        format!("unknown key `{key}`")
+    }
+}
+
+/// `--key=value` arguments for one key of the file.
+fn to_args(arg: &Arg, key: &str, value: &toml::Value) -> Result<Vec<OsString>, String> {
+    let flag = || OsString::from(format!("--{key}"));
+    let option = |v: String| OsString::from(format!("--{key}={v}"));
+    match arg.get_action() {
+        ArgAction::Set => Ok(vec![option(scalar(value)?)]),
+        ArgAction::Append => match value {
+            toml::Value::Array(items) => {
+                items.iter().map(|item| scalar(item).map(option)).collect()
+            }
+            value => Ok(vec![option(scalar(value)?)]),
+        },
+        action @ (ArgAction::SetTrue | ArgAction::SetFalse) => match value {
+            toml::Value::Boolean(b) => {
+                let on = matches!(action, ArgAction::SetTrue);
+                Ok(if *b == on { vec![flag()] } else { Vec::new() })
+            }
+            other => Err(format!("expected true or false, found {}", describe(other))),
+        },
+        ArgAction::Count => match value {
+            toml::Value::Integer(n) if *n >= 0 => Ok((0..*n).map(|_| flag()).collect()),
+            other => Err(format!(
+                "expected a count (an integer, 0 or more), found {}",
+                describe(other)
+            )),
+        },
+        _ => Err("cannot be set in a config file".into()),
+    }
+}
+
+/// A TOML value as the text clap parses: strings as they are, numbers and booleans written out.
+fn scalar(value: &toml::Value) -> Result<String, String> {
+    match value {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(n) => Ok(n.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        toml::Value::Datetime(d) => Ok(d.to_string()),
+        other @ (toml::Value::Array(_) | toml::Value::Table(_)) => Err(format!(
+            "expected a single value, found {}",
+            describe(other)
+        )),
+    }
+}
+
+fn describe(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => format!("the string {s:?}"),
+        toml::Value::Array(_) => "an array".into(),
+        toml::Value::Table(_) => "a table".into(),
+        toml::Value::Integer(n) => format!("the integer {n}"),
+        toml::Value::Float(f) => format!("the float {f}"),
+        toml::Value::Boolean(b) => format!("the boolean {b}"),
+        toml::Value::Datetime(d) => format!("the datetime {d}"),
+    }
+}
+
+/// `args` with `extra` inserted right after the binary name, so that a `--` or a trailing
+/// positional on the command line cannot swallow them.
+fn with_inserted(args: &[OsString], extra: Vec<OsString>) -> Vec<OsString> {
+    let mut merged: Vec<OsString> = args.iter().take(1).cloned().collect();
+    merged.extend(extra);
+    merged.extend(args.iter().skip(1).cloned());
+    merged
+}
+
+/// Parses one key's arguments on their own, so a bad value is blamed on its key. Errors that
+/// depend on the other arguments (a missing required one, a conflict) are left to the full parse.
+fn check_alone(command: &Command, key_args: &[OsString]) -> Result<(), String> {
+    let args = std::iter::once(OsString::from(command.get_name())).chain(key_args.iter().cloned());
+    match command.clone().try_get_matches_from(args) {
+        Ok(_) => Ok(()),
+        Err(e) => match e.kind() {
+            ErrorKind::InvalidValue
+            | ErrorKind::ValueValidation
+            | ErrorKind::WrongNumberOfValues
+            | ErrorKind::TooManyValues
+            | ErrorKind::TooFewValues
+            | ErrorKind::InvalidUtf8
+            | ErrorKind::NoEquals
+            | ErrorKind::UnknownArgument => Err(clap_reason(&e)),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// clap's message without its `error:` prefix, usage and tips, on one line.
+fn clap_reason(err: &clap::Error) -> String {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        return "cannot ask for help or the version".into();
+    }
+    let rendered = err.render().to_string();
+    let text = rendered.trim().trim_start_matches("error:").trim_start();
+    let first = text.split("\n\n").next().unwrap_or(text);
+    first
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What an example config file and a reference page fail to say about `command`'s settings:
+/// each flag's key must appear in `example_toml` (as `key =`, commented out or not), and
+/// `reference_md` must have a table row starting `` | `--flag` | `` that names the flag's
+/// environment variable and its default (each in backquotes). Tests call this so the
+/// documentation cannot fall behind the flags.
+pub fn undocumented(command: &Command, example_toml: &str, reference_md: &str) -> Vec<String> {
+    let listed = |key: &str| {
+        example_toml.lines().any(|line| {
+            let line = line.trim_start().trim_start_matches('#').trim_start();
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+    };
+    let mut missing = Vec::new();
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else {
+            continue;
+        };
+        if long != CONFIG_FLAG && !listed(long) {
+            missing.push(format!("example config: key `{long}`"));
+        }
+        let row_start = format!("| `--{long}` |");
+        let Some(row) = reference_md.lines().find(|l| l.starts_with(&row_start)) else {
+            missing.push(format!("reference: row for `--{long}`"));
+            continue;
+        };
+        if let Some(env) = arg.get_env() {
+            let env = env.to_string_lossy();
+            if !row.contains(&format!("`{env}`")) {
+                missing.push(format!("reference: `--{long}` reads `{env}`"));
+            }
+        }
+        let defaults: Vec<_> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy())
+            .collect();
+        if !defaults.is_empty() {
+            let default = defaults.join(",");
+            if !row.contains(&format!("`{default}`")) {
+                missing.push(format!("reference: `--{long}` defaults to `{default}`"));
+            }
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::ops::LogFormat;
+
+    #[derive(Debug, Parser)]
+    #[command(name = "test")]
+    struct TestCli {
+        #[arg(long = "config", value_name = "FILE")]
+        config_file: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// PATH is set in every test process, so precedence over the environment is tested
+        /// without `set_var` (which races with other test threads reading the environment).
+        #[arg(long = "from-env", env = "PATH", default_value = "default")]
+        from_env: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        verbose: bool,
+        #[arg(long)]
+        tag: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        log_format: LogFormat,
+    }
+
+    /// A file in the temp directory, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> TempFile {
+            let path = std::env::temp_dir().join(format!(
+                "cli-config-test-{}-{name}.toml",
+                std::process::id()
+            ));
+            std::fs::write(&path, text).expect("write temp config file");
+            TempFile(path)
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().expect("temp path is UTF-8")
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn parse(args: &[&str]) -> Result<TestCli, CliError> {
+        try_parse_from(std::iter::once("test").chain(args.iter().copied()))
+    }
+
+    fn file_error(args: &[&str]) -> ConfigFileError {
+        match parse(args) {
+            Err(CliError::ConfigFile(e)) => e,
+            other => panic!("expected a config file error, got {other:?}"),
+        }
+    }
+
+    fn path_env() -> String {
+        std::env::var("PATH").expect("PATH is set")
+    }
+
+    #[test]
+    fn without_a_file_it_is_plain_clap() {
+        let cli = parse(&["--count", "3"]).expect("parses");
+        assert_eq!(cli.count, 3);
+        assert_eq!(cli.timeout, Duration::from_secs(5));
+        assert_eq!(cli.from_env, path_env());
+        assert!(matches!(
+            parse(&["--count", "x"]),
+            Err(CliError::Clap(e)) if e.kind() == ErrorKind::ValueValidation
+        ));
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let file = TempFile::new(
+            "precedence",
+            r#"
+            count = 7
+            name = "from-file"
+            from-env = "from-file"
+            log-format = "json"
+            "#,
+        );
+        let cli = parse(&["--config", file.path(), "--count", "9"]).expect("parses");
+        assert_eq!(cli.count, 9, "flag beats file");
+        assert_eq!(cli.from_env, path_env(), "env beats file");
+        assert_eq!(
+            cli.name.as_deref(),
+            Some("from-file"),
+            "file beats no default"
+        );
+        assert_eq!(cli.log_format, LogFormat::Json, "file beats default");
+        assert_eq!(cli.timeout, Duration::from_secs(5), "default when unset");
+
+        let cli = parse(&["--from-env=flag", "--config", file.path()]).expect("parses");
+        assert_eq!(cli.from_env, "flag", "flag beats env");
+        assert_eq!(cli.count, 7);
+    }
+
+    #[test]
+    fn every_kind_of_value() {
+        let file = TempFile::new(
+            "kinds",
+            r#"
+            timeout = "1m 30s"
+            verbose = true
+            tag = ["a", "b"]
+            name = "-starts-with-a-dash"
+            "#,
+        );
+        let cli = parse(&["--config", file.path()]).expect("parses");
+        assert_eq!(cli.timeout, Duration::from_secs(90));
+        assert!(cli.verbose);
+        assert_eq!(cli.tag, ["a", "b"]);
+        assert_eq!(cli.name.as_deref(), Some("-starts-with-a-dash"));
+
+        // A flag given on the command line replaces the file's list rather than adding to it.
+        let cli = parse(&["--config", file.path(), "--tag", "c"]).expect("parses");
+        assert_eq!(cli.tag, ["c"]);
+
+        let off = TempFile::new("off", "verbose = false\ntag = []\n");
+        let cli = parse(&["--config", off.path()]).expect("parses");
+        assert!(!cli.verbose);
+        assert!(cli.tag.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let file = TempFile::new("unknown", "count = 2\nmax_count = 3\nnope = 1\n");
+        let e = file_error(&["--config", file.path()]);
+        assert!(matches!(e, ConfigFileError::UnknownKeys { .. }), "{e:?}");
+        let message = e.to_string();
+        assert!(message.contains(file.path()), "{message}");
+        assert!(message.contains("unknown key `max_count`"), "{message}");
+        assert!(message.contains("unknown key `nope`"), "{message}");
+
+        let file = TempFile::new("snake", "log_format = \"json\"\n");
+        let message = file_error(&["--config", file.path()]).to_string();
+        assert!(message.contains("did you mean `log-format`?"), "{message}");
+
+        // Keys are flags, not sections.
+        let file = TempFile::new("section", "[gateway]\ncount = 2\n");
+        let message = file_error(&["--config", file.path()]).to_string();
+        assert!(message.contains("unknown key `gateway`"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_name_file_and_key() {
+        let cases = [
+            ("count = \"many\"", "count", "invalid value 'many'"),
+            ("count = -1", "count", "invalid value '-1'"),
+            ("timeout = \"soon\"", "timeout", "invalid value 'soon'"),
+            ("timeout = 5", "timeout", "invalid value '5'"),
+            (
+                "log-format = \"xml\"",
+                "log-format",
+                "possible values: text, json",
+            ),
+            (
+                "count = [1, 2]",
+                "count",
+                "expected a single value, found an array",
+            ),
+            ("name = { a = 1 }", "name", "found a table"),
+            ("verbose = \"yes\"", "verbose", "expected true or false"),
+            ("config = \"other.toml\"", "config", "cannot name another"),
+        ];
+        for (i, (text, key, reason)) in cases.into_iter().enumerate() {
+            let file = TempFile::new(&format!("bad-{i}"), text);
+            let e = file_error(&["--config", file.path()]);
+            let message = e.to_string();
+            assert!(
+                matches!(&e, ConfigFileError::InvalidValue { key: k, .. } if k == key),
+                "{text}: {e:?}"
+            );
+            assert!(message.contains(file.path()), "{text}: {message}");
+            assert!(
+                message.contains(&format!("key `{key}`")),
+                "{text}: {message}"
+            );
+            assert!(message.contains(reason), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_bad_value_overridden_by_a_flag_is_still_an_error() {
+        // The file is checked as a whole, so it does not break when the flag is dropped later.
+        let file = TempFile::new("overridden", "count = \"many\"\n");
+        let e = file_error(&["--config", file.path(), "--count", "2"]);
+        assert!(e.to_string().contains("key `count`"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_and_malformed_files() {
+        let missing = std::env::temp_dir().join("cli-config-test-does-not-exist.toml");
+        let e = file_error(&["--config", missing.to_str().expect("UTF-8 path")]);
+        assert!(matches!(e, ConfigFileError::Read { .. }), "{e:?}");
+        assert!(e.to_string().contains("does-not-exist.toml"), "{e}");
+
+        let file = TempFile::new("syntax", "count = \n");
+        let e = file_error(&["--config", file.path()]);
+        assert!(matches!(e, ConfigFileError::Syntax { .. }), "{e:?}");
+        let message = e.to_string();
+        assert!(message.contains(file.path()), "{message}");
+        assert!(message.contains("line 1"), "{message}");
+    }
+
+    #[test]
+    fn undocumented_names_what_is_missing() {
+        let command = TestCli::command();
+        let example =
+            "count = 1\n# timeout = \"5s\"\nfrom-env = \"x\"\nname=\"n\"\nverbose = true\n";
+        let reference = "\
+| `--config` | none |
+| `--count` | `1` |
+| `--timeout` | `10s` |
+| `--from-env` | `default` |
+| `--name` | none |
+| `--verbose` | `false` |
+| `--tag` | none |
+";
+        let missing = undocumented(&command, example, reference);
+        assert_eq!(
+            missing,
+            [
+                "reference: `--timeout` defaults to `5s`",
+                "reference: `--from-env` reads `PATH`",
+                "example config: key `tag`",
+                "example config: key `log-format`",
+                "reference: row for `--log-format`",
+            ]
+        );
+    }
+
+    #[test]
+    fn help_wins_over_a_bad_file() {
+        match parse(&["--config", "/nonexistent/config.toml", "--help"]) {
+            Err(CliError::Clap(e)) if e.kind() == ErrorKind::DisplayHelp => {
+                let help = e.render().to_string();
+                assert!(help.contains("--config <FILE>"), "{help}");
+            }
+            other => panic!("expected help, got {other:?}"),
+        }
+    }
+}

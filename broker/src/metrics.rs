@@ -1,0 +1,232 @@
+//! `GET /metrics`: the broker's counters in the OpenMetrics text format (prometheus-client).
+//!
+//! The counters live in [`BrokerStats`](crate::stats::BrokerStats) atomics, updated on the hot
+//! path; [`BrokerCollector`] reads a snapshot of them at scrape time and encodes it, so nothing is
+//! counted twice and scrapes cost nothing between scrapes. The encoding helpers are public because
+//! the gateway exports its embedded broker's counters the same way.
+
+use std::fmt;
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::server::Broker;
+use crate::stats::StatsSnapshot;
+
+/// The `Content-Type` of a scrape response.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A counter family with one sample. `name` is given without `_total`: the encoder appends it.
+pub fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// A gauge family with one sample.
+pub fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// A counter family with one sample per label set (`name` without `_total`).
+pub fn counter_family<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A gauge family with one sample per label set.
+pub fn gauge_family<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Encodes a broker's counters as the `broker_*` families.
+pub fn encode_broker_stats(
+    stats: &StatsSnapshot,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> fmt::Result {
+    let e = encoder;
+    gauge(e, "broker_links", "Open gateway links.", stats.links)?;
+    counter(
+        e,
+        "broker_links_opened",
+        "Gateway links accepted since start.",
+        stats.links_total,
+    )?;
+    gauge(
+        e,
+        "broker_channels",
+        "Channels with at least one subscribed link.",
+        stats.channels,
+    )?;
+    gauge(
+        e,
+        "broker_subscriptions",
+        "(link, channel) subscriptions.",
+        stats.subscriptions,
+    )?;
+    counter(
+        e,
+        "broker_publishes",
+        "Publish frames received.",
+        stats.publishes,
+    )?;
+    counter(
+        e,
+        "broker_deliveries",
+        "Message frames queued to subscribed links.",
+        stats.deliveries,
+    )?;
+    counter(
+        e,
+        "broker_slow_link_disconnects",
+        "Links disconnected because their outbound queue was full.",
+        stats.slow_link_disconnects,
+    )?;
+    counter(
+        e,
+        "broker_dropped_frames",
+        "Frames queued to a link but dropped because it was being disconnected.",
+        stats.dropped_frames,
+    )?;
+    counter(
+        e,
+        "broker_bad_frames",
+        "Links closed because of a malformed or forbidden frame.",
+        stats.bad_frames,
+    )
+}
+
+/// Reads a broker's counters at scrape time.
+#[derive(Debug)]
+pub struct BrokerCollector {
+    broker: Broker,
+}
+
+impl BrokerCollector {
+    pub fn new(broker: Broker) -> BrokerCollector {
+        BrokerCollector { broker }
+    }
+}
+
+impl Collector for BrokerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        encode_broker_stats(&self.broker.stats(), &mut encoder)
+    }
+}
+
+/// A registry holding just the broker's collector.
+pub fn registry(broker: Broker) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(BrokerCollector::new(broker)));
+    registry
+}
+
+/// Encodes `registry` into a scrape response.
+pub fn scrape(registry: &Registry) -> Response {
+    let mut body = String::with_capacity(4096);
+    match prometheus_client::encoding::text::encode(&mut body, registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        Err(e) => {
+            tracing::error!(cause = %e, "cannot encode metrics");
+            (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics").into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_encoded_with_their_types() {
+        let stats = StatsSnapshot {
+            links: 2,
+            links_total: 5,
+            channels: 3,
+            subscriptions: 4,
+            publishes: 6,
+            deliveries: 7,
+            slow_link_disconnects: 1,
+            dropped_frames: 8,
+            bad_frames: 9,
+        };
+        #[derive(Debug)]
+        struct Fixed(StatsSnapshot);
+        impl Collector for Fixed {
+            fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+                encode_broker_stats(&self.0, &mut encoder)
+            }
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Fixed(stats)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "# TYPE broker_links gauge",
+            "broker_links 2",
+            "# TYPE broker_links_opened counter",
+            "broker_links_opened_total 5",
+            "broker_channels 3",
+            "broker_subscriptions 4",
+            "broker_publishes_total 6",
+            "broker_deliveries_total 7",
+            "broker_slow_link_disconnects_total 1",
+            "broker_dropped_frames_total 8",
+            "broker_bad_frames_total 9",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn families_with_labels() {
+        #[derive(Debug)]
+        struct Labelled;
+        impl Collector for Labelled {
+            fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+                gauge_family(&mut encoder, "g", "help", [([("worker", 0usize)], 3)])?;
+                counter_family(&mut encoder, "c", "help", [([("code", "x")], 4)])
+            }
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Labelled));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("g{worker=\"0\"} 3\n"), "{text}");
+        assert!(text.contains("c_total{code=\"x\"} 4\n"), "{text}");
+    }
+}

@@ -1,0 +1,844 @@
+//! In a real browser: the seed's console snippet, and the demo page (gateway/static/demo.html)
+//! used through its UI. Headless Chromium, driven over WebDriver (fantoccini -> chromedriver).
+//!
+//! Needs Debian's `chromium` and `chromium-driver` packages (`.ci/run` installs them). Without
+//! them these tests fail and say what to install, unless `E2E_SKIP_BROWSER=1` is set.
+//!
+//! Each test starts its own gateway, its own chromedriver (in its own process group, killed with
+//! its browsers on drop) and one fresh profile per browser. Every wait in the page is a poll
+//! with a deadline, and each test as a whole has one too ([`TEST_TIMEOUT`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use e2e::{stat, Admin, Gateway, GatewayConfig, Process, QUIET_PERIOD, STARTUP_TIMEOUT};
+use fantoccini::wd::{Capabilities, TimeoutConfiguration};
+use fantoccini::{ClientBuilder, Locator};
+use futures_util::future::try_join_all;
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+/// A whole test, browsers included.
+const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the page may take to reach an expected state.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Interval between two looks at the page.
+const PAGE_POLL: Duration = Duration::from_millis(50);
+/// How long a browser may take to start (several may start at once on a small machine).
+const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Browser window size, which is also the screenshot's.
+const WINDOW: (u32, u32) = (1280, 960);
+
+/// The seed's browser snippet (the code block of `../shared/seed/*.txt`), verbatim but for:
+/// - the address: `127.0.0.1:1234` is replaced by the gateway's at run time (see [`seed_code`]);
+/// - `C'est` is written `C\'est`. In the seed that apostrophe sits inside the single-quoted
+///   JavaScript string passed to `ws.send`, where it ends the string: the snippet is a syntax
+///   error in any browser. Escaped, the string holds exactly the seed's JSON, and the message
+///   sent and logged is exactly the seed's `C'est le message`.
+const SEED_SNIPPET: &str = r#"// Supposons que l'adresse IP du serveur soit 127.0.0.1, veuillez la remplacer par l'adresse IP réelle du serveur pour les tests
+ws = new WebSocket('ws://127.0.0.1:1234');
+ws.onmessage = function(data){console.log(data.data)};
+ws.onopen = function() {
+	ws.send('{"cmd":"add_group", "group_id":"123"}');
+    ws.send('{"cmd":"send_to_group", "group_id":"123", "message":"C\'est le message"}');
+};"#;
+
+/// What the seed's snippet logs.
+const SEED_MESSAGE: &str = "C'est le message";
+
+/// Records every `console.log` call's arguments in `window.__logs`, then logs as usual.
+const CONSOLE_HOOK: &str = r#"
+window.__logs = [];
+const log = console.log;
+console.log = function (...args) {
+  window.__logs.push(args);
+  return log.apply(this, args);
+};
+"#;
+
+// ---- tools ------------------------------------------------------------------------------------
+
+/// Chromium and chromedriver, found on `PATH`; `None` when the browser tests are to be skipped.
+#[derive(Debug, Clone)]
+struct Tools {
+    chromium: PathBuf,
+    chromedriver: PathBuf,
+}
+
+impl Tools {
+    fn find(test: &str) -> Result<Option<Tools>> {
+        if std::env::var_os("E2E_SKIP_BROWSER").is_some_and(|v| v == "1") {
+            eprintln!("{test}: skipped (E2E_SKIP_BROWSER=1)");
+            return Ok(None);
+        }
+        let chromium = find_program("chromium");
+        let chromedriver = find_program("chromedriver");
+        match (chromium, chromedriver) {
+            (Some(chromium), Some(chromedriver)) => Ok(Some(Tools {
+                chromium,
+                chromedriver,
+            })),
+            (chromium, chromedriver) => {
+                let missing: Vec<&str> = [("chromium", &chromium), ("chromedriver", &chromedriver)]
+                    .iter()
+                    .filter(|(_, path)| path.is_none())
+                    .map(|(name, _)| *name)
+                    .collect();
+                let verb = if missing.len() == 1 { "is" } else { "are" };
+                bail!(
+                    "the browser tests need Chromium and ChromeDriver, but {} {verb} not on PATH. \
+                     Install Debian's packages `chromium` and `chromium-driver` \
+                     (`apt-get install -y chromium chromium-driver`), or set E2E_SKIP_BROWSER=1 \
+                     to skip these tests.",
+                    missing.join(" and ")
+                )
+            }
+        }
+    }
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Runs a test body under [`TEST_TIMEOUT`], so that no hung browser call can hang the suite.
+async fn within<T>(test: &str, body: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(TEST_TIMEOUT, body)
+        .await
+        .with_context(|| format!("{test}: did not finish within {TEST_TIMEOUT:?}"))?
+}
+
+// ---- chromedriver -----------------------------------------------------------------------------
+
+/// A chromedriver process. It starts the browsers, which stay in its process group: dropping
+/// this kills the whole group, so a failed test leaves no browser behind.
+#[derive(Debug)]
+struct Chromedriver {
+    process: Process,
+    url: String,
+    chromium: PathBuf,
+}
+
+impl Chromedriver {
+    async fn start(tools: &Tools) -> Result<Chromedriver> {
+        // The port is picked by binding port 0 and releasing it; another process could take it
+        // in between, which makes chromedriver exit: then try another one.
+        let mut last_error = None;
+        for _ in 0..3 {
+            match Chromedriver::start_once(tools).await {
+                Ok(driver) => return Ok(driver),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("chromedriver did not start")))
+    }
+
+    async fn start_once(tools: &Tools) -> Result<Chromedriver> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .context("cannot pick a free port")?
+            .port();
+        let mut command = tokio::process::Command::new(&tools.chromedriver);
+        command.arg(format!("--port={port}")).process_group(0);
+        let mut process = Process::spawn_command("chromedriver", command)?;
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .no_proxy()
+            .build()
+            .context("cannot build the HTTP client")?;
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = process.try_wait()? {
+                bail!(
+                    "chromedriver exited at startup ({status}); stdout: {}",
+                    process.stdout()
+                );
+            }
+            let ready = match http.get(format!("{url}/status")).send().await {
+                Ok(response) => response
+                    .json::<Value>()
+                    .await
+                    .is_ok_and(|status| status["value"]["ready"] == json!(true)),
+                Err(_) => false,
+            };
+            if ready {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("chromedriver not ready on {url} within {STARTUP_TIMEOUT:?}");
+            }
+            tokio::time::sleep(PAGE_POLL).await;
+        }
+        Ok(Chromedriver {
+            process,
+            url,
+            chromium: tools.chromium.clone(),
+        })
+    }
+
+    /// Starts a browser with a fresh profile.
+    async fn browser(&self, name: &str) -> Result<Browser> {
+        let profile = Profile::new()?;
+        let (width, height) = WINDOW;
+        let args = [
+            "--headless".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-quic".to_owned(),
+            "--no-first-run".to_owned(),
+            // This machine's network is closed: no connection to anything but the tests.
+            "--disable-background-networking".to_owned(),
+            "--disable-component-update".to_owned(),
+            "--disable-sync".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            format!("--window-size={width},{height}"),
+            format!("--user-data-dir={}", profile.0.display()),
+        ];
+        let mut capabilities = Capabilities::new();
+        capabilities.insert(
+            "goog:chromeOptions".to_owned(),
+            json!({"binary": self.chromium, "args": args}),
+        );
+        let client = tokio::time::timeout(
+            SESSION_TIMEOUT,
+            ClientBuilder::new(HttpConnector::new())
+                .capabilities(capabilities)
+                .connect(&self.url),
+        )
+        .await
+        .with_context(|| format!("{name}: the browser did not start within {SESSION_TIMEOUT:?}"))?
+        .with_context(|| format!("{name}: cannot start a browser session"))?;
+        client
+            .update_timeouts(TimeoutConfiguration::new(
+                Some(PAGE_TIMEOUT),
+                Some(PAGE_TIMEOUT),
+                Some(Duration::ZERO),
+            ))
+            .await
+            .with_context(|| format!("{name}: cannot set the WebDriver timeouts"))?;
+        Ok(Browser {
+            name: name.to_owned(),
+            client,
+            _profile: profile,
+        })
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        // process_group(0) made chromedriver's pid its process group id.
+        if let Ok(pid) = self.process.pid() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A fresh, empty browser profile directory, removed on drop.
+#[derive(Debug)]
+struct Profile(PathBuf);
+
+impl Profile {
+    fn new() -> Result<Profile> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "e2e-chromium-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot empty {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Profile(dir))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---- one browser ------------------------------------------------------------------------------
+
+/// One browser session (one window), and what the tests do with the demo page in it.
+#[derive(Debug)]
+struct Browser {
+    name: String,
+    client: fantoccini::Client,
+    _profile: Profile,
+}
+
+impl Browser {
+    async fn goto(&self, url: &str) -> Result<()> {
+        self.client
+            .goto(url)
+            .await
+            .with_context(|| format!("{}: cannot open {url}", self.name))
+    }
+
+    /// Runs `script` (a function body; `arguments` are `args`) in the page.
+    async fn eval(&self, script: &str, args: Vec<Value>) -> Result<Value> {
+        self.client
+            .execute(script, args)
+            .await
+            .with_context(|| format!("{}: script failed: {script}", self.name))
+    }
+
+    /// Polls `script` until it returns something other than `null` or `false`, and returns it.
+    async fn wait_for(&self, what: &str, script: &str, args: Vec<Value>) -> Result<Value> {
+        let deadline = Instant::now() + PAGE_TIMEOUT;
+        loop {
+            let value = self.eval(script, args.clone()).await?;
+            if !matches!(value, Value::Null | Value::Bool(false)) {
+                return Ok(value);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}: timed out after {PAGE_TIMEOUT:?} waiting for {what}",
+                    self.name
+                );
+            }
+            tokio::time::sleep(PAGE_POLL).await;
+        }
+    }
+
+    async fn text_of(&self, css: &str) -> Result<String> {
+        let value = self
+            .eval(
+                "const e = document.querySelector(arguments[0]); return e && e.textContent;",
+                vec![json!(css)],
+            )
+            .await?;
+        value
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("{}: no element {css}", self.name))
+    }
+
+    /// Replaces the content of the input `css` by typing `text`.
+    async fn fill(&self, css: &str, text: &str) -> Result<()> {
+        let input = self
+            .client
+            .find(Locator::Css(css))
+            .await
+            .with_context(|| format!("{}: no element {css}", self.name))?;
+        input.clear().await?;
+        input
+            .send_keys(text)
+            .await
+            .with_context(|| format!("{}: cannot type into {css}", self.name))
+    }
+
+    async fn click(&self, css: &str) -> Result<()> {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .with_context(|| format!("{}: no element {css}", self.name))?
+            .click()
+            .await
+            .with_context(|| format!("{}: cannot click {css}", self.name))
+    }
+
+    /// Opens the demo page and waits until its WebSocket is open.
+    async fn open_demo(&self, admin: SocketAddr) -> Result<()> {
+        self.goto(&format!("http://{admin}/")).await?;
+        self.wait_for(
+            "the demo page to connect",
+            "return document.getElementById('status').dataset.state === 'open';",
+            vec![],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The groups the page lists as joined (acknowledged by the server).
+    async fn joined_groups(&self) -> Result<Vec<String>> {
+        let value = self
+            .eval(
+                "return Array.from(document.querySelectorAll('#groups li'), li => li.dataset.group);",
+                vec![],
+            )
+            .await?;
+        serde_json::from_value(value).context("the joined groups are not strings")
+    }
+
+    /// Joins `group` through the form and waits until the page lists it, which it does on the
+    /// server's ack.
+    async fn join(&self, group: &str) -> Result<()> {
+        self.fill("#group-input", group).await?;
+        self.click("#join-btn").await?;
+        self.wait_for(
+            &format!("group {group} to be listed as joined"),
+            "return Array.from(document.querySelectorAll('#groups li')).some(li => li.dataset.group === arguments[0]);",
+            vec![json!(group)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Clicks the leave button of `group` and waits until the page no longer lists it.
+    async fn leave(&self, group: &str) -> Result<()> {
+        let mut button = None;
+        for item in self.client.find_all(Locator::Css("#groups li")).await? {
+            if item.attr("data-group").await?.as_deref() == Some(group) {
+                button = Some(item.find(Locator::Css("button.leave-btn")).await?);
+            }
+        }
+        button
+            .with_context(|| format!("{}: group {group} is not listed", self.name))?
+            .click()
+            .await?;
+        self.wait_for(
+            &format!("group {group} to be gone from the list"),
+            "return !Array.from(document.querySelectorAll('#groups li')).some(li => li.dataset.group === arguments[0]);",
+            vec![json!(group)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Sends `message` to `group` through the form and waits for the page's ack notice.
+    async fn send(&self, group: &str, message: &str) -> Result<()> {
+        self.fill("#send-group-input", group).await?;
+        self.fill("#message-input", message).await?;
+        // The notice may still show an earlier ack that looks the same.
+        self.eval(
+            "document.getElementById('notice').textContent = '';",
+            vec![],
+        )
+        .await?;
+        self.click("#send-btn").await?;
+        self.wait_for(
+            &format!("the ack of the send to {group}"),
+            "return document.getElementById('notice').textContent === '✓ Sent to group ' + arguments[0];",
+            vec![json!(group)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Everything in `#messages`: (`msg` or `error`, text) in order.
+    async fn entries(&self) -> Result<Vec<(String, String)>> {
+        let value = self
+            .eval(
+                "return Array.from(document.querySelectorAll('#messages li.msg, #messages li.error'), \
+                 li => [li.className, li.querySelector('.text').textContent]);",
+                vec![],
+            )
+            .await?;
+        serde_json::from_value(value).context("unexpected #messages entries")
+    }
+
+    /// Waits until `#messages` holds exactly `expected` (group messages, no error). Fails at
+    /// once on anything that is not on the way there.
+    async fn expect_messages(&self, expected: &[&str]) -> Result<()> {
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|text| ("msg".to_owned(), (*text).to_owned()))
+            .collect();
+        let deadline = Instant::now() + PAGE_TIMEOUT;
+        loop {
+            let entries = self.entries().await?;
+            if entries == expected {
+                return Ok(());
+            }
+            ensure!(
+                expected.starts_with(&entries),
+                "{}: #messages shows {entries:?}, expected {expected:?}",
+                self.name
+            );
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}: timed out after {PAGE_TIMEOUT:?}: #messages shows {entries:?}, expected \
+                     {expected:?}",
+                    self.name
+                );
+            }
+            tokio::time::sleep(PAGE_POLL).await;
+        }
+    }
+
+    async fn close(self) -> Result<()> {
+        self.client
+            .close()
+            .await
+            .with_context(|| format!("{}: cannot close the browser", self.name))
+    }
+}
+
+// ---- helpers ----------------------------------------------------------------------------------
+
+/// Connections per worker, once the gateway counts `total` connections.
+async fn worker_connections(admin: &Admin, total: u64) -> Result<Vec<u64>> {
+    let stats = admin
+        .wait_for_stats(&format!("{total} connections"), |s| {
+            stat(s, "/connections") == Some(total)
+        })
+        .await?;
+    let workers = stats["workers"]
+        .as_array()
+        .with_context(|| format!("no workers in the stats: {stats}"))?;
+    Ok(workers
+        .iter()
+        .map(|w| stat(w, "/connections").unwrap_or(0))
+        .collect())
+}
+
+/// The one worker whose connection count went up by one between two readings.
+fn new_connection_worker(before: &[u64], after: &[u64]) -> Result<usize> {
+    let grown: Vec<usize> = (0..after.len())
+        .filter(|&i| after[i] != before.get(i).copied().unwrap_or(0))
+        .collect();
+    match grown[..] {
+        [i] if after[i] == before.get(i).copied().unwrap_or(0) + 1 => Ok(i),
+        _ => bail!("expected one new connection on one worker: {before:?} -> {after:?}"),
+    }
+}
+
+/// Checks the PNG signature and reads the image size from the IHDR chunk.
+fn png_size(png: &[u8]) -> Result<(u32, u32)> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    ensure!(
+        png.starts_with(SIGNATURE),
+        "not a PNG ({} bytes)",
+        png.len()
+    );
+    // The first chunk: length (13), "IHDR", width, height, all big-endian.
+    let ihdr = png
+        .get(8..24)
+        .context("the PNG ends before its IHDR chunk")?;
+    ensure!(&ihdr[4..8] == b"IHDR", "the PNG's first chunk is not IHDR");
+    let word = |at: usize| u32::from_be_bytes([ihdr[at], ihdr[at + 1], ihdr[at + 2], ihdr[at + 3]]);
+    Ok((word(8), word(12)))
+}
+
+/// The cargo target directory: the test executable is `<target>/<profile>/deps/e2e-<hash>`.
+fn target_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the test executable")?;
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .with_context(|| format!("{} is not in a target directory", exe.display()))
+}
+
+/// The seed's snippet, pointed at `addr`.
+fn seed_code(addr: SocketAddr) -> Result<String> {
+    const SEED_URL: &str = "ws://127.0.0.1:1234";
+    ensure!(SEED_SNIPPET.matches(SEED_URL).count() == 1);
+    Ok(SEED_SNIPPET.replace(SEED_URL, &format!("ws://{addr}")))
+}
+
+// ---- tests ------------------------------------------------------------------------------------
+
+/// The seed's test: its snippet, run in a page as if typed into the console, logs the message,
+/// and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_snippet_logs_the_message() -> Result<()> {
+    let Some(tools) = Tools::find("seed_snippet_logs_the_message")? else {
+        return Ok(());
+    };
+    within("seed_snippet_logs_the_message", async {
+        let gateway = Gateway::start(GatewayConfig::embedded("gateway")).await?;
+        let driver = Chromedriver::start(&tools).await?;
+        let browser = driver.browser("browser").await?;
+        // Any page of a local origin will do, as any tab's console does for the seed.
+        browser
+            .goto(&format!("http://{}/healthz", gateway.admin.addr()))
+            .await?;
+        browser.eval(CONSOLE_HOOK, vec![]).await?;
+        browser.eval(&seed_code(gateway.addr)?, vec![]).await?;
+
+        let logs = browser
+            .wait_for(
+                "the seed's message in the console",
+                "return window.__logs.some(args => args.includes(arguments[0])) && window.__logs;",
+                vec![json!(SEED_MESSAGE)],
+            )
+            .await?;
+        ensure!(
+            logs == json!([[SEED_MESSAGE]]),
+            "the console shows {logs}, expected only {SEED_MESSAGE:?}"
+        );
+
+        // Barrier: a message sent to 123 after the seed's is logged after anything else the
+        // snippet's connection received, so the log must then be exactly these two.
+        let mut other = gateway.connect("other").await?;
+        other.send_to_group("123", "barrier").await?;
+        let logs = browser
+            .wait_for(
+                "the barrier in the console",
+                "return window.__logs.length >= 2 && window.__logs;",
+                vec![],
+            )
+            .await?;
+        ensure!(
+            logs == json!([[SEED_MESSAGE], ["barrier"]]),
+            "the console shows {logs}, expected {SEED_MESSAGE:?} then \"barrier\""
+        );
+        let state = browser.eval("return ws.readyState;", vec![]).await?;
+        ensure!(
+            state == json!(1),
+            "the snippet's WebSocket is no longer open ({state})"
+        );
+        other.expect_silence(QUIET_PERIOD).await?;
+
+        browser.close().await?;
+        gateway.process.assert_no_panics()
+    })
+    .await
+}
+
+/// Two demo pages in group 123, on different workers, show a message sent from a third page;
+/// after one of them leaves the group, only the other shows the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_pages_join_send_and_leave() -> Result<()> {
+    let Some(tools) = Tools::find("demo_pages_join_send_and_leave")? else {
+        return Ok(());
+    };
+    within("demo_pages_join_send_and_leave", async {
+        let gateway = Gateway::start(GatewayConfig::embedded("gateway").workers(2)).await?;
+        let driver = Chromedriver::start(&tools).await?;
+        let names = ["page-a", "page-b", "page-c"];
+        let pages = try_join_all(names.map(|name| driver.browser(name))).await?;
+        let [a, b, c] = <[Browser; 3]>::try_from(pages)
+            .map_err(|_| anyhow::anyhow!("expected three browsers"))?;
+
+        // Open the pages one at a time, to see which worker each connection lands on.
+        let mut counts = worker_connections(&gateway.admin, 0).await?;
+        let mut workers = Vec::new();
+        for (i, page) in [&a, &b, &c].into_iter().enumerate() {
+            page.open_demo(gateway.admin.addr()).await?;
+            let now = worker_connections(&gateway.admin, i as u64 + 1).await?;
+            workers.push(new_connection_worker(&counts, &now)?);
+            counts = now;
+        }
+        ensure!(
+            workers[0] != workers[1],
+            "pages a and b landed on the same worker: {workers:?}"
+        );
+
+        // a and b in 123; every page in "lobby", the group of the barriers.
+        for page in [&a, &b] {
+            page.join("123").await?;
+        }
+        for page in [&a, &b, &c] {
+            page.join("lobby").await?;
+        }
+        gateway
+            .admin
+            .wait_for_stats("two groups, five memberships", |s| {
+                stat(s, "/groups") == Some(2) && stat(s, "/memberships") == Some(5)
+            })
+            .await?;
+
+        // c sends to 123, then a barrier to lobby: if c were to receive its own message, it
+        // would come before the barrier (one sender's messages arrive in order).
+        c.send("123", "hello 123").await?;
+        c.send("lobby", "barrier 1").await?;
+        a.expect_messages(&["hello 123", "barrier 1"]).await?;
+        b.expect_messages(&["hello 123", "barrier 1"]).await?;
+        c.expect_messages(&["barrier 1"]).await?;
+
+        b.leave("123").await?;
+        ensure!(b.joined_groups().await? == ["lobby"]);
+        gateway
+            .admin
+            .wait_for_stats("b's membership of 123 gone", |s| {
+                stat(s, "/memberships") == Some(4)
+            })
+            .await?;
+        c.send("123", "after b left").await?;
+        c.send("lobby", "barrier 2").await?;
+        a.expect_messages(&["hello 123", "barrier 1", "after b left", "barrier 2"])
+            .await?;
+        b.expect_messages(&["hello 123", "barrier 1", "barrier 2"])
+            .await?;
+        c.expect_messages(&["barrier 1", "barrier 2"]).await?;
+
+        // Nothing late either.
+        tokio::time::sleep(QUIET_PERIOD).await;
+        a.expect_messages(&["hello 123", "barrier 1", "after b left", "barrier 2"])
+            .await?;
+        b.expect_messages(&["hello 123", "barrier 1", "barrier 2"])
+            .await?;
+        c.expect_messages(&["barrier 1", "barrier 2"]).await?;
+
+        try_join_all([a.close(), b.close(), c.close()]).await?;
+        gateway.process.assert_no_panics()
+    })
+    .await
+}
+
+/// The page escapes what it shows, shows error replies apart, shows live stats, and looks right:
+/// a screenshot is saved to `target/demo-screenshot.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_screenshot() -> Result<()> {
+    let Some(tools) = Tools::find("demo_page_screenshot")? else {
+        return Ok(());
+    };
+    within("demo_page_screenshot", async {
+        let gateway = Gateway::start(GatewayConfig::embedded("gateway").workers(2)).await?;
+        let driver = Chromedriver::start(&tools).await?;
+        let page = driver.browser("page").await?;
+        page.open_demo(gateway.admin.addr()).await?;
+        page.join("123").await?;
+        page.join("news").await?;
+
+        let markup = r#"<b>not bold</b> & "quoted" <img src=x onerror=alert(1)>"#;
+        page.send("123", "Hello from the demo page").await?;
+        page.send("news", markup).await?;
+        page.expect_messages(&["Hello from the demo page", markup])
+            .await?;
+        let elements = page
+            .eval(
+                "return document.querySelectorAll('#messages b, #messages img').length;",
+                vec![],
+            )
+            .await?;
+        ensure!(elements == json!(0), "message text was parsed as HTML");
+
+        // A group id over the gateway's 256-byte limit: the server's error reply is shown as
+        // an error entry.
+        page.fill("#group-input", &"g".repeat(257)).await?;
+        page.click("#join-btn").await?;
+        page.wait_for(
+            "the error reply",
+            "const e = document.querySelector('#messages li.error .text'); return e && e.textContent;",
+            vec![],
+        )
+        .await
+        .and_then(|text| {
+            ensure!(
+                text.as_str().is_some_and(|t| t.starts_with("invalid_group_id: ")),
+                "unexpected error entry {text}"
+            );
+            Ok(())
+        })?;
+        ensure!(page.joined_groups().await? == ["123", "news"]);
+
+        page.wait_for(
+            "live stats",
+            "return document.getElementById('stat-connections').textContent === '1' \
+             && document.getElementById('stat-groups').textContent === '2' \
+             && document.querySelectorAll('#stat-workers tr').length === 2;",
+            vec![],
+        )
+        .await?;
+
+        let png = page.client.screenshot().await.context("screenshot failed")?;
+        let (width, height) = png_size(&png)?;
+        ensure!(width > 0 && height > 0, "the screenshot is {width}x{height}");
+        let path = target_dir()?.join("demo-screenshot.png");
+        std::fs::write(&path, &png).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("demo page screenshot ({width}x{height}): {}", path.display());
+
+        page.close().await?;
+        gateway.process.assert_no_panics()
+    })
+    .await
+}
+
+/// With `--api-token`, `/api/stats` answers 401: the page asks for the token and then shows the
+/// stats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_asks_for_the_api_token() -> Result<()> {
+    let Some(tools) = Tools::find("demo_page_asks_for_the_api_token")? else {
+        return Ok(());
+    };
+    within("demo_page_asks_for_the_api_token", async {
+        let config = GatewayConfig::embedded("gateway")
+            .workers(2)
+            .arg("--api-token")
+            .arg("s3cret-token");
+        let gateway = Gateway::start(config).await?;
+        let driver = Chromedriver::start(&tools).await?;
+        let page = driver.browser("page").await?;
+        page.open_demo(gateway.admin.addr()).await?;
+        page.wait_for(
+            "the token form",
+            "return !document.getElementById('token-form').hidden;",
+            vec![],
+        )
+        .await?;
+        ensure!(page.text_of("#stat-connections").await? == "–");
+
+        page.fill("#token-input", "wrong").await?;
+        page.click("#token-btn").await?;
+        page.wait_for(
+            "the wrong token to be refused",
+            "return document.getElementById('stats-error').textContent === 'The token was refused.';",
+            vec![],
+        )
+        .await?;
+
+        page.fill("#token-input", "s3cret-token").await?;
+        page.click("#token-btn").await?;
+        page.wait_for(
+            "stats with the token",
+            "return document.getElementById('stat-connections').textContent === '1' \
+             && document.getElementById('token-form').hidden;",
+            vec![],
+        )
+        .await?;
+        page.close().await?;
+        gateway.process.assert_no_panics()
+    })
+    .await
+}
+
+/// The page and its config are served without a browser: checked even with E2E_SKIP_BROWSER.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_is_served() -> Result<()> {
+    let gateway = Gateway::start(GatewayConfig::embedded("gateway")).await?;
+    for path in ["/", "/demo"] {
+        let (status, body) = gateway.admin.get(path).await?;
+        ensure!(status == 200, "GET {path} answered {status}");
+        ensure!(
+            body.starts_with("<!DOCTYPE html>") && body.contains(r#"id="join-btn""#),
+            "GET {path} is not the demo page"
+        );
+    }
+    // 503 until the accept loop runs, which may be a moment after the logs the harness waits for.
+    gateway
+        .admin
+        .wait_for_status("/demo/config.json", 200)
+        .await?;
+    let (status, body) = gateway.admin.get("/demo/config.json").await?;
+    ensure!(
+        status == 200,
+        "GET /demo/config.json answered {status}: {body}"
+    );
+    let config: Value = serde_json::from_str(&body)?;
+    // The harness binds the WebSocket listener to 127.0.0.1, so the page is told that address.
+    ensure!(
+        config == json!({"ws_port": gateway.addr.port(), "ws_host": "127.0.0.1"}),
+        "unexpected config {config}"
+    );
+    Ok(())
+}
+
+#[test]
+fn png_sizes() {
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    png.extend_from_slice(&1280u32.to_be_bytes());
+    png.extend_from_slice(&900u32.to_be_bytes());
+    assert_eq!(png_size(&png).unwrap(), (1280, 900));
+    assert!(png_size(b"GIF89a").is_err());
+    assert!(png_size(&png[..20]).is_err());
+}

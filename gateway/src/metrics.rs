@@ -1,0 +1,281 @@
+//! `GET /metrics`: the gateway's counters in the OpenMetrics text format (prometheus-client).
+//!
+//! The counters live where they are updated: each worker's [`WorkerStats`](crate::stats) atomics,
+//! the bus's [`BusStatus`](crate::bus::BusStatus) and, when the broker runs in this process, its
+//! [`broker::BrokerStats`]. [`GatewayCollector`] takes one [`GatewaySnapshot`] per scrape and
+//! encodes it, so nothing is counted twice. Counter families get the `_total` suffix from the
+//! encoder; per-worker counters are summed, except `gateway_connections`, labelled by worker.
+
+use std::fmt;
+
+use broker::metrics::{counter, counter_family, gauge, gauge_family};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::Registry;
+use protocol::ErrorCode;
+
+use crate::server::Gateway;
+use crate::stats::{GatewaySnapshot, WorkerSnapshot};
+
+/// Encodes a gateway snapshot as the `gateway_*` families, and the embedded broker's as the
+/// `broker_*` ones.
+pub fn encode_snapshot(s: &GatewaySnapshot, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+    let e = encoder;
+    let sum = |field: fn(&WorkerSnapshot) -> u64| s.workers.iter().map(field).sum::<u64>();
+
+    gauge_family(
+        e,
+        "gateway_connections",
+        "Open client connections, by worker.",
+        s.workers
+            .iter()
+            .map(|w| ([("worker", w.id)], w.connections)),
+    )?;
+    counter(
+        e,
+        "gateway_connections_opened",
+        "Client connections accepted (WebSocket handshake completed) since start.",
+        sum(|w| w.connections_total),
+    )?;
+    counter(
+        e,
+        "gateway_handshake_failures",
+        "TCP connections that failed or timed out in the WebSocket handshake.",
+        sum(|w| w.handshake_failures),
+    )?;
+    gauge(
+        e,
+        "gateway_groups",
+        "Distinct groups with members in this process.",
+        s.groups,
+    )?;
+    gauge(
+        e,
+        "gateway_memberships",
+        "(connection, group) memberships.",
+        s.memberships,
+    )?;
+    counter(e, "gateway_joins", "Groups joined.", sum(|w| w.joins))?;
+    counter(e, "gateway_leaves", "Groups left.", sum(|w| w.leaves))?;
+    counter(
+        e,
+        "gateway_messages_in",
+        "Frames received from clients.",
+        sum(|w| w.messages_in),
+    )?;
+    counter(
+        e,
+        "gateway_bytes_in",
+        "Payload bytes of the frames received from clients.",
+        sum(|w| w.bytes_in),
+    )?;
+    counter(
+        e,
+        "gateway_sends",
+        "send_to_group commands accepted from clients.",
+        sum(|w| w.sends),
+    )?;
+    counter(
+        e,
+        "gateway_api_publishes",
+        "Messages published through POST /api/publish.",
+        s.api_publishes,
+    )?;
+    counter(
+        e,
+        "gateway_deliveries",
+        "Messages queued to client connections (group messages and replies).",
+        sum(|w| w.deliveries),
+    )?;
+    counter(
+        e,
+        "gateway_bytes_out",
+        "Bytes of the messages queued to client connections.",
+        sum(|w| w.bytes_out),
+    )?;
+    counter_family(
+        e,
+        "gateway_errors",
+        "Error replies sent to clients, by code.",
+        ErrorCode::ALL.iter().map(|code| {
+            let code = code.as_str();
+            let n = s
+                .workers
+                .iter()
+                .filter_map(|w| w.errors.get(code))
+                .sum::<u64>();
+            ([("code", code)], n)
+        }),
+    )?;
+    counter(
+        e,
+        "gateway_slow_consumer_closes",
+        "Connections closed because their outbound queue overflowed (close code 4001).",
+        sum(|w| w.slow_consumer_closes),
+    )?;
+    counter(
+        e,
+        "gateway_queue_drops",
+        "Messages discarded with a slow consumer's queue.",
+        sum(|w| w.queue_drops),
+    )?;
+    counter(
+        e,
+        "gateway_idle_closes",
+        "Connections closed for the idle timeout (close code 4000).",
+        sum(|w| w.idle_closes),
+    )?;
+    counter(
+        e,
+        "gateway_protocol_closes",
+        "Connections closed for a WebSocket violation (close codes 1002, 1007, 1009).",
+        sum(|w| w.protocol_closes),
+    )?;
+
+    let link = &s.broker_link;
+    gauge(
+        e,
+        "gateway_broker_link_up",
+        "1 while the broker link is up and subscribed, else 0.",
+        u64::from(link.up),
+    )?;
+    counter(
+        e,
+        "gateway_broker_link_reconnects",
+        "Times the broker link was re-established after a loss.",
+        link.reconnects,
+    )?;
+    gauge(
+        e,
+        "gateway_broker_link_subscriptions",
+        "Groups this gateway is subscribed to on the broker.",
+        link.subscriptions,
+    )?;
+    counter(
+        e,
+        "gateway_bus_publishes",
+        "Messages published to other gateways through the bus.",
+        link.publishes,
+    )?;
+    counter(
+        e,
+        "gateway_bus_publishes_dropped",
+        "Messages not sent to other gateways (link down or its queue full).",
+        link.publishes_dropped,
+    )?;
+    counter(
+        e,
+        "gateway_bus_messages_in",
+        "Messages received from other gateways through the bus.",
+        link.messages_in,
+    )?;
+    counter(
+        e,
+        "gateway_bus_messages_invalid",
+        "Messages from the bus discarded as invalid (not UTF-8).",
+        link.messages_invalid,
+    )?;
+
+    if let Some(broker) = &s.embedded_broker {
+        broker::metrics::encode_broker_stats(broker, e)?;
+    }
+    Ok(())
+}
+
+/// Reads a gateway's counters at scrape time.
+#[derive(Debug)]
+pub struct GatewayCollector {
+    gateway: Gateway,
+}
+
+impl GatewayCollector {
+    pub fn new(gateway: Gateway) -> GatewayCollector {
+        GatewayCollector { gateway }
+    }
+}
+
+impl Collector for GatewayCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        encode_snapshot(&self.gateway.stats(), &mut encoder)
+    }
+}
+
+/// A registry holding just the gateway's collector.
+pub fn registry(gateway: Gateway) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(GatewayCollector::new(gateway)));
+    registry
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+    use crate::bus::BusStatus;
+    use crate::stats::WorkerStats;
+
+    fn render(snapshot: GatewaySnapshot) -> String {
+        #[derive(Debug)]
+        struct Fixed(GatewaySnapshot);
+        impl Collector for Fixed {
+            fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+                encode_snapshot(&self.0, &mut encoder)
+            }
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Fixed(snapshot)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn workers_are_summed_and_connections_labelled() {
+        let (w0, w1) = (WorkerStats::default(), WorkerStats::default());
+        w0.connections.store(2, Relaxed);
+        w1.connections.store(3, Relaxed);
+        w0.sends.store(4, Relaxed);
+        w1.sends.store(5, Relaxed);
+        w0.bytes_out.store(100, Relaxed);
+        w1.bytes_out.store(11, Relaxed);
+        w0.count_error(ErrorCode::InvalidJson);
+        w1.count_error(ErrorCode::InvalidJson);
+        w1.count_error(ErrorCode::TooManyGroups);
+        let text = render(GatewaySnapshot {
+            connections: 5,
+            groups: 7,
+            memberships: 8,
+            workers: vec![w0.snapshot(0), w1.snapshot(1)],
+            api_publishes: 9,
+            broker_link: BusStatus {
+                up: true,
+                publishes_dropped: 6,
+                ..BusStatus::default()
+            },
+            embedded_broker: None,
+        });
+        for line in [
+            "# TYPE gateway_connections gauge",
+            "gateway_connections{worker=\"0\"} 2",
+            "gateway_connections{worker=\"1\"} 3",
+            "# TYPE gateway_sends counter",
+            "gateway_sends_total 9",
+            "gateway_bytes_out_total 111",
+            "gateway_groups 7",
+            "gateway_memberships 8",
+            "gateway_api_publishes_total 9",
+            "gateway_errors_total{code=\"invalid_json\"} 2",
+            "gateway_errors_total{code=\"too_many_groups\"} 1",
+            "gateway_errors_total{code=\"unknown_cmd\"} 0",
+            "gateway_broker_link_up 1",
+            "gateway_bus_publishes_dropped_total 6",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
+        assert!(
+            !text.contains("broker_links"),
+            "no embedded broker:\n{text}"
+        );
+    }
+}
