@@ -150,7 +150,8 @@ impl Connection {
                 biased;
                 _ = shutdown.cancelled() => {
                     // Deliver what is already queued, within the shutdown deadline.
-                    let _ = tokio::time::timeout(config.shutdown_timeout, write_outbox(ws, &outbox, &mut batch)).await;
+                    let write = write_outbox(ws, &outbox, &mut batch, config.write_timeout);
+                    let _ = tokio::time::timeout(config.shutdown_timeout, write).await;
                     return Close::Shutdown;
                 }
                 _ = outbox.wake.notified() => {
@@ -210,15 +211,12 @@ impl Connection {
         if self.outbox.overflowed() {
             return Err(Close::SlowConsumer);
         }
-        let write = tokio::time::timeout(
-            self.state.config.write_timeout,
-            write_outbox(ws, &self.outbox, batch),
-        );
+        let write = write_outbox(ws, &self.outbox, batch, self.state.config.write_timeout);
         tokio::select! {
             result = write => match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(read_error(e)),
-                Err(_) => Err(Close::SlowConsumer),
+                Ok(()) => Ok(()),
+                Err(WriteError::Ws(e)) => Err(read_error(e)),
+                Err(WriteError::Stalled) => Err(Close::SlowConsumer),
             },
             _ = self.outbox.overflow.notified() => Err(Close::SlowConsumer),
         }
@@ -313,22 +311,41 @@ fn share_slice(frame: &Utf8Bytes, slice: &str) -> Utf8Bytes {
         .unwrap_or_else(|_| Utf8Bytes::from(slice))
 }
 
-/// Writes everything queued (and whatever is queued meanwhile), then flushes once.
+enum WriteError {
+    Ws(WsError),
+    /// One step of the write (handing a frame to the socket, or the flush) made no progress for
+    /// the write timeout: the client is not reading.
+    Stalled,
+}
+
+/// Writes everything queued (and whatever is queued meanwhile), then flushes once. Each step
+/// must complete within `step_timeout`, so a client that reads slowly but steadily is fine
+/// however long the whole batch takes.
 async fn write_outbox(
     ws: &mut Ws,
     outbox: &Outbox,
     batch: &mut VecDeque<Utf8Bytes>,
-) -> Result<(), WsError> {
+    step_timeout: Duration,
+) -> Result<(), WriteError> {
+    async fn step<F: std::future::Future<Output = Result<(), WsError>>>(
+        timeout: Duration,
+        future: F,
+    ) -> Result<(), WriteError> {
+        match tokio::time::timeout(timeout, future).await {
+            Ok(result) => result.map_err(WriteError::Ws),
+            Err(_) => Err(WriteError::Stalled),
+        }
+    }
     loop {
         outbox.take_all(batch);
         if batch.is_empty() {
             break;
         }
         while let Some(message) = batch.pop_front() {
-            ws.feed(Message::Text(message)).await?;
+            step(step_timeout, ws.feed(Message::Text(message))).await?;
         }
     }
-    ws.flush().await
+    step(step_timeout, ws.flush()).await
 }
 
 fn read_error(e: WsError) -> Close {

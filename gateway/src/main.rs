@@ -89,6 +89,11 @@ async fn main() -> anyhow::Result<()> {
         None => {
             let broker_config = broker::BrokerConfig {
                 max_frame_size: cli.config.link_max_frame_size,
+                // Group ids are the broker's channel names: never refuse one the gateway accepts.
+                max_channel_len: cli
+                    .config
+                    .max_group_id_len
+                    .max(broker::config::DEFAULT_MAX_CHANNEL_LEN),
                 ..broker::BrokerConfig::default()
             };
             let broker = broker::Broker::new(broker_config)?;

@@ -149,7 +149,9 @@ async fn run(setup: WorkerSetup) {
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.ws_read_buffer)
         .write_buffer_size(config.ws_write_buffer)
-        .max_write_buffer_size(config.ws_write_buffer.max(config.max_message_size) * 2 + 1024)
+        // Room for the largest message another gateway may relay (bounded by the link's frame
+        // limit); the outbox, not this buffer, bounds what a connection may hold.
+        .max_write_buffer_size(config.ws_write_buffer + config.link_max_frame_size)
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_message_size));
     let state = Rc::new(WorkerState {
