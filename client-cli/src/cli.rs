@@ -7,14 +7,17 @@ use clap::{Args, Parser, Subcommand};
 use protocol::client::{GroupName, DEFAULT_MAX_GROUP_ID_LEN};
 
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:1234";
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9090";
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success: `send` was acknowledged; `join` received its --count messages, or was
-     stopped by Ctrl-C or SIGTERM (the connection is closed cleanly with code 1000)
-  1  error: bad arguments, cannot connect, an error reply from the server, the
+  0  success: `send` was acknowledged; `publish` was accepted (HTTP 200); `join`
+     received its --count messages, or was stopped by Ctrl-C or SIGTERM (the
+     connection is closed cleanly with code 1000)
+  1  error: bad arguments, cannot connect, an error reply from the server (for
+     `publish`, an error answer of the admin API: `error: CODE: REASON`), the
      server closed the connection, or stdout cannot be written
-  2  timeout: `join --timeout` or `send --timeout` expired first";
+  2  timeout: `join --timeout`, `send --timeout` or `publish --timeout` expired first";
 
 /// Client of the group push gateway: join groups and print what they receive, or send to a group.
 #[derive(Debug, Parser)]
@@ -44,6 +47,21 @@ pub enum Command {
     /// Send one message to a group and wait for the server's ack.
     #[command(after_help = EXIT_CODES)]
     Send(SendArgs),
+    /// Publish through the gateway's admin HTTP API (POST /api/publish), as a backend does.
+    ///
+    /// `publish GROUP MESSAGE` publishes one message; `publish --batch FILE` (or `-` for stdin)
+    /// publishes a JSON array of {"group_id":G,"message":M} objects, all or nothing. Prints
+    /// `published N` on stderr once the gateway accepted them.
+    #[command(after_help = EXIT_CODES)]
+    Publish(PublishArgs),
+    /// Load generator: deliveries/s, latency and loss (`fanout`), or idle connections (`idle`).
+    ///
+    /// `client-cli bench fanout --help` and `client-cli bench idle --help` tell what each
+    /// measures and how.
+    Bench(crate::bench::BenchArgs),
+    /// Internal: one process of a multi-process `bench`, driven over its stdin and stdout.
+    #[command(hide = true, name = "bench-agent")]
+    BenchAgent,
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +95,46 @@ pub struct SendArgs {
     pub json: bool,
 
     /// Give up (exit 2) if connecting, sending and the ack take longer than this, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub timeout: Secs,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Group id to publish to.
+    #[arg(
+        value_name = "GROUP",
+        allow_negative_numbers = true,
+        value_parser = parse_group,
+        required_unless_present = "batch"
+    )]
+    pub group: Option<String>,
+
+    /// The message: sent as a JSON string, or with --json as the JSON value it spells.
+    #[arg(
+        value_name = "MESSAGE",
+        allow_hyphen_values = true,
+        required_unless_present = "batch"
+    )]
+    pub message: Option<String>,
+
+    /// Parse MESSAGE as JSON and publish that value (members receive its compact JSON text).
+    #[arg(long, conflicts_with = "batch")]
+    pub json: bool,
+
+    /// Publish the JSON array of {"group_id":G,"message":M} objects in FILE (`-`: stdin).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["group", "message"])]
+    pub batch: Option<String>,
+
+    /// Base URL of the gateway's admin HTTP server (its --admin address).
+    #[arg(long, env = "PUSH_ADMIN_URL", default_value = DEFAULT_ADMIN_URL)]
+    pub admin_url: String,
+
+    /// Bearer token of the admin API (the gateway's --api-token).
+    #[arg(long, env = "PUSH_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Give up (exit 2) if the gateway has not answered within this many seconds.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub timeout: Secs,
 }
@@ -205,6 +263,49 @@ mod tests {
 
         assert!(parse(&["send", "1"]).is_err(), "message is required");
         assert!(parse(&["send", "1", "a", "b"]).is_err(), "one message only");
+    }
+
+    fn publish(cli: &Cli) -> &PublishArgs {
+        match &cli.command {
+            Command::Publish(args) => args,
+            other => panic!("not a publish: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn publish_flags() {
+        let cli = parse(&[
+            "publish",
+            "-5",
+            "--json",
+            "[1]",
+            "--admin-url",
+            "http://h:1",
+        ])
+        .unwrap();
+        let args = publish(&cli);
+        assert_eq!(args.group.as_deref(), Some("-5"));
+        assert_eq!(args.message.as_deref(), Some("[1]"));
+        assert!(args.json);
+        assert_eq!(args.admin_url, "http://h:1");
+        assert_eq!(args.batch, None);
+        assert_eq!(args.timeout.duration(), Duration::from_secs(10));
+
+        let cli = parse(&["publish", "--batch", "-", "--token", "t", "--timeout", "2"]).unwrap();
+        let args = publish(&cli);
+        assert_eq!(args.batch.as_deref(), Some("-"));
+        assert_eq!(args.token.as_deref(), Some("t"));
+        assert_eq!((args.group.as_ref(), args.message.as_ref()), (None, None));
+
+        if std::env::var_os("PUSH_ADMIN_URL").is_none() {
+            let cli = parse(&["publish", "1", "m"]).unwrap();
+            assert_eq!(publish(&cli).admin_url, DEFAULT_ADMIN_URL);
+        }
+        assert!(parse(&["publish"]).is_err(), "GROUP MESSAGE or --batch");
+        assert!(parse(&["publish", "1"]).is_err(), "MESSAGE is required");
+        assert!(parse(&["publish", "1", "m", "--batch", "f"]).is_err());
+        assert!(parse(&["publish", "--batch", "f", "--json"]).is_err());
+        assert!(parse(&["publish", "", "m"]).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use protocol::client::{request_json, ClientCommand, GroupName, Reply, DEFAULT_MAX_GROUP_ID_LEN};
 use serde_json::value::RawValue;
 
@@ -74,6 +74,62 @@ pub fn classify(text: &str) -> Incoming {
     }
 }
 
+/// The body of `POST /api/publish` for one message: `{"group_id":G,"message":M}`, with `message`
+/// a JSON string, or with `json` the JSON value `message` spells (its text kept as it is).
+pub fn publish_body(group: &str, message: &str, json: bool) -> Result<String> {
+    let group_json = serde_json::Value::from(group_name(group)?.as_str()).to_string();
+    let message_json = if json {
+        RawValue::from_string(message.to_owned())
+            .context("--json: the message is not valid JSON")?
+            .get()
+            .to_owned()
+    } else {
+        serde_json::Value::from(message).to_string()
+    };
+    Ok(format!(
+        r#"{{"group_id":{group_json},"message":{message_json}}}"#
+    ))
+}
+
+/// Checks that a `--batch` body is a JSON array (the gateway checks its items); returns how many
+/// items it holds.
+pub fn check_batch(body: &str) -> Result<usize> {
+    let items: Vec<&RawValue> = serde_json::from_str(body)
+        .context(r#"--batch: expected a JSON array of {"group_id":G,"message":M} objects"#)?;
+    Ok(items.len())
+}
+
+/// What the admin API answered to a publish: the number of messages published, or the error it
+/// reported (`{"error":{"code":C,"reason":R,"index":I}}`).
+pub fn publish_outcome(status: u16, body: &str) -> Result<u64> {
+    let answer: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let field = |pointer: &str| answer.as_ref().and_then(|a| a.pointer(pointer));
+    if status == 200 {
+        return field("/published")
+            .and_then(serde_json::Value::as_u64)
+            .with_context(|| format!("unexpected answer from the gateway: {}", abbreviate(body)));
+    }
+    let code = field("/error/code").and_then(serde_json::Value::as_str);
+    let reason = field("/error/reason").and_then(serde_json::Value::as_str);
+    let index = field("/error/index").and_then(serde_json::Value::as_u64);
+    match (code, reason, index) {
+        (Some(code), Some(reason), Some(index)) => {
+            bail!("{code}: {reason} (batch item {index})")
+        }
+        (Some(code), Some(reason), None) => bail!("{code}: {reason}"),
+        _ => bail!("HTTP {status}: {}", abbreviate(body)),
+    }
+}
+
+/// At most 200 bytes of `text`, for error messages.
+fn abbreviate(text: &str) -> &str {
+    let mut end = text.len().min(200);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +193,58 @@ mod tests {
         for bad in ["", "{", "not json", "1 2", r#"{"a":1}x"#] {
             assert!(send_request("g", bad, true, 1).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn publish_bodies_parse_as_the_gateway_does() {
+        use protocol::client::parse_publish;
+        let limits = ParseLimits::default();
+        let body = publish_body("123", "a \"b\"", false).unwrap();
+        assert_eq!(body, r#"{"group_id":"123","message":"a \"b\""}"#);
+        let parsed = parse_publish(&body, &limits).unwrap();
+        assert_eq!(
+            (parsed.group_id.as_str(), parsed.message.as_ref()),
+            ("123", "a \"b\"")
+        );
+        let body = publish_body("g", r#" {"b":1.50, "a":[1]} "#, true).unwrap();
+        let parsed = parse_publish(&body, &limits).unwrap();
+        assert_eq!(parsed.message, r#"{"b":1.50,"a":[1]}"#);
+        assert!(publish_body("g", "{", true).is_err());
+        assert!(publish_body("", "m", false).is_err());
+    }
+
+    #[test]
+    fn batches() {
+        assert_eq!(
+            check_batch(r#"[{"group_id":1,"message":"m"}, {}]"#).unwrap(),
+            2
+        );
+        assert_eq!(check_batch(" [] ").unwrap(), 0);
+        for bad in ["", "{}", r#"{"group_id":1,"message":"m"}"#, "[1", "[] x"] {
+            assert!(check_batch(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn publish_outcomes() {
+        assert_eq!(publish_outcome(200, r#"{"published":3}"#).unwrap(), 3);
+        assert!(publish_outcome(200, "ok").is_err());
+        let err = publish_outcome(
+            401,
+            r#"{"error":{"code":"unauthorized","reason":"wrong token"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "unauthorized: wrong token");
+        let err = publish_outcome(
+            400,
+            r#"{"error":{"code":"invalid_group_id","reason":"empty","index":2}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "invalid_group_id: empty (batch item 2)");
+        let err = publish_outcome(502, "Bad Gateway").unwrap_err();
+        assert_eq!(err.to_string(), "HTTP 502: Bad Gateway");
+        let long = "é".repeat(300);
+        assert!(publish_outcome(500, &long).unwrap_err().to_string().len() < 220);
     }
 
     #[test]

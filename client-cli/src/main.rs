@@ -4,22 +4,27 @@
 //! client-cli join 123 456            # prints `joined 123 456` on stderr, then messages on stdout
 //! client-cli send 123 "hello"        # sends, waits for the ack, closes
 //! client-cli --url ws://host:1234 send 123 --json '{"a":1}'
+//! client-cli publish 123 "hello" --admin-url http://127.0.0.1:9090   # through the admin API
+//! client-cli publish --batch messages.json --token "$TOKEN"
 //! ```
 //!
 //! - [`cli`]: the flags and their parsers.
 //! - [`frames`]: the JSON requests sent and how replies are read (pure).
 //! - [`conn`]: connecting, reading under a deadline, clean close.
-//! - [`join`] and [`send`]: the two subcommands.
+//! - [`join`] and [`send`]: the WebSocket subcommands; [`publish`]: the admin API (HTTP).
+//! - [`bench`]: the load generator (`bench fanout`, `bench idle`).
 //!
 //! Errors are printed as `error: ...` on stderr; exit codes are listed in `--help`.
 
 // Printing received messages on stdout is this binary's job.
 #![allow(clippy::print_stdout)]
 
+mod bench;
 mod cli;
 mod conn;
 mod frames;
 mod join;
+mod publish;
 mod send;
 
 use std::process::ExitCode;
@@ -56,6 +61,9 @@ fn main() -> ExitCode {
         match &cli.command {
             Command::Join(args) => join::run(&cli, args).await,
             Command::Send(args) => send::run(&cli, args).await,
+            Command::Publish(args) => publish::run(&cli, args).await,
+            Command::Bench(args) => bench::run(&cli, args).await,
+            Command::BenchAgent => bench::run_agent().await,
         }
     });
     match result {

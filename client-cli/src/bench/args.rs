@@ -1,0 +1,407 @@
+//! The flags of `bench fanout` and `bench idle`, and their checks.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+
+use crate::bench::coord::Pace;
+use crate::bench::payload;
+
+const BENCH_HELP: &str = "\
+How a run goes:
+  1. connect and join: every connection joins its group with a req_id and waits for the ack;
+     nothing is measured until every join in every process is acknowledged (or has failed)
+  2. fanout: warmup (not recorded), then the measured window, then a drain of up to --drain
+     until every message sent has arrived; idle: the hold, then one message per verification
+     group, which every member must receive
+  3. the connections close cleanly (code 1000) and the report is printed
+
+Scale: one process holds as many connections as its open-files hard limit allows (the soft
+limit is raised to it); more connections are spread over copies of this program
+(--processes, spawned and coordinated over their stdin/stdout). Each source address has about
+28k ephemeral ports towards the server, so past that connect from several 127.0.0.x addresses
+(--source-ip-count). Load goes only where --url points: keep it on this machine.
+
+Server figures (--server-pid, repeatable): CPU is utime+stime from /proc/PID/stat over the
+window, in % of one core; memory is Pss and Rss from /proc/PID/smaps_rollup. Measure memory
+against a freshly started server: what earlier runs freed stays with its allocator and hides
+the growth.
+
+Examples:
+  # 1,000 connections, 10 groups, one sender each, as fast as deliveries keep up
+  client-cli --url ws://127.0.0.1:1234 bench fanout --server-pid PID
+  # 10,000 connections, 100 groups, 100 senders, over two processes
+  client-cli bench fanout --connections 10000 --groups 100 --senders 100 --processes 2
+  # latency at a steady 40,000 deliveries/s (10 senders x 40 msgs/s x 100 members)
+  client-cli bench fanout --rate 40 --duration 30s
+  # 100,000 idle connections for a minute, against several gateways sharing port 1234
+  client-cli bench idle --connections 100000 --hold 60s --server-pid PID1,PID2,PID3,PID4,PID5,PID6
+  # one JSON object per run, for scripts
+  client-cli bench fanout --json | jq .deliveries_per_sec";
+
+/// Measure the gateway: delivery throughput, latency and loss (`fanout`), or the cost of idle
+/// connections (`idle`).
+#[derive(Debug, Args)]
+#[command(after_long_help = BENCH_HELP)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub mode: BenchMode,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchMode {
+    /// Senders publish to groups; every member reports throughput, latency, loss, duplicates.
+    ///
+    /// Connection i joins group i % --groups. Connections 0..--senders also send: sender s sends
+    /// to its own group s % --groups, so it receives its own messages back, which is what paces
+    /// it: by default it sends as fast as deliveries keep up, with at most --window messages in
+    /// flight; with --rate at a steady rate instead. Each message is --payload bytes of text
+    /// carrying the sender, a sequence number and the send time; receivers read those
+    /// fixed-width fields (no JSON parse), record publish-to-receive latency in an HdrHistogram
+    /// and count gaps that never fill (lost) and repeats (duplicated).
+    ///
+    /// A gateway that limits each connection's message rate (gateway --max-messages-per-second)
+    /// refuses a fast sender's messages and then closes it: turn the limit off (0) for throughput
+    /// runs. Refused messages show as server errors (with the first one quoted) and as lost.
+    ///
+    /// Reports messages sent, deliveries received and expected (sent x members of the group),
+    /// deliveries per second over the measured window, lost, duplicated, latency
+    /// p50/p90/p99/p99.9/max of the messages sent in the window, and per --server-pid the CPU
+    /// over the window and memory at its end.
+    #[command(after_long_help = BENCH_HELP)]
+    Fanout(FanoutArgs),
+    /// Opens many connections, joins each to a group, holds them, checks they still work.
+    ///
+    /// Connection i joins group i % --groups (with --connect-concurrency handshakes in flight
+    /// per process), then only reads (so the server's pings are answered) for --hold. Then one
+    /// message goes to each of the first --verify-groups groups, and every member still
+    /// connected must receive it. Reports connections joined, failed, dropped during the hold
+    /// (closed by the server, or errors), and with --server-pid the server's Pss and Rss before
+    /// connecting and once all joined, and their growth per connection.
+    #[command(after_long_help = BENCH_HELP)]
+    Idle(IdleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Processes to spread the connections over: this one plus P-1 copies of it. Default: as few
+    /// as the open-files limit allows (one per ~20k connections here).
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub processes: Option<u64>,
+
+    /// Source addresses to connect from, used round-robin (IPv4, comma-separated).
+    #[arg(
+        long,
+        value_name = "IP,...",
+        value_delimiter = ',',
+        conflicts_with = "source_ip_count"
+    )]
+    pub source_ips: Vec<Ipv4Addr>,
+
+    /// Connect from 127.0.0.1 ..= 127.0.0.K, round-robin. Without this or --source-ips: as many
+    /// 127.0.0.x as the ephemeral port range needs when the server is on loopback (one, left to
+    /// the kernel, up to ~25k connections); otherwise the kernel chooses.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub source_ip_count: Option<u8>,
+
+    /// Server process to measure (CPU and memory from /proc). Repeat, or separate with commas,
+    /// for several gateway processes.
+    #[arg(long = "server-pid", value_name = "PID", value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
+
+    /// Print the result as one JSON object on stdout (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
+
+    /// WebSocket handshakes, with their join, in flight at once per process.
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_concurrency: u64,
+
+    /// Give up if the connections have not all joined or failed within this time (seconds, or
+    /// a duration such as 2m). Each connection also has --connect-timeout.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_positive)]
+    pub setup_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct FanoutArgs {
+    /// Connections in all; connection i joins group i % GROUPS.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub connections: u64,
+
+    /// Groups the connections are spread over.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub groups: u64,
+
+    /// Connections that also send: sender s is connection s and sends to its group, s % GROUPS.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub senders: u64,
+
+    /// Send at this steady rate, in messages per second per sender (for latency at a given
+    /// load), instead of as fast as deliveries keep up.
+    #[arg(long, value_name = "MSGS_PER_SEC", conflicts_with = "window", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// Default mode, as fast as deliveries keep up: each sender keeps at most N messages in
+    /// flight, that is sent and neither received back yet nor refused with an error reply.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub window: u64,
+
+    /// How long to measure (seconds, or a duration such as 500ms or 1m).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive)]
+    pub duration: Duration,
+
+    /// Sending before the measured window, not recorded; 0 for none.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+
+    /// Bytes of each message as members receive it (at least 33: the fixed-width header).
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    pub payload: usize,
+
+    /// Once sending stops, wait at most this long for the messages in flight; what has not
+    /// arrived by then is lost.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub drain: Duration,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct IdleArgs {
+    /// Connections to open and hold.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub connections: u64,
+
+    /// Groups the connections are spread over (connection i joins group i % GROUPS).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub groups: u64,
+
+    /// How long to hold the joined connections (seconds, or a duration such as 1m).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_positive)]
+    pub hold: Duration,
+
+    /// Groups that get one message after the hold, which each of their members must receive.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub verify_groups: u64,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Largest payload: the request around it must fit the server's default 64 KiB message limit.
+const MAX_PAYLOAD: usize = 60 * 1024;
+
+impl FanoutArgs {
+    pub fn pace(&self) -> Pace {
+        match self.rate {
+            Some(rate) => Pace::Rate(rate),
+            None => Pace::Window(self.window),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        check_spread(self.connections, self.groups)?;
+        if self.senders == 0 || self.senders > self.connections {
+            bail!(
+                "--senders must be between 1 and --connections ({})",
+                self.connections
+            );
+        }
+        if self.senders >= payload::MAX_SENDERS {
+            bail!("--senders must be below {}", payload::MAX_SENDERS);
+        }
+        if !(payload::MIN_PAYLOAD..=MAX_PAYLOAD).contains(&self.payload) {
+            bail!(
+                "--payload must be between {} and {MAX_PAYLOAD} bytes",
+                payload::MIN_PAYLOAD
+            );
+        }
+        Ok(())
+    }
+}
+
+impl IdleArgs {
+    pub fn validate(&self) -> Result<()> {
+        check_spread(self.connections, self.groups)
+    }
+}
+
+fn check_spread(connections: u64, groups: u64) -> Result<()> {
+    if connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    if groups == 0 || groups > connections {
+        bail!("--groups must be between 1 and --connections ({connections})");
+    }
+    Ok(())
+}
+
+/// Seconds (`0.5`, `10`) or a humantime duration (`500ms`, `1m`); zero allowed.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(secs) => Duration::try_from_secs_f64(secs)
+            .map_err(|e| format!("{text:?} is not a usable number of seconds: {e}")),
+        Err(_) => humantime::parse_duration(text).map_err(|_| {
+            format!("{text:?} is neither seconds (e.g. 0.5 or 10) nor a duration (e.g. 500ms)")
+        }),
+    }
+}
+
+fn parse_positive(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(duration)
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 && rate <= 1e6 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate between 0 (excluded) and 1000000 messages per second"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Bench {
+        #[command(subcommand)]
+        mode: BenchMode,
+    }
+
+    fn parse(args: &[&str]) -> Result<BenchMode, clap::Error> {
+        Bench::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).map(|b| b.mode)
+    }
+
+    fn fanout(args: &[&str]) -> FanoutArgs {
+        match parse(&[&["fanout"], args].concat()).unwrap() {
+            BenchMode::Fanout(f) => f,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fanout_defaults() {
+        let f = fanout(&[]);
+        assert_eq!((f.connections, f.groups, f.senders), (1000, 10, 10));
+        assert_eq!(f.pace(), Pace::Window(64));
+        assert_eq!(f.duration, Duration::from_secs(10));
+        assert_eq!(f.warmup, Duration::from_secs(2));
+        assert_eq!(f.payload, 64);
+        assert_eq!(f.common.processes, None);
+        assert!(f.common.source_ips.is_empty());
+        assert!(!f.common.json);
+        f.validate().unwrap();
+    }
+
+    #[test]
+    fn fanout_flags() {
+        let f = fanout(&[
+            "--connections",
+            "10000",
+            "--groups",
+            "100",
+            "--senders",
+            "100",
+            "--rate",
+            "40",
+            "--duration",
+            "1m",
+            "--warmup",
+            "0",
+            "--payload",
+            "33",
+            "--processes",
+            "2",
+            "--source-ips",
+            "127.0.0.1,127.0.0.2",
+            "--server-pid",
+            "10",
+            "--server-pid",
+            "11,12",
+            "--json",
+        ]);
+        assert_eq!(f.pace(), Pace::Rate(40.0));
+        assert_eq!(f.duration, Duration::from_secs(60));
+        assert_eq!(f.warmup, Duration::ZERO);
+        assert_eq!(f.common.processes, Some(2));
+        assert_eq!(
+            f.common.source_ips,
+            [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)]
+        );
+        assert_eq!(f.common.server_pids, [10, 11, 12]);
+        assert!(f.common.json);
+        f.validate().unwrap();
+        assert_eq!(fanout(&["--window", "8"]).pace(), Pace::Window(8));
+    }
+
+    #[test]
+    fn fanout_rejects() {
+        for bad in [
+            &["--rate", "10", "--window", "4"][..],
+            &["--source-ips", "127.0.0.1", "--source-ip-count", "2"],
+            &["--source-ips", "::1"],
+            &["--source-ip-count", "0"],
+            &["--source-ip-count", "255"],
+            &["--rate", "0"],
+            &["--rate", "-1"],
+            &["--window", "0"],
+            &["--duration", "0"],
+            &["--processes", "0"],
+        ] {
+            assert!(parse(&[&["fanout"], bad].concat()).is_err(), "{bad:?}");
+        }
+        for bad in [
+            &["--senders", "0"][..],
+            &["--senders", "11", "--connections", "10"],
+            &["--groups", "0"],
+            &["--groups", "11", "--connections", "10", "--senders", "1"],
+            &["--payload", "32"],
+            &["--payload", "100000"],
+        ] {
+            assert!(fanout(bad).validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn idle_flags() {
+        let BenchMode::Idle(i) = parse(&[
+            "idle",
+            "--connections",
+            "100000",
+            "--hold",
+            "60s",
+            "--source-ip-count",
+            "4",
+        ])
+        .unwrap() else {
+            panic!("not idle");
+        };
+        assert_eq!(i.connections, 100_000);
+        assert_eq!(i.groups, 1000);
+        assert_eq!(i.hold, Duration::from_secs(60));
+        assert_eq!(i.common.source_ip_count, Some(4));
+        assert_eq!(i.verify_groups, 3);
+        i.validate().unwrap();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_positive("0s").is_err());
+    }
+}
