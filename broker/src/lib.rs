@@ -5,6 +5,8 @@
 //!   publish frames, and a writer that drains the link's bounded queue in batches.
 //! - [`registry`]: channel -> subscribed links. A publish is encoded once and the same bytes are
 //!   queued to every subscriber; a link whose queue is full is disconnected as a slow consumer.
+//! - [`auth`]: link security: the shared secret (challenge and response in the handshake), TLS
+//!   on the listener ([`tls`] loads PEM files), and the refusal to expose an open link.
 //! - [`config`]: every limit, with its default. [`stats`]: counters for `/api/stats`;
 //!   [`metrics`]: the same counters read at scrape time for `/metrics` (prometheus-client).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/api/stats` over HTTP (axum).
@@ -12,6 +14,7 @@
 //!   [`cli_config`]: `--config FILE`, settings from TOML beneath flags and environment variables.
 
 pub mod admin;
+pub mod auth;
 pub mod cli_config;
 pub mod config;
 pub mod link;
@@ -20,6 +23,7 @@ pub mod ops;
 pub mod registry;
 pub mod server;
 pub mod stats;
+pub mod tls;
 
 pub use config::BrokerConfig;
 pub use server::{run, Broker, BrokerError};

@@ -1,7 +1,10 @@
 //! One connected gateway: a reader task that applies its frames, a writer task that drains its
 //! bounded queue in batches (one flush per batch).
 //!
-//! Malformed input closes this link only, after an `Error` frame that says why.
+//! Malformed input closes this link only, after an `Error` frame that says why. With a link
+//! secret, the gateway must answer the challenge of the broker's hello with an `Auth` frame
+//! right after its own hello; with TLS, the TLS handshake comes first, within the same
+//! handshake timeout.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -14,8 +17,7 @@ use futures_util::StreamExt;
 use protocol::codec::encode_frame;
 use protocol::link::{Body, Pong};
 use protocol::{Frame, FrameError, LinkCodec, PROTOCOL_VERSION};
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -48,18 +50,59 @@ enum Close {
         reason: String,
     },
     PeerError(String),
+    /// The peer did not prove that it knows the link secret.
+    Unauthorized(String),
 }
 
-pub(crate) async fn serve_link(
+/// Serves one accepted connection: plain TCP, or TLS first when the broker has a certificate.
+pub(crate) async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     id: LinkId,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let config = &shared.config;
     let _ = stream.set_nodelay(true);
-    let (read_half, write_half) = stream.into_split();
+    let Some(tls) = shared.security.tls.clone() else {
+        let (read_half, write_half) = stream.into_split();
+        return serve_link(read_half, write_half, peer, id, shared, shutdown).await;
+    };
+    let started = Instant::now();
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    let accepted = tokio::select! {
+        accepted = tokio::time::timeout(shared.config.handshake_timeout, accept) => accepted,
+        _ = shutdown.cancelled() => return,
+    };
+    match accepted {
+        Ok(Ok(stream)) => {
+            let (read_half, write_half) = tokio::io::split(stream);
+            serve_link(read_half, write_half, peer, id, shared, shutdown).await
+        }
+        Ok(Err(cause)) => {
+            tracing::warn!(link = id.0, %peer, %cause, "link refused: TLS handshake failed")
+        }
+        Err(_) => tracing::warn!(
+            link = id.0,
+            %peer,
+            waited = ?started.elapsed(),
+            "link refused: no TLS handshake within the handshake timeout"
+        ),
+    }
+}
+
+async fn serve_link<R, W>(
+    read_half: R,
+    write_half: W,
+    peer: SocketAddr,
+    id: LinkId,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &shared.config;
+    let handshake_deadline = Instant::now() + config.handshake_timeout;
     let (tx, rx) = mpsc::channel(config.link_queue_frames);
     let kill = CancellationToken::new();
     let handle = LinkHandle::new(id, tx, kill.clone());
@@ -70,12 +113,29 @@ pub(crate) async fn serve_link(
 
     shared.stats.links.fetch_add(1, Relaxed);
     shared.stats.links_total.fetch_add(1, Relaxed);
-    send_frame(&handle, &shared, &Frame::hello("broker"));
+    // A challenge only when the gateway must answer it: its absence tells the gateway that this
+    // broker does not check.
+    let challenge = match &shared.security.link_secret {
+        None => Ok(Bytes::new()),
+        Some(_) => crate::auth::new_challenge(),
+    };
 
     let close = async {
+        let challenge = match challenge {
+            Ok(challenge) => challenge,
+            Err(cause) => {
+                tracing::error!(link = id.0, %peer, %cause, "no randomness for a link challenge");
+                return Close::WriteFailed;
+            }
+        };
+        send_frame(
+            &handle,
+            &shared,
+            &Frame::hello_with_challenge("broker", challenge.clone()),
+        );
         // Handshake: the first frame must be a compatible hello.
         let first = tokio::select! {
-            first = tokio::time::timeout(config.handshake_timeout, frames.next()) => first,
+            first = tokio::time::timeout_at(handshake_deadline, frames.next()) => first,
             _ = shutdown.cancelled() => return Close::Shutdown,
         };
         let node = match first {
@@ -114,7 +174,52 @@ pub(crate) async fn serve_link(
                 }
             }
         };
-        tracing::info!(link = id.0, %peer, node = %node, "link up");
+        if let Some(secret) = &shared.security.link_secret {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(handshake_deadline, frames.next()) => next,
+                _ = shutdown.cancelled() => return Close::Shutdown,
+            };
+            match next {
+                Err(_) => {
+                    return Close::Unauthorized(format!(
+                        "no auth frame within {:?}",
+                        config.handshake_timeout
+                    ))
+                }
+                Ok(None) => return Close::Eof,
+                Ok(Some(Err(FrameError::Io(e)))) => return Close::ReadFailed(e),
+                Ok(Some(Err(e))) => {
+                    return Close::Fault {
+                        code: "bad_frame",
+                        reason: e.to_string(),
+                    }
+                }
+                Ok(Some(Ok(Frame {
+                    body: Some(Body::Auth(auth)),
+                }))) => {
+                    if !secret.verify(&challenge, &node, &auth.mac) {
+                        return Close::Unauthorized(
+                            "wrong link secret: the auth frame does not answer the challenge"
+                                .into(),
+                        );
+                    }
+                }
+                Ok(Some(Ok(other))) => {
+                    return Close::Unauthorized(format!(
+                        "this broker requires link authentication: expected an auth frame after \
+                         the hello, got {}; give the gateway the broker's link secret",
+                        other.kind()
+                    ))
+                }
+            }
+        }
+        tracing::info!(
+            link = id.0,
+            %peer,
+            node = %node,
+            authenticated = shared.security.link_secret.is_some(),
+            "link up"
+        );
 
         let idle = config.link_idle_timeout;
         let mut last_heard = Instant::now();
@@ -171,6 +276,15 @@ pub(crate) async fn serve_link(
             shared.stats.bad_frames.fetch_add(1, Relaxed);
             tracing::warn!(link = id.0, %peer, code = %code, reason = %reason, "closing link: bad input");
             send_frame(&handle, &shared, &Frame::error(*code, reason.clone()));
+        }
+        Close::Unauthorized(reason) => {
+            shared.stats.unauthorized_links.fetch_add(1, Relaxed);
+            tracing::warn!(link = id.0, %peer, reason = %reason, "link refused: unauthorized");
+            send_frame(
+                &handle,
+                &shared,
+                &Frame::error("unauthorized", reason.clone()),
+            );
         }
     }
     shared.registry.remove_link(id, subscribed.iter());
@@ -253,7 +367,7 @@ fn apply(
         Some(Body::Error(e)) => {
             return Err(Close::PeerError(format!("{}: {}", e.code, e.reason)));
         }
-        Some(Body::Hello(_)) | Some(Body::Message(_)) | None => {
+        Some(Body::Hello(_)) | Some(Body::Message(_)) | Some(Body::Auth(_)) | None => {
             return Err(Close::Fault {
                 code: "unexpected_frame",
                 reason: format!(
@@ -292,9 +406,9 @@ fn send_frame(handle: &LinkHandle, shared: &Shared, frame: &Frame) {
     }
 }
 
-async fn write_loop(
+async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Bytes>,
-    write_half: OwnedWriteHalf,
+    write_half: W,
     kill: CancellationToken,
 ) {
     let mut out = BufWriter::with_capacity(64 * 1024, write_half);

@@ -1,12 +1,15 @@
 //! `broker`: the standalone channel server.
 //!
-//! `broker --listen 127.0.0.1:2206` (the default; `--listen 0.0.0.0:2206` opens it to other hosts).
+//! `broker --listen 127.0.0.1:2206` (the default). Listening where other hosts can reach it
+//! needs a link secret: `broker --listen 0.0.0.0:2206 --link-secret-file /etc/push/link.secret`
+//! (add `--tls-cert`/`--tls-key` for TLS), or `--insecure` on a trusted network.
 //! `broker --help` lists every setting; each also reads an environment variable.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use broker::auth::SecurityArgs;
 use broker::ops::{self, LogFormat};
 use broker::{Broker, BrokerConfig};
 use clap::Parser;
@@ -24,8 +27,8 @@ struct Cli {
     #[arg(long = "config", env = "BROKER_CONFIG", value_name = "FILE")]
     config_file: Option<PathBuf>,
 
-    /// Address the broker link listens on. Loopback by default: anyone who reaches this port can
-    /// publish to any group.
+    /// Address the broker link listens on. Loopback by default; any other address needs a link
+    /// secret (or --insecure), since without one anyone who reaches the port can publish.
     #[arg(long, env = "BROKER_LISTEN", default_value = "127.0.0.1:2206")]
     listen: SocketAddr,
 
@@ -39,6 +42,9 @@ struct Cli {
     log_format: LogFormat,
 
     #[command(flatten)]
+    security: SecurityArgs,
+
+    #[command(flatten)]
     config: BrokerConfig,
 }
 
@@ -49,7 +55,16 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &cli.config_file {
         tracing::info!(path = %path.display(), "settings read from config file");
     }
-    let broker = Broker::new(cli.config)?;
+    let security = cli
+        .security
+        .load(cli.listen)
+        .context("invalid link security configuration")?;
+    tracing::info!(
+        link_secret = security.link_secret.is_some(),
+        tls = security.tls.is_some(),
+        "link security"
+    );
+    let broker = Broker::with_security(cli.config, security)?;
     let shutdown = CancellationToken::new();
     ops::cancel_on_signals(shutdown.clone());
 

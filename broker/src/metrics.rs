@@ -126,6 +126,12 @@ pub fn encode_broker_stats(
         "broker_bad_frames",
         "Links closed because of a malformed or forbidden frame.",
         stats.bad_frames,
+    )?;
+    counter(
+        e,
+        "broker_unauthorized_links",
+        "Links refused because they did not prove that they know the link secret.",
+        stats.unauthorized_links,
     )
 }
 
@@ -182,6 +188,7 @@ mod tests {
             slow_link_disconnects: 1,
             dropped_frames: 8,
             bad_frames: 9,
+            unauthorized_links: 10,
         };
         #[derive(Debug)]
         struct Fixed(StatsSnapshot);
@@ -206,6 +213,7 @@ mod tests {
             "broker_slow_link_disconnects_total 1",
             "broker_dropped_frames_total 8",
             "broker_bad_frames_total 9",
+            "broker_unauthorized_links_total 10",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }

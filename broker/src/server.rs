@@ -8,8 +8,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::BrokerSecurity;
 use crate::config::BrokerConfig;
-use crate::link::serve_link;
+use crate::link::serve_connection;
 use crate::registry::{LinkId, Registry};
 use crate::stats::{BrokerStats, StatsSnapshot};
 
@@ -26,6 +27,7 @@ pub(crate) struct Shared {
     pub(crate) config: BrokerConfig,
     pub(crate) registry: Registry,
     pub(crate) stats: Arc<BrokerStats>,
+    pub(crate) security: BrokerSecurity,
     next_link: AtomicU64,
 }
 
@@ -37,6 +39,14 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        Broker::with_security(config, BrokerSecurity::default())
+    }
+
+    /// A broker that requires what `security` says of its links (a secret, TLS).
+    pub fn with_security(
+        config: BrokerConfig,
+        security: BrokerSecurity,
+    ) -> Result<Broker, BrokerError> {
         config.validate().map_err(BrokerError::Config)?;
         let stats = Arc::new(BrokerStats::default());
         Ok(Broker {
@@ -44,6 +54,7 @@ impl Broker {
                 registry: Registry::new(stats.clone(), config.max_frame_size),
                 config,
                 stats,
+                security,
                 next_link: AtomicU64::new(1),
             }),
         })
@@ -69,7 +80,7 @@ impl Broker {
             match accepted {
                 Ok((stream, peer)) => {
                     let id = LinkId(self.shared.next_link.fetch_add(1, Relaxed));
-                    tracker.spawn(serve_link(
+                    tracker.spawn(serve_connection(
                         stream,
                         peer,
                         id,

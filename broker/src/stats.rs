@@ -17,6 +17,8 @@ pub struct BrokerStats {
     pub dropped_frames: AtomicU64,
     /// Links closed because of a malformed or forbidden frame.
     pub bad_frames: AtomicU64,
+    /// Links refused because they did not prove that they know the link secret.
+    pub unauthorized_links: AtomicU64,
 }
 
 /// A point-in-time copy of [`BrokerStats`], as served on `/api/stats`.
@@ -31,6 +33,7 @@ pub struct StatsSnapshot {
     pub slow_link_disconnects: u64,
     pub dropped_frames: u64,
     pub bad_frames: u64,
+    pub unauthorized_links: u64,
 }
 
 impl BrokerStats {
@@ -45,6 +48,7 @@ impl BrokerStats {
             slow_link_disconnects: self.slow_link_disconnects.load(Relaxed),
             dropped_frames: self.dropped_frames.load(Relaxed),
             bad_frames: self.bad_frames.load(Relaxed),
+            unauthorized_links: self.unauthorized_links.load(Relaxed),
         }
     }
 }

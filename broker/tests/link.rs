@@ -421,6 +421,7 @@ fn malformed_cases() -> Vec<Case> {
             input: Input::Frames(vec![Frame::new(Body::Hello(Hello {
                 version: PROTOCOL_VERSION + 1,
                 node: "future".into(),
+                ..Hello::default()
             }))]),
             code: "incompatible_version",
         },

@@ -5,17 +5,22 @@
 //!   line by line; waits for the JSON log events that signal readiness.
 //! - [`servers`]: starts a [`Broker`] or a [`Gateway`] on port 0, waits until it is ready, and
 //!   reads its admin API ([`Admin`]).
-//! - [`ws`]: a WebSocket [`Client`] speaking the JSON protocol.
+//! - [`certs`]: a CA and certificates made at test time, for TLS tests.
+//! - [`ws`]: a WebSocket [`Client`] speaking the JSON protocol (over `ws://` or `wss://`); [`frame`] builds the malformed
+//!   frames it can also send.
 //!
 //! No fixed ports and no sleeps for readiness: addresses and readiness come from the log events.
 //! Every wait has a deadline (the constants below); stats are polled every [`POLL_INTERVAL`].
 
+pub mod certs;
+pub mod frame;
 pub mod process;
 pub mod servers;
 pub mod ws;
 
 use std::time::Duration;
 
+pub use frame::RawFrame;
 pub use process::Process;
 pub use servers::{stat, Admin, Broker, BrokerMode, Gateway, GatewayConfig};
 pub use ws::{expect_quiet, Client, Event};

@@ -149,19 +149,23 @@ impl Broker {
 
     /// Starts a broker listening on `listen` (to restart one on the port it had).
     pub async fn start_on(name: &str, listen: SocketAddr) -> Result<Broker> {
-        let listen = listen.to_string();
-        let process = Process::spawn(
-            name,
-            "broker",
-            [
-                "--listen",
-                &listen,
-                "--admin",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ],
-        )?;
+        Broker::start_with(name, listen, &[]).await
+    }
+
+    /// Starts a broker listening on `listen` with more flags (`--link-secret-file`, ...).
+    pub async fn start_with(name: &str, listen: SocketAddr, extra: &[String]) -> Result<Broker> {
+        let mut args: Vec<String> = [
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ]
+        .map(String::from)
+        .into();
+        args.extend_from_slice(extra);
+        let process = Process::spawn(name, "broker", &args)?;
         let addr = logged_addr(&process, "broker listening").await?;
         let admin = Admin::new(name, logged_addr(&process, "admin listening").await?)?;
         Ok(Broker {
@@ -188,6 +192,8 @@ pub struct GatewayConfig {
     pub workers: usize,
     pub broker: BrokerMode,
     pub extra_args: Vec<String>,
+    /// Whether [`Gateway::start`] waits for the broker link to come up (it does by default).
+    pub wait_for_link: bool,
 }
 
 impl GatewayConfig {
@@ -198,6 +204,7 @@ impl GatewayConfig {
             workers: 4,
             broker: BrokerMode::Embedded,
             extra_args: Vec::new(),
+            wait_for_link: true,
         }
     }
 
@@ -216,6 +223,12 @@ impl GatewayConfig {
 
     pub fn arg(mut self, arg: impl Into<String>) -> GatewayConfig {
         self.extra_args.push(arg.into());
+        self
+    }
+
+    /// Starts without waiting for the broker link, for a gateway whose link must not come up.
+    pub fn without_waiting_for_the_link(mut self) -> GatewayConfig {
+        self.wait_for_link = false;
         self
     }
 }
@@ -261,9 +274,11 @@ impl Gateway {
             BrokerMode::Embedded => Some(logged_addr(&process, "embedded broker listening").await?),
             BrokerMode::Standalone(_) => None,
         };
-        process
-            .wait_for_log("broker link up", STARTUP_TIMEOUT)
-            .await?;
+        if config.wait_for_link {
+            process
+                .wait_for_log("broker link up", STARTUP_TIMEOUT)
+                .await?;
+        }
         Ok(Gateway {
             process,
             addr,

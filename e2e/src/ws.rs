@@ -12,13 +12,13 @@ use anyhow::{bail, Context, Result};
 use futures_util::future::try_join_all;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::frame::RawFrame;
 use crate::{QUIET_PERIOD, RECV_TIMEOUT};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -86,6 +86,36 @@ impl Client {
         })
     }
 
+    /// Connects to `wss://localhost:PORT/` at `addr`, trusting only the CAs of `tls`.
+    pub async fn connect_wss(
+        name: impl Into<String>,
+        addr: SocketAddr,
+        tls: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    ) -> Result<Client> {
+        let name = name.into();
+        let url = format!("wss://localhost:{}/", addr.port());
+        // The TCP connection goes to `addr`; the URL's host is the name the certificate carries.
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("{name}: cannot connect to {addr}"))?;
+        let connect = tokio_tungstenite::client_async_tls_with_config(
+            url.as_str(),
+            stream,
+            None,
+            Some(tokio_tungstenite::Connector::Rustls(tls)),
+        );
+        let (ws, _) = tokio::time::timeout(RECV_TIMEOUT, connect)
+            .await
+            .with_context(|| format!("{name}: connecting to {url} timed out"))?
+            .with_context(|| format!("{name}: cannot connect to {url}"))?;
+        Ok(Client {
+            name,
+            ws,
+            next_req_id: 1,
+            pending: VecDeque::new(),
+        })
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -114,9 +144,28 @@ impl Client {
     }
 
     /// Sends a (masked) text frame whose payload is `payload` even if it is not UTF-8.
-    pub async fn send_raw_text_frame(&mut self, payload: impl Into<Bytes>) -> Result<()> {
-        let frame = Frame::message(payload, OpCode::Data(Data::Text), true);
-        self.send_message(Message::Frame(frame)).await
+    pub async fn send_raw_text_frame(&mut self, payload: impl Into<Vec<u8>>) -> Result<()> {
+        self.send_frames(&[RawFrame::text(payload)]).await
+    }
+
+    /// Writes hand-built frames on the connection, in one write, behind the WebSocket library's
+    /// back (it has flushed everything it was given before).
+    pub async fn send_frames(&mut self, frames: &[RawFrame]) -> Result<()> {
+        let bytes: Vec<u8> = frames.iter().flat_map(RawFrame::encode).collect();
+        self.send_raw(&bytes).await
+    }
+
+    /// Writes `bytes` on the connection as they are.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        let stream = self.ws.get_mut();
+        let write = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
+        tokio::time::timeout(RECV_TIMEOUT, write)
+            .await
+            .with_context(|| format!("{}: writing raw bytes timed out", self.name))?
+            .with_context(|| format!("{}: cannot write raw bytes", self.name))
     }
 
     /// The next event, or `None` if nothing arrives before `deadline`. Pings and pongs are

@@ -278,7 +278,13 @@ fn warnings(process: &Process) -> Vec<String> {
 async fn killed_gateway_leaves_the_others_unaffected() -> Result<()> {
     const COUNT: usize = 200;
     let broker = Broker::start("broker").await?;
-    let config = |name| GatewayConfig::with_broker(name, broker.addr).workers(2);
+    // Each publisher sends COUNT messages at once: leave the rate limit room for them.
+    let config = |name| {
+        GatewayConfig::with_broker(name, broker.addr)
+            .workers(2)
+            .arg("--message-burst")
+            .arg((2 * COUNT).to_string())
+    };
     let (gateway_a, gateway_b, mut gateway_c) = tokio::try_join!(
         Gateway::start(config("gateway-a")),
         Gateway::start(config("gateway-b")),

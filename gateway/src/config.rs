@@ -6,8 +6,13 @@ use std::time::Duration;
 use protocol::client::DEFAULT_MAX_GROUP_ID_LEN;
 use protocol::DEFAULT_MAX_FRAME_SIZE;
 
+use crate::origin::AllowedOrigin;
+
 /// Workers are tracked in a 64-bit set per group; run more processes for more cores.
 pub const MAX_WORKERS: usize = 64;
+
+/// Highest `--max-messages-per-second`: a frame then costs a microsecond of the bucket.
+pub const MAX_MESSAGES_PER_SECOND: u32 = 1_000_000;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
@@ -59,6 +64,36 @@ pub struct GatewayConfig {
     /// Time a new TCP connection has to complete the WebSocket handshake.
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+
+    /// Most client connections this process holds at once, those still in the handshake
+    /// included. Over it, a new connection's upgrade is answered HTTP 503.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Most connections from one client address at once (IPv6: one /64 network); 0 = no limit.
+    /// Over it, a new connection's upgrade is answered HTTP 503.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: usize,
+
+    /// Text and binary frames one connection may send per second, on average; 0 = no limit.
+    /// A frame over the rate is not executed and gets a `rate_limited` error reply.
+    #[arg(long, env = "GATEWAY_MAX_MESSAGES_PER_SECOND", default_value_t = 100)]
+    pub max_messages_per_second: u32,
+
+    /// Frames a connection may send in a burst above the average rate (the bucket size).
+    #[arg(long, env = "GATEWAY_MESSAGE_BURST", default_value_t = 200)]
+    pub message_burst: u32,
+
+    /// Rate-limited frames a connection may send before it is closed with 1008; the count
+    /// restarts after a second without one.
+    #[arg(long, env = "GATEWAY_RATE_LIMIT_STRIKES", default_value_t = 100)]
+    pub rate_limit_strikes: u32,
+
+    /// Origins browsers may connect from (comma-separated or repeated), such as
+    /// https://example.com; `*` allows any. Unset: any. Other origins get HTTP 403; handshakes
+    /// without an Origin header (not browsers) are always accepted.
+    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<AllowedOrigin>,
 
     /// Read buffer per connection, in bytes (tokio-tungstenite's default of 128 KiB is far too
     /// much for many mostly idle connections).
@@ -155,6 +190,7 @@ impl GatewayConfig {
             ("worker-queue", self.worker_queue),
             ("ws-read-buffer", self.ws_read_buffer),
             ("link-queue", self.link_queue),
+            ("max-connections", self.max_connections),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -175,6 +211,14 @@ impl GatewayConfig {
             if value.is_zero() {
                 return Err(format!("{name} must be greater than zero"));
             }
+        }
+        if self.max_messages_per_second > MAX_MESSAGES_PER_SECOND {
+            return Err(format!(
+                "max-messages-per-second must be at most {MAX_MESSAGES_PER_SECOND}"
+            ));
+        }
+        if self.max_messages_per_second > 0 && self.message_burst == 0 {
+            return Err("message-burst must be at least 1 (or max-messages-per-second 0)".into());
         }
         if self.reconnect_max < self.reconnect_min {
             return Err("reconnect-max must be at least reconnect-min".into());
@@ -218,5 +262,77 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("outbound-queue-bytes"));
+    }
+
+    #[test]
+    fn limits_are_checked_and_origins_parsed() {
+        let defaults = GatewayConfig::default();
+        assert_eq!(defaults.max_connections, 100_000);
+        assert_eq!(defaults.max_messages_per_second, 100);
+        assert!(defaults.allowed_origins.is_empty());
+        for (config, setting) in [
+            (
+                GatewayConfig {
+                    max_connections: 0,
+                    ..GatewayConfig::default()
+                },
+                "max-connections",
+            ),
+            (
+                GatewayConfig {
+                    message_burst: 0,
+                    ..GatewayConfig::default()
+                },
+                "message-burst",
+            ),
+            (
+                GatewayConfig {
+                    max_messages_per_second: MAX_MESSAGES_PER_SECOND + 1,
+                    ..GatewayConfig::default()
+                },
+                "max-messages-per-second",
+            ),
+        ] {
+            assert!(
+                config.validate().unwrap_err().contains(setting),
+                "{setting}"
+            );
+        }
+        let unlimited = GatewayConfig {
+            max_messages_per_second: 0,
+            message_burst: 0,
+            max_connections_per_ip: 0,
+            ..GatewayConfig::default()
+        };
+        assert!(unlimited.validate().is_ok());
+
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: GatewayConfig,
+        }
+        let cli = Cli::try_parse_from([
+            "gateway",
+            "--allowed-origins",
+            "https://example.com,http://127.0.0.1:9090",
+            "--allowed-origins=https://b.example:443",
+        ])
+        .expect("origins parse");
+        let origins: Vec<String> = cli
+            .config
+            .allowed_origins
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            origins,
+            [
+                "https://example.com",
+                "http://127.0.0.1:9090",
+                "https://b.example"
+            ]
+        );
+        assert!(Cli::try_parse_from(["gateway", "--allowed-origins", "example.com"]).is_err());
     }
 }

@@ -1,6 +1,10 @@
-//! One client connection: WebSocket handshake, then a single task that reads commands, writes
-//! what its outbox holds in batches (one flush per batch), pings, and closes with a code that
-//! says why (docs/protocol.md lists them).
+//! One client connection: WebSocket handshake (after a TLS one with `--tls-cert`), then a single
+//! task that reads commands, writes what its outbox holds in batches (one flush per batch),
+//! pings, and closes with a code that says why (docs/protocol.md lists them).
+//!
+//! Past the handshake the code is generic over the stream, so plain TCP pays nothing for TLS.
+//! With `--require-join-token`, each join and send is checked against the connection's
+//! [`Access`] (its join token's rights).
 
 use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
@@ -14,8 +18,10 @@ use protocol::client::{
     ack_reply, close_code, error_reply, ClientCommand, ErrorCode, GroupName, Request,
 };
 use protocol::{parse_command, CommandError, GroupId};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -23,13 +29,27 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::auth::{Access, Action, CaptureToken};
+
+use crate::limits::{RateLimiter, Verdict};
 use crate::outbox::{Outbox, Push};
 use crate::worker::WorkerState;
 
 /// Time allowed for the closing handshake before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws<S> = WebSocketStream<S>;
+
+/// A client's upgraded connection, and the join token from its URL if it had one.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "boxing the plain variant would cost plain connections an allocation; the TLS one \
+              is over a kilobyte, which plain connections' tasks must not carry"
+)]
+enum Accepted {
+    Plain(Ws<TcpStream>, Option<String>),
+    Tls(Box<Ws<TlsStream<TcpStream>>>, Option<String>),
+}
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -39,6 +59,8 @@ enum Close {
     Shutdown,
     SlowConsumer,
     Idle,
+    /// Rate-limited too often (`--rate-limit-strikes`).
+    RateLimited,
     /// A WebSocket-level violation: close code and reason.
     Violation(u16, String),
 }
@@ -52,7 +74,12 @@ pub(crate) async fn serve(
     let conn = state.next_conn_id();
     let span = tracing::debug_span!("conn", worker = state.id, conn, %peer);
     async move {
-        let ws = match handshake(stream, &state).await {
+        // A handshake still in progress when shutdown begins is dropped.
+        let handshake = tokio::select! {
+            ws = handshake(stream, &state) => ws,
+            _ = shutdown.cancelled() => Err("shutting down".to_owned()),
+        };
+        let ws = match handshake {
             Ok(ws) => ws,
             Err(cause) => {
                 state.stats.handshake_failures.fetch_add(1, Relaxed);
@@ -60,53 +87,103 @@ pub(crate) async fn serve(
                 return;
             }
         };
-        state.stats.connections.fetch_add(1, Relaxed);
-        state.stats.connections_total.fetch_add(1, Relaxed);
-        let mut connection = Connection {
-            id: conn,
-            outbox: Rc::new(Outbox::new(
-                state.config.outbound_queue_messages,
-                state.config.outbound_queue_bytes,
-            )),
-            groups: HashSet::new(),
-            state: state.clone(),
-        };
-        let mut ws = ws;
-        let close = connection.run(&mut ws, &shutdown).await;
-        connection.leave_all();
-        match close {
-            Close::ClientGone => {}
-            Close::Shutdown => {
-                close_with(&mut ws, 1001, "server shutting down").await;
+        match ws {
+            Accepted::Plain(ws, url_token) => {
+                established(ws, conn, &state, &shutdown, url_token).await
             }
-            Close::SlowConsumer => {
-                state.stats.slow_consumer_closes.fetch_add(1, Relaxed);
-                tracing::info!("closing slow consumer");
-                close_with(&mut ws, close_code::SLOW_CONSUMER, "slow consumer").await;
-            }
-            Close::Idle => {
-                state.stats.idle_closes.fetch_add(1, Relaxed);
-                close_with(&mut ws, close_code::IDLE_TIMEOUT, "idle timeout").await;
-            }
-            Close::Violation(code, reason) => {
-                state.stats.protocol_closes.fetch_add(1, Relaxed);
-                tracing::debug!(code, %reason, "closing on protocol violation");
-                close_with(&mut ws, code, &reason).await;
+            // Boxed, like the TLS handshake: plain connections' tasks stay their own size.
+            Accepted::Tls(ws, url_token) => {
+                Box::pin(established(*ws, conn, &state, &shutdown, url_token)).await
             }
         }
-        state.stats.connections.fetch_sub(1, Relaxed);
     }
     .instrument(span)
     .await
 }
 
-async fn handshake(stream: std::net::TcpStream, state: &WorkerState) -> Result<Ws, String> {
+/// Serves an upgraded connection until it closes.
+async fn established<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: Ws<S>,
+    conn: u64,
+    state: &Rc<WorkerState>,
+    shutdown: &CancellationToken,
+    url_token: Option<String>,
+) {
+    let access = Access::new(state.security.join_tokens.as_ref(), url_token.as_deref());
+    if let Access::Refused(reason) = &access {
+        tracing::debug!(%reason, "join token in the URL refused");
+    }
+    state.stats.connections.fetch_add(1, Relaxed);
+    state.stats.connections_total.fetch_add(1, Relaxed);
+    let mut connection = Connection {
+        id: conn,
+        outbox: Rc::new(Outbox::new(
+            state.config.outbound_queue_messages,
+            state.config.outbound_queue_bytes,
+        )),
+        groups: HashSet::new(),
+        rate: RateLimiter::new(state.rate_limit, Instant::now()),
+        access,
+        state: state.clone(),
+    };
+    let mut ws = ws;
+    let close = connection.run(&mut ws, shutdown).await;
+    connection.leave_all();
+    match close {
+        Close::ClientGone => {}
+        Close::Shutdown => {
+            close_with(&mut ws, 1001, "server shutting down").await;
+        }
+        Close::SlowConsumer => {
+            state.stats.slow_consumer_closes.fetch_add(1, Relaxed);
+            tracing::info!("closing slow consumer");
+            close_with(&mut ws, close_code::SLOW_CONSUMER, "slow consumer").await;
+        }
+        Close::Idle => {
+            state.stats.idle_closes.fetch_add(1, Relaxed);
+            close_with(&mut ws, close_code::IDLE_TIMEOUT, "idle timeout").await;
+        }
+        Close::RateLimited => {
+            state.stats.rate_limit_closes.fetch_add(1, Relaxed);
+            tracing::info!("closing for sustained rate-limit abuse");
+            close_with(&mut ws, 1008, "rate limit exceeded").await;
+        }
+        Close::Violation(code, reason) => {
+            state.stats.protocol_closes.fetch_add(1, Relaxed);
+            tracing::debug!(code, %reason, "closing on protocol violation");
+            close_with(&mut ws, code, &reason).await;
+        }
+    }
+    state.stats.connections.fetch_sub(1, Relaxed);
+}
+
+/// The TLS handshake (with a certificate) and the WebSocket upgrade, within one deadline.
+async fn handshake(stream: std::net::TcpStream, state: &WorkerState) -> Result<Accepted, String> {
     let stream = TcpStream::from_std(stream).map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let accept = tokio_tungstenite::accept_async_with_config(stream, Some(state.ws_config));
+    let accept = async {
+        match &state.security.tls {
+            None => {
+                let (ws, url_token) = upgrade(stream, state).await?;
+                Ok(Accepted::Plain(ws, url_token))
+            }
+            // Boxed: a TLS stream is over a kilobyte, which plain connections' tasks need not
+            // carry.
+            Some(tls) => {
+                Box::pin(async {
+                    let stream = tls
+                        .accept(stream)
+                        .await
+                        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                    let (ws, url_token) = upgrade(stream, state).await?;
+                    Ok(Accepted::Tls(Box::new(ws), url_token))
+                })
+                .await
+            }
+        }
+    };
     match tokio::time::timeout(state.config.handshake_timeout, accept).await {
-        Ok(Ok(ws)) => Ok(ws),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(accepted) => accepted,
         Err(_) => Err(format!(
             "no handshake within {:?}",
             state.config.handshake_timeout
@@ -114,7 +191,22 @@ async fn handshake(stream: std::net::TcpStream, state: &WorkerState) -> Result<W
     }
 }
 
-async fn close_with(ws: &mut Ws, code: u16, reason: &str) {
+/// The WebSocket upgrade, with the Origin check; also reads the join token from the URL.
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    state: &WorkerState,
+) -> Result<(Ws<S>, Option<String>), String> {
+    let check_origin = state.origins.callback(&state.stats.origin_rejections);
+    let mut url_token = None;
+    let callback = CaptureToken::new(&mut url_token, check_origin);
+    let ws =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(state.ws_config))
+            .await
+            .map_err(|e| e.to_string())?;
+    Ok((ws, url_token))
+}
+
+async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>, code: u16, reason: &str) {
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: Utf8Bytes::from(reason),
@@ -133,11 +225,18 @@ struct Connection {
     id: u64,
     outbox: Rc<Outbox>,
     groups: HashSet<GroupId>,
+    rate: RateLimiter,
+    /// What the connection's join token allows.
+    access: Access,
     state: Rc<WorkerState>,
 }
 
 impl Connection {
-    async fn run(&mut self, ws: &mut Ws, shutdown: &CancellationToken) -> Close {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        ws: &mut Ws<S>,
+        shutdown: &CancellationToken,
+    ) -> Close {
         let config = self.state.config.clone();
         let outbox = self.outbox.clone();
         let mut batch = VecDeque::new();
@@ -166,6 +265,16 @@ impl Connection {
                         Some(Ok(message)) => message,
                         Some(Err(e)) => return read_error(e),
                     };
+                    if matches!(message, Message::Text(_) | Message::Binary(_)) {
+                        match self.rate.check(last_heard) {
+                            Verdict::Allow => {}
+                            Verdict::Reject => {
+                                self.reject_rate_limited(&message);
+                                continue;
+                            }
+                            Verdict::Close => return Close::RateLimited,
+                        }
+                    }
                     match message {
                         Message::Text(text) => self.on_text(text).await,
                         Message::Binary(bytes) => {
@@ -207,7 +316,11 @@ impl Connection {
 
     /// Writes the outbox out. Gives up (slow consumer) if the queue overflows meanwhile or a
     /// write makes no progress for the write timeout.
-    async fn write(&self, ws: &mut Ws, batch: &mut VecDeque<Utf8Bytes>) -> Result<(), Close> {
+    async fn write<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        ws: &mut Ws<S>,
+        batch: &mut VecDeque<Utf8Bytes>,
+    ) -> Result<(), Close> {
         if self.outbox.overflowed() {
             return Err(Close::SlowConsumer);
         }
@@ -235,20 +348,29 @@ impl Connection {
         };
         let Request { command, req_id } = request;
         let result = match command {
-            ClientCommand::AddGroup { group_id } => self.join(group_id),
+            ClientCommand::AddGroup { group_id } => self
+                .access
+                .check(Action::Join, group_id.as_str())
+                .and_then(|()| self.join(group_id)),
             ClientCommand::LeaveGroup { group_id } => {
                 self.leave(group_id.as_str());
                 Ok(())
             }
             ClientCommand::SendToGroup { group_id, message } => {
-                stats.sends.fetch_add(1, Relaxed);
-                let payload = match message {
-                    Cow::Borrowed(slice) => share_slice(&text, slice),
-                    Cow::Owned(owned) => Utf8Bytes::from(owned),
-                };
-                self.state.hub.publish(group_id.as_str(), &payload).await;
-                Ok(())
+                match self.access.check(Action::Send, group_id.as_str()) {
+                    Ok(()) => {
+                        stats.sends.fetch_add(1, Relaxed);
+                        let payload = match message {
+                            Cow::Borrowed(slice) => share_slice(&text, slice),
+                            Cow::Owned(owned) => Utf8Bytes::from(owned),
+                        };
+                        self.state.hub.publish(group_id.as_str(), &payload).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
             }
+            ClientCommand::Auth { token } => self.authenticate(&token),
         };
         match result {
             Ok(()) => {
@@ -277,6 +399,26 @@ impl Connection {
         Ok(())
     }
 
+    /// Replaces the connection's rights with what `token` grants. Without
+    /// `--require-join-token` tokens are not checked, and the command only succeeds.
+    fn authenticate(&mut self, token: &str) -> Result<(), CommandError<'static>> {
+        let Some(tokens) = &self.state.security.join_tokens else {
+            return Ok(());
+        };
+        self.access = Access::from_token(tokens, token);
+        match &self.access {
+            Access::Granted(grants) => {
+                tracing::debug!(subject = grants.subject(), "join token accepted");
+                Ok(())
+            }
+            Access::Refused(reason) => Err(CommandError::new(
+                ErrorCode::Unauthorized,
+                format!("join token refused: {reason}"),
+            )),
+            Access::Open | Access::NoToken => Ok(()),
+        }
+    }
+
     fn leave(&mut self, group: &str) {
         if let Some(group) = self.groups.take(group) {
             self.state.remove_member(&group, self.id);
@@ -295,6 +437,18 @@ impl Connection {
             self.state.stats.deliveries.fetch_add(1, Relaxed);
             self.state.stats.bytes_out.fetch_add(len, Relaxed);
         }
+    }
+
+    /// Answers a frame over the rate limit without looking into it.
+    fn reject_rate_limited(&self, message: &Message) {
+        let stats = &self.state.stats;
+        stats.messages_in.fetch_add(1, Relaxed);
+        stats.bytes_in.fetch_add(message.len() as u64, Relaxed);
+        let reason = format!(
+            "more than {} messages per second: this one was not executed",
+            self.state.config.max_messages_per_second
+        );
+        self.reply_error(ErrorCode::RateLimited, &reason, None);
     }
 
     fn reply_error(&self, code: ErrorCode, reason: &str, req_id: Option<protocol::ReqId<'_>>) {
@@ -321,8 +475,8 @@ enum WriteError {
 /// Writes everything queued (and whatever is queued meanwhile), then flushes once. Each step
 /// must complete within `step_timeout`, so a client that reads slowly but steadily is fine
 /// however long the whole batch takes.
-async fn write_outbox(
-    ws: &mut Ws,
+async fn write_outbox<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut Ws<S>,
     outbox: &Outbox,
     batch: &mut VecDeque<Utf8Bytes>,
     step_timeout: Duration,

@@ -31,7 +31,10 @@ pub fn router<S: Clone + Send + Sync + 'static>(gateway: Gateway) -> Router<S> {
         .route(
             "/demo/config.json",
             get(move || {
-                let config = gateway.ws_addr().map(DemoConfig::for_ws_addr);
+                let config = gateway.ws_addr().map(|addr| DemoConfig {
+                    tls: gateway.client_tls(),
+                    ..DemoConfig::for_ws_addr(addr)
+                });
                 async move { config_response(config) }
             }),
         )
@@ -81,6 +84,9 @@ pub struct DemoConfig {
     /// brackets, ready for a URL). `None` for a wildcard bind (`0.0.0.0`, `::`): the page then
     /// uses the host it was loaded from, so it works from other machines too.
     pub ws_host: Option<String>,
+    /// The listener speaks TLS (`wss://`); left out of the JSON when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 impl DemoConfig {
@@ -94,6 +100,7 @@ impl DemoConfig {
         DemoConfig {
             ws_port: addr.port(),
             ws_host,
+            tls: false,
         }
     }
 }
@@ -112,7 +119,8 @@ mod tests {
             config("0.0.0.0:1234"),
             DemoConfig {
                 ws_port: 1234,
-                ws_host: None
+                ws_host: None,
+                tls: false,
             }
         );
         assert_eq!(config("[::]:1234").ws_host, None);
@@ -124,7 +132,8 @@ mod tests {
             config("127.0.0.1:4321"),
             DemoConfig {
                 ws_port: 4321,
-                ws_host: Some("127.0.0.1".to_owned())
+                ws_host: Some("127.0.0.1".to_owned()),
+                tls: false,
             }
         );
         assert_eq!(config("[::1]:80").ws_host.as_deref(), Some("[::1]"));

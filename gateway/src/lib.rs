@@ -9,6 +9,11 @@
 //! - [`hub`]: which workers have members of which group; a send goes to those workers directly
 //!   and to the [`bus`] for other gateways; the first/last local member (un)subscribes the bus.
 //! - [`bus`]: the trait under cross-gateway fan-out, and the built-in broker link behind it.
+//! - [`limits`]: connections per process and per client address (the acceptor holds a permit
+//!   per socket), and the per-connection frame rate limit. [`origin`]: the Origin allowlist
+//!   checked in the handshake.
+//! - [`security`]: the broker link's secret and TLS, TLS for clients (wss), and [`auth`]: signed
+//!   join tokens, checked at each join and send.
 //! - [`config`], [`stats`]: settings and counters; [`metrics`] reads the counters at scrape time.
 //! - [`admin`]: the admin HTTP server: probes, `/metrics`, `/api/stats`, and `POST /api/publish`,
 //!   which enters the same path as a client's send (`Gateway::publish` -> `Hub::publish`).
@@ -20,13 +25,17 @@
 //! broker, which relays it to the other gateways' routers.
 
 pub mod admin;
+pub mod auth;
 pub mod bus;
 pub mod config;
 mod connection;
 pub mod demo;
 pub mod hub;
+mod limits;
 pub mod metrics;
+pub mod origin;
 mod outbox;
+pub mod security;
 pub mod server;
 pub mod stats;
 mod worker;

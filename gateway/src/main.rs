@@ -1,7 +1,8 @@
 //! `gateway`: the WebSocket server. `gateway` alone is a whole system: the broker runs embedded
 //! and listens on `--broker-listen` (127.0.0.1:2206) so other gateways can join it. With
 //! `--broker HOST:PORT` it uses a standalone broker instead. `gateway --help` lists every setting;
-//! each also reads an environment variable.
+//! each also reads an environment variable. Security (link secret, TLS, join tokens) is off by
+//! default, as in the original; README's "Security" section says how to deploy safely.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use std::str::FromStr;
 use anyhow::Context;
 use broker::ops::{self, LogFormat};
 use clap::Parser;
+use gateway::security::SecurityArgs;
 use gateway::{Gateway, GatewayConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +49,9 @@ struct Cli {
     log_format: LogFormat,
 
     #[command(flatten)]
+    security: SecurityArgs,
+
+    #[command(flatten)]
     config: GatewayConfig,
 }
 
@@ -81,6 +86,17 @@ async fn main() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)
             .context("invalid admin configuration")?;
     }
+    let security = cli
+        .security
+        .load(cli.broker.as_deref(), cli.broker_listen)
+        .context("invalid security configuration")?;
+    tracing::info!(
+        link_secret = security.link.secret.is_some(),
+        broker_tls = security.link.tls.is_some(),
+        client_tls = security.clients.tls.is_some(),
+        join_tokens = security.clients.join_tokens.is_some(),
+        "security"
+    );
     let shutdown = CancellationToken::new();
     ops::cancel_on_signals(shutdown.clone());
 
@@ -96,7 +112,12 @@ async fn main() -> anyhow::Result<()> {
                     .max(broker::config::DEFAULT_MAX_CHANNEL_LEN),
                 ..broker::BrokerConfig::default()
             };
-            let broker = broker::Broker::new(broker_config)?;
+            // Other gateways joining this one's broker must know the same secret.
+            let broker_security = broker::auth::BrokerSecurity {
+                link_secret: security.link.secret.clone(),
+                tls: None,
+            };
+            let broker = broker::Broker::with_security(broker_config, broker_security)?;
             let listener = ops::bind_logged(cli.broker_listen, "embedded broker listening")
                 .await
                 .with_context(|| {
@@ -113,7 +134,13 @@ async fn main() -> anyhow::Result<()> {
     let listener = gateway::bind_reuseport(cli.listen)
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    let gateway = Gateway::start(cli.config, broker_addr, embedded, shutdown.clone())?;
+    let gateway = Gateway::start_secured(
+        cli.config,
+        broker_addr,
+        embedded,
+        security,
+        shutdown.clone(),
+    )?;
 
     let admin = match cli.admin.0 {
         Some(addr) => {

@@ -43,6 +43,30 @@ pub fn encode_snapshot(s: &GatewaySnapshot, encoder: &mut DescriptorEncoder<'_>)
         "TCP connections that failed or timed out in the WebSocket handshake.",
         sum(|w| w.handshake_failures),
     )?;
+    counter(
+        e,
+        "gateway_origin_rejections",
+        "Handshakes refused with 403 for an Origin not in the allowlist.",
+        sum(|w| w.origin_rejections),
+    )?;
+    gauge(
+        e,
+        "gateway_client_sockets",
+        "Client sockets counted against max-connections (handshakes in progress included).",
+        s.client_sockets,
+    )?;
+    counter_family(
+        e,
+        "gateway_connections_refused",
+        "Connections refused with 503, by the limit that was reached.",
+        [
+            ([("limit", "max_connections")], s.connections_refused),
+            (
+                [("limit", "max_connections_per_ip")],
+                s.connections_refused_per_ip,
+            ),
+        ],
+    )?;
     gauge(
         e,
         "gateway_groups",
@@ -130,6 +154,12 @@ pub fn encode_snapshot(s: &GatewaySnapshot, encoder: &mut DescriptorEncoder<'_>)
         "gateway_protocol_closes",
         "Connections closed for a WebSocket violation (close codes 1002, 1007, 1009).",
         sum(|w| w.protocol_closes),
+    )?;
+    counter(
+        e,
+        "gateway_rate_limit_closes",
+        "Connections closed for sustained rate-limit abuse (close code 1008).",
+        sum(|w| w.rate_limit_closes),
     )?;
 
     let link = &s.broker_link;
@@ -244,6 +274,10 @@ mod tests {
         w1.count_error(ErrorCode::TooManyGroups);
         let text = render(GatewaySnapshot {
             connections: 5,
+            client_sockets: 6,
+            client_addresses: 2,
+            connections_refused: 3,
+            connections_refused_per_ip: 4,
             groups: 7,
             memberships: 8,
             workers: vec![w0.snapshot(0), w1.snapshot(1)],
@@ -270,6 +304,9 @@ mod tests {
             "gateway_errors_total{code=\"unknown_cmd\"} 0",
             "gateway_broker_link_up 1",
             "gateway_bus_publishes_dropped_total 6",
+            "gateway_client_sockets 6",
+            "gateway_connections_refused_total{limit=\"max_connections\"} 3",
+            "gateway_connections_refused_total{limit=\"max_connections_per_ip\"} 4",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }

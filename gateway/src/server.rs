@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use protocol::GroupName;
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
@@ -17,11 +17,18 @@ use crate::bus::broker_link::BrokerBus;
 use crate::bus::Bus;
 use crate::config::GatewayConfig;
 use crate::hub::{Hub, Router};
+use crate::limits::{ConnectionLimits, Refusal};
+use crate::security::Security;
 use crate::stats::{GatewaySnapshot, WorkerStats};
 use crate::worker::{self, NewConnection, WorkerSetup};
 
 /// Sockets waiting to be picked up by one worker.
 const HANDOFF_QUEUE: usize = 1024;
+/// Refused connections being answered 503 at once; more are closed without an answer.
+const REFUSALS_IN_FLIGHT: usize = 256;
+/// Longest time a refused connection may take to send its request (less if the handshake
+/// timeout is shorter).
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -43,6 +50,8 @@ struct Inner {
     hub: Arc<Hub>,
     worker_stats: Vec<Arc<WorkerStats>>,
     handoff: Vec<mpsc::Sender<NewConnection>>,
+    limits: Arc<ConnectionLimits>,
+    refusals: Arc<Semaphore>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     bus_task: Mutex<Option<JoinHandle<()>>>,
     embedded_broker: Option<broker::Broker>,
@@ -50,6 +59,8 @@ struct Inner {
     ws_addr: std::sync::OnceLock<SocketAddr>,
     /// Messages published through [`Gateway::publish`].
     api_publishes: AtomicU64,
+    /// Clients connect with TLS (`wss://`).
+    client_tls: bool,
     shutdown: CancellationToken,
 }
 
@@ -63,6 +74,24 @@ impl Gateway {
         embedded_broker: Option<broker::Broker>,
         shutdown: CancellationToken,
     ) -> Result<Gateway, GatewayError> {
+        Gateway::start_secured(
+            config,
+            broker,
+            embedded_broker,
+            Security::default(),
+            shutdown,
+        )
+    }
+
+    /// [`Gateway::start`] with `security`: the broker link's secret and TLS, TLS for clients,
+    /// join tokens.
+    pub fn start_secured(
+        config: GatewayConfig,
+        broker: String,
+        embedded_broker: Option<broker::Broker>,
+        security: Security,
+        shutdown: CancellationToken,
+    ) -> Result<Gateway, GatewayError> {
         config.validate().map_err(GatewayError::Config)?;
         let config = Arc::new(config);
         let workers = config.worker_count();
@@ -70,8 +99,16 @@ impl Gateway {
             .map(|_| mpsc::channel(config.worker_queue))
             .unzip();
         let router = Arc::new(Router::new(inbox_txs));
-        let (bus, bus_task) = BrokerBus::start(broker, &config, router.clone(), shutdown.clone());
+        let (bus, bus_task) = BrokerBus::start(
+            broker,
+            &config,
+            security.link,
+            router.clone(),
+            shutdown.clone(),
+        );
         let hub = Arc::new(Hub::new(router, bus as Arc<dyn Bus>));
+        let client_tls = security.clients.tls.is_some();
+        let client_security = Arc::new(security.clients);
 
         let mut handoff = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
@@ -86,6 +123,7 @@ impl Gateway {
                 stats: stats.clone(),
                 connections: rx,
                 inbox,
+                security: client_security.clone(),
                 shutdown: shutdown.clone(),
             });
             match spawned {
@@ -101,6 +139,8 @@ impl Gateway {
         tracing::info!(workers, "gateway started");
         Ok(Gateway {
             inner: Arc::new(Inner {
+                limits: Arc::new(ConnectionLimits::new(&config)),
+                refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
                 config,
                 hub,
                 worker_stats,
@@ -110,21 +150,25 @@ impl Gateway {
                 embedded_broker,
                 ws_addr: std::sync::OnceLock::new(),
                 api_publishes: AtomicU64::new(0),
+                client_tls,
                 shutdown,
             }),
         })
     }
 
     /// Accepts clients on `listener` and hands them to the workers in turn until shutdown, then
-    /// waits for the workers (which close their clients with 1001) and the broker link.
+    /// waits for the workers (which close their clients with 1001) and the broker link. A
+    /// client over a connection limit is refused here, before it reaches a worker.
     pub async fn serve(&self, listener: TcpListener) -> Result<(), GatewayError> {
         let inner = &self.inner;
         let _ = inner.ws_addr.set(listener.local_addr()?);
         let mut next = 0usize;
         loop {
             let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+                // Once shutdown begins, nothing more is accepted.
+                biased;
                 _ = inner.shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
             };
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
@@ -132,6 +176,13 @@ impl Gateway {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::error!(cause = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let permit = match inner.limits.admit(peer.ip()) {
+                Ok(permit) => permit,
+                Err(refusal) => {
+                    self.refuse(stream, peer, refusal);
                     continue;
                 }
             };
@@ -144,15 +195,41 @@ impl Gateway {
             };
             let worker = next % inner.handoff.len();
             next = next.wrapping_add(1);
-            if inner.handoff[worker].send((stream, peer)).await.is_err() {
-                tracing::error!(worker, "worker is gone; stopping");
-                inner.shutdown.cancel();
+            if inner.handoff[worker]
+                .send((stream, peer, permit))
+                .await
+                .is_err()
+            {
+                if !inner.shutdown.is_cancelled() {
+                    tracing::error!(worker, "worker is gone; stopping");
+                    inner.shutdown.cancel();
+                }
                 break;
             }
         }
         drop(listener);
         self.wait().await;
         Ok(())
+    }
+
+    /// Answers a connection over a limit `503 Service Unavailable` in the WebSocket handshake,
+    /// on this task's runtime rather than a worker's. Bounded: at most [`REFUSALS_IN_FLIGHT`]
+    /// at once, each for at most [`REFUSAL_TIMEOUT`]; past that the socket is just closed. So
+    /// is it when clients use TLS: a TLS handshake would cost more than the refusal saves.
+    fn refuse(&self, stream: TcpStream, peer: SocketAddr, refusal: Refusal) {
+        tracing::debug!(%peer, reason = refusal.reason(), "connection refused");
+        if self.inner.client_tls {
+            return;
+        }
+        let Ok(slot) = self.inner.refusals.clone().try_acquire_owned() else {
+            return;
+        };
+        let timeout = self.inner.config.handshake_timeout.min(REFUSAL_TIMEOUT);
+        tokio::spawn(async move {
+            let answer = tokio_tungstenite::accept_hdr_async(stream, refusal);
+            let _ = tokio::time::timeout(timeout, answer).await;
+            drop(slot);
+        });
     }
 
     async fn wait(&self) {
@@ -176,6 +253,11 @@ impl Gateway {
     /// The address clients connect to (set once `serve` runs).
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.inner.ws_addr.get().copied()
+    }
+
+    /// True when clients connect with TLS (`wss://`).
+    pub fn client_tls(&self) -> bool {
+        self.inner.client_tls
     }
 
     /// True while messages flow to and from other gateways (the broker link is up).
@@ -203,8 +285,14 @@ impl Gateway {
             .enumerate()
             .map(|(id, stats)| stats.snapshot(id))
             .collect();
+        let limits = &self.inner.limits;
+        let (connections_refused, connections_refused_per_ip) = limits.refused();
         GatewaySnapshot {
             connections: workers.iter().map(|w| w.connections).sum(),
+            client_sockets: limits.open() as u64,
+            client_addresses: limits.addresses() as u64,
+            connections_refused,
+            connections_refused_per_ip,
             groups: self.inner.hub.router().group_count() as u64,
             memberships: workers.iter().map(|w| w.memberships).sum(),
             workers,

@@ -10,6 +10,9 @@ pub struct WorkerStats {
     pub connections: AtomicU64,
     pub connections_total: AtomicU64,
     pub handshake_failures: AtomicU64,
+    /// Handshakes refused (HTTP 403) for an Origin not in `--allowed-origins`; also counted in
+    /// `handshake_failures`.
+    pub origin_rejections: AtomicU64,
     /// Distinct groups with members on this worker.
     pub groups: AtomicU64,
     /// (connection, group) pairs on this worker.
@@ -33,6 +36,8 @@ pub struct WorkerStats {
     pub idle_closes: AtomicU64,
     /// Connections closed for a WebSocket-level violation (1002, 1007, 1009).
     pub protocol_closes: AtomicU64,
+    /// Connections closed for sustained rate-limit abuse (1008).
+    pub rate_limit_closes: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
 
@@ -49,6 +54,7 @@ impl WorkerStats {
             connections: self.connections.load(Relaxed),
             connections_total: self.connections_total.load(Relaxed),
             handshake_failures: self.handshake_failures.load(Relaxed),
+            origin_rejections: self.origin_rejections.load(Relaxed),
             groups: self.groups.load(Relaxed),
             memberships: self.memberships.load(Relaxed),
             joins: self.joins.load(Relaxed),
@@ -62,6 +68,7 @@ impl WorkerStats {
             queue_drops: self.queue_drops.load(Relaxed),
             idle_closes: self.idle_closes.load(Relaxed),
             protocol_closes: self.protocol_closes.load(Relaxed),
+            rate_limit_closes: self.rate_limit_closes.load(Relaxed),
             errors: ErrorCode::ALL
                 .iter()
                 .zip(&self.errors)
@@ -77,6 +84,7 @@ pub struct WorkerSnapshot {
     pub connections: u64,
     pub connections_total: u64,
     pub handshake_failures: u64,
+    pub origin_rejections: u64,
     pub groups: u64,
     pub memberships: u64,
     pub joins: u64,
@@ -90,6 +98,7 @@ pub struct WorkerSnapshot {
     pub queue_drops: u64,
     pub idle_closes: u64,
     pub protocol_closes: u64,
+    pub rate_limit_closes: u64,
     /// Error replies sent, by code.
     pub errors: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -98,6 +107,15 @@ pub struct WorkerSnapshot {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GatewaySnapshot {
     pub connections: u64,
+    /// Client sockets counted against `--max-connections`: connections and handshakes in
+    /// progress.
+    pub client_sockets: u64,
+    /// Distinct client addresses with open sockets (tracked only with a per-address limit).
+    pub client_addresses: u64,
+    /// Connections refused (HTTP 503) because the process had `--max-connections`.
+    pub connections_refused: u64,
+    /// Connections refused (HTTP 503) because their address had `--max-connections-per-ip`.
+    pub connections_refused_per_ip: u64,
     /// Distinct groups with members in this process.
     pub groups: u64,
     pub memberships: u64,

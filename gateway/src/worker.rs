@@ -21,13 +21,18 @@ use tokio_util::task::TaskTracker;
 use crate::config::GatewayConfig;
 use crate::connection;
 use crate::hub::{Delivery, Hub};
+use crate::limits::{Permit, RateLimit};
+use crate::origin::OriginPolicy;
 use crate::outbox::{Outbox, Push};
+use crate::security::ClientSecurity;
 use crate::stats::WorkerStats;
 
 /// Deliveries taken from the inbox per wake-up.
 const INBOX_BATCH: usize = 64;
 
-pub(crate) type NewConnection = (std::net::TcpStream, SocketAddr);
+/// An accepted socket, its peer, and its place in the connection limits (held until the
+/// connection task ends).
+pub(crate) type NewConnection = (std::net::TcpStream, SocketAddr, Permit);
 
 /// State shared by the worker's tasks (all on its one thread).
 #[derive(Debug)]
@@ -36,8 +41,12 @@ pub(crate) struct WorkerState {
     pub(crate) config: Arc<GatewayConfig>,
     pub(crate) ws_config: WebSocketConfig,
     pub(crate) parse_limits: ParseLimits,
+    pub(crate) origins: OriginPolicy,
+    pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) stats: Arc<WorkerStats>,
+    /// TLS and join tokens for clients.
+    pub(crate) security: Arc<ClientSecurity>,
     /// Group -> (connection id -> outbox) for this worker's connections.
     groups: RefCell<HashMap<GroupId, HashMap<u64, Rc<Outbox>>>>,
     next_conn: Cell<u64>,
@@ -113,6 +122,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) stats: Arc<WorkerStats>,
     pub(crate) connections: mpsc::Receiver<NewConnection>,
     pub(crate) inbox: mpsc::Receiver<Delivery>,
+    pub(crate) security: Arc<ClientSecurity>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -144,6 +154,7 @@ async fn run(setup: WorkerSetup) {
         stats,
         mut connections,
         mut inbox,
+        security,
         shutdown,
     } = setup;
     let ws_config = WebSocketConfig::default()
@@ -160,13 +171,18 @@ async fn run(setup: WorkerSetup) {
             max_group_id_len: config.max_group_id_len,
         },
         ws_config,
+        origins: OriginPolicy::new(&config.allowed_origins),
+        rate_limit: RateLimit::from_config(&config),
         config,
         hub,
         stats,
+        security,
         groups: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),
     });
     let tasks = TaskTracker::new();
+    // Tells the connections to flush and close; cancelled only once the inbox is delivered.
+    let close_connections = CancellationToken::new();
     let mut batch = Vec::with_capacity(INBOX_BATCH);
     tracing::debug!(worker = id, "worker started");
     loop {
@@ -185,13 +201,26 @@ async fn run(setup: WorkerSetup) {
                 tokio::task::yield_now().await;
             }
             accepted = connections.recv() => match accepted {
-                Some((stream, peer)) => {
-                    tasks.spawn_local(connection::serve(stream, peer, state.clone(), shutdown.clone()));
+                Some((stream, peer, permit)) => {
+                    let serve = connection::serve(stream, peer, state.clone(), close_connections.clone());
+                    tasks.spawn_local(async move {
+                        serve.await;
+                        drop(permit);
+                    });
                 }
                 None => break,
             },
         }
     }
+    // Sockets not picked up yet are closed (and their permits given back).
+    drop(connections);
+    // Deliver what the inbox already holds, so that the connections flush it before closing.
+    // Closing it first stops new deliveries, which bounds this loop.
+    inbox.close();
+    while let Ok(delivery) = inbox.try_recv() {
+        state.deliver(delivery);
+    }
+    close_connections.cancel();
     tasks.close();
     // Connections flush their queues and close with 1001 on their own; the deadline is theirs.
     let deadline = state.config.shutdown_timeout + std::time::Duration::from_secs(1);

@@ -314,6 +314,8 @@ async fn slow_consumer_is_closed_and_others_get_everything() -> Result<()> {
         workers: Some(2),
         outbound_queue_messages: 256,
         outbound_queue_bytes: 256 * 1024,
+        // The sender floods on purpose.
+        max_messages_per_second: 0,
         ..GatewayConfig::default()
     })
     .await?;
@@ -380,5 +382,63 @@ async fn shutdown_closes_clients_with_1001() -> Result<()> {
         }
     }
     tokio::time::timeout(WAIT, fx.served).await??;
+    Ok(())
+}
+
+/// Shutdown delivers what is queued before it closes: a member that reads slowly but steadily,
+/// with 10,000 messages (10 MB, more than socket buffers hold) published to it just before the
+/// shutdown, receives every one in order and then 1001, although the flush takes longer than
+/// the write timeout. A connection attempted once the shutdown began fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_queued_messages_before_1001() -> Result<()> {
+    const N: usize = 10_000;
+    let fx = start(GatewayConfig {
+        workers: Some(1),
+        outbound_queue_messages: 2 * N,
+        outbound_queue_bytes: 64 * 1024 * 1024,
+        // Bounds each step of a write, not the whole flush.
+        write_timeout: Duration::from_millis(500),
+        shutdown_timeout: Duration::from_secs(30),
+        ..GatewayConfig::default()
+    })
+    .await?;
+    let mut member = fx.connect().await?;
+    join(&mut member, "g", 1).await?;
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        loop {
+            let message = recv(&mut member)
+                .await
+                .with_context(|| format!("after {got} messages"))?;
+            match message {
+                Message::Text(text) if text.as_str().starts_with(&format!("{got:05}")) => got += 1,
+                Message::Close(Some(frame)) => return Ok((got, u16::from(frame.code))),
+                other => bail!("expected message {got} or a close frame, got {other:?}"),
+            }
+            // Slowly but steadily: about 1 s for everything.
+            if got % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    let group = protocol::GroupName::parse("g", 256)?;
+    let filler = "x".repeat(1000);
+    for i in 0..N {
+        let payload = format!("{i:05}{filler}");
+        fx.gateway.publish(&group, payload.into()).await;
+    }
+    fx.shutdown.cancel();
+
+    let late = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&fx.url))
+        .await
+        .context("a connection attempted during shutdown hung")?;
+    assert!(late.is_err(), "a connection was accepted during shutdown");
+
+    let (got, code) = tokio::time::timeout(Duration::from_secs(30), reader).await???;
+    assert_eq!((got, code), (N, 1001));
+    tokio::time::timeout(WAIT, fx.served).await??;
+    let stats = fx.gateway.stats();
+    assert_eq!(stats.workers[0].slow_consumer_closes, 0);
+    assert_eq!(stats.client_sockets, 0);
     Ok(())
 }

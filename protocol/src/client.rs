@@ -145,6 +145,11 @@ pub enum ClientCommand<'a> {
         group_id: GroupName<'a>,
         message: Cow<'a, str>,
     },
+    /// Presents a signed join token (a JWT) that grants the connection its rights. Only a
+    /// gateway started with `--require-join-token` checks it.
+    Auth {
+        token: Cow<'a, str>,
+    },
 }
 
 /// A request and its optional `req_id`.
@@ -175,10 +180,17 @@ pub enum ErrorCode {
     BinaryNotSupported,
     /// Joining would exceed the groups-per-connection limit.
     TooManyGroups,
+    /// A join token is required and the connection has no valid one (none yet, or it is
+    /// invalid or expired).
+    Unauthorized,
+    /// The connection's join token does not allow this join or send.
+    Forbidden,
+    /// The connection sends frames faster than its rate limit; the frame was not executed.
+    RateLimited,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::InvalidJson,
         ErrorCode::NotAnObject,
         ErrorCode::DuplicateField,
@@ -188,6 +200,9 @@ impl ErrorCode {
         ErrorCode::UnknownCmd,
         ErrorCode::BinaryNotSupported,
         ErrorCode::TooManyGroups,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -201,6 +216,9 @@ impl ErrorCode {
             ErrorCode::UnknownCmd => "unknown_cmd",
             ErrorCode::BinaryNotSupported => "binary_not_supported",
             ErrorCode::TooManyGroups => "too_many_groups",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -364,14 +382,32 @@ fn parse_fields<'a>(
             let (group_id, message) = send_fields(raw, limits)?;
             Ok(ClientCommand::SendToGroup { group_id, message })
         }
+        "auth" => Ok(ClientCommand::Auth {
+            token: token_field(raw)?,
+        }),
         other => Err(CommandError::new(
             ErrorCode::UnknownCmd,
             format!(
-                "unknown cmd {:?}; expected add_group, leave_group or send_to_group",
+                "unknown cmd {:?}; expected add_group, leave_group, send_to_group or auth",
                 truncate(other, 64)
             ),
         )),
     }
+}
+
+/// The `token` of an `auth` command: a JSON string.
+fn token_field<'a>(raw: &RawCommand<'a>) -> Result<Cow<'a, str>, CommandError<'a>> {
+    let token = raw
+        .token
+        .ok_or_else(|| CommandError::new(ErrorCode::MissingField, "`token` is required"))?;
+    if !token.get().starts_with('"') {
+        return Err(CommandError::new(
+            ErrorCode::InvalidField,
+            "`token` must be a string",
+        ));
+    }
+    json_string(token.get())
+        .map_err(|e| CommandError::new(ErrorCode::InvalidField, format!("`token`: {e}")))
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -509,6 +545,7 @@ struct RawCommand<'a> {
     group_id: Option<&'a RawValue>,
     message: Option<&'a RawValue>,
     req_id: Option<&'a RawValue>,
+    token: Option<&'a RawValue>,
     duplicate: Option<&'static str>,
 }
 
@@ -529,6 +566,7 @@ impl<'de> de::Deserialize<'de> for RawCommand<'de> {
                     group_id: None,
                     message: None,
                     req_id: None,
+                    token: None,
                     duplicate: None,
                 };
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
@@ -537,6 +575,7 @@ impl<'de> de::Deserialize<'de> for RawCommand<'de> {
                         "group_id" => (&mut out.group_id, "group_id"),
                         "message" => (&mut out.message, "message"),
                         "req_id" => (&mut out.req_id, "req_id"),
+                        "token" => (&mut out.token, "token"),
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
@@ -575,15 +614,24 @@ pub fn error_reply(code: ErrorCode, reason: &str, req_id: Option<ReqId<'_>>) -> 
 /// Builds request frames, for clients such as client-cli.
 pub fn request_json(command: &ClientCommand<'_>, req_id: Option<u64>) -> String {
     let mut obj = serde_json::Map::new();
-    let (cmd, group) = match command {
-        ClientCommand::AddGroup { group_id } => ("add_group", group_id),
-        ClientCommand::LeaveGroup { group_id } => ("leave_group", group_id),
-        ClientCommand::SendToGroup { group_id, .. } => ("send_to_group", group_id),
-    };
-    obj.insert("cmd".into(), cmd.into());
-    obj.insert("group_id".into(), group.as_str().into());
-    if let ClientCommand::SendToGroup { message, .. } = command {
-        obj.insert("message".into(), message.as_ref().into());
+    match command {
+        ClientCommand::AddGroup { group_id } => {
+            obj.insert("cmd".into(), "add_group".into());
+            obj.insert("group_id".into(), group_id.as_str().into());
+        }
+        ClientCommand::LeaveGroup { group_id } => {
+            obj.insert("cmd".into(), "leave_group".into());
+            obj.insert("group_id".into(), group_id.as_str().into());
+        }
+        ClientCommand::SendToGroup { group_id, message } => {
+            obj.insert("cmd".into(), "send_to_group".into());
+            obj.insert("group_id".into(), group_id.as_str().into());
+            obj.insert("message".into(), message.as_ref().into());
+        }
+        ClientCommand::Auth { token } => {
+            obj.insert("cmd".into(), "auth".into());
+            obj.insert("token".into(), token.as_ref().into());
+        }
     }
     if let Some(r) = req_id {
         obj.insert("req_id".into(), r.into());
@@ -612,8 +660,8 @@ impl<'a> GroupName<'a> {
 }
 
 /// WebSocket close codes the gateway sends, beyond the standard ones it uses as RFC 6455 defines
-/// them (1000 normal, 1001 shutting down, 1002 protocol violation, 1007 invalid UTF-8, 1009 too
-/// big).
+/// them (1000 normal, 1001 shutting down, 1002 protocol violation, 1007 invalid UTF-8, 1008
+/// policy violation: sustained rate-limit abuse, 1009 too big).
 pub mod close_code {
     /// Nothing was received from the client for the idle timeout.
     pub const IDLE_TIMEOUT: u16 = 4000;

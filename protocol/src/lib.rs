@@ -2,6 +2,8 @@
 //!
 //! - [`link`]: the messages gateways and the broker exchange (prost), and [`codec`]: how they are
 //!   framed on the TCP link (4-byte big-endian length + protobuf body), with a hard frame limit.
+//! - [`link_auth`]: the broker link's challenge-response authentication (HMAC-SHA256 over a
+//!   shared secret).
 //! - [`client`]: the JSON commands WebSocket clients send (`add_group`, `leave_group`,
 //!   `send_to_group`), the validated [`GroupId`], and the JSON replies (`ack`, `error`).
 //!
@@ -12,6 +14,7 @@
 pub mod client;
 pub mod codec;
 pub mod link;
+pub mod link_auth;
 
 pub use client::{
     parse_command, parse_publish, ClientCommand, CommandError, ErrorCode, GroupId, GroupIdError,

@@ -15,7 +15,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// One frame on the link. Exactly one body must be set.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Frame {
-    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub body: Option<Body>,
 }
 
@@ -41,6 +41,10 @@ pub enum Body {
     /// Sent just before a peer closes the link because of the other side's fault.
     #[prost(message, tag = "8")]
     Error(LinkError),
+    /// Gateway -> broker, right after its hello when the broker's hello carried a challenge:
+    /// proves that the gateway knows the link secret ([`crate::link_auth`]).
+    #[prost(message, tag = "9")]
+    Auth(Auth),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -50,6 +54,18 @@ pub struct Hello {
     /// Free-form name of the sending node, for logs.
     #[prost(string, tag = "2")]
     pub node: String,
+    /// Broker -> gateway only: random bytes the gateway must answer with an [`Auth`] frame.
+    /// Empty (absent on the wire) when the broker does not require authentication.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub challenge: Bytes,
+}
+
+/// The answer to a hello's challenge: `HMAC-SHA256(secret, challenge || node)`, where `node`
+/// is the gateway's own hello's node name (see [`crate::link_auth`]).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Auth {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub mac: Bytes,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -111,9 +127,15 @@ impl Frame {
     }
 
     pub fn hello(node: impl Into<String>) -> Self {
+        Frame::hello_with_challenge(node, Bytes::new())
+    }
+
+    /// A broker's hello that asks the gateway to authenticate (see [`crate::link_auth`]).
+    pub fn hello_with_challenge(node: impl Into<String>, challenge: Bytes) -> Self {
         Frame::new(Body::Hello(Hello {
             version: PROTOCOL_VERSION,
             node: node.into(),
+            challenge,
         }))
     }
 
@@ -136,6 +158,7 @@ impl Frame {
             Some(Body::Ping(_)) => "ping",
             Some(Body::Pong(_)) => "pong",
             Some(Body::Error(_)) => "error",
+            Some(Body::Auth(_)) => "auth",
         }
     }
 }

@@ -1,6 +1,8 @@
 //! [`BrokerBus`]: the bus over one TCP link to the built-in broker.
 //!
-//! One task owns the link. It connects, exchanges hellos, subscribes every group that has local
+//! One task owns the link. It connects (over TLS with `--broker-tls`), exchanges hellos, answers
+//! the broker's challenge when it sends one (an `Auth` frame, then a ping whose pong confirms
+//! that the broker accepted it), subscribes every group that has local
 //! members (split so no frame exceeds the limit), then loops: write queued publishes in batches,
 //! send subscription changes, hand incoming messages to the router, ping, and watch for silence.
 //! When the link drops it reconnects with exponential backoff and jitter; clients stay
@@ -18,10 +20,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use protocol::codec::{encode_frame, encode_publish, subscribe_frames, unsubscribe_frames};
-use protocol::link::{Body, Ping, Pong};
+use protocol::link::{Auth, Body, Ping, Pong};
 use protocol::{Frame, FrameError, GroupId, LinkCodec, PROTOCOL_VERSION};
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Bus, BusStatus};
 use crate::config::GatewayConfig;
 use crate::hub::Router;
+use crate::security::LinkSecurity;
 
 /// Most publishes written before one flush.
 const WRITE_BATCH: usize = 256;
@@ -43,6 +45,18 @@ enum LinkError {
     ConnectTimeout,
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS handshake with the broker failed: {0}")]
+    Tls(std::io::Error),
+    #[error(
+        "the broker requires link authentication: set --link-secret-file (or --link-secret) to \
+         its secret"
+    )]
+    AuthRequired,
+    #[error(
+        "the broker does not ask for link authentication although this gateway has a link \
+         secret: set the same secret on the broker"
+    )]
+    BrokerWithoutAuth,
     #[error("frame: {0}")]
     Frame(#[from] FrameError),
     #[error("broker closed the link")]
@@ -95,6 +109,7 @@ struct LinkSettings {
     connect_timeout: Duration,
     reconnect_min: Duration,
     reconnect_max: Duration,
+    security: LinkSecurity,
 }
 
 impl BrokerBus {
@@ -102,6 +117,7 @@ impl BrokerBus {
     pub fn start(
         broker: String,
         config: &GatewayConfig,
+        security: LinkSecurity,
         router: Arc<Router>,
         shutdown: CancellationToken,
     ) -> (Arc<BrokerBus>, JoinHandle<()>) {
@@ -123,6 +139,7 @@ impl BrokerBus {
             connect_timeout: config.link_connect_timeout,
             reconnect_min: config.reconnect_min,
             reconnect_max: config.reconnect_max,
+            security,
         };
         let task = tokio::spawn(link_loop(
             bus.clone(),
@@ -236,14 +253,33 @@ async fn link_loop(
     }
 }
 
-type Reader = FramedRead<OwnedReadHalf, LinkCodec>;
-type Writer = BufWriter<OwnedWriteHalf>;
+/// The link's halves, plain TCP or TLS: one link per gateway, so a virtual call per read or
+/// write of a whole buffer costs nothing worth a second copy of this code.
+type Reader = FramedRead<Box<dyn AsyncRead + Send + Unpin>, LinkCodec>;
+type Writer = BufWriter<Box<dyn AsyncWrite + Send + Unpin>>;
 
 async fn connect(settings: &LinkSettings) -> Result<(Reader, Writer), LinkError> {
     let handshake = async {
         let stream = TcpStream::connect(&settings.broker).await?;
         stream.set_nodelay(true)?;
-        let (read_half, write_half) = stream.into_split();
+        let (read_half, write_half): (
+            Box<dyn AsyncRead + Send + Unpin>,
+            Box<dyn AsyncWrite + Send + Unpin>,
+        ) = match &settings.security.tls {
+            None => {
+                let (read_half, write_half) = stream.into_split();
+                (Box::new(read_half), Box::new(write_half))
+            }
+            Some(tls) => {
+                let stream = tls
+                    .connector
+                    .connect(tls.server_name.clone(), stream)
+                    .await
+                    .map_err(LinkError::Tls)?;
+                let (read_half, write_half) = tokio::io::split(stream);
+                (Box::new(read_half), Box::new(write_half))
+            }
+        };
         let mut reader = FramedRead::with_capacity(
             read_half,
             LinkCodec::new(settings.max_frame_size),
@@ -257,12 +293,12 @@ async fn connect(settings: &LinkSettings) -> Result<(Reader, Writer), LinkError>
         )
         .await?;
         writer.flush().await?;
-        match reader.next().await {
+        let challenge = match reader.next().await {
             None => Err(LinkError::Closed),
             Some(Err(e)) => Err(e.into()),
             Some(Ok(Frame {
                 body: Some(Body::Hello(hello)),
-            })) if hello.version == PROTOCOL_VERSION => Ok((reader, writer)),
+            })) if hello.version == PROTOCOL_VERSION => Ok(hello.challenge),
             Some(Ok(Frame {
                 body: Some(Body::Hello(hello)),
             })) => Err(LinkError::Version(hello.version)),
@@ -273,11 +309,59 @@ async fn connect(settings: &LinkSettings) -> Result<(Reader, Writer), LinkError>
                 reason: e.reason,
             }),
             Some(Ok(other)) => Err(LinkError::Unexpected(other.kind())),
-        }
+        }?;
+        authenticate(&mut reader, &mut writer, settings, &challenge).await?;
+        Ok((reader, writer))
     };
     tokio::time::timeout(settings.connect_timeout, handshake)
         .await
         .map_err(|_| LinkError::ConnectTimeout)?
+}
+
+/// Answers the challenge of the broker's hello, if it sent one, and waits until the broker has
+/// accepted the answer: it handles frames in order, so the pong to a ping sent after the `Auth`
+/// frame means the link is authenticated, while a wrong answer gets an `Error` frame instead.
+async fn authenticate(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    settings: &LinkSettings,
+    challenge: &[u8],
+) -> Result<(), LinkError> {
+    let secret = match (&settings.security.secret, challenge.is_empty()) {
+        (None, true) => return Ok(()),
+        (None, false) => return Err(LinkError::AuthRequired),
+        (Some(_), true) => return Err(LinkError::BrokerWithoutAuth),
+        (Some(secret), false) => secret,
+    };
+    let mac = secret.answer(challenge, &settings.node);
+    let max = settings.max_frame_size;
+    let auth = Frame::new(Body::Auth(Auth {
+        mac: Bytes::copy_from_slice(&mac),
+    }));
+    write_frame(writer, &auth, max).await?;
+    write_frame(writer, &Frame::new(Body::Ping(Ping { nonce: 0 })), max).await?;
+    writer.flush().await?;
+    loop {
+        let frame = match reader.next().await {
+            None => return Err(LinkError::Closed),
+            Some(frame) => frame?,
+        };
+        match frame.body {
+            Some(Body::Pong(_)) => return Ok(()),
+            Some(Body::Ping(ping)) => {
+                let pong = Frame::new(Body::Pong(Pong { nonce: ping.nonce }));
+                write_frame(writer, &pong, max).await?;
+                writer.flush().await?;
+            }
+            Some(Body::Error(e)) => {
+                return Err(LinkError::Refused {
+                    code: e.code,
+                    reason: e.reason,
+                })
+            }
+            body => return Err(LinkError::Unexpected(frame_kind(body))),
+        }
+    }
 }
 
 async fn write_frame(writer: &mut Writer, frame: &Frame, max: usize) -> Result<(), LinkError> {

@@ -165,7 +165,7 @@ fn req_id_is_echoed() {
     let e = parse(r#"{"cmd":"nope","req_id":"a"}"#).unwrap_err();
     assert_eq!(
         e.to_reply(),
-        r#"{"cmd":"error","code":"unknown_cmd","reason":"unknown cmd \"nope\"; expected add_group, leave_group or send_to_group","req_id":"a"}"#
+        r#"{"cmd":"error","code":"unknown_cmd","reason":"unknown cmd \"nope\"; expected add_group, leave_group, send_to_group or auth","req_id":"a"}"#
     );
     let reply: Reply = serde_json::from_str(&e.to_reply()).unwrap();
     assert_eq!(reply.code.as_deref(), Some("unknown_cmd"));
@@ -190,6 +190,36 @@ fn request_json_round_trips() {
     let parsed = parse(&text).unwrap();
     assert_eq!(parsed.command, cmd);
     assert_eq!(parsed.req_id.map(|r| r.as_json()), Some("3"));
+}
+
+#[test]
+fn auth_command() {
+    let r = parse(r#"{"cmd":"auth","token":"a.b.c","req_id":1}"#).unwrap();
+    assert_eq!(
+        r.command,
+        ClientCommand::Auth {
+            token: Cow::Borrowed("a.b.c")
+        }
+    );
+    assert_eq!(
+        parse(&request_json(&r.command, None)).unwrap().command,
+        r.command
+    );
+    assert_eq!(code(r#"{"cmd":"auth"}"#), ErrorCode::MissingField);
+    assert_eq!(
+        code(r#"{"cmd":"auth","token":42}"#),
+        ErrorCode::InvalidField
+    );
+    assert_eq!(
+        code(r#"{"cmd":"auth","token":null}"#),
+        ErrorCode::InvalidField
+    );
+    assert_eq!(
+        code(r#"{"cmd":"auth","token":"a","token":"b"}"#),
+        ErrorCode::DuplicateField
+    );
+    // Other commands ignore a token.
+    assert!(parse(r#"{"cmd":"add_group","group_id":"1","token":7}"#).is_ok());
 }
 
 #[test]

@@ -1,0 +1,432 @@
+//! The gateway's security settings: the broker link's secret and TLS, TLS for WebSocket clients
+//! (wss), and signed join tokens ([`crate::auth`]).
+//!
+//! [`SecurityArgs`] are the `gateway` binary's flags; [`SecurityArgs::load`] reads the files
+//! they name and checks that they fit together, so a bad certificate, key or secret stops
+//! startup with a message naming it. [`Security`] is what `Gateway::start_secured` runs with;
+//! its default is the seed's behaviour (nothing required, plain TCP).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use broker::auth::{check_exposure, load_secret};
+use broker::tls::TlsError;
+use protocol::link_auth::LinkSecret;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::auth::{JoinTokenError, JoinTokens};
+
+/// Everything the gateway requires of its peers.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub link: LinkSecurity,
+    pub clients: ClientSecurity,
+}
+
+/// How the gateway proves itself to the broker and checks who the broker is.
+#[derive(Debug, Clone, Default)]
+pub struct LinkSecurity {
+    /// Answers the challenge of a broker that asks for it; without it, such a broker is refused.
+    pub secret: Option<LinkSecret>,
+    /// Connect with TLS, verifying the broker's certificate.
+    pub tls: Option<BrokerTls>,
+}
+
+/// TLS towards the broker: the trusted CAs and the name its certificate must carry.
+#[derive(Clone)]
+pub struct BrokerTls {
+    pub connector: TlsConnector,
+    pub server_name: ServerName<'static>,
+}
+
+impl BrokerTls {
+    pub fn new(config: Arc<ClientConfig>, server_name: &str) -> Result<BrokerTls, SecurityError> {
+        let server_name = ServerName::try_from(server_name.to_owned()).map_err(|_| {
+            SecurityError::Invalid(format!(
+                "{server_name:?} is not a valid TLS server name (--broker-tls-name)"
+            ))
+        })?;
+        Ok(BrokerTls {
+            connector: TlsConnector::from(config),
+            server_name,
+        })
+    }
+}
+
+impl fmt::Debug for BrokerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What WebSocket clients must do: speak TLS, present a join token.
+#[derive(Clone, Default)]
+pub struct ClientSecurity {
+    pub tls: Option<TlsAcceptor>,
+    /// Set with `--require-join-token`: joins and sends need a token's rights.
+    pub join_tokens: Option<JoinTokens>,
+}
+
+impl fmt::Debug for ClientSecurity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientSecurity")
+            .field("tls", &self.tls.is_some())
+            .field("join_tokens", &self.join_tokens)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    #[error(transparent)]
+    Link(#[from] broker::auth::SecurityError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    JoinToken(#[from] JoinTokenError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The `gateway` binary's security flags (docs/configuration.md, "Security").
+#[derive(Clone, clap::Args)]
+pub struct SecurityArgs {
+    /// Shared secret of the broker link (at least 16 bytes): answers the broker's challenge, and
+    /// is required of other gateways by the embedded broker. Prefer --link-secret-file.
+    #[arg(
+        long,
+        env = "GATEWAY_LINK_SECRET",
+        hide_env_values = true,
+        conflicts_with = "link_secret_file"
+    )]
+    pub link_secret: Option<String>,
+
+    /// File holding the link secret (one trailing newline is ignored).
+    #[arg(long, env = "GATEWAY_LINK_SECRET_FILE", value_name = "FILE")]
+    pub link_secret_file: Option<PathBuf>,
+
+    /// Allow the embedded broker on a non-loopback --broker-listen without a link secret.
+    #[arg(long, env = "GATEWAY_INSECURE")]
+    pub insecure: bool,
+
+    /// PEM certificate chain: WebSocket clients connect with TLS (wss://). Needs --tls-key.
+    #[arg(
+        long,
+        env = "GATEWAY_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "GATEWAY_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Connect to the --broker with TLS. Needs --broker-ca.
+    #[arg(long, env = "GATEWAY_BROKER_TLS", requires = "broker_ca")]
+    pub broker_tls: bool,
+
+    /// PEM file of the CA certificates that may sign the broker's certificate (no system roots
+    /// are used).
+    #[arg(
+        long,
+        env = "GATEWAY_BROKER_CA",
+        value_name = "FILE",
+        requires = "broker_tls"
+    )]
+    pub broker_ca: Option<PathBuf>,
+
+    /// Name the broker's certificate must carry. Default: the host part of --broker.
+    #[arg(long, env = "GATEWAY_BROKER_TLS_NAME", requires = "broker_tls")]
+    pub broker_tls_name: Option<String>,
+
+    /// Clients must present a signed join token (?token= in the URL or an auth command) to join
+    /// or send, and may only join and send where it allows. Needs --join-token-secret or
+    /// --join-token-public-key.
+    #[arg(long, env = "GATEWAY_REQUIRE_JOIN_TOKEN")]
+    pub require_join_token: bool,
+
+    /// HS256 key of join tokens (at least 32 bytes). Prefer --join-token-secret-file.
+    #[arg(
+        long,
+        env = "GATEWAY_JOIN_TOKEN_SECRET",
+        hide_env_values = true,
+        conflicts_with = "join_token_secret_file"
+    )]
+    pub join_token_secret: Option<String>,
+
+    /// File holding the HS256 key of join tokens (one trailing newline is ignored).
+    #[arg(long, env = "GATEWAY_JOIN_TOKEN_SECRET_FILE", value_name = "FILE")]
+    pub join_token_secret_file: Option<PathBuf>,
+
+    /// PEM public key (RSA for RS256, EC P-256 for ES256) that verifies join tokens.
+    #[arg(long, env = "GATEWAY_JOIN_TOKEN_PUBLIC_KEY", value_name = "FILE")]
+    pub join_token_public_key: Option<PathBuf>,
+}
+
+/// Keeps secrets out of logs.
+impl fmt::Debug for SecurityArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("SecurityArgs")
+            .field("link_secret", &redacted(&self.link_secret))
+            .field("link_secret_file", &self.link_secret_file)
+            .field("insecure", &self.insecure)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("broker_tls", &self.broker_tls)
+            .field("broker_ca", &self.broker_ca)
+            .field("broker_tls_name", &self.broker_tls_name)
+            .field("require_join_token", &self.require_join_token)
+            .field("join_token_secret", &redacted(&self.join_token_secret))
+            .field("join_token_secret_file", &self.join_token_secret_file)
+            .field("join_token_public_key", &self.join_token_public_key)
+            .finish()
+    }
+}
+
+impl SecurityArgs {
+    /// Reads every file named and checks the combination. `broker` is `--broker` (`None`: the
+    /// embedded broker listens on `broker_listen`).
+    pub fn load(
+        &self,
+        broker: Option<&str>,
+        broker_listen: SocketAddr,
+    ) -> Result<Security, SecurityError> {
+        let secret = load_secret(
+            self.link_secret.as_deref(),
+            self.link_secret_file.as_deref(),
+            "GATEWAY",
+        )?;
+        if broker.is_none() {
+            check_exposure(
+                broker_listen,
+                secret.is_some(),
+                self.insecure,
+                "--broker-listen",
+                "GATEWAY",
+            )?;
+        }
+        let link_tls = match (self.broker_tls, broker, &self.broker_ca) {
+            (false, _, _) => None,
+            (true, None, _) => {
+                return Err(SecurityError::Invalid(
+                    "--broker-tls needs --broker: the embedded broker's link is plain TCP on \
+                     loopback"
+                        .into(),
+                ))
+            }
+            (true, Some(_), None) => {
+                return Err(SecurityError::Invalid(
+                    "--broker-tls needs --broker-ca (no system CA roots are used)".into(),
+                ))
+            }
+            (true, Some(broker), Some(ca)) => {
+                let name = match &self.broker_tls_name {
+                    Some(name) => name.clone(),
+                    None => host_of(broker).to_owned(),
+                };
+                Some(BrokerTls::new(broker::tls::client_config(ca)?, &name)?)
+            }
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(TlsAcceptor::from(broker::tls::server_config(cert, key)?))
+            }
+            _ => None,
+        };
+        Ok(Security {
+            link: LinkSecurity {
+                secret,
+                tls: link_tls,
+            },
+            clients: ClientSecurity {
+                tls,
+                join_tokens: self.join_tokens()?,
+            },
+        })
+    }
+
+    fn join_tokens(&self) -> Result<Option<JoinTokens>, SecurityError> {
+        let secret = match (&self.join_token_secret, &self.join_token_secret_file) {
+            (Some(secret), _) => Some((
+                secret.as_bytes().to_vec(),
+                "--join-token-secret (GATEWAY_JOIN_TOKEN_SECRET)".to_owned(),
+            )),
+            (None, Some(path)) => {
+                let mut bytes = std::fs::read(path).map_err(|source| JoinTokenError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                if bytes.ends_with(b"\n") {
+                    bytes.pop();
+                    if bytes.ends_with(b"\r") {
+                        bytes.pop();
+                    }
+                }
+                Some((bytes, format!("join token secret file {}", path.display())))
+            }
+            (None, None) => None,
+        };
+        let has_key = secret.is_some() || self.join_token_public_key.is_some();
+        match (self.require_join_token, has_key) {
+            (false, false) => Ok(None),
+            (true, false) => Err(SecurityError::Invalid(
+                "--require-join-token needs --join-token-secret, --join-token-secret-file or \
+                 --join-token-public-key"
+                    .into(),
+            )),
+            (false, true) => Err(SecurityError::Invalid(
+                "a join token key is set but --require-join-token is not: tokens would not be \
+                 checked"
+                    .into(),
+            )),
+            (true, true) => Ok(Some(JoinTokens::new(
+                secret
+                    .as_ref()
+                    .map(|(s, origin)| (s.as_slice(), origin.as_str())),
+                self.join_token_public_key.as_deref(),
+            )?)),
+        }
+    }
+}
+
+/// The host part of `host:port` (`[v6]:port` gives `v6`).
+fn host_of(addr: &str) -> &str {
+    let host = match addr.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => addr,
+    };
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        security: SecurityArgs,
+    }
+
+    fn args(flags: &[&str]) -> SecurityArgs {
+        Cli::try_parse_from(std::iter::once("gateway").chain(flags.iter().copied()))
+            .expect("flags parse")
+            .security
+    }
+
+    fn loopback() -> SocketAddr {
+        "127.0.0.1:2206".parse().expect("addr")
+    }
+
+    fn error(flags: &[&str], broker: Option<&str>, listen: &str) -> String {
+        args(flags)
+            .load(broker, listen.parse().expect("addr"))
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_require_nothing() {
+        let security = args(&[]).load(None, loopback()).expect("loads");
+        assert!(security.link.secret.is_none() && security.link.tls.is_none());
+        assert!(security.clients.tls.is_none() && security.clients.join_tokens.is_none());
+    }
+
+    #[test]
+    fn an_exposed_embedded_broker_needs_a_secret() {
+        let e = error(&[], None, "0.0.0.0:2206");
+        assert!(
+            e.contains("--broker-listen") && e.contains("--insecure"),
+            "{e}"
+        );
+        let secret = ["--link-secret", "0123456789abcdef"];
+        assert!(args(&secret)
+            .load(None, "0.0.0.0:2206".parse().expect("addr"))
+            .is_ok());
+        assert!(args(&["--insecure"])
+            .load(None, "0.0.0.0:2206".parse().expect("addr"))
+            .is_ok());
+        // With --broker there is no embedded broker to expose.
+        assert!(args(&[])
+            .load(Some("10.0.0.1:2206"), "0.0.0.0:2206".parse().expect("addr"))
+            .is_ok());
+    }
+
+    #[test]
+    fn combinations_that_cannot_work_are_refused() {
+        let e = error(
+            &["--broker-tls", "--broker-ca", "/nonexistent/ca.pem"],
+            None,
+            "127.0.0.1:2206",
+        );
+        assert!(e.contains("--broker-tls needs --broker"), "{e}");
+        let e = error(
+            &["--broker-tls", "--broker-ca", "/nonexistent/ca.pem"],
+            Some("broker.internal:2206"),
+            "127.0.0.1:2206",
+        );
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        assert!(
+            Cli::try_parse_from(["gateway", "--broker-tls"]).is_err(),
+            "needs --broker-ca"
+        );
+        assert!(
+            Cli::try_parse_from(["gateway", "--tls-cert", "c.pem"]).is_err(),
+            "needs a key"
+        );
+        let e = error(&["--require-join-token"], None, "127.0.0.1:2206");
+        assert!(e.contains("--join-token-secret"), "{e}");
+        let e = error(
+            &["--join-token-secret", &"k".repeat(32)],
+            None,
+            "127.0.0.1:2206",
+        );
+        assert!(e.contains("--require-join-token is not"), "{e}");
+        let e = error(
+            &["--require-join-token", "--join-token-secret", "too-short"],
+            None,
+            "127.0.0.1:2206",
+        );
+        assert!(
+            e.contains("at least 32 bytes") && !e.contains("too-short"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_tls_name_defaults_to_the_broker_host() {
+        assert_eq!(host_of("broker.internal:2206"), "broker.internal");
+        assert_eq!(host_of("10.0.0.1:2206"), "10.0.0.1");
+        assert_eq!(host_of("[::1]:2206"), "::1");
+        assert_eq!(host_of("broker.internal"), "broker.internal");
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let args = args(&[
+            "--link-secret",
+            "link-secret-value-1234",
+            "--join-token-secret",
+            "join-secret-value-join-secret-value",
+        ]);
+        let debug = format!("{args:?}");
+        assert!(!debug.contains("secret-value"), "{debug}");
+    }
+}
