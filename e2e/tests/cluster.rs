@@ -456,3 +456,46 @@ async fn broker_restart() -> Result<()> {
     }
     Ok(())
 }
+
+/// Interest routing: a gateway with no member of a group receives nothing for it on its broker
+/// link, not even when one of its own clients sends to that group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_without_members_receives_nothing_for_the_group() -> Result<()> {
+    const COUNT: usize = 100;
+    let (broker, gateway_a, gateway_b) = cluster(2).await?;
+    let mut member = gateway_a.connect("member-a").await?;
+    member.join("only-on-a").await?;
+    let mut other = gateway_b.connect("member-b").await?;
+    other.join("only-on-b").await?;
+    gateway_a.wait_for_subscriptions(1).await?;
+    gateway_b.wait_for_subscriptions(1).await?;
+    wait_for_broker_subscriptions(&broker, 2).await?;
+
+    // A client of gateway b, not a member, sends to a's group.
+    let mut sender = gateway_b.connect("sender-b").await?;
+    for i in 0..COUNT {
+        sender.send_to_group("only-on-a", &format!("m{i}")).await?;
+    }
+    for i in 0..COUNT {
+        member.expect_text(&format!("m{i}")).await?;
+    }
+    let a = gateway_a.admin.stats().await?;
+    let b = gateway_b.admin.stats().await?;
+    ensure!(
+        stat(&a, "/broker_link/messages_in") == Some(COUNT as u64),
+        "gateway a received {:?} link messages, expected {COUNT}",
+        stat(&a, "/broker_link/messages_in")
+    );
+    ensure!(
+        stat(&b, "/broker_link/messages_in") == Some(0),
+        "gateway b has no member of the group but received {:?} link messages",
+        stat(&b, "/broker_link/messages_in")
+    );
+    let relayed = stat(&broker.admin.stats().await?, "/deliveries");
+    ensure!(
+        relayed == Some(COUNT as u64),
+        "the broker relayed {relayed:?} messages, expected {COUNT} (one per publish, to a only)"
+    );
+    expect_quiet([&mut member, &mut other, &mut sender]).await?;
+    Ok(())
+}

@@ -96,8 +96,9 @@ pub struct GatewayConfig {
     pub allowed_origins: Vec<AllowedOrigin>,
 
     /// Read buffer per connection, in bytes (tokio-tungstenite's default of 128 KiB is far too
-    /// much for many mostly idle connections).
-    #[arg(long, env = "GATEWAY_WS_READ_BUFFER", default_value_t = 4096)]
+    /// much for many mostly idle connections). Larger messages still arrive whole: the buffer
+    /// grows for them.
+    #[arg(long, env = "GATEWAY_WS_READ_BUFFER", default_value_t = 1024)]
     pub ws_read_buffer: usize,
 
     /// Bytes of outgoing frames buffered per connection before they are written to the socket.

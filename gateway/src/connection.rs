@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 use crate::auth::{Access, Action, CaptureToken};
 
-use crate::limits::{RateLimiter, Verdict};
+use crate::limits::{Permit, RateLimiter, Verdict};
 use crate::outbox::{Outbox, Push};
 use crate::worker::WorkerState;
 
@@ -65,34 +65,38 @@ enum Close {
     Violation(u16, String),
 }
 
+/// Serves one client socket until it closes. `permit` holds its place in the connection limits
+/// and is given back when this returns, whichever way.
 pub(crate) async fn serve(
     stream: std::net::TcpStream,
     peer: SocketAddr,
+    permit: Permit,
     state: Rc<WorkerState>,
     shutdown: CancellationToken,
 ) {
     let conn = state.next_conn_id();
     let span = tracing::debug_span!("conn", worker = state.id, conn, %peer);
     async move {
+        let _permit = permit;
         // A handshake still in progress when shutdown begins is dropped.
+        // Boxed: the handshake's state is large and only needed once; the connection's task
+        // keeps its own size for as long as the connection lives.
         let handshake = tokio::select! {
-            ws = handshake(stream, &state) => ws,
+            ws = Box::pin(handshake(stream, &state)) => ws,
             _ = shutdown.cancelled() => Err("shutting down".to_owned()),
         };
-        let ws = match handshake {
-            Ok(ws) => ws,
+        // Matched in place: binding the upgraded stream to a variable first would make the task
+        // store it once more.
+        match handshake {
             Err(cause) => {
                 state.stats.handshake_failures.fetch_add(1, Relaxed);
                 tracing::debug!(%cause, "handshake failed");
-                return;
             }
-        };
-        match ws {
-            Accepted::Plain(ws, url_token) => {
+            Ok(Accepted::Plain(ws, url_token)) => {
                 established(ws, conn, &state, &shutdown, url_token).await
             }
             // Boxed, like the TLS handshake: plain connections' tasks stay their own size.
-            Accepted::Tls(ws, url_token) => {
+            Ok(Accepted::Tls(ws, url_token)) => {
                 Box::pin(established(*ws, conn, &state, &shutdown, url_token)).await
             }
         }
@@ -103,7 +107,7 @@ pub(crate) async fn serve(
 
 /// Serves an upgraded connection until it closes.
 async fn established<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: Ws<S>,
+    mut ws: Ws<S>,
     conn: u64,
     state: &Rc<WorkerState>,
     shutdown: &CancellationToken,
@@ -126,7 +130,6 @@ async fn established<S: AsyncRead + AsyncWrite + Unpin>(
         access,
         state: state.clone(),
     };
-    let mut ws = ws;
     let close = connection.run(&mut ws, shutdown).await;
     connection.leave_all();
     match close {
@@ -211,13 +214,14 @@ async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>, code: u16
         code: CloseCode::from(code),
         reason: Utf8Bytes::from(reason),
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+    // Boxed, as it runs once: idle connections do not carry its state.
+    let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, async {
         if ws.close(Some(frame)).await.is_err() {
             return;
         }
         // Wait for the client's half of the closing handshake.
         while let Some(Ok(_)) = ws.next().await {}
-    })
+    }))
     .await;
 }
 
@@ -250,7 +254,8 @@ impl Connection {
                 _ = shutdown.cancelled() => {
                     // Deliver what is already queued, within the shutdown deadline.
                     let write = write_outbox(ws, &outbox, &mut batch, config.write_timeout);
-                    let _ = tokio::time::timeout(config.shutdown_timeout, write).await;
+                    // Boxed, as it runs once: idle connections do not carry its state.
+                    let _ = Box::pin(tokio::time::timeout(config.shutdown_timeout, write)).await;
                     return Close::Shutdown;
                 }
                 _ = outbox.wake.notified() => {
@@ -276,7 +281,9 @@ impl Connection {
                         }
                     }
                     match message {
-                        Message::Text(text) => self.on_text(text).await,
+                        // Boxed: a command's state is needed only while it runs, and every idle
+                        // connection's task would otherwise carry room for it (see BENCHMARKS.md).
+                        Message::Text(text) => Box::pin(self.on_text(text)).await,
                         Message::Binary(bytes) => {
                             self.state.stats.messages_in.fetch_add(1, Relaxed);
                             self.state.stats.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
@@ -286,7 +293,7 @@ impl Connection {
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                         Message::Close(_) => {
                             // tungstenite queued the close reply; flushing sends it.
-                            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+                            let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, ws.flush())).await;
                             return Close::ClientGone;
                         }
                     }
@@ -302,7 +309,8 @@ impl Connection {
                             ws.feed(Message::Ping(Default::default())).await?;
                             ws.flush().await
                         };
-                        match tokio::time::timeout(config.write_timeout, ping).await {
+                        // Boxed, like every rare path, to keep idle connections small.
+                        match Box::pin(tokio::time::timeout(config.write_timeout, ping)).await {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => return read_error(e),
                             Err(_) => return Close::SlowConsumer,
@@ -465,6 +473,9 @@ fn share_slice(frame: &Utf8Bytes, slice: &str) -> Utf8Bytes {
         .unwrap_or_else(|_| Utf8Bytes::from(slice))
 }
 
+/// Frames written between two extensions of the write deadline.
+const FRAMES_PER_DEADLINE: usize = 16;
+
 enum WriteError {
     Ws(WsError),
     /// One step of the write (handing a frame to the socket, or the flush) made no progress for
@@ -472,34 +483,43 @@ enum WriteError {
     Stalled,
 }
 
-/// Writes everything queued (and whatever is queued meanwhile), then flushes once. Each step
-/// must complete within `step_timeout`, so a client that reads slowly but steadily is fine
-/// however long the whole batch takes.
+/// Writes everything queued (and whatever is queued meanwhile), then flushes once. Every
+/// [`FRAMES_PER_DEADLINE`] frames, and the flush, must be written within `step_timeout`: a
+/// client that reads slowly but steadily is fine however long the whole write takes. One timer
+/// per call, pushed back as frames go out: reading the clock per frame showed up in profiles.
 async fn write_outbox<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut Ws<S>,
     outbox: &Outbox,
     batch: &mut VecDeque<Utf8Bytes>,
     step_timeout: Duration,
 ) -> Result<(), WriteError> {
-    async fn step<F: std::future::Future<Output = Result<(), WsError>>>(
-        timeout: Duration,
-        future: F,
-    ) -> Result<(), WriteError> {
-        match tokio::time::timeout(timeout, future).await {
-            Ok(result) => result.map_err(WriteError::Ws),
-            Err(_) => Err(WriteError::Stalled),
-        }
-    }
+    let deadline = tokio::time::sleep(step_timeout);
+    tokio::pin!(deadline);
     loop {
         outbox.take_all(batch);
         if batch.is_empty() {
             break;
         }
+        let mut since_reset = 0;
         while let Some(message) = batch.pop_front() {
-            step(step_timeout, ws.feed(Message::Text(message))).await?;
+            tokio::select! {
+                biased;
+                result = ws.feed(Message::Text(message)) => result.map_err(WriteError::Ws)?,
+                _ = &mut deadline => return Err(WriteError::Stalled),
+            }
+            since_reset += 1;
+            if since_reset == FRAMES_PER_DEADLINE {
+                since_reset = 0;
+                deadline.as_mut().reset(Instant::now() + step_timeout);
+            }
         }
+        deadline.as_mut().reset(Instant::now() + step_timeout);
     }
-    step(step_timeout, ws.flush()).await
+    tokio::select! {
+        biased;
+        result = ws.flush() => result.map_err(WriteError::Ws),
+        _ = &mut deadline => Err(WriteError::Stalled),
+    }
 }
 
 fn read_error(e: WsError) -> Close {

@@ -81,8 +81,18 @@ impl Router {
                 group: group.clone(),
                 payload: payload.clone(),
             };
-            // Err only when the worker has stopped (shutdown).
-            if self.inboxes[worker].send(delivery).await.is_ok() {
+            let inbox = &self.inboxes[worker];
+            let sent = match inbox.try_send(delivery) {
+                Ok(()) => true,
+                // Only a stopped worker (shutdown) closes its inbox.
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                // Backpressure: wait for room. Boxed, so that the futures of every caller (one
+                // per connection) do not carry the send's state while idle.
+                Err(mpsc::error::TrySendError::Full(delivery)) => {
+                    Box::pin(inbox.send(delivery)).await.is_ok()
+                }
+            };
+            if sent {
                 reached += 1;
             }
         }

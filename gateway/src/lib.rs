@@ -34,7 +34,7 @@ pub mod hub;
 mod limits;
 pub mod metrics;
 pub mod origin;
-mod outbox;
+pub mod outbox;
 pub mod security;
 pub mod server;
 pub mod stats;

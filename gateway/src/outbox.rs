@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 #[derive(Debug)]
-pub(crate) struct Outbox {
+pub struct Outbox {
     queue: RefCell<VecDeque<Utf8Bytes>>,
     bytes: Cell<usize>,
     overflowed: Cell<bool>,
@@ -22,7 +22,7 @@ pub(crate) struct Outbox {
 
 /// Result of [`Outbox::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Push {
+pub enum Push {
     Queued,
     /// This push overflowed the queue: the connection is now a slow consumer, its queue was
     /// dropped (`dropped` messages, this one included).
@@ -34,7 +34,7 @@ pub(crate) enum Push {
 }
 
 impl Outbox {
-    pub(crate) fn new(max_messages: usize, max_bytes: usize) -> Outbox {
+    pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
         Outbox {
             queue: RefCell::new(VecDeque::new()),
             bytes: Cell::new(0),
@@ -46,7 +46,7 @@ impl Outbox {
         }
     }
 
-    pub(crate) fn push(&self, message: Utf8Bytes) -> Push {
+    pub fn push(&self, message: Utf8Bytes) -> Push {
         if self.overflowed.get() {
             return Push::Closed;
         }
@@ -70,12 +70,12 @@ impl Outbox {
         Push::Queued
     }
 
-    pub(crate) fn overflowed(&self) -> bool {
+    pub fn overflowed(&self) -> bool {
         self.overflowed.get()
     }
 
     /// Moves everything queued into `into` (which should be empty), releasing the byte budget.
-    pub(crate) fn take_all(&self, into: &mut VecDeque<Utf8Bytes>) {
+    pub fn take_all(&self, into: &mut VecDeque<Utf8Bytes>) {
         std::mem::swap(&mut *self.queue.borrow_mut(), into);
         self.bytes.set(0);
     }

@@ -202,11 +202,15 @@ async fn run(setup: WorkerSetup) {
             }
             accepted = connections.recv() => match accepted {
                 Some((stream, peer, permit)) => {
-                    let serve = connection::serve(stream, peer, state.clone(), close_connections.clone());
-                    tasks.spawn_local(async move {
-                        serve.await;
-                        drop(permit);
-                    });
+                    // Spawned as is: wrapping it in another async block would store the future
+                    // twice in the task (rustc keeps both the capture and the awaited copy).
+                    tasks.spawn_local(connection::serve(
+                        stream,
+                        peer,
+                        permit,
+                        state.clone(),
+                        close_connections.clone(),
+                    ));
                 }
                 None => break,
             },

@@ -144,6 +144,12 @@ pub struct FanoutArgs {
     #[arg(long, value_name = "MSGS_PER_SEC", conflicts_with = "window", value_parser = parse_rate)]
     pub rate: Option<f64>,
 
+    /// With --rate: start every sender at the same instant, so their messages arrive at the
+    /// server in bursts. By default sender s of N starts s/N of a period later, which is what a
+    /// steady load from independent senders looks like.
+    #[arg(long, requires = "rate")]
+    pub aligned: bool,
+
     /// Default mode, as fast as deliveries keep up: each sender keeps at most N messages in
     /// flight, that is sent and neither received back yet nor refused with an error reply.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]

@@ -76,6 +76,9 @@ pub enum ModePlan {
 pub struct FanoutPlan {
     pub senders: u64,
     pub pace: Pace,
+    /// With `Pace::Rate`: all senders start together instead of spread over one period.
+    #[serde(default)]
+    pub aligned: bool,
     pub payload: usize,
     pub warmup: Duration,
     pub duration: Duration,

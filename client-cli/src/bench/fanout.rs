@@ -445,7 +445,14 @@ impl<'a> Conn<'a> {
                             timer.as_mut().reset(tl.until);
                             if let Pace::Rate(rate) = self.shared.fanout.pace {
                                 let period = Duration::from_secs_f64(1.0 / rate);
-                                let mut every = tokio::time::interval_at(Instant::now(), period);
+                                let fanout = &self.shared.fanout;
+                                let phase = match &self.sender {
+                                    Some(s) if !fanout.aligned && fanout.senders > 0 => {
+                                        period.mul_f64(s.id as f64 / fanout.senders as f64)
+                                    }
+                                    _ => Duration::ZERO,
+                                };
+                                let mut every = tokio::time::interval_at(Instant::now() + phase, period);
                                 every.set_missed_tick_behavior(MissedTickBehavior::Burst);
                                 ticker = Some(every);
                             }
@@ -648,6 +655,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> Result<()> {
     let fanout = FanoutPlan {
         senders: args.senders,
         pace: args.pace(),
+        aligned: args.aligned,
         payload: args.payload,
         warmup: args.warmup,
         duration: args.duration,
