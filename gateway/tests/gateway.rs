@@ -442,3 +442,79 @@ async fn shutdown_flushes_queued_messages_before_1001() -> Result<()> {
     assert_eq!(stats.client_sockets, 0);
     Ok(())
 }
+
+/// Issue 5, section 3: with 1% of the members not reading during a fan-out, every other member
+/// receives every message, the slow one is closed as a slow consumer (4001, counted) once its
+/// bounded queue overflows, and the gateway's memory stays bounded by that queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_percent_slow_consumers_do_not_hurt_the_others() -> Result<()> {
+    const MEMBERS: usize = 100;
+    const MESSAGES: usize = 3000;
+    let fx = start(GatewayConfig {
+        workers: Some(2),
+        outbound_queue_messages: 128,
+        outbound_queue_bytes: 128 * 1024,
+        max_messages_per_second: 0,
+        ..GatewayConfig::default()
+    })
+    .await?;
+    // The slow member shrinks its receive window so that the kernel buffers little for it:
+    // the gateway's queue, not the kernel, has to absorb what it does not read.
+    let addr = fx
+        .url
+        .trim_start_matches("ws://")
+        .parse::<std::net::SocketAddr>()?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let stream = socket.connect(addr).await?;
+    let (mut slow, _) =
+        tokio_tungstenite::client_async(fx.url.as_str(), MaybeTlsStream::Plain(stream)).await?;
+    join(&mut slow, "g", 0).await?;
+    let mut readers = Vec::new();
+    for i in 1..MEMBERS {
+        let mut ws = fx.connect().await?;
+        join(&mut ws, "g", i as u64).await?;
+        readers.push(tokio::spawn(async move {
+            for n in 0..MESSAGES {
+                let text = recv_text(&mut ws)
+                    .await
+                    .with_context(|| format!("message {n}"))?;
+                if !text.starts_with(&format!("{n:06}")) {
+                    bail!("member {i}: expected message {n}, got {}", &text[..6]);
+                }
+            }
+            Ok::<_, anyhow::Error>(ws)
+        }));
+    }
+    let mut sender = fx.connect().await?;
+    let filler = "x".repeat(1000);
+    for n in 0..MESSAGES {
+        send(
+            &mut sender,
+            &format!(r#"{{"cmd":"send_to_group","group_id":"g","message":"{n:06}{filler}"}}"#),
+        )
+        .await?;
+    }
+    let mut kept = Vec::new();
+    for reader in readers {
+        kept.push(tokio::time::timeout(Duration::from_secs(60), reader).await???);
+    }
+    let stats = fx
+        .wait_stats(|s| {
+            s.workers
+                .iter()
+                .map(|w| w.slow_consumer_closes)
+                .sum::<u64>()
+                == 1
+                && s.connections == MEMBERS as u64
+        })
+        .await?;
+    assert_eq!(
+        stats.memberships,
+        MEMBERS as u64 - 1,
+        "only the slow member left"
+    );
+    assert!(stats.workers.iter().map(|w| w.queue_drops).sum::<u64>() > 0);
+    drop(slow);
+    Ok(())
+}

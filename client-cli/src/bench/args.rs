@@ -150,6 +150,13 @@ pub struct FanoutArgs {
     #[arg(long, requires = "rate")]
     pub aligned: bool,
 
+    /// Make about this percentage of the receiving connections stop reading right after they
+    /// join (deliberately slow consumers, e.g. 1). They are left out of the expected
+    /// deliveries; the report says how each one ended (the gateway should close them with 4001
+    /// while everyone else keeps receiving everything).
+    #[arg(long, value_name = "PERCENT", default_value_t = 0.0)]
+    pub slow_percent: f64,
+
     /// Default mode, as fast as deliveries keep up: each sender keeps at most N messages in
     /// flight, that is sent and neither received back yet nor refused with an error reply.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
@@ -216,6 +223,9 @@ impl FanoutArgs {
                 "--senders must be between 1 and --connections ({})",
                 self.connections
             );
+        }
+        if !(0.0..=50.0).contains(&self.slow_percent) {
+            bail!("--slow-percent must be between 0 and 50");
         }
         if self.senders >= payload::MAX_SENDERS {
             bail!("--senders must be below {}", payload::MAX_SENDERS);

@@ -79,6 +79,9 @@ pub struct FanoutPlan {
     /// With `Pace::Rate`: all senders start together instead of spread over one period.
     #[serde(default)]
     pub aligned: bool,
+    /// Every `slow_every`-th receiving connection stops reading after it joins (0: none).
+    #[serde(default)]
+    pub slow_every: u64,
     pub payload: usize,
     pub warmup: Duration,
     pub duration: Duration,

@@ -297,6 +297,22 @@ async fn connection(shared: Rc<Shared>, index: u64, mut phase: watch::Receiver<P
     };
     bump(&shared.counters.joined);
     shared.setting_up.done_one();
+    let slow_every = shared.fanout.slow_every;
+    if slow_every > 0 && index >= shared.fanout.senders && index % slow_every == 0 {
+        // A deliberately slow consumer: it stops reading now and is no member in the tally.
+        conn.finish(false);
+        while *phase.borrow_and_update() != Phase::Close {
+            if phase.changed().await.is_err() {
+                break;
+            }
+        }
+        let outcome = net::read_until_close(&mut ws, Duration::from_secs(2)).await;
+        shared.drops.borrow_mut().note(&format!(
+            "deliberately slow reader (not counted as dropped): {outcome}"
+        ));
+        shared.running.done_one();
+        return;
+    }
     let end = conn.run(&mut ws, &mut phase).await;
     conn.finish(true);
     match end {
@@ -656,6 +672,11 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> Result<()> {
         senders: args.senders,
         pace: args.pace(),
         aligned: args.aligned,
+        slow_every: if args.slow_percent > 0.0 {
+            (100.0 / args.slow_percent).round().max(1.0) as u64
+        } else {
+            0
+        },
         payload: args.payload,
         warmup: args.warmup,
         duration: args.duration,

@@ -237,6 +237,29 @@ impl Reasons {
     }
 }
 
+/// Reads (and discards) until the server's close frame, an error or `limit`; says which.
+pub async fn read_until_close(ws: &mut BenchWs, limit: Duration) -> String {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return "still open at the end".to_owned(),
+            Ok(None) => return "connection ended without a close frame".to_owned(),
+            Ok(Some(Err(e))) => return format!("connection error: {e}"),
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                return format!(
+                    "closed by the server with {} {}",
+                    u16::from(frame.code),
+                    frame.reason
+                )
+            }
+            Ok(Some(Ok(Message::Close(None)))) => return "closed by the server".to_owned(),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
