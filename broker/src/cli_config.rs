@@ -283,6 +283,51 @@ fn clap_reason(err: &clap::Error) -> String {
         .join(" ")
 }
 
+/// What each binary's test checks: `docs/<bin>.example.toml` parses to exactly the defaults
+/// (once `without_config_file` clears the `--config` field itself) and lists every setting, and
+/// the `## <section>` part of `docs/configuration.md` has a row for every flag (see
+/// [`undocumented`]). `Err` says what is wrong.
+pub fn check_docs<C>(
+    bin: &str,
+    section: &str,
+    docs: &Path,
+    without_config_file: impl Fn(C) -> C,
+) -> Result<(), String>
+where
+    C: Parser + std::fmt::Debug,
+{
+    let example = docs.join(format!("{bin}.example.toml"));
+    let args = [
+        OsString::from(bin),
+        OsString::from("--config"),
+        example.clone().into(),
+    ];
+    let from_file: C =
+        try_parse_from(args).map_err(|e| format!("{} does not parse: {e}", example.display()))?;
+    let defaults = C::try_parse_from([bin]).map_err(|e| format!("defaults do not parse: {e}"))?;
+    let (from_file, defaults) = (without_config_file(from_file), defaults);
+    if format!("{from_file:?}") != format!("{defaults:?}") {
+        return Err(format!(
+            "{} does not hold the defaults:\n{from_file:#?}\nvs\n{defaults:#?}",
+            example.display()
+        ));
+    }
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let reference = read(&docs.join("configuration.md"))?;
+    let section = reference
+        .split("\n## ")
+        .find(|s| s.starts_with(&format!("{section}\n")))
+        .ok_or_else(|| format!("configuration.md has no `## {section}` section"))?;
+    let missing = undocumented(&C::command(), &read(&example)?, section);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("not documented: {missing:#?}"))
+    }
+}
+
 /// What an example config file and a reference page fail to say about `command`'s settings:
 /// each flag's key must appear in `example_toml` (as `key =`, commented out or not), and
 /// `reference_md` must have a table row starting `` | `--flag` | `` that names the flag's

@@ -169,46 +169,19 @@ async fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::ffi::OsStr;
-    use std::path::Path;
-
-    use clap::CommandFactory;
-
     use super::*;
 
     /// docs/gateway.example.toml parses, holds exactly the defaults and lists every setting, and
     /// docs/configuration.md has a row for every flag with its environment variable and default.
     #[test]
     fn example_config_and_reference_cover_every_setting() {
-        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
-        let example = docs.join("gateway.example.toml");
-        let args = [
-            OsStr::new("gateway"),
-            OsStr::new("--config"),
-            example.as_os_str(),
-        ];
-        let from_file: Cli = match broker::cli_config::try_parse_from(args) {
-            Ok(cli) => cli,
-            Err(e) => panic!("{} does not parse: {e}", example.display()),
-        };
-        let defaults = Cli::try_parse_from(["gateway"]).expect("defaults parse");
-        let from_file = Cli {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        let result = broker::cli_config::check_docs("gateway", "Gateway", &docs, |cli: Cli| Cli {
             config_file: None,
-            ..from_file
-        };
-        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
-
-        let read = |name: &str| std::fs::read_to_string(docs.join(name)).expect("read docs");
-        let reference = read("configuration.md");
-        let section = reference
-            .split("\n## ")
-            .find(|s| s.starts_with("Gateway\n"))
-            .expect("configuration.md has a `## Gateway` section");
-        let missing = broker::cli_config::undocumented(
-            &Cli::command(),
-            &read("gateway.example.toml"),
-            section,
-        );
-        assert!(missing.is_empty(), "not documented: {missing:#?}");
+            ..cli
+        });
+        if let Err(problem) = result {
+            panic!("{problem}");
+        }
     }
 }
