@@ -77,3 +77,39 @@ pub fn tagged_streams(
     }
     streams
 }
+
+/// The text of numbered message `n` from `sender`: `sender|n`.
+pub fn numbered(sender: &str, n: u64) -> String {
+    format!("{sender}|{n}")
+}
+
+/// Reads a numbered message (see [`numbered`]) received by `receiver`, checking that it was
+/// sent (below `sent[sender]`, the count each sender sent) and that it comes after `last`, the
+/// previous number from that sender, if any. Returns the sender and number.
+pub fn check_numbered(
+    receiver: &str,
+    event: Event,
+    sent: &std::collections::BTreeMap<String, u64>,
+    last: &std::collections::BTreeMap<String, u64>,
+) -> anyhow::Result<(String, u64)> {
+    use anyhow::{bail, ensure, Context};
+    let Event::Text(text) = event else {
+        bail!("{receiver}: expected a message, got {event}");
+    };
+    let (sender, n) = text
+        .split_once('|')
+        .and_then(|(s, n)| Some((s.to_owned(), n.parse::<u64>().ok()?)))
+        .with_context(|| format!("{receiver}: unexpected message {text:?}"))?;
+    ensure!(
+        sent.get(&sender).is_some_and(|&count| n < count),
+        "{receiver}: got {text:?}, which was never sent"
+    );
+    if let Some(&previous) = last.get(&sender) {
+        ensure!(
+            n > previous,
+            "{receiver}: got {text:?} after {}",
+            numbered(&sender, previous)
+        );
+    }
+    Ok((sender, n))
+}

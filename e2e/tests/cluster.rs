@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use e2e::{
-    expect_quiet, publish_tagged, stat, tagged_streams, Broker, Client, Event, Gateway,
-    GatewayConfig, EXIT_TIMEOUT, RECV_TIMEOUT, STARTUP_TIMEOUT,
+    check_numbered, expect_quiet, numbered, publish_tagged, stat, tagged_streams, Broker, Client,
+    Event, Gateway, GatewayConfig, EXIT_TIMEOUT, RECV_TIMEOUT, STARTUP_TIMEOUT,
 };
 use futures_util::future::try_join_all;
 use tokio::time::Instant;
@@ -215,11 +215,6 @@ async fn counters_return_to_zero_when_clients_leave() -> Result<()> {
     Ok(())
 }
 
-/// Messages `sender|n` of the broker restart test.
-fn numbered(sender: &str, n: u64) -> String {
-    format!("{sender}|{n}")
-}
-
 /// A sender in the broker restart test, numbering its messages.
 struct Sender {
     client: Client,
@@ -262,25 +257,7 @@ impl Receiver {
     }
 
     fn check(&mut self, event: Event, sent: &BTreeMap<String, u64>) -> Result<()> {
-        let name = self.client.name().to_owned();
-        let Event::Text(text) = event else {
-            bail!("{name}: expected a message, got {event}");
-        };
-        let (sender, n) = text
-            .split_once('|')
-            .and_then(|(s, n)| Some((s.to_owned(), n.parse::<u64>().ok()?)))
-            .with_context(|| format!("{name}: unexpected message {text:?}"))?;
-        ensure!(
-            sent.get(&sender).is_some_and(|&next| n < next),
-            "{name}: got {text:?}, which was never sent"
-        );
-        if let Some(&last) = self.last.get(&sender) {
-            ensure!(
-                n > last,
-                "{name}: got {text:?} after {}",
-                numbered(&sender, last)
-            );
-        }
+        let (sender, n) = check_numbered(self.client.name(), event, sent, &self.last)?;
         self.last.insert(sender.clone(), n);
         self.seen.entry(sender).or_default().insert(n);
         Ok(())

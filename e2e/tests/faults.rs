@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use e2e::{
-    expect_quiet, publish_tagged, stat, tagged_streams, Broker, Client, Event, Gateway,
-    GatewayConfig, Process, EXIT_TIMEOUT, RECV_TIMEOUT, STARTUP_TIMEOUT,
+    check_numbered, expect_quiet, numbered, publish_tagged, stat, tagged_streams, Broker, Client,
+    Event, Gateway, GatewayConfig, Process, EXIT_TIMEOUT, RECV_TIMEOUT, STARTUP_TIMEOUT,
 };
 use futures_util::future::try_join_all;
 use serde_json::Value;
@@ -19,11 +19,6 @@ use tokio::time::Instant;
 
 /// What issue 5 promises: cross-gateway delivery resumes this soon after the broker is back.
 const RESUME_BOUND: Duration = Duration::from_secs(2);
-
-/// A message of the restart test: `sender|n`.
-fn probe(sender: &str, n: u64) -> String {
-    format!("{sender}|{n}")
-}
 
 /// A member of "room" in the restart test. Checks every message as it arrives: only what was
 /// sent, each sender's messages in order and never twice; notes when the first message from
@@ -51,25 +46,7 @@ impl Member {
     }
 
     fn check(&mut self, event: Event, sent: &BTreeMap<String, u64>) -> Result<()> {
-        let name = self.client.name().to_owned();
-        let Event::Text(text) = event else {
-            bail!("{name}: expected a message, got {event}");
-        };
-        let (sender, n) = text
-            .split_once('|')
-            .and_then(|(s, n)| Some((s.to_owned(), n.parse::<u64>().ok()?)))
-            .with_context(|| format!("{name}: unexpected message {text:?}"))?;
-        ensure!(
-            sent.get(&sender).is_some_and(|&count| n < count),
-            "{name}: got {text:?}, which was never sent"
-        );
-        if let Some(&last) = self.last.get(&sender) {
-            ensure!(
-                n > last,
-                "{name}: got {text:?} after {}",
-                probe(&sender, last)
-            );
-        }
+        let (sender, n) = check_numbered(self.client.name(), event, sent, &self.last)?;
         if sender == self.remote && n >= self.resume_from && self.resumed_at.is_none() {
             self.resumed_at = Some(Instant::now());
         }
@@ -94,7 +71,7 @@ impl Member {
                 format!(
                     "{}: {} did not arrive",
                     self.client.name(),
-                    probe(sender, n)
+                    numbered(sender, n)
                 )
             })?;
             self.check(event, sent)?;
@@ -103,17 +80,17 @@ impl Member {
             self.last.get(sender) == Some(&n),
             "{}: {} never arrived (the next one did)",
             self.client.name(),
-            probe(sender, n)
+            numbered(sender, n)
         );
         Ok(())
     }
 }
 
 /// Sends `sender|n` to "room" (numbered from 0 per sender) and counts it in `sent`.
-async fn send_probe(sender: &mut Client, sent: &mut BTreeMap<String, u64>) -> Result<u64> {
+async fn send_numbered(sender: &mut Client, sent: &mut BTreeMap<String, u64>) -> Result<u64> {
     let name = sender.name().to_owned();
     let n = sent.get(&name).copied().unwrap_or(0);
-    sender.publish("room", &probe(&name, n)).await?;
+    sender.publish("room", &numbered(&name, n)).await?;
     sent.insert(name, n + 1);
     Ok(n)
 }
@@ -166,10 +143,10 @@ async fn broker_killed_during_a_long_outage_resumes_within_2s() -> Result<()> {
         })
         .await?;
     let mut sent = BTreeMap::new();
-    let n = send_probe(&mut sa, &mut sent).await?;
+    let n = send_numbered(&mut sa, &mut sent).await?;
     a1.require("sa", n, &sent).await?;
     b1.require("sa", n, &sent).await?;
-    let n = send_probe(&mut sb, &mut sent).await?;
+    let n = send_numbered(&mut sb, &mut sent).await?;
     a1.require("sb", n, &sent).await?;
     b1.require("sb", n, &sent).await?;
 
@@ -177,8 +154,8 @@ async fn broker_killed_during_a_long_outage_resumes_within_2s() -> Result<()> {
     let killed = Instant::now();
     // Local delivery does not depend on the broker; nothing crosses (checked below: b1 must
     // not get this one, a1 must not get sb's).
-    let outage_a = send_probe(&mut sa, &mut sent).await?;
-    let outage_b = send_probe(&mut sb, &mut sent).await?;
+    let outage_a = send_numbered(&mut sa, &mut sent).await?;
+    let outage_b = send_numbered(&mut sb, &mut sent).await?;
     a1.require("sa", outage_a, &sent).await?;
     b1.require("sb", outage_b, &sent).await?;
     let (backoff_a, backoff_b) = tokio::try_join!(
@@ -206,8 +183,8 @@ async fn broker_killed_during_a_long_outage_resumes_within_2s() -> Result<()> {
                 a1.resumed_at.is_some()
             );
         }
-        send_probe(&mut sa, &mut sent).await?;
-        send_probe(&mut sb, &mut sent).await?;
+        send_numbered(&mut sa, &mut sent).await?;
+        send_numbered(&mut sb, &mut sent).await?;
         let wait = Duration::from_millis(5);
         tokio::try_join!(a1.drain(wait, &sent), b1.drain(wait, &sent))?;
     }
@@ -231,8 +208,8 @@ async fn broker_killed_during_a_long_outage_resumes_within_2s() -> Result<()> {
     );
 
     // Every probe from the own gateway's sender arrived, and the next messages each way.
-    let last_a = send_probe(&mut sa, &mut sent).await?;
-    let last_b = send_probe(&mut sb, &mut sent).await?;
+    let last_a = send_numbered(&mut sa, &mut sent).await?;
+    let last_b = send_numbered(&mut sb, &mut sent).await?;
     for member in [&mut a1, &mut b1] {
         member.require("sa", last_a, &sent).await?;
         member.require("sb", last_b, &sent).await?;
