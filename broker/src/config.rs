@@ -10,6 +10,9 @@ pub const DEFAULT_LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CHANNELS_PER_LINK: usize = 1_000_000;
 pub const DEFAULT_MAX_CHANNEL_LEN: usize = 1024;
+/// Longest accepted time setting: deadlines are computed as `now + duration`, and absurd values
+/// would overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, clap::Args)]
@@ -74,6 +77,16 @@ impl BrokerConfig {
         }
         if self.link_idle_timeout.is_zero() || self.handshake_timeout.is_zero() {
             return Err("timeouts must be greater than zero".into());
+        }
+        if [
+            self.link_idle_timeout,
+            self.handshake_timeout,
+            self.shutdown_timeout,
+        ]
+        .iter()
+        .any(|d| *d > MAX_DURATION)
+        {
+            return Err("timeouts must be at most one day".into());
         }
         Ok(())
     }

@@ -29,6 +29,8 @@ use crate::server::Shared;
 
 /// Most frames the writer takes from the queue before it flushes.
 const WRITE_BATCH: usize = 256;
+/// Largest frame accepted before the handshake completes (hello and auth frames are tiny).
+const HANDSHAKE_MAX_FRAME_SIZE: usize = 64 * 1024;
 /// How long a closing link may take to write its last frames (e.g. an `Error`).
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -108,7 +110,13 @@ async fn serve_link<R, W>(
     let handle = LinkHandle::new(id, tx, kill.clone());
     let writer = tokio::spawn(write_loop(rx, write_half, kill.clone()));
     let mut frames =
-        FramedRead::with_capacity(read_half, LinkCodec::new(config.max_frame_size), 8 * 1024);
+        // Until the peer has said hello (and authenticated), a frame may not be large: a 4-byte
+        // length prefix must not make the broker reserve megabytes for a stranger.
+        FramedRead::with_capacity(
+            read_half,
+            LinkCodec::new(HANDSHAKE_MAX_FRAME_SIZE.min(config.max_frame_size)),
+            8 * 1024,
+        );
     let mut subscribed: HashSet<Bytes> = HashSet::new();
 
     shared.stats.links.fetch_add(1, Relaxed);
@@ -213,6 +221,7 @@ async fn serve_link<R, W>(
                 }
             }
         }
+        frames.decoder_mut().set_max_frame_size(config.max_frame_size);
         tracing::info!(
             link = id.0,
             %peer,

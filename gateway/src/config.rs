@@ -213,6 +213,16 @@ impl GatewayConfig {
                 return Err(format!("{name} must be greater than zero"));
             }
         }
+        // Deadlines are computed as `now + duration`: absurd values would overflow.
+        let bounded = durations.into_iter().chain([
+            ("reconnect-max", self.reconnect_max),
+            ("shutdown-timeout", self.shutdown_timeout),
+        ]);
+        for (name, value) in bounded {
+            if value > broker::config::MAX_DURATION {
+                return Err(format!("{name} must be at most one day"));
+            }
+        }
         if self.max_messages_per_second > MAX_MESSAGES_PER_SECOND {
             return Err(format!(
                 "max-messages-per-second must be at most {MAX_MESSAGES_PER_SECOND}"

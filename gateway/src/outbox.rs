@@ -52,7 +52,9 @@ impl Outbox {
         }
         let mut queue = self.queue.borrow_mut();
         let bytes = self.bytes.get() + message.len();
-        if queue.len() >= self.max_messages || bytes > self.max_bytes {
+        // A single message larger than the byte bound is still accepted into an empty queue: a
+        // big relayed message must not close every member of its group.
+        if queue.len() >= self.max_messages || (bytes > self.max_bytes && !queue.is_empty()) {
             let dropped = queue.len() + 1;
             *queue = VecDeque::new();
             self.bytes.set(0);
@@ -103,6 +105,11 @@ mod tests {
 
         let outbox = Outbox::new(100, 10);
         assert_eq!(outbox.push("0123456789".into()), Push::Queued);
+        assert_eq!(outbox.push("x".into()), Push::Overflowed { dropped: 2 });
+
+        // One message over the byte bound fits an empty queue, and nothing after it does.
+        let outbox = Outbox::new(100, 10);
+        assert_eq!(outbox.push("0123456789abc".into()), Push::Queued);
         assert_eq!(outbox.push("x".into()), Push::Overflowed { dropped: 2 });
     }
 

@@ -239,7 +239,7 @@ impl Gateway {
                 let _ = thread.join();
             }
         });
-        let deadline = self.inner.config.shutdown_timeout + Duration::from_secs(2);
+        let deadline = self.inner.config.shutdown_timeout + Duration::from_secs(3);
         if tokio::time::timeout(deadline, join).await.is_err() {
             tracing::warn!("workers did not stop in time");
         }

@@ -189,17 +189,8 @@ async fn run(setup: WorkerSetup) {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            n = inbox.recv_many(&mut batch, INBOX_BATCH) => {
-                if n == 0 {
-                    break;
-                }
-                for delivery in batch.drain(..) {
-                    state.deliver(delivery);
-                }
-                // Let the connections write what was just queued before taking more: without
-                // this a burst fills outboxes faster than their owners can drain them.
-                tokio::task::yield_now().await;
-            }
+            // New sockets first: they are few and cheap, and under a steady fan-out the inbox
+            // is never empty, so polled second they would wait forever.
             accepted = connections.recv() => match accepted {
                 Some((stream, peer, permit)) => {
                     // Spawned as is: wrapping it in another async block would store the future
@@ -214,6 +205,17 @@ async fn run(setup: WorkerSetup) {
                 }
                 None => break,
             },
+            n = inbox.recv_many(&mut batch, INBOX_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                for delivery in batch.drain(..) {
+                    state.deliver(delivery);
+                }
+                // Let the connections write what was just queued before taking more: without
+                // this a burst fills outboxes faster than their owners can drain them.
+                tokio::task::yield_now().await;
+            }
         }
     }
     // Sockets not picked up yet are closed (and their permits given back).
@@ -227,7 +229,9 @@ async fn run(setup: WorkerSetup) {
     close_connections.cancel();
     tasks.close();
     // Connections flush their queues and close with 1001 on their own; the deadline is theirs.
-    let deadline = state.config.shutdown_timeout + std::time::Duration::from_secs(1);
+    // Their deadline is the flush (shutdown_timeout) plus the closing handshake (1 s): a
+    // margin on top so that no connection is cut off before it has left its groups.
+    let deadline = state.config.shutdown_timeout + std::time::Duration::from_secs(2);
     if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
         tracing::warn!(
             worker = id,

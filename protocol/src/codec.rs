@@ -230,6 +230,11 @@ impl LinkCodec {
     pub fn max_frame_size(&self) -> usize {
         self.max_frame_size
     }
+
+    /// Changes the limit, e.g. raising it once a peer has authenticated.
+    pub fn set_max_frame_size(&mut self, max_frame_size: usize) {
+        self.max_frame_size = max_frame_size;
+    }
 }
 
 impl Default for LinkCodec {

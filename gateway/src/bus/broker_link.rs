@@ -76,6 +76,9 @@ enum LinkError {
 #[derive(Debug, Default)]
 struct SubState {
     desired: HashSet<GroupId>,
+    /// A session is up and has sent `desired` in full: only then are changes worth recording
+    /// (while the link is down, the next full sync covers them, and a backlog would only grow).
+    in_sync: bool,
     /// Group -> wanted state (true = subscribed), changed since the link last caught up.
     pending: HashMap<GroupId, bool>,
 }
@@ -176,14 +179,18 @@ impl Bus for BrokerBus {
     fn subscribe(&self, group: &GroupId) {
         let mut subs = self.subs.lock();
         subs.desired.insert(group.clone());
-        subs.pending.insert(group.clone(), true);
+        if subs.in_sync {
+            subs.pending.insert(group.clone(), true);
+        }
         self.subs_changed.notify_one();
     }
 
     fn unsubscribe(&self, group: &GroupId) {
         let mut subs = self.subs.lock();
         subs.desired.remove(group);
-        subs.pending.insert(group.clone(), false);
+        if subs.in_sync {
+            subs.pending.insert(group.clone(), false);
+        }
         self.subs_changed.notify_one();
     }
 
@@ -216,7 +223,7 @@ async fn link_loop(
         };
         match connected {
             Ok((reader, writer)) => {
-                backoff = settings.reconnect_min;
+                let started = tokio::time::Instant::now();
                 if ever_up {
                     bus.counters.reconnects.fetch_add(1, Relaxed);
                 }
@@ -232,6 +239,13 @@ async fn link_loop(
                 )
                 .await;
                 bus.up.store(false, Relaxed);
+                bus.subs.lock().in_sync = false;
+                // Start the backoff over only after a session that lasted: a broker that
+                // accepts the connection and then refuses it (too many channels, say) must not
+                // be hammered with a reconnect and a full resubscription every few milliseconds.
+                if started.elapsed() >= settings.reconnect_max.max(Duration::from_secs(1)) {
+                    backoff = settings.reconnect_min;
+                }
                 match result {
                     Ok(()) => return, // shutdown
                     Err(e) => {
@@ -381,6 +395,7 @@ async fn sync_subscriptions(
     let (subscribe, unsubscribe): (Vec<Bytes>, Vec<Bytes>) = {
         let mut subs = bus.subs.lock();
         let pending = std::mem::take(&mut subs.pending);
+        subs.in_sync = true;
         if full {
             let all = subs
                 .desired
@@ -441,8 +456,9 @@ async fn session(
     let mut nonce = 0u64;
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
+        // Not biased: a saturated inbound stream must not starve the writes (publishes, pings),
+        // nor a saturated publish queue the reads.
         tokio::select! {
-            biased;
             _ = shutdown.cancelled() => {
                 let _ = writer.shutdown().await;
                 return Ok(());
@@ -465,6 +481,8 @@ async fn session(
                             continue;
                         };
                         router.dispatch(group, &payload).await;
+                        // Waiting for a full worker inbox is not the broker's silence.
+                        last_heard = Instant::now();
                     }
                     Some(Body::Ping(ping)) => {
                         let pong = Frame::new(Body::Pong(Pong { nonce: ping.nonce }));
