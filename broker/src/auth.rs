@@ -142,16 +142,10 @@ pub fn load_secret(
             format!("--link-secret ({env_prefix}_LINK_SECRET)"),
         ),
         (None, Some(path)) => {
-            let mut bytes = std::fs::read(path).map_err(|source| SecurityError::SecretFile {
+            let bytes = read_secret_file(path).map_err(|source| SecurityError::SecretFile {
                 path: path.to_owned(),
                 source,
             })?;
-            if bytes.ends_with(b"\n") {
-                bytes.pop();
-                if bytes.ends_with(b"\r") {
-                    bytes.pop();
-                }
-            }
             (bytes, format!("link secret file {}", path.display()))
         }
         (None, None) => return Ok(None),
@@ -159,6 +153,19 @@ pub fn load_secret(
     LinkSecret::new(bytes)
         .map(Some)
         .map_err(|source| SecurityError::Secret { origin, source })
+}
+
+/// A secret kept in a file: its bytes, less one trailing newline (`\n` or `\r\n`), which
+/// editors and `echo` add and nobody means as part of the secret.
+pub fn read_secret_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = std::fs::read(path)?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    Ok(bytes)
 }
 
 /// Refuses a broker link listener that hosts other than this one can reach while it has no

@@ -154,13 +154,7 @@ async fn serve_link<R, W>(
                 }
             }
             Ok(None) => return Close::Eof,
-            Ok(Some(Err(FrameError::Io(e)))) => return Close::ReadFailed(e),
-            Ok(Some(Err(e))) => {
-                return Close::Fault {
-                    code: "bad_frame",
-                    reason: e.to_string(),
-                }
-            }
+            Ok(Some(Err(e))) => return e.into(),
             Ok(Some(Ok(Frame {
                 body: Some(Body::Hello(hello)),
             }))) => {
@@ -195,13 +189,7 @@ async fn serve_link<R, W>(
                     ))
                 }
                 Ok(None) => return Close::Eof,
-                Ok(Some(Err(FrameError::Io(e)))) => return Close::ReadFailed(e),
-                Ok(Some(Err(e))) => {
-                    return Close::Fault {
-                        code: "bad_frame",
-                        reason: e.to_string(),
-                    }
-                }
+                Ok(Some(Err(e))) => return e.into(),
                 Ok(Some(Ok(Frame {
                     body: Some(Body::Auth(auth)),
                 }))) => {
@@ -221,7 +209,9 @@ async fn serve_link<R, W>(
                 }
             }
         }
-        frames.decoder_mut().set_max_frame_size(config.max_frame_size);
+        frames
+            .decoder_mut()
+            .set_max_frame_size(config.max_frame_size);
         tracing::info!(
             link = id.0,
             %peer,
@@ -244,8 +234,7 @@ async fn serve_link<R, W>(
                 frame = frames.next() => {
                     let frame = match frame {
                         None => return Close::Eof,
-                        Some(Err(FrameError::Io(e))) => return Close::ReadFailed(e),
-                        Some(Err(e)) => return Close::Fault { code: "bad_frame", reason: e.to_string() },
+                        Some(Err(e)) => return e.into(),
                         Some(Ok(frame)) => frame,
                     };
                     last_heard = Instant::now();
@@ -312,6 +301,20 @@ async fn serve_link<R, W>(
         kill.cancel();
     }
     shared.stats.links.fetch_sub(1, Relaxed);
+}
+
+/// A frame that cannot be read: the connection broke (the peer is gone, nothing it sent was
+/// malformed), or the bytes are not a frame.
+impl From<FrameError> for Close {
+    fn from(e: FrameError) -> Close {
+        match e {
+            FrameError::Io(e) => Close::ReadFailed(e),
+            e => Close::Fault {
+                code: "bad_frame",
+                reason: e.to_string(),
+            },
+        }
+    }
 }
 
 /// Applies one post-handshake frame.

@@ -20,7 +20,7 @@ use crate::cli::Secs;
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long a clean close waits for the server's close echo before dropping the connection.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A deadline expired: `main` turns this error into exit code 2.
 #[derive(Debug)]
@@ -191,7 +191,10 @@ pub fn describe_close(frame: Option<&CloseFrame>) -> String {
 }
 
 /// Sends a close frame with code 1000 and waits (briefly) for the server's echo or EOF.
-pub async fn close(ws: &mut Ws) {
+pub async fn close<S>(ws: &mut WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let frame = CloseFrame {
         code: CloseCode::Normal,
         reason: Utf8Bytes::default(),

@@ -265,16 +265,12 @@ impl SecurityArgs {
                 "--join-token-secret (GATEWAY_JOIN_TOKEN_SECRET)".to_owned(),
             )),
             (None, Some(path)) => {
-                let mut bytes = std::fs::read(path).map_err(|source| JoinTokenError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                if bytes.ends_with(b"\n") {
-                    bytes.pop();
-                    if bytes.ends_with(b"\r") {
-                        bytes.pop();
+                let bytes = broker::auth::read_secret_file(path).map_err(|source| {
+                    JoinTokenError::Read {
+                        path: path.clone(),
+                        source,
                     }
-                }
+                })?;
                 Some((bytes, format!("join token secret file {}", path.display())))
             }
             (None, None) => None,

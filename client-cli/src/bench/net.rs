@@ -10,12 +10,12 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::http::Uri;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::conn::describe_close;
+pub use crate::conn::{close, CLOSE_TIMEOUT};
 use crate::frames::{self, Incoming};
 
 pub type BenchWs = WebSocketStream<TcpStream>;
@@ -24,8 +24,6 @@ pub type BenchWs = WebSocketStream<TcpStream>;
 const RESERVED_FDS: u64 = 64;
 /// The request id of the one `add_group` each connection sends.
 const JOIN_REQ_ID: u64 = 1;
-/// How long a clean close waits for the server's close echo.
-pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Distinct failure reasons remembered; the rest are counted under "other".
 const MAX_REASONS: usize = 16;
 
@@ -190,21 +188,6 @@ async fn open_and_join_inner(
     }
 }
 
-/// Sends a close frame (1000) and reads until the server's echo or EOF, for at most
-/// [`CLOSE_TIMEOUT`].
-pub async fn close(ws: &mut BenchWs) {
-    let frame = CloseFrame {
-        code: CloseCode::Normal,
-        reason: Utf8Bytes::default(),
-    };
-    let closing = async {
-        if ws.send(Message::Close(Some(frame))).await.is_ok() {
-            while let Some(Ok(_)) = ws.next().await {}
-        }
-    };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
-}
-
 /// Counts of failures by reason, at most [`MAX_REASONS`] distinct ones.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -239,22 +222,15 @@ impl Reasons {
 
 /// Reads (and discards) until the server's close frame, an error or `limit`; says which.
 pub async fn read_until_close(ws: &mut BenchWs, limit: Duration) -> String {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         match tokio::time::timeout_at(deadline, ws.next()).await {
             Err(_) => return "still open at the end".to_owned(),
             Ok(None) => return "connection ended without a close frame".to_owned(),
             Ok(Some(Err(e))) => return format!("connection error: {e}"),
-            Ok(Some(Ok(Message::Close(Some(frame))))) => {
-                return format!(
-                    "closed by the server with {} {}",
-                    u16::from(frame.code),
-                    frame.reason
-                )
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return format!("closed by the server: {}", describe_close(frame.as_ref()))
             }
-            Ok(Some(Ok(Message::Close(None)))) => return "closed by the server".to_owned(),
             Ok(Some(Ok(_))) => {}
         }
     }
