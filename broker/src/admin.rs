@@ -17,7 +17,7 @@ pub fn router(broker: Broker) -> Router {
         .route(
             "/metrics",
             get(move || {
-                let response = metrics::scrape(&registry);
+                let response = server_kit::metrics::scrape(&registry);
                 async move { response }
             }),
         )

@@ -3,21 +3,22 @@
 //! other hosts is not left open by accident.
 //!
 //! [`SecurityArgs`] are the `broker` binary's flags; [`BrokerSecurity`] is what a [`Broker`]
-//! runs with (`Broker::with_security`). The secret helpers and [`check_exposure`] are shared
-//! with the gateway, whose embedded broker follows the same rule.
+//! runs with (`Broker::with_security`). The secret helpers live in `server_kit::secret`,
+//! shared with the gateway, whose embedded broker follows the same rule.
 //!
 //! [`Broker`]: crate::Broker
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use protocol::link_auth::{LinkSecret, LinkSecretError, CHALLENGE_LEN};
+use protocol::link_auth::{LinkSecret, CHALLENGE_LEN};
 use tokio_rustls::rustls::ServerConfig;
 
-use crate::tls::TlsError;
+use server_kit::secret::{check_exposure, load_secret, SecretError};
+use server_kit::tls::TlsError;
 
 /// What a broker requires of its links. The default is the seed's: no secret, no TLS.
 #[derive(Debug, Clone, Default)]
@@ -31,20 +32,10 @@ pub struct BrokerSecurity {
 /// Why the security settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
-    #[error("cannot read the link secret file {}: {source}", path.display())]
-    SecretFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{origin}: {source}")]
-    Secret {
-        origin: String,
-        source: LinkSecretError,
-    },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("{0}")]
-    Exposed(String),
 }
 
 /// The `broker` binary's security flags.
@@ -122,70 +113,11 @@ impl SecurityArgs {
             "BROKER",
         )?;
         let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+            (Some(cert), Some(key)) => Some(server_kit::tls::server_config(cert, key)?),
             _ => None,
         };
         Ok(BrokerSecurity { link_secret, tls })
     }
-}
-
-/// The link secret given inline or in a file (`env_prefix` names the binary's environment
-/// variables in error messages). A file's trailing newline is not part of the secret.
-pub fn load_secret(
-    inline: Option<&str>,
-    file: Option<&Path>,
-    env_prefix: &str,
-) -> Result<Option<LinkSecret>, SecurityError> {
-    let (bytes, origin) = match (inline, file) {
-        (Some(secret), _) => (
-            secret.as_bytes().to_vec(),
-            format!("--link-secret ({env_prefix}_LINK_SECRET)"),
-        ),
-        (None, Some(path)) => {
-            let bytes = read_secret_file(path).map_err(|source| SecurityError::SecretFile {
-                path: path.to_owned(),
-                source,
-            })?;
-            (bytes, format!("link secret file {}", path.display()))
-        }
-        (None, None) => return Ok(None),
-    };
-    LinkSecret::new(bytes)
-        .map(Some)
-        .map_err(|source| SecurityError::Secret { origin, source })
-}
-
-/// A secret kept in a file: its bytes, less one trailing newline (`\n` or `\r\n`), which
-/// editors and `echo` add and nobody means as part of the secret.
-pub fn read_secret_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut bytes = std::fs::read(path)?;
-    if bytes.ends_with(b"\n") {
-        bytes.pop();
-        if bytes.ends_with(b"\r") {
-            bytes.pop();
-        }
-    }
-    Ok(bytes)
-}
-
-/// Refuses a broker link listener that hosts other than this one can reach while it has no
-/// secret: anyone who reaches it could publish to every group. `--insecure` overrides.
-pub fn check_exposure(
-    addr: SocketAddr,
-    has_secret: bool,
-    insecure: bool,
-    listen_flag: &str,
-    env_prefix: &str,
-) -> Result<(), SecurityError> {
-    if has_secret || insecure || addr.ip().to_canonical().is_loopback() {
-        return Ok(());
-    }
-    Err(SecurityError::Exposed(format!(
-        "the broker link address {addr} ({listen_flag}) is not a loopback address and no link \
-         secret is set: anyone who reaches it could publish to every group. Set --link-secret-file \
-         (or {env_prefix}_LINK_SECRET), listen on 127.0.0.1, or pass --insecure to accept the risk \
-         on a trusted network"
-    )))
 }
 
 /// A fresh random challenge for a broker hello.
@@ -198,60 +130,6 @@ pub(crate) fn new_challenge() -> Result<Bytes, getrandom::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().expect("socket address")
-    }
-
-    #[test]
-    fn exposure_needs_a_secret_or_insecure() {
-        for loopback in ["127.0.0.1:2206", "[::1]:2206", "[::ffff:127.0.0.1]:2206"] {
-            assert!(check_exposure(addr(loopback), false, false, "--listen", "BROKER").is_ok());
-        }
-        let err = check_exposure(addr("0.0.0.0:2206"), false, false, "--listen", "BROKER")
-            .expect_err("exposed")
-            .to_string();
-        assert!(err.contains("0.0.0.0:2206"), "{err}");
-        assert!(err.contains("--insecure"), "{err}");
-        assert!(err.contains("BROKER_LINK_SECRET"), "{err}");
-        assert!(check_exposure(addr("0.0.0.0:2206"), true, false, "--listen", "BROKER").is_ok());
-        assert!(check_exposure(addr("10.0.0.1:2206"), false, true, "--listen", "BROKER").is_ok());
-    }
-
-    #[test]
-    fn secrets_inline_or_from_a_file() {
-        assert!(load_secret(None, None, "BROKER").expect("none").is_none());
-        assert!(load_secret(Some("0123456789abcdef"), None, "BROKER")
-            .expect("inline")
-            .is_some());
-        let err = load_secret(Some("short"), None, "BROKER")
-            .expect_err("short")
-            .to_string();
-        assert!(err.contains("BROKER_LINK_SECRET"), "{err}");
-        assert!(!err.contains("short"), "the secret is not echoed: {err}");
-
-        let path = std::env::temp_dir().join(format!("broker-secret-{}", std::process::id()));
-        std::fs::write(&path, "0123456789abcdef\n").expect("write");
-        let from_file = load_secret(None, Some(&path), "BROKER")
-            .expect("file")
-            .expect("some");
-        let inline = LinkSecret::new("0123456789abcdef").expect("secret");
-        let mac = inline.answer(b"challenge", "node");
-        assert!(
-            from_file.verify(b"challenge", "node", &mac),
-            "the trailing newline is not part of the secret"
-        );
-        std::fs::write(&path, "too short\n").expect("write");
-        let err = load_secret(None, Some(&path), "BROKER")
-            .expect_err("short")
-            .to_string();
-        assert!(err.contains(&path.display().to_string()), "{err}");
-        let _ = std::fs::remove_file(&path);
-        let err = load_secret(None, Some(&path), "BROKER")
-            .expect_err("missing")
-            .to_string();
-        assert!(err.contains("cannot read the link secret file"), "{err}");
-    }
 
     #[test]
     fn debug_redacts_the_secret() {

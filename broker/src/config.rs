@@ -10,9 +10,6 @@ pub const DEFAULT_LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CHANNELS_PER_LINK: usize = 1_000_000;
 pub const DEFAULT_MAX_CHANNEL_LEN: usize = 1024;
-/// Longest accepted time setting: deadlines are computed as `now + duration`, and absurd values
-/// would overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, clap::Args)]
@@ -84,7 +81,7 @@ impl BrokerConfig {
             self.shutdown_timeout,
         ]
         .iter()
-        .any(|d| *d > MAX_DURATION)
+        .any(|d| *d > server_kit::settings::MAX_DURATION)
         {
             return Err("timeouts must be at most one day".into());
         }

@@ -6,24 +6,22 @@
 //! - [`registry`]: channel -> subscribed links. A publish is encoded once and the same bytes are
 //!   queued to every subscriber; a link whose queue is full is disconnected as a slow consumer.
 //! - [`auth`]: link security: the shared secret (challenge and response in the handshake), TLS
-//!   on the listener ([`tls`] loads PEM files), and the refusal to expose an open link.
+//!   on the listener, and the refusal to expose an open link (helpers in `server_kit`).
 //! - [`config`]: every limit, with its default. [`stats`]: counters for `/api/stats`;
 //!   [`metrics`]: the same counters read at scrape time for `/metrics` (prometheus-client).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/api/stats` over HTTP (axum).
-//! - [`ops`]: process plumbing shared with the gateway binary: tracing setup, signals, admin HTTP;
-//!   [`cli_config`]: `--config FILE`, settings from TOML beneath flags and environment variables.
+//!
+//! Process plumbing (settings, logs, signals, TLS files, secrets) comes from `server_kit`, shared
+//! with the gateway binary.
 
 pub mod admin;
 pub mod auth;
-pub mod cli_config;
 pub mod config;
 pub mod link;
 pub mod metrics;
-pub mod ops;
 pub mod registry;
 pub mod server;
 pub mod stats;
-pub mod tls;
 
 pub use config::BrokerConfig;
 pub use server::{run, Broker, BrokerError};

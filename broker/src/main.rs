@@ -10,9 +10,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use broker::auth::SecurityArgs;
-use broker::ops::{self, LogFormat};
 use broker::{Broker, BrokerConfig};
 use clap::Parser;
+use server_kit::listen::{bind_logged, serve_admin};
+use server_kit::logging::{init_tracing, LogFormat};
+use server_kit::settings::parse_cli;
+use server_kit::shutdown::cancel_on_signals;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -50,8 +53,8 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli: Cli = ops::parse_cli()?;
-    ops::init_tracing(cli.log_format);
+    let cli: Cli = parse_cli()?;
+    init_tracing(cli.log_format);
     if let Some(path) = &cli.config_file {
         tracing::info!(path = %path.display(), "settings read from config file");
     }
@@ -66,18 +69,18 @@ async fn main() -> anyhow::Result<()> {
     );
     let broker = Broker::with_security(cli.config, security)?;
     let shutdown = CancellationToken::new();
-    ops::cancel_on_signals(shutdown.clone());
+    cancel_on_signals(shutdown.clone());
 
-    let listener = ops::bind_logged(cli.listen, "broker listening")
+    let listener = bind_logged(cli.listen, "broker listening")
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let admin = match cli.admin {
         Some(addr) => {
-            let admin_listener = ops::bind_logged(addr, "admin listening")
+            let admin_listener = bind_logged(addr, "admin listening")
                 .await
                 .with_context(|| format!("cannot listen on {addr} (admin)"))?;
             let router = broker::admin::router(broker.clone());
-            Some(tokio::spawn(ops::serve_admin(
+            Some(tokio::spawn(serve_admin(
                 admin_listener,
                 router,
                 shutdown.clone(),
@@ -101,10 +104,11 @@ mod tests {
     #[test]
     fn example_config_and_reference_cover_every_setting() {
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
-        let result = broker::cli_config::check_docs("broker", "Broker", &docs, |cli: Cli| Cli {
-            config_file: None,
-            ..cli
-        });
+        let result =
+            server_kit::docs_check::check_docs("broker", "Broker", &docs, |cli: Cli| Cli {
+                config_file: None,
+                ..cli
+            });
         if let Err(problem) = result {
             panic!("{problem}");
         }

@@ -43,7 +43,7 @@ async fn start() -> Fixture {
         "http://{}",
         admin_listener.local_addr().expect("admin address")
     );
-    tokio::spawn(broker::ops::serve_admin(
+    tokio::spawn(server_kit::listen::serve_admin(
         admin_listener,
         broker::admin::router(broker),
         shutdown.clone(),
@@ -75,7 +75,7 @@ impl Fixture {
         assert_eq!(response.status(), 200);
         assert_eq!(
             response.headers()["content-type"],
-            broker::metrics::CONTENT_TYPE
+            server_kit::metrics::CONTENT_TYPE
         );
         let text = response.text().await.expect("metrics body");
         assert!(text.ends_with("# EOF\n"), "{text}");

@@ -324,7 +324,7 @@ async fn without_a_secret_there_is_no_challenge_and_auth_is_unexpected() {
 }
 
 fn connector(ca: &Path) -> TlsConnector {
-    TlsConnector::from(broker::tls::client_config(ca).expect("CA loads"))
+    TlsConnector::from(server_kit::tls::client_config(ca).expect("CA loads"))
 }
 
 #[tokio::test]
@@ -332,7 +332,7 @@ async fn a_tls_link_is_served_to_clients_that_trust_its_ca() {
     let pki = TestPki::generate();
     let security = BrokerSecurity {
         link_secret: Some(secret(SECRET)),
-        tls: Some(broker::tls::server_config(&pki.cert, &pki.key).expect("cert loads")),
+        tls: Some(server_kit::tls::server_config(&pki.cert, &pki.key).expect("cert loads")),
     };
     let broker = TestBroker::start(BrokerConfig::default(), security).await;
 

@@ -210,7 +210,7 @@ async fn readyz(State(state): State<Shared>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics(State(state): State<Shared>) -> Response {
-    broker::metrics::scrape(&state.registry)
+    server_kit::metrics::scrape(&state.registry)
 }
 
 async fn stats(State(state): State<Shared>) -> Response {

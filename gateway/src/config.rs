@@ -219,7 +219,7 @@ impl GatewayConfig {
             ("shutdown-timeout", self.shutdown_timeout),
         ]);
         for (name, value) in bounded {
-            if value > broker::config::MAX_DURATION {
+            if value > server_kit::settings::MAX_DURATION {
                 return Err(format!("{name} must be at most one day"));
             }
         }

@@ -9,10 +9,13 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::Context;
-use broker::ops::{self, LogFormat};
 use clap::Parser;
 use gateway::security::SecurityArgs;
 use gateway::{Gateway, GatewayConfig};
+use server_kit::listen::{bind_logged, serve_admin};
+use server_kit::logging::{init_tracing, LogFormat};
+use server_kit::settings::parse_cli;
+use server_kit::shutdown::cancel_on_signals;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -71,8 +74,8 @@ impl FromStr for AdminAddr {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let cli: Cli = ops::parse_cli()?;
-    ops::init_tracing(cli.log_format);
+    let cli: Cli = parse_cli()?;
+    init_tracing(cli.log_format);
     if let Some(path) = &cli.config_file {
         tracing::info!(path = %path.display(), "settings read from config file");
     }
@@ -98,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
         "security"
     );
     let shutdown = CancellationToken::new();
-    ops::cancel_on_signals(shutdown.clone());
+    cancel_on_signals(shutdown.clone());
 
     let (broker_addr, embedded, broker_task) = match cli.broker {
         Some(addr) => (addr, None, None),
@@ -118,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
                 tls: None,
             };
             let broker = broker::Broker::with_security(broker_config, broker_security)?;
-            let listener = ops::bind_logged(cli.broker_listen, "embedded broker listening")
+            let listener = bind_logged(cli.broker_listen, "embedded broker listening")
                 .await
                 .with_context(|| {
                     format!("cannot listen on {} (embedded broker)", cli.broker_listen)
@@ -144,11 +147,11 @@ async fn main() -> anyhow::Result<()> {
 
     let admin = match cli.admin.0 {
         Some(addr) => {
-            let admin_listener = ops::bind_logged(addr, "admin listening")
+            let admin_listener = bind_logged(addr, "admin listening")
                 .await
                 .with_context(|| format!("cannot listen on {addr} (admin)"))?;
             let router = gateway::admin::router(gateway.clone(), cli.admin_api);
-            Some(tokio::spawn(ops::serve_admin(
+            Some(tokio::spawn(serve_admin(
                 admin_listener,
                 router,
                 shutdown.clone(),
@@ -176,10 +179,11 @@ mod tests {
     #[test]
     fn example_config_and_reference_cover_every_setting() {
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
-        let result = broker::cli_config::check_docs("gateway", "Gateway", &docs, |cli: Cli| Cli {
-            config_file: None,
-            ..cli
-        });
+        let result =
+            server_kit::docs_check::check_docs("gateway", "Gateway", &docs, |cli: Cli| Cli {
+                config_file: None,
+                ..cli
+            });
         if let Err(problem) = result {
             panic!("{problem}");
         }

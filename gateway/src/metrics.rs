@@ -8,11 +8,11 @@
 
 use std::fmt;
 
-use broker::metrics::{counter, counter_family, gauge, gauge_family};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 use protocol::ErrorCode;
+use server_kit::metrics::{counter, counter_family, gauge, gauge_family};
 
 use crate::server::Gateway;
 use crate::stats::{GatewaySnapshot, WorkerSnapshot};

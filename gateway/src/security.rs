@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use broker::auth::{check_exposure, load_secret};
-use broker::tls::TlsError;
 use protocol::link_auth::LinkSecret;
+use server_kit::secret::{check_exposure, load_secret};
+use server_kit::tls::TlsError;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -85,7 +85,7 @@ impl fmt::Debug for ClientSecurity {
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
     #[error(transparent)]
-    Link(#[from] broker::auth::SecurityError),
+    Link(#[from] server_kit::secret::SecretError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -237,13 +237,13 @@ impl SecurityArgs {
                     Some(name) => name.clone(),
                     None => host_of(broker).to_owned(),
                 };
-                Some(BrokerTls::new(broker::tls::client_config(ca)?, &name)?)
+                Some(BrokerTls::new(server_kit::tls::client_config(ca)?, &name)?)
             }
         };
         let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => {
-                Some(TlsAcceptor::from(broker::tls::server_config(cert, key)?))
-            }
+            (Some(cert), Some(key)) => Some(TlsAcceptor::from(server_kit::tls::server_config(
+                cert, key,
+            )?)),
             _ => None,
         };
         Ok(Security {
@@ -265,7 +265,7 @@ impl SecurityArgs {
                 "--join-token-secret (GATEWAY_JOIN_TOKEN_SECRET)".to_owned(),
             )),
             (None, Some(path)) => {
-                let bytes = broker::auth::read_secret_file(path).map_err(|source| {
+                let bytes = server_kit::secret::read_secret_file(path).map_err(|source| {
                     JoinTokenError::Read {
                         path: path.clone(),
                         source,

@@ -122,7 +122,7 @@ impl Cluster {
         let content_type = response.headers().get("content-type").cloned();
         ensure!(
             content_type.as_ref().and_then(|v| v.to_str().ok())
-                == Some(broker::metrics::CONTENT_TYPE),
+                == Some(server_kit::metrics::CONTENT_TYPE),
             "content type {content_type:?}"
         );
         let text = response.text().await?;

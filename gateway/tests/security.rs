@@ -71,14 +71,14 @@ impl TestPki {
     }
 
     fn acceptor(&self) -> Result<TlsAcceptor> {
-        Ok(TlsAcceptor::from(broker::tls::server_config(
+        Ok(TlsAcceptor::from(server_kit::tls::server_config(
             &self.cert, &self.key,
         )?))
     }
 
     fn broker_tls(&self) -> Result<BrokerTls> {
         Ok(BrokerTls::new(
-            broker::tls::client_config(&self.ca)?,
+            server_kit::tls::client_config(&self.ca)?,
             "localhost",
         )?)
     }
@@ -202,7 +202,7 @@ async fn wss_client(
     addr: SocketAddr,
     ca: &std::path::Path,
 ) -> Result<Client<tokio_rustls::client::TlsStream<TcpStream>>> {
-    let connector = TlsConnector::from(broker::tls::client_config(ca)?);
+    let connector = TlsConnector::from(server_kit::tls::client_config(ca)?);
     let stream = TcpStream::connect(addr).await?;
     let tls = connector
         .connect(ServerName::try_from("localhost")?, stream)
@@ -321,7 +321,7 @@ async fn gateways_deliver_across_a_tls_broker_with_a_link_secret() -> Result<()>
     let (broker, broker_addr) = cluster
         .broker(BrokerSecurity {
             link_secret: Some(link_secret(LINK_SECRET)),
-            tls: Some(broker::tls::server_config(&pki.cert, &pki.key)?),
+            tls: Some(server_kit::tls::server_config(&pki.cert, &pki.key)?),
         })
         .await?;
     let security = || -> Result<Security> {
@@ -360,7 +360,7 @@ async fn a_gateway_that_cannot_prove_itself_never_comes_up() -> Result<()> {
     let (secured, secured_addr) = cluster
         .broker(BrokerSecurity {
             link_secret: Some(link_secret(LINK_SECRET)),
-            tls: Some(broker::tls::server_config(&pki.cert, &pki.key)?),
+            tls: Some(server_kit::tls::server_config(&pki.cert, &pki.key)?),
         })
         .await?;
     let (_, open_addr) = cluster.broker(BrokerSecurity::default()).await?;

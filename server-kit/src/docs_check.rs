@@ -1,0 +1,137 @@
+//! Checks that a binary's documentation says what its flags are: its example config file holds
+//! exactly the defaults and names every setting, and docs/configuration.md has a row for each
+//! flag with its environment variable and default. Only tests use it (feature `docs-check`).
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use clap::{Command, Parser};
+
+use crate::settings::{try_parse_from, CONFIG_FLAG};
+
+/// What each binary's test checks: `docs/<bin>.example.toml` parses to exactly the defaults
+/// (once `without_config_file` clears the `--config` field itself) and lists every setting, and
+/// the `## <section>` part of `docs/configuration.md` has a row for every flag (see
+/// [`undocumented`]). `Err` says what is wrong.
+pub fn check_docs<C>(
+    bin: &str,
+    section: &str,
+    docs: &Path,
+    without_config_file: impl Fn(C) -> C,
+) -> Result<(), String>
+where
+    C: Parser + std::fmt::Debug,
+{
+    let example = docs.join(format!("{bin}.example.toml"));
+    let args = [
+        OsString::from(bin),
+        OsString::from("--config"),
+        example.clone().into(),
+    ];
+    let from_file: C =
+        try_parse_from(args).map_err(|e| format!("{} does not parse: {e}", example.display()))?;
+    let defaults = C::try_parse_from([bin]).map_err(|e| format!("defaults do not parse: {e}"))?;
+    let (from_file, defaults) = (without_config_file(from_file), defaults);
+    if format!("{from_file:?}") != format!("{defaults:?}") {
+        return Err(format!(
+            "{} does not hold the defaults:\n{from_file:#?}\nvs\n{defaults:#?}",
+            example.display()
+        ));
+    }
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let reference = read(&docs.join("configuration.md"))?;
+    let section = reference
+        .split("\n## ")
+        .find(|s| s.starts_with(&format!("{section}\n")))
+        .ok_or_else(|| format!("configuration.md has no `## {section}` section"))?;
+    let missing = undocumented(&C::command(), &read(&example)?, section);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("not documented: {missing:#?}"))
+    }
+}
+
+/// What an example config file and a reference page fail to say about `command`'s settings:
+/// each flag's key must appear in `example_toml` (as `key =`, commented out or not), and
+/// `reference_md` must have a table row starting `` | `--flag` | `` that names the flag's
+/// environment variable and its default (each in backquotes). Tests call this so the
+/// documentation cannot fall behind the flags.
+pub fn undocumented(command: &Command, example_toml: &str, reference_md: &str) -> Vec<String> {
+    let listed = |key: &str| {
+        example_toml.lines().any(|line| {
+            let line = line.trim_start().trim_start_matches('#').trim_start();
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+    };
+    let mut missing = Vec::new();
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else {
+            continue;
+        };
+        if long != CONFIG_FLAG && !listed(long) {
+            missing.push(format!("example config: key `{long}`"));
+        }
+        let row_start = format!("| `--{long}` |");
+        let Some(row) = reference_md.lines().find(|l| l.starts_with(&row_start)) else {
+            missing.push(format!("reference: row for `--{long}`"));
+            continue;
+        };
+        if let Some(env) = arg.get_env() {
+            let env = env.to_string_lossy();
+            if !row.contains(&format!("`{env}`")) {
+                missing.push(format!("reference: `--{long}` reads `{env}`"));
+            }
+        }
+        let defaults: Vec<_> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy())
+            .collect();
+        if !defaults.is_empty() {
+            let default = defaults.join(",");
+            if !row.contains(&format!("`{default}`")) {
+                missing.push(format!("reference: `--{long}` defaults to `{default}`"));
+            }
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::settings::tests::TestCli;
+
+    #[test]
+    fn undocumented_names_what_is_missing() {
+        let command = TestCli::command();
+        let example =
+            "count = 1\n# timeout = \"5s\"\nfrom-env = \"x\"\nname=\"n\"\nverbose = true\n";
+        let reference = "\
+| `--config` | none |
+| `--count` | `1` |
+| `--timeout` | `10s` |
+| `--from-env` | `default` |
+| `--name` | none |
+| `--verbose` | `false` |
+| `--tag` | none |
+";
+        let missing = undocumented(&command, example, reference);
+        assert_eq!(
+            missing,
+            [
+                "reference: `--timeout` defaults to `5s`",
+                "reference: `--from-env` reads `PATH`",
+                "example config: key `tag`",
+                "example config: key `log-format`",
+                "reference: row for `--log-format`",
+            ]
+        );
+    }
+}

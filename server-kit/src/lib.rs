@@ -1,0 +1,20 @@
+//! What the `broker` and `gateway` binaries share, so that neither is the other's utility crate.
+//!
+//! - [`settings`]: `--config FILE` beneath flags and environment variables, for any clap command;
+//!   [`docs_check`] (feature `docs-check`, for tests) keeps docs/configuration.md and the example
+//!   files in step with the flags.
+//! - [`logging`]: `tracing` to stderr, text or JSON. [`shutdown`]: SIGINT and SIGTERM cancel one
+//!   token. [`listen`]: binding with a readiness log line, and serving an admin router.
+//! - [`tls`]: rustls configurations from PEM files. [`secret`]: secrets from flags or files, and
+//!   the refusal to expose an unauthenticated listener.
+//! - [`metrics`]: OpenMetrics families read at scrape time, and the scrape response.
+
+#[cfg(feature = "docs-check")]
+pub mod docs_check;
+pub mod listen;
+pub mod logging;
+pub mod metrics;
+pub mod secret;
+pub mod settings;
+pub mod shutdown;
+pub mod tls;
