@@ -13,8 +13,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gateway::bus::{Bus, BusStatus};
-use gateway::hub::{Hub, Router};
-use gateway::outbox::Outbox;
+use gateway::fanout::hub::{Hub, Router};
+use gateway::fanout::outbox::Outbox;
 use protocol::GroupId;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 

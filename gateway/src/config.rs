@@ -6,7 +6,7 @@ use std::time::Duration;
 use protocol::client::DEFAULT_MAX_GROUP_ID_LEN;
 use protocol::DEFAULT_MAX_FRAME_SIZE;
 
-use crate::origin::AllowedOrigin;
+use crate::edge::origin::AllowedOrigin;
 
 /// Workers are tracked in a 64-bit set per group; run more processes for more cores.
 pub const MAX_WORKERS: usize = 64;

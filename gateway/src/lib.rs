@@ -25,20 +25,15 @@
 //! broker, which relays it to the other gateways' routers.
 
 pub mod admin;
-pub mod auth;
 pub mod bus;
+mod cmd;
 pub mod config;
-mod connection;
-pub mod demo;
-pub mod hub;
-mod limits;
-pub mod metrics;
-pub mod origin;
-pub mod outbox;
-pub mod security;
-pub mod server;
+pub mod credentials;
+pub mod edge;
+pub mod fanout;
+pub mod gateway;
 pub mod stats;
 mod worker;
 
 pub use config::GatewayConfig;
-pub use server::{bind_reuseport, Gateway, GatewayError};
+pub use gateway::{bind_reuseport, Gateway, GatewayError};

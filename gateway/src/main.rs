@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use anyhow::Context;
 use clap::Parser;
-use gateway::security::SecurityArgs;
+use gateway::credentials::SecurityArgs;
 use gateway::{Gateway, GatewayConfig};
 use server_kit::listen::{bind_logged, serve_admin};
 use server_kit::logging::{init_tracing, LogFormat};

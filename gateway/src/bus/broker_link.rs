@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Bus, BusStatus};
 use crate::config::GatewayConfig;
-use crate::hub::Router;
-use crate::security::LinkSecurity;
+use crate::credentials::LinkSecurity;
+use crate::fanout::hub::Router;
 
 /// Most publishes written before one flush.
 const WRITE_BATCH: usize = 256;

@@ -1,7 +1,7 @@
 //! The seam between a gateway and whatever carries group messages between gateways.
 //!
 //! Today [`broker_link::BrokerBus`] speaks to the built-in broker; Redis and NATS buses will
-//! implement the same trait. A bus hands incoming messages to the [`crate::hub::Router`] it was
+//! implement the same trait. A bus hands incoming messages to the [`crate::fanout::hub::Router`] it was
 //! built with.
 
 pub mod broker_link;

@@ -1,6 +1,6 @@
 //! The gateway's admin HTTP server (axum). docs/protocol.md, "Admin HTTP API", is the reference.
 //!
-//! - `GET /healthz`, `GET /readyz`: probes. `GET /metrics`: OpenMetrics text ([`crate::metrics`]).
+//! - `GET /healthz`, `GET /readyz`: probes. `GET /metrics`: OpenMetrics text ([`metrics`]).
 //! - `GET /api/stats`: [`GatewaySnapshot`](crate::stats::GatewaySnapshot) as JSON.
 //! - `POST /api/publish`: `{"group_id":G,"message":M}` or an array of them, delivered through
 //!   [`Gateway::publish`] exactly like a client's `send_to_group`. A batch is validated whole
@@ -10,6 +10,9 @@
 //! probes and `/metrics` stay open. Without a token the admin server may only listen on a
 //! loopback address ([`check_exposure`], enforced by [`AdminConfig::validate`]). Every error,
 //! axum's own rejections included, is answered as `{"error":{"code":C,"reason":R}}`.
+
+pub mod demo;
+pub mod metrics;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -28,7 +31,7 @@ use protocol::ErrorCode;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::server::Gateway;
+use crate::gateway::Gateway;
 
 /// Default of [`AdminConfig::api_max_body_size`]: 1 MiB.
 pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
@@ -179,7 +182,7 @@ type Shared = Arc<AdminState>;
 pub fn router(gateway: Gateway, config: AdminConfig) -> Router {
     let body_limit = DefaultBodyLimit::max(config.api_max_body_size);
     let state = Arc::new(AdminState {
-        registry: crate::metrics::registry(gateway.clone()),
+        registry: crate::admin::metrics::registry(gateway.clone()),
         gateway,
         config,
     });
@@ -193,7 +196,7 @@ pub fn router(gateway: Gateway, config: AdminConfig) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(api)
-        .merge(crate::demo::router(state.gateway.clone()))
+        .merge(crate::admin::demo::router(state.gateway.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use protocol::ErrorCode;
 use server_kit::metrics::{counter, counter_family, gauge, gauge_family};
 
-use crate::server::Gateway;
+use crate::gateway::Gateway;
 use crate::stats::{GatewaySnapshot, WorkerSnapshot};
 
 /// Encodes a gateway snapshot as the `gateway_*` families, and the embedded broker's as the

@@ -12,9 +12,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use crate::server::Gateway;
+use crate::gateway::Gateway;
 
-const PAGE: &str = include_str!("../static/demo.html");
+const PAGE: &str = include_str!("../../static/demo.html");
 
 /// Everything the page loads is inline or from this server (`/demo/config.json`,
 /// `/api/stats`); it connects to the WebSocket listener wherever that is.

@@ -1,31 +1,32 @@
 //! A worker: one OS thread with a single-threaded runtime that owns a share of the connections
 //! and the local group table for them (no locks on the per-message path).
 //!
-//! The acceptor hands it sockets; the [`Router`](crate::hub::Router) hands it deliveries, which
-//! it fans out to its local members' outboxes.
+//! The acceptor hands it sockets, each served by an [`edge::connection`] task; the
+//! [`Router`](crate::fanout::hub::Router) hands it deliveries, which its
+//! [`LocalGroups`](crate::fanout::local::LocalGroups) fan out to the members' outboxes.
+//! [`state`]: what the worker's tasks share.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+pub(crate) mod state;
+
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use protocol::client::ParseLimits;
-use protocol::GroupId;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::GatewayConfig;
-use crate::connection;
-use crate::hub::{Delivery, Hub};
-use crate::limits::{Permit, RateLimit};
-use crate::origin::OriginPolicy;
-use crate::outbox::{Outbox, Push};
-use crate::security::ClientSecurity;
+use crate::credentials::ClientSecurity;
+use crate::edge::connection;
+use crate::edge::limits::{Permit, RateLimit};
+use crate::edge::origin::OriginPolicy;
+use crate::fanout::hub::{Delivery, Hub};
+use crate::fanout::local::LocalGroups;
 use crate::stats::WorkerStats;
+use state::WorkerState;
 
 /// Deliveries taken from the inbox per wake-up.
 const INBOX_BATCH: usize = 64;
@@ -33,85 +34,6 @@ const INBOX_BATCH: usize = 64;
 /// An accepted socket, its peer, and its place in the connection limits (held until the
 /// connection task ends).
 pub(crate) type NewConnection = (std::net::TcpStream, SocketAddr, Permit);
-
-/// State shared by the worker's tasks (all on its one thread).
-#[derive(Debug)]
-pub(crate) struct WorkerState {
-    pub(crate) id: usize,
-    pub(crate) config: Arc<GatewayConfig>,
-    pub(crate) ws_config: WebSocketConfig,
-    pub(crate) parse_limits: ParseLimits,
-    pub(crate) origins: OriginPolicy,
-    pub(crate) rate_limit: Option<RateLimit>,
-    pub(crate) hub: Arc<Hub>,
-    pub(crate) stats: Arc<WorkerStats>,
-    /// TLS and join tokens for clients.
-    pub(crate) security: Arc<ClientSecurity>,
-    /// Group -> (connection id -> outbox) for this worker's connections.
-    groups: RefCell<HashMap<GroupId, HashMap<u64, Rc<Outbox>>>>,
-    next_conn: Cell<u64>,
-}
-
-impl WorkerState {
-    pub(crate) fn next_conn_id(&self) -> u64 {
-        let id = self.next_conn.get();
-        self.next_conn.set(id + 1);
-        id
-    }
-
-    pub(crate) fn add_member(&self, group: &GroupId, conn: u64, outbox: &Rc<Outbox>) {
-        let mut groups = self.groups.borrow_mut();
-        let members = groups.entry(group.clone()).or_insert_with(|| {
-            self.hub.worker_joined(self.id, group);
-            self.stats.groups.fetch_add(1, Relaxed);
-            HashMap::new()
-        });
-        if members.insert(conn, outbox.clone()).is_none() {
-            self.stats.memberships.fetch_add(1, Relaxed);
-            self.stats.joins.fetch_add(1, Relaxed);
-        }
-    }
-
-    pub(crate) fn remove_member(&self, group: &GroupId, conn: u64) {
-        let mut groups = self.groups.borrow_mut();
-        let Some(members) = groups.get_mut(group) else {
-            return;
-        };
-        if members.remove(&conn).is_some() {
-            self.stats.memberships.fetch_sub(1, Relaxed);
-            self.stats.leaves.fetch_add(1, Relaxed);
-        }
-        if members.is_empty() {
-            groups.remove(group);
-            self.stats.groups.fetch_sub(1, Relaxed);
-            self.hub.worker_left(self.id, group);
-        }
-    }
-
-    /// Queues a group message to every local member.
-    fn deliver(&self, delivery: Delivery) {
-        let groups = self.groups.borrow();
-        let Some(members) = groups.get(&delivery.group) else {
-            return; // the last member left after the router looked
-        };
-        let mut delivered = 0;
-        for outbox in members.values() {
-            match outbox.push(delivery.payload.clone()) {
-                Push::Queued => delivered += 1,
-                Push::Overflowed { dropped } => {
-                    self.stats.queue_drops.fetch_add(dropped as u64, Relaxed);
-                }
-                Push::Closed => {
-                    self.stats.queue_drops.fetch_add(1, Relaxed);
-                }
-            }
-        }
-        self.stats.deliveries.fetch_add(delivered, Relaxed);
-        self.stats
-            .bytes_out
-            .fetch_add(delivered * delivery.payload.len() as u64, Relaxed);
-    }
-}
 
 /// Everything a worker thread needs.
 #[derive(Debug)]
@@ -174,11 +96,9 @@ async fn run(setup: WorkerSetup) {
         origins: OriginPolicy::new(&config.allowed_origins),
         rate_limit: RateLimit::from_config(&config),
         config,
-        hub,
+        local: LocalGroups::new(id, hub, stats.clone()),
         stats,
         security,
-        groups: RefCell::new(HashMap::new()),
-        next_conn: Cell::new(0),
     });
     let tasks = TaskTracker::new();
     // Tells the connections to flush and close; cancelled only once the inbox is delivered.
@@ -210,7 +130,7 @@ async fn run(setup: WorkerSetup) {
                     break;
                 }
                 for delivery in batch.drain(..) {
-                    state.deliver(delivery);
+                    state.local.deliver(delivery);
                 }
                 // Let the connections write what was just queued before taking more: without
                 // this a burst fills outboxes faster than their owners can drain them.
@@ -224,7 +144,7 @@ async fn run(setup: WorkerSetup) {
     // Closing it first stops new deliveries, which bounds this loop.
     inbox.close();
     while let Ok(delivery) = inbox.try_recv() {
-        state.deliver(delivery);
+        state.local.deliver(delivery);
     }
     close_connections.cancel();
     tasks.close();

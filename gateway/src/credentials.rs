@@ -1,5 +1,5 @@
 //! The gateway's security settings: the broker link's secret and TLS, TLS for WebSocket clients
-//! (wss), and signed join tokens ([`crate::auth`]).
+//! (wss), and signed join tokens ([`crate::edge::join_token`]).
 //!
 //! [`SecurityArgs`] are the `gateway` binary's flags; [`SecurityArgs::load`] reads the files
 //! they name and checks that they fit together, so a bad certificate, key or secret stops
@@ -18,7 +18,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::auth::{JoinTokenError, JoinTokens};
+use crate::edge::join_token::{JoinTokenError, JoinTokens};
 
 /// Everything the gateway requires of its peers.
 #[derive(Debug, Clone, Default)]

@@ -6,18 +6,14 @@
 //! With `--require-join-token`, each join and send is checked against the connection's
 //! [`Access`] (its join token's rights).
 
-use std::borrow::Cow;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use protocol::client::{
-    ack_reply, close_code, error_reply, ClientCommand, ErrorCode, GroupName, Request,
-};
-use protocol::{parse_command, CommandError, GroupId};
+use protocol::client::{close_code, ErrorCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -29,11 +25,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::auth::{Access, Action, CaptureToken};
+use crate::cmd::Session;
+use crate::edge::join_token::{Access, CaptureToken};
 
-use crate::limits::{Permit, RateLimiter, Verdict};
-use crate::outbox::{Outbox, Push};
-use crate::worker::WorkerState;
+use crate::edge::limits::{Permit, RateLimiter, Verdict};
+use crate::fanout::outbox::Outbox;
+use crate::worker::state::WorkerState;
 
 /// Time allowed for the closing handshake before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -74,7 +71,7 @@ pub(crate) async fn serve(
     state: Rc<WorkerState>,
     shutdown: CancellationToken,
 ) {
-    let conn = state.next_conn_id();
+    let conn = state.local.next_conn_id();
     let span = tracing::debug_span!("conn", worker = state.id, conn, %peer);
     async move {
         let _permit = permit;
@@ -119,19 +116,17 @@ async fn established<S: AsyncRead + AsyncWrite + Unpin>(
     }
     state.stats.connections.fetch_add(1, Relaxed);
     state.stats.connections_total.fetch_add(1, Relaxed);
+    let outbox = Rc::new(Outbox::new(
+        state.config.outbound_queue_messages,
+        state.config.outbound_queue_bytes,
+    ));
     let mut connection = Connection {
-        id: conn,
-        outbox: Rc::new(Outbox::new(
-            state.config.outbound_queue_messages,
-            state.config.outbound_queue_bytes,
-        )),
-        groups: HashSet::new(),
+        session: Session::new(conn, outbox, access, state.clone()),
         rate: RateLimiter::new(state.rate_limit, Instant::now()),
-        access,
         state: state.clone(),
     };
     let close = connection.run(&mut ws, shutdown).await;
-    connection.leave_all();
+    connection.session.leave_all();
     match close {
         Close::ClientGone => {}
         Close::Shutdown => {
@@ -226,12 +221,8 @@ async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>, code: u16
 }
 
 struct Connection {
-    id: u64,
-    outbox: Rc<Outbox>,
-    groups: HashSet<GroupId>,
+    session: Session,
     rate: RateLimiter,
-    /// What the connection's join token allows.
-    access: Access,
     state: Rc<WorkerState>,
 }
 
@@ -242,7 +233,7 @@ impl Connection {
         shutdown: &CancellationToken,
     ) -> Close {
         let config = self.state.config.clone();
-        let outbox = self.outbox.clone();
+        let outbox = self.session.outbox.clone();
         let mut batch = VecDeque::new();
         let mut last_heard = Instant::now();
         let mut next_ping = last_heard + config.ping_interval;
@@ -283,11 +274,11 @@ impl Connection {
                     match message {
                         // Boxed: a command's state is needed only while it runs, and every idle
                         // connection's task would otherwise carry room for it (see BENCHMARKS.md).
-                        Message::Text(text) => Box::pin(self.on_text(text)).await,
+                        Message::Text(text) => Box::pin(self.session.execute(text)).await,
                         Message::Binary(bytes) => {
                             self.state.stats.messages_in.fetch_add(1, Relaxed);
                             self.state.stats.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
-                            self.reply_error(ErrorCode::BinaryNotSupported, "binary frames are not supported: send JSON text frames", None);
+                            self.session.reply_error(ErrorCode::BinaryNotSupported, "binary frames are not supported: send JSON text frames", None);
                         }
                         // tungstenite answers pings itself; a pong only proves the client is alive.
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
@@ -329,121 +320,22 @@ impl Connection {
         ws: &mut Ws<S>,
         batch: &mut VecDeque<Utf8Bytes>,
     ) -> Result<(), Close> {
-        if self.outbox.overflowed() {
+        if self.session.outbox.overflowed() {
             return Err(Close::SlowConsumer);
         }
-        let write = write_outbox(ws, &self.outbox, batch, self.state.config.write_timeout);
+        let write = write_outbox(
+            ws,
+            &self.session.outbox,
+            batch,
+            self.state.config.write_timeout,
+        );
         tokio::select! {
             result = write => match result {
                 Ok(()) => Ok(()),
                 Err(WriteError::Ws(e)) => Err(read_error(e)),
                 Err(WriteError::Stalled) => Err(Close::SlowConsumer),
             },
-            _ = self.outbox.overflow.notified() => Err(Close::SlowConsumer),
-        }
-    }
-
-    async fn on_text(&mut self, text: Utf8Bytes) {
-        let stats = &self.state.stats;
-        stats.messages_in.fetch_add(1, Relaxed);
-        stats.bytes_in.fetch_add(text.len() as u64, Relaxed);
-        let request = match parse_command(text.as_str(), &self.state.parse_limits) {
-            Ok(request) => request,
-            Err(e) => {
-                self.reply_error(e.code, &e.reason, e.req_id);
-                return;
-            }
-        };
-        let Request { command, req_id } = request;
-        let result = match command {
-            ClientCommand::AddGroup { group_id } => self
-                .access
-                .check(Action::Join, group_id.as_str())
-                .and_then(|()| self.join(group_id)),
-            ClientCommand::LeaveGroup { group_id } => {
-                self.leave(group_id.as_str());
-                Ok(())
-            }
-            ClientCommand::SendToGroup { group_id, message } => {
-                match self.access.check(Action::Send, group_id.as_str()) {
-                    Ok(()) => {
-                        stats.sends.fetch_add(1, Relaxed);
-                        let payload = match message {
-                            Cow::Borrowed(slice) => share_slice(&text, slice),
-                            Cow::Owned(owned) => Utf8Bytes::from(owned),
-                        };
-                        self.state.hub.publish(group_id.as_str(), &payload).await;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            ClientCommand::Auth { token } => self.authenticate(&token),
-        };
-        match result {
-            Ok(()) => {
-                if let Some(req_id) = req_id {
-                    self.reply(ack_reply(req_id));
-                }
-            }
-            Err(e) => self.reply_error(e.code, &e.reason, req_id),
-        }
-    }
-
-    fn join(&mut self, group: GroupName<'_>) -> Result<(), CommandError<'static>> {
-        if self.groups.contains(group.as_str()) {
-            return Ok(());
-        }
-        let max = self.state.config.max_groups_per_connection;
-        if self.groups.len() >= max {
-            return Err(CommandError::new(
-                ErrorCode::TooManyGroups,
-                format!("a connection may be in at most {max} groups"),
-            ));
-        }
-        let group = group.to_group_id();
-        self.state.add_member(&group, self.id, &self.outbox);
-        self.groups.insert(group);
-        Ok(())
-    }
-
-    /// Replaces the connection's rights with what `token` grants. Without
-    /// `--require-join-token` tokens are not checked, and the command only succeeds.
-    fn authenticate(&mut self, token: &str) -> Result<(), CommandError<'static>> {
-        let Some(tokens) = &self.state.security.join_tokens else {
-            return Ok(());
-        };
-        self.access = Access::from_token(tokens, token);
-        match &self.access {
-            Access::Granted(grants) => {
-                tracing::debug!(subject = grants.subject(), "join token accepted");
-                Ok(())
-            }
-            Access::Refused(reason) => Err(CommandError::new(
-                ErrorCode::Unauthorized,
-                format!("join token refused: {reason}"),
-            )),
-            Access::Open | Access::NoToken => Ok(()),
-        }
-    }
-
-    fn leave(&mut self, group: &str) {
-        if let Some(group) = self.groups.take(group) {
-            self.state.remove_member(&group, self.id);
-        }
-    }
-
-    fn leave_all(&mut self) {
-        for group in std::mem::take(&mut self.groups) {
-            self.state.remove_member(&group, self.id);
-        }
-    }
-
-    fn reply(&self, text: String) {
-        let len = text.len() as u64;
-        if self.outbox.push(Utf8Bytes::from(text)) == Push::Queued {
-            self.state.stats.deliveries.fetch_add(1, Relaxed);
-            self.state.stats.bytes_out.fetch_add(len, Relaxed);
+            _ = self.session.outbox.overflow.notified() => Err(Close::SlowConsumer),
         }
     }
 
@@ -456,21 +348,9 @@ impl Connection {
             "more than {} messages per second: this one was not executed",
             self.state.config.max_messages_per_second
         );
-        self.reply_error(ErrorCode::RateLimited, &reason, None);
+        self.session
+            .reply_error(ErrorCode::RateLimited, &reason, None);
     }
-
-    fn reply_error(&self, code: ErrorCode, reason: &str, req_id: Option<protocol::ReqId<'_>>) {
-        self.state.stats.count_error(code);
-        tracing::debug!(code = %code, reason, "error reply");
-        self.reply(error_reply(code, reason, req_id));
-    }
-}
-
-/// The message text as a slice of the received frame's buffer: no copy.
-fn share_slice(frame: &Utf8Bytes, slice: &str) -> Utf8Bytes {
-    let bytes: &bytes::Bytes = frame.as_ref();
-    Utf8Bytes::try_from(bytes.slice_ref(slice.as_bytes()))
-        .unwrap_or_else(|_| Utf8Bytes::from(slice))
 }
 
 /// Frames written between two extensions of the write deadline.

@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::broker_link::BrokerBus;
 use crate::bus::Bus;
 use crate::config::GatewayConfig;
-use crate::hub::{Hub, Router};
-use crate::limits::{ConnectionLimits, Refusal};
-use crate::security::Security;
+use crate::credentials::Security;
+use crate::edge::limits::{ConnectionLimits, Refusal};
+use crate::fanout::hub::{Hub, Router};
 use crate::stats::{GatewaySnapshot, WorkerStats};
 use crate::worker::{self, NewConnection, WorkerSetup};
 

@@ -1,0 +1,102 @@
+//! One worker's group table: group -> (connection -> outbox) for the connections it owns. Only
+//! its own thread touches it (no locks on the per-message path); the first member of a group on
+//! this worker and the last one to leave tell the [`Hub`], which keeps the process-wide view.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use protocol::GroupId;
+
+use crate::fanout::hub::{Delivery, Hub};
+use crate::fanout::outbox::{Outbox, Push};
+use crate::stats::WorkerStats;
+
+/// A connection's number within its worker.
+pub(crate) type ConnId = u64;
+
+#[derive(Debug)]
+pub(crate) struct LocalGroups {
+    worker: usize,
+    hub: Arc<Hub>,
+    stats: Arc<WorkerStats>,
+    groups: RefCell<HashMap<GroupId, HashMap<ConnId, Rc<Outbox>>>>,
+    next_conn: Cell<ConnId>,
+}
+
+impl LocalGroups {
+    pub(crate) fn new(worker: usize, hub: Arc<Hub>, stats: Arc<WorkerStats>) -> LocalGroups {
+        LocalGroups {
+            worker,
+            hub,
+            stats,
+            groups: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(0),
+        }
+    }
+
+    pub(crate) fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        id
+    }
+
+    pub(crate) fn add_member(&self, group: &GroupId, conn: ConnId, outbox: &Rc<Outbox>) {
+        let mut groups = self.groups.borrow_mut();
+        let members = groups.entry(group.clone()).or_insert_with(|| {
+            self.hub.worker_joined(self.worker, group);
+            self.stats.groups.fetch_add(1, Relaxed);
+            HashMap::new()
+        });
+        if members.insert(conn, outbox.clone()).is_none() {
+            self.stats.memberships.fetch_add(1, Relaxed);
+            self.stats.joins.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn remove_member(&self, group: &GroupId, conn: ConnId) {
+        let mut groups = self.groups.borrow_mut();
+        let Some(members) = groups.get_mut(group) else {
+            return;
+        };
+        if members.remove(&conn).is_some() {
+            self.stats.memberships.fetch_sub(1, Relaxed);
+            self.stats.leaves.fetch_add(1, Relaxed);
+        }
+        if members.is_empty() {
+            groups.remove(group);
+            self.stats.groups.fetch_sub(1, Relaxed);
+            self.hub.worker_left(self.worker, group);
+        }
+    }
+
+    /// Queues a group message to every local member.
+    pub(crate) fn deliver(&self, delivery: Delivery) {
+        let groups = self.groups.borrow();
+        let Some(members) = groups.get(&delivery.group) else {
+            return; // the last member left after the router looked
+        };
+        let mut delivered = 0;
+        for outbox in members.values() {
+            match outbox.push(delivery.payload.clone()) {
+                Push::Queued => delivered += 1,
+                Push::Overflowed { dropped } => {
+                    self.stats.queue_drops.fetch_add(dropped as u64, Relaxed);
+                }
+                Push::Closed => {
+                    self.stats.queue_drops.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        self.stats.deliveries.fetch_add(delivered, Relaxed);
+        self.stats
+            .bytes_out
+            .fetch_add(delivered * delivery.payload.len() as u64, Relaxed);
+    }
+}
