@@ -10,24 +10,11 @@ use std::collections::VecDeque;
 use std::hint::black_box;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gateway::bus::{Bus, BusStatus};
-use gateway::fanout::hub::{Hub, Router};
+use gateway::fanout::hub::Router;
 use gateway::fanout::outbox::Outbox;
-use protocol::GroupId;
+use protocol::{GroupId, Text};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-
-struct NoBus;
-
-impl Bus for NoBus {
-    fn publish(&self, _group: &str, _payload: &Bytes) {}
-    fn subscribe(&self, _group: &GroupId) {}
-    fn unsubscribe(&self, _group: &GroupId) {}
-    fn status(&self) -> BusStatus {
-        BusStatus::default()
-    }
-}
 
 fn outbox(c: &mut Criterion) {
     let payload = Utf8Bytes::from("x".repeat(64));
@@ -56,11 +43,10 @@ fn router(c: &mut Criterion) {
     let (tx0, mut rx0) = tokio::sync::mpsc::channel(1 << 16);
     let (tx1, mut rx1) = tokio::sync::mpsc::channel(1 << 16);
     let router = Arc::new(Router::new(vec![tx0, tx1]));
-    let hub = Hub::new(router.clone(), Arc::new(NoBus));
     let group_id = GroupId::new("123", 256).expect("valid group");
-    hub.worker_joined(0, &group_id);
-    hub.worker_joined(1, &group_id);
-    let payload = Utf8Bytes::from("x".repeat(64));
+    router.worker_joined(0, &group_id);
+    router.worker_joined(1, &group_id);
+    let payload = Text::from("x".repeat(64));
     let mut sink = Vec::with_capacity(64);
     let mut group = c.benchmark_group("router");
     group.throughput(Throughput::Elements(1));

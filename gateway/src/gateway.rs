@@ -1,20 +1,22 @@
-//! Starting and stopping a gateway: worker threads, the bus, the accept loop.
+//! Putting a gateway together ([`GatewayBuilder`]) and running it: worker threads, the bus, the
+//! embedded broker when there is one, the accept loop, the stop.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use broker::auth::BrokerSecurity;
+use broker::{Broker, BrokerConfig, BrokerError};
 use parking_lot::Mutex;
-use protocol::GroupName;
+use protocol::{GroupName, Text};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::broker_link::BrokerBus;
-use crate::bus::Bus;
+use crate::bus::broker_link::BrokerLink;
+use crate::bus::{Carrier, RunningBus};
 use crate::config::GatewayConfig;
 use crate::credentials::Security;
 use crate::edge::limits::{ConnectionLimits, Refusal};
@@ -54,7 +56,7 @@ struct Inner {
     refusals: Arc<Semaphore>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     bus_task: Mutex<Option<JoinHandle<()>>>,
-    embedded_broker: Option<broker::Broker>,
+    embedded_broker: Option<EmbeddedBroker>,
     /// Where clients connect, once `serve` has been called.
     ws_addr: std::sync::OnceLock<SocketAddr>,
     /// Messages published through [`Gateway::publish`].
@@ -64,49 +66,174 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
-impl Gateway {
-    /// Starts the workers and the broker link (connecting to `broker`, "host:port"). Must be
-    /// called within a tokio runtime, which runs the link. `embedded_broker`, when the broker runs
-    /// in this process, is only reported in the stats.
-    pub fn start(
-        config: GatewayConfig,
-        broker: String,
-        embedded_broker: Option<broker::Broker>,
-        shutdown: CancellationToken,
-    ) -> Result<Gateway, GatewayError> {
-        Gateway::start_secured(
-            config,
-            broker,
-            embedded_broker,
-            Security::default(),
-            shutdown,
-        )
+/// How a gateway is put together: [`Gateway::builder`], then the bus, then [`start`].
+///
+/// [`start`]: GatewayBuilder::start
+pub struct GatewayBuilder {
+    config: GatewayConfig,
+    security: Security,
+    bus: BusChoice,
+}
+
+enum BusChoice {
+    None,
+    /// The built-in broker at this address, over TCP.
+    Broker(String),
+    /// A broker started in this process on this listener, and a link to it.
+    Embedded(TcpListener, BrokerConfig),
+    /// Any carrier, started with the gateway's router.
+    Carrier(StartBus),
+}
+
+type StartBus = Box<dyn FnOnce(Arc<Router>, CancellationToken) -> RunningBus + Send>;
+
+impl std::fmt::Debug for GatewayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bus = match &self.bus {
+            BusChoice::None => "none".to_owned(),
+            BusChoice::Broker(addr) => format!("broker at {addr}"),
+            BusChoice::Embedded(listener, _) => {
+                format!("embedded broker on {:?}", listener.local_addr())
+            }
+            BusChoice::Carrier(_) => "carrier".to_owned(),
+        };
+        f.debug_struct("GatewayBuilder")
+            .field("config", &self.config)
+            .field("bus", &bus)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayBuilder {
+    /// What the gateway requires of its peers: the broker link's secret and TLS, TLS for
+    /// clients, join tokens. The default requires nothing, as the seed.
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
-    /// [`Gateway::start`] with `security`: the broker link's secret and TLS, TLS for clients,
-    /// join tokens.
-    pub fn start_secured(
-        config: GatewayConfig,
-        broker: String,
-        embedded_broker: Option<broker::Broker>,
-        security: Security,
-        shutdown: CancellationToken,
-    ) -> Result<Gateway, GatewayError> {
+    /// Links to the standalone broker at `addr` ("host:port"), with the link secret and TLS of
+    /// [`GatewayBuilder::security`].
+    pub fn broker(mut self, addr: impl Into<String>) -> Self {
+        self.bus = BusChoice::Broker(addr.into());
+        self
+    }
+
+    /// Runs a broker in this process on `listener`, for this gateway and any other that joins
+    /// it there (they must know the same link secret), with limits that fit this gateway's.
+    pub fn embedded_broker(self, listener: TcpListener) -> Self {
+        let config = BrokerConfig {
+            max_frame_size: self.config.link_max_frame_size,
+            // Group ids are the broker's channel names: never refuse one the gateway accepts.
+            max_channel_len: self
+                .config
+                .max_group_id_len
+                .max(broker::config::DEFAULT_MAX_CHANNEL_LEN),
+            ..BrokerConfig::default()
+        };
+        self.embedded_broker_with(listener, config)
+    }
+
+    /// [`GatewayBuilder::embedded_broker`] with the broker's own settings.
+    pub fn embedded_broker_with(mut self, listener: TcpListener, config: BrokerConfig) -> Self {
+        self.bus = BusChoice::Embedded(listener, config);
+        self
+    }
+
+    /// Carries messages between gateways with `carrier`.
+    pub fn bus<C: Carrier>(mut self, carrier: C) -> Self {
+        self.bus = BusChoice::Carrier(Box::new(move |router, shutdown| {
+            carrier.start(router, shutdown)
+        }));
+        self
+    }
+
+    /// Starts the workers, the bus and, when asked for, the embedded broker. Must be called
+    /// within a tokio runtime, which runs the bus (and the broker). Clients are accepted once
+    /// [`Gateway::serve`] runs.
+    pub fn start(self, shutdown: CancellationToken) -> Result<Gateway, GatewayError> {
+        let GatewayBuilder {
+            config,
+            security,
+            bus,
+        } = self;
         config.validate().map_err(GatewayError::Config)?;
         let config = Arc::new(config);
+        let (carrier, embedded): (StartBus, _) = match bus {
+            BusChoice::None => {
+                return Err(GatewayError::Config(
+                    "no bus: give the gateway a broker, an embedded broker or a carrier".into(),
+                ))
+            }
+            BusChoice::Carrier(start) => (start, None),
+            BusChoice::Broker(addr) => {
+                let link = BrokerLink::new(addr, &config, security.link.clone());
+                (
+                    Box::new(move |router, token| link.start(router, token)),
+                    None,
+                )
+            }
+            BusChoice::Embedded(listener, broker_config) => {
+                let broker_security = BrokerSecurity {
+                    link_secret: security.link.secret.clone(),
+                    tls: None,
+                };
+                let broker = Broker::with_security(broker_config, broker_security)
+                    .map_err(|e| GatewayError::Config(format!("embedded broker: {e}")))?;
+                let addr = listener.local_addr()?;
+                let task = tokio::spawn({
+                    let (broker, token) = (broker.clone(), shutdown.clone());
+                    async move { broker.serve(listener, token).await }
+                });
+                let link = BrokerLink::new(addr.to_string(), &config, security.link.clone());
+                let start: StartBus = Box::new(move |router, token| link.start(router, token));
+                (
+                    start,
+                    Some(EmbeddedBroker {
+                        broker,
+                        task: Mutex::new(Some(task)),
+                    }),
+                )
+            }
+        };
+        Gateway::launch(config, security, carrier, embedded, shutdown)
+    }
+}
+
+/// A broker running in this process, and its task.
+#[derive(Debug)]
+struct EmbeddedBroker {
+    broker: Broker,
+    task: Mutex<Option<JoinHandle<Result<(), BrokerError>>>>,
+}
+
+impl Gateway {
+    /// Puts a gateway together; see [`GatewayBuilder`].
+    pub fn builder(config: GatewayConfig) -> GatewayBuilder {
+        GatewayBuilder {
+            config,
+            security: Security::default(),
+            bus: BusChoice::None,
+        }
+    }
+
+    fn launch(
+        config: Arc<GatewayConfig>,
+        security: Security,
+        start_bus: StartBus,
+        embedded_broker: Option<EmbeddedBroker>,
+        shutdown: CancellationToken,
+    ) -> Result<Gateway, GatewayError> {
         let workers = config.worker_count();
         let (inbox_txs, inbox_rxs): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| mpsc::channel(config.worker_queue))
             .unzip();
         let router = Arc::new(Router::new(inbox_txs));
-        let (bus, bus_task) = BrokerBus::start(
-            broker,
-            &config,
-            security.link,
-            router.clone(),
-            shutdown.clone(),
-        );
-        let hub = Arc::new(Hub::new(router, bus as Arc<dyn Bus>));
+        let RunningBus {
+            bus,
+            task: bus_task,
+        } = start_bus(router.clone(), shutdown.clone());
+        let hub = Arc::new(Hub::new(router, bus));
         let client_tls = security.clients.tls.is_some();
         let client_security = Arc::new(security.clients);
 
@@ -247,6 +374,18 @@ impl Gateway {
         if let Some(task) = bus_task {
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
+        let broker_task = self
+            .inner
+            .embedded_broker
+            .as_ref()
+            .and_then(|embedded| embedded.task.lock().take());
+        if let Some(task) = broker_task {
+            match tokio::time::timeout(Duration::from_secs(1), task).await {
+                Ok(Ok(Err(e))) => tracing::error!(cause = %e, "embedded broker failed"),
+                Ok(Err(e)) => tracing::error!(cause = %e, "embedded broker panicked"),
+                Ok(Ok(Ok(()))) | Err(_) => {}
+            }
+        }
         tracing::info!("gateway stopped");
     }
 
@@ -272,9 +411,9 @@ impl Gateway {
     /// Delivers `payload` to `group` exactly as a client's `send_to_group` does: to this
     /// process's members directly and to other gateways through the bus. Waits while a worker's
     /// inbox is full (backpressure), like a client's send.
-    pub async fn publish(&self, group: &GroupName<'_>, payload: Utf8Bytes) {
+    pub async fn publish(&self, group: &GroupName<'_>, payload: Text) {
         self.inner.api_publishes.fetch_add(1, Relaxed);
-        self.inner.hub.publish(group.as_str(), &payload).await;
+        self.inner.hub.publish(group, &payload).await;
     }
 
     pub fn stats(&self) -> GatewaySnapshot {
@@ -298,7 +437,11 @@ impl Gateway {
             workers,
             api_publishes: self.inner.api_publishes.load(Relaxed),
             broker_link: self.inner.hub.bus().status(),
-            embedded_broker: self.inner.embedded_broker.as_ref().map(|b| b.stats()),
+            embedded_broker: self
+                .inner
+                .embedded_broker
+                .as_ref()
+                .map(|e| e.broker.stats()),
         }
     }
 }

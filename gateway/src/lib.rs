@@ -36,4 +36,4 @@ pub mod stats;
 mod worker;
 
 pub use config::GatewayConfig;
-pub use gateway::{bind_reuseport, Gateway, GatewayError};
+pub use gateway::{bind_reuseport, Gateway, GatewayBuilder, GatewayError};

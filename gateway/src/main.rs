@@ -103,47 +103,22 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
 
-    let (broker_addr, embedded, broker_task) = match cli.broker {
-        Some(addr) => (addr, None, None),
+    let builder = Gateway::builder(cli.config).security(security);
+    let builder = match cli.broker {
+        Some(addr) => builder.broker(addr),
         None => {
-            let broker_config = broker::BrokerConfig {
-                max_frame_size: cli.config.link_max_frame_size,
-                // Group ids are the broker's channel names: never refuse one the gateway accepts.
-                max_channel_len: cli
-                    .config
-                    .max_group_id_len
-                    .max(broker::config::DEFAULT_MAX_CHANNEL_LEN),
-                ..broker::BrokerConfig::default()
-            };
-            // Other gateways joining this one's broker must know the same secret.
-            let broker_security = broker::auth::BrokerSecurity {
-                link_secret: security.link.secret.clone(),
-                tls: None,
-            };
-            let broker = broker::Broker::with_security(broker_config, broker_security)?;
             let listener = bind_logged(cli.broker_listen, "embedded broker listening")
                 .await
                 .with_context(|| {
                     format!("cannot listen on {} (embedded broker)", cli.broker_listen)
                 })?;
-            let addr = listener.local_addr()?.to_string();
-            let serving = broker.clone();
-            let token = shutdown.clone();
-            let task = tokio::spawn(async move { serving.serve(listener, token).await });
-            (addr, Some(broker), Some(task))
+            builder.embedded_broker(listener)
         }
     };
-
     let listener = gateway::bind_reuseport(cli.listen)
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    let gateway = Gateway::start_secured(
-        cli.config,
-        broker_addr,
-        embedded,
-        security,
-        shutdown.clone(),
-    )?;
+    let gateway = builder.start(shutdown.clone())?;
 
     let admin = match cli.admin.0 {
         Some(addr) => {
@@ -161,9 +136,6 @@ async fn main() -> anyhow::Result<()> {
     };
 
     gateway.serve(listener).await?;
-    if let Some(task) = broker_task {
-        task.await.context("embedded broker panicked")??;
-    }
     if let Some(admin) = admin {
         admin.await.context("admin server panicked")??;
     }

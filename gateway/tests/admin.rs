@@ -7,12 +7,13 @@
 //! ones is the marker received nothing else in between: no duplicate, no rejected message.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use gateway::admin::AdminConfig;
-use gateway::{Gateway, GatewayConfig};
+use gateway::{Gateway, GatewayBuilder, GatewayConfig};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -23,9 +24,10 @@ const WAIT: Duration = Duration::from_secs(5);
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A broker and the gateways linked to it, cancelled on drop.
+/// Gateways linked through one broker, cancelled on drop. The broker listens on `broker_addr`:
+/// embedded in the first gateway that asks for it, or else run on its own.
 struct Cluster {
-    broker: broker::Broker,
+    broker_listener: Mutex<Option<TcpListener>>,
     broker_addr: SocketAddr,
     shutdown: CancellationToken,
     http: reqwest::Client,
@@ -46,43 +48,45 @@ struct Node {
 
 impl Cluster {
     async fn start() -> Result<Cluster> {
-        let broker = broker::Broker::new(broker::BrokerConfig::default())?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let broker_addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        tokio::spawn({
-            let (broker, shutdown) = (broker.clone(), shutdown.clone());
-            async move { broker.serve(listener, shutdown).await }
-        });
         let http = reqwest::Client::builder()
             .timeout(WAIT)
             .no_proxy()
             .build()?;
         Ok(Cluster {
-            broker,
+            broker_listener: Mutex::new(Some(listener)),
             broker_addr,
             shutdown,
             http,
         })
     }
 
-    /// Starts a gateway linked to the broker (reported as embedded when `embedded`), serves its
-    /// admin router, and waits until its broker link is up.
+    /// Starts a gateway linked to the broker (which it runs when `embedded`), serves its admin
+    /// router, and waits until its broker link is up.
     async fn node(
         &self,
         config: GatewayConfig,
         admin: AdminConfig,
         embedded: bool,
     ) -> Result<Node> {
-        let embedded = embedded.then(|| self.broker.clone());
-        let node = start_node(
-            config,
-            admin,
-            self.broker_addr.to_string(),
-            embedded,
-            &self.shutdown,
-        )
-        .await?;
+        let unclaimed = self.broker_listener.lock().expect("not poisoned").take();
+        let builder = Gateway::builder(config);
+        let builder = match unclaimed {
+            Some(listener) if embedded => builder.embedded_broker(listener),
+            Some(listener) => {
+                let broker = broker::Broker::new(broker::BrokerConfig::default())?;
+                tokio::spawn({
+                    let shutdown = self.shutdown.clone();
+                    async move { broker.serve(listener, shutdown).await }
+                });
+                builder.broker(self.broker_addr.to_string())
+            }
+            None if embedded => anyhow::bail!("the cluster's broker runs already"),
+            None => builder.broker(self.broker_addr.to_string()),
+        };
+        let node = start_node(builder, admin, &self.shutdown).await?;
         wait_until("the broker link is up", || node.gateway.is_ready()).await?;
         Ok(node)
     }
@@ -148,15 +152,13 @@ impl Cluster {
 }
 
 async fn start_node(
-    config: GatewayConfig,
+    builder: GatewayBuilder,
     admin: AdminConfig,
-    broker_addr: String,
-    embedded: Option<broker::Broker>,
     shutdown: &CancellationToken,
 ) -> Result<Node> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("ws://{}", listener.local_addr()?);
-    let gateway = Gateway::start(config, broker_addr, embedded, shutdown.clone())?;
+    let gateway = builder.start(shutdown.clone())?;
     tokio::spawn({
         let gateway = gateway.clone();
         async move { gateway.serve(listener).await }
@@ -399,7 +401,9 @@ async fn readyz_is_503_until_listening_and_while_the_broker_is_unreachable() -> 
         .no_proxy()
         .build()?;
 
-    let gateway = Gateway::start(config(1), refused.to_string(), None, shutdown.clone())?;
+    let gateway = Gateway::builder(config(1))
+        .broker(refused.to_string())
+        .start(shutdown.clone())?;
     let admin = format!(
         "http://{}",
         serve_admin(&gateway, admin_config(), &shutdown).await?
@@ -459,7 +463,12 @@ async fn publish_reaches_every_member_once_across_gateways() -> Result<()> {
     );
     // The broker knows of A's g and 7 and of B's g before anything is published.
     wait_until("the broker has 3 subscriptions", || {
-        cluster.broker.stats().subscriptions == 3
+        let broker = a
+            .gateway
+            .stats()
+            .embedded_broker
+            .expect("A runs the broker");
+        broker.subscriptions == 3
     })
     .await?;
 

@@ -24,21 +24,12 @@ struct Fixture {
 
 async fn start(config: GatewayConfig) -> Result<Fixture> {
     let shutdown = CancellationToken::new();
-    let broker = broker::Broker::new(broker::BrokerConfig::default())?;
     let broker_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let broker_addr = broker_listener.local_addr()?.to_string();
-    tokio::spawn({
-        let (broker, token) = (broker.clone(), shutdown.clone());
-        async move {
-            broker
-                .serve(broker_listener, token)
-                .await
-                .expect("broker serves")
-        }
-    });
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("ws://{}", listener.local_addr()?);
-    let gateway = Gateway::start(config, broker_addr, Some(broker), shutdown.clone())?;
+    let gateway = Gateway::builder(config)
+        .embedded_broker(broker_listener)
+        .start(shutdown.clone())?;
     let served = tokio::spawn({
         let gateway = gateway.clone();
         async move { gateway.serve(listener).await.expect("gateway serves") }

@@ -176,7 +176,9 @@ async fn serve_gateway(
 ) -> Result<(Gateway, String)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("ws://{}", listener.local_addr()?);
-    let gateway = Gateway::start(config, broker.to_string(), None, shutdown.clone())?;
+    let gateway = Gateway::builder(config)
+        .broker(broker.to_string())
+        .start(shutdown.clone())?;
     tokio::spawn({
         let gateway = gateway.clone();
         async move { gateway.serve(listener).await.expect("gateway serves") }

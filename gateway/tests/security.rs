@@ -141,13 +141,10 @@ impl Cluster {
     ) -> Result<(Gateway, SocketAddr)> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let gateway = Gateway::start_secured(
-            config(),
-            broker.to_string(),
-            None,
-            security,
-            self.shutdown.clone(),
-        )?;
+        let gateway = Gateway::builder(config())
+            .security(security)
+            .broker(broker.to_string())
+            .start(self.shutdown.clone())?;
         tokio::spawn({
             let gateway = gateway.clone();
             async move { gateway.serve(listener).await }

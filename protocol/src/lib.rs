@@ -6,6 +6,7 @@
 //!   shared secret).
 //! - [`client`]: the JSON commands WebSocket clients send (`add_group`, `leave_group`,
 //!   `send_to_group`), the validated [`GroupId`], and the JSON replies (`ack`, `error`).
+//! - [`text`]: [`Text`], a message's text as shared bytes, checked to be UTF-8 once.
 //!
 //! Data flow: a client's text frame is parsed by [`client::parse_command`] in the gateway; a send
 //! becomes a [`link::Publish`] encoded by [`codec`]; the broker answers subscribers with
@@ -15,6 +16,7 @@ pub mod client;
 pub mod codec;
 pub mod link;
 pub mod link_auth;
+pub mod text;
 
 pub use client::{
     parse_command, parse_publish, ClientCommand, CommandError, ErrorCode, GroupId, GroupIdError,
@@ -22,3 +24,4 @@ pub use client::{
 };
 pub use codec::{FrameError, LinkCodec, DEFAULT_MAX_FRAME_SIZE};
 pub use link::{Frame, PROTOCOL_VERSION};
+pub use text::{NotUtf8, Text};

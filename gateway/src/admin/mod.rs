@@ -28,8 +28,8 @@ use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use protocol::client::{parse_publish, ParseLimits, Publish};
 use protocol::ErrorCode;
+use protocol::Text;
 use serde_json::value::RawValue;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::gateway::Gateway;
 
@@ -257,7 +257,7 @@ async fn publish(
     let items = parse_body(text, &limits)?;
     let published = items.len();
     for item in items {
-        let payload = Utf8Bytes::from(item.message.into_owned());
+        let payload = Text::from(item.message.into_owned());
         state.gateway.publish(&item.group_id, payload).await;
     }
     tracing::debug!(published, "published through the admin API");

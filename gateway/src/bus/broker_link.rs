@@ -8,10 +8,9 @@
 //! When the link drops it reconnects with exponential backoff and jitter; clients stay
 //! connected and local delivery goes on meanwhile.
 //!
-//! Subscription changes are not queued as commands (a full queue would lose them): the wanted
-//! state of each changed group is recorded in `pending`, and the full wanted set in `desired`.
+//! Which groups to subscribe comes from the gateway's [`Node`]: everything it wants after a
+//! (re)connect, then the changes as they happen (see [`super::interest`]).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,26 +20,24 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use protocol::codec::{encode_frame, encode_publish, subscribe_frames, unsubscribe_frames};
 use protocol::link::{Auth, Body, Ping, Pong};
-use protocol::{Frame, FrameError, GroupId, LinkCodec, PROTOCOL_VERSION};
+use protocol::{Frame, FrameError, GroupId, GroupName, LinkCodec, Text, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use super::{Bus, BusStatus};
+use super::{Bus, BusStatus, Carrier, Node, RunningBus};
 use crate::config::GatewayConfig;
 use crate::credentials::LinkSecurity;
-use crate::fanout::hub::Router;
 
 /// Most publishes written before one flush.
 const WRITE_BATCH: usize = 256;
 
+/// Why the link to the broker failed.
 #[derive(Debug, thiserror::Error)]
-enum LinkError {
+pub enum LinkError {
     #[error("connect timed out")]
     ConnectTimeout,
     #[error("i/o: {0}")]
@@ -74,16 +71,6 @@ enum LinkError {
 }
 
 #[derive(Debug, Default)]
-struct SubState {
-    desired: HashSet<GroupId>,
-    /// A session is up and has sent `desired` in full: only then are changes worth recording
-    /// (while the link is down, the next full sync covers them, and a backlog would only grow).
-    in_sync: bool,
-    /// Group -> wanted state (true = subscribed), changed since the link last caught up.
-    pending: HashMap<GroupId, bool>,
-}
-
-#[derive(Debug, Default)]
 struct Counters {
     reconnects: AtomicU64,
     publishes: AtomicU64,
@@ -92,14 +79,60 @@ struct Counters {
     messages_invalid: AtomicU64,
 }
 
+/// The built-in broker over TCP (or TLS), not started yet: `--broker HOST:PORT`, or the
+/// embedded broker's address.
+#[derive(Debug, Clone)]
+pub struct BrokerLink {
+    settings: LinkSettings,
+    queue: usize,
+}
+
+impl BrokerLink {
+    /// A link to the broker at `broker` ("host:port"), with the link settings of `config`.
+    pub fn new(broker: impl Into<String>, config: &GatewayConfig, security: LinkSecurity) -> Self {
+        BrokerLink {
+            settings: LinkSettings {
+                broker: broker.into(),
+                node: config.node_name(),
+                max_frame_size: config.link_max_frame_size,
+                max_group_id_len: config.max_group_id_len,
+                ping_interval: config.link_ping_interval,
+                timeout: config.link_timeout,
+                connect_timeout: config.link_connect_timeout,
+                reconnect_min: config.reconnect_min,
+                reconnect_max: config.reconnect_max,
+                security,
+            },
+            queue: config.link_queue,
+        }
+    }
+}
+
+impl Carrier for BrokerLink {
+    fn start<N: Node>(self, node: Arc<N>, shutdown: CancellationToken) -> RunningBus {
+        let (publish_tx, publish_rx) = mpsc::channel(self.queue);
+        let bus = Arc::new(BrokerBus {
+            publish_tx,
+            up: AtomicBool::new(false),
+            counters: Counters::default(),
+            last_error: Mutex::new(None),
+            max_frame_size: self.settings.max_frame_size,
+            node,
+        });
+        let task = tokio::spawn(link_loop(bus.clone(), self.settings, publish_rx, shutdown));
+        RunningBus { bus, task }
+    }
+}
+
+/// The started link: what workers publish through, and what its task reports.
 #[derive(Debug)]
-pub struct BrokerBus {
+struct BrokerBus<N> {
     publish_tx: mpsc::Sender<Bytes>,
-    subs: Mutex<SubState>,
-    subs_changed: Notify,
     up: AtomicBool,
     counters: Counters,
+    last_error: Mutex<Option<String>>,
     max_frame_size: usize,
+    node: Arc<N>,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +140,7 @@ struct LinkSettings {
     broker: String,
     node: String,
     max_frame_size: usize,
+    max_group_id_len: usize,
     ping_interval: Duration,
     timeout: Duration,
     connect_timeout: Duration,
@@ -115,54 +149,20 @@ struct LinkSettings {
     security: LinkSecurity,
 }
 
-impl BrokerBus {
-    /// Starts the link task on the current runtime; it runs until `shutdown`.
-    pub fn start(
-        broker: String,
-        config: &GatewayConfig,
-        security: LinkSecurity,
-        router: Arc<Router>,
-        shutdown: CancellationToken,
-    ) -> (Arc<BrokerBus>, JoinHandle<()>) {
-        let (publish_tx, publish_rx) = mpsc::channel(config.link_queue);
-        let bus = Arc::new(BrokerBus {
-            publish_tx,
-            subs: Mutex::new(SubState::default()),
-            subs_changed: Notify::new(),
-            up: AtomicBool::new(false),
-            counters: Counters::default(),
-            max_frame_size: config.link_max_frame_size,
-        });
-        let settings = LinkSettings {
-            broker,
-            node: config.node_name(),
-            max_frame_size: config.link_max_frame_size,
-            ping_interval: config.link_ping_interval,
-            timeout: config.link_timeout,
-            connect_timeout: config.link_connect_timeout,
-            reconnect_min: config.reconnect_min,
-            reconnect_max: config.reconnect_max,
-            security,
-        };
-        let task = tokio::spawn(link_loop(
-            bus.clone(),
-            settings,
-            router,
-            publish_rx,
-            shutdown,
-        ));
-        (bus, task)
-    }
-}
-
-impl Bus for BrokerBus {
-    fn publish(&self, group: &str, payload: &Bytes) {
+impl<N: Node> Bus for BrokerBus<N> {
+    fn publish(&self, group: &GroupName<'_>, payload: &Text) {
         self.counters.publishes.fetch_add(1, Relaxed);
         if !self.up.load(Relaxed) {
             self.counters.publishes_dropped.fetch_add(1, Relaxed);
             return;
         }
-        let frame = match encode_publish(group.as_bytes(), payload, true, self.max_frame_size) {
+        let group = group.as_str();
+        let frame = match encode_publish(
+            group.as_bytes(),
+            payload.as_bytes(),
+            true,
+            self.max_frame_size,
+        ) {
             Ok(frame) => frame,
             Err(e) => {
                 // Config validation keeps group + message within a frame; count it regardless.
@@ -176,41 +176,24 @@ impl Bus for BrokerBus {
         }
     }
 
-    fn subscribe(&self, group: &GroupId) {
-        let mut subs = self.subs.lock();
-        subs.desired.insert(group.clone());
-        if subs.in_sync {
-            subs.pending.insert(group.clone(), true);
-        }
-        self.subs_changed.notify_one();
-    }
-
-    fn unsubscribe(&self, group: &GroupId) {
-        let mut subs = self.subs.lock();
-        subs.desired.remove(group);
-        if subs.in_sync {
-            subs.pending.insert(group.clone(), false);
-        }
-        self.subs_changed.notify_one();
-    }
-
     fn status(&self) -> BusStatus {
         BusStatus {
+            carrier: "broker",
             up: self.up.load(Relaxed),
-            subscriptions: self.subs.lock().desired.len() as u64,
+            subscriptions: self.node.wanted() as u64,
             reconnects: self.counters.reconnects.load(Relaxed),
             publishes: self.counters.publishes.load(Relaxed),
             publishes_dropped: self.counters.publishes_dropped.load(Relaxed),
             messages_in: self.counters.messages_in.load(Relaxed),
             messages_invalid: self.counters.messages_invalid.load(Relaxed),
+            last_error: self.last_error.lock().clone(),
         }
     }
 }
 
-async fn link_loop(
-    bus: Arc<BrokerBus>,
+async fn link_loop<N: Node>(
+    bus: Arc<BrokerBus<N>>,
     settings: LinkSettings,
-    router: Arc<Router>,
     mut publish_rx: mpsc::Receiver<Bytes>,
     shutdown: CancellationToken,
 ) {
@@ -228,18 +211,10 @@ async fn link_loop(
                     bus.counters.reconnects.fetch_add(1, Relaxed);
                 }
                 ever_up = true;
-                let result = session(
-                    &bus,
-                    &settings,
-                    &router,
-                    &mut publish_rx,
-                    reader,
-                    writer,
-                    &shutdown,
-                )
-                .await;
+                let result =
+                    session(&bus, &settings, &mut publish_rx, reader, writer, &shutdown).await;
                 bus.up.store(false, Relaxed);
-                bus.subs.lock().in_sync = false;
+                bus.node.subscriptions_lost();
                 // Start the backoff over only after a session that lasted: a broker that
                 // accepts the connection and then refuses it (too many channels, say) must not
                 // be hammered with a reconnect and a full resubscription every few milliseconds.
@@ -249,12 +224,14 @@ async fn link_loop(
                 match result {
                     Ok(()) => return, // shutdown
                     Err(e) => {
-                        tracing::warn!(broker = %settings.broker, cause = %e, "broker link down")
+                        tracing::warn!(broker = %settings.broker, cause = %e, "broker link down");
+                        *bus.last_error.lock() = Some(e.to_string());
                     }
                 }
             }
             Err(e) => {
-                tracing::warn!(broker = %settings.broker, cause = %e, retry_in = ?backoff, "cannot reach broker")
+                tracing::warn!(broker = %settings.broker, cause = %e, retry_in = ?backoff, "cannot reach broker");
+                *bus.last_error.lock() = Some(e.to_string());
             }
         }
         // Full jitter over the upper half of the backoff keeps gateways from reconnecting in step.
@@ -384,42 +361,24 @@ async fn write_frame(writer: &mut Writer, frame: &Frame, max: usize) -> Result<(
     Ok(())
 }
 
-/// Sends the subscription changes recorded since the last call (all wanted groups when
-/// `full`). Returns once they are written.
-async fn sync_subscriptions(
-    bus: &BrokerBus,
+/// Sends the subscription changes since the last call (every wanted group when `full`).
+/// Returns once they are written.
+async fn sync_subscriptions<N: Node>(
+    node: &N,
     writer: &mut Writer,
     max: usize,
     full: bool,
 ) -> Result<(), LinkError> {
-    let (subscribe, unsubscribe): (Vec<Bytes>, Vec<Bytes>) = {
-        let mut subs = bus.subs.lock();
-        let pending = std::mem::take(&mut subs.pending);
-        subs.in_sync = true;
-        if full {
-            let all = subs
-                .desired
-                .iter()
-                .map(|g| Bytes::copy_from_slice(g.as_str().as_bytes()))
-                .collect();
-            (all, Vec::new())
-        } else {
-            let mut subscribe = Vec::new();
-            let mut unsubscribe = Vec::new();
-            for (group, wanted) in pending {
-                let name = Bytes::copy_from_slice(group.as_str().as_bytes());
-                if wanted {
-                    subscribe.push(name)
-                } else {
-                    unsubscribe.push(name)
-                }
-            }
-            (subscribe, unsubscribe)
-        }
+    let changes = node.subscriptions(full);
+    let names = |groups: Vec<GroupId>| -> Vec<Bytes> {
+        groups
+            .iter()
+            .map(|g| Bytes::copy_from_slice(g.as_str().as_bytes()))
+            .collect()
     };
-    for frame in subscribe_frames(subscribe, max)?
+    for frame in subscribe_frames(names(changes.subscribe), max)?
         .iter()
-        .chain(unsubscribe_frames(unsubscribe, max)?.iter())
+        .chain(unsubscribe_frames(names(changes.unsubscribe), max)?.iter())
     {
         write_frame(writer, frame, max).await?;
     }
@@ -427,10 +386,9 @@ async fn sync_subscriptions(
     Ok(())
 }
 
-async fn session(
-    bus: &BrokerBus,
+async fn session<N: Node>(
+    bus: &BrokerBus<N>,
     settings: &LinkSettings,
-    router: &Router,
     publish_rx: &mut mpsc::Receiver<Bytes>,
     mut reader: Reader,
     mut writer: Writer,
@@ -442,7 +400,7 @@ async fn session(
     bounded(
         last_heard,
         settings.timeout,
-        sync_subscriptions(bus, &mut writer, max, true),
+        sync_subscriptions(&*bus.node, &mut writer, max, true),
     )
     .await?;
     bus.up.store(true, Relaxed);
@@ -472,15 +430,15 @@ async fn session(
                 match frame.body {
                     Some(Body::Message(message)) => {
                         bus.counters.messages_in.fetch_add(1, Relaxed);
-                        let (Ok(group), Ok(payload)) = (
-                            std::str::from_utf8(&message.channel),
-                            Utf8Bytes::try_from(message.payload),
-                        ) else {
+                        let group = std::str::from_utf8(&message.channel)
+                            .ok()
+                            .and_then(|name| GroupName::parse(name, settings.max_group_id_len).ok());
+                        let (Some(group), Ok(payload)) = (group, Text::new(message.payload)) else {
                             bus.counters.messages_invalid.fetch_add(1, Relaxed);
-                            tracing::warn!("dropping broker message that is not UTF-8");
+                            tracing::warn!("dropping broker message that is not UTF-8 or not for a valid group id");
                             continue;
                         };
-                        router.dispatch(group, &payload).await;
+                        bus.node.deliver(group, payload).await;
                         // Waiting for a full worker inbox is not the broker's silence.
                         last_heard = Instant::now();
                     }
@@ -497,8 +455,8 @@ async fn session(
                     _ => return Err(LinkError::Unexpected(frame_kind(frame.body))),
                 }
             }
-            _ = bus.subs_changed.notified() => {
-                bounded(last_heard, settings.timeout, sync_subscriptions(bus, &mut writer, max, false)).await?;
+            _ = bus.node.subscriptions_changed() => {
+                bounded(last_heard, settings.timeout, sync_subscriptions(&*bus.node, &mut writer, max, false)).await?;
             }
             n = publish_rx.recv_many(&mut batch, WRITE_BATCH) => {
                 if n == 0 {

@@ -1,17 +1,31 @@
 //! The seam between a gateway and whatever carries group messages between gateways.
 //!
-//! Today [`broker_link::BrokerBus`] speaks to the built-in broker; Redis and NATS buses will
-//! implement the same trait. A bus hands incoming messages to the [`crate::fanout::hub::Router`] it was
-//! built with.
+//! A carrier ([`Carrier`]) is started with the gateway's [`Node`]: where messages from other
+//! gateways go, and which groups this gateway wants (the [`interest`] bookkeeping, kept once
+//! here for every carrier: first local member subscribes, last one leaving unsubscribes, and
+//! after a reconnect everything wanted is subscribed again). Started, it is a [`Bus`]: publish
+//! and report. [`broker_link`] is the carrier over TCP to the built-in broker.
+//!
+//! Nothing here knows the WebSocket library or the gateway's routing types: messages are
+//! [`Text`], groups [`GroupName`]s.
 
 pub mod broker_link;
+pub mod interest;
 
-use bytes::Bytes;
-use protocol::GroupId;
+use std::future::Future;
+use std::sync::Arc;
+
+use protocol::{GroupName, Text};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use interest::SubscriptionChanges;
 
 /// What a bus reports about itself, for `/readyz` and `/api/stats`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BusStatus {
+    /// Which carrier: `broker`, ...
+    pub carrier: &'static str,
     /// Connected and subscribed: messages flow between gateways.
     pub up: bool,
     /// Groups this gateway is subscribed to (has local members of).
@@ -23,18 +37,61 @@ pub struct BusStatus {
     /// received them.
     pub publishes_dropped: u64,
     pub messages_in: u64,
-    /// Incoming messages discarded as invalid (not UTF-8).
+    /// Incoming messages discarded as invalid (not UTF-8, or a group id this gateway refuses).
     pub messages_invalid: u64,
+    /// Why the connection was last lost or refused; `None` while it has never failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
-/// Carries group messages between gateways. Every method returns at once: the bus queues and
-/// counts; it never blocks a worker.
+/// A started carrier: sends this gateway's publishes to the others. Every method returns at
+/// once: the bus queues and counts; it never blocks a worker.
 pub trait Bus: Send + Sync + 'static {
     /// Sends `payload` to the other gateways with members of `group`.
-    fn publish(&self, group: &str, payload: &Bytes);
-    /// Starts receiving `group`'s messages. Called once per group, on its first local member.
-    fn subscribe(&self, group: &GroupId);
-    /// Stops receiving `group`'s messages. Called when its last local member leaves.
-    fn unsubscribe(&self, group: &GroupId);
+    fn publish(&self, group: &GroupName<'_>, payload: &Text);
     fn status(&self) -> BusStatus;
+}
+
+/// What a carrier needs from the gateway it serves.
+pub trait Node: Send + Sync + 'static {
+    /// Hands a message from another gateway to this gateway's members of `group`; waits while
+    /// they cannot take more (backpressure on the carrier's connection).
+    fn deliver(&self, group: GroupName<'_>, payload: Text) -> impl Future<Output = ()> + Send;
+    /// The subscription changes to make: after `full`, every wanted group (a fresh connection);
+    /// otherwise what changed since the last call.
+    fn subscriptions(&self, full: bool) -> SubscriptionChanges;
+    /// The connection was lost: changes need not be kept until the next full sync.
+    fn subscriptions_lost(&self);
+    /// How many groups this gateway wants (has local members of).
+    fn wanted(&self) -> usize;
+    /// Resolves when subscriptions changed since the last [`Node::subscriptions`].
+    fn subscriptions_changed(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// A carrier not started yet: its address and settings.
+pub trait Carrier: Send + 'static {
+    /// Starts the carrier's task on the current runtime; it runs until `shutdown`.
+    fn start<N: Node>(self, node: Arc<N>, shutdown: CancellationToken) -> RunningBus;
+}
+
+/// A started carrier and the task that runs it.
+#[derive(Debug)]
+pub struct RunningBus {
+    pub bus: Arc<dyn Bus>,
+    pub task: JoinHandle<()>,
+}
+
+/// Why a carrier's connection failed (logged, and kept as [`BusStatus::last_error`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error(transparent)]
+    Broker(#[from] broker_link::LinkError),
+}
+
+impl std::fmt::Debug for dyn Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("status", &self.status())
+            .finish()
+    }
 }

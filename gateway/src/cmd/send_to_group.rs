@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
 
 use protocol::client::GroupName;
+use protocol::Text;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{CommandResult, Session};
@@ -23,12 +24,8 @@ pub(super) async fn apply(
         Cow::Borrowed(slice) => share_slice(frame, slice),
         Cow::Owned(owned) => Utf8Bytes::from(owned),
     };
-    session
-        .state
-        .local
-        .hub()
-        .publish(group.as_str(), &payload)
-        .await;
+    let payload = Text::from_utf8_source(payload);
+    session.state.local.hub().publish(&group, &payload).await;
     Ok(())
 }
 

@@ -1,26 +1,30 @@
 //! Process-wide routing between workers, and between this process and the bus.
 //!
 //! [`Router`] knows which workers have local members of each group and queues deliveries to
-//! their inboxes. [`Hub`] adds the bus: the first local member of a group anywhere in the
-//! process subscribes the gateway to it, the last one leaving unsubscribes (interest routing);
-//! a client's send is delivered to local workers directly and published on the bus for the
-//! other gateways (which is why the broker is asked not to echo it back).
+//! their inboxes; it is the [`Node`] the bus delivers to, and keeps the bus's
+//! [`Subscriptions`] beside its table, under the same lock, so that first joins and last leaves
+//! reach the bus in the order they happened. [`Hub`] adds the bus: a client's send is
+//! delivered to local workers directly and published on the bus for the other gateways (which
+//! is why the carriers drop a gateway's own messages).
+//!
+//! No lock is held while calling out: the bus is notified, and published to, after the table's
+//! lock is released.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use protocol::GroupId;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use protocol::{GroupId, GroupName, Text};
+use tokio::sync::{mpsc, Notify};
 
-use crate::bus::Bus;
+use crate::bus::interest::{SubscriptionChanges, Subscriptions};
+use crate::bus::{Bus, Node};
 
 /// One message for the members of a group on one worker.
 #[derive(Debug)]
 pub struct Delivery {
     pub group: GroupId,
-    pub payload: Utf8Bytes,
+    pub payload: Text,
 }
 
 /// A set of worker indexes (at most [`crate::config::MAX_WORKERS`]).
@@ -53,24 +57,70 @@ impl WorkerSet {
 /// Group -> workers with local members, and the workers' inboxes.
 #[derive(Debug)]
 pub struct Router {
-    interest: RwLock<HashMap<GroupId, WorkerSet>>,
+    table: RwLock<Table>,
     inboxes: Vec<mpsc::Sender<Delivery>>,
+    /// Woken when `table.subscriptions` has a change for the bus.
+    subscriptions_changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    workers: HashMap<GroupId, WorkerSet>,
+    subscriptions: Subscriptions,
 }
 
 impl Router {
     pub fn new(inboxes: Vec<mpsc::Sender<Delivery>>) -> Router {
         Router {
-            interest: RwLock::new(HashMap::new()),
+            table: RwLock::new(Table::default()),
             inboxes,
+            subscriptions_changed: Notify::new(),
+        }
+    }
+
+    /// `worker` got its first local member of `group`.
+    pub fn worker_joined(&self, worker: usize, group: &GroupId) {
+        let first = {
+            let mut table = self.table.write();
+            let workers = table.workers.entry(group.clone()).or_default();
+            let first = workers.is_empty();
+            workers.insert(worker);
+            if first {
+                table.subscriptions.record(group, true);
+            }
+            first
+        };
+        if first {
+            self.subscriptions_changed.notify_one();
+        }
+    }
+
+    /// `worker` lost its last local member of `group`.
+    pub fn worker_left(&self, worker: usize, group: &GroupId) {
+        let last = {
+            let mut table = self.table.write();
+            let Some(workers) = table.workers.get_mut(group) else {
+                return;
+            };
+            workers.remove(worker);
+            let last = workers.is_empty();
+            if last {
+                table.workers.remove(group);
+                table.subscriptions.record(group, false);
+            }
+            last
+        };
+        if last {
+            self.subscriptions_changed.notify_one();
         }
     }
 
     /// Queues `payload` to every worker with members of `group`, waiting for room in a full
     /// inbox (backpressure on the publisher). Returns the number of workers reached.
-    pub async fn dispatch(&self, group: &str, payload: &Utf8Bytes) -> usize {
+    pub async fn dispatch(&self, group: &str, payload: &Text) -> usize {
         let (group, workers) = {
-            let interest = self.interest.read();
-            match interest.get_key_value(group) {
+            let table = self.table.read();
+            match table.workers.get_key_value(group) {
                 Some((key, workers)) => (key.clone(), *workers),
                 None => return 0,
             }
@@ -101,11 +151,42 @@ impl Router {
 
     /// Distinct groups with members anywhere in this process.
     pub fn group_count(&self) -> usize {
-        self.interest.read().len()
+        self.table.read().workers.len()
     }
 }
 
-/// The router plus the bus: what workers call when membership changes or a client sends.
+impl Node for Router {
+    async fn deliver(&self, group: GroupName<'_>, payload: Text) {
+        self.dispatch(group.as_str(), &payload).await;
+    }
+
+    fn subscriptions(&self, full: bool) -> SubscriptionChanges {
+        if !full {
+            return self.table.write().subscriptions.take_changes();
+        }
+        self.table.write().subscriptions.start_full_sync();
+        // The snapshot under the read lock: deliveries go on meanwhile.
+        let subscribe = self.table.read().workers.keys().cloned().collect();
+        SubscriptionChanges {
+            subscribe,
+            unsubscribe: Vec::new(),
+        }
+    }
+
+    fn subscriptions_lost(&self) {
+        self.table.write().subscriptions.lost();
+    }
+
+    fn wanted(&self) -> usize {
+        self.group_count()
+    }
+
+    async fn subscriptions_changed(&self) {
+        self.subscriptions_changed.notified().await;
+    }
+}
+
+/// The router plus the bus: what workers call when a client sends.
 pub struct Hub {
     router: Arc<Router>,
     bus: Arc<dyn Bus>,
@@ -132,34 +213,11 @@ impl Hub {
         &self.bus
     }
 
-    /// `worker` got its first local member of `group`.
-    pub fn worker_joined(&self, worker: usize, group: &GroupId) {
-        let mut interest = self.router.interest.write();
-        let workers = interest.entry(group.clone()).or_default();
-        if workers.is_empty() {
-            self.bus.subscribe(group);
-        }
-        workers.insert(worker);
-    }
-
-    /// `worker` lost its last local member of `group`.
-    pub fn worker_left(&self, worker: usize, group: &GroupId) {
-        let mut interest = self.router.interest.write();
-        let Some(workers) = interest.get_mut(group) else {
-            return;
-        };
-        workers.remove(worker);
-        if workers.is_empty() {
-            interest.remove(group);
-            self.bus.unsubscribe(group);
-        }
-    }
-
     /// A client's send: delivered to this process's members directly, and to other gateways
     /// through the bus.
-    pub async fn publish(&self, group: &str, payload: &Utf8Bytes) {
-        self.bus.publish(group, payload.as_ref());
-        self.router.dispatch(group, payload).await;
+    pub async fn publish(&self, group: &GroupName<'_>, payload: &Text) {
+        self.bus.publish(group, payload);
+        self.router.dispatch(group.as_str(), payload).await;
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use protocol::GroupId;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::fanout::hub::{Delivery, Hub};
 use crate::fanout::outbox::{Outbox, Push};
@@ -50,7 +51,7 @@ impl LocalGroups {
     pub(crate) fn add_member(&self, group: &GroupId, conn: ConnId, outbox: &Rc<Outbox>) {
         let mut groups = self.groups.borrow_mut();
         let members = groups.entry(group.clone()).or_insert_with(|| {
-            self.hub.worker_joined(self.worker, group);
+            self.hub.router().worker_joined(self.worker, group);
             self.stats.groups.fetch_add(1, Relaxed);
             HashMap::new()
         });
@@ -72,7 +73,7 @@ impl LocalGroups {
         if members.is_empty() {
             groups.remove(group);
             self.stats.groups.fetch_sub(1, Relaxed);
-            self.hub.worker_left(self.worker, group);
+            self.hub.router().worker_left(self.worker, group);
         }
     }
 
@@ -82,9 +83,17 @@ impl LocalGroups {
         let Some(members) = groups.get(&delivery.group) else {
             return; // the last member left after the router looked
         };
+        // Text is UTF-8 by construction; the WebSocket library checks it once more, once per
+        // message and worker (not per member).
+        let Ok(payload) = Utf8Bytes::try_from(delivery.payload.into_bytes()) else {
+            self.stats
+                .queue_drops
+                .fetch_add(members.len() as u64, Relaxed);
+            return;
+        };
         let mut delivered = 0;
         for outbox in members.values() {
-            match outbox.push(delivery.payload.clone()) {
+            match outbox.push(payload.clone()) {
                 Push::Queued => delivered += 1,
                 Push::Overflowed { dropped } => {
                     self.stats.queue_drops.fetch_add(dropped as u64, Relaxed);
@@ -97,6 +106,6 @@ impl LocalGroups {
         self.stats.deliveries.fetch_add(delivered, Relaxed);
         self.stats
             .bytes_out
-            .fetch_add(delivered * delivery.payload.len() as u64, Relaxed);
+            .fetch_add(delivered * payload.len() as u64, Relaxed);
     }
 }
