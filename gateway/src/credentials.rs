@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use protocol::link_auth::LinkSecret;
-use server_kit::secret::{check_exposure, load_secret};
+use server_kit::secret::{check_exposure, load_secret, parse_secret, ExposeSecret, SecretString};
 use server_kit::tls::TlsError;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::ClientConfig;
@@ -95,7 +95,7 @@ pub enum SecurityError {
 }
 
 /// The `gateway` binary's security flags (docs/configuration.md, "Security").
-#[derive(Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct SecurityArgs {
     /// Shared secret of the broker link (at least 16 bytes): answers the broker's challenge, and
     /// is required of other gateways by the embedded broker. Prefer --link-secret-file.
@@ -103,9 +103,10 @@ pub struct SecurityArgs {
         long,
         env = "GATEWAY_LINK_SECRET",
         hide_env_values = true,
-        conflicts_with = "link_secret_file"
+        conflicts_with = "link_secret_file",
+        value_parser = parse_secret
     )]
-    pub link_secret: Option<String>,
+    pub link_secret: Option<SecretString>,
 
     /// File holding the link secret (one trailing newline is ignored).
     #[arg(long, env = "GATEWAY_LINK_SECRET_FILE", value_name = "FILE")]
@@ -162,9 +163,10 @@ pub struct SecurityArgs {
         long,
         env = "GATEWAY_JOIN_TOKEN_SECRET",
         hide_env_values = true,
-        conflicts_with = "join_token_secret_file"
+        conflicts_with = "join_token_secret_file",
+        value_parser = parse_secret
     )]
-    pub join_token_secret: Option<String>,
+    pub join_token_secret: Option<SecretString>,
 
     /// File holding the HS256 key of join tokens (one trailing newline is ignored).
     #[arg(long, env = "GATEWAY_JOIN_TOKEN_SECRET_FILE", value_name = "FILE")]
@@ -173,27 +175,6 @@ pub struct SecurityArgs {
     /// PEM public key (RSA for RS256, EC P-256 for ES256) that verifies join tokens.
     #[arg(long, env = "GATEWAY_JOIN_TOKEN_PUBLIC_KEY", value_name = "FILE")]
     pub join_token_public_key: Option<PathBuf>,
-}
-
-/// Keeps secrets out of logs.
-impl fmt::Debug for SecurityArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let redacted = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
-        f.debug_struct("SecurityArgs")
-            .field("link_secret", &redacted(&self.link_secret))
-            .field("link_secret_file", &self.link_secret_file)
-            .field("insecure", &self.insecure)
-            .field("tls_cert", &self.tls_cert)
-            .field("tls_key", &self.tls_key)
-            .field("broker_tls", &self.broker_tls)
-            .field("broker_ca", &self.broker_ca)
-            .field("broker_tls_name", &self.broker_tls_name)
-            .field("require_join_token", &self.require_join_token)
-            .field("join_token_secret", &redacted(&self.join_token_secret))
-            .field("join_token_secret_file", &self.join_token_secret_file)
-            .field("join_token_public_key", &self.join_token_public_key)
-            .finish()
-    }
 }
 
 impl SecurityArgs {
@@ -205,7 +186,7 @@ impl SecurityArgs {
         broker_listen: SocketAddr,
     ) -> Result<Security, SecurityError> {
         let secret = load_secret(
-            self.link_secret.as_deref(),
+            self.link_secret.as_ref().map(|s| s.expose_secret()),
             self.link_secret_file.as_deref(),
             "GATEWAY",
         )?;
@@ -261,7 +242,7 @@ impl SecurityArgs {
     fn join_tokens(&self) -> Result<Option<JoinTokens>, SecurityError> {
         let secret = match (&self.join_token_secret, &self.join_token_secret_file) {
             (Some(secret), _) => Some((
-                secret.as_bytes().to_vec(),
+                secret.expose_secret().as_bytes().to_vec(),
                 "--join-token-secret (GATEWAY_JOIN_TOKEN_SECRET)".to_owned(),
             )),
             (None, Some(path)) => {

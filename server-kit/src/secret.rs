@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use protocol::link_auth::{LinkSecret, LinkSecretError};
+pub use secrecy::{ExposeSecret, SecretString};
 
 /// Why a secret cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,12 @@ pub enum SecretError {
     },
     #[error("{0}")]
     Exposed(String),
+}
+
+/// A secret given on the command line or in the environment, for clap's `value_parser`: kept
+/// as a [`SecretString`], whose `Debug` never shows it.
+pub fn parse_secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
 }
 
 /// The link secret given inline or in a file (`env_prefix` names the binary's environment

@@ -14,7 +14,6 @@
 pub mod demo;
 pub mod metrics;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -30,6 +29,8 @@ use protocol::client::{parse_publish, ParseLimits, Publish};
 use protocol::ErrorCode;
 use protocol::Text;
 use serde_json::value::RawValue;
+use server_kit::secret::{parse_secret, ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
 
 use crate::gateway::Gateway;
 
@@ -40,12 +41,12 @@ pub const DEFAULT_MAX_BATCH: usize = 1000;
 
 /// Settings of the admin HTTP API. Each is a flag and an environment variable of the `gateway`
 /// binary.
-#[derive(Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct AdminConfig {
     /// Bearer token that /api/* requests must carry (`Authorization: Bearer TOKEN`). Without it
     /// /api/* is open, which is allowed only when the admin address is a loopback address.
-    #[arg(long, env = "GATEWAY_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
+    #[arg(long, env = "GATEWAY_API_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub api_token: Option<SecretString>,
 
     /// Largest admin API request body, in bytes. A larger one is answered 413 `body_too_large`.
     #[arg(long, env = "GATEWAY_API_MAX_BODY_SIZE", default_value_t = DEFAULT_MAX_BODY_SIZE)]
@@ -67,22 +68,12 @@ impl Default for AdminConfig {
     }
 }
 
-/// Keeps the token out of logs.
-impl fmt::Debug for AdminConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdminConfig")
-            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
-            .field("api_max_body_size", &self.api_max_body_size)
-            .field("api_max_batch", &self.api_max_batch)
-            .finish()
-    }
-}
-
 impl AdminConfig {
     /// Rejects settings that cannot work or that would expose the API, for an admin server on
     /// `addr`.
     pub fn validate(&self, addr: SocketAddr) -> Result<(), String> {
         if let Some(token) = &self.api_token {
+            let token = token.expose_secret();
             if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(
                     "api-token must be non-empty printable ASCII without spaces (it is sent in \
@@ -368,7 +359,7 @@ fn check_message_size(item: &Publish<'_>, max: usize) -> Result<(), ApiError> {
 }
 
 async fn authorize(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    let Some(expected) = state.config.api_token.as_deref() else {
+    let Some(expected) = state.config.api_token.as_ref().map(|t| t.expose_secret()) else {
         return next.run(request).await;
     };
     let refused = match bearer_token(request.headers()) {
@@ -389,6 +380,12 @@ async fn authorize(State(state): State<Shared>, request: Request, next: Next) ->
     }
 }
 
+/// Compares in time that does not depend on where the two differ (subtle), so a wrong guess does
+/// not tell how many of its first bytes were right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    bool::from(a.ct_eq(b))
+}
+
 /// The token of an `Authorization: Bearer TOKEN` header (the scheme is case-insensitive).
 fn bearer_token(headers: &HeaderMap) -> Result<&str, &'static str> {
     let value = headers
@@ -401,18 +398,6 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, &'static str> {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
         _ => Err("expected `Authorization: Bearer <token>`"),
     }
-}
-
-/// Compares in time that depends only on the lengths, so a wrong guess does not tell how many of
-/// its first bytes were right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= std::hint::black_box(x ^ y);
-    }
-    diff == 0
 }
 
 async fn not_found(request: Request) -> ApiError {
@@ -503,7 +488,7 @@ mod tests {
         assert_eq!(parsed.api_max_body_size, default.api_max_body_size);
         assert_eq!(parsed.api_max_batch, default.api_max_batch);
         if std::env::var_os("GATEWAY_API_TOKEN").is_none() {
-            assert_eq!(parsed.api_token, None);
+            assert!(parsed.api_token.is_none());
         }
     }
 
