@@ -123,11 +123,13 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_LINK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub link_timeout: Duration,
 
-    /// Time allowed to connect to the broker and exchange hellos.
+    /// Time allowed to connect to the broker: TCP, the TLS handshake (with --broker-tls), the
+    /// hellos and the link authentication.
     #[arg(long, env = "GATEWAY_LINK_CONNECT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub link_connect_timeout: Duration,
 
-    /// First reconnect delay after the broker link drops; doubles up to the maximum, with jitter.
+    /// First reconnect delay after the broker link drops; doubles up to the maximum, with jitter,
+    /// and returns to this once a link has stayed up for the maximum (at least 1 s).
     #[arg(long, env = "GATEWAY_RECONNECT_MIN", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub reconnect_min: Duration,
 

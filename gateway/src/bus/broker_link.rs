@@ -234,7 +234,8 @@ async fn link_loop<N: Node>(
                 *bus.last_error.lock() = Some(e.to_string());
             }
         }
-        // Full jitter over the upper half of the backoff keeps gateways from reconnecting in step.
+        // Equal jitter (half the backoff, plus a random part of the other half) keeps gateways
+        // from reconnecting in step.
         let delay = backoff / 2 + backoff.mul_f64(fastrand::f64() / 2.0);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

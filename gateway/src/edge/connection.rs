@@ -48,6 +48,21 @@ enum Accepted {
     Tls(Box<Ws<TlsStream<TcpStream>>>, Option<String>),
 }
 
+/// Why a handshake failed (logged at debug level and counted; the client sees its socket close).
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("socket: {0}")]
+    Socket(std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("WebSocket upgrade failed: {0}")]
+    Upgrade(WsError),
+    #[error("no handshake within {0:?}")]
+    Timeout(Duration),
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
 /// Why a connection ended.
 #[derive(Debug)]
 enum Close {
@@ -80,7 +95,7 @@ pub(crate) async fn serve(
         // keeps its own size for as long as the connection lives.
         let handshake = tokio::select! {
             ws = Box::pin(handshake(stream, &state)) => ws,
-            _ = shutdown.cancelled() => Err("shutting down".to_owned()),
+            _ = shutdown.cancelled() => Err(HandshakeError::ShuttingDown),
         };
         // Matched in place: binding the upgraded stream to a variable first would make the task
         // store it once more.
@@ -156,8 +171,11 @@ async fn established<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The TLS handshake (with a certificate) and the WebSocket upgrade, within one deadline.
-async fn handshake(stream: std::net::TcpStream, state: &WorkerState) -> Result<Accepted, String> {
-    let stream = TcpStream::from_std(stream).map_err(|e| e.to_string())?;
+async fn handshake(
+    stream: std::net::TcpStream,
+    state: &WorkerState,
+) -> Result<Accepted, HandshakeError> {
+    let stream = TcpStream::from_std(stream).map_err(HandshakeError::Socket)?;
     let _ = stream.set_nodelay(true);
     let accept = async {
         match &state.security.tls {
@@ -169,10 +187,7 @@ async fn handshake(stream: std::net::TcpStream, state: &WorkerState) -> Result<A
             // carry.
             Some(tls) => {
                 Box::pin(async {
-                    let stream = tls
-                        .accept(stream)
-                        .await
-                        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                    let stream = tls.accept(stream).await.map_err(HandshakeError::Tls)?;
                     let (ws, url_token) = upgrade(stream, state).await?;
                     Ok(Accepted::Tls(Box::new(ws), url_token))
                 })
@@ -182,10 +197,7 @@ async fn handshake(stream: std::net::TcpStream, state: &WorkerState) -> Result<A
     };
     match tokio::time::timeout(state.config.handshake_timeout, accept).await {
         Ok(accepted) => accepted,
-        Err(_) => Err(format!(
-            "no handshake within {:?}",
-            state.config.handshake_timeout
-        )),
+        Err(_) => Err(HandshakeError::Timeout(state.config.handshake_timeout)),
     }
 }
 
@@ -193,14 +205,14 @@ async fn handshake(stream: std::net::TcpStream, state: &WorkerState) -> Result<A
 async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     state: &WorkerState,
-) -> Result<(Ws<S>, Option<String>), String> {
+) -> Result<(Ws<S>, Option<String>), HandshakeError> {
     let check_origin = state.origins.callback(&state.stats.origin_rejections);
     let mut url_token = None;
     let callback = CaptureToken::new(&mut url_token, check_origin);
     let ws =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(state.ws_config))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(HandshakeError::Upgrade)?;
     Ok((ws, url_token))
 }
 
