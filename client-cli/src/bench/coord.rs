@@ -470,6 +470,14 @@ impl Fleet {
     }
 }
 
+/// Agent 0, in the parent's process: its error goes to the parent like a child's would.
+pub async fn run_local(outbox: Outbox, agent: impl std::future::Future<Output = Result<()>>) {
+    if let Err(e) = agent.await {
+        let error = format!("{e:#}");
+        let _ = outbox.send(FromAgent::Failed { error }).await;
+    }
+}
+
 async fn write_line(stdin: &mut ChildStdin, msg: &ToAgent) -> Result<()> {
     let mut line = serde_json::to_vec(msg)?;
     line.push(b'\n');

@@ -28,11 +28,14 @@ use crate::bench::coord::{
     self, instant_of, unix_ns, AgentIo, AgentReport, FanoutPlan, FanoutReport, Fleet, FromAgent,
     ModePlan, Outbox, Pace, Plan, Progress, ToAgent, SLACK,
 };
+use crate::bench::countdown::Countdown;
 use crate::bench::net::{self, BenchWs, Reasons, CLOSE_TIMEOUT};
 use crate::bench::payload::{self, Stamp};
+use crate::bench::progress::Bar;
 use crate::bench::report::{FanoutResult, ServerUsage};
 use crate::bench::seq::{add_all, Seen, SenderTotals, SeqTracker, Tally};
-use crate::bench::{latency, procfs, Bar, Countdown, Setup};
+use crate::bench::setup::Setup;
+use crate::bench::{latency, procfs};
 use crate::cli::Cli;
 use crate::conn::describe_close;
 
@@ -685,7 +688,10 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> Result<()> {
     let plans = setup.plans(args.groups, &ModePlan::Fanout(fanout.clone()));
     let bar = Bar::new(args.common.json);
     let (mut fleet, io) = Fleet::launch(&plans).await?;
-    let local = tokio::task::spawn_local(super::local_agent(plans[0].clone(), io));
+    let local = tokio::task::spawn_local(coord::run_local(
+        io.outbox.clone(),
+        agent(plans[0].clone(), fanout.clone(), io),
+    ));
 
     bar.connecting(args.connections);
     let setup_deadline = Instant::now() + setup.setup_timeout + SLACK;

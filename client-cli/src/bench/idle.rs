@@ -22,9 +22,12 @@ use crate::bench::coord::{
     self, unix_ns, AgentIo, AgentReport, Fleet, FromAgent, IdlePlan, IdleReport, ModePlan, Plan,
     Progress, ToAgent, SLACK,
 };
+use crate::bench::countdown::Countdown;
 use crate::bench::net::{self, BenchWs, Reasons, CLOSE_TIMEOUT};
+use crate::bench::procfs;
+use crate::bench::progress::Bar;
 use crate::bench::report::{IdleResult, MemoryUsage, ServerUsage};
-use crate::bench::{procfs, Bar, Countdown, Setup};
+use crate::bench::setup::Setup;
 use crate::cli::Cli;
 use crate::conn::describe_close;
 use crate::frames;
@@ -292,7 +295,10 @@ pub async fn run(cli: &Cli, args: &IdleArgs) -> Result<()> {
 
     let connect_start = Instant::now();
     let (mut fleet, io) = Fleet::launch(&plans).await?;
-    let local = tokio::task::spawn_local(super::local_agent(plans[0].clone(), io));
+    let local = tokio::task::spawn_local(coord::run_local(
+        io.outbox.clone(),
+        agent(plans[0].clone(), IdlePlan { verify_groups }, io),
+    ));
     bar.connecting(args.connections);
     let ready = fleet
         .collect(
