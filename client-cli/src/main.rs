@@ -9,8 +9,8 @@
 //! ```
 //!
 //! - [`cli`]: the flags and their parsers.
-//! - [`frames`]: the JSON requests sent and how replies are read (pure).
-//! - [`conn`]: connecting, reading under a deadline, clean close.
+//! - [`client_cli::frames`] and [`client_cli::conn`] (the library half of this package): the JSON
+//!   requests sent and how replies are read, connecting, reading under a deadline, clean close.
 //! - [`join`] and [`send`]: the WebSocket subcommands; [`publish`]: the admin API (HTTP).
 //! - [`bench`]: the load generator (`bench fanout`, `bench idle`).
 //!
@@ -21,8 +21,6 @@
 
 mod bench;
 mod cli;
-mod conn;
-mod frames;
 mod join;
 mod publish;
 mod send;
@@ -30,9 +28,9 @@ mod send;
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use client_cli::conn::TimedOut;
 
 use crate::cli::{Cli, Command};
-use crate::conn::TimedOut;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

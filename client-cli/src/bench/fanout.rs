@@ -16,6 +16,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
+use client_cli::conn::describe_close;
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use tokio::sync::{watch, Semaphore};
@@ -37,7 +38,6 @@ use crate::bench::seq::{add_all, Seen, SenderTotals, SeqTracker, Tally};
 use crate::bench::setup::Setup;
 use crate::bench::{latency, procfs};
 use crate::cli::Cli;
-use crate::conn::describe_close;
 
 /// How far in the future the parent puts the start, so every agent hears of it in time.
 const START_DELAY: Duration = Duration::from_millis(300);

@@ -12,6 +12,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use client_cli::conn::describe_close;
+use client_cli::frames;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
@@ -29,8 +31,6 @@ use crate::bench::progress::Bar;
 use crate::bench::report::{IdleResult, MemoryUsage, ServerUsage};
 use crate::bench::setup::Setup;
 use crate::cli::Cli;
-use crate::conn::describe_close;
-use crate::frames;
 
 /// How long members have to receive the verification messages once they are sent.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
