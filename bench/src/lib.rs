@@ -1,6 +1,7 @@
-//! `client-cli bench`: the load generator.
+//! `push-bench`: the load generator of the group push gateway. `main.rs` parses the flags and
+//! calls [`run`] (or [`run_agent`] in the processes it spawns).
 //!
-//! - [`args`]: the flags of `bench fanout` and `bench idle`.
+//! - [`args`]: the flags of `push-bench fanout` and `push-bench idle`.
 //! - [`fanout`] and [`idle`]: each mode's agent (the connections one process owns) and parent
 //!   (the whole run: start, timing, server readings, merged report).
 //! - [`setup`]: what both modes settle before starting the agents (processes, source addresses,
@@ -12,12 +13,12 @@
 //!   duplicate accounting, histograms, `/proc` parsing.
 //! - [`report`]: the merged result as a table or JSON.
 //!
-//! This module only picks the mode: the modules above import nothing from it.
+//! This root only picks the mode: the modules above import nothing from it.
 //!
 //! Each process runs one single-threaded runtime (the generator shares the machine with the
 //! server under test) with one task per connection; more cores mean more processes.
 
-mod args;
+pub mod args;
 mod coord;
 mod countdown;
 mod fanout;
@@ -34,25 +35,19 @@ mod setup;
 use anyhow::Result;
 use tokio::task::LocalSet;
 
-pub use args::BenchArgs;
-use args::BenchMode;
+use args::{BenchMode, Cli};
 use coord::{AgentIo, ModePlan, Plan};
 
-use crate::cli::Cli;
-
-/// `client-cli bench ...`.
-pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
-    LocalSet::new()
-        .run_until(async {
-            match &args.mode {
-                BenchMode::Fanout(args) => fanout::run(cli, args).await,
-                BenchMode::Idle(args) => idle::run(cli, args).await,
-            }
-        })
-        .await
+/// `push-bench fanout ...`, `push-bench idle ...`, or (in a child) `push-bench agent`.
+pub async fn run(cli: &Cli) -> Result<()> {
+    match &cli.mode {
+        BenchMode::Fanout(args) => LocalSet::new().run_until(fanout::run(cli, args)).await,
+        BenchMode::Idle(args) => LocalSet::new().run_until(idle::run(cli, args)).await,
+        BenchMode::Agent => run_agent().await,
+    }
 }
 
-/// `client-cli bench-agent`: a child of `bench`, driven over stdin/stdout.
+/// `push-bench agent`: a child of a multi-process run, driven over stdin/stdout.
 pub async fn run_agent() -> Result<()> {
     LocalSet::new()
         .run_until(coord::serve_parent(|plan, io| async move {

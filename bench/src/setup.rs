@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::bench::args::CommonArgs;
-use crate::bench::coord::{self, ModePlan, Plan};
-use crate::bench::{net, procfs};
-use crate::cli::Cli;
+use crate::args::Cli;
+use crate::args::CommonArgs;
+use crate::coord::{self, ModePlan, Plan};
+use crate::{net, procfs};
 
 /// What both modes settle before starting the agents.
 #[derive(Debug)]
@@ -75,7 +75,7 @@ impl Setup {
                 std::process::id(),
                 coord::unix_ns() % 0x1_0000
             ),
-            connect_timeout: cli.connect_timeout.duration(),
+            connect_timeout: cli.connect_timeout,
             setup_timeout: common.setup_timeout,
             concurrency: usize::try_from(common.connect_concurrency).unwrap_or(usize::MAX),
             connections,

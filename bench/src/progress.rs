@@ -8,7 +8,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::time::Instant;
 
-use crate::bench::coord::Progress;
+use crate::coord::Progress;
 
 /// The progress bar on stderr; hidden with --json or when stderr is not a terminal.
 pub struct Bar {

@@ -1,4 +1,4 @@
-//! `bench idle`: many joined connections that only read (answering the server's pings), to
+//! `push-bench idle`: many joined connections that only read (answering the server's pings), to
 //! measure what an idle member costs the server and that it keeps them all.
 //!
 //! The parent reads the server's memory before anything connects and again once every
@@ -19,18 +19,18 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::bench::args::IdleArgs;
-use crate::bench::coord::{
+use crate::args::Cli;
+use crate::args::IdleArgs;
+use crate::coord::{
     self, unix_ns, AgentIo, AgentReport, Fleet, FromAgent, IdlePlan, IdleReport, ModePlan, Plan,
     Progress, ToAgent, SLACK,
 };
-use crate::bench::countdown::Countdown;
-use crate::bench::net::{self, BenchWs, Reasons, CLOSE_TIMEOUT};
-use crate::bench::procfs;
-use crate::bench::progress::Bar;
-use crate::bench::report::{IdleResult, MemoryUsage, ServerUsage};
-use crate::bench::setup::Setup;
-use crate::cli::Cli;
+use crate::countdown::Countdown;
+use crate::net::{self, BenchWs, Reasons, CLOSE_TIMEOUT};
+use crate::procfs;
+use crate::progress::Bar;
+use crate::report::{IdleResult, MemoryUsage, ServerUsage};
+use crate::setup::Setup;
 
 /// How long members have to receive the verification messages once they are sent.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,4 +1,4 @@
-//! `bench fanout`: senders publish to their groups; every member measures what arrives.
+//! `push-bench fanout`: senders publish to their groups; every member measures what arrives.
 //!
 //! Agent side: one task per connection ([`connection`]) reads its group's messages, tracks
 //! sequence numbers per sender and records latency into the agent's histogram; the connections
@@ -24,20 +24,20 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::bench::args::FanoutArgs;
-use crate::bench::coord::{
+use crate::args::Cli;
+use crate::args::FanoutArgs;
+use crate::coord::{
     self, instant_of, unix_ns, AgentIo, AgentReport, FanoutPlan, FanoutReport, Fleet, FromAgent,
     ModePlan, Outbox, Pace, Plan, Progress, ToAgent, SLACK,
 };
-use crate::bench::countdown::Countdown;
-use crate::bench::net::{self, BenchWs, Reasons, CLOSE_TIMEOUT};
-use crate::bench::payload::{self, Stamp};
-use crate::bench::progress::Bar;
-use crate::bench::report::{FanoutResult, ServerUsage};
-use crate::bench::seq::{add_all, Seen, SenderTotals, SeqTracker, Tally};
-use crate::bench::setup::Setup;
-use crate::bench::{latency, procfs};
-use crate::cli::Cli;
+use crate::countdown::Countdown;
+use crate::net::{self, BenchWs, Reasons, CLOSE_TIMEOUT};
+use crate::payload::{self, Stamp};
+use crate::progress::Bar;
+use crate::report::{FanoutResult, ServerUsage};
+use crate::seq::{add_all, Seen, SenderTotals, SeqTracker, Tally};
+use crate::setup::Setup;
+use crate::{latency, procfs};
 
 /// How far in the future the parent puts the start, so every agent hears of it in time.
 const START_DELAY: Duration = Duration::from_millis(300);

@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use crate::bench::coord::Pace;
-use crate::bench::latency::Summary;
-use crate::bench::net::Reasons;
-use crate::bench::procfs::{self, Memory, Sample};
+use crate::coord::Pace;
+use crate::latency::Summary;
+use crate::net::Reasons;
+use crate::procfs::{self, Memory, Sample};
 
 /// A server process over the measured window: CPU used, memory at its end.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
