@@ -39,7 +39,16 @@ Examples:
   # 100,000 idle connections for a minute, against several gateways sharing port 1234
   push-bench idle --connections 100000 --hold 60s --server-pid PID1,PID2,PID3,PID4,PID5,PID6
   # one JSON object per run, for scripts
-  push-bench fanout --json | jq .deliveries_per_sec";
+  push-bench fanout --json | jq .deliveries_per_sec
+
+Exit codes:
+  0  the run is clean: every connection joined and stayed; fanout: nothing lost, duplicated,
+     reordered or unexpected, no server error, the drain completed; idle: every member still
+     connected got the verification message
+  1  error: bad arguments, the gateway cannot be reached, no connection could join, an agent
+     failed (no report)
+  2  broken run: the report is printed, and `error: broken run: ...` on stderr says what broke
+     it (deliveries lost, server errors, ...)";
 
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:1234";
 
@@ -76,7 +85,9 @@ pub enum BenchMode {
     ///
     /// A gateway that limits each connection's message rate (gateway --max-messages-per-second)
     /// refuses a fast sender's messages and then closes it: turn the limit off (0) for throughput
-    /// runs. Refused messages show as server errors (with the first one quoted) and as lost.
+    /// runs. The first refusal prints a warning at once; refused messages show as server errors
+    /// (with the first one quoted), as `rate limit` in the report and as lost, and the run exits
+    /// 2.
     ///
     /// Reports messages sent, deliveries received and expected (sent x members of the group),
     /// deliveries per second over the measured window, lost, duplicated, latency

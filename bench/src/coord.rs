@@ -170,6 +170,8 @@ pub struct Progress {
     pub dropped: u64,
     pub sent: u64,
     pub delivered: u64,
+    /// Fanout: messages the gateway refused with `rate_limited` (its per-connection rate limit).
+    pub rate_limited: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,6 +196,8 @@ pub struct FanoutReport {
     /// Frames that were neither a benchmark message of the receiver's group nor a reply.
     pub unexpected: u64,
     pub server_errors: u64,
+    /// The server errors that were `rate_limited`.
+    pub rate_limited: u64,
     pub first_server_error: Option<String>,
     /// Latency histogram of the messages sent in the measured window (see [`latency`]).
     pub histogram: String,

@@ -29,7 +29,7 @@ use crate::countdown::Countdown;
 use crate::net::{self, BenchWs, Reasons, CLOSE_TIMEOUT};
 use crate::procfs;
 use crate::progress::Bar;
-use crate::report::{IdleResult, MemoryUsage, ServerUsage};
+use crate::report::{self, IdleResult, MemoryUsage, ServerUsage};
 use crate::setup::Setup;
 
 /// How long members have to receive the verification messages once they are sent.
@@ -114,6 +114,7 @@ pub async fn agent(plan: Plan, idle: IdlePlan, mut io: AgentIo) -> Result<()> {
                 dropped: s.dropped.get(),
                 sent: 0,
                 delivered: s.verify_received.get(),
+                rate_limited: 0,
             };
             if outbox.send(FromAgent::Progress(p)).await.is_err() {
                 return;
@@ -392,7 +393,8 @@ pub async fn run(cli: &Cli, args: &IdleArgs) -> Result<()> {
         failures,
         drops,
     };
-    result.print(args.common.json)
+    result.print(args.common.json)?;
+    report::verdict(result.problems())
 }
 
 #[cfg(test)]

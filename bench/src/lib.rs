@@ -37,6 +37,7 @@ use tokio::task::LocalSet;
 
 use args::{BenchMode, Cli};
 use coord::{AgentIo, ModePlan, Plan};
+pub use report::Broken;
 
 /// `push-bench fanout ...`, `push-bench idle ...`, or (in a child) `push-bench agent`.
 pub async fn run(cli: &Cli) -> Result<()> {

@@ -6,12 +6,13 @@
 //! ```
 //!
 //! Everything but the process's entry point is in the library ([`push_bench`]). Errors are
-//! printed as `error: ...` on stderr, and exit 1.
+//! printed as `error: ...` on stderr; exit codes are listed in `--help`.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 use push_bench::args::Cli;
+use push_bench::Broken;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -35,7 +36,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.is::<Broken>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

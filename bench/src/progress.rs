@@ -19,6 +19,8 @@ pub struct Bar {
     rate: Cell<f64>,
     /// While the bar shows time: when it started, and the warmup in it.
     start: Cell<Option<(Instant, Duration)>>,
+    /// Whether the rate limit warning has been printed.
+    warned_rate_limit: Cell<bool>,
 }
 
 impl fmt::Debug for Bar {
@@ -26,6 +28,12 @@ impl fmt::Debug for Bar {
         f.debug_struct("Bar").finish_non_exhaustive()
     }
 }
+
+const RATE_LIMIT_WARNING: &str = "\
+warning: the gateway refuses messages with `rate_limited`: its rate limit per
+  connection (gateway --max-messages-per-second) throttles this run, which then
+  measures that limit, not the gateway. For throughput runs, start the gateway
+  with --max-messages-per-second 0.";
 
 fn sum(progress: &[Progress], field: impl Fn(&Progress) -> u64) -> u64 {
     progress.iter().map(field).sum()
@@ -49,6 +57,7 @@ impl Bar {
             last: Cell::new((0, Instant::now())),
             rate: Cell::new(0.0),
             start: Cell::new(None),
+            warned_rate_limit: Cell::new(false),
         }
     }
 
@@ -139,6 +148,14 @@ impl Bar {
     pub fn message(&self, prefix: &'static str) {
         self.start.set(None);
         self.bar.set_prefix(prefix);
+    }
+
+    /// Once `refused` (the messages the gateway answered `rate_limited`) is above zero: says once,
+    /// on stderr above the bar, that the gateway's rate limit throttles the run.
+    pub fn warn_if_rate_limited(&self, refused: u64) {
+        if refused > 0 && !self.warned_rate_limit.replace(true) {
+            self.bar.suspend(|| eprintln!("{RATE_LIMIT_WARNING}"));
+        }
     }
 
     pub fn finish(&self) {

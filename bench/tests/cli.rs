@@ -36,9 +36,12 @@ fn help_names_both_modes() {
         assert!(help.contains(mode), "{help}");
     }
     assert!(
-        !help.contains("agent"),
+        !help
+            .lines()
+            .any(|line| line.trim_start().starts_with("agent")),
         "the agent subcommand is internal: {help}"
     );
+    assert!(help.contains("Exit codes:"), "{help}");
     let out = bench(&["fanout", "--help"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout).contains("push-bench fanout --connections 10000"));

@@ -1,6 +1,8 @@
 //! The `push-bench` load generator against a real gateway: short runs over two processes (the
-//! second a copy of push-bench itself), checked through its JSON report.
+//! second a copy of push-bench itself), checked through its JSON report, and a run that the
+//! gateway's rate limit breaks.
 
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -19,23 +21,33 @@ async fn unlimited_gateway() -> Result<Gateway> {
     Gateway::start(config).await
 }
 
-/// Runs `push-bench --url <gateway> <args> --json` to its end; returns its exit status's success
-/// and its report.
-async fn bench(gateway: &Gateway, args: &[&str]) -> Result<(bool, Value, Process)> {
+/// Starts `push-bench --url <gateway> <args> --json`.
+fn start_bench(gateway: &Gateway, args: &[&str]) -> Result<Process> {
     let url = gateway.url();
     let mut all = vec!["--url", url.as_str()];
     all.extend(args);
     all.push("--json");
-    let mut bench = Process::spawn("push-bench", "push-bench", &all)?;
+    Process::spawn("push-bench", "push-bench", &all)
+}
+
+/// Waits for push-bench to exit; returns its exit status and its report.
+async fn finish_bench(bench: &mut Process) -> Result<(ExitStatus, Value)> {
     let status = bench.wait(RUN_TIMEOUT).await?;
     let stdout = bench.stdout();
     let report = serde_json::from_str(&stdout).with_context(|| {
         format!(
-            "`push-bench {}` ({status}) printed no JSON report: {stdout:?}; stderr: {:?}",
-            all.join(" "),
+            "push-bench ({status}) printed no JSON report: {stdout:?}; stderr: {:?}",
             bench.stderr_lines()
         )
     })?;
+    Ok((status, report))
+}
+
+/// Runs `push-bench --url <gateway> <args> --json` to its end; returns whether it exited 0 and
+/// its report.
+async fn bench(gateway: &Gateway, args: &[&str]) -> Result<(bool, Value, Process)> {
+    let mut bench = start_bench(gateway, args)?;
+    let (status, report) = finish_bench(&mut bench).await?;
     Ok((status.success(), report, bench))
 }
 
@@ -113,5 +125,72 @@ async fn idle_connections_are_held_and_verified() -> Result<()> {
     // Groups 0 and 1 have 5 members each.
     ensure!(number(&report, "verify_expected")? == 10, "{report}");
     ensure!(number(&report, "verify_received")? == 10, "{report}");
+    gateway.process.assert_no_panics()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_run_warns_at_once_and_exits_2() -> Result<()> {
+    // 5 messages per second against a sender of 50: most are refused, and the sender is not
+    // closed for it before the end.
+    let config = GatewayConfig::embedded("gateway")
+        .workers(2)
+        .arg("--max-messages-per-second")
+        .arg("5")
+        .arg("--message-burst")
+        .arg("5")
+        .arg("--rate-limit-strikes")
+        .arg("1000");
+    let gateway = Gateway::start(config).await?;
+    let args = [
+        "fanout",
+        "--connections",
+        "10",
+        "--groups",
+        "1",
+        "--senders",
+        "1",
+        "--rate",
+        "50",
+        "--warmup",
+        "0",
+        "--duration",
+        "3s",
+        "--drain",
+        "1s",
+    ];
+    let mut bench = start_bench(&gateway, &args)?;
+    let is_warning = |line: &str| line.starts_with("warning: the gateway refuses messages");
+    bench
+        .wait_for_stderr_line(
+            "the rate limit warning",
+            Duration::from_secs(20),
+            is_warning,
+        )
+        .await?;
+    ensure!(
+        bench.try_wait()?.is_none(),
+        "the rate limit warning came only at the end of the run"
+    );
+    let (status, report) = finish_bench(&mut bench).await?;
+    let stderr = bench.stderr_lines();
+    ensure!(status.code() == Some(2), "{status}; stderr: {stderr:?}");
+    let warnings = stderr.iter().filter(|line| is_warning(line)).count();
+    ensure!(warnings == 1, "{warnings} rate limit warnings: {stderr:?}");
+    let rate_limited = number(&report, "rate_limited")?;
+    ensure!(rate_limited > 0, "{report}");
+    ensure!(
+        number(&report, "server_errors")? >= rate_limited,
+        "{report}"
+    );
+    ensure!(number(&report, "lost")? > 0, "{report}");
+    let first = report["first_server_error"].as_str().unwrap_or_default();
+    ensure!(first.contains(r#""code":"rate_limited""#), "{report}");
+    let error = stderr.last().map(String::as_str).unwrap_or_default();
+    ensure!(
+        error.starts_with("error: broken run: ")
+            && error.contains(" deliveries lost")
+            && error.contains(" rate_limited)"),
+        "last stderr line: {error:?}"
+    );
     gateway.process.assert_no_panics()
 }
