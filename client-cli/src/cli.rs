@@ -54,14 +54,6 @@ pub enum Command {
     /// `published N` on stderr once the gateway accepted them.
     #[command(after_help = EXIT_CODES)]
     Publish(PublishArgs),
-    /// Load generator: deliveries/s, latency and loss (`fanout`), or idle connections (`idle`).
-    ///
-    /// `client-cli bench fanout --help` and `client-cli bench idle --help` tell what each
-    /// measures and how.
-    Bench(crate::bench::BenchArgs),
-    /// Internal: one process of a multi-process `bench`, driven over its stdin and stdout.
-    #[command(hide = true, name = "bench-agent")]
-    BenchAgent,
 }
 
 #[derive(Debug, Args)]

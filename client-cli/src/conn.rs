@@ -15,8 +15,6 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::cli::Secs;
-
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long a clean close waits for the server's close echo before dropping the connection.
@@ -121,12 +119,13 @@ pub async fn wait<F: Future>(
 }
 
 /// Opens the WebSocket, giving up after `timeout`.
-pub async fn connect(url: &str, timeout: Secs) -> Result<Ws> {
-    match tokio::time::timeout(timeout.duration(), tokio_tungstenite::connect_async(url)).await {
+pub async fn connect(url: &str, timeout: Duration) -> Result<Ws> {
+    match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)).await {
         Ok(Ok((ws, _response))) => Ok(ws),
         Ok(Err(e)) => Err(anyhow!("cannot connect to {url}: {e}")),
         Err(_) => Err(anyhow!(
-            "cannot connect to {url}: no handshake within {timeout} s"
+            "cannot connect to {url}: no handshake within {} s",
+            timeout.as_secs_f64()
         )),
     }
 }

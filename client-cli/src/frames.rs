@@ -1,4 +1,4 @@
-//! The JSON frames client-cli sends, and how it reads the server's replies. Pure: no I/O.
+//! The JSON frames a client sends, and how it reads the server's replies. Pure: no I/O.
 
 use std::borrow::Cow;
 

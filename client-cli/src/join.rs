@@ -4,13 +4,13 @@ use std::collections::BTreeSet;
 use std::io::Write as _;
 
 use anyhow::{bail, Context as _, Result};
+use client_cli::conn::{self, Interrupt, Next, TimedOut, Waited};
+use client_cli::frames::{self, Incoming};
 use futures_util::SinkExt as _;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::cli::{Cli, JoinArgs};
-use crate::conn::{self, Interrupt, Next, TimedOut, Waited};
-use crate::frames::{self, Incoming};
 
 pub async fn run(cli: &Cli, args: &JoinArgs) -> Result<()> {
     let deadline = args
@@ -26,7 +26,7 @@ pub async fn run(cli: &Cli, args: &JoinArgs) -> Result<()> {
         .collect::<Result<Vec<String>>>()?;
     let mut interrupt = Interrupt::on_signals();
 
-    let connecting = conn::connect(&cli.url, cli.connect_timeout);
+    let connecting = conn::connect(&cli.url, cli.connect_timeout.duration());
     let mut ws = match conn::wait(connecting, deadline, &mut interrupt).await {
         Waited::Done(ws) => ws?,
         Waited::Deadline => return Err(timed_out(format!("connecting to {}", cli.url))),

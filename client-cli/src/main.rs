@@ -9,20 +9,16 @@
 //! ```
 //!
 //! - [`cli`]: the flags and their parsers.
-//! - [`frames`]: the JSON requests sent and how replies are read (pure).
-//! - [`conn`]: connecting, reading under a deadline, clean close.
+//! - [`client_cli::frames`] and [`client_cli::conn`] (the library half of this package): the JSON
+//!   requests sent and how replies are read, connecting, reading under a deadline, clean close.
 //! - [`join`] and [`send`]: the WebSocket subcommands; [`publish`]: the admin API (HTTP).
-//! - [`bench`]: the load generator (`bench fanout`, `bench idle`).
 //!
 //! Errors are printed as `error: ...` on stderr; exit codes are listed in `--help`.
 
 // Printing received messages on stdout is this binary's job.
 #![allow(clippy::print_stdout)]
 
-mod bench;
 mod cli;
-mod conn;
-mod frames;
 mod join;
 mod publish;
 mod send;
@@ -30,9 +26,9 @@ mod send;
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use client_cli::conn::TimedOut;
 
 use crate::cli::{Cli, Command};
-use crate::conn::TimedOut;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -62,8 +58,6 @@ fn main() -> ExitCode {
             Command::Join(args) => join::run(&cli, args).await,
             Command::Send(args) => send::run(&cli, args).await,
             Command::Publish(args) => publish::run(&cli, args).await,
-            Command::Bench(args) => bench::run(&cli, args).await,
-            Command::BenchAgent => bench::run_agent().await,
         }
     });
     match result {

@@ -4,11 +4,11 @@
 use std::io::Read as _;
 
 use anyhow::{bail, Context as _, Result};
+use client_cli::conn::{self, Interrupt, TimedOut, Waited};
+use client_cli::frames;
 use tokio::time::Instant;
 
 use crate::cli::{Cli, PublishArgs};
-use crate::conn::{self, Interrupt, TimedOut, Waited};
-use crate::frames;
 
 pub async fn run(cli: &Cli, args: &PublishArgs) -> Result<()> {
     let body = match (&args.batch, &args.group, &args.message) {

@@ -1,13 +1,13 @@
 //! `client-cli send`: send one message to a group, wait for the ack, close cleanly.
 
 use anyhow::{bail, Context as _, Result};
+use client_cli::conn::{self, Interrupt, Next, TimedOut, Waited};
+use client_cli::frames::{self, Incoming};
 use futures_util::SinkExt as _;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::{Cli, SendArgs};
-use crate::conn::{self, Interrupt, Next, TimedOut, Waited};
-use crate::frames::{self, Incoming};
 
 const REQ_ID: u64 = 1;
 
@@ -19,7 +19,7 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> Result<()> {
     let request = frames::send_request(&args.group, &args.message, args.json, REQ_ID)?;
     let mut interrupt = Interrupt::on_signals();
 
-    let connecting = conn::connect(&cli.url, cli.connect_timeout);
+    let connecting = conn::connect(&cli.url, cli.connect_timeout.duration());
     let mut ws = match conn::wait(connecting, deadline, &mut interrupt).await {
         Waited::Done(ws) => ws?,
         Waited::Deadline => return Err(timed_out(&format!("connecting to {}", cli.url))),

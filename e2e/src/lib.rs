@@ -1,5 +1,6 @@
-//! End-to-end test harness: runs the real `broker`, `gateway` and `client-cli` binaries (built
-//! next to the test executable, in `target/<profile>/`) and talks to them as users do.
+//! End-to-end test harness: runs the real `broker`, `gateway`, `client-cli` and `push-bench`
+//! binaries (built next to the test executable, in `target/<profile>/`) and talks to them as users
+//! do.
 //!
 //! - [`process`]: a child process guard, killed on drop, whose stdout and stderr are captured
 //!   line by line; waits for the JSON log events that signal readiness.

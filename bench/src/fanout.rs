@@ -1,4 +1,4 @@
-//! `bench fanout`: senders publish to their groups; every member measures what arrives.
+//! `push-bench fanout`: senders publish to their groups; every member measures what arrives.
 //!
 //! Agent side: one task per connection ([`connection`]) reads its group's messages, tracks
 //! sequence numbers per sender and records latency into the agent's histogram; the connections
@@ -16,25 +16,29 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
+use client_cli::conn::describe_close;
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
+use protocol::ErrorCode;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::bench::args::FanoutArgs;
-use crate::bench::coord::{
+use crate::args::Cli;
+use crate::args::FanoutArgs;
+use crate::coord::{
     self, instant_of, unix_ns, AgentIo, AgentReport, FanoutPlan, FanoutReport, Fleet, FromAgent,
     ModePlan, Outbox, Pace, Plan, Progress, ToAgent, SLACK,
 };
-use crate::bench::net::{self, BenchWs, Reasons, CLOSE_TIMEOUT};
-use crate::bench::payload::{self, Stamp};
-use crate::bench::report::{FanoutResult, ServerUsage};
-use crate::bench::seq::{add_all, Seen, SenderTotals, SeqTracker, Tally};
-use crate::bench::{latency, procfs, Bar, Countdown, Setup};
-use crate::cli::Cli;
-use crate::conn::describe_close;
+use crate::countdown::Countdown;
+use crate::net::{self, BenchWs, Reasons, CLOSE_TIMEOUT};
+use crate::payload::{self, Stamp};
+use crate::progress::Bar;
+use crate::report::{self, FanoutResult, ServerUsage};
+use crate::seq::{add_all, Seen, SenderTotals, SeqTracker, Tally};
+use crate::setup::Setup;
+use crate::{latency, procfs};
 
 /// How far in the future the parent puts the start, so every agent hears of it in time.
 const START_DELAY: Duration = Duration::from_millis(300);
@@ -88,6 +92,7 @@ struct Counters {
     delivered_measured: Cell<u64>,
     unexpected: Cell<u64>,
     server_errors: Cell<u64>,
+    rate_limited: Cell<u64>,
 }
 
 fn bump(cell: &Cell<u64>) {
@@ -127,6 +132,7 @@ impl Shared {
             dropped: c.dropped.get(),
             sent: c.sent.get(),
             delivered: c.delivered.get(),
+            rate_limited: c.rate_limited.get(),
         }
     }
 }
@@ -256,6 +262,7 @@ async fn drive(shared: &Shared, io: &mut AgentIo) -> Result<()> {
         totals: shared.totals.borrow().clone(),
         unexpected: c.unexpected.get(),
         server_errors: c.server_errors.get(),
+        rate_limited: c.rate_limited.get(),
         first_server_error: shared.first_server_error.borrow().clone(),
         histogram: latency::encode(&shared.histogram.borrow())?,
         drain_complete,
@@ -605,6 +612,9 @@ impl<'a> Conn<'a> {
         let counters = &self.shared.counters;
         if bytes.starts_with(br#"{"cmd":"error""#) {
             bump(&counters.server_errors);
+            if is_rate_limited(bytes) {
+                bump(&counters.rate_limited);
+            }
             // Only senders send anything after their join: this refuses one of its messages.
             if let Some(s) = self.sender.as_mut() {
                 s.resolved += 1;
@@ -655,6 +665,13 @@ impl<'a> Conn<'a> {
     }
 }
 
+/// Whether an error reply is `rate_limited`: a message over the gateway's per-connection rate.
+fn is_rate_limited(reply: &[u8]) -> bool {
+    let code = ErrorCode::RateLimited.as_str();
+    serde_json::from_slice::<serde_json::Value>(reply)
+        .is_ok_and(|reply| reply.get("code").and_then(serde_json::Value::as_str) == Some(code))
+}
+
 async fn tick(ticker: &mut Option<Interval>) {
     match ticker {
         Some(every) => {
@@ -684,8 +701,15 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> Result<()> {
     };
     let plans = setup.plans(args.groups, &ModePlan::Fanout(fanout.clone()));
     let bar = Bar::new(args.common.json);
+    let delivering = |progress: &[Progress]| {
+        bar.delivering(progress);
+        bar.warn_if_rate_limited(progress.iter().map(|p| p.rate_limited).sum());
+    };
     let (mut fleet, io) = Fleet::launch(&plans).await?;
-    let local = tokio::task::spawn_local(super::local_agent(plans[0].clone(), io));
+    let local = tokio::task::spawn_local(coord::run_local(
+        io.outbox.clone(),
+        agent(plans[0].clone(), fanout.clone(), io),
+    ));
 
     bar.connecting(args.connections);
     let setup_deadline = Instant::now() + setup.setup_timeout + SLACK;
@@ -727,7 +751,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> Result<()> {
                 FromAgent::Sent { sent } => Some(sent),
                 _ => None,
             },
-            |p| bar.delivering(p),
+            delivering,
         )
         .await?;
     let mut sent = Vec::new();
@@ -750,7 +774,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> Result<()> {
                 },
                 _ => None,
             },
-            |p| bar.delivering(p),
+            delivering,
         )
         .await?;
     let ((t1, before), (t2, after)) = sampler.await.context("the /proc sampler failed")??;
@@ -760,7 +784,10 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> Result<()> {
 
     let servers = ServerUsage::between(&before, &after, t2 - t1);
     let result = merge(&setup, args, &sent, &reports, servers)?;
-    result.print(args.common.json)
+    // The agents' last progress may have come before the first refusal.
+    bar.warn_if_rate_limited(result.rate_limited);
+    result.print(args.common.json)?;
+    report::verdict(result.problems())
 }
 
 fn merge(
@@ -788,6 +815,7 @@ fn merge(
         r.delivered_measured += part.delivered_measured;
         r.unexpected += part.unexpected;
         r.server_errors += part.server_errors;
+        r.rate_limited += part.rate_limited;
         if r.first_server_error.is_none() {
             r.first_server_error.clone_from(&part.first_server_error);
         }
@@ -820,6 +848,7 @@ fn merge(
         reordered: tally.reordered,
         unexpected: r.unexpected,
         server_errors: r.server_errors,
+        rate_limited: r.rate_limited,
         first_server_error: r.first_server_error,
         latency_us: latency::Summary::of(&histogram),
         drain_complete: reports.iter().all(|p| p.drain_complete),
@@ -842,6 +871,15 @@ mod tests {
         assert_eq!(senders_in_group(0, 1, 1), 1);
         let total: u64 = (0..100).map(|g| senders_in_group(g, 100, 100)).sum();
         assert_eq!(total, 100);
+    }
+
+    #[test]
+    fn rate_limited_replies() {
+        let reply = protocol::client::error_reply(ErrorCode::RateLimited, "too fast", None);
+        assert!(is_rate_limited(reply.as_bytes()));
+        let other = protocol::client::error_reply(ErrorCode::InvalidJson, "rate_limited", None);
+        assert!(!is_rate_limited(other.as_bytes()));
+        assert!(!is_rate_limited(br#"{"cmd":"error""#));
     }
 
     #[test]

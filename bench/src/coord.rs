@@ -1,6 +1,6 @@
 //! Running one benchmark over several processes.
 //!
-//! The parent is agent 0 and spawns agents 1..P as copies of itself (`client-cli bench-agent`).
+//! The parent is agent 0 and spawns agents 1..P as copies of itself (`push-bench agent`).
 //! Each agent owns the connections `i` with `i % P == agent`. They talk in JSON lines: the
 //! parent writes [`ToAgent`] to a child's stdin, the child writes [`FromAgent`] to its stdout
 //! (its stderr is the parent's). Agent 0 gets the same messages over in-process channels, so
@@ -32,9 +32,9 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::bench::latency;
-use crate::bench::net::Reasons;
-use crate::bench::seq::SenderTotals;
+use crate::latency;
+use crate::net::Reasons;
+use crate::seq::SenderTotals;
 
 /// How often agents report progress.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -43,7 +43,7 @@ pub const SLACK: Duration = Duration::from_secs(15);
 /// How long a child may take to exit after its report.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Name of the hidden subcommand children run.
-pub const AGENT_SUBCOMMAND: &str = "bench-agent";
+pub const AGENT_SUBCOMMAND: &str = "agent";
 
 /// Everything an agent needs to know, the same for all but `agent`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,6 +170,8 @@ pub struct Progress {
     pub dropped: u64,
     pub sent: u64,
     pub delivered: u64,
+    /// Fanout: messages the gateway refused with `rate_limited` (its per-connection rate limit).
+    pub rate_limited: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,6 +196,8 @@ pub struct FanoutReport {
     /// Frames that were neither a benchmark message of the receiver's group nor a reply.
     pub unexpected: u64,
     pub server_errors: u64,
+    /// The server errors that were `rate_limited`.
+    pub rate_limited: u64,
     pub first_server_error: Option<String>,
     /// Latency histogram of the messages sent in the measured window (see [`latency`]).
     pub histogram: String,
@@ -467,6 +471,14 @@ impl Fleet {
             }
             drop(stdin);
         }
+    }
+}
+
+/// Agent 0, in the parent's process: its error goes to the parent like a child's would.
+pub async fn run_local(outbox: Outbox, agent: impl std::future::Future<Output = Result<()>>) {
+    if let Err(e) = agent.await {
+        let error = format!("{e:#}");
+        let _ = outbox.send(FromAgent::Failed { error }).await;
     }
 }
 

@@ -1,13 +1,13 @@
-//! The flags of `bench fanout` and `bench idle`, and their checks.
+//! The flags of `push-bench fanout` and `push-bench idle`, and their checks.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-use crate::bench::coord::Pace;
-use crate::bench::payload;
+use crate::coord::Pace;
+use crate::payload;
 
 const BENCH_HELP: &str = "\
 How a run goes:
@@ -31,21 +31,42 @@ the growth.
 
 Examples:
   # 1,000 connections, 10 groups, one sender each, as fast as deliveries keep up
-  client-cli --url ws://127.0.0.1:1234 bench fanout --server-pid PID
+  push-bench --url ws://127.0.0.1:1234 fanout --server-pid PID
   # 10,000 connections, 100 groups, 100 senders, over two processes
-  client-cli bench fanout --connections 10000 --groups 100 --senders 100 --processes 2
+  push-bench fanout --connections 10000 --groups 100 --senders 100 --processes 2
   # latency at a steady 40,000 deliveries/s (10 senders x 40 msgs/s x 100 members)
-  client-cli bench fanout --rate 40 --duration 30s
+  push-bench fanout --rate 40 --duration 30s
   # 100,000 idle connections for a minute, against several gateways sharing port 1234
-  client-cli bench idle --connections 100000 --hold 60s --server-pid PID1,PID2,PID3,PID4,PID5,PID6
+  push-bench idle --connections 100000 --hold 60s --server-pid PID1,PID2,PID3,PID4,PID5,PID6
   # one JSON object per run, for scripts
-  client-cli bench fanout --json | jq .deliveries_per_sec";
+  push-bench fanout --json | jq .deliveries_per_sec
 
-/// Measure the gateway: delivery throughput, latency and loss (`fanout`), or the cost of idle
-/// connections (`idle`).
-#[derive(Debug, Args)]
-#[command(after_long_help = BENCH_HELP)]
-pub struct BenchArgs {
+Exit codes:
+  0  the run is clean: every connection joined and stayed; fanout: nothing lost, duplicated,
+     reordered or unexpected, no server error, the drain completed; idle: every member still
+     connected got the verification message
+  1  error: bad arguments, the gateway cannot be reached, no connection could join, an agent
+     failed (no report)
+  2  broken run: the report is printed, and `error: broken run: ...` on stderr says what broke
+     it (deliveries lost, server errors, ...)";
+
+pub const DEFAULT_URL: &str = "ws://127.0.0.1:1234";
+
+/// Load generator of the group push gateway: delivery throughput, latency and loss (`fanout`),
+/// or the cost of idle connections (`idle`).
+///
+/// `push-bench fanout --help` and `push-bench idle --help` tell what each measures and how.
+#[derive(Debug, Parser)]
+#[command(name = "push-bench", version, after_long_help = BENCH_HELP)]
+pub struct Cli {
+    /// WebSocket URL of the gateway.
+    #[arg(long, global = true, env = "PUSH_URL", default_value = DEFAULT_URL)]
+    pub url: String,
+
+    /// How long to wait for the WebSocket handshake, in seconds.
+    #[arg(long, global = true, value_name = "SECS", default_value = "5", value_parser = parse_positive)]
+    pub connect_timeout: Duration,
+
     #[command(subcommand)]
     pub mode: BenchMode,
 }
@@ -64,7 +85,9 @@ pub enum BenchMode {
     ///
     /// A gateway that limits each connection's message rate (gateway --max-messages-per-second)
     /// refuses a fast sender's messages and then closes it: turn the limit off (0) for throughput
-    /// runs. Refused messages show as server errors (with the first one quoted) and as lost.
+    /// runs. The first refusal prints a warning at once; refused messages show as server errors
+    /// (with the first one quoted), as `rate limit` in the report and as lost, and the run exits
+    /// 2.
     ///
     /// Reports messages sent, deliveries received and expected (sent x members of the group),
     /// deliveries per second over the measured window, lost, duplicated, latency
@@ -82,6 +105,9 @@ pub enum BenchMode {
     /// connecting and once all joined, and their growth per connection.
     #[command(after_long_help = BENCH_HELP)]
     Idle(IdleArgs),
+    /// Internal: one process of a multi-process run, driven over its stdin and stdout.
+    #[command(hide = true, name = "agent")]
+    Agent,
 }
 
 #[derive(Debug, Args)]
@@ -287,16 +313,14 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use crate::coord::AGENT_SUBCOMMAND;
 
-    #[derive(Debug, Parser)]
-    struct Bench {
-        #[command(subcommand)]
-        mode: BenchMode,
+    fn parse_cli(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("push-bench").chain(args.iter().copied()))
     }
 
     fn parse(args: &[&str]) -> Result<BenchMode, clap::Error> {
-        Bench::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).map(|b| b.mode)
+        parse_cli(args).map(|cli| cli.mode)
     }
 
     fn fanout(args: &[&str]) -> FanoutArgs {
@@ -419,5 +443,37 @@ mod tests {
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_positive("0s").is_err());
+    }
+
+    #[test]
+    fn global_flags_before_or_after_the_mode() {
+        let url = "ws://example.test:9";
+        for args in [
+            &["--url", url, "--connect-timeout", "0.25", "fanout"][..],
+            &["fanout", "--url", url, "--connect-timeout", "250ms"],
+            &["idle", "--connect-timeout", "0.25", "--url", url],
+        ] {
+            let cli = parse_cli(args).unwrap();
+            assert_eq!(cli.url, url, "{args:?}");
+            assert_eq!(cli.connect_timeout, Duration::from_millis(250), "{args:?}");
+        }
+        let cli = parse_cli(&["idle"]).unwrap();
+        if std::env::var_os("PUSH_URL").is_none() {
+            assert_eq!(cli.url, DEFAULT_URL);
+        }
+        assert_eq!(cli.connect_timeout, Duration::from_secs(5));
+        assert!(parse_cli(&["fanout", "--connect-timeout", "0"]).is_err());
+        assert!(parse_cli(&[]).is_err(), "a mode is required");
+    }
+
+    #[test]
+    fn agents_run_the_hidden_subcommand() {
+        assert!(matches!(parse(&[AGENT_SUBCOMMAND]), Ok(BenchMode::Agent)));
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -1,4 +1,4 @@
-//! `bench idle`: many joined connections that only read (answering the server's pings), to
+//! `push-bench idle`: many joined connections that only read (answering the server's pings), to
 //! measure what an idle member costs the server and that it keeps them all.
 //!
 //! The parent reads the server's memory before anything connects and again once every
@@ -12,22 +12,25 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use client_cli::conn::describe_close;
+use client_cli::frames;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::bench::args::IdleArgs;
-use crate::bench::coord::{
+use crate::args::Cli;
+use crate::args::IdleArgs;
+use crate::coord::{
     self, unix_ns, AgentIo, AgentReport, Fleet, FromAgent, IdlePlan, IdleReport, ModePlan, Plan,
     Progress, ToAgent, SLACK,
 };
-use crate::bench::net::{self, BenchWs, Reasons, CLOSE_TIMEOUT};
-use crate::bench::report::{IdleResult, MemoryUsage, ServerUsage};
-use crate::bench::{procfs, Bar, Countdown, Setup};
-use crate::cli::Cli;
-use crate::conn::describe_close;
-use crate::frames;
+use crate::countdown::Countdown;
+use crate::net::{self, BenchWs, Reasons, CLOSE_TIMEOUT};
+use crate::procfs;
+use crate::progress::Bar;
+use crate::report::{self, IdleResult, MemoryUsage, ServerUsage};
+use crate::setup::Setup;
 
 /// How long members have to receive the verification messages once they are sent.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -111,6 +114,7 @@ pub async fn agent(plan: Plan, idle: IdlePlan, mut io: AgentIo) -> Result<()> {
                 dropped: s.dropped.get(),
                 sent: 0,
                 delivered: s.verify_received.get(),
+                rate_limited: 0,
             };
             if outbox.send(FromAgent::Progress(p)).await.is_err() {
                 return;
@@ -292,7 +296,10 @@ pub async fn run(cli: &Cli, args: &IdleArgs) -> Result<()> {
 
     let connect_start = Instant::now();
     let (mut fleet, io) = Fleet::launch(&plans).await?;
-    let local = tokio::task::spawn_local(super::local_agent(plans[0].clone(), io));
+    let local = tokio::task::spawn_local(coord::run_local(
+        io.outbox.clone(),
+        agent(plans[0].clone(), IdlePlan { verify_groups }, io),
+    ));
     bar.connecting(args.connections);
     let ready = fleet
         .collect(
@@ -386,7 +393,8 @@ pub async fn run(cli: &Cli, args: &IdleArgs) -> Result<()> {
         failures,
         drops,
     };
-    result.print(args.common.json)
+    result.print(args.common.json)?;
+    report::verdict(result.problems())
 }
 
 #[cfg(test)]

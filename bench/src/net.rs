@@ -14,9 +14,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::conn::describe_close;
-pub use crate::conn::{close, CLOSE_TIMEOUT};
-use crate::frames::{self, Incoming};
+use client_cli::conn::describe_close;
+pub use client_cli::conn::{close, CLOSE_TIMEOUT};
+use client_cli::frames::{self, Incoming};
 
 pub type BenchWs = WebSocketStream<TcpStream>;
 

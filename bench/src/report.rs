@@ -1,16 +1,16 @@
 //! The merged results of a run: one JSON object with `--json`, a short table otherwise.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use crate::bench::coord::Pace;
-use crate::bench::latency::Summary;
-use crate::bench::net::Reasons;
-use crate::bench::procfs::{self, Memory, Sample};
+use crate::coord::Pace;
+use crate::latency::Summary;
+use crate::net::Reasons;
+use crate::procfs::{self, Memory, Sample};
 
 /// A server process over the measured window: CPU used, memory at its end.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -99,6 +99,8 @@ pub struct FanoutResult {
     pub reordered: u64,
     pub unexpected: u64,
     pub server_errors: u64,
+    /// The server errors that were `rate_limited`: the gateway's per-connection rate limit.
+    pub rate_limited: u64,
     pub first_server_error: Option<String>,
     /// Publish to receive, of the messages sent in the measured window, in microseconds.
     pub latency_us: Summary,
@@ -136,6 +138,41 @@ pub struct IdleResult {
     pub servers: Vec<ServerUsage>,
     pub failures: Reasons,
     pub drops: Reasons,
+}
+
+/// A run that went to its end, its report printed, but is broken: what broke it. `main` exits 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken(pub Vec<String>);
+
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "broken run: {}", self.0.join(", "))
+    }
+}
+
+impl std::error::Error for Broken {}
+
+/// The connections that failed to join or were dropped, as problems of a run.
+fn connection_problems(connections: u64, failed: u64, dropped: u64) -> Vec<String> {
+    let mut problems = Vec::new();
+    if failed > 0 {
+        problems.push(format!(
+            "{failed} of {connections} connections failed to join"
+        ));
+    }
+    if dropped > 0 {
+        problems.push(format!("{dropped} connections dropped"));
+    }
+    problems
+}
+
+/// The run's outcome once its report is out: [`Broken`] when there are `problems`.
+pub fn verdict(problems: Vec<String>) -> Result<()> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Broken(problems).into())
+    }
 }
 
 fn mib(bytes: u64) -> String {
@@ -180,6 +217,41 @@ fn emit(json: bool, value: &impl Serialize, table: &str) -> Result<()> {
 impl FanoutResult {
     pub fn print(&self, json: bool) -> Result<()> {
         emit(json, self, &self.table())
+    }
+
+    /// What makes the run broken (loss, duplicates, errors, a drain timeout); empty when clean.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = connection_problems(
+            self.connections,
+            self.connections_failed,
+            self.connections_dropped,
+        );
+        if self.lost > 0 {
+            problems.push(format!(
+                "{} of {} deliveries lost",
+                self.lost, self.deliveries_expected
+            ));
+        }
+        for (count, what) in [
+            (self.duplicated, "duplicated"),
+            (self.reordered, "reordered"),
+            (self.unexpected, "unexpected frames"),
+        ] {
+            if count > 0 {
+                problems.push(format!("{count} {what}"));
+            }
+        }
+        if self.server_errors > 0 {
+            let mut text = format!("{} server errors", self.server_errors);
+            if self.rate_limited > 0 {
+                text.push_str(&format!(" ({} rate_limited)", self.rate_limited));
+            }
+            problems.push(text);
+        }
+        if !self.drain_complete {
+            problems.push("the drain timed out".to_owned());
+        }
+        problems
     }
 
     pub fn table(&self) -> String {
@@ -237,6 +309,14 @@ impl FanoutResult {
         if let Some(first) = &self.first_server_error {
             let _ = writeln!(out, "first error   {first}");
         }
+        if self.rate_limited > 0 {
+            let _ = writeln!(
+                out,
+                "rate limit    {} messages refused: the gateway's --max-messages-per-second \
+                 throttled this run",
+                self.rate_limited
+            );
+        }
         let l = &self.latency_us;
         let _ = writeln!(
             out,
@@ -258,6 +338,26 @@ impl FanoutResult {
 impl IdleResult {
     pub fn print(&self, json: bool) -> Result<()> {
         emit(json, self, &self.table())
+    }
+
+    /// What makes the run broken (connections lost, verification missed); empty when clean.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = connection_problems(
+            self.connections,
+            self.connections_failed,
+            self.connections_dropped,
+        );
+        if self.verify_received < self.verify_expected {
+            problems.push(format!(
+                "{} of {} members did not get the verification message",
+                self.verify_expected - self.verify_received,
+                self.verify_expected
+            ));
+        }
+        if self.unexpected > 0 {
+            problems.push(format!("{} unexpected frames", self.unexpected));
+        }
+        problems
     }
 
     pub fn table(&self) -> String {
@@ -360,5 +460,158 @@ mod tests {
         assert_eq!(m.pss_per_connection, 3000.0);
         assert_eq!(m.rss_per_connection, 3000.0);
         assert_eq!(MemoryUsage::new(&[], &[], 10), None);
+    }
+
+    fn fanout_result() -> FanoutResult {
+        FanoutResult {
+            mode: "fanout",
+            url: "ws://127.0.0.1:1234".to_owned(),
+            connections: 100,
+            groups: 10,
+            senders: 10,
+            pace: Pace::Window(64),
+            payload_bytes: 64,
+            warmup_secs: 2.0,
+            duration_secs: 10.0,
+            processes: 1,
+            source_ips: Vec::new(),
+            connections_joined: 100,
+            connections_failed: 0,
+            connections_dropped: 0,
+            messages_sent: 7054,
+            messages_sent_measured: 5000,
+            deliveries_received: 70540,
+            deliveries_expected: 70540,
+            deliveries_measured: 50000,
+            deliveries_per_sec: 5000.0,
+            lost: 0,
+            duplicated: 0,
+            reordered: 0,
+            unexpected: 0,
+            server_errors: 0,
+            rate_limited: 0,
+            first_server_error: None,
+            latency_us: Summary::default(),
+            drain_complete: true,
+            failures: Reasons::default(),
+            drops: Reasons::default(),
+            servers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_clean_fanout_run_passes() {
+        let result = fanout_result();
+        assert!(result.problems().is_empty());
+        verdict(result.problems()).unwrap();
+        assert!(!result.table().contains("rate limit"));
+    }
+
+    #[test]
+    fn loss_and_rate_limited_errors_break_a_fanout_run() {
+        let result = FanoutResult {
+            deliveries_received: 40395,
+            lost: 30145,
+            server_errors: 1000,
+            rate_limited: 1000,
+            first_server_error: Some(
+                r#"{"cmd":"error","code":"rate_limited","reason":"more than 100 messages per second"}"#
+                    .to_owned(),
+            ),
+            ..fanout_result()
+        };
+        assert_eq!(
+            result.problems(),
+            [
+                "30145 of 70540 deliveries lost",
+                "1000 server errors (1000 rate_limited)"
+            ]
+        );
+        let err = verdict(result.problems()).unwrap_err();
+        assert!(err.is::<Broken>());
+        assert_eq!(
+            err.to_string(),
+            "broken run: 30145 of 70540 deliveries lost, 1000 server errors (1000 rate_limited)"
+        );
+        let table = result.table();
+        assert!(
+            table.contains(
+                "rate limit    1000 messages refused: the gateway's --max-messages-per-second"
+            ),
+            "{table}"
+        );
+        let json = serde_json::to_value(&result).unwrap();
+        assert_eq!(json["rate_limited"], 1000);
+    }
+
+    #[test]
+    fn every_kind_of_fanout_problem_is_named() {
+        let result = FanoutResult {
+            connections_failed: 2,
+            connections_dropped: 1,
+            duplicated: 3,
+            reordered: 4,
+            unexpected: 5,
+            server_errors: 6,
+            drain_complete: false,
+            ..fanout_result()
+        };
+        assert_eq!(
+            result.problems(),
+            [
+                "2 of 100 connections failed to join",
+                "1 connections dropped",
+                "3 duplicated",
+                "4 reordered",
+                "5 unexpected frames",
+                "6 server errors",
+                "the drain timed out"
+            ]
+        );
+    }
+
+    #[test]
+    fn idle_problems() {
+        let clean = IdleResult {
+            mode: "idle",
+            url: "ws://127.0.0.1:1234".to_owned(),
+            connections: 1000,
+            groups: 100,
+            hold_secs: 1.0,
+            processes: 1,
+            source_ips: Vec::new(),
+            connections_joined: 1000,
+            connections_failed: 0,
+            connections_dropped: 0,
+            connect_secs: 0.5,
+            joins_per_sec: 2000.0,
+            verify_groups: 3,
+            verify_expected: 30,
+            verify_received: 30,
+            unexpected: 0,
+            memory: None,
+            servers: Vec::new(),
+            failures: Reasons::default(),
+            drops: Reasons::default(),
+        };
+        assert!(clean.problems().is_empty());
+        let broken = IdleResult {
+            connections_joined: 990,
+            connections_failed: 10,
+            connections_dropped: 1,
+            verify_expected: 29,
+            verify_received: 20,
+            unexpected: 2,
+            ..clean
+        };
+        assert_eq!(
+            broken.problems(),
+            [
+                "10 of 1000 connections failed to join",
+                "1 connections dropped",
+                "9 of 29 members did not get the verification message",
+                "2 unexpected frames"
+            ]
+        );
     }
 }

@@ -1,0 +1,8 @@
+//! The WebSocket client side of the group push protocol, shared by the `client-cli` binary and
+//! the load generator:
+//!
+//! - [`frames`]: the JSON requests sent and how replies are read (pure).
+//! - [`conn`]: connecting, reading text frames under a deadline, clean close.
+
+pub mod conn;
+pub mod frames;
