@@ -7,12 +7,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use broker::auth::SecurityArgs;
 use broker::{Broker, BrokerConfig};
 use clap::Parser;
-use server_kit::listen::{bind_logged, serve_admin};
+use server_kit::admin_http;
+use server_kit::listen::bind_logged;
 use server_kit::logging::{init_tracing, LogFormat};
 use server_kit::settings::parse_cli;
 use server_kit::shutdown::cancel_on_signals;
@@ -39,6 +42,19 @@ struct Cli {
     /// given.
     #[arg(long, env = "BROKER_ADMIN")]
     admin: Option<SocketAddr>,
+
+    /// Most admin HTTP connections open at once; more are closed at once.
+    #[arg(long, env = "BROKER_ADMIN_MAX_CONNECTIONS", default_value_t = admin_http::DEFAULT_ADMIN_MAX_CONNECTIONS)]
+    admin_max_connections: usize,
+
+    /// Time for an admin request's header to arrive, and the longest a kept-alive admin
+    /// connection may stay idle; the connection is closed past it.
+    #[arg(long, env = "BROKER_ADMIN_HEADER_TIMEOUT", default_value = "5s", value_parser = parse_admin_timeout)]
+    admin_header_timeout: Duration,
+
+    /// Time for a whole admin request; past it the answer is 408.
+    #[arg(long, env = "BROKER_ADMIN_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_admin_timeout)]
+    admin_request_timeout: Duration,
 
     /// Log format on stderr. RUST_LOG sets the level (default info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
@@ -79,10 +95,22 @@ async fn main() -> anyhow::Result<()> {
             let admin_listener = bind_logged(addr, "admin listening")
                 .await
                 .with_context(|| format!("cannot listen on {addr} (admin)"))?;
-            let router = broker::admin::router(broker.clone());
-            Some(tokio::spawn(serve_admin(
+            anyhow::ensure!(
+                cli.admin_max_connections > 0,
+                "invalid configuration: admin-max-connections must be at least 1"
+            );
+            let stats = Arc::new(admin_http::AdminHttpStats::default());
+            let router = broker::admin::router(broker.clone(), stats.clone());
+            let limits = admin_http::AdminHttpLimits {
+                max_connections: cli.admin_max_connections,
+                header_timeout: cli.admin_header_timeout,
+                request_timeout: cli.admin_request_timeout,
+            };
+            Some(tokio::spawn(admin_http::serve_admin(
                 admin_listener,
                 router,
+                limits,
+                stats,
                 shutdown.clone(),
             )))
         }
@@ -93,6 +121,15 @@ async fn main() -> anyhow::Result<()> {
         admin.await.context("admin server panicked")??;
     }
     Ok(())
+}
+
+/// A duration between 1 ms and 24 h.
+fn parse_admin_timeout(value: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if duration.is_zero() || duration > server_kit::settings::MAX_DURATION {
+        return Err("must be between 1ms and 24h".into());
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]

@@ -6,11 +6,13 @@
 //! exports its embedded broker's counters the same way.
 
 use std::fmt;
+use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
+use server_kit::admin_http::AdminHttpStats;
 use server_kit::metrics::{counter, gauge};
 
 use crate::server::Broker;
@@ -79,28 +81,30 @@ pub fn encode_broker_stats(
     )
 }
 
-/// Reads a broker's counters at scrape time.
+/// Reads a broker's counters, and its admin server's, at scrape time.
 #[derive(Debug)]
 pub struct BrokerCollector {
     broker: Broker,
+    admin_http: Arc<AdminHttpStats>,
 }
 
 impl BrokerCollector {
-    pub fn new(broker: Broker) -> BrokerCollector {
-        BrokerCollector { broker }
+    pub fn new(broker: Broker, admin_http: Arc<AdminHttpStats>) -> BrokerCollector {
+        BrokerCollector { broker, admin_http }
     }
 }
 
 impl Collector for BrokerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
-        encode_broker_stats(&self.broker.stats(), &mut encoder)
+        encode_broker_stats(&self.broker.stats(), &mut encoder)?;
+        self.admin_http.snapshot().encode("broker", &mut encoder)
     }
 }
 
 /// A registry holding just the broker's collector.
-pub fn registry(broker: Broker) -> Registry {
+pub fn registry(broker: Broker, admin_http: Arc<AdminHttpStats>) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(BrokerCollector::new(broker)));
+    registry.register_collector(Box::new(BrokerCollector::new(broker, admin_http)));
     registry
 }
 

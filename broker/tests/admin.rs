@@ -43,9 +43,12 @@ async fn start() -> Fixture {
         "http://{}",
         admin_listener.local_addr().expect("admin address")
     );
-    tokio::spawn(server_kit::listen::serve_admin(
+    let admin_http = std::sync::Arc::new(server_kit::admin_http::AdminHttpStats::default());
+    tokio::spawn(server_kit::admin_http::serve_admin(
         admin_listener,
-        broker::admin::router(broker),
+        broker::admin::router(broker, admin_http.clone()),
+        server_kit::admin_http::AdminHttpLimits::default(),
+        admin_http,
         shutdown.clone(),
     ));
     let http = reqwest::Client::builder()

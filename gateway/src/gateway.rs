@@ -15,6 +15,8 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use server_kit::admin_http::AdminHttpStats;
+
 use crate::bus::broker_link::BrokerLink;
 use crate::bus::{Carrier, RunningBus};
 use crate::config::GatewayConfig;
@@ -61,6 +63,8 @@ struct Inner {
     ws_addr: std::sync::OnceLock<SocketAddr>,
     /// Messages published through [`Gateway::publish`].
     api_publishes: AtomicU64,
+    /// Counted by the admin HTTP server (`server_kit::admin_http::serve_admin`).
+    admin_http: Arc<AdminHttpStats>,
     /// Clients connect with TLS (`wss://`).
     client_tls: bool,
     shutdown: CancellationToken,
@@ -277,6 +281,7 @@ impl Gateway {
                 embedded_broker,
                 ws_addr: std::sync::OnceLock::new(),
                 api_publishes: AtomicU64::new(0),
+                admin_http: Arc::default(),
                 client_tls,
                 shutdown,
             }),
@@ -416,6 +421,11 @@ impl Gateway {
         self.inner.hub.publish(group, &payload).await;
     }
 
+    /// What the admin HTTP server serving this gateway counts (reported in its stats).
+    pub fn admin_http_stats(&self) -> Arc<AdminHttpStats> {
+        self.inner.admin_http.clone()
+    }
+
     pub fn stats(&self) -> GatewaySnapshot {
         let workers: Vec<_> = self
             .inner
@@ -442,6 +452,7 @@ impl Gateway {
                 .embedded_broker
                 .as_ref()
                 .map(|e| e.broker.stats()),
+            admin_http: self.inner.admin_http.snapshot(),
         }
     }
 }

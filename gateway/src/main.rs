@@ -12,7 +12,8 @@ use anyhow::Context;
 use clap::Parser;
 use gateway::credentials::SecurityArgs;
 use gateway::{Gateway, GatewayConfig};
-use server_kit::listen::{bind_logged, serve_admin};
+use server_kit::admin_http::serve_admin;
+use server_kit::listen::bind_logged;
 use server_kit::logging::{init_tracing, LogFormat};
 use server_kit::settings::parse_cli;
 use server_kit::shutdown::cancel_on_signals;
@@ -125,10 +126,13 @@ async fn main() -> anyhow::Result<()> {
             let admin_listener = bind_logged(addr, "admin listening")
                 .await
                 .with_context(|| format!("cannot listen on {addr} (admin)"))?;
+            let limits = cli.admin_api.http_limits();
             let router = gateway::admin::router(gateway.clone(), cli.admin_api);
             Some(tokio::spawn(serve_admin(
                 admin_listener,
                 router,
+                limits,
+                gateway.admin_http_stats(),
                 shutdown.clone(),
             )))
         }

@@ -125,4 +125,6 @@ pub struct GatewaySnapshot {
     pub broker_link: crate::bus::BusStatus,
     /// Present when the broker runs inside this process.
     pub embedded_broker: Option<broker::StatsSnapshot>,
+    /// The admin HTTP server's refusals and timeouts.
+    pub admin_http: server_kit::admin_http::AdminHttpSnapshot,
 }

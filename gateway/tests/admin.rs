@@ -179,13 +179,15 @@ async fn serve_admin(
 ) -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let limits = admin.http_limits();
     let router = gateway::admin::router(gateway.clone(), admin);
-    let stop = shutdown.clone().cancelled_owned();
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop)
-            .await
-    });
+    tokio::spawn(server_kit::admin_http::serve_admin(
+        listener,
+        router,
+        limits,
+        gateway.admin_http_stats(),
+        shutdown.clone(),
+    ));
     Ok(addr)
 }
 

@@ -4,11 +4,13 @@
 //!   [`docs_check`] (feature `docs-check`, for tests) keeps docs/configuration.md and the example
 //!   files in step with the flags.
 //! - [`logging`]: `tracing` to stderr, text or JSON. [`shutdown`]: SIGINT and SIGTERM cancel one
-//!   token. [`listen`]: binding with a readiness log line, and serving an admin router.
+//!   token. [`listen`]: binding with a readiness log line. [`admin_http`]: serving an admin
+//!   router within connection, header, request and idle limits.
 //! - [`tls`]: rustls configurations from PEM files. [`secret`]: secrets from flags or files, and
 //!   the refusal to expose an unauthenticated listener.
 //! - [`metrics`]: OpenMetrics families read at scrape time, and the scrape response.
 
+pub mod admin_http;
 #[cfg(feature = "docs-check")]
 pub mod docs_check;
 pub mod listen;

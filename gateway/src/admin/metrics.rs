@@ -105,6 +105,7 @@ pub fn encode_snapshot(s: &GatewaySnapshot, encoder: &mut DescriptorEncoder<'_>)
         "Messages published through POST /api/publish.",
         s.api_publishes,
     )?;
+    s.admin_http.encode("gateway", e)?;
     counter(
         e,
         "gateway_deliveries",
@@ -288,6 +289,7 @@ mod tests {
                 ..BusStatus::default()
             },
             embedded_broker: None,
+            admin_http: Default::default(),
         });
         for line in [
             "# TYPE gateway_connections gauge",

@@ -16,6 +16,7 @@ pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
@@ -29,6 +30,10 @@ use protocol::client::{parse_publish, ParseLimits, Publish};
 use protocol::ErrorCode;
 use protocol::Text;
 use serde_json::value::RawValue;
+use server_kit::admin_http::{
+    AdminHttpLimits, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS,
+    DEFAULT_ADMIN_REQUEST_TIMEOUT,
+};
 use server_kit::secret::{parse_secret, ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
@@ -56,6 +61,20 @@ pub struct AdminConfig {
     /// nothing is published.
     #[arg(long, env = "GATEWAY_API_MAX_BATCH", default_value_t = DEFAULT_MAX_BATCH)]
     pub api_max_batch: usize,
+
+    /// Most admin HTTP connections open at once; more are closed at once (they share the
+    /// process's file descriptors with WebSocket clients).
+    #[arg(long, env = "GATEWAY_ADMIN_MAX_CONNECTIONS", default_value_t = DEFAULT_ADMIN_MAX_CONNECTIONS)]
+    pub admin_max_connections: usize,
+
+    /// Time for an admin request's header to arrive, and the longest a kept-alive admin
+    /// connection may stay idle; the connection is closed past it.
+    #[arg(long, env = "GATEWAY_ADMIN_HEADER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub admin_header_timeout: Duration,
+
+    /// Time for a whole admin request (body read and answer); past it the answer is 408.
+    #[arg(long, env = "GATEWAY_ADMIN_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub admin_request_timeout: Duration,
 }
 
 impl Default for AdminConfig {
@@ -64,11 +83,23 @@ impl Default for AdminConfig {
             api_token: None,
             api_max_body_size: DEFAULT_MAX_BODY_SIZE,
             api_max_batch: DEFAULT_MAX_BATCH,
+            admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+            admin_header_timeout: DEFAULT_ADMIN_HEADER_TIMEOUT,
+            admin_request_timeout: DEFAULT_ADMIN_REQUEST_TIMEOUT,
         }
     }
 }
 
 impl AdminConfig {
+    /// The limits of the admin HTTP server itself.
+    pub fn http_limits(&self) -> AdminHttpLimits {
+        AdminHttpLimits {
+            max_connections: self.admin_max_connections,
+            header_timeout: self.admin_header_timeout,
+            request_timeout: self.admin_request_timeout,
+        }
+    }
+
     /// Rejects settings that cannot work or that would expose the API, for an admin server on
     /// `addr`.
     pub fn validate(&self, addr: SocketAddr) -> Result<(), String> {
@@ -87,6 +118,17 @@ impl AdminConfig {
         }
         if self.api_max_batch == 0 {
             return Err("api-max-batch must be at least 1".into());
+        }
+        if self.admin_max_connections == 0 {
+            return Err("admin-max-connections must be at least 1".into());
+        }
+        for (name, value) in [
+            ("admin-header-timeout", self.admin_header_timeout),
+            ("admin-request-timeout", self.admin_request_timeout),
+        ] {
+            if value.is_zero() || value > server_kit::settings::MAX_DURATION {
+                return Err(format!("{name} must be between 1ms and 24h"));
+            }
         }
         check_exposure(addr, self.api_token.is_some())
     }

@@ -1,0 +1,159 @@
+//! The admin HTTP servers of the real `gateway` and `broker` binaries hold up against idle,
+//! half-sent and too many connections (issue: "admin HTTP servers have no timeouts and no
+//! connection cap"): each is closed or refused within its limit, counted in `/metrics`, and the
+//! server keeps answering everyone else.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use e2e::{Admin, Broker, Gateway, GatewayConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const MAX_CONNECTIONS: usize = 8;
+const HEADER_TIMEOUT: Duration = Duration::from_millis(400);
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(600);
+/// How long past its limit the server may take to act.
+const SLACK: Duration = Duration::from_secs(3);
+
+fn limit_args() -> Vec<String> {
+    [
+        "--admin-max-connections",
+        &MAX_CONNECTIONS.to_string(),
+        "--admin-header-timeout",
+        "400ms",
+        "--admin-request-timeout",
+        "600ms",
+    ]
+    .map(String::from)
+    .into()
+}
+
+/// Reads until the server closes the connection; returns what it sent and when it closed.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Result<(String, Instant)> {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(within, stream.read_to_end(&mut answer)).await;
+    match read {
+        Ok(Ok(_)) => Ok((
+            String::from_utf8_lossy(&answer).into_owned(),
+            Instant::now(),
+        )),
+        // A reset is a close too.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok((
+            String::from_utf8_lossy(&answer).into_owned(),
+            Instant::now(),
+        )),
+        Ok(Err(e)) => Err(e).context("reading from the admin server"),
+        Err(_) => anyhow::bail!("the admin server kept the connection open for {within:?}"),
+    }
+}
+
+async fn metric(admin: &Admin, name: &str) -> Result<u64> {
+    let (status, text) = admin.get("/metrics").await?;
+    ensure!(status == 200, "/metrics answered {status}");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .with_context(|| format!("no {name} in:\n{text}"))
+}
+
+/// Every limit of one admin server at `addr`, whose metrics start with `prefix`.
+async fn check_limits(admin: &Admin, prefix: &str) -> Result<()> {
+    let addr: SocketAddr = admin.addr();
+
+    // Idle connections (nothing sent) and a half-sent request are closed after the header
+    // timeout, not kept forever.
+    let started = Instant::now();
+    let mut idle = TcpStream::connect(addr).await?;
+    let mut half = TcpStream::connect(addr).await?;
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await?;
+    for stream in [&mut idle, &mut half] {
+        let (_, closed) = read_until_closed(stream, HEADER_TIMEOUT + SLACK).await?;
+        ensure!(
+            closed - started >= HEADER_TIMEOUT.mul_f32(0.9),
+            "closed before the header timeout: {:?}",
+            closed - started
+        );
+    }
+
+    // More than the cap at once: the extra one is closed at once, while the others wait; the
+    // server still answers once they are gone.
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        held.push(TcpStream::connect(addr).await?);
+    }
+    // Closed at once: well before the header timeout would close it.
+    let mut extra = TcpStream::connect(addr).await?;
+    let (answer, _) = read_until_closed(&mut extra, HEADER_TIMEOUT / 2).await?;
+    ensure!(
+        answer.is_empty(),
+        "the extra connection got an answer: {answer:?}"
+    );
+    drop(held);
+
+    // Everyone else is served again, and every refusal and timeout was counted.
+    let deadline = Instant::now() + SLACK;
+    loop {
+        if let Ok((200, _)) = admin.get("/healthz").await {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "/healthz never answered again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = metric(admin, &format!("{prefix}_admin_connections_refused_total")).await?;
+    ensure!(refused >= 1, "refusals counted: {refused}");
+    let timed_out = metric(
+        admin,
+        &format!("{prefix}_admin_connections_timed_out_total"),
+    )
+    .await?;
+    ensure!(timed_out >= 2, "connection timeouts counted: {timed_out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_admin_server_closes_idle_half_sent_and_excess_connections() -> Result<()> {
+    let mut config = GatewayConfig::embedded("gateway");
+    for arg in limit_args() {
+        config = config.arg(arg);
+    }
+    let gateway = Gateway::start(config).await?;
+    check_limits(&gateway.admin, "gateway").await?;
+
+    // A body that never arrives: 408 after the request timeout, and counted.
+    let mut slow_body = TcpStream::connect(gateway.admin.addr()).await?;
+    let started = Instant::now();
+    slow_body
+        .write_all(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"gro")
+        .await?;
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(REQUEST_TIMEOUT + SLACK, slow_body.read_exact(&mut answer))
+        .await
+        .context("no answer to a request whose body never arrives")??;
+    ensure!(
+        &answer == b"HTTP/1.1 408",
+        "a request whose body never arrives: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    ensure!(
+        started.elapsed() >= REQUEST_TIMEOUT.mul_f32(0.9),
+        "answered before the request timeout: {:?}",
+        started.elapsed()
+    );
+    let timed_out = metric(&gateway.admin, "gateway_admin_requests_timed_out_total").await?;
+    ensure!(timed_out == 1, "request timeouts counted: {timed_out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_admin_server_closes_idle_half_sent_and_excess_connections() -> Result<()> {
+    let broker = Broker::start_with(
+        "broker",
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &limit_args(),
+    )
+    .await?;
+    check_limits(&broker.admin, "broker").await
+}
