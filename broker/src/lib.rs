@@ -1,6 +1,9 @@
 //! The channel server: a pub/sub broker that relays group messages between gateways.
 //!
-//! - [`server`]: [`Broker`] owns the shared state; [`Broker::serve`] accepts links until shutdown.
+//! - [`server`]: [`Broker`] owns the shared state; [`Broker::serve`] accepts links until shutdown
+//!   and hands each to [`link`].
+//! - `state`: what every link shares (settings, registry, counters, link security), created by
+//!   [`server`] and read by [`link`], so that neither of them imports the other's internals.
 //! - [`link`]: one task pair per connected gateway: a reader that applies subscribe / unsubscribe /
 //!   publish frames, and a writer that drains the link's bounded queue in batches.
 //! - [`registry`]: channel -> subscribed links. A publish is encoded once and the same bytes are
@@ -21,6 +24,7 @@ pub mod link;
 pub mod metrics;
 pub mod registry;
 pub mod server;
+mod state;
 pub mod stats;
 
 pub use config::BrokerConfig;

@@ -25,7 +25,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::{LinkHandle, LinkId};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Most frames the writer takes from the queue before it flushes.
 const WRITE_BATCH: usize = 256;

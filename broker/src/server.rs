@@ -1,6 +1,6 @@
-//! The accept loop and the state every link shares.
+//! [`Broker`]: the accept loop, and the handle through which the admin server and embedders read
+//! the counters.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +11,8 @@ use tokio_util::task::TaskTracker;
 use crate::auth::BrokerSecurity;
 use crate::config::BrokerConfig;
 use crate::link::serve_connection;
-use crate::registry::{LinkId, Registry};
-use crate::stats::{BrokerStats, StatsSnapshot};
+use crate::state::Shared;
+use crate::stats::StatsSnapshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -20,15 +20,6 @@ pub enum BrokerError {
     Config(String),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
-}
-
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: BrokerConfig,
-    pub(crate) registry: Registry,
-    pub(crate) stats: Arc<BrokerStats>,
-    pub(crate) security: BrokerSecurity,
-    next_link: AtomicU64,
 }
 
 /// A broker instance. Cheap to clone; clones share state.
@@ -48,15 +39,8 @@ impl Broker {
         security: BrokerSecurity,
     ) -> Result<Broker, BrokerError> {
         config.validate().map_err(BrokerError::Config)?;
-        let stats = Arc::new(BrokerStats::default());
         Ok(Broker {
-            shared: Arc::new(Shared {
-                registry: Registry::new(stats.clone(), config.max_frame_size),
-                config,
-                stats,
-                security,
-                next_link: AtomicU64::new(1),
-            }),
+            shared: Arc::new(Shared::new(config, security)),
         })
     }
 
@@ -79,7 +63,7 @@ impl Broker {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let id = LinkId(self.shared.next_link.fetch_add(1, Relaxed));
+                    let id = self.shared.next_link_id();
                     tracker.spawn(serve_connection(
                         stream,
                         peer,
