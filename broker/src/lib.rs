@@ -28,5 +28,5 @@ mod state;
 pub mod stats;
 
 pub use config::BrokerConfig;
-pub use server::{run, Broker, BrokerError};
+pub use server::{Broker, BrokerError};
 pub use stats::{BrokerStats, StatsSnapshot};

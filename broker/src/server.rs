@@ -91,12 +91,3 @@ impl Broker {
         Ok(())
     }
 }
-
-/// Runs a broker with `config` on `listener` until `shutdown` is cancelled.
-pub async fn run(
-    listener: TcpListener,
-    config: BrokerConfig,
-    shutdown: CancellationToken,
-) -> Result<(), BrokerError> {
-    Broker::new(config)?.serve(listener, shutdown).await
-}
