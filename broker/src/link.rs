@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use protocol::codec::encode_frame;
 use protocol::link::{Body, Pong};
-use protocol::{Frame, FrameError, LinkCodec, PROTOCOL_VERSION};
+use protocol::{Frame, FrameError, LinkCodec, LinkFault, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -46,12 +46,16 @@ enum Close {
     /// The writer could not write to the socket.
     WriteFailed,
     Idle,
-    /// The peer broke the protocol; the code is sent back in an `Error` frame.
+    /// The peer broke the protocol; the fault is sent back in an `Error` frame.
     Fault {
-        code: &'static str,
+        fault: LinkFault,
         reason: String,
     },
-    PeerError(String),
+    /// The peer sent an `Error` frame: its code (not necessarily one this build knows) and reason.
+    PeerError {
+        code: String,
+        reason: String,
+    },
     /// The peer did not prove that it knows the link secret.
     Unauthorized(String),
 }
@@ -149,7 +153,7 @@ async fn serve_link<R, W>(
         let node = match first {
             Err(_) => {
                 return Close::Fault {
-                    code: "handshake_timeout",
+                    fault: LinkFault::HandshakeTimeout,
                     reason: format!("no hello within {:?}", config.handshake_timeout),
                 }
             }
@@ -160,7 +164,7 @@ async fn serve_link<R, W>(
             }))) => {
                 if hello.version != PROTOCOL_VERSION {
                     return Close::Fault {
-                        code: "incompatible_version",
+                        fault: LinkFault::IncompatibleVersion,
                         reason: format!(
                             "broker speaks link protocol version {PROTOCOL_VERSION}, peer sent {}",
                             hello.version
@@ -171,7 +175,7 @@ async fn serve_link<R, W>(
             }
             Ok(Some(Ok(other))) => {
                 return Close::Fault {
-                    code: "expected_hello",
+                    fault: LinkFault::ExpectedHello,
                     reason: format!("first frame must be hello, got {}", other.kind()),
                 }
             }
@@ -267,13 +271,13 @@ async fn serve_link<R, W>(
         Close::Idle => {
             tracing::warn!(link = id.0, %peer, timeout = ?config.link_idle_timeout, "link closed: idle")
         }
-        Close::PeerError(reason) => {
-            tracing::warn!(link = id.0, %peer, reason = %reason, "link closed by peer error")
+        Close::PeerError { code, reason } => {
+            tracing::warn!(link = id.0, %peer, code = %code, reason = %reason, "link closed by peer error")
         }
-        Close::Fault { code, reason } => {
+        Close::Fault { fault, reason } => {
             shared.stats.bad_frames.fetch_add(1, Relaxed);
-            tracing::warn!(link = id.0, %peer, code = %code, reason = %reason, "closing link: bad input");
-            send_frame(&handle, &shared, &Frame::error(*code, reason.clone()));
+            tracing::warn!(link = id.0, %peer, code = %fault, reason = %reason, "closing link: bad input");
+            send_frame(&handle, &shared, &Frame::fault(*fault, reason.clone()));
         }
         Close::Unauthorized(reason) => {
             shared.stats.unauthorized_links.fetch_add(1, Relaxed);
@@ -281,7 +285,7 @@ async fn serve_link<R, W>(
             send_frame(
                 &handle,
                 &shared,
-                &Frame::error("unauthorized", reason.clone()),
+                &Frame::fault(LinkFault::Unauthorized, reason.clone()),
             );
         }
     }
@@ -310,7 +314,7 @@ impl From<FrameError> for Close {
         match e {
             FrameError::Io(e) => Close::ReadFailed(e),
             e => Close::Fault {
-                code: "bad_frame",
+                fault: LinkFault::BadFrame,
                 reason: e.to_string(),
             },
         }
@@ -334,7 +338,7 @@ fn apply(
                 }
                 if subscribed.len() >= config.max_channels_per_link {
                     return Err(Close::Fault {
-                        code: "too_many_channels",
+                        fault: LinkFault::TooManyChannels,
                         reason: format!(
                             "a link may subscribe to at most {} channels",
                             config.max_channels_per_link
@@ -363,7 +367,7 @@ fn apply(
                 publish.no_echo,
             ) {
                 return Err(Close::Fault {
-                    code: "bad_publish",
+                    fault: LinkFault::BadPublish,
                     reason: e.to_string(),
                 });
             }
@@ -377,11 +381,14 @@ fn apply(
         }
         Some(Body::Pong(_)) => {}
         Some(Body::Error(e)) => {
-            return Err(Close::PeerError(format!("{}: {}", e.code, e.reason)));
+            return Err(Close::PeerError {
+                code: e.code,
+                reason: e.reason,
+            });
         }
         Some(Body::Hello(_)) | Some(Body::Message(_)) | Some(Body::Auth(_)) | None => {
             return Err(Close::Fault {
-                code: "unexpected_frame",
+                fault: LinkFault::UnexpectedFrame,
                 reason: format!(
                     "a gateway may not send {} frames here",
                     frame_kind(&frame.body)
@@ -399,7 +406,7 @@ fn frame_kind(body: &Option<Body>) -> &'static str {
 fn check_channel(channel: &[u8], max_len: usize) -> Result<(), Close> {
     if channel.is_empty() || channel.len() > max_len {
         return Err(Close::Fault {
-            code: "invalid_channel",
+            fault: LinkFault::InvalidChannel,
             reason: format!(
                 "channel names must be 1 to {max_len} bytes, got {}",
                 channel.len()

@@ -2,6 +2,8 @@
 //!
 //! - [`link`]: the messages gateways and the broker exchange (prost), and [`codec`]: how they are
 //!   framed on the TCP link (4-byte big-endian length + protobuf body), with a hard frame limit.
+//! - [`link_fault`]: [`LinkFault`], the typed codes of the link's `Error` frames, with the exact
+//!   strings on the wire.
 //! - [`link_auth`]: the broker link's challenge-response authentication (HMAC-SHA256 over a
 //!   shared secret).
 //! - [`client`]: the JSON commands WebSocket clients send (`add_group`, `leave_group`,
@@ -15,6 +17,7 @@ pub mod client;
 pub mod codec;
 pub mod link;
 pub mod link_auth;
+pub mod link_fault;
 
 pub use client::{
     parse_command, parse_publish, ClientCommand, CommandError, ErrorCode, GroupId, GroupIdError,
@@ -22,3 +25,4 @@ pub use client::{
 };
 pub use codec::{FrameError, LinkCodec, DEFAULT_MAX_FRAME_SIZE};
 pub use link::{Frame, PROTOCOL_VERSION};
+pub use link_fault::{LinkFault, UnknownLinkFault};

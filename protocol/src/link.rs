@@ -9,6 +9,8 @@
 
 use bytes::Bytes;
 
+use crate::link_fault::LinkFault;
+
 /// Version spoken by this build. A peer announcing another version is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -114,7 +116,7 @@ pub struct Pong {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LinkError {
-    /// Stable machine-readable code, e.g. `incompatible_version`.
+    /// Stable machine-readable code, e.g. `incompatible_version`: a [`LinkFault`] as a string.
     #[prost(string, tag = "1")]
     pub code: String,
     #[prost(string, tag = "2")]
@@ -144,6 +146,11 @@ impl Frame {
             code: code.into(),
             reason: reason.into(),
         }))
+    }
+
+    /// The `Error` frame a peer sends before it closes the link because of `fault`.
+    pub fn fault(fault: LinkFault, reason: impl Into<String>) -> Self {
+        Frame::error(fault.as_str(), reason)
     }
 
     /// Short name of the body, for logs and errors.
