@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use server_kit::settings::ConfigError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,7 +18,7 @@ use crate::stats::StatsSnapshot;
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -38,7 +39,7 @@ impl Broker {
         config: BrokerConfig,
         security: BrokerSecurity,
     ) -> Result<Broker, BrokerError> {
-        config.validate().map_err(BrokerError::Config)?;
+        config.validate()?;
         Ok(Broker {
             shared: Arc::new(Shared::new(config, security)),
         })
