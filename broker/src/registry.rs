@@ -278,4 +278,118 @@ mod tests {
         assert_eq!((snap.channels, snap.subscriptions), (0, 0));
         assert!(registry.channels.read().is_empty());
     }
+
+    fn publish(registry: &Registry, origin: u64, channel: &'static [u8], no_echo: bool) -> usize {
+        registry
+            .publish(
+                LinkId(origin),
+                Bytes::from_static(channel),
+                Bytes::from_static(b"payload"),
+                no_echo,
+            )
+            .expect("a small message fits")
+    }
+
+    #[test]
+    fn subscribe_and_unsubscribe_move_the_gauges_and_delivery() {
+        let stats = Arc::new(BrokerStats::default());
+        let registry = Registry::new(stats.clone(), 1 << 20);
+        let (a, mut ra) = link(1, 8);
+        let (b, mut rb) = link(2, 8);
+        registry.subscribe(&a, Bytes::from_static(b"g"));
+        registry.subscribe(&a, Bytes::from_static(b"h"));
+        registry.subscribe(&b, Bytes::from_static(b"g"));
+        let snap = stats.snapshot();
+        assert_eq!((snap.channels, snap.subscriptions), (2, 3));
+
+        registry.unsubscribe(LinkId(1), b"g");
+        let snap = stats.snapshot();
+        assert_eq!(
+            (snap.channels, snap.subscriptions),
+            (2, 2),
+            "g keeps its other subscriber"
+        );
+        assert_eq!(publish(&registry, 9, b"g", false), 1);
+        assert!(ra.try_recv().is_err(), "an unsubscribed link gets nothing");
+        assert!(rb.try_recv().is_ok());
+
+        registry.unsubscribe(LinkId(1), b"h");
+        let snap = stats.snapshot();
+        assert_eq!(
+            (snap.channels, snap.subscriptions),
+            (1, 1),
+            "h had no one left"
+        );
+        assert_eq!(publish(&registry, 9, b"h", false), 0);
+        assert!(ra.try_recv().is_err());
+
+        // Unsubscribing twice, or from a channel no one has, changes nothing.
+        registry.unsubscribe(LinkId(1), b"h");
+        registry.unsubscribe(LinkId(2), b"nobody");
+        let snap = stats.snapshot();
+        assert_eq!((snap.channels, snap.subscriptions), (1, 1));
+
+        registry.unsubscribe(LinkId(2), b"g");
+        let snap = stats.snapshot();
+        assert_eq!((snap.channels, snap.subscriptions), (0, 0));
+        assert!(registry.channels.read().is_empty());
+    }
+
+    #[test]
+    fn a_publish_no_one_receives_is_counted_but_not_delivered() {
+        let stats = Arc::new(BrokerStats::default());
+        let registry = Registry::new(stats.clone(), 1 << 20);
+        let (a, mut ra) = link(1, 8);
+        registry.subscribe(&a, Bytes::from_static(b"g"));
+
+        assert_eq!(publish(&registry, 1, b"nobody", false), 0);
+        // The publisher is the only subscriber, and asked not to get its own message back.
+        assert_eq!(publish(&registry, 1, b"g", true), 0);
+        assert!(ra.try_recv().is_err());
+        // Without no_echo it does get it.
+        assert_eq!(publish(&registry, 1, b"g", false), 1);
+        assert!(ra.try_recv().is_ok());
+
+        let snap = stats.snapshot();
+        assert_eq!((snap.publishes, snap.deliveries), (3, 1));
+        assert_eq!((snap.dropped_frames, snap.slow_link_disconnects), (0, 0));
+    }
+
+    #[test]
+    fn a_message_over_the_frame_limit_reaches_no_one() {
+        let stats = Arc::new(BrokerStats::default());
+        let registry = Registry::new(stats.clone(), 64);
+        let (a, mut ra) = link(1, 8);
+        registry.subscribe(&a, Bytes::from_static(b"g"));
+        let result = registry.publish(
+            LinkId(2),
+            Bytes::from_static(b"g"),
+            Bytes::from(vec![b'x'; 64]),
+            false,
+        );
+        assert!(
+            matches!(result, Err(FrameError::TooLarge { .. })),
+            "{result:?}"
+        );
+        assert!(ra.try_recv().is_err());
+        assert_eq!(stats.snapshot().deliveries, 0);
+    }
+
+    #[test]
+    fn a_closed_link_drops_its_frames_and_is_not_called_slow() {
+        let stats = Arc::new(BrokerStats::default());
+        let registry = Registry::new(stats.clone(), 1 << 20);
+        let (closed, closed_rx) = link(1, 8);
+        let (open, mut open_rx) = link(2, 8);
+        registry.subscribe(&closed, Bytes::from_static(b"g"));
+        registry.subscribe(&open, Bytes::from_static(b"g"));
+        drop(closed_rx);
+
+        assert_eq!(publish(&registry, 9, b"g", false), 1);
+        assert!(open_rx.try_recv().is_ok());
+        assert!(!closed.is_slow() && !closed.kill.is_cancelled());
+        let snap = stats.snapshot();
+        assert_eq!((snap.deliveries, snap.dropped_frames), (1, 1));
+        assert_eq!(snap.slow_link_disconnects, 0);
+    }
 }
