@@ -386,7 +386,11 @@ fn apply(
                 reason: e.reason,
             });
         }
-        Some(Body::Hello(_)) | Some(Body::Message(_)) | Some(Body::Auth(_)) | None => {
+        Some(Body::Hello(_))
+        | Some(Body::Message(_))
+        | Some(Body::Auth(_))
+        | Some(Body::SubscribeRefused(_))
+        | None => {
             return Err(Close::Fault {
                 fault: LinkFault::UnexpectedFrame,
                 reason: format!(

@@ -14,7 +14,9 @@ use broker::{Broker, BrokerConfig, BrokerError, StatsSnapshot};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
-use protocol::link::{Body, Hello, LinkError, Message, Ping, Publish, Subscribe, Unsubscribe};
+use protocol::link::{
+    Body, Hello, LinkError, Message, Ping, Publish, Subscribe, SubscribeRefused, Unsubscribe,
+};
 use protocol::{Frame, FrameError, LinkCodec, DEFAULT_MAX_FRAME_SIZE, PROTOCOL_VERSION};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -437,6 +439,16 @@ fn malformed_cases() -> Vec<Case> {
             input: Input::Frames(vec![Frame::new(Body::Message(Message {
                 channel: Bytes::from_static(b"g"),
                 payload: Bytes::from_static(b"forged"),
+            }))]),
+            code: "unexpected_frame",
+        },
+        Case {
+            name: "subscribe_refused frame from a gateway",
+            handshake: true,
+            input: Input::Frames(vec![Frame::new(Body::SubscribeRefused(SubscribeRefused {
+                channels: to_bytes(&["g"]),
+                code: "too_many_channels".into(),
+                reason: "forged".into(),
             }))]),
             code: "unexpected_frame",
         },
