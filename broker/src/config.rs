@@ -31,7 +31,8 @@ pub struct BrokerConfig {
     #[arg(long, env = "BROKER_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 
-    /// Channels one link may be subscribed to at once; more closes the link.
+    /// Channels one link may be subscribed to at once; subscriptions past it are refused (the
+    /// link is told which) and the link stays.
     #[arg(long, env = "BROKER_MAX_CHANNELS_PER_LINK", default_value_t = DEFAULT_MAX_CHANNELS_PER_LINK)]
     pub max_channels_per_link: usize,
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use protocol::codec::encode_frame;
+use protocol::codec::{encode_frame, subscribe_refused_frames};
 use protocol::link::{Body, Pong};
 use protocol::{Frame, FrameError, LinkCodec, LinkFault, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -331,25 +331,8 @@ fn apply(
     let config = &shared.config;
     match frame.body {
         Some(Body::Subscribe(sub)) => {
-            for channel in sub.channels {
-                check_channel(&channel, config.max_channel_len)?;
-                if subscribed.contains(channel.as_ref()) {
-                    continue;
-                }
-                if subscribed.len() >= config.max_channels_per_link {
-                    return Err(Close::Fault {
-                        fault: LinkFault::TooManyChannels,
-                        reason: format!(
-                            "a link may subscribe to at most {} channels",
-                            config.max_channels_per_link
-                        ),
-                    });
-                }
-                // Own the name: the frame's buffer must not stay alive for it.
-                let channel = Bytes::copy_from_slice(&channel);
-                subscribed.insert(channel.clone());
-                shared.registry.subscribe(handle, channel);
-            }
+            let refused = subscribe(sub.channels, handle, shared, subscribed)?;
+            refuse(refused, handle, shared, subscribed.len());
         }
         Some(Body::Unsubscribe(unsub)) => {
             for channel in unsub.channels {
@@ -403,6 +386,77 @@ fn apply(
     Ok(())
 }
 
+/// Subscribes the link to each channel it does not hold yet, while it holds fewer than
+/// `max-channels-per-link`. Returns the channels refused for that limit, each once. An invalid
+/// channel name closes the link (those before it in the frame were subscribed, and are removed
+/// with the link).
+fn subscribe(
+    channels: Vec<Bytes>,
+    handle: &LinkHandle,
+    shared: &Shared,
+    subscribed: &mut HashSet<Bytes>,
+) -> Result<Vec<Bytes>, Close> {
+    let config = &shared.config;
+    let mut refused = Vec::new();
+    for channel in channels {
+        check_channel(&channel, config.max_channel_len)?;
+        if subscribed.contains(channel.as_ref()) {
+            continue;
+        }
+        if subscribed.len() >= config.max_channels_per_link {
+            refused.push(channel);
+            continue;
+        }
+        // Own the name: the frame's buffer must not stay alive for it.
+        let channel = Bytes::copy_from_slice(&channel);
+        subscribed.insert(channel.clone());
+        shared.registry.subscribe(handle, channel);
+    }
+    refused.sort_unstable();
+    refused.dedup();
+    Ok(refused)
+}
+
+/// Counts and logs the subscriptions of one frame that [`subscribe`] refused, and tells the link
+/// which they are. The link and its other subscriptions stay.
+fn refuse(refused: Vec<Bytes>, handle: &LinkHandle, shared: &Shared, held: usize) {
+    let Some(first) = refused.first() else {
+        return;
+    };
+    let limit = shared.config.max_channels_per_link;
+    shared
+        .stats
+        .subscriptions_refused
+        .fetch_add(refused.len() as u64, Relaxed);
+    tracing::warn!(
+        link = handle.id.0,
+        refused = refused.len(),
+        first = %String::from_utf8_lossy(first),
+        subscribed = held,
+        limit,
+        "subscriptions refused: too many channels on this link"
+    );
+    let reason = format!("a link may subscribe to at most {limit} channels");
+    match subscribe_refused_frames(
+        refused,
+        LinkFault::TooManyChannels,
+        &reason,
+        shared.config.max_frame_size,
+    ) {
+        Ok(frames) => {
+            for frame in &frames {
+                send_frame(handle, shared, frame);
+            }
+        }
+        // Only a channel name within a few dozen bytes of max-frame-size gets here.
+        Err(cause) => tracing::error!(
+            link = handle.id.0,
+            %cause,
+            "cannot tell the link which subscriptions were refused"
+        ),
+    }
+}
+
 fn frame_kind(body: &Option<Body>) -> &'static str {
     Frame { body: body.clone() }.kind()
 }
@@ -453,5 +507,80 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
         _ = kill.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::BrokerSecurity;
+    use crate::config::BrokerConfig;
+
+    fn shared(max_channels_per_link: usize) -> Shared {
+        Shared::new(
+            BrokerConfig {
+                max_channels_per_link,
+                max_channel_len: 8,
+                ..BrokerConfig::default()
+            },
+            BrokerSecurity::default(),
+        )
+    }
+
+    fn channels(names: &[&'static str]) -> Vec<Bytes> {
+        names
+            .iter()
+            .map(|n| Bytes::from_static(n.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn subscribe_takes_channels_up_to_the_limit_and_refuses_the_rest_once() {
+        let shared = shared(2);
+        let (tx, _rx) = mpsc::channel(8);
+        let handle = LinkHandle::new(LinkId(1), tx, CancellationToken::new());
+        let mut subscribed = HashSet::new();
+
+        let refused = subscribe(
+            channels(&["a", "a", "b", "c"]),
+            &handle,
+            &shared,
+            &mut subscribed,
+        );
+        assert_eq!(refused.ok(), Some(channels(&["c"])));
+        // Held channels cost nothing; refused ones are named once, in order of their bytes.
+        let refused = subscribe(
+            channels(&["b", "e", "d", "e"]),
+            &handle,
+            &shared,
+            &mut subscribed,
+        );
+        assert_eq!(refused.ok(), Some(channels(&["d", "e"])));
+        assert_eq!(subscribed.len(), 2);
+        assert_eq!(shared.stats.snapshot().subscriptions, 2);
+    }
+
+    #[test]
+    fn an_invalid_channel_still_closes_the_link_past_the_limit() {
+        let shared = shared(1);
+        let (tx, _rx) = mpsc::channel(8);
+        let handle = LinkHandle::new(LinkId(1), tx, CancellationToken::new());
+        let mut subscribed = HashSet::new();
+        let result = subscribe(
+            channels(&["a", "b", "much-too-long"]),
+            &handle,
+            &shared,
+            &mut subscribed,
+        );
+        assert!(
+            matches!(
+                result,
+                Err(Close::Fault {
+                    fault: LinkFault::InvalidChannel,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
     }
 }

@@ -476,13 +476,6 @@ fn malformed_cases() -> Vec<Case> {
             input: Input::Frames(vec![publish(&long_channel, b"p", false)]),
             code: "invalid_channel",
         },
-        Case {
-            // The limit counts across frames; the first frame's subscriptions must be cleaned up.
-            name: "more channels than max_channels_per_link",
-            handshake: true,
-            input: Input::Frames(vec![subscribe(&["a", "b", "c"]), subscribe(&["d"])]),
-            code: "too_many_channels",
-        },
     ]
 }
 
@@ -551,6 +544,66 @@ async fn channel_limits_are_inclusive() {
 
     let stats = tb.stats();
     assert_eq!(stats.subscriptions, MAX_CHANNELS as u64);
+    assert_eq!(stats.bad_frames, 0);
+}
+
+impl Client {
+    /// The next frame is a `SubscribeRefused` for `too_many_channels`; returns its channels,
+    /// sorted.
+    async fn expect_refusal(&mut self) -> Vec<Bytes> {
+        match self.expect_frame().await.body {
+            Some(Body::SubscribeRefused(SubscribeRefused {
+                mut channels,
+                code,
+                reason,
+            })) => {
+                assert_eq!(code, "too_many_channels", "refusal code (reason: {reason})");
+                assert!(!reason.is_empty(), "a refusal says why");
+                channels.sort();
+                channels
+            }
+            other => panic!("expected a subscribe_refused frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_past_the_limit_are_refused_and_the_link_stays_up() {
+    let tb = TestBroker::start(limits_config()).await;
+    let mut client = Client::connect(tb.addr).await;
+    let mut publisher = Client::connect(tb.addr).await;
+    client.subscribe(&["a", "b"]).await;
+
+    // The limit (3) counts across frames. "a" is already held and costs nothing; "c" is
+    // taken; "d" and "e" are refused, "d" named once although it was asked for twice.
+    client.send(subscribe(&["a", "c", "d", "e", "d"])).await;
+    assert_eq!(client.expect_refusal().await, to_bytes(&["d", "e"]));
+    client.barrier().await;
+
+    for channel in ["a", "b", "c", "d", "e"] {
+        publisher.publish(channel, channel.as_bytes(), false).await;
+    }
+    publisher.barrier().await;
+    for channel in ["a", "b", "c"] {
+        client.expect_message(channel, channel.as_bytes()).await;
+    }
+    client.barrier().await;
+
+    // Still full: a later subscribe is refused as a whole. Unsubscribing makes room again.
+    client.send(subscribe(&["e"])).await;
+    assert_eq!(client.expect_refusal().await, to_bytes(&["e"]));
+    client.barrier().await;
+    client.unsubscribe(&["a"]).await;
+    client.subscribe(&["e"]).await;
+    publisher.publish("e", b"now", false).await;
+    publisher.barrier().await;
+    client.expect_message("e", b"now").await;
+    client.barrier().await;
+
+    let stats = tb.stats();
+    assert_eq!(stats.links, 2, "no link was closed");
+    assert_eq!((stats.channels, stats.subscriptions), (3, 3));
+    assert_eq!(stats.subscriptions_refused, 3);
     assert_eq!(stats.bad_frames, 0);
 }
 
