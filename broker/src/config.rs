@@ -7,6 +7,7 @@ use protocol::DEFAULT_MAX_FRAME_SIZE;
 use server_kit::settings::{ConfigError, MAX_DURATION};
 
 pub const DEFAULT_LINK_QUEUE_FRAMES: usize = 16_384;
+pub const DEFAULT_LINK_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CHANNELS_PER_LINK: usize = 1_000_000;
@@ -22,6 +23,11 @@ pub struct BrokerConfig {
     /// Frames queued for one link before it counts as a slow consumer and is disconnected.
     #[arg(long, env = "BROKER_LINK_QUEUE_FRAMES", default_value_t = DEFAULT_LINK_QUEUE_FRAMES)]
     pub link_queue_frames: usize,
+
+    /// Bytes of frames queued for one link before it counts as a slow consumer and is
+    /// disconnected. A frame larger than this is still queued when the queue is empty.
+    #[arg(long, env = "BROKER_LINK_QUEUE_BYTES", default_value_t = DEFAULT_LINK_QUEUE_BYTES)]
+    pub link_queue_bytes: usize,
 
     /// A link that sends nothing (not even a ping) for this long is closed.
     #[arg(long, env = "BROKER_LINK_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -50,6 +56,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             link_queue_frames: DEFAULT_LINK_QUEUE_FRAMES,
+            link_queue_bytes: DEFAULT_LINK_QUEUE_BYTES,
             link_idle_timeout: DEFAULT_LINK_IDLE_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_channels_per_link: DEFAULT_MAX_CHANNELS_PER_LINK,
@@ -73,6 +80,9 @@ impl BrokerConfig {
                 "--link-queue-frames",
                 "must be at least 1",
             ));
+        }
+        if self.link_queue_bytes == 0 {
+            return Err(ConfigError::new("--link-queue-bytes", "must be at least 1"));
         }
         if self.max_channel_len == 0 || self.max_channel_len + 16 > self.max_frame_size {
             return Err(ConfigError::new(
@@ -123,7 +133,7 @@ mod tests {
     #[test]
     fn each_impossible_value_is_refused_naming_its_setting() {
         let day = MAX_DURATION;
-        let cases: [(&str, BrokerConfig, &str); 8] = [
+        let cases: [(&str, BrokerConfig, &str); 9] = [
             (
                 "--max-frame-size",
                 BrokerConfig {
@@ -139,6 +149,14 @@ mod tests {
                     ..BrokerConfig::default()
                 },
                 "link-queue-frames must be at least 1",
+            ),
+            (
+                "--link-queue-bytes",
+                BrokerConfig {
+                    link_queue_bytes: 0,
+                    ..BrokerConfig::default()
+                },
+                "link-queue-bytes must be at least 1",
             ),
             (
                 "--max-channel-len",

@@ -19,11 +19,11 @@ use protocol::link::{Body, Pong};
 use protocol::{Frame, FrameError, LinkCodec, LinkFault, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use crate::queue::{link_queue, QueueReceiver};
 use crate::registry::{LinkHandle, LinkId};
 use crate::state::Shared;
 
@@ -109,7 +109,7 @@ async fn serve_link<R, W>(
 {
     let config = &shared.config;
     let handshake_deadline = Instant::now() + config.handshake_timeout;
-    let (tx, rx) = mpsc::channel(config.link_queue_frames);
+    let (tx, rx) = link_queue(config.link_queue_frames, config.link_queue_bytes);
     let kill = CancellationToken::new();
     let handle = LinkHandle::new(id, tx, kill.clone());
     let writer = tokio::spawn(write_loop(rx, write_half, kill.clone()));
@@ -484,7 +484,7 @@ fn send_frame(handle: &LinkHandle, shared: &Shared, frame: &Frame) {
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: QueueReceiver,
     write_half: W,
     kill: CancellationToken,
 ) {
@@ -494,6 +494,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
             for frame in batch.drain(..) {
                 out.write_all(&frame).await?;
+                rx.written(&frame);
             }
             out.flush().await?;
         }
@@ -537,7 +538,7 @@ mod tests {
     #[test]
     fn subscribe_takes_channels_up_to_the_limit_and_refuses_the_rest_once() {
         let shared = shared(2);
-        let (tx, _rx) = mpsc::channel(8);
+        let (tx, _rx) = link_queue(8, 1 << 20);
         let handle = LinkHandle::new(LinkId(1), tx, CancellationToken::new());
         let mut subscribed = HashSet::new();
 
@@ -563,7 +564,7 @@ mod tests {
     #[test]
     fn an_invalid_channel_still_closes_the_link_past_the_limit() {
         let shared = shared(1);
-        let (tx, _rx) = mpsc::channel(8);
+        let (tx, _rx) = link_queue(8, 1 << 20);
         let handle = LinkHandle::new(LinkId(1), tx, CancellationToken::new());
         let mut subscribed = HashSet::new();
         let result = subscribe(

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use protocol::codec::{encode_message, FrameError};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::queue::{QueueSender, Refused};
 use crate::stats::BrokerStats;
 
 /// Identifies one link for the lifetime of the broker.
@@ -23,17 +23,17 @@ pub struct LinkId(pub u64);
 #[derive(Debug, Clone)]
 pub struct LinkHandle {
     pub id: LinkId,
-    tx: mpsc::Sender<Bytes>,
+    queue: QueueSender,
     kill: CancellationToken,
     /// Set once, by whichever publisher first finds the queue full.
     slow: Arc<AtomicBool>,
 }
 
 impl LinkHandle {
-    pub fn new(id: LinkId, tx: mpsc::Sender<Bytes>, kill: CancellationToken) -> Self {
+    pub fn new(id: LinkId, queue: QueueSender, kill: CancellationToken) -> Self {
         LinkHandle {
             id,
-            tx,
+            queue,
             kill,
             slow: Arc::new(AtomicBool::new(false)),
         }
@@ -44,28 +44,25 @@ impl LinkHandle {
         self.slow.load(Relaxed)
     }
 
-    /// Queues an encoded frame without waiting. A full queue means the link cannot keep up: it is
-    /// disconnected (slow consumer) rather than allowed to stall the publisher or grow memory.
+    /// Queues an encoded frame without waiting. A full queue (in frames or in bytes) means the
+    /// link cannot keep up: it is disconnected (slow consumer) rather than allowed to stall the
+    /// publisher or grow memory.
     pub fn send(&self, frame: Bytes, stats: &BrokerStats) -> bool {
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                stats.dropped_frames.fetch_add(1, Relaxed);
-                if !self.slow.swap(true, Relaxed) {
-                    stats.slow_link_disconnects.fetch_add(1, Relaxed);
-                    tracing::warn!(
-                        link = self.id.0,
-                        "slow consumer: link queue full, disconnecting"
-                    );
-                    self.kill.cancel();
-                }
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                stats.dropped_frames.fetch_add(1, Relaxed);
-                false
-            }
+        let Err(refused) = self.queue.try_send(frame) else {
+            return true;
+        };
+        stats.dropped_frames.fetch_add(1, Relaxed);
+        if refused != Refused::Closed && !self.slow.swap(true, Relaxed) {
+            stats.slow_link_disconnects.fetch_add(1, Relaxed);
+            tracing::warn!(
+                link = self.id.0,
+                bound = refused.as_str(),
+                queued_bytes = self.queue.queued_bytes(),
+                "slow consumer: link queue full, disconnecting"
+            );
+            self.kill.cancel();
         }
+        false
     }
 }
 
@@ -164,10 +161,11 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::{link_queue, QueueReceiver};
     use protocol::link::Body;
 
-    fn link(id: u64, cap: usize) -> (LinkHandle, mpsc::Receiver<Bytes>) {
-        let (tx, rx) = mpsc::channel(cap);
+    fn link(id: u64, cap: usize) -> (LinkHandle, QueueReceiver) {
+        let (tx, rx) = link_queue(cap, usize::MAX);
         (
             LinkHandle::new(LinkId(id), tx, CancellationToken::new()),
             rx,
