@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use protocol::DEFAULT_MAX_FRAME_SIZE;
+use server_kit::settings::{ConfigError, MAX_DURATION};
 
 pub const DEFAULT_LINK_QUEUE_FRAMES: usize = 16_384;
+pub const DEFAULT_LINK_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CHANNELS_PER_LINK: usize = 1_000_000;
@@ -22,6 +24,11 @@ pub struct BrokerConfig {
     #[arg(long, env = "BROKER_LINK_QUEUE_FRAMES", default_value_t = DEFAULT_LINK_QUEUE_FRAMES)]
     pub link_queue_frames: usize,
 
+    /// Bytes of frames queued for one link before it counts as a slow consumer and is
+    /// disconnected. A frame larger than this is still queued when the queue is empty.
+    #[arg(long, env = "BROKER_LINK_QUEUE_BYTES", default_value_t = DEFAULT_LINK_QUEUE_BYTES)]
+    pub link_queue_bytes: usize,
+
     /// A link that sends nothing (not even a ping) for this long is closed.
     #[arg(long, env = "BROKER_LINK_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub link_idle_timeout: Duration,
@@ -30,7 +37,8 @@ pub struct BrokerConfig {
     #[arg(long, env = "BROKER_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 
-    /// Channels one link may be subscribed to at once; more closes the link.
+    /// Channels one link may be subscribed to at once; subscriptions past it are refused (the
+    /// link is told which) and the link stays.
     #[arg(long, env = "BROKER_MAX_CHANNELS_PER_LINK", default_value_t = DEFAULT_MAX_CHANNELS_PER_LINK)]
     pub max_channels_per_link: usize,
 
@@ -48,6 +56,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             link_queue_frames: DEFAULT_LINK_QUEUE_FRAMES,
+            link_queue_bytes: DEFAULT_LINK_QUEUE_BYTES,
             link_idle_timeout: DEFAULT_LINK_IDLE_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_channels_per_link: DEFAULT_MAX_CHANNELS_PER_LINK,
@@ -58,32 +67,45 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
-    /// Rejects settings that cannot work, with a message naming the setting.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Rejects settings that cannot work, naming the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_frame_size < 64 || self.max_frame_size > u32::MAX as usize {
-            return Err(format!(
-                "max-frame-size must be between 64 and {} bytes",
-                u32::MAX
+            return Err(ConfigError::new(
+                "--max-frame-size",
+                format!("must be between 64 and {} bytes", u32::MAX),
             ));
         }
         if self.link_queue_frames == 0 {
-            return Err("link-queue-frames must be at least 1".into());
+            return Err(ConfigError::new(
+                "--link-queue-frames",
+                "must be at least 1",
+            ));
+        }
+        if self.link_queue_bytes == 0 {
+            return Err(ConfigError::new("--link-queue-bytes", "must be at least 1"));
         }
         if self.max_channel_len == 0 || self.max_channel_len + 16 > self.max_frame_size {
-            return Err("max-channel-len must be at least 1 and fit in a frame".into());
+            return Err(ConfigError::new(
+                "--max-channel-len",
+                "must be at least 1 and fit in a frame",
+            ));
         }
-        if self.link_idle_timeout.is_zero() || self.handshake_timeout.is_zero() {
-            return Err("timeouts must be greater than zero".into());
+        for (setting, timeout) in [
+            ("--link-idle-timeout", self.link_idle_timeout),
+            ("--handshake-timeout", self.handshake_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(ConfigError::new(setting, "must be greater than zero"));
+            }
         }
-        if [
-            self.link_idle_timeout,
-            self.handshake_timeout,
-            self.shutdown_timeout,
-        ]
-        .iter()
-        .any(|d| *d > server_kit::settings::MAX_DURATION)
-        {
-            return Err("timeouts must be at most one day".into());
+        for (setting, timeout) in [
+            ("--link-idle-timeout", self.link_idle_timeout),
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--shutdown-timeout", self.shutdown_timeout),
+        ] {
+            if timeout > MAX_DURATION {
+                return Err(ConfigError::new(setting, "must be at most one day"));
+            }
         }
         Ok(())
     }
@@ -106,5 +128,97 @@ mod tests {
         let default = BrokerConfig::default();
         assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
         assert!(default.validate().is_ok());
+    }
+
+    #[test]
+    fn each_impossible_value_is_refused_naming_its_setting() {
+        let day = MAX_DURATION;
+        let cases: [(&str, BrokerConfig, &str); 9] = [
+            (
+                "--max-frame-size",
+                BrokerConfig {
+                    max_frame_size: 63,
+                    ..BrokerConfig::default()
+                },
+                "max-frame-size must be between 64 and 4294967295 bytes",
+            ),
+            (
+                "--link-queue-frames",
+                BrokerConfig {
+                    link_queue_frames: 0,
+                    ..BrokerConfig::default()
+                },
+                "link-queue-frames must be at least 1",
+            ),
+            (
+                "--link-queue-bytes",
+                BrokerConfig {
+                    link_queue_bytes: 0,
+                    ..BrokerConfig::default()
+                },
+                "link-queue-bytes must be at least 1",
+            ),
+            (
+                "--max-channel-len",
+                BrokerConfig {
+                    max_channel_len: 0,
+                    ..BrokerConfig::default()
+                },
+                "max-channel-len must be at least 1 and fit in a frame",
+            ),
+            (
+                "--max-channel-len",
+                BrokerConfig {
+                    max_frame_size: 64,
+                    max_channel_len: 49,
+                    ..BrokerConfig::default()
+                },
+                "max-channel-len must be at least 1 and fit in a frame",
+            ),
+            (
+                "--link-idle-timeout",
+                BrokerConfig {
+                    link_idle_timeout: Duration::ZERO,
+                    ..BrokerConfig::default()
+                },
+                "link-idle-timeout must be greater than zero",
+            ),
+            (
+                "--handshake-timeout",
+                BrokerConfig {
+                    handshake_timeout: Duration::ZERO,
+                    ..BrokerConfig::default()
+                },
+                "handshake-timeout must be greater than zero",
+            ),
+            (
+                "--link-idle-timeout",
+                BrokerConfig {
+                    link_idle_timeout: day + Duration::from_secs(1),
+                    ..BrokerConfig::default()
+                },
+                "link-idle-timeout must be at most one day",
+            ),
+            (
+                "--shutdown-timeout",
+                BrokerConfig {
+                    shutdown_timeout: day + Duration::from_secs(1),
+                    ..BrokerConfig::default()
+                },
+                "shutdown-timeout must be at most one day",
+            ),
+        ];
+        for (setting, config, message) in cases {
+            let err = config.validate().expect_err(message);
+            assert_eq!(err.setting, setting);
+            assert_eq!(err.to_string(), message);
+        }
+        let edge = BrokerConfig {
+            max_frame_size: 64,
+            max_channel_len: 48,
+            shutdown_timeout: day,
+            ..BrokerConfig::default()
+        };
+        assert_eq!(edge.validate(), Ok(()));
     }
 }

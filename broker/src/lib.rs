@@ -1,28 +1,37 @@
 //! The channel server: a pub/sub broker that relays group messages between gateways.
 //!
-//! - [`server`]: [`Broker`] owns the shared state; [`Broker::serve`] accepts links until shutdown.
+//! - [`server`]: [`Broker`], the handle embedders and the admin server hold; [`Broker::serve`]
+//!   accepts links until shutdown and hands each to [`link`].
+//! - `state`: what every link shares (settings, registry, counters, link security), created by
+//!   [`server`] and read by [`link`].
 //! - [`link`]: one task pair per connected gateway: a reader that applies subscribe / unsubscribe /
-//!   publish frames, and a writer that drains the link's bounded queue in batches.
+//!   publish frames (subscriptions past the per-link limit are refused, the link stays), and a
+//!   writer that drains the link's [`queue`] in batches.
 //! - [`registry`]: channel -> subscribed links. A publish is encoded once and the same bytes are
 //!   queued to every subscriber; a link whose queue is full is disconnected as a slow consumer.
+//! - [`queue`]: a link's outbound queue, bounded in frames and in bytes.
 //! - [`auth`]: link security: the shared secret (challenge and response in the handshake), TLS
 //!   on the listener, and the refusal to expose an open link (helpers in `server_kit`).
 //! - [`config`]: every limit, with its default. [`stats`]: counters for `/api/stats`;
 //!   [`metrics`]: the same counters read at scrape time for `/metrics` (prometheus-client).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/api/stats` over HTTP (axum).
 //!
-//! Process plumbing (settings, logs, signals, TLS files, secrets) comes from `server_kit`, shared
-//! with the gateway binary.
+//! Imports go one way: `admin` -> `metrics` -> `server` -> `link` -> `state` -> `registry` ->
+//! `queue`, with `config`, `auth` and `stats` beneath them all. The wire formats and their fault
+//! codes come from `protocol`; process plumbing (settings and their errors, logs, signals, TLS
+//! files, secrets) from `server_kit`, shared with the gateway binary.
 
 pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod link;
 pub mod metrics;
+pub mod queue;
 pub mod registry;
 pub mod server;
+mod state;
 pub mod stats;
 
 pub use config::BrokerConfig;
-pub use server::{run, Broker, BrokerError};
+pub use server::{Broker, BrokerError};
 pub use stats::{BrokerStats, StatsSnapshot};

@@ -14,18 +14,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use protocol::codec::encode_frame;
+use protocol::codec::{encode_frame, subscribe_refused_frames};
 use protocol::link::{Body, Pong};
-use protocol::{Frame, FrameError, LinkCodec, PROTOCOL_VERSION};
+use protocol::{Frame, FrameError, LinkCodec, LinkFault, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use crate::queue::{link_queue, QueueReceiver};
 use crate::registry::{LinkHandle, LinkId};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Most frames the writer takes from the queue before it flushes.
 const WRITE_BATCH: usize = 256;
@@ -46,12 +46,16 @@ enum Close {
     /// The writer could not write to the socket.
     WriteFailed,
     Idle,
-    /// The peer broke the protocol; the code is sent back in an `Error` frame.
+    /// The peer broke the protocol; the fault is sent back in an `Error` frame.
     Fault {
-        code: &'static str,
+        fault: LinkFault,
         reason: String,
     },
-    PeerError(String),
+    /// The peer sent an `Error` frame: its code (not necessarily one this build knows) and reason.
+    PeerError {
+        code: String,
+        reason: String,
+    },
     /// The peer did not prove that it knows the link secret.
     Unauthorized(String),
 }
@@ -105,7 +109,7 @@ async fn serve_link<R, W>(
 {
     let config = &shared.config;
     let handshake_deadline = Instant::now() + config.handshake_timeout;
-    let (tx, rx) = mpsc::channel(config.link_queue_frames);
+    let (tx, rx) = link_queue(config.link_queue_frames, config.link_queue_bytes);
     let kill = CancellationToken::new();
     let handle = LinkHandle::new(id, tx, kill.clone());
     let writer = tokio::spawn(write_loop(rx, write_half, kill.clone()));
@@ -149,7 +153,7 @@ async fn serve_link<R, W>(
         let node = match first {
             Err(_) => {
                 return Close::Fault {
-                    code: "handshake_timeout",
+                    fault: LinkFault::HandshakeTimeout,
                     reason: format!("no hello within {:?}", config.handshake_timeout),
                 }
             }
@@ -160,7 +164,7 @@ async fn serve_link<R, W>(
             }))) => {
                 if hello.version != PROTOCOL_VERSION {
                     return Close::Fault {
-                        code: "incompatible_version",
+                        fault: LinkFault::IncompatibleVersion,
                         reason: format!(
                             "broker speaks link protocol version {PROTOCOL_VERSION}, peer sent {}",
                             hello.version
@@ -171,7 +175,7 @@ async fn serve_link<R, W>(
             }
             Ok(Some(Ok(other))) => {
                 return Close::Fault {
-                    code: "expected_hello",
+                    fault: LinkFault::ExpectedHello,
                     reason: format!("first frame must be hello, got {}", other.kind()),
                 }
             }
@@ -267,13 +271,13 @@ async fn serve_link<R, W>(
         Close::Idle => {
             tracing::warn!(link = id.0, %peer, timeout = ?config.link_idle_timeout, "link closed: idle")
         }
-        Close::PeerError(reason) => {
-            tracing::warn!(link = id.0, %peer, reason = %reason, "link closed by peer error")
+        Close::PeerError { code, reason } => {
+            tracing::warn!(link = id.0, %peer, code = %code, reason = %reason, "link closed by peer error")
         }
-        Close::Fault { code, reason } => {
+        Close::Fault { fault, reason } => {
             shared.stats.bad_frames.fetch_add(1, Relaxed);
-            tracing::warn!(link = id.0, %peer, code = %code, reason = %reason, "closing link: bad input");
-            send_frame(&handle, &shared, &Frame::error(*code, reason.clone()));
+            tracing::warn!(link = id.0, %peer, code = %fault, reason = %reason, "closing link: bad input");
+            send_frame(&handle, &shared, &Frame::fault(*fault, reason.clone()));
         }
         Close::Unauthorized(reason) => {
             shared.stats.unauthorized_links.fetch_add(1, Relaxed);
@@ -281,7 +285,7 @@ async fn serve_link<R, W>(
             send_frame(
                 &handle,
                 &shared,
-                &Frame::error("unauthorized", reason.clone()),
+                &Frame::fault(LinkFault::Unauthorized, reason.clone()),
             );
         }
     }
@@ -310,7 +314,7 @@ impl From<FrameError> for Close {
         match e {
             FrameError::Io(e) => Close::ReadFailed(e),
             e => Close::Fault {
-                code: "bad_frame",
+                fault: LinkFault::BadFrame,
                 reason: e.to_string(),
             },
         }
@@ -327,25 +331,8 @@ fn apply(
     let config = &shared.config;
     match frame.body {
         Some(Body::Subscribe(sub)) => {
-            for channel in sub.channels {
-                check_channel(&channel, config.max_channel_len)?;
-                if subscribed.contains(channel.as_ref()) {
-                    continue;
-                }
-                if subscribed.len() >= config.max_channels_per_link {
-                    return Err(Close::Fault {
-                        code: "too_many_channels",
-                        reason: format!(
-                            "a link may subscribe to at most {} channels",
-                            config.max_channels_per_link
-                        ),
-                    });
-                }
-                // Own the name: the frame's buffer must not stay alive for it.
-                let channel = Bytes::copy_from_slice(&channel);
-                subscribed.insert(channel.clone());
-                shared.registry.subscribe(handle, channel);
-            }
+            let refused = subscribe(sub.channels, handle, shared, subscribed)?;
+            refuse(refused, handle, shared, subscribed.len());
         }
         Some(Body::Unsubscribe(unsub)) => {
             for channel in unsub.channels {
@@ -363,7 +350,7 @@ fn apply(
                 publish.no_echo,
             ) {
                 return Err(Close::Fault {
-                    code: "bad_publish",
+                    fault: LinkFault::BadPublish,
                     reason: e.to_string(),
                 });
             }
@@ -377,11 +364,18 @@ fn apply(
         }
         Some(Body::Pong(_)) => {}
         Some(Body::Error(e)) => {
-            return Err(Close::PeerError(format!("{}: {}", e.code, e.reason)));
+            return Err(Close::PeerError {
+                code: e.code,
+                reason: e.reason,
+            });
         }
-        Some(Body::Hello(_)) | Some(Body::Message(_)) | Some(Body::Auth(_)) | None => {
+        Some(Body::Hello(_))
+        | Some(Body::Message(_))
+        | Some(Body::Auth(_))
+        | Some(Body::SubscribeRefused(_))
+        | None => {
             return Err(Close::Fault {
-                code: "unexpected_frame",
+                fault: LinkFault::UnexpectedFrame,
                 reason: format!(
                     "a gateway may not send {} frames here",
                     frame_kind(&frame.body)
@@ -392,6 +386,77 @@ fn apply(
     Ok(())
 }
 
+/// Subscribes the link to each channel it does not hold yet, while it holds fewer than
+/// `max-channels-per-link`. Returns the channels refused for that limit, each once. An invalid
+/// channel name closes the link (those before it in the frame were subscribed, and are removed
+/// with the link).
+fn subscribe(
+    channels: Vec<Bytes>,
+    handle: &LinkHandle,
+    shared: &Shared,
+    subscribed: &mut HashSet<Bytes>,
+) -> Result<Vec<Bytes>, Close> {
+    let config = &shared.config;
+    let mut refused = Vec::new();
+    for channel in channels {
+        check_channel(&channel, config.max_channel_len)?;
+        if subscribed.contains(channel.as_ref()) {
+            continue;
+        }
+        if subscribed.len() >= config.max_channels_per_link {
+            refused.push(channel);
+            continue;
+        }
+        // Own the name: the frame's buffer must not stay alive for it.
+        let channel = Bytes::copy_from_slice(&channel);
+        subscribed.insert(channel.clone());
+        shared.registry.subscribe(handle, channel);
+    }
+    refused.sort_unstable();
+    refused.dedup();
+    Ok(refused)
+}
+
+/// Counts and logs the subscriptions of one frame that [`subscribe`] refused, and tells the link
+/// which they are. The link and its other subscriptions stay.
+fn refuse(refused: Vec<Bytes>, handle: &LinkHandle, shared: &Shared, held: usize) {
+    let Some(first) = refused.first() else {
+        return;
+    };
+    let limit = shared.config.max_channels_per_link;
+    shared
+        .stats
+        .subscriptions_refused
+        .fetch_add(refused.len() as u64, Relaxed);
+    tracing::warn!(
+        link = handle.id.0,
+        refused = refused.len(),
+        first = %String::from_utf8_lossy(first),
+        subscribed = held,
+        limit,
+        "subscriptions refused: too many channels on this link"
+    );
+    let reason = format!("a link may subscribe to at most {limit} channels");
+    match subscribe_refused_frames(
+        refused,
+        LinkFault::TooManyChannels,
+        &reason,
+        shared.config.max_frame_size,
+    ) {
+        Ok(frames) => {
+            for frame in &frames {
+                send_frame(handle, shared, frame);
+            }
+        }
+        // Only a channel name within a few dozen bytes of max-frame-size gets here.
+        Err(cause) => tracing::error!(
+            link = handle.id.0,
+            %cause,
+            "cannot tell the link which subscriptions were refused"
+        ),
+    }
+}
+
 fn frame_kind(body: &Option<Body>) -> &'static str {
     Frame { body: body.clone() }.kind()
 }
@@ -399,7 +464,7 @@ fn frame_kind(body: &Option<Body>) -> &'static str {
 fn check_channel(channel: &[u8], max_len: usize) -> Result<(), Close> {
     if channel.is_empty() || channel.len() > max_len {
         return Err(Close::Fault {
-            code: "invalid_channel",
+            fault: LinkFault::InvalidChannel,
             reason: format!(
                 "channel names must be 1 to {max_len} bytes, got {}",
                 channel.len()
@@ -419,7 +484,7 @@ fn send_frame(handle: &LinkHandle, shared: &Shared, frame: &Frame) {
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: QueueReceiver,
     write_half: W,
     kill: CancellationToken,
 ) {
@@ -429,6 +494,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
             for frame in batch.drain(..) {
                 out.write_all(&frame).await?;
+                rx.written(&frame);
             }
             out.flush().await?;
         }
@@ -442,5 +508,80 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
         _ = kill.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::BrokerSecurity;
+    use crate::config::BrokerConfig;
+
+    fn shared(max_channels_per_link: usize) -> Shared {
+        Shared::new(
+            BrokerConfig {
+                max_channels_per_link,
+                max_channel_len: 8,
+                ..BrokerConfig::default()
+            },
+            BrokerSecurity::default(),
+        )
+    }
+
+    fn channels(names: &[&'static str]) -> Vec<Bytes> {
+        names
+            .iter()
+            .map(|n| Bytes::from_static(n.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn subscribe_takes_channels_up_to_the_limit_and_refuses_the_rest_once() {
+        let shared = shared(2);
+        let (tx, _rx) = link_queue(8, 1 << 20);
+        let handle = LinkHandle::new(LinkId(1), tx, CancellationToken::new());
+        let mut subscribed = HashSet::new();
+
+        let refused = subscribe(
+            channels(&["a", "a", "b", "c"]),
+            &handle,
+            &shared,
+            &mut subscribed,
+        );
+        assert_eq!(refused.ok(), Some(channels(&["c"])));
+        // Held channels cost nothing; refused ones are named once, in order of their bytes.
+        let refused = subscribe(
+            channels(&["b", "e", "d", "e"]),
+            &handle,
+            &shared,
+            &mut subscribed,
+        );
+        assert_eq!(refused.ok(), Some(channels(&["d", "e"])));
+        assert_eq!(subscribed.len(), 2);
+        assert_eq!(shared.stats.snapshot().subscriptions, 2);
+    }
+
+    #[test]
+    fn an_invalid_channel_still_closes_the_link_past_the_limit() {
+        let shared = shared(1);
+        let (tx, _rx) = link_queue(8, 1 << 20);
+        let handle = LinkHandle::new(LinkId(1), tx, CancellationToken::new());
+        let mut subscribed = HashSet::new();
+        let result = subscribe(
+            channels(&["a", "b", "much-too-long"]),
+            &handle,
+            &shared,
+            &mut subscribed,
+        );
+        assert!(
+            matches!(
+                result,
+                Err(Close::Fault {
+                    fault: LinkFault::InvalidChannel,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
     }
 }

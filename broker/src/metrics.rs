@@ -45,6 +45,12 @@ pub fn encode_broker_stats(
     )?;
     counter(
         e,
+        "broker_subscriptions_refused",
+        "Subscriptions refused because their link already held max-channels-per-link channels.",
+        stats.subscriptions_refused,
+    )?;
+    counter(
+        e,
         "broker_publishes",
         "Publish frames received.",
         stats.publishes,
@@ -119,6 +125,7 @@ mod tests {
             links_total: 5,
             channels: 3,
             subscriptions: 4,
+            subscriptions_refused: 11,
             publishes: 6,
             deliveries: 7,
             slow_link_disconnects: 1,
@@ -144,6 +151,8 @@ mod tests {
             "broker_links_opened_total 5",
             "broker_channels 3",
             "broker_subscriptions 4",
+            "# TYPE broker_subscriptions_refused counter",
+            "broker_subscriptions_refused_total 11",
             "broker_publishes_total 6",
             "broker_deliveries_total 7",
             "broker_slow_link_disconnects_total 1",

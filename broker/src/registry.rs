@@ -10,9 +10,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use protocol::codec::{encode_message, FrameError};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::queue::{QueueSender, Refused};
 use crate::stats::BrokerStats;
 
 /// Identifies one link for the lifetime of the broker.
@@ -23,17 +23,17 @@ pub struct LinkId(pub u64);
 #[derive(Debug, Clone)]
 pub struct LinkHandle {
     pub id: LinkId,
-    tx: mpsc::Sender<Bytes>,
+    queue: QueueSender,
     kill: CancellationToken,
     /// Set once, by whichever publisher first finds the queue full.
     slow: Arc<AtomicBool>,
 }
 
 impl LinkHandle {
-    pub fn new(id: LinkId, tx: mpsc::Sender<Bytes>, kill: CancellationToken) -> Self {
+    pub fn new(id: LinkId, queue: QueueSender, kill: CancellationToken) -> Self {
         LinkHandle {
             id,
-            tx,
+            queue,
             kill,
             slow: Arc::new(AtomicBool::new(false)),
         }
@@ -44,28 +44,25 @@ impl LinkHandle {
         self.slow.load(Relaxed)
     }
 
-    /// Queues an encoded frame without waiting. A full queue means the link cannot keep up: it is
-    /// disconnected (slow consumer) rather than allowed to stall the publisher or grow memory.
+    /// Queues an encoded frame without waiting. A full queue (in frames or in bytes) means the
+    /// link cannot keep up: it is disconnected (slow consumer) rather than allowed to stall the
+    /// publisher or grow memory.
     pub fn send(&self, frame: Bytes, stats: &BrokerStats) -> bool {
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                stats.dropped_frames.fetch_add(1, Relaxed);
-                if !self.slow.swap(true, Relaxed) {
-                    stats.slow_link_disconnects.fetch_add(1, Relaxed);
-                    tracing::warn!(
-                        link = self.id.0,
-                        "slow consumer: link queue full, disconnecting"
-                    );
-                    self.kill.cancel();
-                }
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                stats.dropped_frames.fetch_add(1, Relaxed);
-                false
-            }
+        let Err(refused) = self.queue.try_send(frame) else {
+            return true;
+        };
+        stats.dropped_frames.fetch_add(1, Relaxed);
+        if refused != Refused::Closed && !self.slow.swap(true, Relaxed) {
+            stats.slow_link_disconnects.fetch_add(1, Relaxed);
+            tracing::warn!(
+                link = self.id.0,
+                bound = refused.as_str(),
+                queued_bytes = self.queue.queued_bytes(),
+                "slow consumer: link queue full, disconnecting"
+            );
+            self.kill.cancel();
         }
+        false
     }
 }
 
@@ -164,10 +161,11 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::{link_queue, QueueReceiver};
     use protocol::link::Body;
 
-    fn link(id: u64, cap: usize) -> (LinkHandle, mpsc::Receiver<Bytes>) {
-        let (tx, rx) = mpsc::channel(cap);
+    fn link(id: u64, cap: usize) -> (LinkHandle, QueueReceiver) {
+        let (tx, rx) = link_queue(cap, usize::MAX);
         (
             LinkHandle::new(LinkId(id), tx, CancellationToken::new()),
             rx,
@@ -277,5 +275,119 @@ mod tests {
         let snap = stats.snapshot();
         assert_eq!((snap.channels, snap.subscriptions), (0, 0));
         assert!(registry.channels.read().is_empty());
+    }
+
+    fn publish(registry: &Registry, origin: u64, channel: &'static [u8], no_echo: bool) -> usize {
+        registry
+            .publish(
+                LinkId(origin),
+                Bytes::from_static(channel),
+                Bytes::from_static(b"payload"),
+                no_echo,
+            )
+            .expect("a small message fits")
+    }
+
+    #[test]
+    fn subscribe_and_unsubscribe_move_the_gauges_and_delivery() {
+        let stats = Arc::new(BrokerStats::default());
+        let registry = Registry::new(stats.clone(), 1 << 20);
+        let (a, mut ra) = link(1, 8);
+        let (b, mut rb) = link(2, 8);
+        registry.subscribe(&a, Bytes::from_static(b"g"));
+        registry.subscribe(&a, Bytes::from_static(b"h"));
+        registry.subscribe(&b, Bytes::from_static(b"g"));
+        let snap = stats.snapshot();
+        assert_eq!((snap.channels, snap.subscriptions), (2, 3));
+
+        registry.unsubscribe(LinkId(1), b"g");
+        let snap = stats.snapshot();
+        assert_eq!(
+            (snap.channels, snap.subscriptions),
+            (2, 2),
+            "g keeps its other subscriber"
+        );
+        assert_eq!(publish(&registry, 9, b"g", false), 1);
+        assert!(ra.try_recv().is_err(), "an unsubscribed link gets nothing");
+        assert!(rb.try_recv().is_ok());
+
+        registry.unsubscribe(LinkId(1), b"h");
+        let snap = stats.snapshot();
+        assert_eq!(
+            (snap.channels, snap.subscriptions),
+            (1, 1),
+            "h had no one left"
+        );
+        assert_eq!(publish(&registry, 9, b"h", false), 0);
+        assert!(ra.try_recv().is_err());
+
+        // Unsubscribing twice, or from a channel no one has, changes nothing.
+        registry.unsubscribe(LinkId(1), b"h");
+        registry.unsubscribe(LinkId(2), b"nobody");
+        let snap = stats.snapshot();
+        assert_eq!((snap.channels, snap.subscriptions), (1, 1));
+
+        registry.unsubscribe(LinkId(2), b"g");
+        let snap = stats.snapshot();
+        assert_eq!((snap.channels, snap.subscriptions), (0, 0));
+        assert!(registry.channels.read().is_empty());
+    }
+
+    #[test]
+    fn a_publish_no_one_receives_is_counted_but_not_delivered() {
+        let stats = Arc::new(BrokerStats::default());
+        let registry = Registry::new(stats.clone(), 1 << 20);
+        let (a, mut ra) = link(1, 8);
+        registry.subscribe(&a, Bytes::from_static(b"g"));
+
+        assert_eq!(publish(&registry, 1, b"nobody", false), 0);
+        // The publisher is the only subscriber, and asked not to get its own message back.
+        assert_eq!(publish(&registry, 1, b"g", true), 0);
+        assert!(ra.try_recv().is_err());
+        // Without no_echo it does get it.
+        assert_eq!(publish(&registry, 1, b"g", false), 1);
+        assert!(ra.try_recv().is_ok());
+
+        let snap = stats.snapshot();
+        assert_eq!((snap.publishes, snap.deliveries), (3, 1));
+        assert_eq!((snap.dropped_frames, snap.slow_link_disconnects), (0, 0));
+    }
+
+    #[test]
+    fn a_message_over_the_frame_limit_reaches_no_one() {
+        let stats = Arc::new(BrokerStats::default());
+        let registry = Registry::new(stats.clone(), 64);
+        let (a, mut ra) = link(1, 8);
+        registry.subscribe(&a, Bytes::from_static(b"g"));
+        let result = registry.publish(
+            LinkId(2),
+            Bytes::from_static(b"g"),
+            Bytes::from(vec![b'x'; 64]),
+            false,
+        );
+        assert!(
+            matches!(result, Err(FrameError::TooLarge { .. })),
+            "{result:?}"
+        );
+        assert!(ra.try_recv().is_err());
+        assert_eq!(stats.snapshot().deliveries, 0);
+    }
+
+    #[test]
+    fn a_closed_link_drops_its_frames_and_is_not_called_slow() {
+        let stats = Arc::new(BrokerStats::default());
+        let registry = Registry::new(stats.clone(), 1 << 20);
+        let (closed, closed_rx) = link(1, 8);
+        let (open, mut open_rx) = link(2, 8);
+        registry.subscribe(&closed, Bytes::from_static(b"g"));
+        registry.subscribe(&open, Bytes::from_static(b"g"));
+        drop(closed_rx);
+
+        assert_eq!(publish(&registry, 9, b"g", false), 1);
+        assert!(open_rx.try_recv().is_ok());
+        assert!(!closed.is_slow() && !closed.kill.is_cancelled());
+        let snap = stats.snapshot();
+        assert_eq!((snap.deliveries, snap.dropped_frames), (1, 1));
+        assert_eq!(snap.slow_link_disconnects, 0);
     }
 }

@@ -1,9 +1,10 @@
-//! The accept loop and the state every link shares.
+//! [`Broker`]: the accept loop, and the handle through which the admin server and embedders read
+//! the counters.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use server_kit::settings::ConfigError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -11,24 +12,15 @@ use tokio_util::task::TaskTracker;
 use crate::auth::BrokerSecurity;
 use crate::config::BrokerConfig;
 use crate::link::serve_connection;
-use crate::registry::{LinkId, Registry};
-use crate::stats::{BrokerStats, StatsSnapshot};
+use crate::state::Shared;
+use crate::stats::StatsSnapshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
-}
-
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: BrokerConfig,
-    pub(crate) registry: Registry,
-    pub(crate) stats: Arc<BrokerStats>,
-    pub(crate) security: BrokerSecurity,
-    next_link: AtomicU64,
 }
 
 /// A broker instance. Cheap to clone; clones share state.
@@ -47,16 +39,9 @@ impl Broker {
         config: BrokerConfig,
         security: BrokerSecurity,
     ) -> Result<Broker, BrokerError> {
-        config.validate().map_err(BrokerError::Config)?;
-        let stats = Arc::new(BrokerStats::default());
+        config.validate()?;
         Ok(Broker {
-            shared: Arc::new(Shared {
-                registry: Registry::new(stats.clone(), config.max_frame_size),
-                config,
-                stats,
-                security,
-                next_link: AtomicU64::new(1),
-            }),
+            shared: Arc::new(Shared::new(config, security)),
         })
     }
 
@@ -79,7 +64,7 @@ impl Broker {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let id = LinkId(self.shared.next_link.fetch_add(1, Relaxed));
+                    let id = self.shared.next_link_id();
                     tracker.spawn(serve_connection(
                         stream,
                         peer,
@@ -106,13 +91,4 @@ impl Broker {
         tracing::info!("broker stopped");
         Ok(())
     }
-}
-
-/// Runs a broker with `config` on `listener` until `shutdown` is cancelled.
-pub async fn run(
-    listener: TcpListener,
-    config: BrokerConfig,
-    shutdown: CancellationToken,
-) -> Result<(), BrokerError> {
-    Broker::new(config)?.serve(listener, shutdown).await
 }

@@ -9,6 +9,8 @@ pub struct BrokerStats {
     pub links_total: AtomicU64,
     pub channels: AtomicU64,
     pub subscriptions: AtomicU64,
+    /// Subscriptions refused because their link already held `max-channels-per-link`.
+    pub subscriptions_refused: AtomicU64,
     pub publishes: AtomicU64,
     pub deliveries: AtomicU64,
     /// Links disconnected because their outbound queue was full.
@@ -28,6 +30,7 @@ pub struct StatsSnapshot {
     pub links_total: u64,
     pub channels: u64,
     pub subscriptions: u64,
+    pub subscriptions_refused: u64,
     pub publishes: u64,
     pub deliveries: u64,
     pub slow_link_disconnects: u64,
@@ -43,6 +46,7 @@ impl BrokerStats {
             links_total: self.links_total.load(Relaxed),
             channels: self.channels.load(Relaxed),
             subscriptions: self.subscriptions.load(Relaxed),
+            subscriptions_refused: self.subscriptions_refused.load(Relaxed),
             publishes: self.publishes.load(Relaxed),
             deliveries: self.deliveries.load(Relaxed),
             slow_link_disconnects: self.slow_link_disconnects.load(Relaxed),

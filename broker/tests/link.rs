@@ -12,9 +12,12 @@ use std::time::Duration;
 
 use broker::{Broker, BrokerConfig, BrokerError, StatsSnapshot};
 use bytes::Bytes;
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
-use protocol::link::{Body, Hello, LinkError, Message, Ping, Publish, Subscribe, Unsubscribe};
+use protocol::link::{
+    Body, Hello, LinkError, Message, Ping, Publish, Subscribe, SubscribeRefused, Unsubscribe,
+};
 use protocol::{Frame, FrameError, LinkCodec, DEFAULT_MAX_FRAME_SIZE, PROTOCOL_VERSION};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -441,6 +444,16 @@ fn malformed_cases() -> Vec<Case> {
             code: "unexpected_frame",
         },
         Case {
+            name: "subscribe_refused frame from a gateway",
+            handshake: true,
+            input: Input::Frames(vec![Frame::new(Body::SubscribeRefused(SubscribeRefused {
+                channels: to_bytes(&["g"]),
+                code: "too_many_channels".into(),
+                reason: "forged".into(),
+            }))]),
+            code: "unexpected_frame",
+        },
+        Case {
             name: "empty channel in subscribe",
             handshake: true,
             input: Input::Frames(vec![subscribe(&[""])]),
@@ -463,13 +476,6 @@ fn malformed_cases() -> Vec<Case> {
             handshake: true,
             input: Input::Frames(vec![publish(&long_channel, b"p", false)]),
             code: "invalid_channel",
-        },
-        Case {
-            // The limit counts across frames; the first frame's subscriptions must be cleaned up.
-            name: "more channels than max_channels_per_link",
-            handshake: true,
-            input: Input::Frames(vec![subscribe(&["a", "b", "c"]), subscribe(&["d"])]),
-            code: "too_many_channels",
         },
     ]
 }
@@ -539,6 +545,66 @@ async fn channel_limits_are_inclusive() {
 
     let stats = tb.stats();
     assert_eq!(stats.subscriptions, MAX_CHANNELS as u64);
+    assert_eq!(stats.bad_frames, 0);
+}
+
+impl Client {
+    /// The next frame is a `SubscribeRefused` for `too_many_channels`; returns its channels,
+    /// sorted.
+    async fn expect_refusal(&mut self) -> Vec<Bytes> {
+        match self.expect_frame().await.body {
+            Some(Body::SubscribeRefused(SubscribeRefused {
+                mut channels,
+                code,
+                reason,
+            })) => {
+                assert_eq!(code, "too_many_channels", "refusal code (reason: {reason})");
+                assert!(!reason.is_empty(), "a refusal says why");
+                channels.sort();
+                channels
+            }
+            other => panic!("expected a subscribe_refused frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_past_the_limit_are_refused_and_the_link_stays_up() {
+    let tb = TestBroker::start(limits_config()).await;
+    let mut client = Client::connect(tb.addr).await;
+    let mut publisher = Client::connect(tb.addr).await;
+    client.subscribe(&["a", "b"]).await;
+
+    // The limit (3) counts across frames. "a" is already held and costs nothing; "c" is
+    // taken; "d" and "e" are refused, "d" named once although it was asked for twice.
+    client.send(subscribe(&["a", "c", "d", "e", "d"])).await;
+    assert_eq!(client.expect_refusal().await, to_bytes(&["d", "e"]));
+    client.barrier().await;
+
+    for channel in ["a", "b", "c", "d", "e"] {
+        publisher.publish(channel, channel.as_bytes(), false).await;
+    }
+    publisher.barrier().await;
+    for channel in ["a", "b", "c"] {
+        client.expect_message(channel, channel.as_bytes()).await;
+    }
+    client.barrier().await;
+
+    // Still full: a later subscribe is refused as a whole. Unsubscribing makes room again.
+    client.send(subscribe(&["e"])).await;
+    assert_eq!(client.expect_refusal().await, to_bytes(&["e"]));
+    client.barrier().await;
+    client.unsubscribe(&["a"]).await;
+    client.subscribe(&["e"]).await;
+    publisher.publish("e", b"now", false).await;
+    publisher.barrier().await;
+    client.expect_message("e", b"now").await;
+    client.barrier().await;
+
+    let stats = tb.stats();
+    assert_eq!(stats.links, 2, "no link was closed");
+    assert_eq!((stats.channels, stats.subscriptions), (3, 3));
+    assert_eq!(stats.subscriptions_refused, 3);
     assert_eq!(stats.bad_frames, 0);
 }
 
@@ -666,6 +732,119 @@ fn payload_seq(payload: &[u8]) -> u64 {
     u64::from_be_bytes(payload[..8].try_into().expect("8-byte sequence number"))
 }
 
+/// A subscriber of "g" that reads on its own task and reports each frame. A test that publishes
+/// in lockstep with it keeps its queue at one message at most, so it cannot be the slow one.
+struct ReadingSubscriber {
+    sink: SplitSink<Framed<TcpStream, LinkCodec>, Frame>,
+    seen: tokio::sync::mpsc::Receiver<Seen>,
+    reading: JoinHandle<()>,
+}
+
+impl ReadingSubscriber {
+    fn start(client: Client, payload_len: usize) -> ReadingSubscriber {
+        let (sink, mut stream) = client.framed.split();
+        let (seen_tx, seen) = tokio::sync::mpsc::channel(16);
+        let reading = tokio::spawn(async move {
+            loop {
+                let frame = timeout(WAIT, stream.next())
+                    .await
+                    .expect("reading subscriber starved")
+                    .expect("reading subscriber's link closed")
+                    .expect("reading subscriber's link failed");
+                let (report, last) = match frame.body {
+                    Some(Body::Message(m)) => {
+                        assert_eq!(m.channel.as_ref(), b"g");
+                        assert_eq!(m.payload.len(), payload_len);
+                        (Seen::Message(payload_seq(&m.payload)), false)
+                    }
+                    Some(Body::Pong(p)) => (Seen::Pong(p.nonce), true),
+                    other => panic!("reading subscriber got {other:?}"),
+                };
+                seen_tx.send(report).await.expect("test is listening");
+                if last {
+                    return;
+                }
+            }
+        });
+        ReadingSubscriber {
+            sink,
+            seen,
+            reading,
+        }
+    }
+
+    async fn next(&mut self) -> Seen {
+        timeout(WAIT, self.seen.recv())
+            .await
+            .expect("reading subscriber did not get the frame in time")
+            .expect("reading task ended")
+    }
+
+    /// Nothing beyond the numbered messages reached the reader: a ping's pong comes next. The
+    /// reading task ends; the link stays up while `self` lives.
+    async fn finish(&mut self) {
+        timeout(WAIT, self.sink.send(ping(99)))
+            .await
+            .expect("ping timed out")
+            .expect("ping the reader's link");
+        assert_eq!(self.next().await, Seen::Pong(99));
+        timeout(WAIT, &mut self.reading)
+            .await
+            .expect("reading task did not finish")
+            .expect("reading task panicked");
+    }
+}
+
+/// Publishes numbered payloads of `payload_len` bytes on "g", each once `reader` has it, until
+/// the broker has disconnected a slow link and `after` more publishes have gone through, or
+/// `max` publishes. Returns how many were published, and after how many the broker had
+/// disconnected the slow link (`None`: it never did).
+async fn publish_until_slow_disconnect(
+    tb: &TestBroker,
+    publisher: &mut Client,
+    reader: &mut ReadingSubscriber,
+    payload_len: usize,
+    max: u64,
+    after: u64,
+) -> (u64, Option<u64>) {
+    let mut published = 0;
+    let mut disconnected_after = None;
+    while published < max {
+        publisher
+            .publish("g", &numbered_payload(published, payload_len), false)
+            .await;
+        assert_eq!(reader.next().await, Seen::Message(published));
+        published += 1;
+        // The message reached the reader, so the broker is done fanning it out.
+        if disconnected_after.is_none() && tb.stats().slow_link_disconnects > 0 {
+            disconnected_after = Some(published);
+        }
+        if disconnected_after.is_some_and(|n| published >= n + after) {
+            break;
+        }
+    }
+    (published, disconnected_after)
+}
+
+/// Reads what a disconnected link got: an in-order prefix of the numbered messages, then the
+/// end of the link (a frame the writer was cut off in may be truncated: that is an I/O error at
+/// the end). Returns how many messages it got.
+async fn read_until_the_end(stalled: &mut Client) -> u64 {
+    let mut next_seq = 0;
+    loop {
+        match stalled.recv().await {
+            Some(Ok(Frame {
+                body: Some(Body::Message(m)),
+            })) => {
+                assert_eq!(payload_seq(&m.payload), next_seq, "stalled link order");
+                next_seq += 1;
+            }
+            None | Some(Err(FrameError::Io(_))) => return next_seq,
+            Some(other) => panic!("stalled link got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_disconnected_and_a_reading_subscriber_gets_everything() {
     const PAYLOAD_LEN: usize = 64 * 1024;
@@ -684,72 +863,20 @@ async fn slow_consumer_is_disconnected_and_a_reading_subscriber_gets_everything(
     let mut reader = Client::connect(tb.addr).await;
     reader.subscribe(&["g"]).await;
     let mut publisher = Client::connect(tb.addr).await;
+    let mut reader = ReadingSubscriber::start(reader, PAYLOAD_LEN);
 
-    // The reading subscriber reads on its own task and reports each frame; the test publishes
-    // in lockstep with it, so its queue never holds more than one message and it cannot be the
-    // slow one.
-    let (mut reader_sink, mut reader_stream) = reader.framed.split();
-    let (seen_tx, mut seen) = tokio::sync::mpsc::channel(16);
-    let reading = tokio::spawn(async move {
-        loop {
-            let frame = timeout(WAIT, reader_stream.next())
-                .await
-                .expect("reading subscriber starved")
-                .expect("reading subscriber's link closed")
-                .expect("reading subscriber's link failed");
-            let (report, last) = match frame.body {
-                Some(Body::Message(m)) => {
-                    assert_eq!(m.channel.as_ref(), b"g");
-                    assert_eq!(m.payload.len(), PAYLOAD_LEN);
-                    (Seen::Message(payload_seq(&m.payload)), false)
-                }
-                Some(Body::Pong(p)) => (Seen::Pong(p.nonce), true),
-                other => panic!("reading subscriber got {other:?}"),
-            };
-            seen_tx.send(report).await.expect("test is listening");
-            if last {
-                return;
-            }
-        }
-    });
-
-    let mut published = 0;
-    let mut disconnected_after = None;
-    while published < MAX_PUBLISHES {
-        publisher
-            .publish("g", &numbered_payload(published, PAYLOAD_LEN), false)
-            .await;
-        let got = timeout(WAIT, seen.recv())
-            .await
-            .expect("reading subscriber did not get the message in time")
-            .expect("reading task ended");
-        assert_eq!(got, Seen::Message(published));
-        published += 1;
-        // The message reached the reader, so the broker is done fanning it out.
-        if disconnected_after.is_none() && tb.stats().slow_link_disconnects > 0 {
-            disconnected_after = Some(published);
-        }
-        if disconnected_after.is_some_and(|n| published >= n + AFTER_DISCONNECT) {
-            break;
-        }
-    }
+    let (published, disconnected_after) = publish_until_slow_disconnect(
+        &tb,
+        &mut publisher,
+        &mut reader,
+        PAYLOAD_LEN,
+        MAX_PUBLISHES,
+        AFTER_DISCONNECT,
+    )
+    .await;
     let disconnected_after =
         disconnected_after.expect("the stalled subscriber was never disconnected");
-
-    // Nothing beyond the numbered messages reached the reader.
-    timeout(WAIT, reader_sink.send(ping(99)))
-        .await
-        .expect("ping timed out")
-        .expect("ping the reader's link");
-    let got = timeout(WAIT, seen.recv())
-        .await
-        .expect("no pong in time")
-        .expect("reading task ended");
-    assert_eq!(got, Seen::Pong(99));
-    timeout(WAIT, reading)
-        .await
-        .expect("reading task did not finish")
-        .expect("reading task panicked");
+    reader.finish().await;
 
     let stats = tb
         .wait_for_stats("the stalled link to go", |s| s.links == 2)
@@ -760,24 +887,80 @@ async fn slow_consumer_is_disconnected_and_a_reading_subscriber_gets_everything(
     assert_eq!(stats.publishes, published);
     assert_eq!(stats.bad_frames, 0);
 
-    // The stalled link got an in-order prefix of the messages, then the link ended (a frame the
-    // writer was cut off in may be truncated: that is an I/O error at the end).
-    let mut next_seq = 0;
-    loop {
-        match stalled.recv().await {
-            Some(Ok(Frame {
-                body: Some(Body::Message(m)),
-            })) => {
-                assert_eq!(payload_seq(&m.payload), next_seq, "stalled link order");
-                next_seq += 1;
-            }
-            None | Some(Err(FrameError::Io(_))) => break,
-            Some(other) => panic!("stalled link got {other:?}"),
-        }
-    }
+    let next_seq = read_until_the_end(&mut stalled).await;
     assert!(
         next_seq < disconnected_after,
         "the stalled link got {next_seq} messages; it was disconnected after {disconnected_after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_queue_is_bounded_in_bytes_as_well_as_in_frames() {
+    const PAYLOAD_LEN: usize = 64 * 1024;
+    /// Fifteen frames of PAYLOAD_LEN and a bit, not sixteen.
+    const LINK_QUEUE_BYTES: usize = 1024 * 1024;
+    /// Far below the frame bound (16,384 by default), and more than enough to fill the socket
+    /// buffers between the broker and a stalled reader and then the byte bound.
+    const MAX_PUBLISHES: u64 = 2000;
+    const AFTER_DISCONNECT: u64 = 20;
+    let tb = TestBroker::start(BrokerConfig {
+        link_queue_bytes: LINK_QUEUE_BYTES,
+        ..BrokerConfig::default()
+    })
+    .await;
+
+    let mut stalled = Client::connect(tb.addr).await;
+    stalled.subscribe(&["g"]).await;
+    let mut reader = Client::connect(tb.addr).await;
+    reader.subscribe(&["g"]).await;
+    let mut publisher = Client::connect(tb.addr).await;
+    let mut reader = ReadingSubscriber::start(reader, PAYLOAD_LEN);
+
+    let (published, disconnected_after) = publish_until_slow_disconnect(
+        &tb,
+        &mut publisher,
+        &mut reader,
+        PAYLOAD_LEN,
+        MAX_PUBLISHES,
+        AFTER_DISCONNECT,
+    )
+    .await;
+    assert!(
+        disconnected_after.is_some(),
+        "the stalled subscriber was not disconnected after {published} publishes of \
+         {PAYLOAD_LEN} bytes (link-queue-bytes {LINK_QUEUE_BYTES}); stats: {:?}",
+        tb.stats()
+    );
+    // Other links keep receiving: the reader got every publish, before and after.
+    reader.finish().await;
+
+    let stats = tb
+        .wait_for_stats("the stalled link to go", |s| s.links == 2)
+        .await;
+    assert_eq!(stats.slow_link_disconnects, 1, "only the stalled link");
+    assert!(stats.dropped_frames >= 1, "the frame that did not fit");
+    assert_eq!(stats.publishes, published);
+
+    // Every publish was queued to the reader; the rest of the deliveries went to the stalled
+    // link. What it was sent before the socket filled up, it can read; the rest was still in
+    // the broker when the link was dropped: in the queue, or (one frame at most) taken from the
+    // queue by the writer, partly written, its tail in the writer's 64 KiB buffer.
+    let queued_to_stalled = stats.deliveries - published;
+    let read_by_stalled = read_until_the_end(&mut stalled).await;
+    let unread = queued_to_stalled - read_by_stalled;
+    let frame_len =
+        u64::try_from(publish("g", &numbered_payload(0, PAYLOAD_LEN), false).encoded_len() + 4)
+            .expect("a frame length fits a u64");
+    let bound = u64::try_from(LINK_QUEUE_BYTES).expect("the bound fits a u64");
+    let in_queue_at_most = unread;
+    let in_queue_at_least = unread.saturating_sub(1);
+    assert!(
+        in_queue_at_least * frame_len <= bound,
+        "{in_queue_at_least} frames of {frame_len} bytes were queued, over link-queue-bytes {bound}"
+    );
+    assert!(
+        (in_queue_at_most + 1) * frame_len > bound,
+        "the link was dropped with only {in_queue_at_most} frames of {frame_len} bytes queued"
     );
 }
 

@@ -7,7 +7,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message as _;
 
-use crate::link::{Body, Frame, Subscribe, Unsubscribe};
+use crate::link::{Body, Frame, Subscribe, SubscribeRefused, Unsubscribe};
+use crate::link_fault::LinkFault;
 
 /// Default hard limit on a frame body, as in the original Channel server.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 10 * 1024 * 1024;
@@ -186,26 +187,73 @@ where
     })
 }
 
+/// Splits a broker's refusal of `channels` into `SubscribeRefused` frames that each stay within
+/// the frame limit and each carry `fault` and `reason`. A channel that does not fit in a frame
+/// with them is returned in `Err`.
+pub fn subscribe_refused_frames<I>(
+    channels: I,
+    fault: LinkFault,
+    reason: &str,
+    max_frame_size: usize,
+) -> Result<Vec<Frame>, FrameError>
+where
+    I: IntoIterator<Item = Bytes>,
+{
+    let string_field = |s: &str| {
+        if s.is_empty() {
+            0
+        } else {
+            1 + prost::encoding::encoded_len_varint(s.len() as u64) + s.len()
+        }
+    };
+    let fixed = string_field(fault.as_str()) + string_field(reason);
+    chunk_channels_with(channels, max_frame_size, fixed).map(|chunks| {
+        chunks
+            .into_iter()
+            .map(|channels| {
+                Frame::new(Body::SubscribeRefused(SubscribeRefused {
+                    channels,
+                    code: fault.as_str().into(),
+                    reason: reason.into(),
+                }))
+            })
+            .collect()
+    })
+}
+
 fn chunk_channels<I>(channels: I, max_frame_size: usize) -> Result<Vec<Vec<Bytes>>, FrameError>
 where
     I: IntoIterator<Item = Bytes>,
 {
+    chunk_channels_with(channels, max_frame_size, 0)
+}
+
+/// Groups `channels` so that each group, as the repeated field 1 of a message that also holds
+/// `fixed` bytes of other fields, fits in a frame.
+fn chunk_channels_with<I>(
+    channels: I,
+    max_frame_size: usize,
+    fixed: usize,
+) -> Result<Vec<Vec<Bytes>>, FrameError>
+where
+    I: IntoIterator<Item = Bytes>,
+{
     // Outer overhead: the oneof field's tag and length varint (at most 1 + 5 bytes).
-    const OUTER: usize = 6;
+    let outer = 6 + fixed;
     let mut chunks = Vec::new();
     let mut current: Vec<Bytes> = Vec::new();
-    let mut size = OUTER;
+    let mut size = outer;
     for channel in channels {
         let entry = 1 + prost::encoding::encoded_len_varint(channel.len() as u64) + channel.len();
-        if OUTER + entry > max_frame_size {
+        if outer + entry > max_frame_size {
             return Err(FrameError::TooLarge {
-                len: OUTER + entry,
+                len: outer + entry,
                 max: max_frame_size,
             });
         }
         if size + entry > max_frame_size {
             chunks.push(std::mem::take(&mut current));
-            size = OUTER;
+            size = outer;
         }
         size += entry;
         current.push(channel);
@@ -452,5 +500,40 @@ mod tests {
         assert_eq!(seen, channels);
         assert!(subscribe_frames(vec![Bytes::from(vec![b'x'; 300])], max).is_err());
         assert!(subscribe_frames(Vec::new(), max).unwrap().is_empty());
+    }
+
+    #[test]
+    fn refusals_split_within_limit_and_each_says_why() {
+        let channels: Vec<Bytes> = (0..500)
+            .map(|i| Bytes::from(format!("channel-{i:05}")))
+            .collect();
+        let max = 200;
+        let reason = "a link may subscribe to at most 3 channels";
+        let frames =
+            subscribe_refused_frames(channels.clone(), LinkFault::TooManyChannels, reason, max)
+                .unwrap();
+        assert!(frames.len() > 1);
+        let mut seen = Vec::new();
+        for f in &frames {
+            let encoded = encode_frame(f, max).unwrap();
+            assert!(encoded.len() - 4 <= max);
+            match &f.body {
+                Some(Body::SubscribeRefused(r)) => {
+                    assert_eq!(
+                        (r.code.as_str(), r.reason.as_str()),
+                        ("too_many_channels", reason)
+                    );
+                    seen.extend(r.channels.iter().cloned());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen, channels);
+        // A channel that fits in a Subscribe frame but not with the code and reason beside it.
+        let long = Bytes::from(vec![b'x'; 180]);
+        assert!(subscribe_frames(vec![long.clone()], max).is_ok());
+        assert!(
+            subscribe_refused_frames(vec![long], LinkFault::TooManyChannels, reason, max).is_err()
+        );
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! - [`link`]: the messages gateways and the broker exchange (prost), and [`codec`]: how they are
 //!   framed on the TCP link (4-byte big-endian length + protobuf body), with a hard frame limit.
+//! - [`link_fault`]: [`LinkFault`], the typed codes of the link's `Error` frames, with the exact
+//!   strings on the wire.
 //! - [`link_auth`]: the broker link's challenge-response authentication (HMAC-SHA256 over a
 //!   shared secret).
 //! - [`client`]: the JSON commands WebSocket clients send (`add_group`, `leave_group`,
@@ -16,6 +18,7 @@ pub mod client;
 pub mod codec;
 pub mod link;
 pub mod link_auth;
+pub mod link_fault;
 pub mod text;
 
 pub use client::{
@@ -24,4 +27,5 @@ pub use client::{
 };
 pub use codec::{FrameError, LinkCodec, DEFAULT_MAX_FRAME_SIZE};
 pub use link::{Frame, PROTOCOL_VERSION};
+pub use link_fault::{LinkFault, UnknownLinkFault};
 pub use text::{NotUtf8, Text};

@@ -9,13 +9,15 @@
 
 use bytes::Bytes;
 
+use crate::link_fault::LinkFault;
+
 /// Version spoken by this build. A peer announcing another version is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// One frame on the link. Exactly one body must be set.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Frame {
-    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub body: Option<Body>,
 }
 
@@ -45,6 +47,10 @@ pub enum Body {
     /// proves that the gateway knows the link secret ([`crate::link_auth`]).
     #[prost(message, tag = "9")]
     Auth(Auth),
+    /// Broker -> gateway: channels of a `Subscribe` that the broker did not take; it took the
+    /// others, and the link stays up.
+    #[prost(message, tag = "10")]
+    SubscribeRefused(SubscribeRefused),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -78,6 +84,19 @@ pub struct Subscribe {
 pub struct Unsubscribe {
     #[prost(bytes = "bytes", repeated, tag = "1")]
     pub channels: Vec<Bytes>,
+}
+
+/// The channels of one `Subscribe` frame that the broker refused, each named once. A refusal too
+/// large for one frame is split across several ([`crate::codec::subscribe_refused_frames`]).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SubscribeRefused {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub channels: Vec<Bytes>,
+    /// Why, as a [`LinkFault`] code: `too_many_channels`.
+    #[prost(string, tag = "2")]
+    pub code: String,
+    #[prost(string, tag = "3")]
+    pub reason: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -114,7 +133,7 @@ pub struct Pong {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LinkError {
-    /// Stable machine-readable code, e.g. `incompatible_version`.
+    /// Stable machine-readable code, e.g. `incompatible_version`: a [`LinkFault`] as a string.
     #[prost(string, tag = "1")]
     pub code: String,
     #[prost(string, tag = "2")]
@@ -146,6 +165,11 @@ impl Frame {
         }))
     }
 
+    /// The `Error` frame a peer sends before it closes the link because of `fault`.
+    pub fn fault(fault: LinkFault, reason: impl Into<String>) -> Self {
+        Frame::error(fault.as_str(), reason)
+    }
+
     /// Short name of the body, for logs and errors.
     pub fn kind(&self) -> &'static str {
         match &self.body {
@@ -159,6 +183,7 @@ impl Frame {
             Some(Body::Pong(_)) => "pong",
             Some(Body::Error(_)) => "error",
             Some(Body::Auth(_)) => "auth",
+            Some(Body::SubscribeRefused(_)) => "subscribe_refused",
         }
     }
 }

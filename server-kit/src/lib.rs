@@ -1,6 +1,7 @@
 //! What the `broker` and `gateway` binaries share, so that neither is the other's utility crate.
 //!
-//! - [`settings`]: `--config FILE` beneath flags and environment variables, for any clap command;
+//! - [`settings`]: `--config FILE` beneath flags and environment variables, for any clap command,
+//!   and [`settings::ConfigError`], a setting whose value cannot work;
 //!   [`docs_check`] (feature `docs-check`, for tests) keeps docs/configuration.md and the example
 //!   files in step with the flags.
 //! - [`logging`]: `tracing` to stderr, text or JSON. [`shutdown`]: SIGINT and SIGTERM cancel one

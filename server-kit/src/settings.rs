@@ -22,6 +22,32 @@ pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(24 
 /// The long flag that names the config file. A command without it parses as plain clap.
 pub const CONFIG_FLAG: &str = "config";
 
+/// A setting whose value cannot work, found when a server checks its settings after parsing
+/// (alone or against each other). The message reads `max-frame-size must be ...`: the setting's
+/// key, then `reason`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} {reason}", self.key())]
+pub struct ConfigError {
+    /// The flag, e.g. `--max-frame-size`.
+    pub setting: &'static str,
+    /// What its value must be, e.g. `must be at least 1`.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            setting,
+            reason: reason.into(),
+        }
+    }
+
+    /// The setting's name without the dashes: its key in a config file.
+    pub fn key(&self) -> &'static str {
+        self.setting.trim_start_matches('-')
+    }
+}
+
 /// What is wrong with a config file. Each message names the file, and the key when one is at
 /// fault.
 #[derive(Debug, thiserror::Error)]
@@ -315,6 +341,13 @@ pub(crate) mod tests {
         tag: Vec<String>,
         #[arg(long, value_enum, default_value_t)]
         log_format: LogFormat,
+    }
+
+    #[test]
+    fn a_config_error_names_the_setting_by_its_key() {
+        let err = ConfigError::new("--max-frame-size", "must be at least 64 bytes");
+        assert_eq!(err.key(), "max-frame-size");
+        assert_eq!(err.to_string(), "max-frame-size must be at least 64 bytes");
     }
 
     /// A file in the temp directory, removed on drop.
