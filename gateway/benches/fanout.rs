@@ -44,8 +44,8 @@ fn router(c: &mut Criterion) {
     let (tx1, mut rx1) = tokio::sync::mpsc::channel(1 << 16);
     let router = Arc::new(Router::new(vec![tx0, tx1]));
     let group_id = GroupId::new("123", 256).expect("valid group");
-    router.worker_joined(0, &group_id);
-    router.worker_joined(1, &group_id);
+    router.worker_joined(0, &group_id).expect("no group limit");
+    router.worker_joined(1, &group_id).expect("no group limit");
     let payload = Text::from("x".repeat(64));
     let mut sink = Vec::with_capacity(64);
     let mut group = c.benchmark_group("router");

@@ -37,6 +37,12 @@ pub struct GatewayConfig {
     )]
     pub max_groups_per_connection: usize,
 
+    /// Distinct groups this process may have members in at once (each is one subscription on
+    /// the bus). A join that would make one more gets a `too_many_groups` error reply. Keep it
+    /// below the broker's --max-channels-per-link.
+    #[arg(long, env = "GATEWAY_MAX_GROUPS", default_value_t = 100_000)]
+    pub max_groups: usize,
+
     /// Messages queued for one connection before it is closed as a slow consumer (code 4001).
     #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_MESSAGES", default_value_t = 1024)]
     pub outbound_queue_messages: usize,
@@ -188,6 +194,7 @@ impl GatewayConfig {
             ("max-message-size", self.max_message_size),
             ("max-group-id-len", self.max_group_id_len),
             ("max-groups-per-connection", self.max_groups_per_connection),
+            ("max-groups", self.max_groups),
             ("outbound-queue-messages", self.outbound_queue_messages),
             ("outbound-queue-bytes", self.outbound_queue_bytes),
             ("worker-queue", self.worker_queue),

@@ -232,7 +232,7 @@ impl Gateway {
         let (inbox_txs, inbox_rxs): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| mpsc::channel(config.worker_queue))
             .unzip();
-        let router = Arc::new(Router::new(inbox_txs));
+        let router = Arc::new(Router::new(inbox_txs).with_max_groups(config.max_groups));
         let RunningBus {
             bus,
             task: bus_task,
@@ -443,6 +443,7 @@ impl Gateway {
             connections_refused,
             connections_refused_per_ip,
             groups: self.inner.hub.router().group_count() as u64,
+            groups_refused: self.inner.hub.router().groups_refused(),
             memberships: workers.iter().map(|w| w.memberships).sum(),
             workers,
             api_publishes: self.inner.api_publishes.load(Relaxed),

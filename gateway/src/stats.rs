@@ -118,6 +118,8 @@ pub struct GatewaySnapshot {
     pub connections_refused_per_ip: u64,
     /// Distinct groups with members in this process.
     pub groups: u64,
+    /// Joins refused because the process had `--max-groups` groups.
+    pub groups_refused: u64,
     pub memberships: u64,
     pub workers: Vec<WorkerSnapshot>,
     /// Messages published through the admin API (`POST /api/publish`).

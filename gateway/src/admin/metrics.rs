@@ -73,6 +73,12 @@ pub fn encode_snapshot(s: &GatewaySnapshot, encoder: &mut DescriptorEncoder<'_>)
         "Distinct groups with members in this process.",
         s.groups,
     )?;
+    counter(
+        e,
+        "gateway_groups_refused",
+        "Joins refused because the process had --max-groups groups.",
+        s.groups_refused,
+    )?;
     gauge(
         e,
         "gateway_memberships",
@@ -175,6 +181,13 @@ pub fn encode_snapshot(s: &GatewaySnapshot, encoder: &mut DescriptorEncoder<'_>)
         "gateway_broker_link_reconnects",
         "Times the broker link was re-established after a loss.",
         link.reconnects,
+    )?;
+    counter(
+        e,
+        "gateway_bus_subscriptions_refused",
+        "Group subscriptions the bus refused (the broker's --max-channels-per-link): those \
+         groups' members here miss what other gateways send them.",
+        link.subscriptions_refused,
     )?;
     gauge(
         e,
@@ -280,6 +293,7 @@ mod tests {
             connections_refused: 3,
             connections_refused_per_ip: 4,
             groups: 7,
+            groups_refused: 0,
             memberships: 8,
             workers: vec![w0.snapshot(0), w1.snapshot(1)],
             api_publishes: 9,

@@ -73,6 +73,7 @@ pub enum LinkError {
 #[derive(Debug, Default)]
 struct Counters {
     reconnects: AtomicU64,
+    subscriptions_refused: AtomicU64,
     publishes: AtomicU64,
     publishes_dropped: AtomicU64,
     messages_in: AtomicU64,
@@ -182,6 +183,7 @@ impl<N: Node> Bus for BrokerBus<N> {
             up: self.up.load(Relaxed),
             subscriptions: self.node.wanted() as u64,
             reconnects: self.counters.reconnects.load(Relaxed),
+            subscriptions_refused: self.counters.subscriptions_refused.load(Relaxed),
             publishes: self.counters.publishes.load(Relaxed),
             publishes_dropped: self.counters.publishes_dropped.load(Relaxed),
             messages_in: self.counters.messages_in.load(Relaxed),
@@ -452,6 +454,18 @@ async fn session<N: Node>(
                         .await?;
                     }
                     Some(Body::Pong(_)) => {}
+                    Some(Body::SubscribeRefused(refused)) => {
+                        // The link stays up for every other group; these are retried with the
+                        // next full resubscription.
+                        bus.counters.subscriptions_refused.fetch_add(refused.channels.len() as u64, Relaxed);
+                        tracing::warn!(
+                            broker = %settings.broker,
+                            refused = refused.channels.len(),
+                            code = %refused.code,
+                            reason = %refused.reason,
+                            "broker refused subscriptions"
+                        );
+                    }
                     Some(Body::Error(e)) => return Err(LinkError::Refused { code: e.code, reason: e.reason }),
                     _ => return Err(LinkError::Unexpected(frame_kind(frame.body))),
                 }

@@ -32,6 +32,9 @@ pub struct BusStatus {
     pub subscriptions: u64,
     /// Times the connection was re-established after a loss.
     pub reconnects: u64,
+    /// Subscriptions the engine refused (over its limit): members of those groups here miss
+    /// what other gateways send them until the next full resubscription.
+    pub subscriptions_refused: u64,
     pub publishes: u64,
     /// Publishes not sent to other gateways (link down or its queue full). Local members still
     /// received them.

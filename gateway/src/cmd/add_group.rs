@@ -1,5 +1,6 @@
 //! `{"cmd":"add_group","group_id":G}`: join G (allowed by the join token, within
-//! `--max-groups-per-connection`). Joining a group twice is a no-op.
+//! `--max-groups-per-connection`, and within the process's `--max-groups`). Joining a group
+//! twice is a no-op.
 
 use protocol::client::{ErrorCode, GroupName};
 use protocol::CommandError;
@@ -23,7 +24,8 @@ pub(super) fn apply(session: &mut Session, group: GroupName<'_>) -> CommandResul
     session
         .state
         .local
-        .add_member(&group, session.id, &session.outbox);
+        .add_member(&group, session.id, &session.outbox)
+        .map_err(|limit| CommandError::new(ErrorCode::TooManyGroups, limit.to_string()))?;
     session.groups.insert(group);
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! lock is released.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -19,6 +20,11 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::bus::interest::{SubscriptionChanges, Subscriptions};
 use crate::bus::{Bus, Node};
+
+/// A join refused: the process already has members in this many distinct groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this gateway already has members in {0} distinct groups, its limit (--max-groups)")]
+pub struct GroupLimit(pub usize);
 
 /// One message for the members of a group on one worker.
 #[derive(Debug)]
@@ -59,6 +65,10 @@ impl WorkerSet {
 pub struct Router {
     table: RwLock<Table>,
     inboxes: Vec<mpsc::Sender<Delivery>>,
+    /// Most distinct groups at once (`--max-groups`): each is one subscription on the bus.
+    max_groups: usize,
+    /// Joins refused because `max_groups` groups had members.
+    groups_refused: AtomicU64,
     /// Woken when `table.subscriptions` has a change for the bus.
     subscriptions_changed: Notify,
 }
@@ -70,18 +80,32 @@ struct Table {
 }
 
 impl Router {
+    /// A router for workers with these inboxes, without a limit on groups.
     pub fn new(inboxes: Vec<mpsc::Sender<Delivery>>) -> Router {
         Router {
             table: RwLock::new(Table::default()),
             inboxes,
+            max_groups: usize::MAX,
+            groups_refused: AtomicU64::new(0),
             subscriptions_changed: Notify::new(),
         }
     }
 
-    /// `worker` got its first local member of `group`.
-    pub fn worker_joined(&self, worker: usize, group: &GroupId) {
+    /// At most `max_groups` distinct groups at once.
+    pub fn with_max_groups(self, max_groups: usize) -> Router {
+        Router { max_groups, ..self }
+    }
+
+    /// `worker` got its first local member of `group`; refused when `group` would be one more
+    /// than `max_groups`.
+    pub fn worker_joined(&self, worker: usize, group: &GroupId) -> Result<(), GroupLimit> {
         let first = {
             let mut table = self.table.write();
+            if table.workers.len() >= self.max_groups && !table.workers.contains_key(group) {
+                drop(table);
+                self.groups_refused.fetch_add(1, Relaxed);
+                return Err(GroupLimit(self.max_groups));
+            }
             let workers = table.workers.entry(group.clone()).or_default();
             let first = workers.is_empty();
             workers.insert(worker);
@@ -93,6 +117,7 @@ impl Router {
         if first {
             self.subscriptions_changed.notify_one();
         }
+        Ok(())
     }
 
     /// `worker` lost its last local member of `group`.
@@ -152,6 +177,11 @@ impl Router {
     /// Distinct groups with members anywhere in this process.
     pub fn group_count(&self) -> usize {
         self.table.read().workers.len()
+    }
+
+    /// Joins refused because the process had `max_groups` groups.
+    pub fn groups_refused(&self) -> u64 {
+        self.groups_refused.load(Relaxed)
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use protocol::GroupId;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::fanout::hub::{Delivery, Hub};
+use crate::fanout::hub::{Delivery, GroupLimit, Hub};
 use crate::fanout::outbox::{Outbox, Push};
 use crate::stats::WorkerStats;
 
@@ -48,17 +48,28 @@ impl LocalGroups {
         id
     }
 
-    pub(crate) fn add_member(&self, group: &GroupId, conn: ConnId, outbox: &Rc<Outbox>) {
+    /// Adds `conn` to `group`; refused when the group is new to the process and the process
+    /// has its limit of groups.
+    pub(crate) fn add_member(
+        &self,
+        group: &GroupId,
+        conn: ConnId,
+        outbox: &Rc<Outbox>,
+    ) -> Result<(), GroupLimit> {
         let mut groups = self.groups.borrow_mut();
-        let members = groups.entry(group.clone()).or_insert_with(|| {
-            self.hub.router().worker_joined(self.worker, group);
-            self.stats.groups.fetch_add(1, Relaxed);
-            HashMap::new()
-        });
+        let members = match groups.get_mut(group) {
+            Some(members) => members,
+            None => {
+                self.hub.router().worker_joined(self.worker, group)?;
+                self.stats.groups.fetch_add(1, Relaxed);
+                groups.entry(group.clone()).or_default()
+            }
+        };
         if members.insert(conn, outbox.clone()).is_none() {
             self.stats.memberships.fetch_add(1, Relaxed);
             self.stats.joins.fetch_add(1, Relaxed);
         }
+        Ok(())
     }
 
     pub(crate) fn remove_member(&self, group: &GroupId, conn: ConnId) {
