@@ -289,3 +289,77 @@ fn publish_reads_like_send_to_group() {
     let long = format!(r#"{{"group_id":"{}","message":"m"}}"#, "x".repeat(257));
     assert_eq!(code(&long), ErrorCode::InvalidGroupId);
 }
+
+fn group_of(group_id: &str) -> Result<String, ErrorCode> {
+    let text = format!(r#"{{"cmd":"add_group","group_id":{group_id}}}"#);
+    match parse(&text) {
+        Ok(Request {
+            command: ClientCommand::AddGroup { group_id },
+            ..
+        }) => Ok(group_id.as_str().to_owned()),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e.code),
+    }
+}
+
+#[test]
+fn numeric_group_ids_are_read_exactly() {
+    // Each spelling names the exact integer it writes, or is refused: none is rounded to
+    // another group.
+    for (number, group) in [
+        ("9007199254740992", "9007199254740992"),
+        ("9007199254740992.0", "9007199254740992"),
+        ("9.007199254740992e15", "9007199254740992"),
+        ("-9007199254740992.000", "-9007199254740992"),
+        ("-9007199254740992E+0", "-9007199254740992"),
+        ("12300e-2", "123"),
+        ("0.123e3", "123"),
+        ("1.230E2", "123"),
+        ("1e15", "1000000000000000"),
+        ("-5", "-5"),
+        ("-5.0", "-5"),
+        ("0", "0"),
+        ("-0", "0"),
+        ("-0.0", "0"),
+        ("0e-400", "0"),
+        ("0.000e99999999999999999999", "0"),
+        // Written without fraction or exponent: any 64-bit integer, as written.
+        ("9007199254740993", "9007199254740993"),
+        ("18446744073709551615", "18446744073709551615"),
+        ("-9223372036854775808", "-9223372036854775808"),
+    ] {
+        assert_eq!(group_of(number), Ok(group.to_owned()), "{number}");
+    }
+    for number in [
+        // Beyond 2^53 with a fraction or an exponent: f64 would make it 2^53.
+        "9007199254740993.0",
+        "9007199254740993e0",
+        "-9007199254740993.0",
+        "9.007199254740993e15",
+        "1e16",
+        "1e99999999999999999999",
+        // A fraction, however small: f64 would drop it.
+        "9007199254740992.5",
+        "100000.00000000000000001",
+        "1.00000000000000000001e5",
+        "1e-400",
+        "-1e-400",
+        "15e-1",
+        "0.5",
+        // Too large for 64 bits.
+        "18446744073709551616",
+        "-9223372036854775809",
+    ] {
+        assert_eq!(group_of(number), Err(ErrorCode::InvalidGroupId), "{number}");
+    }
+    // A plain integer is its own canonical text: no copy.
+    match parse(r#"{"cmd":"add_group","group_id":-42}"#)
+        .unwrap()
+        .command
+    {
+        ClientCommand::AddGroup { group_id } => {
+            assert!(matches!(group_id.0, Cow::Borrowed("-42")), "{group_id:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
