@@ -60,7 +60,13 @@ fn cases() -> Vec<Case> {
             "invalid_json",
             None,
         ),
+        // Text that only starts like an array or a number is not JSON either.
+        text("[", "invalid_json", None),
+        text("[1,", "invalid_json", None),
+        text("12x", "invalid_json", None),
+        text("[] garbage", "invalid_json", None),
         text("[1,2,3]", "not_an_object", None),
+        text("1e400", "not_an_object", None),
         text(r#""add_group""#, "not_an_object", None),
         text("42", "not_an_object", None),
         text("null", "not_an_object", None),
@@ -165,6 +171,12 @@ fn cases() -> Vec<Case> {
             "invalid_json",
             None,
         ),
+        // A key that does not decode: a lone surrogate.
+        text(
+            r#"{"\ud800":1,"cmd":"add_group","group_id":"room"}"#,
+            "invalid_json",
+            None,
+        ),
         // Deep nesting costs no stack: unbalanced is invalid JSON, balanced is not an object.
         text(
             format!(
@@ -174,6 +186,7 @@ fn cases() -> Vec<Case> {
             "invalid_json",
             None,
         ),
+        text("[".repeat(60_000), "invalid_json", None),
         text(
             format!("{}{}", "[".repeat(30_000), "]".repeat(30_000)),
             "not_an_object",

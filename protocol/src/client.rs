@@ -23,6 +23,8 @@ use serde_json::value::RawValue;
 pub const DEFAULT_MAX_GROUP_ID_LEN: usize = 256;
 /// Longest accepted `req_id`, in bytes of its JSON text.
 pub const MAX_REQ_ID_LEN: usize = 64;
+/// The whitespace JSON allows around values.
+const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
 /// Largest magnitude of a numeric group id written with a fraction or an exponent: 2^53, beyond
 /// which JavaScript numbers (doubles) no longer hold every integer.
 const MAX_EXACT_INT: u64 = 1 << 53;
@@ -320,16 +322,24 @@ pub fn parse_publish<'a>(
 }
 
 fn parse_raw<'a>(text: &'a str, not_an_object: &str) -> Result<RawCommand<'a>, CommandError<'a>> {
-    match serde_json::from_str(text) {
-        Ok(raw) => Ok(raw),
-        Err(e) if e.classify() == serde_json::error::Category::Data => {
-            Err(CommandError::new(ErrorCode::NotAnObject, not_an_object))
+    let mut error = match serde_json::from_str(text) {
+        Ok(raw) => return Ok(raw),
+        Err(e) => e,
+    };
+    // The object parse gives up at the first value when it is not an object, whatever follows:
+    // only reading the whole frame tells valid JSON (`[1,2]`, `1e400`) from text that merely
+    // starts like it (`[1,`, `12x`). Skipping a value is iterative in serde_json, with no
+    // recursion limit: any depth is read in linear time and constant stack.
+    if !text.trim_start_matches(JSON_WHITESPACE).starts_with('{') {
+        match serde_json::from_str::<IgnoredAny>(text) {
+            Ok(IgnoredAny) => return Err(CommandError::new(ErrorCode::NotAnObject, not_an_object)),
+            Err(e) => error = e,
         }
-        Err(e) => Err(CommandError::new(
-            ErrorCode::InvalidJson,
-            format!("invalid JSON: {e}"),
-        )),
     }
+    Err(CommandError::new(
+        ErrorCode::InvalidJson,
+        format!("invalid JSON: {error}"),
+    ))
 }
 
 fn check_duplicates<'a>(raw: &RawCommand<'a>) -> Result<(), CommandError<'a>> {

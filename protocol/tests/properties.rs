@@ -200,6 +200,29 @@ proptest! {
     }
 
     #[test]
+    fn json_shaped_text_gets_the_error_code_of_its_syntax(
+        parts in proptest::collection::vec(prop_oneof![
+            Just("{"), Just("}"), Just("["), Just("]"), Just(","), Just(":"), Just(" "),
+            Just("\"cmd\""), Just("\"group_id\""), Just("\"add_group\""), Just("1"), Just("-0"),
+            Just("12.5e3"), Just("x"), Just("null"), Just("true"), Just("\"x\""),
+        ], 0..40)
+    ) {
+        // At most 40 levels deep, no lone surrogates, no number beyond f64: serde_json reads
+        // exactly the valid JSON of these as a Value.
+        let text: String = parts.concat();
+        let value = serde_json::from_str::<serde_json::Value>(&text);
+        let code = parse_command(&text, &ParseLimits::default()).err().map(|e| e.code);
+        match value {
+            Err(_) => prop_assert_eq!(code, Some(ErrorCode::InvalidJson), "{}", text),
+            Ok(serde_json::Value::Object(_)) => prop_assert!(
+                !matches!(code, Some(ErrorCode::InvalidJson | ErrorCode::NotAnObject)),
+                "{}: {:?}", text, code
+            ),
+            Ok(_) => prop_assert_eq!(code, Some(ErrorCode::NotAnObject), "{}", text),
+        }
+    }
+
+    #[test]
     fn valid_commands_round_trip(group in "[^\u{0}]{1,64}", message in ".{0,200}", kind in 0..3u8, req_id in proptest::option::of(any::<u64>())) {
         let group_id = GroupName::parse(&group, 256).unwrap();
         let command = match kind {

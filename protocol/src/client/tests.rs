@@ -363,3 +363,53 @@ fn numeric_group_ids_are_read_exactly() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn text_that_only_starts_like_json_is_invalid_json() {
+    // The object parse stops at the first value that is not an object: what follows must be
+    // checked before the frame is called valid JSON.
+    for text in [
+        "[",
+        "[1,",
+        "[1,2",
+        "[}",
+        "12x",
+        "1 2",
+        "-",
+        "[] garbage",
+        r#""a" "b""#,
+        "null,",
+        " \n\t",
+        // serde_json cannot decode this key, though JSON's grammar allows the escape.
+        r#"{"\ud800":1,"cmd":"add_group","group_id":"1"}"#,
+    ] {
+        assert_eq!(code(text), ErrorCode::InvalidJson, "{text:?}");
+    }
+    let unclosed = "[".repeat(60_000);
+    assert_eq!(code(&unclosed), ErrorCode::InvalidJson);
+    let unclosed = format!("{}{}", "[".repeat(60_000), "]".repeat(59_999));
+    assert_eq!(code(&unclosed), ErrorCode::InvalidJson);
+    let trailing = format!("{}{}x", "[".repeat(30_000), "]".repeat(30_000));
+    assert_eq!(code(&trailing), ErrorCode::InvalidJson);
+
+    // Valid JSON that is not an object, at any depth and with any number.
+    for text in [
+        " [ ] ",
+        "\n42\n",
+        "-0.5",
+        "1e400",
+        "true",
+        r#""\ud800""#,
+        r#"[{"cmd":"add_group","group_id":"1"}]"#,
+    ] {
+        assert_eq!(code(text), ErrorCode::NotAnObject, "{text:?}");
+    }
+    let balanced = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(code(&balanced), ErrorCode::NotAnObject);
+
+    let limits = ParseLimits::default();
+    let publish_code = |text: &str| parse_publish(text, &limits).unwrap_err().code;
+    assert_eq!(publish_code("12x"), ErrorCode::InvalidJson);
+    assert_eq!(publish_code("[{}"), ErrorCode::InvalidJson);
+    assert_eq!(publish_code("12"), ErrorCode::NotAnObject);
+}
