@@ -8,9 +8,11 @@
 //! `{"cmd":"error","code":C,"reason":"...","req_id":R}` (always; `req_id` when known).
 //! Group messages are delivered as the raw message text, unframed.
 //!
-//! [`parse_command`] borrows from the frame text wherever it can: a message string without escapes
-//! and a string group id are slices of the input, not copies. [`parse_publish`] reads the
-//! gateway admin API's `{"group_id":G,"message":M}` by the same rules.
+//! [`parse_command`] borrows from the frame text wherever it can: a message string without escapes,
+//! a string group id without escapes and an integer group id written plainly are slices of the
+//! input, not copies, and keys are matched without being copied, so a typical command is parsed
+//! without allocating. [`parse_publish`] reads the gateway admin API's
+//! `{"group_id":G,"message":M}` by the same rules.
 
 use std::borrow::{Borrow, Cow};
 use std::fmt;
@@ -322,24 +324,25 @@ pub fn parse_publish<'a>(
 }
 
 fn parse_raw<'a>(text: &'a str, not_an_object: &str) -> Result<RawCommand<'a>, CommandError<'a>> {
-    let mut error = match serde_json::from_str(text) {
-        Ok(raw) => return Ok(raw),
-        Err(e) => e,
-    };
+    serde_json::from_str(text).map_err(|e| parse_error(text, e, not_an_object))
+}
+
+/// The error for a frame that is not a JSON object: `invalid_json` or `not_an_object`.
+#[cold]
+fn parse_error<'a>(text: &str, error: serde_json::Error, not_an_object: &str) -> CommandError<'a> {
     // The object parse gives up at the first value when it is not an object, whatever follows:
     // only reading the whole frame tells valid JSON (`[1,2]`, `1e400`) from text that merely
     // starts like it (`[1,`, `12x`). Skipping a value is iterative in serde_json, with no
     // recursion limit: any depth is read in linear time and constant stack.
-    if !text.trim_start_matches(JSON_WHITESPACE).starts_with('{') {
+    let error = if text.trim_start_matches(JSON_WHITESPACE).starts_with('{') {
+        error
+    } else {
         match serde_json::from_str::<IgnoredAny>(text) {
-            Ok(IgnoredAny) => return Err(CommandError::new(ErrorCode::NotAnObject, not_an_object)),
-            Err(e) => error = e,
+            Ok(IgnoredAny) => return CommandError::new(ErrorCode::NotAnObject, not_an_object),
+            Err(e) => e,
         }
-    }
-    Err(CommandError::new(
-        ErrorCode::InvalidJson,
-        format!("invalid JSON: {error}"),
-    ))
+    };
+    CommandError::new(ErrorCode::InvalidJson, format!("invalid JSON: {error}"))
 }
 
 fn check_duplicates<'a>(raw: &RawCommand<'a>) -> Result<(), CommandError<'a>> {
@@ -667,14 +670,14 @@ impl<'de> de::Deserialize<'de> for RawCommand<'de> {
                     token: None,
                     duplicate: None,
                 };
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    let (slot, name) = match key.as_ref() {
-                        "cmd" => (&mut out.cmd, "cmd"),
-                        "group_id" => (&mut out.group_id, "group_id"),
-                        "message" => (&mut out.message, "message"),
-                        "req_id" => (&mut out.req_id, "req_id"),
-                        "token" => (&mut out.token, "token"),
-                        _ => {
+                while let Some(key) = map.next_key::<Key>()? {
+                    let (slot, name) = match key {
+                        Key::Cmd => (&mut out.cmd, "cmd"),
+                        Key::GroupId => (&mut out.group_id, "group_id"),
+                        Key::Message => (&mut out.message, "message"),
+                        Key::ReqId => (&mut out.req_id, "req_id"),
+                        Key::Token => (&mut out.token, "token"),
+                        Key::Other => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
                         }
@@ -689,6 +692,44 @@ impl<'de> de::Deserialize<'de> for RawCommand<'de> {
         }
 
         deserializer.deserialize_map(RawVisitor)
+    }
+}
+
+/// A key of a request object, told apart without copying it (keys with escapes are decoded by
+/// serde_json into its scratch buffer).
+enum Key {
+    Cmd,
+    GroupId,
+    Message,
+    ReqId,
+    Token,
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "cmd" => Key::Cmd,
+                    "group_id" => Key::GroupId,
+                    "message" => Key::Message,
+                    "req_id" => Key::ReqId,
+                    "token" => Key::Token,
+                    _ => Key::Other,
+                })
+            }
+        }
+
+        deserializer.deserialize_identifier(KeyVisitor)
     }
 }
 

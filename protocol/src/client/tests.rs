@@ -154,6 +154,22 @@ fn error_codes() {
 }
 
 #[test]
+fn escaped_keys_are_decoded() {
+    match parse(r#"{"c\u006dd":"add_group","group\u005fid":"1"}"#)
+        .unwrap()
+        .command
+    {
+        ClientCommand::AddGroup { group_id } => assert_eq!(group_id.as_str(), "1"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        code(r#"{"cmd":"add_group","\u0063md":"add_group","group_id":"1"}"#),
+        ErrorCode::DuplicateField
+    );
+    assert!(parse(r#"{"cmd":"add_group","group_id":"1","\"cmd\"":1,"cm\u0064x":2}"#).is_ok());
+}
+
+#[test]
 fn unknown_fields_are_ignored() {
     assert!(parse(r#"{"cmd":"add_group","group_id":"1","extra":{"deep":[1,2]}}"#).is_ok());
 }
