@@ -60,7 +60,13 @@ fn cases() -> Vec<Case> {
             "invalid_json",
             None,
         ),
+        // Text that only starts like an array or a number is not JSON either.
+        text("[", "invalid_json", None),
+        text("[1,", "invalid_json", None),
+        text("12x", "invalid_json", None),
+        text("[] garbage", "invalid_json", None),
         text("[1,2,3]", "not_an_object", None),
+        text("1e400", "not_an_object", None),
         text(r#""add_group""#, "not_an_object", None),
         text("42", "not_an_object", None),
         text("null", "not_an_object", None),
@@ -165,6 +171,12 @@ fn cases() -> Vec<Case> {
             "invalid_json",
             None,
         ),
+        // A key that does not decode: a lone surrogate.
+        text(
+            r#"{"\ud800":1,"cmd":"add_group","group_id":"room"}"#,
+            "invalid_json",
+            None,
+        ),
         // Deep nesting costs no stack: unbalanced is invalid JSON, balanced is not an object.
         text(
             format!(
@@ -174,6 +186,7 @@ fn cases() -> Vec<Case> {
             "invalid_json",
             None,
         ),
+        text("[".repeat(60_000), "invalid_json", None),
         text(
             format!("{}{}", "[".repeat(30_000), "]".repeat(30_000)),
             "not_an_object",
@@ -217,6 +230,10 @@ fn cases() -> Vec<Case> {
         "null",
         "1.5",
         &too_long,
+        // Numbers a float would round to another group's id: 2^53 and 0.
+        "9007199254740993.0",
+        "9007199254740992.5",
+        "1e-400",
     ];
     let req_id = json!("bad-group");
     for cmd in ["add_group", "leave_group", "send_to_group"] {
@@ -363,6 +380,61 @@ async fn error_replies_keep_the_connection_open() -> Result<()> {
     }
     room.tick(&mut [&mut offender]).await?;
     room.expect_quiet(&mut [&mut offender]).await?;
+    gateway.process.assert_no_panics()
+}
+
+/// A numeric group id names the exact integer it writes: numbers that a float would round to
+/// 2^53 or to 0 are refused, and reach neither group's members; exact spellings reach them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numeric_group_ids_name_one_group_exactly() -> Result<()> {
+    let gateway = Gateway::start(GatewayConfig::embedded("gateway").workers(1)).await?;
+    let mut room = Room::new(&gateway).await?;
+    let mut at_2_53 = gateway.connect("member of 2^53").await?;
+    at_2_53.join("9007199254740992").await?;
+    let mut at_0 = gateway.connect("member of 0").await?;
+    at_0.join("0").await?;
+    let mut sender = gateway.connect("sender").await?;
+
+    let req_id = json!("near");
+    for group_id in ["9007199254740993.0", "9007199254740992.5", "1e-400"] {
+        for cmd in ["add_group", "send_to_group"] {
+            let frame = with_group_id(cmd, group_id, Some(&req_id));
+            sender.send_text(frame.clone()).await?;
+            let reply = sender.recv_json(RECV_TIMEOUT).await?;
+            let case = text(frame, "invalid_group_id", Some(req_id.clone()));
+            check_reply(&case, &reply).with_context(|| format!("case {case:?}"))?;
+            room.tick(&mut [])
+                .await
+                .with_context(|| format!("after {case:?}"))?;
+        }
+    }
+    // Nothing reached the groups; a refused add_group joined nothing.
+    room.expect_quiet(&mut [&mut at_2_53, &mut at_0, &mut sender])
+        .await?;
+
+    // Exact spellings of the same integers reach their groups.
+    for (group_id, to_2_53) in [
+        ("9007199254740992.0", true),
+        ("9.007199254740992e15", true),
+        ("0e-400", false),
+        ("-0.0", false),
+    ] {
+        let member = if to_2_53 { &mut at_2_53 } else { &mut at_0 };
+        let message = format!("to {group_id}");
+        let frame = format!(
+            r#"{{"cmd":"send_to_group","group_id":{group_id},"message":"{message}","req_id":1}}"#
+        );
+        sender.send_text(frame).await?;
+        let reply = sender.recv_json(RECV_TIMEOUT).await?;
+        ensure!(
+            reply == json!({"cmd": "ack", "req_id": 1}),
+            "{group_id}: {reply}"
+        );
+        member.expect_text(&message).await?;
+    }
+    room.tick(&mut []).await?;
+    room.expect_quiet(&mut [&mut at_2_53, &mut at_0, &mut sender])
+        .await?;
     gateway.process.assert_no_panics()
 }
 

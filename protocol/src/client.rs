@@ -8,9 +8,11 @@
 //! `{"cmd":"error","code":C,"reason":"...","req_id":R}` (always; `req_id` when known).
 //! Group messages are delivered as the raw message text, unframed.
 //!
-//! [`parse_command`] borrows from the frame text wherever it can: a message string without escapes
-//! and a string group id are slices of the input, not copies. [`parse_publish`] reads the
-//! gateway admin API's `{"group_id":G,"message":M}` by the same rules.
+//! [`parse_command`] borrows from the frame text wherever it can: a message string without escapes,
+//! a string group id without escapes and an integer group id written plainly are slices of the
+//! input, not copies, and keys are matched without being copied, so a typical command is parsed
+//! without allocating. [`parse_publish`] reads the gateway admin API's
+//! `{"group_id":G,"message":M}` by the same rules.
 
 use std::borrow::{Borrow, Cow};
 use std::fmt;
@@ -23,8 +25,13 @@ use serde_json::value::RawValue;
 pub const DEFAULT_MAX_GROUP_ID_LEN: usize = 256;
 /// Longest accepted `req_id`, in bytes of its JSON text.
 pub const MAX_REQ_ID_LEN: usize = 64;
-/// Largest integer a numeric group id may have: floats beyond it are no longer exact.
-const MAX_EXACT_INT: f64 = 9_007_199_254_740_992.0; // 2^53
+/// The whitespace JSON allows around values.
+const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+/// Largest magnitude of a numeric group id written with a fraction or an exponent: 2^53, beyond
+/// which JavaScript numbers (doubles) no longer hold every integer.
+const MAX_EXACT_INT: u64 = 1 << 53;
+/// `10^MAX_EXACT_DIGITS` is larger than [`MAX_EXACT_INT`], and fits in a `u64`.
+const MAX_EXACT_DIGITS: i64 = 16;
 
 /// A validated group id: non-empty UTF-8 of at most the configured length. `123`, `"123"` and
 /// `123.0` in a command all become the group `"123"`. Cheap to clone (shared).
@@ -101,8 +108,13 @@ pub enum GroupIdError {
     TooLong { len: usize, max: usize },
     #[error("group_id must be a string or an integer, not {0}")]
     WrongType(&'static str),
-    #[error("a numeric group_id must be an integer of magnitude at most 2^53")]
+    #[error("a numeric group_id must be a whole number")]
     NotAnInteger,
+    #[error(
+        "a numeric group_id must fit in 64 bits, and be of magnitude at most 2^53 when written \
+         with a fraction or an exponent"
+    )]
+    NumberTooLarge,
 }
 
 fn validate_group_name(name: &str, max_len: usize) -> Result<(), GroupIdError> {
@@ -312,16 +324,25 @@ pub fn parse_publish<'a>(
 }
 
 fn parse_raw<'a>(text: &'a str, not_an_object: &str) -> Result<RawCommand<'a>, CommandError<'a>> {
-    match serde_json::from_str(text) {
-        Ok(raw) => Ok(raw),
-        Err(e) if e.classify() == serde_json::error::Category::Data => {
-            Err(CommandError::new(ErrorCode::NotAnObject, not_an_object))
+    serde_json::from_str(text).map_err(|e| parse_error(text, e, not_an_object))
+}
+
+/// The error for a frame that is not a JSON object: `invalid_json` or `not_an_object`.
+#[cold]
+fn parse_error<'a>(text: &str, error: serde_json::Error, not_an_object: &str) -> CommandError<'a> {
+    // The object parse gives up at the first value when it is not an object, whatever follows:
+    // only reading the whole frame tells valid JSON (`[1,2]`, `1e400`) from text that merely
+    // starts like it (`[1,`, `12x`). Skipping a value is iterative in serde_json, with no
+    // recursion limit: any depth is read in linear time and constant stack.
+    let error = if text.trim_start_matches(JSON_WHITESPACE).starts_with('{') {
+        error
+    } else {
+        match serde_json::from_str::<IgnoredAny>(text) {
+            Ok(IgnoredAny) => return CommandError::new(ErrorCode::NotAnObject, not_an_object),
+            Err(e) => e,
         }
-        Err(e) => Err(CommandError::new(
-            ErrorCode::InvalidJson,
-            format!("invalid JSON: {e}"),
-        )),
-    }
+    };
+    CommandError::new(ErrorCode::InvalidJson, format!("invalid JSON: {error}"))
 }
 
 fn check_duplicates<'a>(raw: &RawCommand<'a>) -> Result<(), CommandError<'a>> {
@@ -446,7 +467,7 @@ fn parse_group_id<'a>(raw: &'a RawValue, max_len: usize) -> Result<GroupName<'a>
         Some(b'"') => {
             json_string(text).map_err(|_| GroupIdError::WrongType("an undecodable string"))?
         }
-        Some(b'-' | b'0'..=b'9') => Cow::Owned(canonical_integer(text)?),
+        Some(b'-' | b'0'..=b'9') => numeric_group_name(text)?,
         Some(b'{') => return Err(GroupIdError::WrongType("an object")),
         Some(b'[') => return Err(GroupIdError::WrongType("an array")),
         Some(b't' | b'f') => return Err(GroupIdError::WrongType("a boolean")),
@@ -456,19 +477,99 @@ fn parse_group_id<'a>(raw: &'a RawValue, max_len: usize) -> Result<GroupName<'a>
     Ok(GroupName(name))
 }
 
-fn canonical_integer(text: &str) -> Result<String, GroupIdError> {
-    if let Ok(i) = text.parse::<i64>() {
-        return Ok(i.to_string());
+/// The group a JSON number names: the decimal text of its exact value, which must be an
+/// integer. Written without fraction or exponent, any 64-bit integer is taken as written
+/// (borrowed; `-0` is `0`). Otherwise the value is read from the digits and the exponent, never
+/// through a float: a nonzero fraction, however small, or a magnitude beyond 2^53 is refused, so
+/// no two numbers of different values name the same group.
+fn numeric_group_name(text: &str) -> Result<Cow<'_, str>, GroupIdError> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, Some(exponent)),
+        None => (unsigned, None),
+    };
+    let (int_digits, frac_digits) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let has_fraction = mantissa.len() > int_digits.len();
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(int_digits) || (has_fraction && !all_digits(frac_digits)) {
+        // Not a JSON number: serde_json has validated the text, so this does not happen.
+        return Err(GroupIdError::NotAnInteger);
     }
-    if let Ok(u) = text.parse::<u64>() {
-        return Ok(u.to_string());
-    }
-    match text.parse::<f64>() {
-        Ok(f) if f.is_finite() && f.fract() == 0.0 && f.abs() <= MAX_EXACT_INT => {
-            Ok((f as i64).to_string())
+    let Some(exponent) = exponent else {
+        if has_fraction {
+            return exact_integer(negative, int_digits, frac_digits, 0);
         }
-        _ => Err(GroupIdError::NotAnInteger),
+        // A plain integer: JSON allows no leading zeros, so the text is canonical but for `-0`.
+        if text == "-0" {
+            return Ok(Cow::Borrowed("0"));
+        }
+        if text.parse::<i64>().is_ok() || text.parse::<u64>().is_ok() {
+            return Ok(Cow::Borrowed(text));
+        }
+        return Err(GroupIdError::NumberTooLarge);
+    };
+    let (exp_negative, exp_digits) = match exponent.as_bytes().first() {
+        Some(b'-') => (true, &exponent[1..]),
+        Some(b'+') => (false, &exponent[1..]),
+        _ => (false, exponent),
+    };
+    if !all_digits(exp_digits) {
+        return Err(GroupIdError::NotAnInteger);
     }
+    // Saturating: an exponent beyond the i64 range is as good as infinite, since the digits
+    // around it are far fewer.
+    let magnitude = exp_digits.bytes().fold(0i64, |acc, b| {
+        acc.saturating_mul(10).saturating_add(i64::from(b - b'0'))
+    });
+    let exp = if exp_negative { -magnitude } else { magnitude };
+    exact_integer(negative, int_digits, frac_digits, exp)
+}
+
+/// The decimal text of `±int_digits.frac_digits × 10^exp`, if that is an integer of magnitude at
+/// most 2^53.
+fn exact_integer(
+    negative: bool,
+    int_digits: &str,
+    frac_digits: &str,
+    exp: i64,
+) -> Result<Cow<'static, str>, GroupIdError> {
+    let digits = || int_digits.bytes().chain(frac_digits.bytes());
+    let len = int_digits.len() + frac_digits.len();
+    let leading_zeros = digits().take_while(|&b| b == b'0').count();
+    if leading_zeros == len {
+        return Ok(Cow::Borrowed("0"));
+    }
+    let trailing_zeros = digits().rev().take_while(|&b| b == b'0').count();
+    let significant = len - leading_zeros - trailing_zeros;
+    let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    // The value is `significant digits × 10^scale`, and the last significant digit is not 0:
+    // it is an integer exactly when `scale` is not negative.
+    let scale = exp
+        .saturating_sub(as_i64(frac_digits.len()))
+        .saturating_add(as_i64(trailing_zeros));
+    if scale < 0 {
+        return Err(GroupIdError::NotAnInteger);
+    }
+    if as_i64(significant).saturating_add(scale) > MAX_EXACT_DIGITS {
+        return Err(GroupIdError::NumberTooLarge);
+    }
+    // At most MAX_EXACT_DIGITS digits: no overflow.
+    let value = digits()
+        .skip(leading_zeros)
+        .take(significant)
+        .fold(0u64, |acc, b| acc * 10 + u64::from(b - b'0'))
+        * 10u64.pow(scale as u32);
+    if value > MAX_EXACT_INT {
+        return Err(GroupIdError::NumberTooLarge);
+    }
+    Ok(Cow::Owned(if negative {
+        format!("-{value}")
+    } else {
+        value.to_string()
+    }))
 }
 
 /// The text members receive for a `message` value.
@@ -569,14 +670,14 @@ impl<'de> de::Deserialize<'de> for RawCommand<'de> {
                     token: None,
                     duplicate: None,
                 };
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    let (slot, name) = match key.as_ref() {
-                        "cmd" => (&mut out.cmd, "cmd"),
-                        "group_id" => (&mut out.group_id, "group_id"),
-                        "message" => (&mut out.message, "message"),
-                        "req_id" => (&mut out.req_id, "req_id"),
-                        "token" => (&mut out.token, "token"),
-                        _ => {
+                while let Some(key) = map.next_key::<Key>()? {
+                    let (slot, name) = match key {
+                        Key::Cmd => (&mut out.cmd, "cmd"),
+                        Key::GroupId => (&mut out.group_id, "group_id"),
+                        Key::Message => (&mut out.message, "message"),
+                        Key::ReqId => (&mut out.req_id, "req_id"),
+                        Key::Token => (&mut out.token, "token"),
+                        Key::Other => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
                         }
@@ -591,6 +692,44 @@ impl<'de> de::Deserialize<'de> for RawCommand<'de> {
         }
 
         deserializer.deserialize_map(RawVisitor)
+    }
+}
+
+/// A key of a request object, told apart without copying it (keys with escapes are decoded by
+/// serde_json into its scratch buffer).
+enum Key {
+    Cmd,
+    GroupId,
+    Message,
+    ReqId,
+    Token,
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "cmd" => Key::Cmd,
+                    "group_id" => Key::GroupId,
+                    "message" => Key::Message,
+                    "req_id" => Key::ReqId,
+                    "token" => Key::Token,
+                    _ => Key::Other,
+                })
+            }
+        }
+
+        deserializer.deserialize_identifier(KeyVisitor)
     }
 }
 

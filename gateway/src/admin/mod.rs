@@ -620,8 +620,11 @@ mod tests {
         assert_eq!(error(""), ("invalid_json", None));
         assert_eq!(error("{"), ("invalid_json", None));
         assert_eq!(error("[{}"), ("invalid_json", None));
+        assert_eq!(error("12x"), ("invalid_json", None));
+        assert_eq!(error(r#""text" garbage"#), ("invalid_json", None));
         assert_eq!(error(r#""text""#), ("not_an_object", None));
         assert_eq!(error("12"), ("not_an_object", None));
+        assert_eq!(error("1e400"), ("not_an_object", None));
         assert_eq!(error(r#"{"message":"m"}"#), ("missing_field", None));
         assert_eq!(error(r#"{"group_id":"g"}"#), ("missing_field", None));
         assert_eq!(

@@ -154,6 +154,22 @@ fn error_codes() {
 }
 
 #[test]
+fn escaped_keys_are_decoded() {
+    match parse(r#"{"c\u006dd":"add_group","group\u005fid":"1"}"#)
+        .unwrap()
+        .command
+    {
+        ClientCommand::AddGroup { group_id } => assert_eq!(group_id.as_str(), "1"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        code(r#"{"cmd":"add_group","\u0063md":"add_group","group_id":"1"}"#),
+        ErrorCode::DuplicateField
+    );
+    assert!(parse(r#"{"cmd":"add_group","group_id":"1","\"cmd\"":1,"cm\u0064x":2}"#).is_ok());
+}
+
+#[test]
 fn unknown_fields_are_ignored() {
     assert!(parse(r#"{"cmd":"add_group","group_id":"1","extra":{"deep":[1,2]}}"#).is_ok());
 }
@@ -288,4 +304,128 @@ fn publish_reads_like_send_to_group() {
     );
     let long = format!(r#"{{"group_id":"{}","message":"m"}}"#, "x".repeat(257));
     assert_eq!(code(&long), ErrorCode::InvalidGroupId);
+}
+
+fn group_of(group_id: &str) -> Result<String, ErrorCode> {
+    let text = format!(r#"{{"cmd":"add_group","group_id":{group_id}}}"#);
+    match parse(&text) {
+        Ok(Request {
+            command: ClientCommand::AddGroup { group_id },
+            ..
+        }) => Ok(group_id.as_str().to_owned()),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e.code),
+    }
+}
+
+#[test]
+fn numeric_group_ids_are_read_exactly() {
+    // Each spelling names the exact integer it writes, or is refused: none is rounded to
+    // another group.
+    for (number, group) in [
+        ("9007199254740992", "9007199254740992"),
+        ("9007199254740992.0", "9007199254740992"),
+        ("9.007199254740992e15", "9007199254740992"),
+        ("-9007199254740992.000", "-9007199254740992"),
+        ("-9007199254740992E+0", "-9007199254740992"),
+        ("12300e-2", "123"),
+        ("0.123e3", "123"),
+        ("1.230E2", "123"),
+        ("1e15", "1000000000000000"),
+        ("-5", "-5"),
+        ("-5.0", "-5"),
+        ("0", "0"),
+        ("-0", "0"),
+        ("-0.0", "0"),
+        ("0e-400", "0"),
+        ("0.000e99999999999999999999", "0"),
+        // Written without fraction or exponent: any 64-bit integer, as written.
+        ("9007199254740993", "9007199254740993"),
+        ("18446744073709551615", "18446744073709551615"),
+        ("-9223372036854775808", "-9223372036854775808"),
+    ] {
+        assert_eq!(group_of(number), Ok(group.to_owned()), "{number}");
+    }
+    for number in [
+        // Beyond 2^53 with a fraction or an exponent: f64 would make it 2^53.
+        "9007199254740993.0",
+        "9007199254740993e0",
+        "-9007199254740993.0",
+        "9.007199254740993e15",
+        "1e16",
+        "1e99999999999999999999",
+        // A fraction, however small: f64 would drop it.
+        "9007199254740992.5",
+        "100000.00000000000000001",
+        "1.00000000000000000001e5",
+        "1e-400",
+        "-1e-400",
+        "15e-1",
+        "0.5",
+        // Too large for 64 bits.
+        "18446744073709551616",
+        "-9223372036854775809",
+    ] {
+        assert_eq!(group_of(number), Err(ErrorCode::InvalidGroupId), "{number}");
+    }
+    // A plain integer is its own canonical text: no copy.
+    match parse(r#"{"cmd":"add_group","group_id":-42}"#)
+        .unwrap()
+        .command
+    {
+        ClientCommand::AddGroup { group_id } => {
+            assert!(matches!(group_id.0, Cow::Borrowed("-42")), "{group_id:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn text_that_only_starts_like_json_is_invalid_json() {
+    // The object parse stops at the first value that is not an object: what follows must be
+    // checked before the frame is called valid JSON.
+    for text in [
+        "[",
+        "[1,",
+        "[1,2",
+        "[}",
+        "12x",
+        "1 2",
+        "-",
+        "[] garbage",
+        r#""a" "b""#,
+        "null,",
+        " \n\t",
+        // serde_json cannot decode this key, though JSON's grammar allows the escape.
+        r#"{"\ud800":1,"cmd":"add_group","group_id":"1"}"#,
+    ] {
+        assert_eq!(code(text), ErrorCode::InvalidJson, "{text:?}");
+    }
+    let unclosed = "[".repeat(60_000);
+    assert_eq!(code(&unclosed), ErrorCode::InvalidJson);
+    let unclosed = format!("{}{}", "[".repeat(60_000), "]".repeat(59_999));
+    assert_eq!(code(&unclosed), ErrorCode::InvalidJson);
+    let trailing = format!("{}{}x", "[".repeat(30_000), "]".repeat(30_000));
+    assert_eq!(code(&trailing), ErrorCode::InvalidJson);
+
+    // Valid JSON that is not an object, at any depth and with any number.
+    for text in [
+        " [ ] ",
+        "\n42\n",
+        "-0.5",
+        "1e400",
+        "true",
+        r#""\ud800""#,
+        r#"[{"cmd":"add_group","group_id":"1"}]"#,
+    ] {
+        assert_eq!(code(text), ErrorCode::NotAnObject, "{text:?}");
+    }
+    let balanced = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(code(&balanced), ErrorCode::NotAnObject);
+
+    let limits = ParseLimits::default();
+    let publish_code = |text: &str| parse_publish(text, &limits).unwrap_err().code;
+    assert_eq!(publish_code("12x"), ErrorCode::InvalidJson);
+    assert_eq!(publish_code("[{}"), ErrorCode::InvalidJson);
+    assert_eq!(publish_code("12"), ErrorCode::NotAnObject);
 }
