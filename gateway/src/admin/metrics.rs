@@ -219,6 +219,12 @@ pub fn encode_snapshot(s: &GatewaySnapshot, encoder: &mut DescriptorEncoder<'_>)
         "Messages from the bus discarded as invalid (not UTF-8).",
         link.messages_invalid,
     )?;
+    counter(
+        e,
+        "gateway_bus_messages_too_large",
+        "Messages from the bus discarded as larger than --max-message-size.",
+        link.messages_too_large,
+    )?;
 
     if let Some(broker) = &s.embedded_broker {
         broker::metrics::encode_broker_stats(broker, e)?;

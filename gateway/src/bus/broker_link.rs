@@ -28,6 +28,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use super::inbound::{InboundLimits, Rejected};
 use super::{Bus, BusStatus, Carrier, Node, RunningBus};
 use crate::config::GatewayConfig;
 use crate::credentials::LinkSecurity;
@@ -78,6 +79,7 @@ struct Counters {
     publishes_dropped: AtomicU64,
     messages_in: AtomicU64,
     messages_invalid: AtomicU64,
+    messages_too_large: AtomicU64,
 }
 
 /// The built-in broker over TCP (or TLS), not started yet: `--broker HOST:PORT`, or the
@@ -96,7 +98,10 @@ impl BrokerLink {
                 broker: broker.into(),
                 node: config.node_name(),
                 max_frame_size: config.link_max_frame_size,
-                max_group_id_len: config.max_group_id_len,
+                inbound: InboundLimits {
+                    max_group_id_len: config.max_group_id_len,
+                    max_message_size: config.max_message_size,
+                },
                 ping_interval: config.link_ping_interval,
                 timeout: config.link_timeout,
                 connect_timeout: config.link_connect_timeout,
@@ -141,7 +146,7 @@ struct LinkSettings {
     broker: String,
     node: String,
     max_frame_size: usize,
-    max_group_id_len: usize,
+    inbound: InboundLimits,
     ping_interval: Duration,
     timeout: Duration,
     connect_timeout: Duration,
@@ -188,6 +193,7 @@ impl<N: Node> Bus for BrokerBus<N> {
             publishes_dropped: self.counters.publishes_dropped.load(Relaxed),
             messages_in: self.counters.messages_in.load(Relaxed),
             messages_invalid: self.counters.messages_invalid.load(Relaxed),
+            messages_too_large: self.counters.messages_too_large.load(Relaxed),
             last_error: self.last_error.lock().clone(),
         }
     }
@@ -433,13 +439,18 @@ async fn session<N: Node>(
                 match frame.body {
                     Some(Body::Message(message)) => {
                         bus.counters.messages_in.fetch_add(1, Relaxed);
-                        let group = std::str::from_utf8(&message.channel)
-                            .ok()
-                            .and_then(|name| GroupName::parse(name, settings.max_group_id_len).ok());
-                        let (Some(group), Ok(payload)) = (group, Text::new(message.payload)) else {
-                            bus.counters.messages_invalid.fetch_add(1, Relaxed);
-                            tracing::warn!("dropping broker message that is not UTF-8 or not for a valid group id");
-                            continue;
+                        let (group, payload) = match settings.inbound.check(&message.channel, message.payload) {
+                            Ok(accepted) => accepted,
+                            Err(Rejected::Invalid) => {
+                                bus.counters.messages_invalid.fetch_add(1, Relaxed);
+                                tracing::warn!("dropping a broker message that is not UTF-8 or not for a valid group id");
+                                continue;
+                            }
+                            Err(Rejected::TooLarge) => {
+                                bus.counters.messages_too_large.fetch_add(1, Relaxed);
+                                tracing::warn!(max = settings.inbound.max_message_size, "dropping a broker message larger than --max-message-size");
+                                continue;
+                            }
                         };
                         bus.node.deliver(group, payload).await;
                         // Waiting for a full worker inbox is not the broker's silence.

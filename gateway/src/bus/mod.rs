@@ -7,9 +7,11 @@
 //! and report. [`broker_link`] is the carrier over TCP to the built-in broker.
 //!
 //! Nothing here knows the WebSocket library or the gateway's routing types: messages are
-//! [`Text`], groups [`GroupName`]s.
+//! [`Text`], groups [`GroupName`]s, and what arrives is held to the gateway's own limits
+//! ([`inbound`]).
 
 pub mod broker_link;
+pub mod inbound;
 pub mod interest;
 
 use std::future::Future;
@@ -42,6 +44,8 @@ pub struct BusStatus {
     pub messages_in: u64,
     /// Incoming messages discarded as invalid (not UTF-8, or a group id this gateway refuses).
     pub messages_invalid: u64,
+    /// Incoming messages discarded as larger than this gateway's `--max-message-size`.
+    pub messages_too_large: u64,
     /// Why the connection was last lost or refused; `None` while it has never failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
