@@ -337,6 +337,7 @@ fn apply(
         Some(Body::Unsubscribe(unsub)) => {
             for channel in unsub.channels {
                 if subscribed.remove(channel.as_ref()) {
+                    server_kit::memory::shrink_set_if_sparse(subscribed);
                     shared.registry.unsubscribe(handle.id, &channel);
                 }
             }

@@ -121,6 +121,7 @@ impl Registry {
         }
         if subscribers.is_empty() {
             channels.remove(channel);
+            server_kit::memory::shrink_if_sparse(channels);
             self.stats.channels.fetch_sub(1, Relaxed);
         }
     }

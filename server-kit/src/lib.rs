@@ -10,12 +10,14 @@
 //! - [`tls`]: rustls configurations from PEM files. [`secret`]: secrets from flags or files, and
 //!   the refusal to expose an unauthenticated listener.
 //! - [`metrics`]: OpenMetrics families read at scrape time, and the scrape response.
+//! - [`memory`]: maps that give their table back after a burst of groups is gone.
 
 pub mod admin_http;
 #[cfg(feature = "docs-check")]
 pub mod docs_check;
 pub mod listen;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod secret;
 pub mod settings;

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use protocol::GroupId;
+use server_kit::memory::shrink_if_sparse;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::fanout::hub::{Delivery, GroupLimit, Hub};
@@ -83,6 +84,7 @@ impl LocalGroups {
         }
         if members.is_empty() {
             groups.remove(group);
+            shrink_if_sparse(&mut groups);
             self.stats.groups.fetch_sub(1, Relaxed);
             self.hub.router().worker_left(self.worker, group);
         }
