@@ -1,28 +1,32 @@
-//! The multi-worker WebSocket gateway.
+//! The multi-worker WebSocket gateway, in layers from the client's socket to the bus.
 //!
-//! - [`server`]: [`Gateway::start`] spawns the workers and the bus; [`Gateway::serve`] accepts
-//!   clients and hands them to workers in turn.
-//! - [`worker`]: one thread and single-threaded runtime per worker, owning its connections and
-//!   their group table; fans deliveries out to local members.
-//! - [`connection`]: one task per client: handshake, commands, batched writes, ping/idle, close
-//!   codes. [`outbox`]: its bounded outbound queue (slow consumers are closed, never waited on).
-//! - [`hub`]: which workers have members of which group; a send goes to those workers directly
-//!   and to the [`bus`] for other gateways; the first/last local member (un)subscribes the bus.
-//! - [`bus`]: the trait under cross-gateway fan-out, and the built-in broker link behind it.
-//! - [`limits`]: connections per process and per client address (the acceptor holds a permit
-//!   per socket), and the per-connection frame rate limit. [`origin`]: the Origin allowlist
-//!   checked in the handshake.
-//! - [`security`]: the broker link's secret and TLS, TLS for clients (wss), and [`auth`]: signed
-//!   join tokens, checked at each join and send.
-//! - [`config`], [`stats`]: settings and counters; [`metrics`] reads the counters at scrape time.
-//! - [`admin`]: the admin HTTP server: probes, `/metrics`, `/api/stats`, and `POST /api/publish`,
-//!   which enters the same path as a client's send (`Gateway::publish` -> `Hub::publish`).
-//! - [`demo`]: the demo page (`static/demo.html`, served at `/` and `/demo` by the admin server).
+//! - [`gateway`]: [`Gateway::builder`] puts a gateway together (settings, security, the bus or
+//!   the embedded broker) and starts the workers; [`Gateway::serve`] accepts clients and hands
+//!   them to the workers in turn.
+//! - `worker`: one thread and single-threaded runtime per worker, owning its connections; its
+//!   `state` is what the worker's tasks share.
+//! - [`edge`]: a client's socket up to a parsed command: handshakes, the connection task (reads,
+//!   batched writes, ping/idle, close codes), connection and rate limits, the
+//!   [`edge::origin`] check, [`edge::join_token`]s.
+//! - `cmd`: one file per client command: what it checks and what it does, on a connection's
+//!   `Session`.
+//! - [`fanout`]: each worker's group table (`local`), the process-wide
+//!   [`Router`](fanout::hub::Router) (group -> workers, and the bus's subscriptions), the
+//!   [`Hub`](fanout::hub::Hub) (router + bus), and each connection's bounded
+//!   [`outbox`](fanout::outbox).
+//! - [`bus`]: the seam to other gateways: [`bus::Carrier`], [`bus::Node`], [`bus::Bus`]; the
+//!   subscription bookkeeping every carrier shares ([`bus::interest`]); the limits applied to what
+//!   arrives ([`bus::inbound`]); the carrier over the built-in broker ([`bus::broker_link`]).
+//! - [`admin`]: the admin HTTP API (probes, `/metrics`, `/api/stats`, `POST /api/publish`, which
+//!   enters the same path as a client's send) and the demo page.
+//! - [`config`], [`credentials`] (link secret, TLS, join-token keys), [`stats`]: settings and
+//!   counters.
 //!
-//! A message's path: client frame -> `connection` parses it -> `Hub::publish` -> (a) `Router`
-//! queues it to each interested worker's inbox -> `worker` pushes the shared bytes into each
-//! member's outbox -> the member's `connection` writes its batch; (b) the bus sends it to the
-//! broker, which relays it to the other gateways' routers.
+//! A message's path: client frame -> `edge::connection` -> `cmd::send_to_group` ->
+//! `Hub::publish` -> (a) the `Router` queues it to each interested worker's inbox -> the
+//! worker's `LocalGroups` push the shared bytes into each member's outbox -> the member's
+//! connection writes its batch; (b) the bus sends it to the broker, which relays it to the other
+//! gateways, whose carriers hand it to their routers (`Node::deliver`).
 
 pub mod admin;
 pub mod bus;

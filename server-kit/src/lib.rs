@@ -2,7 +2,7 @@
 //!
 //! - [`settings`]: `--config FILE` beneath flags and environment variables, for any clap command,
 //!   and [`settings::ConfigError`], a setting whose value cannot work;
-//!   [`docs_check`] (feature `docs-check`, for tests) keeps docs/configuration.md and the example
+//!   `docs_check` (feature `docs-check`, for tests) keeps docs/configuration.md and the example
 //!   files in step with the flags.
 //! - [`logging`]: `tracing` to stderr, text or JSON. [`shutdown`]: SIGINT and SIGTERM cancel one
 //!   token. [`listen`]: binding with a readiness log line. [`admin_http`]: serving an admin

@@ -1,4 +1,4 @@
-//! [`BrokerBus`]: the bus over one TCP link to the built-in broker.
+//! [`BrokerLink`]: the carrier over one TCP link to the built-in broker.
 //!
 //! One task owns the link. It connects (over TLS with `--broker-tls`), exchanges hellos, answers
 //! the broker's challenge when it sends one (an `Auth` frame, then a ping whose pong confirms

@@ -1,8 +1,8 @@
 //! The client edge: everything between a TCP socket and a parsed command.
 //!
-//! - [`connection`]: one task per client: TLS and WebSocket handshakes, reading commands (handed
-//!   to [`crate::cmd`]), writing the outbox in batches, ping/idle, close codes.
-//! - [`limits`]: connections per process and per client address (the acceptor holds a permit per
+//! - `connection`: one task per client: TLS and WebSocket handshakes, reading commands (handed
+//!   to `crate::cmd`), writing the outbox in batches, ping/idle, close codes.
+//! - `limits`: connections per process and per client address (the acceptor holds a permit per
 //!   socket), and the per-connection frame rate limit.
 //! - [`origin`]: the Origin allowlist checked in the handshake.
 //! - [`join_token`]: signed join tokens (JWT) and the rights they grant a connection.

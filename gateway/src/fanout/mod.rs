@@ -4,8 +4,9 @@
 //! - [`hub`]: the process-wide [`Router`](hub::Router) (group -> workers with members) and the
 //!   [`Hub`](hub::Hub), which adds the bus: a send goes to local workers directly and to the bus
 //!   for other gateways.
-//! - [`worker`]: one OS thread and single-threaded runtime per worker, owning its connections and
-//!   their group table.
+//! - `local`: one worker's group table (group -> its members' outboxes), touched only by that
+//!   worker's thread; the first member of a group on the worker and the last one to leave tell
+//!   the router.
 //! - [`outbox`]: a connection's bounded outbound queue (slow consumers are closed, never waited on).
 
 pub mod hub;
