@@ -95,6 +95,15 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_RATE_LIMIT_STRIKES", default_value_t = 100)]
     pub rate_limit_strikes: u32,
 
+    /// Control frames (ping, pong) and continuation frames one connection may send per second,
+    /// on average, with a burst of one second's worth; 0 = no limit. More closes it with 1008.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_CONTROL_FRAMES_PER_SECOND",
+        default_value_t = 1000
+    )]
+    pub max_control_frames_per_second: u32,
+
     /// Origins browsers may connect from (comma-separated or repeated), such as
     /// https://example.com; `*` allows any. Unset: any. Other origins get HTTP 403; handshakes
     /// without an Origin header (not browsers) are always accepted.

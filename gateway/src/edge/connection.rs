@@ -28,6 +28,7 @@ use tracing::Instrument;
 use crate::cmd::Session;
 use crate::edge::join_token::{Access, CaptureToken};
 
+use crate::edge::frame_meter::{FrameFlood, FrameMeter};
 use crate::edge::limits::{Permit, RateLimiter, Verdict};
 use crate::fanout::outbox::Outbox;
 use crate::worker::state::WorkerState;
@@ -44,8 +45,8 @@ type Ws<S> = WebSocketStream<S>;
               is over a kilobyte, which plain connections' tasks must not carry"
 )]
 enum Accepted {
-    Plain(Ws<TcpStream>, Option<String>),
-    Tls(Box<Ws<TlsStream<TcpStream>>>, Option<String>),
+    Plain(Ws<FrameMeter<TcpStream>>, Option<String>),
+    Tls(Box<Ws<FrameMeter<TlsStream<TcpStream>>>>, Option<String>),
 }
 
 /// Why a handshake failed (logged at debug level and counted; the client sees its socket close).
@@ -73,6 +74,8 @@ enum Close {
     Idle,
     /// Rate-limited too often (`--rate-limit-strikes`).
     RateLimited,
+    /// Over `--max-control-frames-per-second`.
+    FrameFlood(FrameFlood),
     /// A WebSocket-level violation: close code and reason.
     Violation(u16, String),
 }
@@ -161,6 +164,11 @@ async fn established<S: AsyncRead + AsyncWrite + Unpin>(
             tracing::info!("closing for sustained rate-limit abuse");
             close_with(&mut ws, 1008, "rate limit exceeded").await;
         }
+        Close::FrameFlood(flood) => {
+            state.stats.rate_limit_closes.fetch_add(1, Relaxed);
+            tracing::info!(cause = %flood, "closing for a flood of control frames");
+            close_with(&mut ws, 1008, "too many control frames").await;
+        }
         Close::Violation(code, reason) => {
             state.stats.protocol_closes.fetch_add(1, Relaxed);
             tracing::debug!(code, %reason, "closing on protocol violation");
@@ -205,14 +213,16 @@ async fn handshake(
 async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     state: &WorkerState,
-) -> Result<(Ws<S>, Option<String>), HandshakeError> {
+) -> Result<(Ws<FrameMeter<S>>, Option<String>), HandshakeError> {
     let check_origin = state.origins.callback(&state.stats.origin_rejections);
     let mut url_token = None;
     let callback = CaptureToken::new(&mut url_token, check_origin);
-    let ws =
+    let stream = FrameMeter::new(stream, state.frame_budget);
+    let mut ws =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(state.ws_config))
             .await
             .map_err(HandshakeError::Upgrade)?;
+    ws.get_mut().start();
     Ok((ws, url_token))
 }
 
@@ -423,6 +433,10 @@ fn read_error(e: WsError) -> Close {
                 Close::ClientGone
             }
             p => Close::Violation(1002, p.to_string()),
+        },
+        WsError::Io(e) => match e.get_ref().and_then(|e| e.downcast_ref::<FrameFlood>()) {
+            Some(flood) => Close::FrameFlood(*flood),
+            None => Close::ClientGone,
         },
         _ => Close::ClientGone,
     }

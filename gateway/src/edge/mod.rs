@@ -4,10 +4,13 @@
 //!   to `crate::cmd`), writing the outbox in batches, ping/idle, close codes.
 //! - `limits`: connections per process and per client address (the acceptor holds a permit per
 //!   socket), and the per-connection frame rate limit.
+//! - `frame_meter`: counts the control and continuation frames a client sends (which never
+//!   become messages) and stops a flood of them.
 //! - [`origin`]: the Origin allowlist checked in the handshake.
 //! - [`join_token`]: signed join tokens (JWT) and the rights they grant a connection.
 
 pub(crate) mod connection;
+pub(crate) mod frame_meter;
 pub mod join_token;
 pub(crate) mod limits;
 pub mod origin;

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::GatewayConfig;
 use crate::credentials::ClientSecurity;
 use crate::edge::connection;
+use crate::edge::frame_meter::FrameBudget;
 use crate::edge::limits::{Permit, RateLimit};
 use crate::edge::origin::OriginPolicy;
 use crate::fanout::hub::{Delivery, Hub};
@@ -95,6 +96,7 @@ async fn run(setup: WorkerSetup) {
         ws_config,
         origins: OriginPolicy::new(&config.allowed_origins),
         rate_limit: RateLimit::from_config(&config),
+        frame_budget: FrameBudget::new(config.max_control_frames_per_second),
         config,
         local: LocalGroups::new(id, hub, stats.clone()),
         stats,

@@ -8,6 +8,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::config::GatewayConfig;
 use crate::credentials::ClientSecurity;
+use crate::edge::frame_meter::FrameBudget;
 use crate::edge::limits::RateLimit;
 use crate::edge::origin::OriginPolicy;
 use crate::fanout::local::LocalGroups;
@@ -22,6 +23,8 @@ pub(crate) struct WorkerState {
     pub(crate) parse_limits: ParseLimits,
     pub(crate) origins: OriginPolicy,
     pub(crate) rate_limit: Option<RateLimit>,
+    /// Control and continuation frames allowed per connection.
+    pub(crate) frame_budget: Option<FrameBudget>,
     pub(crate) stats: Arc<WorkerStats>,
     /// TLS and join tokens for clients.
     pub(crate) security: Arc<ClientSecurity>,
