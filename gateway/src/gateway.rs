@@ -40,6 +40,8 @@ pub enum GatewayError {
     Config(String),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
 }
 
 /// A running gateway. Cheap to clone; clones share state.
@@ -171,7 +173,7 @@ impl GatewayBuilder {
             }
             BusChoice::Carrier(start) => (start, None),
             BusChoice::Broker(addr) => {
-                let link = BrokerLink::new(addr, &config, security.link.clone());
+                let link = BrokerLink::new(addr, &config, security.link.clone())?;
                 (
                     Box::new(move |router, token| link.start(router, token)),
                     None,
@@ -189,7 +191,7 @@ impl GatewayBuilder {
                     let (broker, token) = (broker.clone(), shutdown.clone());
                     async move { broker.serve(listener, token).await }
                 });
-                let link = BrokerLink::new(addr.to_string(), &config, security.link.clone());
+                let link = BrokerLink::new(addr.to_string(), &config, security.link.clone())?;
                 let start: StartBus = Box::new(move |router, token| link.start(router, token));
                 (
                     start,

@@ -29,7 +29,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::inbound::{InboundLimits, Rejected};
-use super::{Bus, BusStatus, Carrier, Node, RunningBus};
+use super::{Bus, BusError, BusStatus, Carrier, Node, RunningBus};
 use crate::config::GatewayConfig;
 use crate::credentials::LinkSecurity;
 
@@ -92,10 +92,27 @@ pub struct BrokerLink {
 
 impl BrokerLink {
     /// A link to the broker at `broker` ("host:port"), with the link settings of `config`.
-    pub fn new(broker: impl Into<String>, config: &GatewayConfig, security: LinkSecurity) -> Self {
-        BrokerLink {
+    pub fn new(
+        broker: impl Into<String>,
+        config: &GatewayConfig,
+        security: LinkSecurity,
+    ) -> Result<Self, BusError> {
+        let broker = broker.into();
+        let port = broker
+            .rsplit_once(':')
+            .map(|(host, port)| (host, port.parse::<u16>()));
+        match port {
+            Some((host, Ok(port))) if !host.is_empty() && port != 0 => {}
+            _ => {
+                return Err(BusError::InvalidAddress {
+                    address: broker,
+                    reason: "expected HOST:PORT, e.g. 127.0.0.1:2206".into(),
+                })
+            }
+        }
+        Ok(BrokerLink {
             settings: LinkSettings {
-                broker: broker.into(),
+                broker,
                 node: config.node_name(),
                 max_frame_size: config.link_max_frame_size,
                 inbound: InboundLimits {
@@ -110,7 +127,7 @@ impl BrokerLink {
                 security,
             },
             queue: config.link_queue,
-        }
+        })
     }
 }
 
@@ -528,4 +545,33 @@ async fn bounded<T>(
 
 fn frame_kind(body: Option<Body>) -> &'static str {
     Frame { body }.kind()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_address_needs_a_host_and_a_port() {
+        let config = GatewayConfig::default();
+        for good in ["127.0.0.1:2206", "broker.internal:2206", "[::1]:2206"] {
+            assert!(
+                BrokerLink::new(good, &config, LinkSecurity::default()).is_ok(),
+                "{good}"
+            );
+        }
+        for bad in [
+            "127.0.0.1",
+            "nonsense",
+            ":2206",
+            "host:0",
+            "host:99999",
+            "host:port",
+        ] {
+            let err = BrokerLink::new(bad, &config, LinkSecurity::default())
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("HOST:PORT") && err.contains(bad), "{err}");
+        }
+    }
 }
