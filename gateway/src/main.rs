@@ -15,7 +15,7 @@ use gateway::{Gateway, GatewayConfig};
 use server_kit::admin_http::serve_admin;
 use server_kit::listen::bind_logged;
 use server_kit::logging::{init_tracing, LogFormat};
-use server_kit::settings::parse_cli;
+use server_kit::settings::{parse_cli, Aliases, Parsed};
 use server_kit::shutdown::cancel_on_signals;
 use tokio_util::sync::CancellationToken;
 
@@ -75,8 +75,11 @@ impl FromStr for AdminAddr {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let cli: Cli = parse_cli()?;
+    let Parsed { cli, deprecated } = parse_cli::<Cli>(&Aliases::NONE)?;
     init_tracing(cli.log_format);
+    for used in &deprecated {
+        used.warn();
+    }
     if let Some(path) = &cli.config_file {
         tracing::info!(path = %path.display(), "settings read from config file");
     }
