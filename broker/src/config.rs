@@ -20,7 +20,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct BrokerConfig {
     /// Largest link frame accepted or sent, in bytes. Gateways' `--link-max-frame-size` should
     /// not exceed it.
-    #[arg(long = "link-max-frame-size", env = "BROKER_LINK_MAX_FRAME_SIZE", default_value_t = DEFAULT_MAX_FRAME_SIZE)]
+    #[arg(long = "link-max-frame-size",
+        value_name = "LINK_MAX_FRAME_SIZE", env = "BROKER_LINK_MAX_FRAME_SIZE", default_value_t = DEFAULT_MAX_FRAME_SIZE)]
     pub max_frame_size: usize,
 
     /// Frames queued for one gateway link.
@@ -41,17 +42,20 @@ pub struct BrokerConfig {
 
     /// Time a new link has to send its hello (and, with a link secret, its auth frame; with TLS,
     /// the TLS handshake has this long too).
-    #[arg(long = "broker-handshake-timeout", env = "BROKER_BROKER_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long = "broker-handshake-timeout",
+        value_name = "BROKER_HANDSHAKE_TIMEOUT", env = "BROKER_BROKER_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 
     /// Channels (groups) one link may be subscribed to at once; subscriptions past it are
     /// refused (the link is told which) and the link stays.
-    #[arg(long = "broker-max-channels-per-link", env = "BROKER_BROKER_MAX_CHANNELS_PER_LINK", default_value_t = DEFAULT_MAX_CHANNELS_PER_LINK)]
+    #[arg(long = "broker-max-channels-per-link",
+        value_name = "BROKER_MAX_CHANNELS_PER_LINK", env = "BROKER_BROKER_MAX_CHANNELS_PER_LINK", default_value_t = DEFAULT_MAX_CHANNELS_PER_LINK)]
     pub max_channels_per_link: usize,
 
     /// Longest channel name (group id), in bytes; must fit in a frame. Keep it at least the
     /// gateways' `--max-group-id-len`.
-    #[arg(long = "broker-max-channel-len", env = "BROKER_BROKER_MAX_CHANNEL_LEN", default_value_t = DEFAULT_MAX_CHANNEL_LEN)]
+    #[arg(long = "broker-max-channel-len",
+        value_name = "BROKER_MAX_CHANNEL_LEN", env = "BROKER_BROKER_MAX_CHANNEL_LEN", default_value_t = DEFAULT_MAX_CHANNEL_LEN)]
     pub max_channel_len: usize,
 
     /// On SIGTERM or Ctrl-C, how long to wait for links to finish.

@@ -39,6 +39,7 @@ struct Cli {
     /// publish to any group.
     #[arg(
         long = "broker-listen",
+        value_name = "BROKER_LISTEN",
         env = "BROKER_BROKER_LISTEN",
         default_value = "127.0.0.1:2206"
     )]
@@ -75,7 +76,7 @@ struct Cli {
     config: BrokerConfig,
 }
 
-/// The names of the previous release, accepted with a deprecation warning.
+/// The names of the previous release, accepted and logged as deprecated.
 const ALIASES: Aliases = Aliases {
     env_prefix: "BROKER",
     flags: &[

@@ -152,7 +152,8 @@ pub struct GatewayConfig {
     pub link_max_frame_size: usize,
 
     /// Publishes queued for the broker link.
-    #[arg(long = "link-queue-frames", env = "GATEWAY_LINK_QUEUE_FRAMES", help_heading = BROKER_LINK, default_value_t = 65_536)]
+    #[arg(long = "link-queue-frames",
+        value_name = "LINK_QUEUE_FRAMES", env = "GATEWAY_LINK_QUEUE_FRAMES", help_heading = BROKER_LINK, default_value_t = 65_536)]
     pub link_queue: usize,
 
     /// Bytes of publishes queued for the broker link (counted when a publish is queued, released
@@ -168,7 +169,8 @@ pub struct GatewayConfig {
     /// heartbeat, so within `link-idle-timeout` + `link-ping-interval`; or as soon as a write to
     /// the broker blocks past `link-idle-timeout` since the last frame heard, as when a half-open
     /// link fills the socket buffers).
-    #[arg(long = "link-idle-timeout", env = "GATEWAY_LINK_IDLE_TIMEOUT", help_heading = BROKER_LINK, default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long = "link-idle-timeout",
+        value_name = "LINK_IDLE_TIMEOUT", env = "GATEWAY_LINK_IDLE_TIMEOUT", help_heading = BROKER_LINK, default_value = "15s", value_parser = humantime::parse_duration)]
     pub link_timeout: Duration,
 
     /// Time to connect to the broker and exchange hellos (with `--broker-tls`, the TLS handshake

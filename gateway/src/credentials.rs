@@ -228,15 +228,21 @@ impl SecurityArgs {
                 "GATEWAY",
             )?;
         }
-        let embedded_tls = match (&self.broker_tls_cert, &self.broker_tls_key, broker) {
-            (Some(_), _, Some(_)) => {
-                return Err(SecurityError::Invalid(
-                    "--broker-tls-cert is for the embedded broker, which does not run with \
-                     --broker"
-                        .into(),
-                ))
-            }
-            (Some(cert), Some(key), None) => Some(server_kit::tls::server_config(cert, key)?),
+        if self.broker_tls_cert.is_some() && broker.is_some() {
+            return Err(SecurityError::Invalid(
+                "--broker-tls-cert is for the embedded broker, which does not run with --broker"
+                    .into(),
+            ));
+        }
+        if self.broker_tls_cert.is_some() && !self.broker_tls {
+            return Err(SecurityError::Invalid(
+                "--broker-tls-cert needs --broker-tls and --broker-ca: this gateway links to its \
+                 embedded broker with TLS too"
+                    .into(),
+            ));
+        }
+        let embedded_tls = match (&self.broker_tls_cert, &self.broker_tls_key) {
+            (Some(cert), Some(key)) => Some(server_kit::tls::server_config(cert, key)?),
             _ => None,
         };
         // The embedded broker is dialed at its listen address.
@@ -246,33 +252,27 @@ impl SecurityArgs {
             None if embedded_tls.is_some() => Some(embedded_addr.as_str()),
             None => None,
         };
-        let link_tls =
-            match (self.broker_tls, target, &self.broker_ca) {
-                (false, _, _) if embedded_tls.is_some() => return Err(SecurityError::Invalid(
-                    "--broker-tls-cert needs --broker-tls and --broker-ca: this gateway links to \
-                     its embedded broker with TLS too"
+        let link_tls = match (self.broker_tls, target, &self.broker_ca) {
+            (false, _, _) => None,
+            (true, None, _) => {
+                return Err(SecurityError::Invalid(
+                    "--broker-tls needs --broker, or --broker-tls-cert for the embedded broker"
                         .into(),
-                )),
-                (false, _, _) => None,
-                (true, None, _) => {
-                    return Err(SecurityError::Invalid(
-                        "--broker-tls needs --broker, or --broker-tls-cert for the embedded broker"
-                            .into(),
-                    ))
-                }
-                (true, Some(_), None) => {
-                    return Err(SecurityError::Invalid(
-                        "--broker-tls needs --broker-ca (no system CA roots are used)".into(),
-                    ))
-                }
-                (true, Some(target), Some(ca)) => {
-                    let name = match &self.broker_tls_name {
-                        Some(name) => name.clone(),
-                        None => host_of(target).to_owned(),
-                    };
-                    Some(BrokerTls::new(server_kit::tls::client_config(ca)?, &name)?)
-                }
-            };
+                ))
+            }
+            (true, Some(_), None) => {
+                return Err(SecurityError::Invalid(
+                    "--broker-tls needs --broker-ca (no system CA roots are used)".into(),
+                ))
+            }
+            (true, Some(target), Some(ca)) => {
+                let name = match &self.broker_tls_name {
+                    Some(name) => name.clone(),
+                    None => host_of(target).to_owned(),
+                };
+                Some(BrokerTls::new(server_kit::tls::client_config(ca)?, &name)?)
+            }
+        };
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsAcceptor::from(server_kit::tls::server_config(
                 cert, key,
@@ -437,6 +437,37 @@ mod tests {
         assert!(
             e.contains("at least 32 bytes") && !e.contains("too-short"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn tls_on_the_embedded_broker_needs_tls_on_the_link_to_it() {
+        let cert = ["--broker-tls-cert", "/nonexistent/cert.pem"];
+        let key = ["--broker-tls-key", "/nonexistent/key.pem"];
+        let with_broker = error(
+            &[&cert[..], &key[..]].concat(),
+            Some("b:2206"),
+            "127.0.0.1:2206",
+        );
+        assert!(
+            with_broker.contains("does not run with --broker"),
+            "{with_broker}"
+        );
+        let no_link_tls = error(&[&cert[..], &key[..]].concat(), None, "127.0.0.1:2206");
+        assert!(
+            no_link_tls.contains("needs --broker-tls and --broker-ca"),
+            "{no_link_tls}"
+        );
+        let files = [
+            &cert[..],
+            &key[..],
+            &["--broker-tls", "--broker-ca", "/nonexistent/ca.pem"],
+        ];
+        let bad_file = error(&files.concat(), None, "127.0.0.1:2206");
+        assert!(bad_file.contains("/nonexistent/cert.pem"), "{bad_file}");
+        assert!(
+            Cli::try_parse_from(["gateway", "--broker-tls-cert", "c.pem"]).is_err(),
+            "needs a key"
         );
     }
 

@@ -42,19 +42,6 @@ struct Cli {
     )]
     listen: SocketAddr,
 
-    /// A standalone broker (`host:port`). Unset: the broker runs embedded in this process.
-    #[arg(long, env = "GATEWAY_BROKER", help_heading = "Broker link")]
-    broker: Option<String>,
-
-    /// Where the embedded broker listens for other gateways. Ignored with `--broker`.
-    #[arg(
-        long,
-        env = "GATEWAY_BROKER_LISTEN",
-        default_value = "127.0.0.1:2206",
-        help_heading = "Embedded broker"
-    )]
-    broker_listen: SocketAddr,
-
     /// Admin HTTP address (`/healthz`, `/readyz`, `/metrics`, `/api/stats`, `/api/publish`), or
     /// `off`.
     #[arg(
@@ -68,6 +55,25 @@ struct Cli {
     #[command(flatten, next_help_heading = "Admin API")]
     admin_api: gateway::admin::AdminConfig,
 
+    #[command(flatten)]
+    config: GatewayConfig,
+
+    /// A standalone broker (`host:port`). Unset: the broker runs embedded in this process.
+    #[arg(long, env = "GATEWAY_BROKER", help_heading = "Broker link")]
+    broker: Option<String>,
+
+    /// Where the embedded broker listens for other gateways. Ignored with `--broker`.
+    #[arg(
+        long,
+        env = "GATEWAY_BROKER_LISTEN",
+        default_value = "127.0.0.1:2206",
+        help_heading = "Embedded broker"
+    )]
+    broker_listen: SocketAddr,
+
+    #[command(flatten, next_help_heading = "Security")]
+    security: SecurityArgs,
+
     /// Log format on stderr: `text`, human-readable lines (coloured only when stderr is a
     /// terminal), or `json`, one JSON object per line. `RUST_LOG` sets the level (default
     /// `info`).
@@ -79,15 +85,9 @@ struct Cli {
         help_heading = "Logs"
     )]
     log_format: LogFormat,
-
-    #[command(flatten, next_help_heading = "Security")]
-    security: SecurityArgs,
-
-    #[command(flatten)]
-    config: GatewayConfig,
 }
 
-/// The names of the previous release, accepted with a deprecation warning.
+/// The names of the previous release, accepted and logged as deprecated.
 const ALIASES: Aliases = Aliases {
     env_prefix: "GATEWAY",
     flags: &[

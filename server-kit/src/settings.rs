@@ -149,9 +149,10 @@ pub struct Deprecated {
 }
 
 impl Deprecated {
-    /// Logs this use at `warn`.
+    /// Logs this use. At `info`, not `warn`: a deployment that alerts on warnings should not be
+    /// paged for a name that still works.
     pub fn warn(&self) {
-        tracing::warn!(old = %self.old, new = %self.new, "deprecated setting name");
+        tracing::info!(old = %self.old, new = %self.new, "deprecated setting name");
     }
 }
 
