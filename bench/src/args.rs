@@ -60,7 +60,7 @@ pub const DEFAULT_URL: &str = "ws://127.0.0.1:1234";
 #[command(name = "push-bench", version, after_long_help = BENCH_HELP)]
 pub struct Cli {
     /// WebSocket URL of the gateway.
-    #[arg(long, global = true, env = "PUSH_URL", default_value = DEFAULT_URL)]
+    #[arg(long, global = true, env = "PUSH_BENCH_URL", default_value = DEFAULT_URL)]
     pub url: String,
 
     /// How long to wait for the WebSocket handshake, in seconds.
@@ -458,7 +458,7 @@ mod tests {
             assert_eq!(cli.connect_timeout, Duration::from_millis(250), "{args:?}");
         }
         let cli = parse_cli(&["idle"]).unwrap();
-        if std::env::var_os("PUSH_URL").is_none() {
+        if std::env::var_os("PUSH_BENCH_URL").is_none() {
             assert_eq!(cli.url, DEFAULT_URL);
         }
         assert_eq!(cli.connect_timeout, Duration::from_secs(5));

@@ -10,12 +10,25 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory, FromArgMatches};
 use push_bench::args::Cli;
 use push_bench::Broken;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // PUSH_URL, the previous release's name of PUSH_BENCH_URL, as a default beneath both.
+    let old_url = std::env::var("PUSH_URL").ok();
+    let mut command = Cli::command();
+    if let Some(url) = &old_url {
+        if std::env::var_os("PUSH_BENCH_URL").is_none() {
+            let url: &'static str = Box::leak(url.clone().into_boxed_str());
+            command = command.mut_arg("url", |arg| arg.default_value(url));
+        }
+        eprintln!("warning: the environment variable PUSH_URL is deprecated: use PUSH_BENCH_URL");
+    }
+    let parsed = command
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         // Usage errors exit 1, as every other error does (clap's own code is 2).
         Err(e) if e.use_stderr() => {

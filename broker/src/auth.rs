@@ -41,9 +41,11 @@ pub enum SecurityError {
 /// The `broker` binary's security flags.
 #[derive(Clone, clap::Args)]
 pub struct SecurityArgs {
-    /// Shared secret that gateways must prove they know (challenge and response: the secret never
-    /// crosses the wire). At least 16 bytes. Prefer --link-secret-file, which keeps it out of
-    /// process listings.
+    /// Shared secret, at least 16 bytes, that every gateway must prove it knows: the broker's
+    /// hello carries a random challenge, and the gateway answers with an HMAC of it (docs/protocol.md,
+    /// "Link authentication"); the secret never crosses the wire. Required when
+    /// `--broker-listen` is not a loopback address (unless `--insecure`). Not with
+    /// `--link-secret-file`.
     #[arg(
         long,
         env = "BROKER_LINK_SECRET",
@@ -52,27 +54,29 @@ pub struct SecurityArgs {
     )]
     pub link_secret: Option<String>,
 
-    /// File holding the link secret (one trailing newline is ignored).
+    /// File holding the link secret (one trailing newline is ignored): keeps it out of process
+    /// listings and the config file.
     #[arg(long, env = "BROKER_LINK_SECRET_FILE", value_name = "FILE")]
     pub link_secret_file: Option<PathBuf>,
 
-    /// Allow --listen on a non-loopback address without a link secret: anyone who reaches the
-    /// port can then publish to any group.
+    /// Allows a non-loopback `--broker-listen` without a link secret, for a network where every
+    /// host that can reach the port is trusted: anyone who reaches it can publish to any group.
     #[arg(long, env = "BROKER_INSECURE")]
     pub insecure: bool,
 
-    /// PEM certificate chain: the link listener speaks TLS (needs --tls-key).
+    /// PEM certificate chain (leaf first): the link listener speaks TLS only. Needs
+    /// `--broker-tls-key`. Gateways connect with `--broker-tls --broker-ca`.
     #[arg(
-        long,
+        long = "broker-tls-cert",
         env = "BROKER_TLS_CERT",
         value_name = "FILE",
         requires = "tls_key"
     )]
     pub tls_cert: Option<PathBuf>,
 
-    /// PEM private key of --tls-cert.
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--broker-tls-cert`.
     #[arg(
-        long,
+        long = "broker-tls-key",
         env = "BROKER_TLS_KEY",
         value_name = "FILE",
         requires = "tls_cert"
@@ -109,7 +113,7 @@ impl SecurityArgs {
             listen,
             link_secret.is_some(),
             self.insecure,
-            "--listen",
+            "--broker-listen",
             "BROKER",
         )?;
         let tls = match (&self.tls_cert, &self.tls_key) {

@@ -1,5 +1,7 @@
 //! Broker settings. Each is a command-line flag and an environment variable of the `broker`
-//! binary; docs/configuration.md lists them.
+//! binary; docs/configuration.md lists them. Settings of the broker's listener are
+//! `--broker-*` and those of the link itself `--link-*`, as in the gateway, which offers the same
+//! settings for its embedded broker.
 
 use std::time::Duration;
 
@@ -16,37 +18,47 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerConfig {
-    /// Largest link frame accepted or sent, in bytes. A larger frame closes the link.
-    #[arg(long, env = "BROKER_MAX_FRAME_SIZE", default_value_t = DEFAULT_MAX_FRAME_SIZE)]
+    /// Largest link frame accepted or sent, in bytes. Gateways' `--link-max-frame-size` should
+    /// not exceed it.
+    #[arg(long = "link-max-frame-size",
+        value_name = "LINK_MAX_FRAME_SIZE", env = "BROKER_LINK_MAX_FRAME_SIZE", default_value_t = DEFAULT_MAX_FRAME_SIZE)]
     pub max_frame_size: usize,
 
-    /// Frames queued for one link before it counts as a slow consumer and is disconnected.
+    /// Frames queued for one gateway link.
     #[arg(long, env = "BROKER_LINK_QUEUE_FRAMES", default_value_t = DEFAULT_LINK_QUEUE_FRAMES)]
     pub link_queue_frames: usize,
 
-    /// Bytes of frames queued for one link before it counts as a slow consumer and is
-    /// disconnected. A frame larger than this is still queued when the queue is empty.
+    /// Bytes of frames queued for one gateway link (counted when a frame is queued, released once
+    /// the link's writer has written it out); bounds the memory a link that does not read can hold.
+    /// A frame larger than this is still queued when the link's queue is empty, so a
+    /// `--link-max-frame-size` above it works, one such frame at a time.
     #[arg(long, env = "BROKER_LINK_QUEUE_BYTES", default_value_t = DEFAULT_LINK_QUEUE_BYTES)]
     pub link_queue_bytes: usize,
 
-    /// A link that sends nothing (not even a ping) for this long is closed.
+    /// A link that sends nothing, not even a ping, for this long is closed. Gateways ping every 5 s
+    /// by default.
     #[arg(long, env = "BROKER_LINK_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub link_idle_timeout: Duration,
 
-    /// Time a new link has to send its hello frame.
-    #[arg(long, env = "BROKER_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// Time a new link has to send its hello (and, with a link secret, its auth frame; with TLS,
+    /// the TLS handshake has this long too).
+    #[arg(long = "broker-handshake-timeout",
+        value_name = "BROKER_HANDSHAKE_TIMEOUT", env = "BROKER_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 
-    /// Channels one link may be subscribed to at once; subscriptions past it are refused (the
-    /// link is told which) and the link stays.
-    #[arg(long, env = "BROKER_MAX_CHANNELS_PER_LINK", default_value_t = DEFAULT_MAX_CHANNELS_PER_LINK)]
+    /// Channels (groups) one link may be subscribed to at once; subscriptions past it are
+    /// refused (the link is told which) and the link stays.
+    #[arg(long = "broker-max-channels-per-link",
+        value_name = "BROKER_MAX_CHANNELS_PER_LINK", env = "BROKER_MAX_CHANNELS_PER_LINK", default_value_t = DEFAULT_MAX_CHANNELS_PER_LINK)]
     pub max_channels_per_link: usize,
 
-    /// Longest channel name, in bytes; a longer one closes the link.
-    #[arg(long, env = "BROKER_MAX_CHANNEL_LEN", default_value_t = DEFAULT_MAX_CHANNEL_LEN)]
+    /// Longest channel name (group id), in bytes; must fit in a frame. Keep it at least the
+    /// gateways' `--max-group-id-len`.
+    #[arg(long = "broker-max-channel-len",
+        value_name = "BROKER_MAX_CHANNEL_LEN", env = "BROKER_MAX_CHANNEL_LEN", default_value_t = DEFAULT_MAX_CHANNEL_LEN)]
     pub max_channel_len: usize,
 
-    /// How long shutdown waits for links to finish.
+    /// On SIGTERM or Ctrl-C, how long to wait for links to finish.
     #[arg(long, env = "BROKER_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 }
@@ -71,7 +83,7 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_frame_size < 64 || self.max_frame_size > u32::MAX as usize {
             return Err(ConfigError::new(
-                "--max-frame-size",
+                "--link-max-frame-size",
                 format!("must be between 64 and {} bytes", u32::MAX),
             ));
         }
@@ -86,13 +98,13 @@ impl BrokerConfig {
         }
         if self.max_channel_len == 0 || self.max_channel_len + 16 > self.max_frame_size {
             return Err(ConfigError::new(
-                "--max-channel-len",
+                "--broker-max-channel-len",
                 "must be at least 1 and fit in a frame",
             ));
         }
         for (setting, timeout) in [
             ("--link-idle-timeout", self.link_idle_timeout),
-            ("--handshake-timeout", self.handshake_timeout),
+            ("--broker-handshake-timeout", self.handshake_timeout),
         ] {
             if timeout.is_zero() {
                 return Err(ConfigError::new(setting, "must be greater than zero"));
@@ -100,7 +112,7 @@ impl BrokerConfig {
         }
         for (setting, timeout) in [
             ("--link-idle-timeout", self.link_idle_timeout),
-            ("--handshake-timeout", self.handshake_timeout),
+            ("--broker-handshake-timeout", self.handshake_timeout),
             ("--shutdown-timeout", self.shutdown_timeout),
         ] {
             if timeout > MAX_DURATION {
@@ -135,12 +147,12 @@ mod tests {
         let day = MAX_DURATION;
         let cases: [(&str, BrokerConfig, &str); 9] = [
             (
-                "--max-frame-size",
+                "--link-max-frame-size",
                 BrokerConfig {
                     max_frame_size: 63,
                     ..BrokerConfig::default()
                 },
-                "max-frame-size must be between 64 and 4294967295 bytes",
+                "link-max-frame-size must be between 64 and 4294967295 bytes",
             ),
             (
                 "--link-queue-frames",
@@ -159,21 +171,21 @@ mod tests {
                 "link-queue-bytes must be at least 1",
             ),
             (
-                "--max-channel-len",
+                "--broker-max-channel-len",
                 BrokerConfig {
                     max_channel_len: 0,
                     ..BrokerConfig::default()
                 },
-                "max-channel-len must be at least 1 and fit in a frame",
+                "broker-max-channel-len must be at least 1 and fit in a frame",
             ),
             (
-                "--max-channel-len",
+                "--broker-max-channel-len",
                 BrokerConfig {
                     max_frame_size: 64,
                     max_channel_len: 49,
                     ..BrokerConfig::default()
                 },
-                "max-channel-len must be at least 1 and fit in a frame",
+                "broker-max-channel-len must be at least 1 and fit in a frame",
             ),
             (
                 "--link-idle-timeout",
@@ -184,12 +196,12 @@ mod tests {
                 "link-idle-timeout must be greater than zero",
             ),
             (
-                "--handshake-timeout",
+                "--broker-handshake-timeout",
                 BrokerConfig {
                     handshake_timeout: Duration::ZERO,
                     ..BrokerConfig::default()
                 },
-                "handshake-timeout must be greater than zero",
+                "broker-handshake-timeout must be greater than zero",
             ),
             (
                 "--link-idle-timeout",

@@ -388,7 +388,7 @@ fn apply(
 }
 
 /// Subscribes the link to each channel it does not hold yet, while it holds fewer than
-/// `max-channels-per-link`. Returns the channels refused for that limit, each once. An invalid
+/// `broker-max-channels-per-link`. Returns the channels refused for that limit, each once. An invalid
 /// channel name closes the link (those before it in the frame were subscribed, and are removed
 /// with the link).
 fn subscribe(
@@ -449,7 +449,7 @@ fn refuse(refused: Vec<Bytes>, handle: &LinkHandle, shared: &Shared, held: usize
                 send_frame(handle, shared, frame);
             }
         }
-        // Only a channel name within a few dozen bytes of max-frame-size gets here.
+        // Only a channel name within a few dozen bytes of link-max-frame-size gets here.
         Err(cause) => tracing::error!(
             link = handle.id.0,
             %cause,

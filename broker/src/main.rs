@@ -1,9 +1,10 @@
 //! `broker`: the standalone channel server.
 //!
-//! `broker --listen 127.0.0.1:2206` (the default). Listening where other hosts can reach it
-//! needs a link secret: `broker --listen 0.0.0.0:2206 --link-secret-file /etc/push/link.secret`
-//! (add `--tls-cert`/`--tls-key` for TLS), or `--insecure` on a trusted network.
-//! `broker --help` lists every setting; each also reads an environment variable.
+//! `broker --broker-listen 127.0.0.1:2206` (the default). Listening where other hosts can reach
+//! it needs a link secret: `broker --broker-listen 0.0.0.0:2206 --link-secret-file
+//! /etc/push/link.secret` (add `--broker-tls-cert`/`--broker-tls-key` for TLS), or `--insecure`
+//! on a trusted network. `broker --help` lists every setting; each also reads an environment
+//! variable, `BROKER_` and the flag's name. [`ALIASES`] are the names of the previous release.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,10 +15,10 @@ use anyhow::Context;
 use broker::auth::SecurityArgs;
 use broker::{Broker, BrokerConfig};
 use clap::Parser;
-use server_kit::admin_http;
+use server_kit::admin_http::{self, AdminAddr};
 use server_kit::listen::bind_logged;
 use server_kit::logging::{init_tracing, LogFormat};
-use server_kit::settings::parse_cli;
+use server_kit::settings::{parse_cli, Aliases, Parsed, Renamed};
 use server_kit::shutdown::cancel_on_signals;
 use tokio_util::sync::CancellationToken;
 
@@ -33,31 +34,39 @@ struct Cli {
     #[arg(long = "config", env = "BROKER_CONFIG", value_name = "FILE")]
     config_file: Option<PathBuf>,
 
-    /// Address the broker link listens on. Loopback by default; any other address needs a link
-    /// secret (or --insecure), since without one anyone who reaches the port can publish.
-    #[arg(long, env = "BROKER_LISTEN", default_value = "127.0.0.1:2206")]
+    /// Address gateways connect to (the broker link). Loopback by default; any other address
+    /// needs a link secret (or `--insecure`), since without one anyone who reaches the port can
+    /// publish to any group.
+    #[arg(
+        long = "broker-listen",
+        value_name = "BROKER_LISTEN",
+        env = "BROKER_LISTEN",
+        default_value = "127.0.0.1:2206"
+    )]
     listen: SocketAddr,
 
-    /// Address of the admin HTTP server (/healthz, /readyz, /metrics, /api/stats). Off unless
-    /// given.
-    #[arg(long, env = "BROKER_ADMIN")]
-    admin: Option<SocketAddr>,
+    /// Admin HTTP address (`/healthz`, `/readyz`, `/metrics`, `/api/stats`), or `off`.
+    #[arg(long, env = "BROKER_ADMIN", default_value = "off")]
+    admin: AdminAddr,
 
-    /// Most admin HTTP connections open at once; more are closed at once.
+    /// Most admin HTTP connections open at once (before any authentication); more are closed at
+    /// once.
     #[arg(long, env = "BROKER_ADMIN_MAX_CONNECTIONS", default_value_t = admin_http::DEFAULT_ADMIN_MAX_CONNECTIONS)]
     admin_max_connections: usize,
 
-    /// Time for an admin request's header to arrive, and the longest a kept-alive admin
-    /// connection may stay idle; the connection is closed past it.
+    /// Time for an admin request's header to arrive; it also runs between the requests of a
+    /// kept-alive connection, so it is the admin idle timeout too.
     #[arg(long, env = "BROKER_ADMIN_HEADER_TIMEOUT", default_value = "5s", value_parser = parse_admin_timeout)]
     admin_header_timeout: Duration,
 
-    /// Time for a whole admin request; past it the answer is 408.
+    /// Time for a whole admin request: its body read and its answer.
     #[arg(long, env = "BROKER_ADMIN_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_admin_timeout)]
     admin_request_timeout: Duration,
 
-    /// Log format on stderr. RUST_LOG sets the level (default info).
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
+    /// Log format on stderr: `text`, human-readable lines (coloured only when stderr is a
+    /// terminal), or `json`, one JSON object per line. `RUST_LOG` sets the level (default
+    /// `info`).
+    #[arg(long, env = "BROKER_LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
 
     #[command(flatten)]
@@ -67,10 +76,52 @@ struct Cli {
     config: BrokerConfig,
 }
 
+/// The names of the previous release, accepted and logged as deprecated.
+const ALIASES: Aliases = Aliases {
+    env_prefix: "BROKER",
+    flags: &[
+        Renamed {
+            old: "listen",
+            new: "broker-listen",
+        },
+        Renamed {
+            old: "handshake-timeout",
+            new: "broker-handshake-timeout",
+        },
+        Renamed {
+            old: "tls-cert",
+            new: "broker-tls-cert",
+        },
+        Renamed {
+            old: "tls-key",
+            new: "broker-tls-key",
+        },
+        Renamed {
+            old: "max-frame-size",
+            new: "link-max-frame-size",
+        },
+        Renamed {
+            old: "max-channels-per-link",
+            new: "broker-max-channels-per-link",
+        },
+        Renamed {
+            old: "max-channel-len",
+            new: "broker-max-channel-len",
+        },
+    ],
+    env_vars: &[Renamed {
+        old: "LOG_FORMAT",
+        new: "BROKER_LOG_FORMAT",
+    }],
+};
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli: Cli = parse_cli()?;
+    let Parsed { cli, deprecated } = parse_cli::<Cli>(&ALIASES)?;
     init_tracing(cli.log_format);
+    for used in &deprecated {
+        used.warn();
+    }
     if let Some(path) = &cli.config_file {
         tracing::info!(path = %path.display(), "settings read from config file");
     }
@@ -90,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = bind_logged(cli.listen, "broker listening")
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    let admin = match cli.admin {
+    let admin = match cli.admin.0 {
         Some(addr) => {
             let admin_listener = bind_logged(addr, "admin listening")
                 .await
@@ -149,5 +200,97 @@ mod tests {
         if let Err(problem) = result {
             panic!("{problem}");
         }
+    }
+
+    fn as_strs(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
+    }
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Parsed<Cli> {
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| std::ffi::OsString::from(v))
+        };
+        server_kit::settings::try_parse_with(
+            std::iter::once("broker").chain(args.iter().copied()),
+            lookup,
+            &ALIASES,
+        )
+        .expect("parses")
+    }
+
+    /// Each old name (flag, config-file key and environment variable) sets its new setting,
+    /// and is reported once.
+    #[test]
+    fn each_old_name_sets_its_new_setting() {
+        type Read = fn(&Cli) -> String;
+        let cases: [(&str, &str, Read); 7] = [
+            ("listen", "127.0.0.1:7", |c| c.listen.to_string()),
+            ("handshake-timeout", "7s", |c| {
+                format!("{:?}", c.config.handshake_timeout)
+            }),
+            ("tls-cert", "/c.pem", |c| {
+                format!("{:?}", c.security.tls_cert)
+            }),
+            ("tls-key", "/k.pem", |c| format!("{:?}", c.security.tls_key)),
+            ("max-frame-size", "7777", |c| {
+                c.config.max_frame_size.to_string()
+            }),
+            ("max-channels-per-link", "77", |c| {
+                c.config.max_channels_per_link.to_string()
+            }),
+            ("max-channel-len", "7", |c| {
+                c.config.max_channel_len.to_string()
+            }),
+        ];
+        for (old, value, read) in cases {
+            let new = ALIASES
+                .flags
+                .iter()
+                .find(|r| r.old == old)
+                .expect("listed")
+                .new;
+            // tls-cert and tls-key need each other.
+            let pair: &[&str] = match old {
+                "tls-cert" => &["--broker-tls-key=/k.pem"],
+                "tls-key" => &["--broker-tls-cert=/c.pem"],
+                _ => &[],
+            };
+            let with = |flag: String| {
+                let mut args = vec![flag];
+                args.extend(pair.iter().map(|a| (*a).to_owned()));
+                args
+            };
+            let new_args = with(format!("--{new}={value}"));
+            let old_args = with(format!("--{old}={value}"));
+            let expected = read(&parse(&as_strs(&new_args), &[]).cli);
+            let by_flag = parse(&as_strs(&old_args), &[]);
+            assert_eq!(read(&by_flag.cli), expected, "--{old}");
+            assert_eq!(by_flag.deprecated.len(), 1, "--{old}");
+            let old_env = format!("BROKER_{}", server_kit::settings::env_case(old));
+            // Where only the flag gained the `broker-` prefix the variable kept its name: it is
+            // the new flag's own (the docs test checks that each flag reads its variable).
+            if server_kit::settings::env_var("BROKER", new) == old_env {
+                continue;
+            }
+            let by_env = parse(pair, &[(&old_env, value)]);
+            assert_eq!(read(&by_env.cli), expected, "{old_env}");
+            assert_eq!(by_env.deprecated[0].old, old_env);
+        }
+        let by_env = parse(&[], &[("LOG_FORMAT", "json")]);
+        assert_eq!(by_env.cli.log_format, LogFormat::Json);
+        assert_eq!(by_env.deprecated[0].new, "BROKER_LOG_FORMAT");
+    }
+
+    #[test]
+    fn admin_is_off_by_default_and_may_be_set_off() {
+        assert_eq!(parse(&[], &[]).cli.admin.0, None);
+        assert_eq!(parse(&["--admin", "off"], &[]).cli.admin.0, None);
+        assert!(parse(&["--admin", "127.0.0.1:9091"], &[])
+            .cli
+            .admin
+            .0
+            .is_some());
     }
 }

@@ -46,7 +46,7 @@ pub fn encode_broker_stats(
     counter(
         e,
         "broker_subscriptions_refused",
-        "Subscriptions refused because their link already held max-channels-per-link channels.",
+        "Subscriptions refused because their link already held broker-max-channels-per-link channels.",
         stats.subscriptions_refused,
     )?;
     counter(

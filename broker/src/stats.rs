@@ -9,7 +9,7 @@ pub struct BrokerStats {
     pub links_total: AtomicU64,
     pub channels: AtomicU64,
     pub subscriptions: AtomicU64,
-    /// Subscriptions refused because their link already held `max-channels-per-link`.
+    /// Subscriptions refused because their link already held `broker-max-channels-per-link`.
     pub subscriptions_refused: AtomicU64,
     pub publishes: AtomicU64,
     pub deliveries: AtomicU64,

@@ -24,7 +24,7 @@ Exit codes:
 #[command(name = "client-cli", version, after_help = EXIT_CODES)]
 pub struct Cli {
     /// WebSocket URL of the gateway.
-    #[arg(long, global = true, env = "PUSH_URL", default_value = DEFAULT_URL)]
+    #[arg(long, global = true, env = "CLIENT_CLI_URL", default_value = DEFAULT_URL)]
     pub url: String,
 
     /// How long to wait for the WebSocket handshake, in seconds.
@@ -119,11 +119,11 @@ pub struct PublishArgs {
     pub batch: Option<String>,
 
     /// Base URL of the gateway's admin HTTP server (its --admin address).
-    #[arg(long, env = "PUSH_ADMIN_URL", default_value = DEFAULT_ADMIN_URL)]
+    #[arg(long, env = "CLIENT_CLI_ADMIN_URL", default_value = DEFAULT_ADMIN_URL)]
     pub admin_url: String,
 
     /// Bearer token of the admin API (the gateway's --api-token).
-    #[arg(long, env = "PUSH_API_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "CLIENT_CLI_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
     /// Give up (exit 2) if the gateway has not answered within this many seconds.
@@ -169,6 +169,52 @@ fn parse_group(text: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Environment variables of the previous release, and their names now.
+pub const RENAMED_ENV: [(&str, &str); 3] = [
+    ("PUSH_URL", "CLIENT_CLI_URL"),
+    ("PUSH_ADMIN_URL", "CLIENT_CLI_ADMIN_URL"),
+    ("PUSH_API_TOKEN", "CLIENT_CLI_TOKEN"),
+];
+
+/// Applies environment variables of the previous release: each `(old, new)` whose old variable is
+/// set, and whose new one is not, becomes the default of the setting that reads the new one, so
+/// a flag and the new variable still win. Returns the command and the old names that were used.
+pub fn with_old_env(
+    mut command: clap::Command,
+    renamed: &[(&'static str, &'static str)],
+    env: impl Fn(&str) -> Option<String>,
+) -> (clap::Command, Vec<&'static str>) {
+    let mut used = Vec::new();
+    for &(old, new) in renamed {
+        let Some(value) = env(old) else {
+            continue;
+        };
+        used.push(old);
+        if env(new).is_some() {
+            continue;
+        }
+        // Read once per process: leaking it gives clap the 'static default it wants.
+        let value: &'static str = Box::leak(value.into_boxed_str());
+        let reads_new = |arg: &clap::Arg| arg.get_env().is_some_and(|e| e == new);
+        let set = |arg: clap::Arg| {
+            if reads_new(&arg) {
+                arg.default_value(value)
+            } else {
+                arg
+            }
+        };
+        command = command.mut_args(set);
+        let names: Vec<String> = command
+            .get_subcommands()
+            .map(|s| s.get_name().to_owned())
+            .collect();
+        for name in names {
+            command = command.mut_subcommand(name, |sub| sub.mut_args(set));
+        }
+    }
+    (command, used)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,7 +240,7 @@ mod tests {
     #[test]
     fn defaults() {
         let cli = parse(&["join", "123"]).unwrap();
-        if std::env::var_os("PUSH_URL").is_none() {
+        if std::env::var_os("CLIENT_CLI_URL").is_none() {
             assert_eq!(cli.url, DEFAULT_URL);
         }
         assert_eq!(cli.connect_timeout.duration(), Duration::from_secs(5));
@@ -289,7 +335,7 @@ mod tests {
         assert_eq!(args.token.as_deref(), Some("t"));
         assert_eq!((args.group.as_ref(), args.message.as_ref()), (None, None));
 
-        if std::env::var_os("PUSH_ADMIN_URL").is_none() {
+        if std::env::var_os("CLIENT_CLI_ADMIN_URL").is_none() {
             let cli = parse(&["publish", "1", "m"]).unwrap();
             assert_eq!(publish(&cli).admin_url, DEFAULT_ADMIN_URL);
         }
@@ -335,5 +381,41 @@ mod tests {
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn old_environment_variables_are_defaults_below_flags_and_new_ones() {
+        use clap::{CommandFactory, FromArgMatches};
+        let parse = |args: &[&str], env: &[(&str, &str)]| {
+            let lookup = |name: &str| {
+                env.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            };
+            let (command, used) = with_old_env(Cli::command(), &RENAMED_ENV, lookup);
+            let matches = command
+                .try_get_matches_from(std::iter::once("client-cli").chain(args.iter().copied()))
+                .expect("parses");
+            (Cli::from_arg_matches(&matches).expect("fits"), used)
+        };
+        let old = [
+            ("PUSH_URL", "ws://old:1"),
+            ("PUSH_ADMIN_URL", "http://old:2"),
+            ("PUSH_API_TOKEN", "old-token"),
+        ];
+        let (cli, used) = parse(&["publish", "1", "m"], &old);
+        assert_eq!(used, ["PUSH_URL", "PUSH_ADMIN_URL", "PUSH_API_TOKEN"]);
+        assert_eq!(cli.url, "ws://old:1");
+        let args = publish(&cli);
+        assert_eq!(args.admin_url, "http://old:2");
+        assert_eq!(args.token.as_deref(), Some("old-token"));
+
+        let (cli, _) = parse(&["--url", "ws://flag:1", "publish", "1", "m"], &old);
+        assert_eq!(cli.url, "ws://flag:1", "a flag beats an old variable");
+        let (cli, _) = parse(
+            &["join", "1"],
+            &[("PUSH_URL", "ws://old:1"), ("CLIENT_CLI_URL", "x")],
+        );
+        assert_ne!(cli.url, "ws://old:1", "the new variable beats the old one");
     }
 }

@@ -25,13 +25,32 @@ mod send;
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory, FromArgMatches};
 use client_cli::conn::TimedOut;
 
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let (command, old_env) = cli::with_old_env(Cli::command(), &cli::RENAMED_ENV, |name| {
+        std::env::var(name).ok()
+    });
+    let parsed = command
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let code = run(parsed);
+    // After the run, so that what the command prints comes first.
+    for old in old_env {
+        let new = cli::RENAMED_ENV
+            .iter()
+            .find(|(o, _)| *o == old)
+            .map_or("", |(_, n)| n);
+        eprintln!("warning: the environment variable {old} is deprecated: use {new}");
+    }
+    code
+}
+
+fn run(parsed: Result<Cli, clap::Error>) -> ExitCode {
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             // Usage errors exit 1, not clap's 2: 2 means "timed out" here.

@@ -1,8 +1,15 @@
 //! Gateway settings. Each is a command-line flag and an environment variable of the `gateway`
-//! binary; docs/configuration.md lists them with what happens when a limit is hit.
+//! binary; docs/configuration.md lists them with what happens when a limit is hit. Settings of
+//! the link to the broker are `--link-*`, as in the broker; those of the embedded broker
+//! ([`EmbeddedBrokerConfig`]) are `--broker-*`, the names the `broker` binary gives them.
 
 use std::time::Duration;
 
+use broker::config::{
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LINK_IDLE_TIMEOUT, DEFAULT_LINK_QUEUE_BYTES,
+    DEFAULT_LINK_QUEUE_FRAMES, DEFAULT_MAX_CHANNELS_PER_LINK, DEFAULT_MAX_CHANNEL_LEN,
+};
+use broker::BrokerConfig;
 use protocol::client::DEFAULT_MAX_GROUP_ID_LEN;
 use protocol::DEFAULT_MAX_FRAME_SIZE;
 
@@ -14,85 +21,108 @@ pub const MAX_WORKERS: usize = 64;
 /// Highest `--max-messages-per-second`: a frame then costs a microsecond of the bucket.
 pub const MAX_MESSAGES_PER_SECOND: u32 = 1_000_000;
 
+/// Default of `--link-queue-bytes`: 64 MiB, as the broker's.
+pub const DEFAULT_LINK_QUEUE_BYTES_TO_BROKER: usize = 64 * 1024 * 1024;
+
+const ADDRESSES: &str = "Addresses and process";
+const CLIENT_LIMITS: &str = "Client limits";
+const TIMERS: &str = "Timers";
+const BROKER_LINK: &str = "Broker link";
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
-    /// Worker threads, each owning its share of the connections. Default: one per CPU.
-    #[arg(long, env = "GATEWAY_WORKERS")]
+    /// Worker threads; each owns its share of the connections (handed out in turn).
+    #[arg(long, env = "GATEWAY_WORKERS", help_heading = ADDRESSES)]
     pub workers: Option<usize>,
 
-    /// Largest WebSocket message (and frame) a client may send, in bytes. Larger closes the
-    /// connection with code 1009.
-    #[arg(long, env = "GATEWAY_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024)]
+    /// Largest WebSocket message, and frame, a client may send, in bytes: the whole JSON request,
+    /// not just `message`. Also the largest `message` accepted by `POST /api/publish`.
+    #[arg(long, env = "GATEWAY_MAX_MESSAGE_SIZE", help_heading = CLIENT_LIMITS, default_value_t = 64 * 1024)]
     pub max_message_size: usize,
 
-    /// Longest group id, in bytes. Longer gets an `invalid_group_id` error reply.
-    #[arg(long, env = "GATEWAY_MAX_GROUP_ID_LEN", default_value_t = DEFAULT_MAX_GROUP_ID_LEN)]
+    /// Longest group id, in bytes of its text.
+    #[arg(long, env = "GATEWAY_MAX_GROUP_ID_LEN", help_heading = CLIENT_LIMITS, default_value_t = DEFAULT_MAX_GROUP_ID_LEN)]
     pub max_group_id_len: usize,
 
-    /// Groups one connection may be in at once. More gets a `too_many_groups` error reply.
+    /// Groups one connection may be in at once. Joining a group it is already in does not count.
     #[arg(
         long,
-        env = "GATEWAY_MAX_GROUPS_PER_CONNECTION",
+        env = "GATEWAY_MAX_GROUPS_PER_CONNECTION", help_heading = CLIENT_LIMITS,
         default_value_t = 1000
     )]
     pub max_groups_per_connection: usize,
 
-    /// Distinct groups this process may have members in at once (each is one subscription on
-    /// the bus). A join that would make one more gets a `too_many_groups` error reply. Keep it
-    /// below the broker's --max-channels-per-link.
-    #[arg(long, env = "GATEWAY_MAX_GROUPS", default_value_t = 100_000)]
+    /// Distinct groups this process may have members in at once: each is one subscription on the
+    /// bus, so no client can push the gateway past what its bus takes (keep it below the broker's
+    /// `--broker-max-channels-per-link`).
+    #[arg(long, env = "GATEWAY_MAX_GROUPS", help_heading = CLIENT_LIMITS, default_value_t = 100_000)]
     pub max_groups: usize,
 
-    /// Messages queued for one connection before it is closed as a slow consumer (code 4001).
-    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_MESSAGES", default_value_t = 1024)]
+    /// Messages (group messages and replies) waiting for one connection's writer. The batch the
+    /// writer has already taken does not count.
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_MESSAGES", help_heading = CLIENT_LIMITS, default_value_t = 1024)]
     pub outbound_queue_messages: usize,
 
-    /// Bytes queued for one connection before it is closed as a slow consumer (code 4001).
-    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    /// Bytes of message text waiting for one connection's writer (as above).
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_BYTES", help_heading = CLIENT_LIMITS, default_value_t = 1024 * 1024)]
     pub outbound_queue_bytes: usize,
 
-    /// Deliveries queued for one worker; a full queue makes publishers wait (backpressure).
-    #[arg(long, env = "GATEWAY_WORKER_QUEUE", default_value_t = 4096)]
+    /// Deliveries queued for one worker (its inbox), from any sender in this process and from the
+    /// broker link.
+    #[arg(long, env = "GATEWAY_WORKER_QUEUE", help_heading = CLIENT_LIMITS, default_value_t = 4096)]
     pub worker_queue: usize,
 
-    /// Interval of WebSocket pings to each client.
-    #[arg(long, env = "GATEWAY_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    /// Interval of WebSocket pings to each client. Browsers answer them by themselves.
+    #[arg(long, env = "GATEWAY_PING_INTERVAL", help_heading = TIMERS, default_value = "25s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
 
-    /// A client that sends nothing (not even a pong) for this long is closed with code 4000.
-    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    /// A client from which nothing at all (no message, no pong) arrives for this long is idle. Keep
+    /// it above `--ping-interval`.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", help_heading = TIMERS, default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
-    /// A write to a client that makes no progress for this long closes it as a slow consumer.
-    #[arg(long, env = "GATEWAY_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Time one step of a write to a client may take: handing one frame to the socket, or the final
+    /// flush. A client that reads slowly but steadily is never cut off, however long the whole
+    /// batch takes.
+    #[arg(long, env = "GATEWAY_WRITE_TIMEOUT", help_heading = TIMERS, default_value = "10s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
 
-    /// Time a new TCP connection has to complete the WebSocket handshake.
-    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Time a new TCP connection has to complete the WebSocket handshake (with `--tls-cert`, the
+    /// TLS handshake and the WebSocket handshake together).
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", help_heading = TIMERS, default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 
-    /// Most client connections this process holds at once, those still in the handshake
-    /// included. Over it, a new connection's upgrade is answered HTTP 503.
-    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 100_000)]
+    /// Client connections this process holds at once, those still in the WebSocket handshake
+    /// included (`client_sockets`). Keep it below the process's file-descriptor limit (`ulimit
+    /// -n`), which also covers the broker link and admin connections.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", help_heading = CLIENT_LIMITS, default_value_t = 100_000)]
     pub max_connections: usize,
 
-    /// Most connections from one client address at once (IPv6: one /64 network); 0 = no limit.
-    /// Over it, a new connection's upgrade is answered HTTP 503.
-    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    /// Connections from one client address at once, handshakes included. IPv4-mapped IPv6 addresses
+    /// count as IPv4; IPv6 addresses count by their /64 network, which one host usually holds
+    /// whole. `0`: no limit. Behind a reverse proxy every client has the proxy's address: set `0`
+    /// there and limit at the proxy.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_IP", help_heading = CLIENT_LIMITS, default_value_t = 1000)]
     pub max_connections_per_ip: usize,
 
-    /// Text and binary frames one connection may send per second, on average; 0 = no limit.
-    /// A frame over the rate is not executed and gets a `rate_limited` error reply.
-    #[arg(long, env = "GATEWAY_MAX_MESSAGES_PER_SECOND", default_value_t = 100)]
+    /// Average rate of text and binary frames one connection may send: a token bucket per
+    /// connection, `--message-burst` frames deep, refilled at this rate. Pings, pongs and close
+    /// frames do not count; a message sent in fragments counts once. `0`: no limit; at most
+    /// 1000000. The admin API's `POST /api/publish` is not limited.
+    #[arg(long, env = "GATEWAY_MAX_MESSAGES_PER_SECOND", help_heading = CLIENT_LIMITS, default_value_t = 100)]
     pub max_messages_per_second: u32,
 
-    /// Frames a connection may send in a burst above the average rate (the bucket size).
-    #[arg(long, env = "GATEWAY_MESSAGE_BURST", default_value_t = 200)]
+    /// Frames a connection may send at once, beyond the average rate; a connection that has been
+    /// quiet for `message-burst` / `max-messages-per-second` seconds has the whole burst again. At
+    /// least 1 when the rate is limited.
+    #[arg(long, env = "GATEWAY_MESSAGE_BURST", help_heading = CLIENT_LIMITS, default_value_t = 200)]
     pub message_burst: u32,
 
-    /// Rate-limited frames a connection may send before it is closed with 1008; the count
-    /// restarts after a second without one.
-    #[arg(long, env = "GATEWAY_RATE_LIMIT_STRIKES", default_value_t = 100)]
+    /// Rate-limited frames a connection is forgiven. The count restarts only when a whole second
+    /// passes without a rate-limited frame, so a client that slows down is forgiven, and one that
+    /// keeps sending over the rate is not, even though some of its frames get through. `0`: the
+    /// first rate-limited frame closes the connection.
+    #[arg(long, env = "GATEWAY_RATE_LIMIT_STRIKES", help_heading = CLIENT_LIMITS, default_value_t = 100)]
     pub rate_limit_strikes: u32,
 
     /// Control frames (ping, pong) and continuation frames one connection may send per second,
@@ -100,66 +130,139 @@ pub struct GatewayConfig {
     #[arg(
         long,
         env = "GATEWAY_MAX_CONTROL_FRAMES_PER_SECOND",
+        help_heading = CLIENT_LIMITS,
         default_value_t = 1000
     )]
     pub max_control_frames_per_second: u32,
 
-    /// Origins browsers may connect from (comma-separated or repeated), such as
-    /// https://example.com; `*` allows any. Unset: any. Other origins get HTTP 403; handshakes
-    /// without an Origin header (not browsers) are always accepted.
-    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    /// Web origins whose pages may open connections, as browsers send them in the `Origin` header:
+    /// `scheme://host[:port]`, such as `https://example.com` or `http://127.0.0.1:9090`; several
+    /// are comma-separated or the flag repeated (in the file, an array of strings). Compared
+    /// ignoring case; a default port (`:443` for https, `:80` for http) and a trailing `/` are
+    /// dropped. `*` allows any. Unset, any web page a user visits can open connections from their
+    /// browser and join and send to groups as that page likes: set it whenever browsers connect. A
+    /// handshake without an `Origin` header is always accepted, since it does not come from a web
+    /// page: this keeps other sites' pages out, not other programs.
+    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", help_heading = CLIENT_LIMITS, value_delimiter = ',')]
     pub allowed_origins: Vec<AllowedOrigin>,
 
-    /// Read buffer per connection, in bytes (tokio-tungstenite's default of 128 KiB is far too
-    /// much for many mostly idle connections). Larger messages still arrive whole: the buffer
-    /// grows for them.
-    #[arg(long, env = "GATEWAY_WS_READ_BUFFER", default_value_t = 1024)]
+    /// Read buffer per connection, in bytes; most of an idle connection's memory (see
+    /// BENCHMARKS.md). Not a limit: larger messages are read in several steps.
+    #[arg(long, env = "GATEWAY_WS_READ_BUFFER", help_heading = CLIENT_LIMITS, default_value_t = 1024)]
     pub ws_read_buffer: usize,
 
-    /// Bytes of outgoing frames buffered per connection before they are written to the socket.
-    #[arg(long, env = "GATEWAY_WS_WRITE_BUFFER", default_value_t = 8192)]
+    /// Bytes of outgoing frames gathered per connection before they are written to the socket. Not
+    /// a limit on message size.
+    #[arg(long, env = "GATEWAY_WS_WRITE_BUFFER", help_heading = CLIENT_LIMITS, default_value_t = 8192)]
     pub ws_write_buffer: usize,
 
-    /// Largest broker link frame sent or accepted, in bytes.
-    #[arg(long, env = "GATEWAY_LINK_MAX_FRAME_SIZE", default_value_t = DEFAULT_MAX_FRAME_SIZE)]
+    /// Largest broker link frame sent or accepted, in bytes. Also the embedded broker's. Must hold
+    /// the largest group id plus the largest message plus 64 bytes.
+    #[arg(long, env = "GATEWAY_LINK_MAX_FRAME_SIZE", help_heading = BROKER_LINK, default_value_t = DEFAULT_MAX_FRAME_SIZE)]
     pub link_max_frame_size: usize,
 
-    /// Publishes queued for the broker link; when full, further publishes to other gateways are
-    /// dropped and counted (local members still receive them).
-    #[arg(long, env = "GATEWAY_LINK_QUEUE", default_value_t = 65_536)]
+    /// Publishes queued for the broker link.
+    #[arg(long = "link-queue-frames",
+        value_name = "LINK_QUEUE_FRAMES", env = "GATEWAY_LINK_QUEUE_FRAMES", help_heading = BROKER_LINK, default_value_t = 65_536)]
     pub link_queue: usize,
 
-    /// Interval of heartbeat pings on the broker link.
-    #[arg(long, env = "GATEWAY_LINK_PING_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// Bytes of publishes queued for the broker link (counted when a publish is queued, released
+    /// once the link has written it); bounds the memory a broker that does not read can hold.
+    #[arg(long, env = "GATEWAY_LINK_QUEUE_BYTES", help_heading = BROKER_LINK, default_value_t = DEFAULT_LINK_QUEUE_BYTES_TO_BROKER)]
+    pub link_queue_bytes: usize,
+
+    /// Interval of heartbeat pings on the broker link; silence is checked at each one.
+    #[arg(long, env = "GATEWAY_LINK_PING_INTERVAL", help_heading = BROKER_LINK, default_value = "5s", value_parser = humantime::parse_duration)]
     pub link_ping_interval: Duration,
 
-    /// A broker link silent for this long is considered dead and reconnected; so is one whose
-    /// writes stay blocked past that point (a half-open link with full socket buffers).
-    #[arg(long, env = "GATEWAY_LINK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    /// A link on which nothing arrives from the broker for this long is dead (noticed at the next
+    /// heartbeat, so within `link-idle-timeout` + `link-ping-interval`; or as soon as a write to
+    /// the broker blocks past `link-idle-timeout` since the last frame heard, as when a half-open
+    /// link fills the socket buffers).
+    #[arg(long = "link-idle-timeout",
+        value_name = "LINK_IDLE_TIMEOUT", env = "GATEWAY_LINK_IDLE_TIMEOUT", help_heading = BROKER_LINK, default_value = "15s", value_parser = humantime::parse_duration)]
     pub link_timeout: Duration,
 
-    /// Time allowed to connect to the broker: TCP, the TLS handshake (with --broker-tls), the
-    /// hellos and the link authentication.
-    #[arg(long, env = "GATEWAY_LINK_CONNECT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    /// Time to connect to the broker and exchange hellos (with `--broker-tls`, the TLS handshake
+    /// too; with a link secret, until the broker has accepted the answer to its challenge).
+    #[arg(long, env = "GATEWAY_LINK_CONNECT_TIMEOUT", help_heading = BROKER_LINK, default_value = "3s", value_parser = humantime::parse_duration)]
     pub link_connect_timeout: Duration,
 
-    /// First reconnect delay after the broker link drops; doubles up to the maximum, with jitter,
-    /// and returns to this once a link has stayed up for the maximum (at least 1 s).
-    #[arg(long, env = "GATEWAY_RECONNECT_MIN", default_value = "100ms", value_parser = humantime::parse_duration)]
+    /// Backoff after the first failed or lost link; it doubles after each failure up to
+    /// `--reconnect-max`, and returns to this once a link has stayed up for at least
+    /// `--reconnect-max` (and at least 1 s), so a broker that accepts and then drops the link is
+    /// not hammered. Each wait is random between half the backoff and the backoff.
+    #[arg(long, env = "GATEWAY_RECONNECT_MIN", help_heading = BROKER_LINK, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub reconnect_min: Duration,
 
-    /// Largest reconnect delay. It bounds how long after a broker comes back the gateway
-    /// notices, however long the outage was: the default keeps resumption under 2 s.
-    #[arg(long, env = "GATEWAY_RECONNECT_MAX", default_value = "1s", value_parser = humantime::parse_duration)]
+    /// Largest backoff. Must be at least `--reconnect-min`. After an outage of any length, the
+    /// gateway tries again at least this often, so it is back within about this long after the
+    /// broker is (each attempt against a stopped broker is one refused TCP connect).
+    #[arg(long, env = "GATEWAY_RECONNECT_MAX", help_heading = BROKER_LINK, default_value = "1s", value_parser = humantime::parse_duration)]
     pub reconnect_max: Duration,
 
-    /// How long shutdown waits for queued messages to be written before closing clients.
-    #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// On SIGTERM or Ctrl-C the gateway stops accepting (the listener is closed, so new connections
+    /// are refused by the system, and handshakes in progress are dropped), delivers what the
+    /// workers' inboxes already hold to the connections' queues, and then gives each connection
+    /// this long to write its queue before it is closed with code 1001.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT", help_heading = TIMERS, default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
-    /// Name of this gateway on the broker link, for logs. Default: gateway-<pid>.
-    #[arg(long, env = "GATEWAY_NODE_NAME")]
+    /// This gateway's name in its hello to the broker, which logs it.
+    #[arg(long, env = "GATEWAY_NODE_NAME", help_heading = BROKER_LINK)]
     pub node_name: Option<String>,
+
+    #[command(flatten, next_help_heading = "Embedded broker")]
+    pub embedded_broker: EmbeddedBrokerConfig,
+}
+
+/// Settings of the embedded broker's server side, named as the `broker` binary names them (its
+/// `--link-*` queue and idle settings with `broker-` in front, since here `--link-*` is this
+/// gateway's end of its link). Its frame size is `--link-max-frame-size` and its shutdown
+/// timeout `--shutdown-timeout`, shared with the rest of the process.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EmbeddedBrokerConfig {
+    /// Time a new link to the embedded broker has to send its hello (and, with a link secret,
+    /// its auth frame; with TLS, the TLS handshake has this long too).
+    #[arg(long, env = "GATEWAY_BROKER_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub broker_handshake_timeout: Duration,
+
+    /// Frames the embedded broker queues for one gateway link before it counts as a slow
+    /// consumer and is disconnected.
+    #[arg(long, env = "GATEWAY_BROKER_LINK_QUEUE_FRAMES", default_value_t = DEFAULT_LINK_QUEUE_FRAMES)]
+    pub broker_link_queue_frames: usize,
+
+    /// Bytes of frames the embedded broker queues for one gateway link before it counts as a
+    /// slow consumer and is disconnected.
+    #[arg(long, env = "GATEWAY_BROKER_LINK_QUEUE_BYTES", default_value_t = DEFAULT_LINK_QUEUE_BYTES)]
+    pub broker_link_queue_bytes: usize,
+
+    /// A link that sends the embedded broker nothing, not even a ping, for this long is closed.
+    #[arg(long, env = "GATEWAY_BROKER_LINK_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub broker_link_idle_timeout: Duration,
+
+    /// Channels (groups) one link may be subscribed to at once on the embedded broker;
+    /// subscriptions past it are refused (the link is told which) and the link stays.
+    #[arg(long, env = "GATEWAY_BROKER_MAX_CHANNELS_PER_LINK", default_value_t = DEFAULT_MAX_CHANNELS_PER_LINK)]
+    pub broker_max_channels_per_link: usize,
+
+    /// Longest channel name (group id) the embedded broker takes, in bytes. Default: the larger
+    /// of 1024 and `--max-group-id-len`, so it never refuses a group this gateway accepts.
+    #[arg(long, env = "GATEWAY_BROKER_MAX_CHANNEL_LEN")]
+    pub broker_max_channel_len: Option<usize>,
+}
+
+impl Default for EmbeddedBrokerConfig {
+    fn default() -> Self {
+        EmbeddedBrokerConfig {
+            broker_handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            broker_link_queue_frames: DEFAULT_LINK_QUEUE_FRAMES,
+            broker_link_queue_bytes: DEFAULT_LINK_QUEUE_BYTES,
+            broker_link_idle_timeout: DEFAULT_LINK_IDLE_TIMEOUT,
+            broker_max_channels_per_link: DEFAULT_MAX_CHANNELS_PER_LINK,
+            broker_max_channel_len: None,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -193,6 +296,32 @@ impl GatewayConfig {
             .unwrap_or_else(|| format!("gateway-{}", std::process::id()))
     }
 
+    /// The embedded broker's settings: [`EmbeddedBrokerConfig`], and the frame size and
+    /// shutdown timeout of the whole process.
+    pub fn embedded_broker_config(&self) -> BrokerConfig {
+        let EmbeddedBrokerConfig {
+            broker_handshake_timeout,
+            broker_link_queue_frames,
+            broker_link_queue_bytes,
+            broker_link_idle_timeout,
+            broker_max_channels_per_link,
+            broker_max_channel_len,
+        } = self.embedded_broker;
+        BrokerConfig {
+            max_frame_size: self.link_max_frame_size,
+            link_queue_frames: broker_link_queue_frames,
+            link_queue_bytes: broker_link_queue_bytes,
+            link_idle_timeout: broker_link_idle_timeout,
+            handshake_timeout: broker_handshake_timeout,
+            max_channels_per_link: broker_max_channels_per_link,
+            // Group ids are the broker's channel names: by default never refuse one the gateway
+            // accepts.
+            max_channel_len: broker_max_channel_len
+                .unwrap_or(self.max_group_id_len.max(DEFAULT_MAX_CHANNEL_LEN)),
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+
     /// Rejects settings that cannot work, naming the setting.
     pub fn validate(&self) -> Result<(), String> {
         let workers = self.worker_count();
@@ -208,7 +337,16 @@ impl GatewayConfig {
             ("outbound-queue-bytes", self.outbound_queue_bytes),
             ("worker-queue", self.worker_queue),
             ("ws-read-buffer", self.ws_read_buffer),
-            ("link-queue", self.link_queue),
+            ("link-queue-frames", self.link_queue),
+            ("link-queue-bytes", self.link_queue_bytes),
+            (
+                "broker-link-queue-frames",
+                self.embedded_broker.broker_link_queue_frames,
+            ),
+            (
+                "broker-link-queue-bytes",
+                self.embedded_broker.broker_link_queue_bytes,
+            ),
             ("max-connections", self.max_connections),
         ];
         for (name, value) in positive {
@@ -222,7 +360,15 @@ impl GatewayConfig {
             ("handshake-timeout", self.handshake_timeout),
             ("write-timeout", self.write_timeout),
             ("link-ping-interval", self.link_ping_interval),
-            ("link-timeout", self.link_timeout),
+            ("link-idle-timeout", self.link_timeout),
+            (
+                "broker-handshake-timeout",
+                self.embedded_broker.broker_handshake_timeout,
+            ),
+            (
+                "broker-link-idle-timeout",
+                self.embedded_broker.broker_link_idle_timeout,
+            ),
             ("link-connect-timeout", self.link_connect_timeout),
             ("reconnect-min", self.reconnect_min),
         ];
@@ -259,6 +405,13 @@ impl GatewayConfig {
             || self.max_message_size + self.max_group_id_len + 64 > self.link_max_frame_size
         {
             return Err("link-max-frame-size must hold the largest group id and message".into());
+        }
+        if let Some(len) = self.embedded_broker.broker_max_channel_len {
+            if len == 0 || len + 16 > self.link_max_frame_size {
+                return Err(
+                    "broker-max-channel-len must be at least 1 and fit in a link frame".into(),
+                );
+            }
         }
         Ok(())
     }

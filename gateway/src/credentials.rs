@@ -1,5 +1,6 @@
-//! The gateway's security settings: the broker link's secret and TLS, TLS for WebSocket clients
-//! (wss), and signed join tokens ([`crate::edge::join_token`]).
+//! The gateway's security settings: the broker link's secret and TLS, TLS on the embedded
+//! broker's listener, TLS for WebSocket clients (wss), and signed join tokens
+//! ([`crate::edge::join_token`]).
 //!
 //! [`SecurityArgs`] are the `gateway` binary's flags; [`SecurityArgs::load`] reads the files
 //! they name and checks that they fit together, so a bad certificate, key or secret stops
@@ -15,7 +16,7 @@ use protocol::link_auth::LinkSecret;
 use server_kit::secret::{check_exposure, load_secret, parse_secret, ExposeSecret, SecretString};
 use server_kit::tls::TlsError;
 use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::{ClientConfig, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::edge::join_token::{JoinTokenError, JoinTokens};
@@ -25,6 +26,9 @@ use crate::edge::join_token::{JoinTokenError, JoinTokens};
 pub struct Security {
     pub link: LinkSecurity,
     pub clients: ClientSecurity,
+    /// When set, the embedded broker's listener speaks TLS (the gateway's own link to it then
+    /// needs [`LinkSecurity::tls`]).
+    pub embedded_broker_tls: Option<Arc<ServerConfig>>,
 }
 
 /// How the gateway proves itself to the broker and checks who the broker is.
@@ -97,8 +101,9 @@ pub enum SecurityError {
 /// The `gateway` binary's security flags (docs/configuration.md, "Security").
 #[derive(Debug, Clone, clap::Args)]
 pub struct SecurityArgs {
-    /// Shared secret of the broker link (at least 16 bytes): answers the broker's challenge, and
-    /// is required of other gateways by the embedded broker. Prefer --link-secret-file.
+    /// Shared secret of the broker link, at least 16 bytes. The gateway answers the broker's
+    /// challenge with it (docs/protocol.md, "Link authentication"); the embedded broker requires it
+    /// of every gateway that links to it. Not with `--link-secret-file`.
     #[arg(
         long,
         env = "GATEWAY_LINK_SECRET",
@@ -112,11 +117,13 @@ pub struct SecurityArgs {
     #[arg(long, env = "GATEWAY_LINK_SECRET_FILE", value_name = "FILE")]
     pub link_secret_file: Option<PathBuf>,
 
-    /// Allow the embedded broker on a non-loopback --broker-listen without a link secret.
+    /// Allows the embedded broker to listen on a non-loopback `--broker-listen` without a link
+    /// secret.
     #[arg(long, env = "GATEWAY_INSECURE")]
     pub insecure: bool,
 
-    /// PEM certificate chain: WebSocket clients connect with TLS (wss://). Needs --tls-key.
+    /// PEM certificate chain (leaf first) for WebSocket clients: with it the client listener speaks
+    /// TLS only (`wss://`). Needs `--tls-key`.
     #[arg(
         long,
         env = "GATEWAY_TLS_CERT",
@@ -125,7 +132,7 @@ pub struct SecurityArgs {
     )]
     pub tls_cert: Option<PathBuf>,
 
-    /// PEM private key of --tls-cert.
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
     #[arg(
         long,
         env = "GATEWAY_TLS_KEY",
@@ -134,12 +141,32 @@ pub struct SecurityArgs {
     )]
     pub tls_key: Option<PathBuf>,
 
-    /// Connect to the --broker with TLS. Needs --broker-ca.
+    /// PEM certificate chain (leaf first): the embedded broker's listener speaks TLS only. Needs
+    /// `--broker-tls-key`, and `--broker-tls --broker-ca` for this gateway's own link to it.
+    #[arg(
+        long,
+        env = "GATEWAY_BROKER_TLS_CERT",
+        value_name = "FILE",
+        requires = "broker_tls_key"
+    )]
+    pub broker_tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--broker-tls-cert`.
+    #[arg(
+        long,
+        env = "GATEWAY_BROKER_TLS_KEY",
+        value_name = "FILE",
+        requires = "broker_tls_cert"
+    )]
+    pub broker_tls_key: Option<PathBuf>,
+
+    /// Connect to `--broker` with TLS, verifying its certificate against `--broker-ca`. Needs
+    /// `--broker` and `--broker-ca`.
     #[arg(long, env = "GATEWAY_BROKER_TLS", requires = "broker_ca")]
     pub broker_tls: bool,
 
-    /// PEM file of the CA certificates that may sign the broker's certificate (no system roots
-    /// are used).
+    /// PEM file of the CA certificates trusted to sign the broker's certificate. No system roots
+    /// are used.
     #[arg(
         long,
         env = "GATEWAY_BROKER_CA",
@@ -148,17 +175,17 @@ pub struct SecurityArgs {
     )]
     pub broker_ca: Option<PathBuf>,
 
-    /// Name the broker's certificate must carry. Default: the host part of --broker.
+    /// DNS name or IP address the broker's certificate must carry.
     #[arg(long, env = "GATEWAY_BROKER_TLS_NAME", requires = "broker_tls")]
     pub broker_tls_name: Option<String>,
 
-    /// Clients must present a signed join token (?token= in the URL or an auth command) to join
-    /// or send, and may only join and send where it allows. Needs --join-token-secret or
-    /// --join-token-public-key.
+    /// Clients must present a signed join token (docs/protocol.md, "Join tokens") to join or send,
+    /// and may join and send only where it allows. Needs one of the three keys below; a key without
+    /// this flag stops startup.
     #[arg(long, env = "GATEWAY_REQUIRE_JOIN_TOKEN")]
     pub require_join_token: bool,
 
-    /// HS256 key of join tokens (at least 32 bytes). Prefer --join-token-secret-file.
+    /// HS256 key of join tokens, at least 32 bytes. Not with `--join-token-secret-file`.
     #[arg(
         long,
         env = "GATEWAY_JOIN_TOKEN_SECRET",
@@ -168,11 +195,13 @@ pub struct SecurityArgs {
     )]
     pub join_token_secret: Option<SecretString>,
 
-    /// File holding the HS256 key of join tokens (one trailing newline is ignored).
+    /// File holding the HS256 key (one trailing newline is ignored).
     #[arg(long, env = "GATEWAY_JOIN_TOKEN_SECRET_FILE", value_name = "FILE")]
     pub join_token_secret_file: Option<PathBuf>,
 
-    /// PEM public key (RSA for RS256, EC P-256 for ES256) that verifies join tokens.
+    /// PEM public key that verifies RS256 (an RSA key) or ES256 (an EC P-256 key) join tokens, for
+    /// token issuers that keep the private key to themselves. May be combined with a secret: each
+    /// token is checked with the key of its `alg`.
     #[arg(long, env = "GATEWAY_JOIN_TOKEN_PUBLIC_KEY", value_name = "FILE")]
     pub join_token_public_key: Option<PathBuf>,
 }
@@ -199,12 +228,35 @@ impl SecurityArgs {
                 "GATEWAY",
             )?;
         }
-        let link_tls = match (self.broker_tls, broker, &self.broker_ca) {
+        if self.broker_tls_cert.is_some() && broker.is_some() {
+            return Err(SecurityError::Invalid(
+                "--broker-tls-cert is for the embedded broker, which does not run with --broker"
+                    .into(),
+            ));
+        }
+        if self.broker_tls_cert.is_some() && !self.broker_tls {
+            return Err(SecurityError::Invalid(
+                "--broker-tls-cert needs --broker-tls and --broker-ca: this gateway links to its \
+                 embedded broker with TLS too"
+                    .into(),
+            ));
+        }
+        let embedded_tls = match (&self.broker_tls_cert, &self.broker_tls_key) {
+            (Some(cert), Some(key)) => Some(server_kit::tls::server_config(cert, key)?),
+            _ => None,
+        };
+        // The embedded broker is dialed at its listen address.
+        let embedded_addr = broker_listen.to_string();
+        let target = match broker {
+            Some(broker) => Some(broker),
+            None if embedded_tls.is_some() => Some(embedded_addr.as_str()),
+            None => None,
+        };
+        let link_tls = match (self.broker_tls, target, &self.broker_ca) {
             (false, _, _) => None,
             (true, None, _) => {
                 return Err(SecurityError::Invalid(
-                    "--broker-tls needs --broker: the embedded broker's link is plain TCP on \
-                     loopback"
+                    "--broker-tls needs --broker, or --broker-tls-cert for the embedded broker"
                         .into(),
                 ))
             }
@@ -213,10 +265,10 @@ impl SecurityArgs {
                     "--broker-tls needs --broker-ca (no system CA roots are used)".into(),
                 ))
             }
-            (true, Some(broker), Some(ca)) => {
+            (true, Some(target), Some(ca)) => {
                 let name = match &self.broker_tls_name {
                     Some(name) => name.clone(),
-                    None => host_of(broker).to_owned(),
+                    None => host_of(target).to_owned(),
                 };
                 Some(BrokerTls::new(server_kit::tls::client_config(ca)?, &name)?)
             }
@@ -236,6 +288,7 @@ impl SecurityArgs {
                 tls,
                 join_tokens: self.join_tokens()?,
             },
+            embedded_broker_tls: embedded_tls,
         })
     }
 
@@ -384,6 +437,37 @@ mod tests {
         assert!(
             e.contains("at least 32 bytes") && !e.contains("too-short"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn tls_on_the_embedded_broker_needs_tls_on_the_link_to_it() {
+        let cert = ["--broker-tls-cert", "/nonexistent/cert.pem"];
+        let key = ["--broker-tls-key", "/nonexistent/key.pem"];
+        let with_broker = error(
+            &[&cert[..], &key[..]].concat(),
+            Some("b:2206"),
+            "127.0.0.1:2206",
+        );
+        assert!(
+            with_broker.contains("does not run with --broker"),
+            "{with_broker}"
+        );
+        let no_link_tls = error(&[&cert[..], &key[..]].concat(), None, "127.0.0.1:2206");
+        assert!(
+            no_link_tls.contains("needs --broker-tls and --broker-ca"),
+            "{no_link_tls}"
+        );
+        let files = [
+            &cert[..],
+            &key[..],
+            &["--broker-tls", "--broker-ca", "/nonexistent/ca.pem"],
+        ];
+        let bad_file = error(&files.concat(), None, "127.0.0.1:2206");
+        assert!(bad_file.contains("/nonexistent/cert.pem"), "{bad_file}");
+        assert!(
+            Cli::try_parse_from(["gateway", "--broker-tls-cert", "c.pem"]).is_err(),
+            "needs a key"
         );
     }
 

@@ -126,17 +126,13 @@ impl GatewayBuilder {
     }
 
     /// Runs a broker in this process on `listener`, for this gateway and any other that joins
-    /// it there (they must know the same link secret), with limits that fit this gateway's.
+    /// it there (they must know the same link secret), with the settings of
+    /// [`GatewayConfig::embedded_broker_config`]. With [`Security::embedded_broker_tls`] it
+    /// speaks TLS, and this gateway's own link to it needs [`LinkSecurity::tls`] too.
+    ///
+    /// [`LinkSecurity::tls`]: crate::credentials::LinkSecurity::tls
     pub fn embedded_broker(self, listener: TcpListener) -> Self {
-        let config = BrokerConfig {
-            max_frame_size: self.config.link_max_frame_size,
-            // Group ids are the broker's channel names: never refuse one the gateway accepts.
-            max_channel_len: self
-                .config
-                .max_group_id_len
-                .max(broker::config::DEFAULT_MAX_CHANNEL_LEN),
-            ..BrokerConfig::default()
-        };
+        let config = self.config.embedded_broker_config();
         self.embedded_broker_with(listener, config)
     }
 
@@ -180,9 +176,16 @@ impl GatewayBuilder {
                 )
             }
             BusChoice::Embedded(listener, broker_config) => {
+                if security.embedded_broker_tls.is_some() != security.link.tls.is_some() {
+                    return Err(GatewayError::Config(
+                        "the embedded broker speaks TLS only with its link to this gateway \
+                         (--broker-tls-cert with --broker-tls and --broker-ca)"
+                            .into(),
+                    ));
+                }
                 let broker_security = BrokerSecurity {
                     link_secret: security.link.secret.clone(),
-                    tls: None,
+                    tls: security.embedded_broker_tls.clone(),
                 };
                 let broker = Broker::with_security(broker_config, broker_security)
                     .map_err(|e| GatewayError::Config(format!("embedded broker: {e}")))?;

@@ -1,21 +1,21 @@
 //! `gateway`: the WebSocket server. `gateway` alone is a whole system: the broker runs embedded
 //! and listens on `--broker-listen` (127.0.0.1:2206) so other gateways can join it. With
 //! `--broker HOST:PORT` it uses a standalone broker instead. `gateway --help` lists every setting;
-//! each also reads an environment variable. Security (link secret, TLS, join tokens) is off by
-//! default, as in the original; README's "Security" section says how to deploy safely.
+//! each also reads an environment variable, `GATEWAY_` and the flag's name. Security (link
+//! secret, TLS, join tokens) is off by default, as in the original; README's "Security" section
+//! says how to deploy safely. [`ALIASES`] are the names of the previous release.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use anyhow::Context;
 use clap::Parser;
 use gateway::credentials::SecurityArgs;
 use gateway::{Gateway, GatewayConfig};
-use server_kit::admin_http::serve_admin;
+use server_kit::admin_http::{serve_admin, AdminAddr};
 use server_kit::listen::bind_logged;
 use server_kit::logging::{init_tracing, LogFormat};
-use server_kit::settings::parse_cli;
+use server_kit::settings::{parse_cli, Aliases, Parsed, Renamed};
 use server_kit::shutdown::cancel_on_signals;
 use tokio_util::sync::CancellationToken;
 
@@ -24,59 +24,95 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     /// TOML file of settings keyed by long flag name (docs/configuration.md); flags and
     /// environment variables override it.
-    #[arg(long = "config", env = "GATEWAY_CONFIG", value_name = "FILE")]
+    #[arg(
+        long = "config",
+        env = "GATEWAY_CONFIG",
+        value_name = "FILE",
+        help_heading = "Addresses and process"
+    )]
     config_file: Option<PathBuf>,
 
-    /// Address clients connect to (WebSocket). Bound with SO_REUSEPORT: several gateway processes
-    /// may share it.
-    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:1234")]
+    /// Address clients connect to (WebSocket). Bound with `SO_REUSEPORT`, so several gateway
+    /// processes can share it.
+    #[arg(
+        long,
+        env = "GATEWAY_LISTEN",
+        default_value = "0.0.0.0:1234",
+        help_heading = "Addresses and process"
+    )]
     listen: SocketAddr,
 
-    /// A standalone broker to use ("host:port"). Without it the broker runs in this process.
-    #[arg(long, env = "GATEWAY_BROKER")]
-    broker: Option<String>,
-
-    /// Where the embedded broker listens for other gateways (ignored with --broker).
-    #[arg(long, env = "GATEWAY_BROKER_LISTEN", default_value = "127.0.0.1:2206")]
-    broker_listen: SocketAddr,
-
-    /// Admin HTTP address (/healthz, /readyz, /metrics, /api/stats, /api/publish), or "off".
-    /// A non-loopback address requires --api-token.
-    #[arg(long, env = "GATEWAY_ADMIN", default_value = "127.0.0.1:9090")]
+    /// Admin HTTP address (`/healthz`, `/readyz`, `/metrics`, `/api/stats`, `/api/publish`), or
+    /// `off`.
+    #[arg(
+        long,
+        env = "GATEWAY_ADMIN",
+        default_value = "127.0.0.1:9090",
+        help_heading = "Admin API"
+    )]
     admin: AdminAddr,
 
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Admin API")]
     admin_api: gateway::admin::AdminConfig,
-
-    /// Log format on stderr. RUST_LOG sets the level (default info).
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
-    log_format: LogFormat,
-
-    #[command(flatten)]
-    security: SecurityArgs,
 
     #[command(flatten)]
     config: GatewayConfig,
+
+    /// A standalone broker (`host:port`). Unset: the broker runs embedded in this process.
+    #[arg(long, env = "GATEWAY_BROKER", help_heading = "Broker link")]
+    broker: Option<String>,
+
+    /// Where the embedded broker listens for other gateways. Ignored with `--broker`.
+    #[arg(
+        long,
+        env = "GATEWAY_BROKER_LISTEN",
+        default_value = "127.0.0.1:2206",
+        help_heading = "Embedded broker"
+    )]
+    broker_listen: SocketAddr,
+
+    #[command(flatten, next_help_heading = "Security")]
+    security: SecurityArgs,
+
+    /// Log format on stderr: `text`, human-readable lines (coloured only when stderr is a
+    /// terminal), or `json`, one JSON object per line. `RUST_LOG` sets the level (default
+    /// `info`).
+    #[arg(
+        long,
+        env = "GATEWAY_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        help_heading = "Logs"
+    )]
+    log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct AdminAddr(Option<SocketAddr>);
-
-impl FromStr for AdminAddr {
-    type Err = std::net::AddrParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.eq_ignore_ascii_case("off") {
-            return Ok(AdminAddr(None));
-        }
-        s.parse().map(|addr| AdminAddr(Some(addr)))
-    }
-}
+/// The names of the previous release, accepted and logged as deprecated.
+const ALIASES: Aliases = Aliases {
+    env_prefix: "GATEWAY",
+    flags: &[
+        Renamed {
+            old: "link-queue",
+            new: "link-queue-frames",
+        },
+        Renamed {
+            old: "link-timeout",
+            new: "link-idle-timeout",
+        },
+    ],
+    env_vars: &[Renamed {
+        old: "LOG_FORMAT",
+        new: "GATEWAY_LOG_FORMAT",
+    }],
+};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let cli: Cli = parse_cli()?;
+    let Parsed { cli, deprecated } = parse_cli::<Cli>(&ALIASES)?;
     init_tracing(cli.log_format);
+    for used in &deprecated {
+        used.warn();
+    }
     if let Some(path) = &cli.config_file {
         tracing::info!(path = %path.display(), "settings read from config file");
     }
@@ -163,5 +199,97 @@ mod tests {
         if let Err(problem) = result {
             panic!("{problem}");
         }
+    }
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Parsed<Cli> {
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| std::ffi::OsString::from(v))
+        };
+        server_kit::settings::try_parse_with(
+            std::iter::once("gateway").chain(args.iter().copied()),
+            lookup,
+            &ALIASES,
+        )
+        .expect("parses")
+    }
+
+    /// Each old name (flag and environment variable) sets its new setting, and is reported.
+    #[test]
+    fn each_old_name_sets_its_new_setting() {
+        for (args, env) in [
+            (&["--link-queue", "77"][..], &[][..]),
+            (&["--link-queue=77"], &[]),
+            (&[], &[("GATEWAY_LINK_QUEUE", "77")]),
+        ] {
+            let parsed = parse(args, env);
+            assert_eq!(parsed.cli.config.link_queue, 77, "{args:?} {env:?}");
+            assert_eq!(parsed.deprecated.len(), 1);
+        }
+        for (args, env) in [
+            (&["--link-timeout", "7s"][..], &[][..]),
+            (&[], &[("GATEWAY_LINK_TIMEOUT", "7s")]),
+        ] {
+            let parsed = parse(args, env);
+            assert_eq!(
+                parsed.cli.config.link_timeout,
+                std::time::Duration::from_secs(7)
+            );
+            assert_eq!(parsed.deprecated.len(), 1);
+        }
+        let parsed = parse(&[], &[("LOG_FORMAT", "json")]);
+        assert_eq!(parsed.cli.log_format, LogFormat::Json);
+        assert_eq!(parsed.deprecated[0].new, "GATEWAY_LOG_FORMAT");
+        let parsed = parse(&["--log-format", "text"], &[("LOG_FORMAT", "json")]);
+        assert_eq!(
+            parsed.cli.log_format,
+            LogFormat::Text,
+            "a flag beats an old variable"
+        );
+    }
+
+    #[test]
+    fn every_embedded_broker_setting_reaches_the_broker() {
+        let cli = parse(
+            &[
+                "--broker-handshake-timeout=1s",
+                "--broker-link-queue-frames=2",
+                "--broker-link-queue-bytes=3",
+                "--broker-link-idle-timeout=4s",
+                "--broker-max-channels-per-link=5",
+                "--broker-max-channel-len=6",
+                "--link-max-frame-size=7777",
+                "--shutdown-timeout=8s",
+            ],
+            &[],
+        )
+        .cli;
+        let broker = cli.config.embedded_broker_config();
+        let s = std::time::Duration::from_secs;
+        assert_eq!(broker.handshake_timeout, s(1));
+        assert_eq!(broker.link_queue_frames, 2);
+        assert_eq!(broker.link_queue_bytes, 3);
+        assert_eq!(broker.link_idle_timeout, s(4));
+        assert_eq!(broker.max_channels_per_link, 5);
+        assert_eq!(broker.max_channel_len, 6);
+        assert_eq!(broker.max_frame_size, 7777);
+        assert_eq!(broker.shutdown_timeout, s(8));
+
+        // Unset, they are the broker's defaults, but for a channel name as long as a group id.
+        let cli = parse(&["--max-group-id-len=2000"], &[]).cli;
+        let broker = cli.config.embedded_broker_config();
+        let defaults = broker::BrokerConfig::default();
+        assert_eq!(broker.max_channel_len, 2000);
+        assert_eq!(
+            format!(
+                "{:?}",
+                broker::BrokerConfig {
+                    max_channel_len: 1024,
+                    ..broker
+                }
+            ),
+            format!("{defaults:?}")
+        );
     }
 }

@@ -29,6 +29,21 @@ pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The `--admin` setting of both binaries: an address, or `off` (any case) for no admin server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminAddr(pub Option<std::net::SocketAddr>);
+
+impl std::str::FromStr for AdminAddr {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(AdminAddr(None));
+        }
+        s.parse().map(|addr| AdminAddr(Some(addr)))
+    }
+}
+
 /// How long open connections may take to finish once shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 

@@ -1,18 +1,21 @@
 //! Checks that a binary's documentation says what its flags are: its example config file holds
 //! exactly the defaults and names every setting, and docs/configuration.md has a row for each
-//! flag with its environment variable and default. Only tests use it (feature `docs-check`).
+//! flag with its environment variable, its default and, word for word, its help text, and lists
+//! its environment variable. Only tests use it (feature `docs-check`).
 
 use std::ffi::OsString;
 use std::path::Path;
 
 use clap::{Command, Parser};
 
-use crate::settings::{try_parse_from, CONFIG_FLAG};
+use crate::settings::{env_case, env_var, try_parse_from, CONFIG_FLAG};
 
 /// What each binary's test checks: `docs/<bin>.example.toml` parses to exactly the defaults
 /// (once `without_config_file` clears the `--config` field itself) and lists every setting, and
 /// the `## <section>` part of `docs/configuration.md` has a row for every flag (see
-/// [`undocumented`]). `Err` says what is wrong.
+/// [`undocumented`]), and its `## Environment variables` table a row for each flag's variable,
+/// which is the binary's name in capitals, `_`, and the flag's (`BROKER_LINK_QUEUE_FRAMES`).
+/// `Err` says what is wrong.
 pub fn check_docs<C>(
     bin: &str,
     section: &str,
@@ -46,7 +49,13 @@ where
         .split("\n## ")
         .find(|s| s.starts_with(&format!("{section}\n")))
         .ok_or_else(|| format!("configuration.md has no `## {section}` section"))?;
-    let missing = undocumented(&C::command(), &read(&example)?, section);
+    let command = C::command();
+    let mut missing = undocumented(&command, &read(&example)?, section);
+    let env_section = reference
+        .split("\n## ")
+        .find(|s| s.starts_with("Environment variables\n"))
+        .ok_or("configuration.md has no `## Environment variables` section")?;
+    missing.extend(env_undocumented(&command, bin, env_section));
     if missing.is_empty() {
         Ok(())
     } else {
@@ -57,7 +66,9 @@ where
 /// What an example config file and a reference page fail to say about `command`'s settings:
 /// each flag's key must appear in `example_toml` (as `key =`, commented out or not), and
 /// `reference_md` must have a table row starting `` | `--flag` | `` that names the flag's
-/// environment variable and its default (each in backquotes). Tests call this so the
+/// environment variable and its default (each in backquotes), and whose fifth column
+/// ("meaning") is the flag's help text (its doc comment), up to line breaks and a final period.
+/// A row for a flag the command does not have is reported too. Tests call this so the
 /// documentation cannot fall behind the flags.
 pub fn undocumented(command: &Command, example_toml: &str, reference_md: &str) -> Vec<String> {
     let listed = |key: &str| {
@@ -97,8 +108,62 @@ pub fn undocumented(command: &Command, example_toml: &str, reference_md: &str) -
                 missing.push(format!("reference: `--{long}` defaults to `{default}`"));
             }
         }
+        let help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(|h| normalized(&h.to_string()))
+            .unwrap_or_default();
+        let cells: Vec<&str> = row.trim().trim_matches('|').split(" | ").collect();
+        let meaning = cells.get(4).map(|m| normalized(m)).unwrap_or_default();
+        if meaning != help {
+            missing.push(format!(
+                "reference: `--{long}` means what its help says:\n  help: {help}\n  docs: {meaning}"
+            ));
+        }
+    }
+    for line in reference_md.lines() {
+        let Some(long) = line
+            .strip_prefix("| `--")
+            .and_then(|rest| rest.split_once("` |"))
+            .map(|(long, _)| long)
+        else {
+            continue;
+        };
+        if !command.get_arguments().any(|a| a.get_long() == Some(long)) {
+            missing.push(format!("reference: row for `--{long}`, which is no flag"));
+        }
     }
     missing
+}
+
+/// What the `## Environment variables` table fails to say about `command`'s variables: each
+/// flag reads the variable named after the binary and the flag, and has a row
+/// `` | `VAR` | bin | `--flag` | ``.
+pub fn env_undocumented(command: &Command, bin: &str, env_md: &str) -> Vec<String> {
+    let prefix = env_case(bin);
+    let mut missing = Vec::new();
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else {
+            continue;
+        };
+        let expected = env_var(&prefix, long);
+        match arg.get_env() {
+            Some(env) if env == expected.as_str() => {}
+            _ => missing.push(format!("`--{long}` should read `{expected}`")),
+        }
+        let row = format!("| `{expected}` | {bin} | `--{long}` |");
+        if !env_md.lines().any(|l| l == row) {
+            missing.push(format!("environment table: row {row}"));
+        }
+    }
+    missing
+}
+
+/// Text with its whitespace runs made single spaces and without a final period (clap drops the
+/// period of a one-paragraph doc comment).
+fn normalized(text: &str) -> String {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    text.strip_suffix('.').unwrap_or(&text).to_owned()
 }
 
 #[cfg(test)]
@@ -117,20 +182,44 @@ mod tests {
 | `--config` | none |
 | `--count` | `1` |
 | `--timeout` | `10s` |
-| `--from-env` | `default` |
+| `--from-env` | `PATH` | `from-env` | `default` | PATH is set in every test process. | — |
 | `--name` | none |
 | `--verbose` | `false` |
 | `--tag` | none |
+| `--gone` | none |
 ";
         let missing = undocumented(&command, example, reference);
         assert_eq!(
             missing,
             [
                 "reference: `--timeout` defaults to `5s`",
-                "reference: `--from-env` reads `PATH`",
+                "reference: `--from-env` means what its help says:\n  help: PATH is set in every \
+                 test process, so precedence over the environment is tested without `set_var` \
+                 (which races with other test threads reading the environment)\n  docs: PATH is \
+                 set in every test process",
                 "example config: key `tag`",
                 "example config: key `log-format`",
                 "reference: row for `--log-format`",
+                "reference: row for `--gone`, which is no flag",
+            ]
+        );
+    }
+
+    #[test]
+    fn env_undocumented_names_misnamed_and_unlisted_variables() {
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[arg(long, env = "TOOL_COUNT")]
+            count: usize,
+            #[arg(long, env = "COUNT_TOO")]
+            count_too: usize,
+        }
+        let env = "| `TOOL_COUNT` | tool | `--count` |\n";
+        assert_eq!(
+            env_undocumented(&Cli::command(), "tool", env),
+            [
+                "`--count-too` should read `TOOL_COUNT_TOO`",
+                "environment table: row | `TOOL_COUNT_TOO` | tool | `--count-too` |",
             ]
         );
     }

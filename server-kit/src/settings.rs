@@ -7,6 +7,13 @@
 //! `--key=value` argument, and the command is parsed again. clap's own value parsers therefore
 //! check the file's values, and a flag added to a binary later is settable from the file with no
 //! further code.
+//!
+//! A setting that was renamed keeps its old names for one release through [`Aliases`]: before
+//! clap sees anything, an old flag (`--old`, `--old=v`) becomes the new one, an old config-file
+//! key the new key, and an old environment variable a `--new=v` argument when neither the new
+//! flag nor the new variable is set (so the precedence above holds, and the process environment
+//! is only read, never written). Each use is returned as a [`Deprecated`] for `main` to log once
+//! logging is up.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -83,44 +90,262 @@ pub enum CliError {
     ConfigFile(#[from] ConfigFileError),
 }
 
-/// Parses the process's arguments, environment and config file into `C`.
+/// A setting's former name and its current one. For a flag, both are long names without the
+/// dashes (`listen`, `broker-listen`); for an environment variable, whole variable names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renamed {
+    pub old: &'static str,
+    pub new: &'static str,
+}
+
+/// The old names a binary still accepts, each mapped to its new one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Aliases {
+    /// The binary's environment prefix (`GATEWAY`): a renamed flag's variable is renamed with it,
+    /// `GATEWAY_LINK_QUEUE` to `GATEWAY_LINK_QUEUE_FRAMES` (see [`env_var`]).
+    pub env_prefix: &'static str,
+    /// Renamed flags; each also renames its config-file key and its environment variable.
+    pub flags: &'static [Renamed],
+    /// Environment variables renamed otherwise (`LOG_FORMAT` to `BROKER_LOG_FORMAT`).
+    pub env_vars: &'static [Renamed],
+}
+
+impl Aliases {
+    /// No old names.
+    pub const NONE: Aliases = Aliases {
+        env_prefix: "",
+        flags: &[],
+        env_vars: &[],
+    };
+
+    fn flag(&self, old: &str) -> Option<&'static str> {
+        self.flags.iter().find(|r| r.old == old).map(|r| r.new)
+    }
+
+    /// Every renamed environment variable, old name first.
+    fn env_renames(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        let var = |flag: &str| env_var(self.env_prefix, flag);
+        self.flags
+            .iter()
+            .map(move |r| (var(r.old), var(r.new)))
+            // The broker's `--listen` became `--broker-listen`: both read `BROKER_LISTEN`.
+            .filter(|(old, new)| old != new)
+            .chain(
+                self.env_vars
+                    .iter()
+                    .map(|r| (r.old.to_owned(), r.new.to_owned())),
+            )
+    }
+}
+
+/// The environment variable of flag `--flag` of the binary whose prefix is `prefix`: the prefix,
+/// then the flag in upper case, less a leading `<binary>-` that would repeat the prefix
+/// (`broker --broker-listen` reads `BROKER_LISTEN`, `gateway --broker-listen`
+/// `GATEWAY_BROKER_LISTEN`).
+pub fn env_var(prefix: &str, flag: &str) -> String {
+    let own = format!("{}-", prefix.to_ascii_lowercase().replace('_', "-"));
+    let flag = flag.strip_prefix(own.as_str()).unwrap_or(flag);
+    format!("{prefix}_{}", env_case(flag))
+}
+
+/// `link-queue-frames` as an environment variable's suffix: `LINK_QUEUE_FRAMES`.
+pub fn env_case(flag: &str) -> String {
+    flag.replace('-', "_").to_ascii_uppercase()
+}
+
+/// One use of an old name: `--listen`, `listen` (a config-file key) or `BROKER_LISTEN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deprecated {
+    pub old: String,
+    pub new: String,
+}
+
+impl Deprecated {
+    /// Logs this use. At `info`, not `warn`: a deployment that alerts on warnings should not be
+    /// paged for a name that still works.
+    pub fn warn(&self) {
+        tracing::info!(old = %self.old, new = %self.new, "deprecated setting name");
+    }
+}
+
+/// Settings parsed into `C`, and the old names that were used to give them.
+#[derive(Debug)]
+pub struct Parsed<C> {
+    pub cli: C,
+    pub deprecated: Vec<Deprecated>,
+}
+
+/// Parses the process's arguments, environment and config file into `C`, accepting the old
+/// names of `aliases`.
 ///
 /// Behaves like [`Parser::parse`] for the command line itself (help, version and usage errors
 /// are printed and exit the process); a bad config file is returned, for `main` to report.
-pub fn parse_cli<C: Parser>() -> Result<C, ConfigFileError> {
-    match try_parse_from(std::env::args_os()) {
-        Ok(cli) => Ok(cli),
+pub fn parse_cli<C: Parser>(aliases: &Aliases) -> Result<Parsed<C>, ConfigFileError> {
+    match try_parse_with(std::env::args_os(), |name| std::env::var_os(name), aliases) {
+        Ok(parsed) => Ok(parsed),
         Err(CliError::Clap(e)) => e.exit(),
         Err(CliError::ConfigFile(e)) => Err(e),
     }
 }
 
-/// [`parse_cli`] over the given arguments (the first is the binary name), returning every error.
-/// Environment variables are read by clap, from the process environment.
+/// [`parse_cli`] over the given arguments (the first is the binary name), without old names,
+/// returning every error. Environment variables are read by clap, from the process environment.
 pub fn try_parse_from<C, I, T>(args: I) -> Result<C, CliError>
 where
     C: Parser,
     I: IntoIterator<Item = T>,
     T: Into<OsString>,
 {
-    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    try_parse_with(args, |_| None, &Aliases::NONE).map(|parsed| parsed.cli)
+}
+
+/// [`parse_cli`] over the given arguments (the first is the binary name), returning every error.
+/// `env` looks up the environment variables that `aliases` renames (and their new names); clap
+/// reads the current names itself, from the process environment.
+pub fn try_parse_with<C, I, T>(
+    args: I,
+    env: impl Fn(&str) -> Option<OsString>,
+    aliases: &Aliases,
+) -> Result<Parsed<C>, CliError>
+where
+    C: Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
     let mut command = C::command();
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let (args, mut deprecated) = renamed_args(&command, args, env, aliases);
     let matches = command.clone().try_get_matches_from(&args)?;
     let Some(path) = config_path(&command, &matches) else {
-        return C::from_arg_matches(&matches).map_err(|e| e.format(&mut command).into());
+        let cli = C::from_arg_matches(&matches).map_err(|e| e.format(&mut command))?;
+        return Ok(Parsed { cli, deprecated });
     };
     let table = load(&path)?;
+    let table = renamed_keys(table, &path, aliases, &mut deprecated)?;
     let from_file = file_args(&command, &matches, &path, &table)?;
 
     let merged = with_inserted(&args, from_file);
     match C::try_parse_from(merged) {
-        Ok(cli) => Ok(cli),
+        Ok(cli) => Ok(Parsed { cli, deprecated }),
         Err(e) => Err(ConfigFileError::Rejected {
             path,
             reason: clap_reason(&e),
         }
         .into()),
     }
+}
+
+/// `args` with each old flag spelled the new way, and with a `--new=value` argument for each old
+/// environment variable whose new flag is set neither on the command line nor by its own
+/// variable. Arguments after `--` are left alone.
+fn renamed_args(
+    command: &Command,
+    args: Vec<OsString>,
+    env: impl Fn(&str) -> Option<OsString>,
+    aliases: &Aliases,
+) -> (Vec<OsString>, Vec<Deprecated>) {
+    let mut deprecated = Vec::new();
+    let mut renamed = Vec::with_capacity(args.len());
+    let mut options_end = false;
+    for (i, arg) in args.into_iter().enumerate() {
+        let text = arg.to_str().unwrap_or_default();
+        options_end |= i > 0 && text == "--";
+        let flag = text.strip_prefix("--").filter(|_| i > 0 && !options_end);
+        let (name, value) = match flag.map(|f| f.split_once('=').unwrap_or((f, ""))) {
+            Some((name, value)) => (name, value),
+            None => {
+                renamed.push(arg);
+                continue;
+            }
+        };
+        match aliases.flag(name) {
+            Some(new) => {
+                deprecated.push(Deprecated {
+                    old: format!("--{name}"),
+                    new: format!("--{new}"),
+                });
+                let equals = if text.contains('=') { "=" } else { "" };
+                renamed.push(OsString::from(format!("--{new}{equals}{value}")));
+            }
+            None => renamed.push(arg),
+        }
+    }
+
+    let on_command_line = |long: &str| {
+        let flag = format!("--{long}");
+        let with_value = format!("--{long}=");
+        renamed.iter().skip(1).any(|a| {
+            a.to_str()
+                .is_some_and(|a| a == flag || a.starts_with(&with_value))
+        })
+    };
+    let mut from_env = Vec::new();
+    for (old, new) in aliases.env_renames() {
+        let Some(value) = env(&old) else {
+            continue;
+        };
+        deprecated.push(Deprecated {
+            old: old.clone(),
+            new: new.clone(),
+        });
+        let Some(arg) = command
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == new.as_str()))
+        else {
+            continue;
+        };
+        let Some(long) = arg.get_long() else {
+            continue;
+        };
+        if env(&new).is_some() || on_command_line(long) {
+            continue;
+        }
+        match arg.get_action() {
+            ArgAction::SetTrue => {
+                let falsey = ["", "0", "n", "no", "f", "false", "off"];
+                let value = value.to_string_lossy().to_ascii_lowercase();
+                if !falsey.contains(&value.as_str()) {
+                    from_env.push(OsString::from(format!("--{long}")));
+                }
+            }
+            _ => {
+                let mut arg = OsString::from(format!("--{long}="));
+                arg.push(value);
+                from_env.push(arg);
+            }
+        }
+    }
+    (with_inserted(&renamed, from_env), deprecated)
+}
+
+/// The config file's table with each old key renamed. A file that sets both a key and its old
+/// name is refused: which one was meant is not clear.
+fn renamed_keys(
+    table: toml::Table,
+    path: &Path,
+    aliases: &Aliases,
+    deprecated: &mut Vec<Deprecated>,
+) -> Result<toml::Table, ConfigFileError> {
+    let mut renamed = toml::Table::new();
+    for (key, value) in &table {
+        let Some(new) = aliases.flag(key) else {
+            renamed.insert(key.clone(), value.clone());
+            continue;
+        };
+        if table.contains_key(new) {
+            return Err(ConfigFileError::InvalidValue {
+                path: path.to_owned(),
+                key: key.clone(),
+                reason: format!("the old name of `{new}`, which the file also sets"),
+            });
+        }
+        deprecated.push(Deprecated {
+            old: key.clone(),
+            new: new.to_owned(),
+        });
+        renamed.insert(new.to_owned(), value.clone());
+    }
+    Ok(renamed)
 }
 
 /// The value of `--config` (from the command line or its environment variable), if any.
@@ -544,6 +769,150 @@ pub(crate) mod tests {
                 assert!(help.contains("--config <FILE>"), "{help}");
             }
             other => panic!("expected help, got {other:?}"),
+        }
+    }
+
+    #[derive(Debug, Parser)]
+    #[command(name = "renaming")]
+    struct Renaming {
+        #[arg(long = "config", value_name = "FILE")]
+        config_file: Option<PathBuf>,
+        #[arg(long, env = "SETTINGS_TEST_NEW_COUNT", default_value_t = 1)]
+        new_count: usize,
+        #[arg(long, env = "SETTINGS_TEST_LOG_FORMAT", value_enum, default_value_t)]
+        log_format: LogFormat,
+        #[arg(long, env = "SETTINGS_TEST_LOUD")]
+        loud: bool,
+        #[arg(long)]
+        name: Option<String>,
+    }
+
+    const ALIASES: Aliases = Aliases {
+        env_prefix: "SETTINGS_TEST",
+        flags: &[
+            Renamed {
+                old: "count",
+                new: "new-count",
+            },
+            Renamed {
+                old: "quiet-not",
+                new: "loud",
+            },
+        ],
+        env_vars: &[Renamed {
+            old: "LOG_FORMAT",
+            new: "SETTINGS_TEST_LOG_FORMAT",
+        }],
+    };
+
+    /// Parses with the old names of [`ALIASES`], and `env` as the environment those names are
+    /// looked up in (the new names are not set in the test process).
+    fn parse_renamed(args: &[&str], env: &[(&str, &str)]) -> Result<Parsed<Renaming>, CliError> {
+        let env: Vec<(String, OsString)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OsString::from(v)))
+            .collect();
+        let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        try_parse_with(
+            std::iter::once("renaming").chain(args.iter().copied()),
+            lookup,
+            &ALIASES,
+        )
+    }
+
+    fn used(old: &str, new: &str) -> Deprecated {
+        Deprecated {
+            old: old.into(),
+            new: new.into(),
+        }
+    }
+
+    #[test]
+    fn an_old_flag_sets_the_new_one_and_is_reported() {
+        for args in [&["--count", "3"][..], &["--count=3"]] {
+            let parsed = parse_renamed(args, &[]).expect("parses");
+            assert_eq!(parsed.cli.new_count, 3, "{args:?}");
+            assert_eq!(parsed.deprecated, [used("--count", "--new-count")]);
+        }
+        let parsed = parse_renamed(&["--quiet-not"], &[]).expect("parses");
+        assert!(parsed.cli.loud);
+        // A value that looks like an old flag after `--name=` is a value, and `--count-x` is
+        // another flag.
+        let parsed = parse_renamed(&["--name=--count"], &[]).expect("parses");
+        assert_eq!(parsed.cli.name.as_deref(), Some("--count"));
+        assert!(parsed.deprecated.is_empty());
+        assert!(parse_renamed(&["--count-x", "1"], &[]).is_err());
+
+        let parsed = parse_renamed(&["--new-count", "4"], &[]).expect("parses");
+        assert_eq!(parsed.cli.new_count, 4);
+        assert!(parsed.deprecated.is_empty(), "new names are not reported");
+    }
+
+    #[test]
+    fn an_old_env_var_sets_the_new_setting_below_flags() {
+        let parsed = parse_renamed(&[], &[("SETTINGS_TEST_COUNT", "5"), ("LOG_FORMAT", "json")])
+            .expect("parses");
+        assert_eq!(parsed.cli.new_count, 5);
+        assert_eq!(parsed.cli.log_format, LogFormat::Json);
+        assert_eq!(
+            parsed.deprecated,
+            [
+                used("SETTINGS_TEST_COUNT", "SETTINGS_TEST_NEW_COUNT"),
+                used("LOG_FORMAT", "SETTINGS_TEST_LOG_FORMAT"),
+            ]
+        );
+        let parsed =
+            parse_renamed(&["--new-count", "9"], &[("SETTINGS_TEST_COUNT", "5")]).expect("parses");
+        assert_eq!(parsed.cli.new_count, 9, "flag beats old env var");
+        let parsed =
+            parse_renamed(&["--count", "9"], &[("SETTINGS_TEST_COUNT", "5")]).expect("parses");
+        assert_eq!(parsed.cli.new_count, 9, "old flag beats old env var");
+        let parsed = parse_renamed(
+            &[],
+            &[
+                ("SETTINGS_TEST_COUNT", "5"),
+                ("SETTINGS_TEST_NEW_COUNT", "6"),
+            ],
+        )
+        .expect("parses");
+        assert_eq!(
+            parsed.cli.new_count, 1,
+            "the new variable, read by clap from the real environment where it is unset, wins"
+        );
+        for (value, loud) in [("true", true), ("1", true), ("false", false), ("0", false)] {
+            let parsed = parse_renamed(&[], &[("SETTINGS_TEST_QUIET_NOT", value)]).expect("parses");
+            assert_eq!(parsed.cli.loud, loud, "{value}");
+        }
+    }
+
+    #[test]
+    fn an_old_key_in_the_file_sets_the_new_setting_below_env_and_flags() {
+        let file = TempFile::new("old-key", "count = 7\nlog-format = \"json\"\n");
+        let parsed = parse_renamed(&["--config", file.path()], &[]).expect("parses");
+        assert_eq!(parsed.cli.new_count, 7);
+        assert_eq!(parsed.cli.log_format, LogFormat::Json);
+        assert_eq!(parsed.deprecated, [used("count", "new-count")]);
+
+        let parsed = parse_renamed(&["--config", file.path()], &[("SETTINGS_TEST_COUNT", "5")])
+            .expect("parses");
+        assert_eq!(parsed.cli.new_count, 5, "old env var beats old key");
+        let parsed =
+            parse_renamed(&["--config", file.path(), "--count", "8"], &[]).expect("parses");
+        assert_eq!(parsed.cli.new_count, 8, "old flag beats old key");
+        let parsed =
+            parse_renamed(&["--config", file.path()], &[("LOG_FORMAT", "text")]).expect("parses");
+        assert_eq!(
+            parsed.cli.log_format,
+            LogFormat::Text,
+            "old env var beats key"
+        );
+
+        let both = TempFile::new("both-keys", "count = 7\nnew-count = 8\n");
+        match parse_renamed(&["--config", both.path()], &[]) {
+            Err(CliError::ConfigFile(e)) => {
+                assert!(e.to_string().contains("key `count`"), "{e}")
+            }
+            other => panic!("expected a config file error, got {other:?}"),
         }
     }
 }

@@ -185,7 +185,7 @@ pub fn encode_snapshot(s: &GatewaySnapshot, encoder: &mut DescriptorEncoder<'_>)
     counter(
         e,
         "gateway_bus_subscriptions_refused",
-        "Group subscriptions the bus refused (the broker's --max-channels-per-link): those \
+        "Group subscriptions the bus refused (the broker's --broker-max-channels-per-link): those \
          groups' members here miss what other gateways send them.",
         link.subscriptions_refused,
     )?;

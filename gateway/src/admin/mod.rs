@@ -48,31 +48,30 @@ pub const DEFAULT_MAX_BATCH: usize = 1000;
 /// binary.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminConfig {
-    /// Bearer token that /api/* requests must carry (`Authorization: Bearer TOKEN`). Without it
-    /// /api/* is open, which is allowed only when the admin address is a loopback address.
+    /// Bearer token that `/api/*` requests must carry (`Authorization: Bearer TOKEN`). Probes and
+    /// `/metrics` stay open. Required when `--admin` is not a loopback address.
     #[arg(long, env = "GATEWAY_API_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub api_token: Option<SecretString>,
 
-    /// Largest admin API request body, in bytes. A larger one is answered 413 `body_too_large`.
+    /// Largest admin API request body, in bytes.
     #[arg(long, env = "GATEWAY_API_MAX_BODY_SIZE", default_value_t = DEFAULT_MAX_BODY_SIZE)]
     pub api_max_body_size: usize,
 
-    /// Most messages in one POST /api/publish batch. More is answered 413 `batch_too_large` and
-    /// nothing is published.
+    /// Most messages in one `POST /api/publish` batch.
     #[arg(long, env = "GATEWAY_API_MAX_BATCH", default_value_t = DEFAULT_MAX_BATCH)]
     pub api_max_batch: usize,
 
-    /// Most admin HTTP connections open at once; more are closed at once (they share the
-    /// process's file descriptors with WebSocket clients).
+    /// Most admin HTTP connections open at once (they share the process's file descriptors with
+    /// WebSocket clients, before any authentication).
     #[arg(long, env = "GATEWAY_ADMIN_MAX_CONNECTIONS", default_value_t = DEFAULT_ADMIN_MAX_CONNECTIONS)]
     pub admin_max_connections: usize,
 
-    /// Time for an admin request's header to arrive, and the longest a kept-alive admin
-    /// connection may stay idle; the connection is closed past it.
+    /// Time for an admin request's header to arrive; it also runs between the requests of a
+    /// kept-alive connection, so it is the admin idle timeout too.
     #[arg(long, env = "GATEWAY_ADMIN_HEADER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub admin_header_timeout: Duration,
 
-    /// Time for a whole admin request (body read and answer); past it the answer is 408.
+    /// Time for a whole admin request: its body read and its answer.
     #[arg(long, env = "GATEWAY_ADMIN_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub admin_request_timeout: Duration,
 }

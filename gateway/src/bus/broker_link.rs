@@ -11,7 +11,7 @@
 //! Which groups to subscribe comes from the gateway's [`Node`]: everything it wants after a
 //! (re)connect, then the changes as they happen (see [`super::interest`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,6 +88,7 @@ struct Counters {
 pub struct BrokerLink {
     settings: LinkSettings,
     queue: usize,
+    queue_bytes: usize,
 }
 
 impl BrokerLink {
@@ -127,6 +128,7 @@ impl BrokerLink {
                 security,
             },
             queue: config.link_queue,
+            queue_bytes: config.link_queue_bytes,
         })
     }
 }
@@ -136,6 +138,8 @@ impl Carrier for BrokerLink {
         let (publish_tx, publish_rx) = mpsc::channel(self.queue);
         let bus = Arc::new(BrokerBus {
             publish_tx,
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes: self.queue_bytes,
             up: AtomicBool::new(false),
             counters: Counters::default(),
             last_error: Mutex::new(None),
@@ -151,6 +155,10 @@ impl Carrier for BrokerLink {
 #[derive(Debug)]
 struct BrokerBus<N> {
     publish_tx: mpsc::Sender<Bytes>,
+    /// Bytes of the frames in `publish_tx` and in the batch being written (`--link-queue-bytes`
+    /// bounds it, as `--link-queue-frames` bounds their number).
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
     up: AtomicBool,
     counters: Counters,
     last_error: Mutex<Option<String>>,
@@ -194,7 +202,17 @@ impl<N: Node> Bus for BrokerBus<N> {
                 return;
             }
         };
+        // Counted before it is queued, so publishers on other threads cannot pass the bound
+        // together. A frame larger than the bound still goes when nothing else is queued.
+        let len = frame.len();
+        let queued = self.queued_bytes.fetch_add(len, Relaxed);
+        if queued > 0 && queued + len > self.max_queued_bytes {
+            self.queued_bytes.fetch_sub(len, Relaxed);
+            self.counters.publishes_dropped.fetch_add(1, Relaxed);
+            return;
+        }
         if self.publish_tx.try_send(frame).is_err() {
+            self.queued_bytes.fetch_sub(len, Relaxed);
             self.counters.publishes_dropped.fetch_add(1, Relaxed);
         }
     }
@@ -505,13 +523,18 @@ async fn session<N: Node>(
                 if n == 0 {
                     return Ok(()); // the bus itself is gone
                 }
-                bounded(last_heard, settings.timeout, async {
+                let bytes: usize = batch.iter().map(Bytes::len).sum();
+                let written = bounded(last_heard, settings.timeout, async {
                     for frame in batch.drain(..) {
                         writer.write_all(&frame).await?;
                     }
                     Ok(writer.flush().await?)
                 })
-                .await?;
+                .await;
+                // Written out, or dropped with the link: either way no longer held.
+                bus.queued_bytes.fetch_sub(bytes, Relaxed);
+                batch.clear();
+                written?;
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > settings.timeout {
