@@ -191,15 +191,10 @@ mod tests {
     /// docs/configuration.md has a row for every flag with its environment variable and default.
     #[test]
     fn example_config_and_reference_cover_every_setting() {
-        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
-        let result =
-            server_kit::docs_check::check_docs("broker", "Broker", &docs, |cli: Cli| Cli {
-                config_file: None,
-                ..cli
-            });
-        if let Err(problem) = result {
-            panic!("{problem}");
-        }
+        server_kit::docs_check::assert_documented("broker", "Broker", |cli: Cli| Cli {
+            config_file: None,
+            ..cli
+        });
     }
 
     fn as_strs(args: &[String]) -> Vec<&str> {
@@ -207,17 +202,7 @@ mod tests {
     }
 
     fn parse(args: &[&str], env: &[(&str, &str)]) -> Parsed<Cli> {
-        let lookup = |name: &str| {
-            env.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| std::ffi::OsString::from(v))
-        };
-        server_kit::settings::try_parse_with(
-            std::iter::once("broker").chain(args.iter().copied()),
-            lookup,
-            &ALIASES,
-        )
-        .expect("parses")
+        server_kit::docs_check::parse_with_env("broker", args, env, &ALIASES)
     }
 
     /// Each old name (flag, config-file key and environment variable) sets its new setting,

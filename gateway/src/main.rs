@@ -190,29 +190,14 @@ mod tests {
     /// docs/configuration.md has a row for every flag with its environment variable and default.
     #[test]
     fn example_config_and_reference_cover_every_setting() {
-        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
-        let result =
-            server_kit::docs_check::check_docs("gateway", "Gateway", &docs, |cli: Cli| Cli {
-                config_file: None,
-                ..cli
-            });
-        if let Err(problem) = result {
-            panic!("{problem}");
-        }
+        server_kit::docs_check::assert_documented("gateway", "Gateway", |cli: Cli| Cli {
+            config_file: None,
+            ..cli
+        });
     }
 
     fn parse(args: &[&str], env: &[(&str, &str)]) -> Parsed<Cli> {
-        let lookup = |name: &str| {
-            env.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| std::ffi::OsString::from(v))
-        };
-        server_kit::settings::try_parse_with(
-            std::iter::once("gateway").chain(args.iter().copied()),
-            lookup,
-            &ALIASES,
-        )
-        .expect("parses")
+        server_kit::docs_check::parse_with_env("gateway", args, env, &ALIASES)
     }
 
     /// Each old name (flag and environment variable) sets its new setting, and is reported.

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use clap::{Command, Parser};
 
-use crate::settings::{env_case, env_var, try_parse_from, CONFIG_FLAG};
+use crate::settings::{
+    env_case, env_var, try_parse_from, try_parse_with, Aliases, Parsed, CONFIG_FLAG,
+};
 
 /// What each binary's test checks: `docs/<bin>.example.toml` parses to exactly the defaults
 /// (once `without_config_file` clears the `--config` field itself) and lists every setting, and
@@ -164,6 +166,41 @@ pub fn env_undocumented(command: &Command, bin: &str, env_md: &str) -> Vec<Strin
 fn normalized(text: &str) -> String {
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     text.strip_suffix('.').unwrap_or(&text).to_owned()
+}
+
+/// A binary's test that its docs cover its flags: [`check_docs`] on the workspace's docs/
+/// folder, panicking with what is missing.
+pub fn assert_documented<C>(bin: &str, section: &str, without_config_file: impl Fn(C) -> C)
+where
+    C: Parser + std::fmt::Debug,
+{
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    if let Err(problem) = check_docs(bin, section, &docs, without_config_file) {
+        panic!("{problem}");
+    }
+}
+
+/// Parses `bin ARGS` with `env` as the only environment variables the old-name aliases see,
+/// for the binaries' tests of their aliases.
+pub fn parse_with_env<C: Parser>(
+    bin: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    aliases: &Aliases,
+) -> Parsed<C> {
+    let lookup = |name: &str| {
+        env.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| OsString::from(v))
+    };
+    match try_parse_with(
+        std::iter::once(bin).chain(args.iter().copied()),
+        lookup,
+        aliases,
+    ) {
+        Ok(parsed) => parsed,
+        Err(e) => panic!("`{bin} {args:?}` does not parse: {e}"),
+    }
 }
 
 #[cfg(test)]
