@@ -17,8 +17,8 @@ use broker::{Broker, BrokerConfig};
 use clap::Parser;
 use server_kit::admin_http::{self, AdminAddr};
 use server_kit::listen::bind_logged;
-use server_kit::logging::{init_tracing, LogFormat};
-use server_kit::settings::{parse_cli, Aliases, Parsed, Renamed};
+use server_kit::logging::LogFormat;
+use server_kit::settings::{Aliases, Renamed};
 use server_kit::shutdown::cancel_on_signals;
 use tokio_util::sync::CancellationToken;
 
@@ -117,14 +117,11 @@ const ALIASES: Aliases = Aliases {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Parsed { cli, deprecated } = parse_cli::<Cli>(&ALIASES)?;
-    init_tracing(cli.log_format);
-    for used in &deprecated {
-        used.warn();
-    }
-    if let Some(path) = &cli.config_file {
-        tracing::info!(path = %path.display(), "settings read from config file");
-    }
+    let cli: Cli = server_kit::start(
+        &ALIASES,
+        |c: &Cli| c.log_format,
+        |c: &Cli| c.config_file.as_deref(),
+    )?;
     let security = cli
         .security
         .load(cli.listen)
@@ -201,7 +198,7 @@ mod tests {
         args.iter().map(String::as_str).collect()
     }
 
-    fn parse(args: &[&str], env: &[(&str, &str)]) -> Parsed<Cli> {
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> server_kit::settings::Parsed<Cli> {
         server_kit::docs_check::parse_with_env("broker", args, env, &ALIASES)
     }
 

@@ -14,8 +14,8 @@ use gateway::credentials::SecurityArgs;
 use gateway::{Gateway, GatewayConfig};
 use server_kit::admin_http::{serve_admin, AdminAddr};
 use server_kit::listen::bind_logged;
-use server_kit::logging::{init_tracing, LogFormat};
-use server_kit::settings::{parse_cli, Aliases, Parsed, Renamed};
+use server_kit::logging::LogFormat;
+use server_kit::settings::{Aliases, Renamed};
 use server_kit::shutdown::cancel_on_signals;
 use tokio_util::sync::CancellationToken;
 
@@ -108,14 +108,11 @@ const ALIASES: Aliases = Aliases {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let Parsed { cli, deprecated } = parse_cli::<Cli>(&ALIASES)?;
-    init_tracing(cli.log_format);
-    for used in &deprecated {
-        used.warn();
-    }
-    if let Some(path) = &cli.config_file {
-        tracing::info!(path = %path.display(), "settings read from config file");
-    }
+    let cli: Cli = server_kit::start(
+        &ALIASES,
+        |c: &Cli| c.log_format,
+        |c: &Cli| c.config_file.as_deref(),
+    )?;
     cli.config
         .validate()
         .map_err(anyhow::Error::msg)
@@ -196,7 +193,7 @@ mod tests {
         });
     }
 
-    fn parse(args: &[&str], env: &[(&str, &str)]) -> Parsed<Cli> {
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> server_kit::settings::Parsed<Cli> {
         server_kit::docs_check::parse_with_env("gateway", args, env, &ALIASES)
     }
 

@@ -23,3 +23,24 @@ pub mod secret;
 pub mod settings;
 pub mod shutdown;
 pub mod tls;
+
+use std::path::Path;
+
+/// The start of each server binary's `main`: its settings parsed (flags, environment, config
+/// file, old names), logs set up in the format they ask for, then the old names used and the
+/// config file read are logged.
+pub fn start<C: clap::Parser>(
+    aliases: &settings::Aliases,
+    log_format: impl Fn(&C) -> logging::LogFormat,
+    config_file: impl Fn(&C) -> Option<&Path>,
+) -> Result<C, settings::ConfigFileError> {
+    let settings::Parsed { cli, deprecated } = settings::parse_cli::<C>(aliases)?;
+    logging::init_tracing(log_format(&cli));
+    for used in &deprecated {
+        used.warn();
+    }
+    if let Some(path) = config_file(&cli) {
+        tracing::info!(path = %path.display(), "settings read from config file");
+    }
+    Ok(cli)
+}
