@@ -10,12 +10,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// How many stderr lines of a process are shown when a wait on it fails or a test panics.
 const TAIL_LINES: usize = 40;
+/// How long `kill` may take to send a signal.
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The path of a workspace binary, next to the test executable (`target/<profile>/<name>`).
 pub fn binary(name: &str) -> Result<PathBuf> {
@@ -35,7 +38,18 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The children's `RUST_LOG`: `info` (readiness events are at that level), or `E2E_RUST_LOG`.
+/// A command running `program` in a clean environment (no stray `BROKER_*`, `GATEWAY_*` or
+/// `PUSH_*` setting of the shell, no proxy), logging at `info` (readiness events are at that
+/// level) or at `E2E_RUST_LOG`.
+pub fn command(program: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new(program);
+    command
+        .env_clear()
+        .env("RUST_LOG", log_filter())
+        .env("RUST_BACKTRACE", "1");
+    command
+}
+
 fn log_filter() -> String {
     std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".to_owned())
 }
@@ -51,9 +65,11 @@ struct Captured {
     eof: bool,
 }
 
-fn capture(pipe: impl AsyncRead + Unpin + Send + 'static) -> watch::Receiver<Captured> {
+fn capture(
+    pipe: impl AsyncRead + Unpin + Send + 'static,
+) -> (watch::Receiver<Captured>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(Captured::default());
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut reader = BufReader::new(pipe);
         let mut buf = Vec::new();
         loop {
@@ -72,7 +88,7 @@ fn capture(pipe: impl AsyncRead + Unpin + Send + 'static) -> watch::Receiver<Cap
         }
         tx.send_modify(|c| c.eof = true);
     });
-    rx
+    (rx, task)
 }
 
 /// The `fields` of a JSON log line whose `fields.message` is `message`.
@@ -86,54 +102,76 @@ fn log_fields(line: &str, message: &str) -> Option<Map<String, Value>> {
     }
 }
 
-/// A running binary. Dropping it kills the process (SIGKILL) and prints the tail of its stderr,
-/// which the test harness shows only for a failed test.
+/// A running program. Dropping it kills the process (SIGKILL) and prints the tail of its
+/// stderr, which the test harness shows only for a failed test.
 #[derive(Debug)]
 pub struct Process {
     name: String,
     child: Child,
     stdout: watch::Receiver<Captured>,
     stderr: watch::Receiver<Captured>,
+    stderr_task: JoinHandle<()>,
 }
 
 impl Process {
-    /// Starts the workspace binary `binary_name` with `args`, both output streams captured.
-    /// `name` labels the process in messages (e.g. "gateway-a").
+    /// Starts the workspace binary `binary_name` (see [`binary`]) with `args` in a clean
+    /// environment ([`command`]), both output streams captured. `name` labels the process in
+    /// messages (e.g. "gateway-a").
     pub fn spawn<I, S>(name: impl Into<String>, binary_name: &str, args: I) -> Result<Process>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let path = binary(binary_name)?;
-        let mut command = Command::new(&path);
-        command
-            .args(args)
-            // A clean environment: no stray BROKER_*/GATEWAY_*/PUSH_URL settings of the shell.
-            .env_clear()
-            .env("RUST_LOG", log_filter())
-            .env("RUST_BACKTRACE", "1");
+        let mut command = command(binary(binary_name)?);
+        command.args(args);
         Process::spawn_command(name, command)
     }
 
-    /// Starts `command` (e.g. a program that is not part of the workspace, such as
-    /// chromedriver) as it is set up, with stdin closed and both output streams captured.
-    pub fn spawn_command(name: impl Into<String>, mut command: Command) -> Result<Process> {
-        let name = name.into();
+    /// Starts `command` as it is set up (e.g. from [`command`], or a program that is not part
+    /// of the workspace, such as chromedriver), with stdin closed and both output streams
+    /// captured.
+    pub fn spawn_command(name: impl Into<String>, command: Command) -> Result<Process> {
+        Process::start(name.into(), command, None)
+    }
+
+    /// Like [`Process::spawn_command`], with `input` written to its stdin, which is then closed.
+    pub fn spawn_with_input(
+        name: impl Into<String>,
+        command: Command,
+        input: impl Into<Vec<u8>>,
+    ) -> Result<Process> {
+        Process::start(name.into(), command, Some(input.into()))
+    }
+
+    fn start(name: String, mut command: Command, input: Option<Vec<u8>>) -> Result<Process> {
         let program = command.as_std().get_program().to_owned();
+        let stdin = if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
         let mut child = command
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {name} ({})", program.to_string_lossy()))?;
-        let stdout = capture(child.stdout.take().context("stdout is not piped")?);
-        let stderr = capture(child.stderr.take().context("stderr is not piped")?);
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().context("stdin is not piped")?;
+            // Dropping the pipe once written closes it: the process reads end of file.
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&input).await;
+            });
+        }
+        let (stdout, _) = capture(child.stdout.take().context("stdout is not piped")?);
+        let (stderr, stderr_task) = capture(child.stderr.take().context("stderr is not piped")?);
         Ok(Process {
             name,
             child,
             stdout,
             stderr,
+            stderr_task,
         })
     }
 
@@ -153,6 +191,11 @@ impl Process {
         self.stdout.borrow().text.clone()
     }
 
+    /// Everything written to stderr so far, exactly.
+    pub fn stderr(&self) -> String {
+        self.stderr.borrow().text.clone()
+    }
+
     /// The stderr lines written so far.
     pub fn stderr_lines(&self) -> Vec<String> {
         self.stderr.borrow().lines.clone()
@@ -164,14 +207,42 @@ impl Process {
         captured.lines[skip..].join("\n")
     }
 
+    /// Stops reading stderr and closes the pipe: what the process writes there from now on
+    /// fails (EPIPE), as when whatever read its logs is gone.
+    pub async fn close_stderr(&mut self) {
+        self.stderr_task.abort();
+        // The task (and the pipe it owns) is dropped once it has stopped.
+        let _ = (&mut self.stderr_task).await;
+    }
+
     /// Waits until a stderr line satisfies `matches` and returns it.
     pub async fn wait_for_stderr_line(
         &self,
         what: &str,
         timeout: Duration,
+        matches: impl FnMut(&str) -> bool,
+    ) -> Result<String> {
+        self.wait_line(&self.stderr, what, timeout, matches).await
+    }
+
+    /// Waits until a stdout line satisfies `matches` and returns it.
+    pub async fn wait_for_stdout_line(
+        &self,
+        what: &str,
+        timeout: Duration,
+        matches: impl FnMut(&str) -> bool,
+    ) -> Result<String> {
+        self.wait_line(&self.stdout, what, timeout, matches).await
+    }
+
+    async fn wait_line(
+        &self,
+        stream: &watch::Receiver<Captured>,
+        what: &str,
+        timeout: Duration,
         mut matches: impl FnMut(&str) -> bool,
     ) -> Result<String> {
-        self.wait_stderr(what, timeout, |lines| {
+        self.wait_output(stream, what, timeout, |lines| {
             lines.iter().find(|l| matches(l)).cloned()
         })
         .await
@@ -194,7 +265,7 @@ impl Process {
         timeout: Duration,
     ) -> Result<Map<String, Value>> {
         let what = format!("log event #{n} {message:?}");
-        self.wait_stderr(&what, timeout, |lines| {
+        self.wait_output(&self.stderr, &what, timeout, |lines| {
             lines
                 .iter()
                 .filter_map(|l| log_fields(l, message))
@@ -233,13 +304,14 @@ impl Process {
         Ok(())
     }
 
-    async fn wait_stderr<T>(
+    async fn wait_output<T>(
         &self,
+        stream: &watch::Receiver<Captured>,
         what: &str,
         timeout: Duration,
         mut find: impl FnMut(&[String]) -> Option<T>,
     ) -> Result<T> {
-        let mut rx = self.stderr.clone();
+        let mut rx = stream.clone();
         let mut found = None;
         let waited = tokio::time::timeout(
             timeout,
@@ -255,7 +327,7 @@ impl Process {
         }
         let why = match waited {
             Err(_) => format!("timed out after {timeout:?}"),
-            Ok(_) => "its stderr closed (it exited?)".to_owned(),
+            Ok(_) => "its output closed (it exited?)".to_owned(),
         };
         bail!(
             "{}: {why} waiting for {what}; stderr tail:\n{}",
@@ -264,23 +336,28 @@ impl Process {
         )
     }
 
-    /// Sends SIGTERM (graceful shutdown) through the `kill` command.
-    pub async fn terminate(&self) -> Result<()> {
+    /// Sends `signal` (`TERM`, `INT`, ...) through the `kill` command.
+    pub async fn signal(&self, signal: &str) -> Result<()> {
         let pid = self.pid()?;
         let status = tokio::time::timeout(
-            Duration::from_secs(5),
+            SIGNAL_TIMEOUT,
             Command::new("kill")
-                .arg("-TERM")
+                .arg(format!("-{signal}"))
                 .arg(pid.to_string())
                 .status(),
         )
         .await
-        .context("`kill -TERM` timed out")?
+        .with_context(|| format!("`kill -{signal}` timed out"))?
         .context("cannot run `kill`")?;
         if !status.success() {
-            bail!("`kill -TERM {pid}` ({}) failed: {status}", self.name);
+            bail!("`kill -{signal} {pid}` ({}) failed: {status}", self.name);
         }
         Ok(())
+    }
+
+    /// Sends SIGTERM (graceful shutdown).
+    pub async fn terminate(&self) -> Result<()> {
+        self.signal("TERM").await
     }
 
     /// The exit status if the process has exited, without waiting.
@@ -299,7 +376,7 @@ impl Process {
     }
 
     /// Waits until the process exits and both of its output streams are closed, so that
-    /// [`Process::stdout`] is complete.
+    /// [`Process::stdout`] and [`Process::stderr`] are complete.
     pub async fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let mut stdout = self.stdout.clone();
         let mut stderr = self.stderr.clone();
