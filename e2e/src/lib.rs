@@ -1,11 +1,14 @@
-//! End-to-end test harness: runs the real `broker`, `gateway` and `client-cli` binaries (built
-//! next to the test executable, in `target/<profile>/`) and talks to them as users do.
+//! End-to-end test harness: runs the real `broker`, `gateway` and `client-cli` binaries and
+//! talks to them as users do. The first test of a test executable to start one builds them
+//! (`cargo build --workspace --bins`, a no-op when they are fresh): `cargo test -p e2e` needs no
+//! earlier build.
 //!
 //! - [`servers`]: starts a [`Broker`] or a [`Gateway`] process on port 0, waits until it is
 //!   ready, and reads its admin API ([`Admin`]).
 //! - The rest comes from the workspace's `test-support` crate, re-exported here: [`process`]
-//!   (a child process guard, killed on drop, output captured), [`ws`] (the WebSocket [`Client`]), [`frame`] (malformed
-//!   frames), [`certs`] (test certificates), the timeouts.
+//!   (a child process guard, killed on drop, output captured; it builds the binaries), [`ws`]
+//!   (the WebSocket [`Client`]), [`frame`] (malformed frames), [`certs`] (test certificates),
+//!   the timeouts.
 //! - Below: the tagged and numbered messages the delivery tests send and check.
 //!
 //! No fixed ports and no sleeps for readiness: addresses and readiness come from the log events.

@@ -5,7 +5,8 @@
 //! - [`net`]: port-0 listeners, addresses where nothing listens, connections from a chosen
 //!   loopback address.
 //! - [`process`]: a child process guard, killed on drop, whose output is captured line by
-//!   line; waits for the log events that signal readiness.
+//!   line; waits for the log events that signal readiness. [`process::binary`] builds the
+//!   workspace's binaries before it hands out their paths.
 //! - [`ws`]: a WebSocket [`Client`] speaking the JSON protocol (over `ws://` or `wss://`), with
 //!   barriers (a request whose ack must come next) and quiet checks ([`expect_quiet`]);
 //!   [`frame`] builds the malformed frames it can also send.

@@ -2,13 +2,21 @@
 //!
 //! The servers announce readiness with JSON log events on stderr (`--log-format json`);
 //! [`Process::wait_for_log`] waits for one and returns its fields.
+//!
+//! [`binary`] finds a workspace binary after building it: a package's own tests can use
+//! `CARGO_BIN_EXE_<name>`, but Cargo sets those only for the package under test, and a binary
+//! merely found in `target/` may be stale or missing (left there, or not, by another crate's
+//! tests).
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -17,25 +25,200 @@ use tokio::task::JoinHandle;
 
 /// How many stderr lines of a process are shown when a wait on it fails or a test panics.
 const TAIL_LINES: usize = 40;
+/// How long building the workspace's binaries may take: a build from scratch on a small machine.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How long `kill` may take to send a signal.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The path of a workspace binary, next to the test executable (`target/<profile>/<name>`).
+/// The path of the workspace binary `name`. The first call in a test process runs
+/// `cargo build --workspace --bins` in the test executable's profile and target directory
+/// (a no-op when they are fresh), so the binary is never stale nor missing.
 pub fn binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot locate the test executable")?;
-    // The test executable is target/<profile>/deps/e2e-<hash>.
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .with_context(|| format!("{} has no grandparent directory", exe.display()))?;
-    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if !path.is_file() {
-        bail!(
-            "binary `{name}` not found at {}: run `cargo build --workspace --bins` first",
-            path.display()
-        );
+    static BUILT: OnceLock<Result<HashMap<String, PathBuf>, String>> = OnceLock::new();
+    let built = BUILT
+        .get_or_init(|| build_binaries().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow!("cannot build the workspace's binaries: {e}"))?;
+    let path = built.get(name).with_context(|| {
+        let mut names: Vec<&String> = built.keys().collect();
+        names.sort();
+        format!("the workspace has no binary `{name}`; it has {names:?}")
+    })?;
+    ensure!(path.is_file(), "{} is gone", path.display());
+    Ok(path.clone())
+}
+
+/// Where the test executable was built: `<target dir>[/<triple>]/<profile dir>/deps/<exe>`.
+#[derive(Debug, PartialEq, Eq)]
+struct BuildLayout {
+    target_dir: PathBuf,
+    /// `--target`, when the tests were built for an explicit target.
+    triple: Option<String>,
+    /// The profile directory: `debug` (the dev and test profiles), `release`, or a custom one.
+    profile_dir: String,
+}
+
+impl BuildLayout {
+    /// Reads the layout from the test executable's path; `is_target_dir` says whether a
+    /// directory is known to be a target directory (Cargo leaves `CACHEDIR.TAG` or
+    /// `.rustc_info.json` there). Without such a sign, the executable's profile directory is
+    /// taken to be right under the target directory.
+    fn of(exe: &Path, is_target_dir: impl Fn(&Path) -> bool) -> Result<BuildLayout> {
+        let unexpected = || format!("{} is not in <target>/<profile>/deps/", exe.display());
+        let deps = exe.parent().with_context(unexpected)?;
+        ensure!(deps.file_name() == Some(OsStr::new("deps")), unexpected());
+        let profile = deps.parent().with_context(unexpected)?;
+        let profile_dir = profile
+            .file_name()
+            .and_then(OsStr::to_str)
+            .with_context(unexpected)?
+            .to_owned();
+        let above = profile.parent().with_context(unexpected)?;
+        let cross = above
+            .parent()
+            .filter(|dir| !is_target_dir(above) && is_target_dir(dir));
+        let triple = above.file_name().and_then(OsStr::to_str);
+        match (cross, triple) {
+            (Some(target_dir), Some(triple)) => Ok(BuildLayout {
+                target_dir: target_dir.to_owned(),
+                triple: Some(triple.to_owned()),
+                profile_dir,
+            }),
+            _ => Ok(BuildLayout {
+                target_dir: above.to_owned(),
+                triple: None,
+                profile_dir,
+            }),
+        }
     }
-    Ok(path)
+
+    /// The `cargo build` arguments that build into this layout.
+    fn cargo_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--target-dir".to_owned(),
+            self.target_dir.display().to_string(),
+        ];
+        if let Some(triple) = &self.triple {
+            args.extend(["--target".to_owned(), triple.clone()]);
+        }
+        match self.profile_dir.as_str() {
+            "debug" => {}
+            "release" => args.push("--release".to_owned()),
+            custom => args.extend(["--profile".to_owned(), custom.to_owned()]),
+        }
+        args
+    }
+}
+
+/// Builds every binary of the workspace like the test executable; returns their paths by name.
+fn build_binaries() -> Result<HashMap<String, PathBuf>> {
+    let exe = std::env::current_exe().context("cannot locate the test executable")?;
+    let layout = BuildLayout::of(&exe, |dir| {
+        dir.join("CACHEDIR.TAG").is_file() || dir.join(".rustc_info.json").is_file()
+    })?;
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    // The cargo running the tests; its environment (RUSTFLAGS, ...) is inherited.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    // What cargo sets for the test process describes the test's package: a build script that
+    // watches one of these (ring's watches CARGO_MANIFEST_DIR) would otherwise rebuild, and
+    // the next `cargo test` would rebuild it back.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .args([
+            "--workspace",
+            "--bins",
+            "--message-format=json-render-diagnostics",
+        ])
+        .args(layout.cargo_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    eprintln!("building the binaries under test: {command:?}");
+    let mut child = command.spawn().context("cannot run cargo")?;
+    let (tx, rx) = mpsc::channel();
+    for (stream, pipe) in [
+        (
+            "stdout",
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+        (
+            "stderr",
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+    ] {
+        let mut pipe = pipe.context("cargo's output is not piped")?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            let _ = tx.send((stream, text));
+        });
+    }
+    let mut output = HashMap::new();
+    let deadline = std::time::Instant::now() + BUILD_TIMEOUT;
+    while output.len() < 2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((stream, text)) => {
+                output.insert(stream, text);
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("`cargo build` did not finish within {BUILD_TIMEOUT:?}");
+            }
+        }
+    }
+    let status = child.wait().context("cannot wait for cargo")?;
+    let stderr = output.remove("stderr").unwrap_or_default();
+    ensure!(
+        status.success(),
+        "`cargo build` failed ({status}):\n{stderr}"
+    );
+    let binaries = executables(&output.remove("stdout").unwrap_or_default());
+    ensure!(
+        !binaries.is_empty(),
+        "`cargo build` reported no binary:\n{stderr}"
+    );
+    Ok(binaries)
+}
+
+/// The binaries in cargo's JSON messages, by name.
+fn executables(messages: &str) -> HashMap<String, PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter_map(|message| {
+            let name = message.pointer("/target/name")?.as_str()?.to_owned();
+            let path = message["executable"].as_str()?.into();
+            Some((name, path))
+        })
+        .collect()
 }
 
 /// A command running `program` in a clean environment (no stray `BROKER_*`, `GATEWAY_*` or
@@ -412,9 +595,53 @@ impl Drop for Process {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn layout(exe: &str, target_dirs: &[&str]) -> Result<BuildLayout> {
+        BuildLayout::of(Path::new(exe), |dir| {
+            target_dirs.iter().any(|t| Path::new(t) == dir)
+        })
+    }
+
     #[test]
-    fn a_missing_binary_says_how_to_build_it() {
-        let err = super::binary("no-such-binary").unwrap_err().to_string();
-        assert!(err.contains("cargo build --workspace --bins"), "{err}");
+    fn the_build_follows_the_test_executable() {
+        let debug = layout("/w/target/debug/deps/e2e-1234", &["/w/target"]).unwrap();
+        assert_eq!(debug.target_dir, Path::new("/w/target"));
+        assert_eq!(debug.cargo_args(), ["--target-dir", "/w/target"]);
+        let release = layout("/t/release/deps/churn-1", &["/t"]).unwrap();
+        assert_eq!(release.cargo_args(), ["--target-dir", "/t", "--release"]);
+        let custom = layout("/t/ci/deps/churn-1", &["/t"]).unwrap();
+        assert_eq!(
+            custom.cargo_args(),
+            ["--target-dir", "/t", "--profile", "ci"]
+        );
+        let cross = layout("/t/x86_64-unknown-linux-musl/debug/deps/e2e-1", &["/t"]).unwrap();
+        assert_eq!(
+            cross.cargo_args(),
+            [
+                "--target-dir",
+                "/t",
+                "--target",
+                "x86_64-unknown-linux-musl"
+            ]
+        );
+        let unmarked = layout("/u/debug/deps/e2e-1", &[]).unwrap();
+        assert_eq!(unmarked.cargo_args(), ["--target-dir", "/u"]);
+        let err = layout("/elsewhere/e2e", &["/t"]).unwrap_err().to_string();
+        assert!(err.contains("<target>/<profile>/deps/"), "{err}");
+    }
+
+    #[test]
+    fn binaries_come_from_cargo_messages() {
+        let messages = [
+            r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"gateway"},"executable":null}"#,
+            r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"gateway"},"executable":"/t/debug/gateway"}"#,
+            r#"{"reason":"build-finished","success":true}"#,
+            "not json",
+        ]
+        .join("\n");
+        let binaries = executables(&messages);
+        assert_eq!(binaries.len(), 1);
+        assert_eq!(binaries["gateway"], Path::new("/t/debug/gateway"));
     }
 }
