@@ -13,6 +13,9 @@
 //! - [`http`]: an [`Admin`] HTTP endpoint: probes, stats, metrics samples.
 //! - [`certs`]: a CA and certificates made at test time, for TLS tests; [`TempFile`]: a file
 //!   removed on drop.
+//! - `broker` (feature `broker`): a broker library instance on port 0 in the test's runtime,
+//!   and a link client speaking the broker protocol to it.
+//! - `gateway` (feature `gateway`): a gateway library instance on port 0 in the test's process.
 //!
 //! No fixed ports and no sleeps for readiness: servers listen on port 0, and readiness comes
 //! from their log events or their state.
@@ -24,6 +27,11 @@ pub mod net;
 pub mod process;
 pub mod wait;
 pub mod ws;
+
+#[cfg(feature = "broker")]
+pub mod broker;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
