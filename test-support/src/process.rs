@@ -582,6 +582,27 @@ impl Process {
     }
 }
 
+/// What a process that ran to its end left: its exit code and everything it wrote.
+#[derive(Debug)]
+pub struct Finished {
+    /// `None` when a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Process {
+    /// Waits (at most `timeout`) until the process exits; returns its code and output.
+    pub async fn finish(mut self, timeout: Duration) -> Result<Finished> {
+        let status = self.wait(timeout).await?;
+        Ok(Finished {
+            code: status.code(),
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        })
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         // kill_on_drop does the killing; this only helps to diagnose a failed test.
