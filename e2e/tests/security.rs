@@ -157,9 +157,7 @@ async fn gateways_link_over_tls_with_a_secret_and_others_never_come_up() -> Resu
     member.join("room").await?;
     broker
         .admin
-        .wait_for_stats("subscriptions == 1", |s| {
-            stat(s, "/subscriptions") == Some(1)
-        })
+        .wait_for_counters("subscriptions == 1", &[("/subscriptions", 1)])
         .await?;
     let mut sender = Client::connect_wss("sender", b.addr, pki.client_config()?).await?;
     sender.send_to_group("room", "across TLS").await?;

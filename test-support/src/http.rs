@@ -117,6 +117,17 @@ impl Admin {
         .await
     }
 
+    /// Polls `/api/stats` until each counter (a JSON pointer) has its value; returns the
+    /// stats.
+    pub async fn wait_for_counters(&self, what: &str, counters: &[(&str, u64)]) -> Result<Value> {
+        self.wait_for_stats(what, |s| {
+            counters
+                .iter()
+                .all(|&(pointer, value)| stat(s, pointer) == Some(value))
+        })
+        .await
+    }
+
     /// Polls `GET path` until it answers `status`.
     pub async fn wait_for_status(&self, path: &str, status: u16) -> Result<()> {
         let what = format!("{}: GET {path} answers {status}", self.name);
