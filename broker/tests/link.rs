@@ -6,6 +6,10 @@
 //! pong for a ping arrives, everything queued before that ping was handled has arrived too. To
 //! prove a publish was *not* delivered, the publisher's own barrier comes first (its frames are
 //! applied in order, so the fan-out is done when its pong arrives), then the subscriber's.
+//!
+//! The timeout tests make time [`jump`] past a timeout as long as a production one, instead of
+//! waiting for a short one in real time: the broker runs in the test's runtime, whose clock the
+//! test controls.
 
 use std::time::Duration;
 
@@ -361,9 +365,19 @@ async fn frame_size_limit_is_inclusive() {
     assert_eq!(tb.stats().bad_frames, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Moves the clock of the test's runtime (the broker's) forward by `by` at once: every timer due
+/// by then fires. Time is paused only for the jump: while paused, a runtime with nothing to do
+/// jumps to its next timer, which would fire timeouts whenever a socket's bytes are in flight.
+/// So no I/O may be awaited across a jump, nor a timeout be pending (they would fire too).
+async fn jump(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
+#[tokio::test]
 async fn silent_new_link_is_closed_after_the_handshake_timeout() {
-    let handshake_timeout = Duration::from_millis(200);
+    let handshake_timeout = Duration::from_secs(10);
     let tb = TestBroker::start(BrokerConfig {
         handshake_timeout,
         ..BrokerConfig::default()
@@ -373,7 +387,12 @@ async fn silent_new_link_is_closed_after_the_handshake_timeout() {
     let mut silent = Link::connect_raw(tb.addr).await;
     silent.expect_hello().await;
     let mut prompt = Link::connect(tb.addr).await;
+    // Just before the timeout, the silent link is still there.
+    jump(handshake_timeout - Duration::from_secs(1)).await;
+    prompt.barrier().await;
+    assert_eq!(tb.stats().links, 2, "closed before the handshake timeout");
 
+    jump(Duration::from_secs(1)).await;
     silent.expect_error_code("handshake_timeout").await;
     assert!(
         started.elapsed() >= handshake_timeout,
@@ -388,9 +407,9 @@ async fn silent_new_link_is_closed_after_the_handshake_timeout() {
     assert_eq!(stats.bad_frames, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn idle_link_is_closed_and_pinging_link_stays_up() {
-    let idle = Duration::from_millis(300);
+    let idle = Duration::from_secs(30);
     let tb = TestBroker::start(BrokerConfig {
         link_idle_timeout: idle,
         ..BrokerConfig::default()
@@ -399,27 +418,32 @@ async fn idle_link_is_closed_and_pinging_link_stays_up() {
     let mut silent = Link::connect(tb.addr).await;
     let mut active = Link::connect(tb.addr).await;
 
-    let silent_closes = async {
-        let started = Instant::now();
-        // The last frame the broker hears from this link; it was sent after `started`.
-        silent.barrier().await;
-        silent.expect_eof().await;
-        started.elapsed()
-    };
-    let active_pings = async {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_millis(1200) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            active.barrier().await;
-        }
-    };
-    let (silent_lifetime, ()) = tokio::join!(silent_closes, active_pings);
+    let started = Instant::now();
+    // The last frame the broker hears from this link; it was sent after `started`.
+    silent.barrier().await;
+    // The active link is heard every third of the idle timeout.
+    let step = idle / 3;
+    for _ in 0..2 {
+        jump(step).await;
+        active.barrier().await;
+    }
+    // Just before the timeout, the silent link is still there.
+    jump(step - Duration::from_secs(1)).await;
+    active.barrier().await;
+    assert_eq!(tb.stats().links, 2, "closed before the idle timeout");
+
+    jump(Duration::from_secs(2)).await;
+    silent.expect_eof().await;
+    let silent_lifetime = started.elapsed();
     assert!(
         silent_lifetime >= idle,
         "idle link closed after {silent_lifetime:?}, before the idle timeout"
     );
-
-    active.barrier().await;
+    // The active link stays up as long as it is heard.
+    for _ in 0..6 {
+        jump(step).await;
+        active.barrier().await;
+    }
     let stats = tb
         .wait_for_stats("the idle link to go", |s| s.links == 1)
         .await;
