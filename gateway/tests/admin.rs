@@ -14,7 +14,7 @@ use gateway::{Gateway, GatewayConfig};
 use serde_json::{json, Value};
 use server_kit::metrics::CONTENT_TYPE;
 use test_support::broker::TestBroker;
-use test_support::gateway::TestGateway;
+use test_support::gateway::{workers, TestGateway};
 use test_support::http::sample;
 use test_support::ws::{add_group, Client};
 use test_support::{net, wait_for_state, Admin, RECV_TIMEOUT, STATS_TIMEOUT};
@@ -99,13 +99,6 @@ fn admin_config() -> AdminConfig {
     AdminConfig::default()
 }
 
-fn config(workers: usize) -> GatewayConfig {
-    GatewayConfig {
-        workers: Some(workers),
-        ..GatewayConfig::default()
-    }
-}
-
 /// The next messages must be exactly `expected`, in order.
 async fn expect(ws: &mut Client, expected: &[&str]) -> Result<()> {
     for want in expected {
@@ -117,7 +110,7 @@ async fn expect(ws: &mut Client, expected: &[&str]) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_stats_and_metrics() -> Result<()> {
     let mut cluster = Cluster::default();
-    let node = cluster.node(config(2), admin_config(), true).await?;
+    let node = cluster.node(workers(2), admin_config(), true).await?;
 
     assert_eq!(node.admin.get("/healthz").await?, (200, "ok".into()));
     assert_eq!(node.admin.get("/readyz").await?, (200, "ready".into()));
@@ -225,7 +218,7 @@ async fn readyz_is_503_until_listening_and_while_the_broker_is_unreachable() -> 
     let shutdown = CancellationToken::new();
     let _cancel = shutdown.clone().drop_guard();
 
-    let gateway = Gateway::builder(config(1))
+    let gateway = Gateway::builder(workers(1))
         .broker(refused.to_string())
         .start(shutdown.clone())?;
     let admin = serve_admin(&gateway, admin_config(), &shutdown).await?;
@@ -268,8 +261,8 @@ async fn readyz_is_503_until_listening_and_while_the_broker_is_unreachable() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_reaches_every_member_once_across_gateways() -> Result<()> {
     let mut cluster = Cluster::default();
-    let a = cluster.node(config(2), admin_config(), true).await?;
-    let b = cluster.node(config(1), admin_config(), false).await?;
+    let a = cluster.node(workers(2), admin_config(), true).await?;
+    let b = cluster.node(workers(1), admin_config(), false).await?;
 
     // Two members of g on A's two workers, one on B, and a member of group 7 only.
     let mut a0 = a.gateway.connect("a0").await?;
@@ -331,7 +324,7 @@ async fn publish_errors_are_json_and_publish_nothing() -> Result<()> {
     let mut cluster = Cluster::default();
     let gateway_config = GatewayConfig {
         max_message_size: 1024,
-        ..config(1)
+        ..workers(1)
     };
     let admin = AdminConfig {
         api_max_body_size: 4096,
@@ -481,7 +474,7 @@ async fn token_guards_the_api_only() -> Result<()> {
         api_token: Some("s3cret".into()),
         ..AdminConfig::default()
     };
-    let node = cluster.node(config(1), admin, false).await?;
+    let node = cluster.node(workers(1), admin, false).await?;
     let mut member = node.gateway.connect("member").await?;
     member.ack(add_group("g")).await?;
 

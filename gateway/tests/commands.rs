@@ -10,18 +10,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use gateway::GatewayConfig;
-use test_support::gateway::TestGateway;
+use test_support::gateway::{workers, TestGateway};
 use test_support::ws::{add_group, leave_group, send_to_group};
 use test_support::{expect_quiet, RECV_TIMEOUT};
 
 const WAIT: Duration = RECV_TIMEOUT;
-
-fn workers(workers: usize) -> GatewayConfig {
-    GatewayConfig {
-        workers: Some(workers),
-        ..GatewayConfig::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_group_echoes_the_req_id_and_joining_twice_is_one_membership() -> Result<()> {

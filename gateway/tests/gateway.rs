@@ -5,23 +5,16 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use gateway::GatewayConfig;
-use test_support::gateway::TestGateway;
+use test_support::gateway::{workers, TestGateway};
 use test_support::ws::{add_group, Event};
 use test_support::RECV_TIMEOUT;
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = RECV_TIMEOUT;
 
-fn config(workers: usize) -> GatewayConfig {
-    GatewayConfig {
-        workers: Some(workers),
-        ..GatewayConfig::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_scenario_and_cleanup() -> Result<()> {
-    let mut fx = TestGateway::embedded(config(2)).await?;
+    let mut fx = TestGateway::embedded(workers(2)).await?;
     let mut ws = fx.connect("seed").await?;
     ws.send_text(r#"{"cmd":"add_group", "group_id":"123"}"#)
         .await?;
@@ -59,7 +52,7 @@ async fn seed_scenario_and_cleanup() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn across_workers_exactly_once() -> Result<()> {
-    let fx = TestGateway::embedded(config(3)).await?;
+    let fx = TestGateway::embedded(workers(3)).await?;
     let mut members = Vec::new();
     for i in 0..6 {
         let mut ws = fx.connect(format!("member-{i}")).await?;
@@ -88,7 +81,7 @@ async fn across_workers_exactly_once() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_keep_the_connection_open() -> Result<()> {
-    let fx = TestGateway::embedded(config(1)).await?;
+    let fx = TestGateway::embedded(workers(1)).await?;
     let mut ws = fx.connect("client").await?;
     for (input, code) in [
         ("nope", "invalid_json"),
@@ -251,7 +244,7 @@ async fn slow_consumer_is_closed_and_others_get_everything() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_clients_with_1001() -> Result<()> {
-    let mut fx = TestGateway::embedded(config(2)).await?;
+    let mut fx = TestGateway::embedded(workers(2)).await?;
     let mut a = fx.connect("a").await?;
     let mut b = fx.connect("b").await?;
     a.ack(add_group("g")).await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use gateway::GatewayConfig;
-use test_support::gateway::TestGateway;
+use test_support::gateway::{workers, TestGateway};
 use test_support::net::{self, loopback as local, SocketOptions};
 use test_support::ws::{add_group, send_to_group, Client, Refused};
 use test_support::RECV_TIMEOUT;
@@ -16,14 +16,6 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = RECV_TIMEOUT;
-
-/// One worker, so that every client shares it; everything else at its default.
-fn one_worker() -> GatewayConfig {
-    GatewayConfig {
-        workers: Some(1),
-        ..GatewayConfig::default()
-    }
-}
 
 /// `sender` sends `text` to `group`; each of `members` must receive it next.
 async fn delivered(
@@ -46,7 +38,7 @@ async fn delivered(
 async fn over_max_connections_is_refused_with_503() -> Result<()> {
     let fx = TestGateway::embedded(GatewayConfig {
         max_connections: 2,
-        ..one_worker()
+        ..workers(1)
     })
     .await?;
     let mut a = fx.client("a").from(local(1)).connect().await?;
@@ -86,7 +78,7 @@ async fn over_max_connections_is_refused_with_503() -> Result<()> {
 async fn over_max_connections_per_ip_is_refused_for_that_address_only() -> Result<()> {
     let fx = TestGateway::embedded(GatewayConfig {
         max_connections_per_ip: 2,
-        ..one_worker()
+        ..workers(1)
     })
     .await?;
     let mut first = fx.client("first").from(local(2)).connect().await?;
@@ -127,7 +119,7 @@ async fn handshake_timeout_drops_silent_and_partial_clients() -> Result<()> {
         handshake_timeout: TIMEOUT,
         // One connection per address: every failed handshake must give its slot back.
         max_connections_per_ip: 1,
-        ..one_worker()
+        ..workers(1)
     })
     .await?;
     let from = local(4);
@@ -184,7 +176,7 @@ async fn over_the_rate_is_answered_then_closed_with_1008() -> Result<()> {
         max_messages_per_second: 1,
         message_burst: 5,
         rate_limit_strikes: 2,
-        ..one_worker()
+        ..workers(1)
     })
     .await?;
     let mut bystander = fx.client("bystander").from(local(5)).connect().await?;
@@ -245,7 +237,7 @@ async fn origins_outside_the_allowlist_get_403() -> Result<()> {
                 .parse()
                 .map_err(anyhow::Error::msg)?,
         ],
-        ..one_worker()
+        ..workers(1)
     })
     .await?;
     let mut allowed = Vec::new();
@@ -294,7 +286,7 @@ async fn origins_outside_the_allowlist_get_403() -> Result<()> {
     }
 
     // Without an allowlist, every origin is accepted.
-    let open = TestGateway::embedded(one_worker()).await?;
+    let open = TestGateway::embedded(workers(1)).await?;
     ensure!(open
         .client("evil")
         .from(local(1))

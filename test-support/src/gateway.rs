@@ -14,6 +14,15 @@ use tokio_util::sync::CancellationToken;
 use crate::ws::{Client, Connect};
 use crate::{net, wait, RECV_TIMEOUT, STATS_TIMEOUT};
 
+/// The default configuration with `workers` workers (one makes every client share a worker;
+/// several spread them, the first connection going to worker 0).
+pub fn workers(workers: usize) -> GatewayConfig {
+    GatewayConfig {
+        workers: Some(workers),
+        ..GatewayConfig::default()
+    }
+}
+
 /// A gateway serving clients on `127.0.0.1:0`; cancelled on drop.
 #[derive(Debug)]
 pub struct TestGateway {
