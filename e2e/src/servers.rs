@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
-use test_support::{stat, Admin, Client, Process, STARTUP_TIMEOUT};
+use test_support::{Client, Process, STARTUP_TIMEOUT};
+
+// Defined here before they moved to test-support: these paths still work.
+pub use test_support::{stat, Admin};
 
 /// Reads the socket address in field `field` of a log event.
 fn field_addr(fields: &Map<String, Value>, field: &str) -> Result<SocketAddr> {
