@@ -6,250 +6,31 @@
 //! pong for a ping arrives, everything queued before that ping was handled has arrived too. To
 //! prove a publish was *not* delivered, the publisher's own barrier comes first (its frames are
 //! applied in order, so the fan-out is done when its pong arrives), then the subscriber's.
+//!
+//! The timeout tests make time [`jump`] past a timeout as long as a production one, instead of
+//! waiting for a short one in real time: the broker runs in the test's runtime, whose clock the
+//! test controls.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use broker::{Broker, BrokerConfig, BrokerError, StatsSnapshot};
+use broker::BrokerConfig;
 use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
-use protocol::link::{
-    Body, Hello, LinkError, Message, Ping, Publish, Subscribe, SubscribeRefused, Unsubscribe,
-};
+use protocol::link::{Body, Hello, Message, Publish, SubscribeRefused};
 use protocol::{Frame, FrameError, LinkCodec, DEFAULT_MAX_FRAME_SIZE, PROTOCOL_VERSION};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use test_support::broker::{ping, publish, subscribe, to_bytes, Link, TestBroker};
+use test_support::RECV_TIMEOUT as WAIT;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::codec::Framed;
-use tokio_util::sync::CancellationToken;
-
-/// Upper bound on any single wait; generous so a loaded machine does not fail a correct broker.
-const WAIT: Duration = Duration::from_secs(3);
-
-/// A broker serving on an ephemeral port in the test's runtime; cancelled on drop.
-struct TestBroker {
-    broker: Broker,
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    serve: JoinHandle<Result<(), BrokerError>>,
-}
-
-impl TestBroker {
-    async fn start(config: BrokerConfig) -> TestBroker {
-        let broker = Broker::new(config).expect("test config is valid");
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("listener address");
-        let shutdown = CancellationToken::new();
-        let serve = tokio::spawn({
-            let broker = broker.clone();
-            let shutdown = shutdown.clone();
-            async move { broker.serve(listener, shutdown).await }
-        });
-        TestBroker {
-            broker,
-            addr,
-            shutdown,
-            serve,
-        }
-    }
-
-    fn stats(&self) -> StatsSnapshot {
-        self.broker.stats()
-    }
-
-    /// Polls the stats until `done` holds, for counters the broker updates after a socket closes.
-    async fn wait_for_stats(
-        &self,
-        what: &str,
-        done: impl Fn(&StatsSnapshot) -> bool,
-    ) -> StatsSnapshot {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let stats = self.stats();
-            if done(&stats) {
-                return stats;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; stats: {stats:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-/// A gateway's end of a link, reduced to what the tests need.
-struct Client {
-    framed: Framed<TcpStream, LinkCodec>,
-    next_nonce: u64,
-}
-
-impl Client {
-    /// Connects without reading or sending anything.
-    async fn connect_raw(addr: SocketAddr) -> Client {
-        let stream = timeout(WAIT, TcpStream::connect(addr))
-            .await
-            .expect("connect timed out")
-            .expect("connect to the broker");
-        // Like a gateway: a ping right after a publish must not wait out Nagle + delayed ACK.
-        stream.set_nodelay(true).expect("set TCP_NODELAY");
-        Client {
-            framed: Framed::new(stream, LinkCodec::default()),
-            next_nonce: 1,
-        }
-    }
-
-    /// Connects and completes the handshake; the link is up (the broker applied our hello) on
-    /// return.
-    async fn connect(addr: SocketAddr) -> Client {
-        let mut client = Client::connect_raw(addr).await;
-        client.expect_hello().await;
-        client.send(Frame::hello("test")).await;
-        client.barrier().await;
-        client
-    }
-
-    async fn send(&mut self, frame: Frame) {
-        timeout(WAIT, self.framed.send(frame))
-            .await
-            .expect("send timed out")
-            .expect("send a frame");
-    }
-
-    /// Writes bytes as they are, bypassing the codec (whose write buffer is flushed after
-    /// every `send`, so ordering is kept).
-    async fn send_raw(&mut self, bytes: &[u8]) {
-        timeout(WAIT, self.framed.get_mut().write_all(bytes))
-            .await
-            .expect("raw write timed out")
-            .expect("raw write");
-    }
-
-    async fn publish(&mut self, channel: &str, payload: &[u8], no_echo: bool) {
-        self.send(publish(channel, payload, no_echo)).await;
-    }
-
-    /// Subscribes, then waits until the broker has applied it.
-    async fn subscribe(&mut self, channels: &[&str]) {
-        self.send(subscribe(channels)).await;
-        self.barrier().await;
-    }
-
-    /// Unsubscribes, then waits until the broker has applied it.
-    async fn unsubscribe(&mut self, channels: &[&str]) {
-        self.send(Frame::new(Body::Unsubscribe(Unsubscribe {
-            channels: to_bytes(channels),
-        })))
-        .await;
-        self.barrier().await;
-    }
-
-    async fn recv(&mut self) -> Option<Result<Frame, FrameError>> {
-        timeout(WAIT, self.framed.next())
-            .await
-            .expect("nothing arrived (no frame, no EOF) in time")
-    }
-
-    async fn expect_frame(&mut self) -> Frame {
-        match self.recv().await {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => panic!("expected a frame, got a link error: {e}"),
-            None => panic!("expected a frame, got EOF"),
-        }
-    }
-
-    async fn expect_hello(&mut self) {
-        match self.expect_frame().await.body {
-            Some(Body::Hello(Hello { version, .. })) => assert_eq!(version, PROTOCOL_VERSION),
-            other => panic!("expected the broker's hello first, got {other:?}"),
-        }
-    }
-
-    async fn expect_message(&mut self, channel: &str, payload: &[u8]) {
-        match self.expect_frame().await.body {
-            Some(Body::Message(Message {
-                channel: got_channel,
-                payload: got_payload,
-            })) => {
-                assert_eq!(got_channel.as_ref(), channel.as_bytes(), "message channel");
-                assert_eq!(got_payload.as_ref(), payload, "message payload");
-            }
-            other => panic!("expected a message on {channel:?}, got {other:?}"),
-        }
-    }
-
-    /// Ping, and require the very next frame to be the matching pong: nothing was queued for
-    /// this link before the ping was handled, except what the caller already read.
-    async fn barrier(&mut self) {
-        let nonce = self.next_nonce;
-        self.next_nonce += 1;
-        self.send(ping(nonce)).await;
-        match self.expect_frame().await.body {
-            Some(Body::Pong(pong)) if pong.nonce == nonce => {}
-            other => panic!("expected pong {nonce} with nothing before it, got {other:?}"),
-        }
-    }
-
-    /// The broker closes the link after an `Error` frame with `code`, and sends nothing else.
-    async fn expect_error_code(&mut self, code: &str) {
-        match self.expect_frame().await.body {
-            Some(Body::Error(LinkError { code: got, reason })) => {
-                assert_eq!(got, code, "error code (reason: {reason})");
-                assert!(!reason.is_empty(), "an error says why");
-            }
-            other => panic!("expected an error {code:?}, got {other:?}"),
-        }
-        self.expect_eof().await;
-    }
-
-    /// A clean close: no frame, no error, just EOF.
-    async fn expect_eof(&mut self) {
-        if let Some(got) = self.recv().await {
-            panic!("expected EOF, got {got:?}");
-        }
-    }
-}
-
-fn to_bytes(channels: &[&str]) -> Vec<Bytes> {
-    channels
-        .iter()
-        .map(|c| Bytes::copy_from_slice(c.as_bytes()))
-        .collect()
-}
-
-fn subscribe(channels: &[&str]) -> Frame {
-    Frame::new(Body::Subscribe(Subscribe {
-        channels: to_bytes(channels),
-    }))
-}
-
-fn publish(channel: &str, payload: &[u8], no_echo: bool) -> Frame {
-    Frame::new(Body::Publish(Publish {
-        channel: Bytes::copy_from_slice(channel.as_bytes()),
-        payload: Bytes::copy_from_slice(payload),
-        no_echo,
-    }))
-}
-
-fn ping(nonce: u64) -> Frame {
-    Frame::new(Body::Ping(Ping { nonce }))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_broker_speaks_first_then_link_is_up() {
     let tb = TestBroker::start(BrokerConfig::default()).await;
-    let mut client = Client::connect_raw(tb.addr).await;
+    let mut client = Link::connect_raw(tb.addr).await;
     // Read before sending anything: the broker's hello must not wait for ours.
     client.expect_hello().await;
     client.send(Frame::hello("gateway-1")).await;
@@ -264,10 +45,10 @@ async fn handshake_broker_speaks_first_then_link_is_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_reaches_each_subscriber_of_the_channel_exactly_once() {
     let tb = TestBroker::start(BrokerConfig::default()).await;
-    let mut a = Client::connect(tb.addr).await;
-    let mut b = Client::connect(tb.addr).await;
-    let mut other = Client::connect(tb.addr).await;
-    let mut publisher = Client::connect(tb.addr).await;
+    let mut a = Link::connect(tb.addr).await;
+    let mut b = Link::connect(tb.addr).await;
+    let mut other = Link::connect(tb.addr).await;
+    let mut publisher = Link::connect(tb.addr).await;
     a.subscribe(&["g"]).await;
     b.subscribe(&["g"]).await;
     other.subscribe(&["other"]).await;
@@ -293,8 +74,8 @@ async fn publish_reaches_each_subscriber_of_the_channel_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_echo_skips_only_the_publishing_link() {
     let tb = TestBroker::start(BrokerConfig::default()).await;
-    let mut publisher = Client::connect(tb.addr).await;
-    let mut peer = Client::connect(tb.addr).await;
+    let mut publisher = Link::connect(tb.addr).await;
+    let mut peer = Link::connect(tb.addr).await;
     publisher.subscribe(&["g"]).await;
     peer.subscribe(&["g"]).await;
 
@@ -315,9 +96,9 @@ async fn no_echo_skips_only_the_publishing_link() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_stops_delivery_and_closing_removes_subscriptions() {
     let tb = TestBroker::start(BrokerConfig::default()).await;
-    let mut leaver = Client::connect(tb.addr).await;
-    let mut stayer = Client::connect(tb.addr).await;
-    let mut publisher = Client::connect(tb.addr).await;
+    let mut leaver = Link::connect(tb.addr).await;
+    let mut stayer = Link::connect(tb.addr).await;
+    let mut publisher = Link::connect(tb.addr).await;
     // A channel named twice, in one frame and again later, is one subscription.
     leaver.subscribe(&["g", "h", "g"]).await;
     leaver.subscribe(&["h"]).await;
@@ -483,17 +264,17 @@ fn malformed_cases() -> Vec<Case> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_closes_only_that_link_with_an_error_code() {
     let tb = TestBroker::start(limits_config()).await;
-    let mut healthy = Client::connect(tb.addr).await;
+    let mut healthy = Link::connect(tb.addr).await;
     healthy.subscribe(&["g"]).await;
-    let mut publisher = Client::connect(tb.addr).await;
+    let mut publisher = Link::connect(tb.addr).await;
 
     for case in malformed_cases() {
         let name = case.name;
         let before = tb.stats().bad_frames;
         let mut bad = if case.handshake {
-            Client::connect(tb.addr).await
+            Link::connect(tb.addr).await
         } else {
-            let mut client = Client::connect_raw(tb.addr).await;
+            let mut client = Link::connect_raw(tb.addr).await;
             client.expect_hello().await;
             client
         };
@@ -533,11 +314,11 @@ async fn malformed_input_closes_only_that_link_with_an_error_code() {
 async fn channel_limits_are_inclusive() {
     let tb = TestBroker::start(limits_config()).await;
     let longest = "y".repeat(MAX_CHANNEL_LEN);
-    let mut client = Client::connect(tb.addr).await;
+    let mut client = Link::connect(tb.addr).await;
     client.subscribe(&["a", "b", &longest]).await;
     // Already subscribed: does not count against the limit again.
     client.subscribe(&["a"]).await;
-    let mut publisher = Client::connect(tb.addr).await;
+    let mut publisher = Link::connect(tb.addr).await;
     publisher.publish(&longest, b"fits", false).await;
     publisher.barrier().await;
     client.expect_message(&longest, b"fits").await;
@@ -548,11 +329,10 @@ async fn channel_limits_are_inclusive() {
     assert_eq!(stats.bad_frames, 0);
 }
 
-impl Client {
-    /// The next frame is a `SubscribeRefused` for `too_many_channels`; returns its channels,
-    /// sorted.
-    async fn expect_refusal(&mut self) -> Vec<Bytes> {
-        match self.expect_frame().await.body {
+/// The next frame is a `SubscribeRefused` for `too_many_channels`; returns its channels, sorted.
+async fn expect_refusal(link: &mut Link) -> Vec<Bytes> {
+    {
+        match link.expect_frame().await.body {
             Some(Body::SubscribeRefused(SubscribeRefused {
                 mut channels,
                 code,
@@ -571,14 +351,14 @@ impl Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_past_the_limit_are_refused_and_the_link_stays_up() {
     let tb = TestBroker::start(limits_config()).await;
-    let mut client = Client::connect(tb.addr).await;
-    let mut publisher = Client::connect(tb.addr).await;
+    let mut client = Link::connect(tb.addr).await;
+    let mut publisher = Link::connect(tb.addr).await;
     client.subscribe(&["a", "b"]).await;
 
     // The limit (3) counts across frames. "a" is already held and costs nothing; "c" is
     // taken; "d" and "e" are refused, "d" named once although it was asked for twice.
     client.send(subscribe(&["a", "c", "d", "e", "d"])).await;
-    assert_eq!(client.expect_refusal().await, to_bytes(&["d", "e"]));
+    assert_eq!(expect_refusal(&mut client).await, to_bytes(&["d", "e"]));
     client.barrier().await;
 
     for channel in ["a", "b", "c", "d", "e"] {
@@ -592,7 +372,7 @@ async fn subscriptions_past_the_limit_are_refused_and_the_link_stays_up() {
 
     // Still full: a later subscribe is refused as a whole. Unsubscribing makes room again.
     client.send(subscribe(&["e"])).await;
-    assert_eq!(client.expect_refusal().await, to_bytes(&["e"]));
+    assert_eq!(expect_refusal(&mut client).await, to_bytes(&["e"]));
     client.barrier().await;
     client.unsubscribe(&["a"]).await;
     client.subscribe(&["e"]).await;
@@ -626,9 +406,9 @@ async fn frame_size_limit_is_inclusive() {
         ..BrokerConfig::default()
     })
     .await;
-    let mut subscriber = Client::connect(tb.addr).await;
+    let mut subscriber = Link::connect(tb.addr).await;
     subscriber.subscribe(&["g"]).await;
-    let mut publisher = Client::connect(tb.addr).await;
+    let mut publisher = Link::connect(tb.addr).await;
 
     // The relayed message is the same size as the publish (no_echo unset is not encoded).
     let largest = publish_of_frame_len("g", MAX_FRAME_SIZE);
@@ -650,19 +430,34 @@ async fn frame_size_limit_is_inclusive() {
     assert_eq!(tb.stats().bad_frames, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Moves the clock of the test's runtime (the broker's) forward by `by` at once: every timer due
+/// by then fires. Time is paused only for the jump: while paused, a runtime with nothing to do
+/// jumps to its next timer, which would fire timeouts whenever a socket's bytes are in flight.
+/// So no I/O may be awaited across a jump, nor a timeout be pending (they would fire too).
+async fn jump(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
+#[tokio::test]
 async fn silent_new_link_is_closed_after_the_handshake_timeout() {
-    let handshake_timeout = Duration::from_millis(200);
+    let handshake_timeout = Duration::from_secs(10);
     let tb = TestBroker::start(BrokerConfig {
         handshake_timeout,
         ..BrokerConfig::default()
     })
     .await;
     let started = Instant::now();
-    let mut silent = Client::connect_raw(tb.addr).await;
+    let mut silent = Link::connect_raw(tb.addr).await;
     silent.expect_hello().await;
-    let mut prompt = Client::connect(tb.addr).await;
+    let mut prompt = Link::connect(tb.addr).await;
+    // Just before the timeout, the silent link is still there.
+    jump(handshake_timeout - Duration::from_secs(1)).await;
+    prompt.barrier().await;
+    assert_eq!(tb.stats().links, 2, "closed before the handshake timeout");
 
+    jump(Duration::from_secs(1)).await;
     silent.expect_error_code("handshake_timeout").await;
     assert!(
         started.elapsed() >= handshake_timeout,
@@ -677,38 +472,43 @@ async fn silent_new_link_is_closed_after_the_handshake_timeout() {
     assert_eq!(stats.bad_frames, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn idle_link_is_closed_and_pinging_link_stays_up() {
-    let idle = Duration::from_millis(300);
+    let idle = Duration::from_secs(30);
     let tb = TestBroker::start(BrokerConfig {
         link_idle_timeout: idle,
         ..BrokerConfig::default()
     })
     .await;
-    let mut silent = Client::connect(tb.addr).await;
-    let mut active = Client::connect(tb.addr).await;
+    let mut silent = Link::connect(tb.addr).await;
+    let mut active = Link::connect(tb.addr).await;
 
-    let silent_closes = async {
-        let started = Instant::now();
-        // The last frame the broker hears from this link; it was sent after `started`.
-        silent.barrier().await;
-        silent.expect_eof().await;
-        started.elapsed()
-    };
-    let active_pings = async {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_millis(1200) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            active.barrier().await;
-        }
-    };
-    let (silent_lifetime, ()) = tokio::join!(silent_closes, active_pings);
+    let started = Instant::now();
+    // The last frame the broker hears from this link; it was sent after `started`.
+    silent.barrier().await;
+    // The active link is heard every third of the idle timeout.
+    let step = idle / 3;
+    for _ in 0..2 {
+        jump(step).await;
+        active.barrier().await;
+    }
+    // Just before the timeout, the silent link is still there.
+    jump(step - Duration::from_secs(1)).await;
+    active.barrier().await;
+    assert_eq!(tb.stats().links, 2, "closed before the idle timeout");
+
+    jump(Duration::from_secs(2)).await;
+    silent.expect_eof().await;
+    let silent_lifetime = started.elapsed();
     assert!(
         silent_lifetime >= idle,
         "idle link closed after {silent_lifetime:?}, before the idle timeout"
     );
-
-    active.barrier().await;
+    // The active link stays up as long as it is heard.
+    for _ in 0..6 {
+        jump(step).await;
+        active.barrier().await;
+    }
     let stats = tb
         .wait_for_stats("the idle link to go", |s| s.links == 1)
         .await;
@@ -741,7 +541,7 @@ struct ReadingSubscriber {
 }
 
 impl ReadingSubscriber {
-    fn start(client: Client, payload_len: usize) -> ReadingSubscriber {
+    fn start(client: Link, payload_len: usize) -> ReadingSubscriber {
         let (sink, mut stream) = client.framed.split();
         let (seen_tx, seen) = tokio::sync::mpsc::channel(16);
         let reading = tokio::spawn(async move {
@@ -801,7 +601,7 @@ impl ReadingSubscriber {
 /// disconnected the slow link (`None`: it never did).
 async fn publish_until_slow_disconnect(
     tb: &TestBroker,
-    publisher: &mut Client,
+    publisher: &mut Link,
     reader: &mut ReadingSubscriber,
     payload_len: usize,
     max: u64,
@@ -829,7 +629,7 @@ async fn publish_until_slow_disconnect(
 /// Reads what a disconnected link got: an in-order prefix of the numbered messages, then the
 /// end of the link (a frame the writer was cut off in may be truncated: that is an I/O error at
 /// the end). Returns how many messages it got.
-async fn read_until_the_end(stalled: &mut Client) -> u64 {
+async fn read_until_the_end(stalled: &mut Link) -> u64 {
     let mut next_seq = 0;
     loop {
         match stalled.recv().await {
@@ -858,11 +658,11 @@ async fn slow_consumer_is_disconnected_and_a_reading_subscriber_gets_everything(
     })
     .await;
 
-    let mut stalled = Client::connect(tb.addr).await;
+    let mut stalled = Link::connect(tb.addr).await;
     stalled.subscribe(&["g"]).await;
-    let mut reader = Client::connect(tb.addr).await;
+    let mut reader = Link::connect(tb.addr).await;
     reader.subscribe(&["g"]).await;
-    let mut publisher = Client::connect(tb.addr).await;
+    let mut publisher = Link::connect(tb.addr).await;
     let mut reader = ReadingSubscriber::start(reader, PAYLOAD_LEN);
 
     let (published, disconnected_after) = publish_until_slow_disconnect(
@@ -909,11 +709,11 @@ async fn a_link_queue_is_bounded_in_bytes_as_well_as_in_frames() {
     })
     .await;
 
-    let mut stalled = Client::connect(tb.addr).await;
+    let mut stalled = Link::connect(tb.addr).await;
     stalled.subscribe(&["g"]).await;
-    let mut reader = Client::connect(tb.addr).await;
+    let mut reader = Link::connect(tb.addr).await;
     reader.subscribe(&["g"]).await;
-    let mut publisher = Client::connect(tb.addr).await;
+    let mut publisher = Link::connect(tb.addr).await;
     let mut reader = ReadingSubscriber::start(reader, PAYLOAD_LEN);
 
     let (published, disconnected_after) = publish_until_slow_disconnect(
@@ -972,9 +772,9 @@ async fn cancelling_stops_serving_and_closes_every_link() {
         ..BrokerConfig::default()
     })
     .await;
-    let mut up = Client::connect(tb.addr).await;
+    let mut up = Link::connect(tb.addr).await;
     up.subscribe(&["g"]).await;
-    let mut handshaking = Client::connect_raw(tb.addr).await;
+    let mut handshaking = Link::connect_raw(tb.addr).await;
     handshaking.expect_hello().await;
     tb.wait_for_stats("both links to be accepted", |s| s.links == 2)
         .await;

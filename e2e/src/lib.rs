@@ -1,44 +1,28 @@
 //! End-to-end test harness: runs the real `broker`, `gateway`, `client-cli` and `push-bench`
-//! binaries (built next to the test executable, in `target/<profile>/`) and talks to them as users
-//! do.
+//! binaries and talks to them as users do. The first test of a test executable to start one
+//! builds them (`cargo build --workspace --bins`, a no-op when they are fresh): `cargo test -p
+//! e2e` needs no earlier build.
 //!
-//! - [`process`]: a child process guard, killed on drop, whose stdout and stderr are captured
-//!   line by line; waits for the JSON log events that signal readiness.
-//! - [`servers`]: starts a [`Broker`] or a [`Gateway`] on port 0, waits until it is ready, and
-//!   reads its admin API ([`Admin`]).
-//! - [`certs`]: a CA and certificates made at test time, for TLS tests.
-//! - [`ws`]: a WebSocket [`Client`] speaking the JSON protocol (over `ws://` or `wss://`); [`frame`] builds the malformed
-//!   frames it can also send.
+//! - [`servers`]: starts a [`Broker`] or a [`Gateway`] process on port 0, waits until it is
+//!   ready, and reads its admin API ([`Admin`]).
+//! - The rest comes from the workspace's `test-support` crate, re-exported here: [`process`]
+//!   (a child process guard, killed on drop, output captured; it builds the binaries), [`ws`]
+//!   (the WebSocket [`Client`]), [`frame`] (malformed frames), [`certs`] (test certificates),
+//!   the timeouts.
+//! - Below: the tagged and numbered messages the delivery tests send and check.
 //!
 //! No fixed ports and no sleeps for readiness: addresses and readiness come from the log events.
-//! Every wait has a deadline (the constants below); stats are polled every [`POLL_INTERVAL`].
+//! Every wait has a deadline (the constants re-exported below); stats are polled every
+//! [`POLL_INTERVAL`].
 
-pub mod certs;
-pub mod frame;
-pub mod process;
 pub mod servers;
-pub mod ws;
 
-use std::time::Duration;
-
-pub use frame::RawFrame;
-pub use process::Process;
-pub use servers::{stat, Admin, Broker, BrokerMode, Gateway, GatewayConfig};
-pub use ws::{expect_quiet, Client, Event};
-
-/// How long a server may take to log that it is ready.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long one expected frame may take to arrive.
-pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long stats may take to reach an expected state.
-pub const STATS_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a process may take to exit once told to.
-pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Interval between two polls of an admin endpoint.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// After every expected frame arrived (barriers included), how long a client must then stay
-/// silent: catches late duplicates and strays that no barrier can order.
-pub const QUIET_PERIOD: Duration = Duration::from_millis(300);
+pub use servers::{Broker, BrokerMode, Gateway, GatewayConfig};
+pub use test_support::{certs, frame, process, ws};
+pub use test_support::{
+    expect_quiet, stat, Admin, Client, Event, Process, RawFrame, EXIT_TIMEOUT, POLL_INTERVAL,
+    QUIET_PERIOD, RECV_TIMEOUT, STARTUP_TIMEOUT, STATS_TIMEOUT,
+};
 
 /// The text of message `seq` from `sender` to `group`: unique per test, so a received message
 /// tells who sent it, where, and in which order.

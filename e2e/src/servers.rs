@@ -3,17 +3,13 @@
 //! Every server listens on port 0; the bound addresses come from its readiness log events.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::{Map, Value};
+use test_support::{Client, Process, STARTUP_TIMEOUT};
 
-use crate::process::Process;
-use crate::ws::Client;
-use crate::{POLL_INTERVAL, STARTUP_TIMEOUT, STATS_TIMEOUT};
-
-/// The time one admin HTTP request may take.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+// Defined here before they moved to test-support: these paths still work.
+pub use test_support::{stat, Admin};
 
 /// Reads the socket address in field `field` of a log event.
 fn field_addr(fields: &Map<String, Value>, field: &str) -> Result<SocketAddr> {
@@ -28,108 +24,6 @@ fn field_addr(fields: &Map<String, Value>, field: &str) -> Result<SocketAddr> {
 async fn logged_addr(process: &Process, message: &str) -> Result<SocketAddr> {
     let fields = process.wait_for_log(message, STARTUP_TIMEOUT).await?;
     field_addr(&fields, "addr").with_context(|| format!("{}: {message:?}", process.name()))
-}
-
-/// A number in a stats document, by JSON pointer (e.g. `/broker_link/subscriptions`).
-pub fn stat(stats: &Value, pointer: &str) -> Option<u64> {
-    stats.pointer(pointer)?.as_u64()
-}
-
-/// A server's admin HTTP endpoint.
-#[derive(Debug, Clone)]
-pub struct Admin {
-    name: String,
-    addr: SocketAddr,
-    http: reqwest::Client,
-}
-
-impl Admin {
-    fn new(name: &str, addr: SocketAddr) -> Result<Admin> {
-        let http = reqwest::Client::builder()
-            .timeout(HTTP_TIMEOUT)
-            .no_proxy()
-            .build()
-            .context("cannot build the HTTP client")?;
-        Ok(Admin {
-            name: name.to_owned(),
-            addr,
-            http,
-        })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `GET path`: the status code and the body.
-    pub async fn get(&self, path: &str) -> Result<(u16, String)> {
-        let url = format!("http://{}{path}", self.addr);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("{}: GET {url}", self.name))?;
-        let status = response.status().as_u16();
-        let body = response
-            .text()
-            .await
-            .with_context(|| format!("{}: reading the body of GET {url}", self.name))?;
-        Ok((status, body))
-    }
-
-    /// `GET /api/stats`, which must answer 200 with a JSON object.
-    pub async fn stats(&self) -> Result<Value> {
-        let (status, body) = self.get("/api/stats").await?;
-        if status != 200 {
-            bail!("{}: GET /api/stats answered {status}: {body}", self.name);
-        }
-        let stats: Value = serde_json::from_str(&body)
-            .with_context(|| format!("{}: /api/stats is not JSON: {body}", self.name))?;
-        if !stats.is_object() {
-            bail!("{}: /api/stats is not a JSON object: {body}", self.name);
-        }
-        Ok(stats)
-    }
-
-    /// Polls `/api/stats` until `pred` holds; returns the matching stats.
-    pub async fn wait_for_stats(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
-        let deadline = tokio::time::Instant::now() + STATS_TIMEOUT;
-        loop {
-            let last = match self.stats().await {
-                Ok(stats) if pred(&stats) => return Ok(stats),
-                Ok(stats) => stats.to_string(),
-                Err(e) => format!("{e:#}"),
-            };
-            if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "{}: timed out after {STATS_TIMEOUT:?} waiting for {what}; last stats: {last}",
-                    self.name
-                );
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-    }
-
-    /// Polls `GET path` until it answers `status`.
-    pub async fn wait_for_status(&self, path: &str, status: u16) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + STATS_TIMEOUT;
-        loop {
-            let last = match self.get(path).await {
-                Ok((got, _)) if got == status => return Ok(()),
-                Ok((got, body)) => format!("{got} {body}"),
-                Err(e) => format!("{e:#}"),
-            };
-            if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "{}: timed out after {STATS_TIMEOUT:?} waiting for GET {path} to answer \
-                     {status}; last answer: {last}",
-                    self.name
-                );
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-    }
 }
 
 /// A standalone `broker` process.
@@ -155,7 +49,7 @@ impl Broker {
     /// Starts a broker listening on `listen` with more flags (`--link-secret-file`, ...).
     pub async fn start_with(name: &str, listen: SocketAddr, extra: &[String]) -> Result<Broker> {
         let mut args: Vec<String> = [
-            "--listen",
+            "--broker-listen",
             &listen.to_string(),
             "--admin",
             "127.0.0.1:0",

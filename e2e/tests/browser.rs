@@ -1,8 +1,10 @@
 //! In a real browser: the seed's console snippet, and the demo page (gateway/static/demo.html)
 //! used through its UI. Headless Chromium, driven over WebDriver (fantoccini -> chromedriver).
 //!
-//! Needs Debian's `chromium` and `chromium-driver` packages (`.ci/run` installs them). Without
-//! them these tests fail and say what to install, unless `E2E_SKIP_BROWSER=1` is set.
+//! Needs Debian's `chromium` and `chromium-driver` packages (`.ci/run` installs them), so the
+//! tests that drive a browser are `#[ignore]`d: `cargo test` reports them as ignored, and
+//! `cargo test -- --include-ignored` (README's test command, which CI runs) runs them. Asked to
+//! run without a browser, they fail and say what to install.
 //!
 //! Each test starts its own gateway, its own chromedriver (in its own process group, killed with
 //! its browsers on drop) and one fresh profile per browser. Every wait in the page is a poll
@@ -64,7 +66,7 @@ console.log = function (...args) {
 
 // ---- tools ------------------------------------------------------------------------------------
 
-/// Chromium and chromedriver, found on `PATH`; `None` when the browser tests are to be skipped.
+/// Chromium and chromedriver, found on `PATH`.
 #[derive(Debug, Clone)]
 struct Tools {
     chromium: PathBuf,
@@ -72,18 +74,16 @@ struct Tools {
 }
 
 impl Tools {
-    fn find(test: &str) -> Result<Option<Tools>> {
-        if std::env::var_os("E2E_SKIP_BROWSER").is_some_and(|v| v == "1") {
-            eprintln!("{test}: skipped (E2E_SKIP_BROWSER=1)");
-            return Ok(None);
-        }
+    /// The tools, or an error saying what to install: a test that was asked to run fails
+    /// without them.
+    fn find() -> Result<Tools> {
         let chromium = find_program("chromium");
         let chromedriver = find_program("chromedriver");
         match (chromium, chromedriver) {
-            (Some(chromium), Some(chromedriver)) => Ok(Some(Tools {
+            (Some(chromium), Some(chromedriver)) => Ok(Tools {
                 chromium,
                 chromedriver,
-            })),
+            }),
             (chromium, chromedriver) => {
                 let missing: Vec<&str> = [("chromium", &chromium), ("chromedriver", &chromedriver)]
                     .iter()
@@ -94,8 +94,8 @@ impl Tools {
                 bail!(
                     "the browser tests need Chromium and ChromeDriver, but {} {verb} not on PATH. \
                      Install Debian's packages `chromium` and `chromium-driver` \
-                     (`apt-get install -y chromium chromium-driver`), or set E2E_SKIP_BROWSER=1 \
-                     to skip these tests.",
+                     (`apt-get install -y chromium chromium-driver`), or run the tests without \
+                     `--include-ignored` to leave these out.",
                     missing.join(" and ")
                 )
             }
@@ -549,10 +549,9 @@ fn seed_code(addr: SocketAddr) -> Result<String> {
 /// The seed's test: its snippet, run in a page as if typed into the console, logs the message,
 /// and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver: run with --include-ignored"]
 async fn seed_snippet_logs_the_message() -> Result<()> {
-    let Some(tools) = Tools::find("seed_snippet_logs_the_message")? else {
-        return Ok(());
-    };
+    let tools = Tools::find()?;
     within("seed_snippet_logs_the_message", async {
         let gateway = Gateway::start(GatewayConfig::embedded("gateway")).await?;
         let driver = Chromedriver::start(&tools).await?;
@@ -607,10 +606,9 @@ async fn seed_snippet_logs_the_message() -> Result<()> {
 /// Two demo pages in group 123, on different workers, show a message sent from a third page;
 /// after one of them leaves the group, only the other shows the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver: run with --include-ignored"]
 async fn demo_pages_join_send_and_leave() -> Result<()> {
-    let Some(tools) = Tools::find("demo_pages_join_send_and_leave")? else {
-        return Ok(());
-    };
+    let tools = Tools::find()?;
     within("demo_pages_join_send_and_leave", async {
         let gateway = Gateway::start(GatewayConfig::embedded("gateway").workers(2)).await?;
         let driver = Chromedriver::start(&tools).await?;
@@ -688,10 +686,9 @@ async fn demo_pages_join_send_and_leave() -> Result<()> {
 /// The page escapes what it shows, shows error replies apart, shows live stats, and looks right:
 /// a screenshot is saved to `target/demo-screenshot.png`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver: run with --include-ignored"]
 async fn demo_page_screenshot() -> Result<()> {
-    let Some(tools) = Tools::find("demo_page_screenshot")? else {
-        return Ok(());
-    };
+    let tools = Tools::find()?;
     within("demo_page_screenshot", async {
         let gateway = Gateway::start(GatewayConfig::embedded("gateway").workers(2)).await?;
         let driver = Chromedriver::start(&tools).await?;
@@ -757,10 +754,9 @@ async fn demo_page_screenshot() -> Result<()> {
 /// With `--api-token`, `/api/stats` answers 401: the page asks for the token and then shows the
 /// stats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver: run with --include-ignored"]
 async fn demo_page_asks_for_the_api_token() -> Result<()> {
-    let Some(tools) = Tools::find("demo_page_asks_for_the_api_token")? else {
-        return Ok(());
-    };
+    let tools = Tools::find()?;
     within("demo_page_asks_for_the_api_token", async {
         let config = GatewayConfig::embedded("gateway")
             .workers(2)
@@ -802,7 +798,7 @@ async fn demo_page_asks_for_the_api_token() -> Result<()> {
     .await
 }
 
-/// The page and its config are served without a browser: checked even with E2E_SKIP_BROWSER.
+/// The page and its config are served without a browser: not ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_page_is_served() -> Result<()> {
     let gateway = Gateway::start(GatewayConfig::embedded("gateway")).await?;

@@ -202,11 +202,10 @@ async fn churn_leaves_no_trace() -> Result<()> {
     }
     let broker_stats = broker
         .admin
-        .wait_for_stats("no channels and no subscriptions", |s| {
-            stat(s, "/channels") == Some(0)
-                && stat(s, "/subscriptions") == Some(0)
-                && stat(s, "/links") == Some(2)
-        })
+        .wait_for_counters(
+            "no channels and no subscriptions",
+            &[("/channels", 0), ("/subscriptions", 0), ("/links", 2)],
+        )
         .await?;
     let after: Vec<String> = gateways.iter().map(|g| memory(&g.process)).collect();
     eprintln!(

@@ -25,9 +25,10 @@ async fn cluster(workers: usize) -> Result<(Broker, Gateway, Gateway)> {
 async fn wait_for_broker_subscriptions(broker: &Broker, subscriptions: u64) -> Result<()> {
     broker
         .admin
-        .wait_for_stats(&format!("subscriptions == {subscriptions}"), |s| {
-            stat(s, "/subscriptions") == Some(subscriptions)
-        })
+        .wait_for_counters(
+            &format!("subscriptions == {subscriptions}"),
+            &[("/subscriptions", subscriptions)],
+        )
         .await?;
     Ok(())
 }
@@ -135,29 +136,26 @@ async fn counters_return_to_zero_when_clients_leave() -> Result<()> {
     }
     gateway_a
         .admin
-        .wait_for_stats("6 connections, 3 groups, 8 memberships", |s| {
-            stat(s, "/connections") == Some(6)
-                && stat(s, "/groups") == Some(3)
-                && stat(s, "/memberships") == Some(8)
-        })
+        .wait_for_counters(
+            "6 connections, 3 groups, 8 memberships",
+            &[("/connections", 6), ("/groups", 3), ("/memberships", 8)],
+        )
         .await?;
     gateway_a.wait_for_subscriptions(3).await?;
     gateway_b
         .admin
-        .wait_for_stats("4 connections, 1 group, 4 memberships", |s| {
-            stat(s, "/connections") == Some(4)
-                && stat(s, "/groups") == Some(1)
-                && stat(s, "/memberships") == Some(4)
-        })
+        .wait_for_counters(
+            "4 connections, 1 group, 4 memberships",
+            &[("/connections", 4), ("/groups", 1), ("/memberships", 4)],
+        )
         .await?;
     gateway_b.wait_for_subscriptions(1).await?;
     broker
         .admin
-        .wait_for_stats("2 links, 3 channels, 4 subscriptions", |s| {
-            stat(s, "/links") == Some(2)
-                && stat(s, "/channels") == Some(3)
-                && stat(s, "/subscriptions") == Some(4)
-        })
+        .wait_for_counters(
+            "2 links, 3 channels, 4 subscriptions",
+            &[("/links", 2), ("/channels", 3), ("/subscriptions", 4)],
+        )
         .await?;
 
     // Leaving: "y" loses both members (a1, a4), so gateway a unsubscribes from it.
@@ -166,16 +164,15 @@ async fn counters_return_to_zero_when_clients_leave() -> Result<()> {
     }
     gateway_a
         .admin
-        .wait_for_stats("2 groups, 6 memberships after leaving y", |s| {
-            stat(s, "/groups") == Some(2) && stat(s, "/memberships") == Some(6)
-        })
+        .wait_for_counters(
+            "2 groups, 6 memberships after leaving y",
+            &[("/groups", 2), ("/memberships", 6)],
+        )
         .await?;
     gateway_a.wait_for_subscriptions(2).await?;
     broker
         .admin
-        .wait_for_stats("channel y gone", |s| {
-            stat(s, "/channels") == Some(2) && stat(s, "/subscriptions") == Some(3)
-        })
+        .wait_for_counters("channel y gone", &[("/channels", 2), ("/subscriptions", 3)])
         .await?;
 
     // Gone three ways: leave every group then close, close cleanly, or just drop the TCP
@@ -203,11 +200,10 @@ async fn counters_return_to_zero_when_clients_leave() -> Result<()> {
     }
     broker
         .admin
-        .wait_for_stats("no channels and no subscriptions", |s| {
-            stat(s, "/channels") == Some(0)
-                && stat(s, "/subscriptions") == Some(0)
-                && stat(s, "/links") == Some(2)
-        })
+        .wait_for_counters(
+            "no channels and no subscriptions",
+            &[("/channels", 0), ("/subscriptions", 0), ("/links", 2)],
+        )
         .await?;
     for process in [&broker.process, &gateway_a.process, &gateway_b.process] {
         process.assert_no_panics()?;

@@ -70,11 +70,14 @@ async fn fan_out_across_workers() -> Result<()> {
     let memberships: usize = (0..CLIENTS).map(|i| groups_of(i).len()).sum();
     let stats = gateway
         .admin
-        .wait_for_stats("every connection and membership counted", |s| {
-            stat(s, "/connections") == Some(CLIENTS as u64)
-                && stat(s, "/memberships") == Some(memberships as u64)
-                && stat(s, "/groups") == Some(GROUPS.len() as u64)
-        })
+        .wait_for_counters(
+            "every connection and membership counted",
+            &[
+                ("/connections", CLIENTS as u64),
+                ("/memberships", memberships as u64),
+                ("/groups", GROUPS.len() as u64),
+            ],
+        )
         .await?;
     let workers = stats["workers"].as_array().cloned().unwrap_or_default();
     ensure!(workers.len() == 4, "expected 4 workers in stats: {stats}");
@@ -146,9 +149,10 @@ async fn group_id_spellings_name_one_group() -> Result<()> {
     }
     gateway
         .admin
-        .wait_for_stats("one group with three members", |s| {
-            stat(s, "/groups") == Some(1) && stat(s, "/memberships") == Some(3)
-        })
+        .wait_for_counters(
+            "one group with three members",
+            &[("/groups", 1), ("/memberships", 3)],
+        )
         .await?;
     expect_quiet(members.iter_mut().chain([&mut sender])).await
 }
@@ -220,9 +224,7 @@ async fn leave_group_stops_delivery() -> Result<()> {
     expect_quiet([&mut leaver, &mut stayer]).await?;
     gateway
         .admin
-        .wait_for_stats("the leaver's membership gone", |s| {
-            stat(s, "/memberships") == Some(3)
-        })
+        .wait_for_counters("the leaver's membership gone", &[("/memberships", 3)])
         .await?;
     Ok(())
 }

@@ -138,9 +138,7 @@ async fn broker_killed_during_a_long_outage_resumes_within_2s() -> Result<()> {
     let mut sb = gateway_b.connect("sb").await?;
     broker
         .admin
-        .wait_for_stats("both gateways subscribed to room", |s| {
-            stat(s, "/subscriptions") == Some(2)
-        })
+        .wait_for_counters("both gateways subscribed to room", &[("/subscriptions", 2)])
         .await?;
     let mut sent = BTreeMap::new();
     let n = send_numbered(&mut sa, &mut sent).await?;
@@ -287,11 +285,10 @@ async fn killed_gateway_leaves_the_others_unaffected() -> Result<()> {
     }
     broker
         .admin
-        .wait_for_stats("3 links, 2 channels, 4 subscriptions", |s| {
-            stat(s, "/links") == Some(3)
-                && stat(s, "/channels") == Some(2)
-                && stat(s, "/subscriptions") == Some(4)
-        })
+        .wait_for_counters(
+            "3 links, 2 channels, 4 subscriptions",
+            &[("/links", 3), ("/channels", 2), ("/subscriptions", 4)],
+        )
         .await?;
 
     // a1 and b1 publish while c dies.
@@ -316,11 +313,10 @@ async fn killed_gateway_leaves_the_others_unaffected() -> Result<()> {
     }
     let stats = broker
         .admin
-        .wait_for_stats("c's link and subscriptions gone", |s| {
-            stat(s, "/links") == Some(2)
-                && stat(s, "/channels") == Some(1)
-                && stat(s, "/subscriptions") == Some(2)
-        })
+        .wait_for_counters(
+            "c's link and subscriptions gone",
+            &[("/links", 2), ("/channels", 1), ("/subscriptions", 2)],
+        )
         .await?;
     eprintln!(
         "gateway SIGKILL: the broker dropped its link and subscriptions within {:?}",

@@ -76,7 +76,7 @@ async fn a_broker_over_its_channel_limit_refuses_subscriptions_and_keeps_the_lin
     let broker = Broker::start_with(
         "broker",
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        &["--max-channels-per-link".into(), "3".into()],
+        &["--broker-max-channels-per-link".into(), "3".into()],
     )
     .await?;
     let a = Gateway::start(GatewayConfig::with_broker("gateway-a", broker.addr).workers(1)).await?;

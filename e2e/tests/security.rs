@@ -43,7 +43,7 @@ async fn refused(binary: &str, args: &[&str], expected: &[&str]) -> Result<Strin
 async fn an_exposed_link_without_a_secret_or_bad_files_refuse_to_start() -> Result<()> {
     refused(
         "broker",
-        &["--listen", "0.0.0.0:0"],
+        &["--broker-listen", "0.0.0.0:0"],
         &["not a loopback address", "--link-secret-file", "--insecure"],
     )
     .await?;
@@ -73,9 +73,9 @@ async fn an_exposed_link_without_a_secret_or_bad_files_refuse_to_start() -> Resu
     refused(
         "broker",
         &[
-            "--tls-cert",
+            "--broker-tls-cert",
             "/nonexistent/cert.pem",
-            "--tls-key",
+            "--broker-tls-key",
             "/nonexistent/key.pem",
         ],
         &["/nonexistent/cert.pem"],
@@ -106,7 +106,7 @@ async fn an_exposed_link_without_a_secret_or_bad_files_refuse_to_start() -> Resu
         "broker (insecure)",
         "broker",
         [
-            "--listen",
+            "--broker-listen",
             "0.0.0.0:0",
             "--insecure",
             "--log-format",
@@ -126,8 +126,8 @@ async fn gateways_link_over_tls_with_a_secret_and_others_never_come_up() -> Resu
     let secret_file = pki.write("link.secret", &format!("{LINK_SECRET}\n"))?;
     let mut broker_args = Vec::new();
     broker_args.extend(flag("--link-secret-file", &secret_file));
-    broker_args.extend(flag("--tls-cert", &pki.cert));
-    broker_args.extend(flag("--tls-key", &pki.key));
+    broker_args.extend(flag("--broker-tls-cert", &pki.cert));
+    broker_args.extend(flag("--broker-tls-key", &pki.key));
     let broker = Broker::start_with("broker", loopback(), &broker_args).await?;
 
     // Each gateway: wss for its clients, TLS and the secret towards the broker.
@@ -157,9 +157,7 @@ async fn gateways_link_over_tls_with_a_secret_and_others_never_come_up() -> Resu
     member.join("room").await?;
     broker
         .admin
-        .wait_for_stats("subscriptions == 1", |s| {
-            stat(s, "/subscriptions") == Some(1)
-        })
+        .wait_for_counters("subscriptions == 1", &[("/subscriptions", 1)])
         .await?;
     let mut sender = Client::connect_wss("sender", b.addr, pki.client_config()?).await?;
     sender.send_to_group("room", "across TLS").await?;

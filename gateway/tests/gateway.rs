@@ -4,135 +4,35 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
-use gateway::stats::GatewaySnapshot;
-use gateway::{Gateway, GatewayConfig};
-use tokio::net::{TcpListener, TcpStream};
+use gateway::GatewayConfig;
+use test_support::gateway::{workers, TestGateway};
+use test_support::ws::{add_group, Event};
+use test_support::RECV_TIMEOUT;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tokio_util::sync::CancellationToken;
 
-const WAIT: Duration = Duration::from_secs(5);
-
-type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-struct Fixture {
-    gateway: Gateway,
-    url: String,
-    shutdown: CancellationToken,
-    served: tokio::task::JoinHandle<()>,
-}
-
-async fn start(config: GatewayConfig) -> Result<Fixture> {
-    let shutdown = CancellationToken::new();
-    let broker_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("ws://{}", listener.local_addr()?);
-    let gateway = Gateway::builder(config)
-        .embedded_broker(broker_listener)
-        .start(shutdown.clone())?;
-    let served = tokio::spawn({
-        let gateway = gateway.clone();
-        async move { gateway.serve(listener).await.expect("gateway serves") }
-    });
-    let fixture = Fixture {
-        gateway,
-        url,
-        shutdown,
-        served,
-    };
-    fixture.wait_stats(|s| s.broker_link.up).await?;
-    Ok(fixture)
-}
-
-impl Fixture {
-    async fn connect(&self) -> Result<Client> {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&self.url))
-            .await
-            .context("connect timed out")??;
-        Ok(ws)
-    }
-
-    async fn wait_stats(&self, cond: impl Fn(&GatewaySnapshot) -> bool) -> Result<GatewaySnapshot> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let stats = self.gateway.stats();
-            if cond(&stats) {
-                return Ok(stats);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("stats condition not met: {stats:#?}");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-async fn send(ws: &mut Client, text: &str) -> Result<()> {
-    ws.send(Message::text(text)).await?;
-    Ok(())
-}
-
-async fn recv(ws: &mut Client) -> Result<Message> {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .context("nothing received in time")?
-            .context("stream ended")??;
-        if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
-            return Ok(msg);
-        }
-    }
-}
-
-async fn recv_text(ws: &mut Client) -> Result<String> {
-    match recv(ws).await? {
-        Message::Text(t) => Ok(t.as_str().to_owned()),
-        other => bail!("expected text, got {other:?}"),
-    }
-}
-
-async fn join(ws: &mut Client, group: &str, req_id: u64) -> Result<()> {
-    send(
-        ws,
-        &format!(r#"{{"cmd":"add_group","group_id":"{group}","req_id":{req_id}}}"#),
-    )
-    .await?;
-    let reply = recv_text(ws).await?;
-    assert_eq!(reply, format!(r#"{{"cmd":"ack","req_id":{req_id}}}"#));
-    Ok(())
-}
-
-fn config(workers: usize) -> GatewayConfig {
-    GatewayConfig {
-        workers: Some(workers),
-        ..GatewayConfig::default()
-    }
-}
+const WAIT: Duration = RECV_TIMEOUT;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_scenario_and_cleanup() -> Result<()> {
-    let fx = start(config(2)).await?;
-    let mut ws = fx.connect().await?;
-    send(&mut ws, r#"{"cmd":"add_group", "group_id":"123"}"#).await?;
-    send(
-        &mut ws,
-        r#"{"cmd":"send_to_group", "group_id":"123", "message":"C'est le message"}"#,
-    )
-    .await?;
-    assert_eq!(recv_text(&mut ws).await?, "C'est le message");
-    // Nothing else came first or in between: the next thing is the ack of a barrier request.
-    send(
-        &mut ws,
-        r#"{"cmd":"leave_group","group_id":123,"req_id":"b"}"#,
-    )
-    .await?;
-    assert_eq!(recv_text(&mut ws).await?, r#"{"cmd":"ack","req_id":"b"}"#);
-    join(&mut ws, "123", 1).await?;
-    fx.wait_stats(|s| s.groups == 1 && s.memberships == 1 && s.broker_link.subscriptions == 1)
+    let mut fx = TestGateway::embedded(workers(2)).await?;
+    let mut ws = fx.connect("seed").await?;
+    ws.send_text(r#"{"cmd":"add_group", "group_id":"123"}"#)
         .await?;
-    ws.close(None).await?;
+    ws.send_text(r#"{"cmd":"send_to_group", "group_id":"123", "message":"C'est le message"}"#)
+        .await?;
+    assert_eq!(ws.recv_text(WAIT).await?, "C'est le message");
+    // Nothing else came first or in between: the next thing is the ack of a barrier request.
+    ws.send_text(r#"{"cmd":"leave_group","group_id":123,"req_id":"b"}"#)
+        .await?;
+    assert_eq!(ws.recv_text(WAIT).await?, r#"{"cmd":"ack","req_id":"b"}"#);
+    ws.ack(add_group("123")).await?;
+    fx.wait_stats("one group, member and subscription", |s| {
+        s.groups == 1 && s.memberships == 1 && s.broker_link.subscriptions == 1
+    })
+    .await?;
+    ws.close().await?;
     let stats = fx
-        .wait_stats(|s| {
+        .wait_stats("nothing left", |s| {
             s.connections == 0
                 && s.groups == 0
                 && s.memberships == 0
@@ -140,55 +40,49 @@ async fn seed_scenario_and_cleanup() -> Result<()> {
         })
         .await?;
     assert!(stats.workers.iter().all(|w| w.groups == 0));
-    fx.wait_stats(|s| {
+    fx.wait_stats("nothing left on the broker", |s| {
         s.embedded_broker
             .is_some_and(|b| b.subscriptions == 0 && b.channels == 0)
     })
     .await?;
     fx.shutdown.cancel();
-    tokio::time::timeout(WAIT, fx.served).await??;
+    fx.stopped().await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn across_workers_exactly_once() -> Result<()> {
-    let fx = start(config(3)).await?;
+    let fx = TestGateway::embedded(workers(3)).await?;
     let mut members = Vec::new();
     for i in 0..6 {
-        let mut ws = fx.connect().await?;
-        join(&mut ws, "g", i).await?;
+        let mut ws = fx.connect(format!("member-{i}")).await?;
+        ws.ack(add_group("g")).await?;
         members.push(ws);
     }
-    let mut outsider = fx.connect().await?;
-    join(&mut outsider, "other", 99).await?;
-    let stats = fx.wait_stats(|s| s.connections == 7).await?;
+    let mut outsider = fx.connect("outsider").await?;
+    outsider.ack(add_group("other")).await?;
+    let stats = fx
+        .wait_stats("7 connections", |s| s.connections == 7)
+        .await?;
     assert!(
         stats.workers.iter().all(|w| w.connections >= 2),
         "{stats:#?}"
     );
     for n in 0..20 {
-        send(
-            &mut members[n % 6],
-            &format!(r#"{{"cmd":"send_to_group","group_id":"g","message":"m{n}"}}"#),
-        )
-        .await?;
+        members[n % 6].publish("g", &format!("m{n}")).await?;
         for ws in members.iter_mut() {
-            assert_eq!(recv_text(ws).await?, format!("m{n}"));
+            assert_eq!(ws.recv_text(WAIT).await?, format!("m{n}"));
         }
     }
-    send(
-        &mut outsider,
-        r#"{"cmd":"send_to_group","group_id":"other","message":"only me"}"#,
-    )
-    .await?;
-    assert_eq!(recv_text(&mut outsider).await?, "only me");
+    outsider.publish("other", "only me").await?;
+    assert_eq!(outsider.recv_text(WAIT).await?, "only me");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_keep_the_connection_open() -> Result<()> {
-    let fx = start(config(1)).await?;
-    let mut ws = fx.connect().await?;
+    let fx = TestGateway::embedded(workers(1)).await?;
+    let mut ws = fx.connect("client").await?;
     for (input, code) in [
         ("nope", "invalid_json"),
         ("[1]", "not_an_object"),
@@ -196,58 +90,54 @@ async fn errors_keep_the_connection_open() -> Result<()> {
         (r#"{"cmd":"jump","group_id":1}"#, "unknown_cmd"),
         (r#"{"cmd":"add_group","group_id":[1]}"#, "invalid_group_id"),
     ] {
-        send(&mut ws, input).await?;
-        let reply: serde_json::Value = serde_json::from_str(&recv_text(&mut ws).await?)?;
+        ws.send_text(input).await?;
+        let reply = ws.recv_json(WAIT).await?;
         assert_eq!(reply["cmd"], "error", "{input}");
         assert_eq!(reply["code"], code, "{input}");
     }
-    ws.send(Message::binary(vec![1, 2, 3])).await?;
-    let reply: serde_json::Value = serde_json::from_str(&recv_text(&mut ws).await?)?;
+    ws.send_binary(vec![1, 2, 3]).await?;
+    let reply = ws.recv_json(WAIT).await?;
     assert_eq!(reply["code"], "binary_not_supported");
-    join(&mut ws, "still-open", 1).await?;
-    let stats = fx.gateway.stats();
+    ws.ack(add_group("still-open")).await?;
+    let stats = fx.stats();
     assert_eq!(stats.workers[0].errors["invalid_json"], 1);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_close_with_documented_codes() -> Result<()> {
-    let fx = start(GatewayConfig {
+    let fx = TestGateway::embedded(GatewayConfig {
         workers: Some(1),
         max_message_size: 1024,
         max_groups_per_connection: 2,
         ..GatewayConfig::default()
     })
     .await?;
-    let mut ws = fx.connect().await?;
-    join(&mut ws, "a", 1).await?;
-    join(&mut ws, "b", 2).await?;
-    send(&mut ws, r#"{"cmd":"add_group","group_id":"c","req_id":3}"#).await?;
-    let reply: serde_json::Value = serde_json::from_str(&recv_text(&mut ws).await?)?;
+    let mut ws = fx.connect("client").await?;
+    ws.ack(add_group("a")).await?;
+    ws.ack(add_group("b")).await?;
+    ws.send_text(r#"{"cmd":"add_group","group_id":"c","req_id":3}"#)
+        .await?;
+    let reply = ws.recv_json(WAIT).await?;
     assert_eq!(reply["code"], "too_many_groups");
     assert_eq!(reply["req_id"], 3);
 
-    let mut bystander = fx.connect().await?;
-    join(&mut bystander, "a", 1).await?;
-    send(&mut ws, &"x".repeat(2000)).await?;
-    match recv(&mut ws).await? {
-        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1009),
-        other => bail!("expected close 1009, got {other:?}"),
-    }
-    fx.wait_stats(|s| s.connections == 1 && s.memberships == 1)
-        .await?;
-    send(
-        &mut bystander,
-        r#"{"cmd":"send_to_group","group_id":"a","message":"fine"}"#,
-    )
+    let mut bystander = fx.connect("bystander").await?;
+    bystander.ack(add_group("a")).await?;
+    ws.send_text("x".repeat(2000)).await?;
+    assert_eq!(ws.expect_close(WAIT).await?, 1009);
+    fx.wait_stats("the bystander alone", |s| {
+        s.connections == 1 && s.memberships == 1
+    })
     .await?;
-    assert_eq!(recv_text(&mut bystander).await?, "fine");
+    bystander.publish("a", "fine").await?;
+    assert_eq!(bystander.recv_text(WAIT).await?, "fine");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_client_is_closed_and_pinged_client_is_not() -> Result<()> {
-    let fx = start(GatewayConfig {
+    let fx = TestGateway::embedded(GatewayConfig {
         workers: Some(1),
         ping_interval: Duration::from_millis(100),
         idle_timeout: Duration::from_millis(400),
@@ -255,9 +145,9 @@ async fn idle_client_is_closed_and_pinged_client_is_not() -> Result<()> {
     })
     .await?;
     // tokio-tungstenite answers pings while it is polled: a client that keeps reading stays alive.
-    let mut alive = fx.connect().await?;
-    join(&mut alive, "g", 1).await?;
-    let (mut alive_tx, mut alive_rx) = alive.split();
+    let mut alive = fx.connect("alive").await?;
+    alive.ack(add_group("g")).await?;
+    let (mut alive_tx, mut alive_rx) = alive.into_inner()?.split();
     let (texts_tx, mut texts) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {
         let mut pings = 0;
@@ -272,18 +162,16 @@ async fn idle_client_is_closed_and_pinged_client_is_not() -> Result<()> {
         }
         pings
     });
-    assert_eq!(fx.gateway.stats().workers[0].idle_closes, 0);
+    assert_eq!(fx.stats().workers[0].idle_closes, 0);
     // A client that stops reading cannot answer pings: after the idle timeout it is closed
     // with 4000. (Not reading is the subject of this test, hence the deliberate pause.)
-    let mut silent = fx.connect().await?;
-    join(&mut silent, "g", 2).await?;
+    let mut silent = fx.connect("silent").await?;
+    silent.ack(add_group("g")).await?;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let code = match recv(&mut silent).await? {
-        Message::Close(Some(frame)) => u16::from(frame.code),
-        other => bail!("expected a close frame, got {other:?}"),
-    };
-    assert_eq!(code, 4000);
-    let stats = fx.wait_stats(|s| s.connections == 1).await?;
+    assert_eq!(silent.expect_close(WAIT).await?, 4000);
+    let stats = fx
+        .wait_stats("one connection", |s| s.connections == 1)
+        .await?;
     assert_eq!(stats.workers[0].idle_closes, 1);
     // The reading client survived all along.
     alive_tx
@@ -301,7 +189,7 @@ async fn idle_client_is_closed_and_pinged_client_is_not() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_closed_and_others_get_everything() -> Result<()> {
-    let fx = start(GatewayConfig {
+    let fx = TestGateway::embedded(GatewayConfig {
         workers: Some(2),
         outbound_queue_messages: 256,
         outbound_queue_bytes: 256 * 1024,
@@ -310,15 +198,15 @@ async fn slow_consumer_is_closed_and_others_get_everything() -> Result<()> {
         ..GatewayConfig::default()
     })
     .await?;
-    let mut slow = fx.connect().await?;
-    join(&mut slow, "g", 1).await?;
-    let mut fast = fx.connect().await?;
-    join(&mut fast, "g", 2).await?;
+    let mut slow = fx.connect("slow").await?;
+    slow.ack(add_group("g")).await?;
+    let mut fast = fx.connect("fast").await?;
+    fast.ack(add_group("g")).await?;
     const N: usize = 20_000;
     let reader = tokio::spawn(async move {
         let mut got = 0;
         while got < N {
-            match recv_text(&mut fast).await {
+            match fast.recv_text(WAIT).await {
                 Ok(text) if text.starts_with(&format!("{got:06}")) => got += 1,
                 Ok(text) => {
                     return Err(anyhow::anyhow!(
@@ -331,19 +219,15 @@ async fn slow_consumer_is_closed_and_others_get_everything() -> Result<()> {
         }
         Ok((got, fast))
     });
-    let mut sender = fx.connect().await?;
+    let mut sender = fx.connect("sender").await?;
     let filler = "x".repeat(1000);
     for i in 0..N {
-        send(
-            &mut sender,
-            &format!(r#"{{"cmd":"send_to_group","group_id":"g","message":"{i:06}{filler}"}}"#),
-        )
-        .await?;
+        sender.publish("g", &format!("{i:06}{filler}")).await?;
     }
     let (got, _fast) = tokio::time::timeout(Duration::from_secs(30), reader).await???;
     assert_eq!(got, N);
     let stats = fx
-        .wait_stats(|s| {
+        .wait_stats("one slow consumer closed", |s| {
             s.workers
                 .iter()
                 .map(|w| w.slow_consumer_closes)
@@ -360,19 +244,16 @@ async fn slow_consumer_is_closed_and_others_get_everything() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_clients_with_1001() -> Result<()> {
-    let fx = start(config(2)).await?;
-    let mut a = fx.connect().await?;
-    let mut b = fx.connect().await?;
-    join(&mut a, "g", 1).await?;
-    join(&mut b, "g", 1).await?;
+    let mut fx = TestGateway::embedded(workers(2)).await?;
+    let mut a = fx.connect("a").await?;
+    let mut b = fx.connect("b").await?;
+    a.ack(add_group("g")).await?;
+    b.ack(add_group("g")).await?;
     fx.shutdown.cancel();
     for ws in [&mut a, &mut b] {
-        match recv(ws).await? {
-            Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
-            other => bail!("expected close 1001, got {other:?}"),
-        }
+        assert_eq!(ws.expect_close(WAIT).await?, 1001);
     }
-    tokio::time::timeout(WAIT, fx.served).await??;
+    fx.stopped().await?;
     Ok(())
 }
 
@@ -383,7 +264,7 @@ async fn shutdown_closes_clients_with_1001() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_flushes_queued_messages_before_1001() -> Result<()> {
     const N: usize = 10_000;
-    let fx = start(GatewayConfig {
+    let mut fx = TestGateway::embedded(GatewayConfig {
         workers: Some(1),
         outbound_queue_messages: 2 * N,
         outbound_queue_bytes: 64 * 1024 * 1024,
@@ -393,18 +274,19 @@ async fn shutdown_flushes_queued_messages_before_1001() -> Result<()> {
         ..GatewayConfig::default()
     })
     .await?;
-    let mut member = fx.connect().await?;
-    join(&mut member, "g", 1).await?;
+    let mut member = fx.connect("member").await?;
+    member.ack(add_group("g")).await?;
     let reader = tokio::spawn(async move {
         let mut got = 0;
         loop {
-            let message = recv(&mut member)
+            let event = member
+                .recv(WAIT)
                 .await
                 .with_context(|| format!("after {got} messages"))?;
-            match message {
-                Message::Text(text) if text.as_str().starts_with(&format!("{got:05}")) => got += 1,
-                Message::Close(Some(frame)) => return Ok((got, u16::from(frame.code))),
-                other => bail!("expected message {got} or a close frame, got {other:?}"),
+            match event {
+                Event::Text(text) if text.starts_with(&format!("{got:05}")) => got += 1,
+                Event::Close(Some((code, _))) => return Ok((got, code)),
+                other => bail!("expected message {got} or a close frame, got {other}"),
             }
             // Slowly but steadily: about 1 s for everything.
             if got % 100 == 0 {
@@ -420,15 +302,15 @@ async fn shutdown_flushes_queued_messages_before_1001() -> Result<()> {
     }
     fx.shutdown.cancel();
 
-    let late = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&fx.url))
+    let late = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(fx.url()))
         .await
         .context("a connection attempted during shutdown hung")?;
     assert!(late.is_err(), "a connection was accepted during shutdown");
 
     let (got, code) = tokio::time::timeout(Duration::from_secs(30), reader).await???;
     assert_eq!((got, code), (N, 1001));
-    tokio::time::timeout(WAIT, fx.served).await??;
-    let stats = fx.gateway.stats();
+    fx.stopped().await?;
+    let stats = fx.stats();
     assert_eq!(stats.workers[0].slow_consumer_closes, 0);
     assert_eq!(stats.client_sockets, 0);
     Ok(())
@@ -441,7 +323,7 @@ async fn shutdown_flushes_queued_messages_before_1001() -> Result<()> {
 async fn one_percent_slow_consumers_do_not_hurt_the_others() -> Result<()> {
     const MEMBERS: usize = 100;
     const MESSAGES: usize = 3000;
-    let fx = start(GatewayConfig {
+    let fx = TestGateway::embedded(GatewayConfig {
         workers: Some(2),
         outbound_queue_messages: 128,
         outbound_queue_bytes: 128 * 1024,
@@ -451,23 +333,16 @@ async fn one_percent_slow_consumers_do_not_hurt_the_others() -> Result<()> {
     .await?;
     // The slow member shrinks its receive window so that the kernel buffers little for it:
     // the gateway's queue, not the kernel, has to absorb what it does not read.
-    let addr = fx
-        .url
-        .trim_start_matches("ws://")
-        .parse::<std::net::SocketAddr>()?;
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_recv_buffer_size(4096)?;
-    let stream = socket.connect(addr).await?;
-    let (mut slow, _) =
-        tokio_tungstenite::client_async(fx.url.as_str(), MaybeTlsStream::Plain(stream)).await?;
-    join(&mut slow, "g", 0).await?;
+    let mut slow = fx.client("slow").recv_buffer(4096).connect().await?;
+    slow.ack(add_group("g")).await?;
     let mut readers = Vec::new();
     for i in 1..MEMBERS {
-        let mut ws = fx.connect().await?;
-        join(&mut ws, "g", i as u64).await?;
+        let mut ws = fx.connect(format!("member-{i}")).await?;
+        ws.ack(add_group("g")).await?;
         readers.push(tokio::spawn(async move {
             for n in 0..MESSAGES {
-                let text = recv_text(&mut ws)
+                let text = ws
+                    .recv_text(WAIT)
                     .await
                     .with_context(|| format!("message {n}"))?;
                 if !text.starts_with(&format!("{n:06}")) {
@@ -477,21 +352,17 @@ async fn one_percent_slow_consumers_do_not_hurt_the_others() -> Result<()> {
             Ok::<_, anyhow::Error>(ws)
         }));
     }
-    let mut sender = fx.connect().await?;
+    let mut sender = fx.connect("sender").await?;
     let filler = "x".repeat(1000);
     for n in 0..MESSAGES {
-        send(
-            &mut sender,
-            &format!(r#"{{"cmd":"send_to_group","group_id":"g","message":"{n:06}{filler}"}}"#),
-        )
-        .await?;
+        sender.publish("g", &format!("{n:06}{filler}")).await?;
     }
     let mut kept = Vec::new();
     for reader in readers {
         kept.push(tokio::time::timeout(Duration::from_secs(60), reader).await???);
     }
     let stats = fx
-        .wait_stats(|s| {
+        .wait_stats("one slow consumer closed", |s| {
             s.workers
                 .iter()
                 .map(|w| w.slow_consumer_closes)

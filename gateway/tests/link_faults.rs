@@ -12,25 +12,20 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
-use broker::{Broker, BrokerConfig, StatsSnapshot};
-use futures_util::{SinkExt, StreamExt};
+use anyhow::{ensure, Result};
+use broker::{BrokerConfig, StatsSnapshot};
 use gateway::stats::GatewaySnapshot;
 use gateway::{Gateway, GatewayConfig};
+use test_support::broker::TestBroker;
+use test_support::gateway::TestGateway;
+use test_support::ws::{add_group, Client};
+use test_support::{expect_quiet, net, wait_for_state, STATS_TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tokio_util::sync::CancellationToken;
-
-/// Upper bound on any single wait.
-const WAIT: Duration = Duration::from_secs(5);
-/// How long a client must stay silent to show that nothing else arrives.
-const QUIET: Duration = Duration::from_millis(300);
 
 const LINK_PING_INTERVAL: Duration = Duration::from_millis(100);
 const LINK_TIMEOUT: Duration = Duration::from_millis(500);
@@ -50,7 +45,7 @@ struct Proxy {
 
 impl Proxy {
     async fn start(upstream: SocketAddr) -> Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = net::listener().await?;
         let addr = listener.local_addr()?;
         let (frozen, _) = watch::channel(false);
         let accepted = Arc::new(AtomicU64::new(0));
@@ -137,22 +132,12 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut frozen: watch
     let _ = to.shutdown().await;
 }
 
-type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// A broker, gateway `x` linked to it through a [`Proxy`], and gateway `y` linked directly.
 struct Fixture {
-    broker: Broker,
+    broker: TestBroker,
     proxy: Proxy,
-    x: Gateway,
-    x_url: String,
-    y_url: String,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    x: TestGateway,
+    y: TestGateway,
 }
 
 fn link_config(workers: usize) -> GatewayConfig {
@@ -169,151 +154,45 @@ fn link_config(workers: usize) -> GatewayConfig {
     }
 }
 
-async fn serve_gateway(
-    config: GatewayConfig,
-    broker: SocketAddr,
-    shutdown: &CancellationToken,
-) -> Result<(Gateway, String)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("ws://{}", listener.local_addr()?);
-    let gateway = Gateway::builder(config)
-        .broker(broker.to_string())
-        .start(shutdown.clone())?;
-    tokio::spawn({
-        let gateway = gateway.clone();
-        async move { gateway.serve(listener).await.expect("gateway serves") }
-    });
-    wait_until(
-        "the gateway's link up",
-        || gateway.stats(),
-        |s| s.broker_link.up,
-    )
-    .await?;
-    Ok((gateway, url))
+/// A gateway linked to the broker at `broker`, once its link is up.
+async fn serve_gateway(config: GatewayConfig, broker: SocketAddr) -> Result<TestGateway> {
+    let gateway = TestGateway::start(Gateway::builder(config).broker(broker.to_string())).await?;
+    gateway.wait_ready().await?;
+    Ok(gateway)
 }
 
 impl Fixture {
     async fn start() -> Result<Fixture> {
-        let shutdown = CancellationToken::new();
-        let broker = Broker::new(BrokerConfig {
+        let broker = TestBroker::start(BrokerConfig {
             link_idle_timeout: BROKER_IDLE_TIMEOUT,
             ..BrokerConfig::default()
-        })?;
-        let broker_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let broker_addr = broker_listener.local_addr()?;
-        tokio::spawn({
-            let (broker, shutdown) = (broker.clone(), shutdown.clone());
-            async move {
-                broker
-                    .serve(broker_listener, shutdown)
-                    .await
-                    .expect("broker serves")
-            }
-        });
-        let proxy = Proxy::start(broker_addr).await?;
-        let (x, x_url) = serve_gateway(link_config(2), proxy.addr, &shutdown).await?;
+        })
+        .await;
+        let proxy = Proxy::start(broker.addr).await?;
+        let x = serve_gateway(link_config(2), proxy.addr).await?;
         // y pings as often as x: the broker's short idle timeout applies to it too.
-        let (_, y_url) = serve_gateway(link_config(1), broker_addr, &shutdown).await?;
+        let y = serve_gateway(link_config(1), broker.addr).await?;
         Ok(Fixture {
             broker,
             proxy,
             x,
-            x_url,
-            y_url,
-            shutdown,
+            y,
         })
     }
 
     async fn wait_x(&self, what: &str, cond: impl Fn(&GatewaySnapshot) -> bool) -> Result<()> {
-        wait_until(what, || self.x.stats(), cond).await.map(drop)
+        self.x.wait_stats(what, cond).await.map(drop)
     }
 
     async fn wait_broker(&self, what: &str, cond: impl Fn(&StatsSnapshot) -> bool) -> Result<()> {
-        wait_until(what, || self.broker.stats(), cond)
+        wait_for_state(what, STATS_TIMEOUT, || self.broker.stats(), cond)
             .await
             .map(drop)
     }
 }
 
-/// Polls `read` every 5 ms until `cond` holds.
-async fn wait_until<T: std::fmt::Debug>(
-    what: &str,
-    read: impl Fn() -> T,
-    cond: impl Fn(&T) -> bool,
-) -> Result<T> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let value = read();
-        if cond(&value) {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {WAIT:?} waiting for {what}; last: {value:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-async fn connect(url: &str) -> Result<Client> {
-    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-        .await
-        .context("connect timed out")??;
-    Ok(ws)
-}
-
-async fn send(ws: &mut Client, text: String) -> Result<()> {
-    tokio::time::timeout(WAIT, ws.send(Message::text(text)))
-        .await
-        .context("send timed out")??;
-    Ok(())
-}
-
-/// The next text frame within `wait`, skipping pings; `None` if nothing arrives.
-async fn next_text(ws: &mut Client, wait: Duration) -> Result<Option<String>> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let Ok(next) = tokio::time::timeout_at(deadline, ws.next()).await else {
-            return Ok(None);
-        };
-        match next.context("the connection ended")?? {
-            Message::Text(text) => return Ok(Some(text.as_str().to_owned())),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => bail!("expected a text frame, got {other:?}"),
-        }
-    }
-}
-
-async fn expect(ws: &mut Client, expected: &str) -> Result<()> {
-    let got = next_text(ws, WAIT)
-        .await?
-        .with_context(|| format!("nothing received; expected {expected:?}"))?;
-    ensure!(got == expected, "expected {expected:?}, got {got:?}");
-    Ok(())
-}
-
-async fn expect_silence(ws: &mut Client) -> Result<()> {
-    match next_text(ws, QUIET).await? {
-        None => Ok(()),
-        Some(text) => bail!("expected nothing more, got {text:?}"),
-    }
-}
-
 async fn join(ws: &mut Client, group: &str) -> Result<()> {
-    send(
-        ws,
-        format!(r#"{{"cmd":"add_group","group_id":"{group}","req_id":"join-{group}"}}"#),
-    )
-    .await?;
-    expect(ws, &format!(r#"{{"cmd":"ack","req_id":"join-{group}"}}"#)).await
-}
-
-/// Sends without `req_id`: success is silent.
-async fn publish(ws: &mut Client, group: &str, message: &str) -> Result<()> {
-    send(
-        ws,
-        format!(r#"{{"cmd":"send_to_group","group_id":"{group}","message":"{message}"}}"#),
-    )
-    .await
+    ws.ack(add_group(group)).await
 }
 
 /// Polls until `cond` holds and returns how long it took from `since`.
@@ -323,7 +202,7 @@ async fn time_until<T: std::fmt::Debug>(
     read: impl Fn() -> T,
     cond: impl Fn(&T) -> bool,
 ) -> Result<Duration> {
-    wait_until(what, read, cond).await?;
+    wait_for_state(what, STATS_TIMEOUT, read, cond).await?;
     Ok(since.elapsed())
 }
 
@@ -332,9 +211,9 @@ async fn time_until<T: std::fmt::Debug>(
 async fn half_open_link_is_detected_and_healed(traffic_during_freeze: bool) -> Result<()> {
     let fx = Fixture::start().await?;
     // x1, x2 behind the proxy, y1 on the direct gateway; all in "room".
-    let mut x1 = connect(&fx.x_url).await?;
-    let mut x2 = connect(&fx.x_url).await?;
-    let mut y1 = connect(&fx.y_url).await?;
+    let mut x1 = fx.x.connect("x1").await?;
+    let mut x2 = fx.x.connect("x2").await?;
+    let mut y1 = fx.y.connect("y1").await?;
     for ws in [&mut x1, &mut x2, &mut y1] {
         join(ws, "room").await?;
     }
@@ -342,9 +221,9 @@ async fn half_open_link_is_detected_and_healed(traffic_during_freeze: bool) -> R
         s.links == 2 && s.subscriptions == 2
     })
     .await?;
-    publish(&mut y1, "room", "before").await?;
+    y1.publish("room", "before").await?;
     for ws in [&mut x1, &mut x2, &mut y1] {
-        expect(ws, "before").await?;
+        ws.expect_text("before").await?;
     }
     let accepted_before = fx.proxy.accepted();
 
@@ -365,18 +244,18 @@ async fn half_open_link_is_detected_and_healed(traffic_during_freeze: bool) -> R
     let meanwhile = async {
         // Local delivery on x goes on; y's message cannot cross and is lost for x (not
         // replayed later); x2 joins a group while the link is down.
-        publish(&mut x1, "room", "local on x").await?;
-        expect(&mut x1, "local on x").await?;
-        expect(&mut x2, "local on x").await?;
-        publish(&mut y1, "room", "lost for x").await?;
-        expect(&mut y1, "lost for x").await?;
+        x1.publish("room", "local on x").await?;
+        x1.expect_text("local on x").await?;
+        x2.expect_text("local on x").await?;
+        y1.publish("room", "lost for x").await?;
+        y1.expect_text("lost for x").await?;
         join(&mut x2, "late").await?;
         if traffic_during_freeze {
             // Publishes to a group nobody is in: they only fill the link's socket buffers
             // (about 20 MB, more than loopback buffers hold), so the link's writes block.
             let chunk = "z".repeat(60 * 1024);
             for _ in 0..320 {
-                publish(&mut x1, "nobody", &chunk).await?;
+                x1.publish("nobody", &chunk).await?;
             }
         }
         Ok::<_, anyhow::Error>(())
@@ -426,18 +305,14 @@ async fn half_open_link_is_detected_and_healed(traffic_during_freeze: bool) -> R
     );
     ensure!(fx.proxy.accepted() > accepted_before, "no new link");
 
-    publish(&mut y1, "room", "after").await?;
+    y1.publish("room", "after").await?;
     for ws in [&mut x1, &mut x2, &mut y1] {
-        expect(ws, "after").await?;
+        ws.expect_text("after").await?;
     }
-    publish(&mut y1, "late", "joined while down").await?;
-    expect(&mut x2, "joined while down").await?;
+    y1.publish("late", "joined while down").await?;
+    x2.expect_text("joined while down").await?;
     // Nothing else: not y's message from the outage, not the echo of anything.
-    tokio::try_join!(
-        expect_silence(&mut x1),
-        expect_silence(&mut x2),
-        expect_silence(&mut y1)
-    )?;
+    expect_quiet([&mut x1, &mut x2, &mut y1]).await?;
     // Every client stayed connected throughout.
     let stats = fx.x.stats();
     ensure!(stats.connections == 2, "{stats:#?}");

@@ -164,7 +164,7 @@ impl Deprecated {
     /// Logs this use. At `info`, not `warn`: a deployment that alerts on warnings should not be
     /// paged for a name that still works.
     pub fn warn(&self) {
-        tracing::info!(old = %self.old, new = %self.new, "deprecated setting name");
+        tracing::warn!(old = %self.old, new = %self.new, "deprecated setting name");
     }
 }
 

@@ -25,7 +25,7 @@ impl TestPki {
         use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "e2e-pki-{}-{}",
+            "test-pki-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Relaxed)
         ));

@@ -1,11 +1,14 @@
 //! A WebSocket test client speaking the JSON protocol. Every read has a deadline.
 //!
-//! While waiting for an `ack`, frames that are not the awaited reply are kept and handed out by
-//! the next reads, so nothing that arrives goes unchecked.
+//! Two ways to wait for a reply: [`Client::request`] keeps the frames that are not the awaited
+//! reply and hands them out by the next reads, so nothing that arrives goes unchecked; the
+//! barriers [`Client::reply_to`], [`Client::ack`] and [`Client::outcome`] require the reply to
+//! be the very next frame. [`expect_quiet`] checks that nothing else arrives.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -15,10 +18,14 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{Bytes, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_rustls::rustls::ClientConfig;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::frame::RawFrame;
+use crate::net::{self, SocketOptions};
 use crate::{QUIET_PERIOD, RECV_TIMEOUT};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -69,51 +76,152 @@ pub struct Client {
     pending: VecDeque<String>,
 }
 
+/// How to open a [`Client`] connection: [`Client::to`], then options, then
+/// [`Connect::connect`] (or [`Connect::try_connect`] to see a refusal).
+#[derive(Debug, Clone)]
+pub struct Connect {
+    name: String,
+    addr: SocketAddr,
+    path: String,
+    origin: Option<String>,
+    tls: Option<Arc<ClientConfig>>,
+    socket: SocketOptions,
+}
+
+/// A handshake the server answered with an HTTP error instead of switching protocols.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Connect {
+    /// The request path and query (`/` by default), e.g. `/?token=...`.
+    pub fn path(mut self, path: impl Into<String>) -> Connect {
+        self.path = path.into();
+        self
+    }
+
+    /// Sends this `Origin` header, as a browser does.
+    pub fn origin(mut self, origin: impl Into<String>) -> Connect {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// Connects over TLS (`wss://localhost:PORT`), trusting only the CAs of `tls`.
+    pub fn tls(mut self, tls: Arc<ClientConfig>) -> Connect {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Connects from this local address (any of 127.0.0.0/8 on loopback).
+    pub fn from(mut self, from: IpAddr) -> Connect {
+        self.socket.from = Some(from);
+        self
+    }
+
+    /// Shrinks the socket's receive buffer, so that the kernel holds little for a client that
+    /// does not read.
+    pub fn recv_buffer(mut self, bytes: u32) -> Connect {
+        self.socket.recv_buffer = Some(bytes);
+        self
+    }
+
+    /// Connects; a refused handshake is an error.
+    pub async fn connect(self) -> Result<Client> {
+        let name = self.name.clone();
+        match self.try_connect().await? {
+            Ok(client) => Ok(client),
+            Err(Refused { status, body }) => bail!("{name}: refused with {status}: {body}"),
+        }
+    }
+
+    /// Connects: the client, or the HTTP answer that refused the handshake.
+    pub async fn try_connect(self) -> Result<std::result::Result<Client, Refused>> {
+        let Connect {
+            name,
+            addr,
+            path,
+            origin,
+            tls,
+            socket,
+        } = self;
+        let url = match tls {
+            // The TCP connection goes to `addr`; the URL's host is the name the certificate
+            // carries.
+            Some(_) => format!("wss://localhost:{}{path}", addr.port()),
+            None => format!("ws://{addr}{path}"),
+        };
+        let stream = net::connect(addr, socket)
+            .await
+            .with_context(|| name.clone())?;
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .with_context(|| format!("{name}: {url}"))?;
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("Origin", HeaderValue::from_str(&origin)?);
+        }
+        let connector = match tls {
+            Some(tls) => Connector::Rustls(tls),
+            None => Connector::Plain,
+        };
+        let handshake =
+            tokio_tungstenite::client_async_tls_with_config(request, stream, None, Some(connector));
+        let answer = tokio::time::timeout(RECV_TIMEOUT, handshake)
+            .await
+            .with_context(|| format!("{name}: connecting to {url} timed out"))?;
+        match answer {
+            Ok((ws, _)) => Ok(Ok(Client {
+                name,
+                ws,
+                next_req_id: 1,
+                pending: VecDeque::new(),
+            })),
+            Err(WsError::Http(response)) => {
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default()
+                    .into_owned();
+                Ok(Err(Refused {
+                    status: response.status().as_u16(),
+                    body,
+                }))
+            }
+            Err(e) => Err(e).with_context(|| format!("{name}: cannot connect to {url}")),
+        }
+    }
+}
+
 impl Client {
+    /// A connection named `name` (for messages) to the WebSocket server at `addr`, to be set up.
+    pub fn to(name: impl Into<String>, addr: SocketAddr) -> Connect {
+        Connect {
+            name: name.into(),
+            addr,
+            path: "/".to_owned(),
+            origin: None,
+            tls: None,
+            socket: SocketOptions::default(),
+        }
+    }
+
     /// Connects to `ws://addr/`.
     pub async fn connect(name: impl Into<String>, addr: SocketAddr) -> Result<Client> {
-        let name = name.into();
-        let url = format!("ws://{addr}/");
-        let (ws, _) = tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(&url))
-            .await
-            .with_context(|| format!("{name}: connecting to {url} timed out"))?
-            .with_context(|| format!("{name}: cannot connect to {url}"))?;
-        Ok(Client {
-            name,
-            ws,
-            next_req_id: 1,
-            pending: VecDeque::new(),
-        })
+        Client::to(name, addr).connect().await
     }
 
     /// Connects to `wss://localhost:PORT/` at `addr`, trusting only the CAs of `tls`.
     pub async fn connect_wss(
         name: impl Into<String>,
         addr: SocketAddr,
-        tls: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+        tls: Arc<ClientConfig>,
     ) -> Result<Client> {
-        let name = name.into();
-        let url = format!("wss://localhost:{}/", addr.port());
-        // The TCP connection goes to `addr`; the URL's host is the name the certificate carries.
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("{name}: cannot connect to {addr}"))?;
-        let connect = tokio_tungstenite::client_async_tls_with_config(
-            url.as_str(),
-            stream,
-            None,
-            Some(tokio_tungstenite::Connector::Rustls(tls)),
-        );
-        let (ws, _) = tokio::time::timeout(RECV_TIMEOUT, connect)
-            .await
-            .with_context(|| format!("{name}: connecting to {url} timed out"))?
-            .with_context(|| format!("{name}: cannot connect to {url}"))?;
-        Ok(Client {
-            name,
-            ws,
-            next_req_id: 1,
-            pending: VecDeque::new(),
-        })
+        Client::to(name, addr).tls(tls).connect().await
     }
 
     pub fn name(&self) -> &str {
@@ -257,16 +365,22 @@ impl Client {
         }
     }
 
-    /// Sends `command` with a fresh integer `req_id` and waits for its ack. An error reply to it
-    /// fails; other frames that arrive meanwhile are kept for the next reads.
-    pub async fn request(&mut self, mut command: Value) -> Result<()> {
+    /// Adds a fresh integer `req_id` to `command` and sends it; returns the `req_id`.
+    async fn send_request(&mut self, command: &mut Value) -> Result<u64> {
         let req_id = self.next_req_id;
         self.next_req_id += 1;
         let object = command
             .as_object_mut()
             .context("a command must be a JSON object")?;
         object.insert("req_id".to_owned(), req_id.into());
-        self.send_json(&command).await?;
+        self.send_json(command).await?;
+        Ok(req_id)
+    }
+
+    /// Sends `command` with a fresh integer `req_id` and waits for its ack. An error reply to it
+    /// fails; other frames that arrive meanwhile are kept for the next reads.
+    pub async fn request(&mut self, mut command: Value) -> Result<()> {
+        let req_id = self.send_request(&mut command).await?;
         let deadline = Instant::now() + RECV_TIMEOUT;
         // Frames already pending arrived before this request was sent.
         let mut kept = std::mem::take(&mut self.pending);
@@ -277,47 +391,70 @@ impl Client {
             let Event::Text(text) = event else {
                 break Err(anyhow::anyhow!("got {event} instead of a reply"));
             };
-            let reply: Option<Value> = serde_json::from_str(&text).ok();
-            let is_reply_to = |cmd: &str| {
-                reply.as_ref().is_some_and(|r| {
-                    r.get("cmd").and_then(Value::as_str) == Some(cmd)
-                        && r.get("req_id") == Some(&Value::from(req_id))
-                })
-            };
-            if is_reply_to("ack") {
-                break Ok(());
+            match reply_kind(&text, req_id) {
+                Some("ack") => break Ok(()),
+                Some(_) => break Err(anyhow::anyhow!("rejected: {text}")),
+                None => kept.push_back(text),
             }
-            if is_reply_to("error") {
-                break Err(anyhow::anyhow!("rejected: {text}"));
-            }
-            kept.push_back(text);
         };
         self.pending = kept;
         result.with_context(|| format!("{}: request {command}", self.name))
     }
 
+    /// Sends `command` with a fresh integer `req_id`; the very next frame must be the reply to
+    /// it, an ack or an error, which is returned. Nothing may arrive before it: a barrier.
+    pub async fn reply_to(&mut self, mut command: Value) -> Result<Value> {
+        let req_id = self.send_request(&mut command).await?;
+        let text = self
+            .recv_text(RECV_TIMEOUT)
+            .await
+            .with_context(|| format!("{}: waiting for the reply to {command}", self.name))?;
+        if reply_kind(&text, req_id).is_none() {
+            bail!(
+                "{}: expected the reply to {command}, got {}",
+                self.name,
+                abbreviate(&text)
+            );
+        }
+        serde_json::from_str(&text).with_context(|| format!("{}: {text}", self.name))
+    }
+
+    /// Like [`Client::reply_to`]: the reply must be exactly `{"cmd":"ack","req_id":N}`.
+    pub async fn ack(&mut self, mut command: Value) -> Result<()> {
+        let req_id = self.send_request(&mut command).await?;
+        let expected = format!(r#"{{"cmd":"ack","req_id":{req_id}}}"#);
+        self.expect_text(&expected)
+            .await
+            .with_context(|| format!("{}: request {command}", self.name))
+    }
+
+    /// Like [`Client::reply_to`]: `Ok(())` for an ack, else the error reply's code.
+    pub async fn outcome(&mut self, command: Value) -> Result<std::result::Result<(), String>> {
+        let reply = self.reply_to(command).await?;
+        match reply["cmd"].as_str() {
+            Some("ack") => Ok(Ok(())),
+            _ => Ok(Err(reply["code"].as_str().unwrap_or("?").to_owned())),
+        }
+    }
+
     /// Joins `group` (a string group id) and waits for the ack.
     pub async fn join(&mut self, group: &str) -> Result<()> {
-        self.request(json!({"cmd": "add_group", "group_id": group}))
-            .await
+        self.request(add_group(group)).await
     }
 
     /// Leaves `group` and waits for the ack.
     pub async fn leave(&mut self, group: &str) -> Result<()> {
-        self.request(json!({"cmd": "leave_group", "group_id": group}))
-            .await
+        self.request(leave_group(group)).await
     }
 
     /// Sends `message` to `group` and waits for the ack.
     pub async fn send_to_group(&mut self, group: &str, message: &str) -> Result<()> {
-        self.request(json!({"cmd": "send_to_group", "group_id": group, "message": message}))
-            .await
+        self.request(send_to_group(group, message)).await
     }
 
     /// Sends `message` to `group` without a `req_id`: success is silent.
     pub async fn publish(&mut self, group: &str, message: &str) -> Result<()> {
-        self.send_json(&json!({"cmd": "send_to_group", "group_id": group, "message": message}))
-            .await
+        self.send_json(&send_to_group(group, message)).await
     }
 
     /// Receives until every stream is complete. Each stream is the messages one sender sent to
@@ -375,6 +512,15 @@ impl Client {
         Ok(())
     }
 
+    /// The WebSocket stream itself, for what the client does not do (reading pings). Frames
+    /// kept by [`Client::request`] are lost: there must be none.
+    pub fn into_inner(self) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>> {
+        if let Some(text) = self.pending.front() {
+            bail!("{}: unread frame {}", self.name, abbreviate(text));
+        }
+        Ok(self.ws)
+    }
+
     /// Closes the connection with a close frame and waits for the server's close frame.
     pub async fn close(mut self) -> Result<()> {
         tokio::time::timeout(RECV_TIMEOUT, self.ws.close(None))
@@ -387,6 +533,34 @@ impl Client {
                 Event::Text(_) | Event::Binary(_) => {}
             }
         }
+    }
+}
+
+/// `{"cmd":"add_group","group_id":GROUP}`: a string or a number.
+pub fn add_group(group: impl Into<Value>) -> Value {
+    json!({"cmd": "add_group", "group_id": group.into()})
+}
+
+/// `{"cmd":"leave_group","group_id":GROUP}`.
+pub fn leave_group(group: impl Into<Value>) -> Value {
+    json!({"cmd": "leave_group", "group_id": group.into()})
+}
+
+/// `{"cmd":"send_to_group","group_id":GROUP,"message":MESSAGE}`.
+pub fn send_to_group(group: impl Into<Value>, message: impl Into<Value>) -> Value {
+    json!({"cmd": "send_to_group", "group_id": group.into(), "message": message.into()})
+}
+
+/// Whether `text` is a reply to request `req_id`: `Some("ack")` or `Some("error")`.
+fn reply_kind(text: &str, req_id: u64) -> Option<&'static str> {
+    let reply: Value = serde_json::from_str(text).ok()?;
+    if reply.get("req_id") != Some(&Value::from(req_id)) {
+        return None;
+    }
+    match reply.get("cmd")?.as_str()? {
+        "ack" => Some("ack"),
+        "error" => Some("error"),
+        _ => None,
     }
 }
 
