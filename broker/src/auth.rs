@@ -8,7 +8,6 @@
 //!
 //! [`Broker`]: crate::Broker
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +16,9 @@ use bytes::Bytes;
 use protocol::link_auth::{LinkSecret, CHALLENGE_LEN};
 use tokio_rustls::rustls::ServerConfig;
 
-use server_kit::secret::{check_exposure, load_secret, SecretError};
+use server_kit::secret::{
+    check_exposure, load_secret, parse_secret, ExposeSecret, SecretError, SecretString,
+};
 use server_kit::tls::TlsError;
 
 /// What a broker requires of its links. The default is the seed's: no secret, no TLS.
@@ -39,7 +40,7 @@ pub enum SecurityError {
 }
 
 /// The `broker` binary's security flags.
-#[derive(Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct SecurityArgs {
     /// Shared secret, at least 16 bytes, that every gateway must prove it knows: the broker's
     /// hello carries a random challenge, and the gateway answers with an HMAC of it (docs/protocol.md,
@@ -50,9 +51,10 @@ pub struct SecurityArgs {
         long,
         env = "BROKER_LINK_SECRET",
         hide_env_values = true,
-        conflicts_with = "link_secret_file"
+        conflicts_with = "link_secret_file",
+        value_parser = parse_secret
     )]
-    pub link_secret: Option<String>,
+    pub link_secret: Option<SecretString>,
 
     /// File holding the link secret (one trailing newline is ignored): keeps it out of process
     /// listings and the config file.
@@ -84,28 +86,12 @@ pub struct SecurityArgs {
     pub tls_key: Option<PathBuf>,
 }
 
-/// Keeps the secret out of logs.
-impl fmt::Debug for SecurityArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecurityArgs")
-            .field(
-                "link_secret",
-                &self.link_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .field("link_secret_file", &self.link_secret_file)
-            .field("insecure", &self.insecure)
-            .field("tls_cert", &self.tls_cert)
-            .field("tls_key", &self.tls_key)
-            .finish()
-    }
-}
-
 impl SecurityArgs {
     /// Reads the secret and the TLS files, and refuses a link listener on `listen` that other
     /// hosts can reach without a secret (unless `--insecure`).
     pub fn load(&self, listen: SocketAddr) -> Result<BrokerSecurity, SecurityError> {
         let link_secret = load_secret(
-            self.link_secret.as_deref(),
+            self.link_secret.as_ref().map(|s| s.expose_secret()),
             self.link_secret_file.as_deref(),
             "BROKER",
         )?;

@@ -12,6 +12,7 @@ use broker::config::{
 use broker::BrokerConfig;
 use protocol::client::DEFAULT_MAX_GROUP_ID_LEN;
 use protocol::DEFAULT_MAX_FRAME_SIZE;
+use server_kit::settings::ConfigError;
 
 use crate::edge::origin::AllowedOrigin;
 
@@ -323,94 +324,114 @@ impl GatewayConfig {
     }
 
     /// Rejects settings that cannot work, naming the setting.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let workers = self.worker_count();
         if workers == 0 || workers > MAX_WORKERS {
-            return Err(format!("workers must be between 1 and {MAX_WORKERS}"));
+            return Err(ConfigError::new(
+                "--workers",
+                format!("must be between 1 and {MAX_WORKERS}"),
+            ));
         }
         let positive = [
-            ("max-message-size", self.max_message_size),
-            ("max-group-id-len", self.max_group_id_len),
-            ("max-groups-per-connection", self.max_groups_per_connection),
-            ("max-groups", self.max_groups),
-            ("outbound-queue-messages", self.outbound_queue_messages),
-            ("outbound-queue-bytes", self.outbound_queue_bytes),
-            ("worker-queue", self.worker_queue),
-            ("ws-read-buffer", self.ws_read_buffer),
-            ("link-queue-frames", self.link_queue),
-            ("link-queue-bytes", self.link_queue_bytes),
+            ("--max-message-size", self.max_message_size),
+            ("--max-group-id-len", self.max_group_id_len),
             (
-                "broker-link-queue-frames",
+                "--max-groups-per-connection",
+                self.max_groups_per_connection,
+            ),
+            ("--max-groups", self.max_groups),
+            ("--outbound-queue-messages", self.outbound_queue_messages),
+            ("--outbound-queue-bytes", self.outbound_queue_bytes),
+            ("--worker-queue", self.worker_queue),
+            ("--ws-read-buffer", self.ws_read_buffer),
+            ("--link-queue-frames", self.link_queue),
+            ("--link-queue-bytes", self.link_queue_bytes),
+            (
+                "--broker-link-queue-frames",
                 self.embedded_broker.broker_link_queue_frames,
             ),
             (
-                "broker-link-queue-bytes",
+                "--broker-link-queue-bytes",
                 self.embedded_broker.broker_link_queue_bytes,
             ),
-            ("max-connections", self.max_connections),
+            ("--max-connections", self.max_connections),
         ];
         for (name, value) in positive {
             if value == 0 {
-                return Err(format!("{name} must be at least 1"));
+                return Err(ConfigError::new(name, "must be at least 1"));
             }
         }
         let durations = [
-            ("ping-interval", self.ping_interval),
-            ("idle-timeout", self.idle_timeout),
-            ("handshake-timeout", self.handshake_timeout),
-            ("write-timeout", self.write_timeout),
-            ("link-ping-interval", self.link_ping_interval),
-            ("link-idle-timeout", self.link_timeout),
+            ("--ping-interval", self.ping_interval),
+            ("--idle-timeout", self.idle_timeout),
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--write-timeout", self.write_timeout),
+            ("--link-ping-interval", self.link_ping_interval),
+            ("--link-idle-timeout", self.link_timeout),
             (
-                "broker-handshake-timeout",
+                "--broker-handshake-timeout",
                 self.embedded_broker.broker_handshake_timeout,
             ),
             (
-                "broker-link-idle-timeout",
+                "--broker-link-idle-timeout",
                 self.embedded_broker.broker_link_idle_timeout,
             ),
-            ("link-connect-timeout", self.link_connect_timeout),
-            ("reconnect-min", self.reconnect_min),
+            ("--link-connect-timeout", self.link_connect_timeout),
+            ("--reconnect-min", self.reconnect_min),
         ];
         for (name, value) in durations {
             if value.is_zero() {
-                return Err(format!("{name} must be greater than zero"));
+                return Err(ConfigError::new(name, "must be greater than zero"));
             }
         }
         // Deadlines are computed as `now + duration`: absurd values would overflow.
         let bounded = durations.into_iter().chain([
-            ("reconnect-max", self.reconnect_max),
-            ("shutdown-timeout", self.shutdown_timeout),
+            ("--reconnect-max", self.reconnect_max),
+            ("--shutdown-timeout", self.shutdown_timeout),
         ]);
         for (name, value) in bounded {
             if value > server_kit::settings::MAX_DURATION {
-                return Err(format!("{name} must be at most one day"));
+                return Err(ConfigError::new(name, "must be at most one day"));
             }
         }
         if self.max_messages_per_second > MAX_MESSAGES_PER_SECOND {
-            return Err(format!(
-                "max-messages-per-second must be at most {MAX_MESSAGES_PER_SECOND}"
+            return Err(ConfigError::new(
+                "--max-messages-per-second",
+                format!("must be at most {MAX_MESSAGES_PER_SECOND}"),
             ));
         }
         if self.max_messages_per_second > 0 && self.message_burst == 0 {
-            return Err("message-burst must be at least 1 (or max-messages-per-second 0)".into());
+            return Err(ConfigError::new(
+                "--message-burst",
+                "must be at least 1 (or max-messages-per-second 0)",
+            ));
         }
         if self.reconnect_max < self.reconnect_min {
-            return Err("reconnect-max must be at least reconnect-min".into());
+            return Err(ConfigError::new(
+                "--reconnect-max",
+                "must be at least reconnect-min",
+            ));
         }
         if self.link_max_frame_size < 1024 || self.link_max_frame_size > u32::MAX as usize {
-            return Err("link-max-frame-size must be between 1 KiB and 4 GiB".into());
+            return Err(ConfigError::new(
+                "--link-max-frame-size",
+                "must be between 1 KiB and 4 GiB",
+            ));
         }
         if self.max_group_id_len + 64 > self.link_max_frame_size
             || self.max_message_size + self.max_group_id_len + 64 > self.link_max_frame_size
         {
-            return Err("link-max-frame-size must hold the largest group id and message".into());
+            return Err(ConfigError::new(
+                "--link-max-frame-size",
+                "must hold the largest group id and message",
+            ));
         }
         if let Some(len) = self.embedded_broker.broker_max_channel_len {
             if len == 0 || len + 16 > self.link_max_frame_size {
-                return Err(
-                    "broker-max-channel-len must be at least 1 and fit in a link frame".into(),
-                );
+                return Err(ConfigError::new(
+                    "--broker-max-channel-len",
+                    "must be at least 1 and fit in a link frame",
+                ));
             }
         }
         Ok(())
@@ -435,7 +456,11 @@ mod tests {
             workers: Some(65),
             ..GatewayConfig::default()
         };
-        assert!(config.validate().unwrap_err().contains("workers"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("workers"));
         let config = GatewayConfig {
             outbound_queue_bytes: 0,
             ..GatewayConfig::default()
@@ -443,6 +468,7 @@ mod tests {
         assert!(config
             .validate()
             .unwrap_err()
+            .to_string()
             .contains("outbound-queue-bytes"));
     }
 
@@ -476,7 +502,7 @@ mod tests {
             ),
         ] {
             assert!(
-                config.validate().unwrap_err().contains(setting),
+                config.validate().unwrap_err().to_string().contains(setting),
                 "{setting}"
             );
         }

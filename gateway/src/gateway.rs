@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use server_kit::admin_http::AdminHttpStats;
+use server_kit::settings::ConfigError;
 
 use crate::bus::broker_link::BrokerLink;
 use crate::bus::{Carrier, RunningBus};
@@ -38,6 +39,8 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum GatewayError {
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("invalid configuration: {0}")]
+    Setting(#[from] ConfigError),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -159,7 +162,7 @@ impl GatewayBuilder {
             security,
             bus,
         } = self;
-        config.validate().map_err(GatewayError::Config)?;
+        config.validate()?;
         let config = Arc::new(config);
         let (carrier, embedded): (StartBus, _) = match bus {
             BusChoice::None => {

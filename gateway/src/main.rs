@@ -113,14 +113,10 @@ async fn main() -> anyhow::Result<()> {
         |c: &Cli| c.log_format,
         |c: &Cli| c.config_file.as_deref(),
     )?;
-    cli.config
-        .validate()
-        .map_err(anyhow::Error::msg)
-        .context("invalid configuration")?;
+    cli.config.validate().context("invalid configuration")?;
     if let Some(addr) = cli.admin.0 {
         cli.admin_api
             .validate(addr)
-            .map_err(anyhow::Error::msg)
             .context("invalid admin configuration")?;
     }
     let security = cli

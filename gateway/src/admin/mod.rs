@@ -35,6 +35,7 @@ use server_kit::admin_http::{
     DEFAULT_ADMIN_REQUEST_TIMEOUT,
 };
 use server_kit::secret::{parse_secret, ExposeSecret, SecretString};
+use server_kit::settings::ConfigError;
 use subtle::ConstantTimeEq;
 
 use crate::gateway::Gateway;
@@ -101,35 +102,37 @@ impl AdminConfig {
 
     /// Rejects settings that cannot work or that would expose the API, for an admin server on
     /// `addr`.
-    pub fn validate(&self, addr: SocketAddr) -> Result<(), String> {
+    pub fn validate(&self, addr: SocketAddr) -> Result<(), ConfigError> {
         if let Some(token) = &self.api_token {
             let token = token.expose_secret();
             if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(
-                    "api-token must be non-empty printable ASCII without spaces (it is sent in \
-                     an HTTP header)"
-                        .into(),
-                );
+                return Err(ConfigError::new(
+                    "--api-token",
+                    "must be non-empty printable ASCII without spaces (it is sent in an HTTP \
+                     header)",
+                ));
             }
         }
-        if self.api_max_body_size == 0 {
-            return Err("api-max-body-size must be at least 1".into());
-        }
-        if self.api_max_batch == 0 {
-            return Err("api-max-batch must be at least 1".into());
-        }
-        if self.admin_max_connections == 0 {
-            return Err("admin-max-connections must be at least 1".into());
+        let positive = [
+            ("--api-max-body-size", self.api_max_body_size),
+            ("--api-max-batch", self.api_max_batch),
+            ("--admin-max-connections", self.admin_max_connections),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::new(name, "must be at least 1"));
+            }
         }
         for (name, value) in [
-            ("admin-header-timeout", self.admin_header_timeout),
-            ("admin-request-timeout", self.admin_request_timeout),
+            ("--admin-header-timeout", self.admin_header_timeout),
+            ("--admin-request-timeout", self.admin_request_timeout),
         ] {
             if value.is_zero() || value > server_kit::settings::MAX_DURATION {
-                return Err(format!("{name} must be between 1ms and 24h"));
+                return Err(ConfigError::new(name, "must be between 1ms and 24h"));
             }
         }
         check_exposure(addr, self.api_token.is_some())
+            .map_err(|reason| ConfigError::new("--admin", reason))
     }
 }
 
@@ -140,7 +143,7 @@ pub fn check_exposure(addr: SocketAddr, has_token: bool) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "the admin address {addr} is not a loopback address: set --api-token (or \
+        "{addr} is not a loopback address: set --api-token (or \
          GATEWAY_API_TOKEN) to protect /api/*, or listen on 127.0.0.1"
     ))
 }
