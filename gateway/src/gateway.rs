@@ -164,6 +164,10 @@ impl GatewayBuilder {
         } = self;
         config.validate()?;
         let config = Arc::new(config);
+        let link_to = |addr: String| -> Result<StartBus, GatewayError> {
+            let link = BrokerLink::new(addr, &config, security.link.clone())?;
+            Ok(Box::new(move |router, token| link.start(router, token)))
+        };
         let (carrier, embedded): (StartBus, _) = match bus {
             BusChoice::None => {
                 return Err(GatewayError::Config(
@@ -171,13 +175,7 @@ impl GatewayBuilder {
                 ))
             }
             BusChoice::Carrier(start) => (start, None),
-            BusChoice::Broker(addr) => {
-                let link = BrokerLink::new(addr, &config, security.link.clone())?;
-                (
-                    Box::new(move |router, token| link.start(router, token)),
-                    None,
-                )
-            }
+            BusChoice::Broker(addr) => (link_to(addr)?, None),
             BusChoice::Embedded(listener, broker_config) => {
                 if security.embedded_broker_tls.is_some() != security.link.tls.is_some() {
                     return Err(GatewayError::Config(
@@ -197,10 +195,8 @@ impl GatewayBuilder {
                     let (broker, token) = (broker.clone(), shutdown.clone());
                     async move { broker.serve(listener, token).await }
                 });
-                let link = BrokerLink::new(addr.to_string(), &config, security.link.clone())?;
-                let start: StartBus = Box::new(move |router, token| link.start(router, token));
                 (
-                    start,
+                    link_to(addr.to_string())?,
                     Some(EmbeddedBroker {
                         broker,
                         task: Mutex::new(Some(task)),

@@ -88,15 +88,13 @@ pub struct RunningBus {
     pub task: JoinHandle<()>,
 }
 
-/// Why a carrier cannot start, or its connection failed (logged, and kept as
-/// [`BusStatus::last_error`]).
+/// Why a carrier cannot start. Once started, a carrier's connection errors are its own
+/// ([`broker_link::LinkError`]): logged, retried, and kept as [`BusStatus::last_error`].
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// The carrier's address cannot be used (no port, say): caught at start, not retried.
     #[error("bus address {address:?}: {reason}")]
     InvalidAddress { address: String, reason: String },
-    #[error(transparent)]
-    Broker(#[from] broker_link::LinkError),
 }
 
 impl std::fmt::Debug for dyn Bus {
