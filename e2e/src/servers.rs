@@ -71,12 +71,14 @@ impl Broker {
 }
 
 /// Which broker a gateway uses.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum BrokerMode {
     /// Its own, in-process broker (`--broker-listen 127.0.0.1:0`).
     Embedded,
     /// A standalone broker (`--broker ADDR`).
     Standalone(SocketAddr),
+    /// Any carrier by URL (`--bus URL`): Redis, NATS, ...
+    Bus(String),
 }
 
 /// How to start a gateway.
@@ -110,6 +112,14 @@ impl GatewayConfig {
         }
     }
 
+    /// Four workers on the carrier at `url` (`--bus URL`).
+    pub fn with_bus(name: &str, url: impl Into<String>) -> GatewayConfig {
+        GatewayConfig {
+            broker: BrokerMode::Bus(url.into()),
+            ..GatewayConfig::embedded(name)
+        }
+    }
+
     pub fn workers(mut self, workers: usize) -> GatewayConfig {
         self.workers = workers;
         self
@@ -139,7 +149,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts a gateway and waits until it is ready: listening, admin listening, broker link up.
+    /// Starts a gateway and waits until it is ready: listening, admin listening, bus up.
     pub async fn start(config: GatewayConfig) -> Result<Gateway> {
         let mut args: Vec<String> = [
             "--listen",
@@ -153,9 +163,10 @@ impl Gateway {
         ]
         .map(String::from)
         .into();
-        match config.broker {
+        match &config.broker {
             BrokerMode::Embedded => args.extend(["--broker-listen".into(), "127.0.0.1:0".into()]),
             BrokerMode::Standalone(addr) => args.extend(["--broker".into(), addr.to_string()]),
+            BrokerMode::Bus(url) => args.extend(["--bus".into(), url.clone()]),
         }
         args.extend(config.extra_args);
         let process = Process::spawn(&config.name, "gateway", &args)?;
@@ -166,12 +177,10 @@ impl Gateway {
         )?;
         let embedded_broker = match config.broker {
             BrokerMode::Embedded => Some(logged_addr(&process, "embedded broker listening").await?),
-            BrokerMode::Standalone(_) => None,
+            BrokerMode::Standalone(_) | BrokerMode::Bus(_) => None,
         };
         if config.wait_for_link {
-            process
-                .wait_for_log("broker link up", STARTUP_TIMEOUT)
-                .await?;
+            process.wait_for_log("bus up", STARTUP_TIMEOUT).await?;
         }
         Ok(Gateway {
             process,
@@ -194,8 +203,8 @@ impl Gateway {
     /// Polls until the gateway is subscribed to `n` groups on its broker.
     pub async fn wait_for_subscriptions(&self, n: u64) -> Result<Value> {
         self.admin
-            .wait_for_stats(&format!("broker_link.subscriptions == {n}"), |s| {
-                stat(s, "/broker_link/subscriptions") == Some(n)
+            .wait_for_stats(&format!("bus.subscriptions == {n}"), |s| {
+                stat(s, "/bus/subscriptions") == Some(n)
             })
             .await
     }

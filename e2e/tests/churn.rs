@@ -137,7 +137,7 @@ fn gateway_empty(stats: &Value) -> bool {
             "/connections",
             "/groups",
             "/memberships",
-            "/broker_link/subscriptions",
+            "/bus/subscriptions",
         ]
         .iter()
         .all(|p| stat(stats, p) == Some(0))
@@ -251,8 +251,8 @@ async fn churn_leaves_no_trace() -> Result<()> {
             "{name}: error replies were sent: {stats}"
         );
         ensure!(
-            stat(&stats, "/broker_link/publishes_dropped") == Some(0)
-                && stat(&stats, "/broker_link/reconnects") == Some(0),
+            stat(&stats, "/bus/publishes_dropped") == Some(0)
+                && stat(&stats, "/bus/reconnects") == Some(0),
             "{name}: the broker link dropped publishes or was lost: {stats}"
         );
         connections += workers_sum(&stats, "/connections_total").unwrap_or(0);

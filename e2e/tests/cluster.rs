@@ -97,7 +97,7 @@ const CLIENT_COUNTERS: [&str; 4] = [
     "/connections",
     "/groups",
     "/memberships",
-    "/broker_link/subscriptions",
+    "/bus/subscriptions",
 ];
 
 fn all_zero(stats: &serde_json::Value) -> bool {
@@ -336,7 +336,7 @@ async fn broker_restart() -> Result<()> {
     for gateway in [&gateway_a, &gateway_b] {
         gateway
             .process
-            .wait_for_log("broker link down", STARTUP_TIMEOUT)
+            .wait_for_log("bus down", STARTUP_TIMEOUT)
             .await?;
         gateway.admin.wait_for_status("/readyz", 503).await?;
         gateway.admin.wait_for_status("/healthz", 200).await?;
@@ -388,7 +388,7 @@ async fn broker_restart() -> Result<()> {
     for gateway in [&gateway_a, &gateway_b] {
         gateway
             .process
-            .wait_for_nth_log("broker link up", 2, STARTUP_TIMEOUT)
+            .wait_for_nth_log("bus up", 2, STARTUP_TIMEOUT)
             .await?;
         gateway.admin.wait_for_status("/readyz", 200).await?;
         // Its three clients are all still connected, and the link counted its reconnection.
@@ -396,9 +396,9 @@ async fn broker_restart() -> Result<()> {
             .admin
             .wait_for_stats("3 connections and a reconnected, resubscribed link", |s| {
                 stat(s, "/connections") == Some(3)
-                    && s.pointer("/broker_link/up") == Some(&true.into())
-                    && stat(s, "/broker_link/reconnects").is_some_and(|n| n >= 1)
-                    && stat(s, "/broker_link/subscriptions") == Some(1)
+                    && s.pointer("/bus/up") == Some(&true.into())
+                    && stat(s, "/bus/reconnects").is_some_and(|n| n >= 1)
+                    && stat(s, "/bus/subscriptions") == Some(1)
             })
             .await?;
     }
@@ -455,14 +455,14 @@ async fn gateway_without_members_receives_nothing_for_the_group() -> Result<()> 
     let a = gateway_a.admin.stats().await?;
     let b = gateway_b.admin.stats().await?;
     ensure!(
-        stat(&a, "/broker_link/messages_in") == Some(COUNT as u64),
+        stat(&a, "/bus/messages_in") == Some(COUNT as u64),
         "gateway a received {:?} link messages, expected {COUNT}",
-        stat(&a, "/broker_link/messages_in")
+        stat(&a, "/bus/messages_in")
     );
     ensure!(
-        stat(&b, "/broker_link/messages_in") == Some(0),
+        stat(&b, "/bus/messages_in") == Some(0),
         "gateway b has no member of the group but received {:?} link messages",
-        stat(&b, "/broker_link/messages_in")
+        stat(&b, "/bus/messages_in")
     );
     let relayed = stat(&broker.admin.stats().await?, "/deliveries");
     ensure!(

@@ -217,8 +217,8 @@ async fn broker_killed_during_a_long_outage_resumes_within_2s() -> Result<()> {
         let stats = gateway.admin.stats().await?;
         ensure!(
             stat(&stats, "/connections") == Some(2)
-                && stat(&stats, "/broker_link/reconnects") == Some(1)
-                && stats.pointer("/broker_link/up") == Some(&Value::Bool(true)),
+                && stat(&stats, "/bus/reconnects") == Some(1)
+                && stats.pointer("/bus/up") == Some(&Value::Bool(true)),
             "{}: expected both clients still connected and one reconnection: {stats}",
             gateway.process.name()
         );
@@ -346,9 +346,9 @@ async fn killed_gateway_leaves_the_others_unaffected() -> Result<()> {
         let stats = gateway.admin.stats().await?;
         ensure!(
             stat(&stats, "/connections") == Some(2)
-                && stats.pointer("/broker_link/up") == Some(&Value::Bool(true))
-                && stat(&stats, "/broker_link/reconnects") == Some(0)
-                && stat(&stats, "/broker_link/publishes_dropped") == Some(0),
+                && stats.pointer("/bus/up") == Some(&Value::Bool(true))
+                && stat(&stats, "/bus/reconnects") == Some(0)
+                && stat(&stats, "/bus/publishes_dropped") == Some(0),
             "{}: expected an undisturbed gateway: {stats}",
             gateway.process.name()
         );

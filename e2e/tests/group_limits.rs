@@ -90,10 +90,10 @@ async fn a_broker_over_its_channel_limit_refuses_subscriptions_and_keeps_the_lin
     let stats = a
         .admin
         .wait_for_stats("3 subscriptions refused", |s| {
-            stat(s, "/broker_link/subscriptions_refused") == Some(3)
+            stat(s, "/bus/subscriptions_refused") == Some(3)
         })
         .await?;
-    ensure!(stats["broker_link"]["up"] == true, "{stats:#}");
+    ensure!(stats["bus"]["up"] == true, "{stats:#}");
 
     // The link stays up: a member on A of an accepted group gets what B sends, and the
     // refusal costs no reconnect.
@@ -113,7 +113,7 @@ async fn a_broker_over_its_channel_limit_refuses_subscriptions_and_keeps_the_lin
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let stats = a.admin.stats().await?;
     ensure!(
-        stat(&stats, "/broker_link/reconnects") == Some(0) && stats["broker_link"]["up"] == true,
+        stat(&stats, "/bus/reconnects") == Some(0) && stats["bus"]["up"] == true,
         "the link did not flap: {stats:#}"
     );
     let (_, metrics) = a.admin.get("/metrics").await?;

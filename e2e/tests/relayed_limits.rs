@@ -64,7 +64,7 @@ async fn a_relayed_message_over_the_gateway_limit_reaches_no_member() -> Result<
     member.expect_text("after").await?;
     let stats = gateway.admin.stats().await?;
     ensure!(
-        stat(&stats, "/broker_link/messages_too_large") == Some(1),
+        stat(&stats, "/bus/messages_too_large") == Some(1),
         "{stats:#}"
     );
     let (_, metrics) = gateway.admin.get("/metrics").await?;

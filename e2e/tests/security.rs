@@ -208,7 +208,7 @@ async fn gateways_link_over_tls_with_a_secret_and_others_never_come_up() -> Resu
             .await?;
         let (status, body) = gateway.admin.get("/readyz").await?;
         ensure!(status == 503, "/readyz answered {status} {body}");
-        ensure!(gateway.process.log_count("broker link up") == 0);
+        ensure!(gateway.process.log_count("bus up") == 0);
     }
     // No log line holds the secret.
     for process in [&broker.process, &a.process, &impostor.process] {

@@ -81,7 +81,7 @@ async fn broker_sigterm_exits_cleanly() -> Result<()> {
     ensure!(status.code() == Some(0), "the broker exited with {status}");
     gateway
         .process
-        .wait_for_log("broker link down", STARTUP_TIMEOUT)
+        .wait_for_log("bus down", STARTUP_TIMEOUT)
         .await?;
     gateway.admin.wait_for_status("/readyz", 503).await?;
     broker.process.assert_no_panics()

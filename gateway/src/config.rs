@@ -28,7 +28,7 @@ pub const DEFAULT_LINK_QUEUE_BYTES_TO_BROKER: usize = 64 * 1024 * 1024;
 const ADDRESSES: &str = "Addresses and process";
 const CLIENT_LIMITS: &str = "Client limits";
 const TIMERS: &str = "Timers";
-const BROKER_LINK: &str = "Broker link";
+const BUS: &str = "Bus (between gateways)";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
@@ -159,47 +159,49 @@ pub struct GatewayConfig {
 
     /// Largest broker link frame sent or accepted, in bytes. Also the embedded broker's. Must hold
     /// the largest group id plus the largest message plus 64 bytes.
-    #[arg(long, env = "GATEWAY_LINK_MAX_FRAME_SIZE", help_heading = BROKER_LINK, default_value_t = DEFAULT_MAX_FRAME_SIZE)]
+    #[arg(long, env = "GATEWAY_LINK_MAX_FRAME_SIZE", help_heading = BUS, default_value_t = DEFAULT_MAX_FRAME_SIZE)]
     pub link_max_frame_size: usize,
 
-    /// Publishes queued for the broker link.
+    /// Publishes queued for the bus (the broker link, or the Redis or NATS connection; per
+    /// shard with Redis shards).
     #[arg(long = "link-queue-frames",
-        value_name = "LINK_QUEUE_FRAMES", env = "GATEWAY_LINK_QUEUE_FRAMES", help_heading = BROKER_LINK, default_value_t = 65_536)]
+        value_name = "LINK_QUEUE_FRAMES", env = "GATEWAY_LINK_QUEUE_FRAMES", help_heading = BUS, default_value_t = 65_536)]
     pub link_queue: usize,
 
-    /// Bytes of publishes queued for the broker link (counted when a publish is queued, released
-    /// once the link has written it); bounds the memory a broker that does not read can hold.
-    #[arg(long, env = "GATEWAY_LINK_QUEUE_BYTES", help_heading = BROKER_LINK, default_value_t = DEFAULT_LINK_QUEUE_BYTES_TO_BROKER)]
+    /// Bytes of publishes queued for the bus (counted when a publish is queued, released once it
+    /// is written); bounds the memory an engine that does not read can hold.
+    #[arg(long, env = "GATEWAY_LINK_QUEUE_BYTES", help_heading = BUS, default_value_t = DEFAULT_LINK_QUEUE_BYTES_TO_BROKER)]
     pub link_queue_bytes: usize,
 
-    /// Interval of heartbeat pings on the broker link; silence is checked at each one.
-    #[arg(long, env = "GATEWAY_LINK_PING_INTERVAL", help_heading = BROKER_LINK, default_value = "5s", value_parser = humantime::parse_duration)]
+    /// Interval of heartbeat pings on the bus (the broker link's pings, Redis `PING` on the
+    /// subscriber connection, NATS pings); silence is checked at each one.
+    #[arg(long, env = "GATEWAY_LINK_PING_INTERVAL", help_heading = BUS, default_value = "5s", value_parser = humantime::parse_duration)]
     pub link_ping_interval: Duration,
 
-    /// A link on which nothing arrives from the broker for this long is dead (noticed at the next
-    /// heartbeat, so within `link-idle-timeout` + `link-ping-interval`; or as soon as a write to
-    /// the broker blocks past `link-idle-timeout` since the last frame heard, as when a half-open
-    /// link fills the socket buffers).
+    /// A bus connection on which nothing arrives for this long is dead (noticed at the next
+    /// heartbeat, so within `link-idle-timeout` + `link-ping-interval`; or as soon as a write
+    /// blocks past `link-idle-timeout` since the last reply heard, as when a half-open connection
+    /// fills the socket buffers), and is replaced.
     #[arg(long = "link-idle-timeout",
-        value_name = "LINK_IDLE_TIMEOUT", env = "GATEWAY_LINK_IDLE_TIMEOUT", help_heading = BROKER_LINK, default_value = "15s", value_parser = humantime::parse_duration)]
+        value_name = "LINK_IDLE_TIMEOUT", env = "GATEWAY_LINK_IDLE_TIMEOUT", help_heading = BUS, default_value = "15s", value_parser = humantime::parse_duration)]
     pub link_timeout: Duration,
 
-    /// Time to connect to the broker and exchange hellos (with `--broker-tls`, the TLS handshake
-    /// too; with a link secret, until the broker has accepted the answer to its challenge).
-    #[arg(long, env = "GATEWAY_LINK_CONNECT_TIMEOUT", help_heading = BROKER_LINK, default_value = "3s", value_parser = humantime::parse_duration)]
+    /// Time to connect to the bus's engine and be accepted (the broker: hellos, TLS, the link
+    /// secret's challenge; Redis and NATS: TLS and authentication).
+    #[arg(long, env = "GATEWAY_LINK_CONNECT_TIMEOUT", help_heading = BUS, default_value = "3s", value_parser = humantime::parse_duration)]
     pub link_connect_timeout: Duration,
 
-    /// Backoff after the first failed or lost link; it doubles after each failure up to
-    /// `--reconnect-max`, and returns to this once a link has stayed up for at least
-    /// `--reconnect-max` (and at least 1 s), so a broker that accepts and then drops the link is
-    /// not hammered. Each wait is random between half the backoff and the backoff.
-    #[arg(long, env = "GATEWAY_RECONNECT_MIN", help_heading = BROKER_LINK, default_value = "100ms", value_parser = humantime::parse_duration)]
+    /// Backoff after the first failed or lost bus connection; it doubles after each failure up
+    /// to `--reconnect-max`, and returns to this once a connection has stayed up for at least
+    /// `--reconnect-max` (and at least 1 s), so an engine that accepts and then drops the
+    /// connection is not hammered. Each wait is random between half the backoff and the backoff.
+    #[arg(long, env = "GATEWAY_RECONNECT_MIN", help_heading = BUS, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub reconnect_min: Duration,
 
     /// Largest backoff. Must be at least `--reconnect-min`. After an outage of any length, the
     /// gateway tries again at least this often, so it is back within about this long after the
-    /// broker is (each attempt against a stopped broker is one refused TCP connect).
-    #[arg(long, env = "GATEWAY_RECONNECT_MAX", help_heading = BROKER_LINK, default_value = "1s", value_parser = humantime::parse_duration)]
+    /// engine is (each attempt against a stopped engine is one refused TCP connect).
+    #[arg(long, env = "GATEWAY_RECONNECT_MAX", help_heading = BUS, default_value = "1s", value_parser = humantime::parse_duration)]
     pub reconnect_max: Duration,
 
     /// On SIGTERM or Ctrl-C the gateway stops accepting (the listener is closed, so new connections
@@ -210,8 +212,13 @@ pub struct GatewayConfig {
     pub shutdown_timeout: Duration,
 
     /// This gateway's name in its hello to the broker, which logs it.
-    #[arg(long, env = "GATEWAY_NODE_NAME", help_heading = BROKER_LINK)]
+    #[arg(long, env = "GATEWAY_NODE_NAME", help_heading = BUS)]
     pub node_name: Option<String>,
+
+    /// What every Redis channel and NATS subject of this deployment starts with, so that several
+    /// deployments can share one Redis or NATS: 1 to 64 letters, digits, `_` or `-`.
+    #[arg(long, env = "GATEWAY_BUS_PREFIX", help_heading = BUS, default_value = "gp")]
+    pub bus_prefix: String,
 
     #[command(flatten, next_help_heading = "Embedded broker")]
     pub embedded_broker: EmbeddedBrokerConfig,
@@ -360,6 +367,18 @@ impl GatewayConfig {
             if value == 0 {
                 return Err(ConfigError::new(name, "must be at least 1"));
             }
+        }
+        let prefix = &self.bus_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError::new(
+                "--bus-prefix",
+                format!("{prefix:?}: must be 1 to 64 letters, digits, `_` or `-`"),
+            ));
         }
         let durations = [
             ("--ping-interval", self.ping_interval),

@@ -19,6 +19,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::bus::BusAddress;
 use crate::edge::join_token::{JoinTokenError, JoinTokens};
 
 /// Everything the gateway requires of its peers.
@@ -211,9 +212,16 @@ impl SecurityArgs {
     /// embedded broker listens on `broker_listen`).
     pub fn load(
         &self,
-        broker: Option<&str>,
+        bus: &BusAddress,
         broker_listen: SocketAddr,
     ) -> Result<Security, SecurityError> {
+        let broker = match bus {
+            BusAddress::Embedded => None,
+            BusAddress::Broker(addr) => Some(addr.as_str()),
+            BusAddress::Redis(_) | BusAddress::RedisCluster(_) | BusAddress::Nats(_) => {
+                return self.load_without_broker(bus);
+            }
+        };
         let secret = load_secret(
             self.link_secret.as_ref().map(|s| s.expose_secret()),
             self.link_secret_file.as_deref(),
@@ -273,12 +281,7 @@ impl SecurityArgs {
                 Some(BrokerTls::new(server_kit::tls::client_config(ca)?, &name)?)
             }
         };
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsAcceptor::from(server_kit::tls::server_config(
-                cert, key,
-            )?)),
-            _ => None,
-        };
+        let tls = self.client_tls()?;
         Ok(Security {
             link: LinkSecurity {
                 secret,
@@ -289,6 +292,43 @@ impl SecurityArgs {
                 join_tokens: self.join_tokens()?,
             },
             embedded_broker_tls: embedded_tls,
+        })
+    }
+
+    /// For a carrier other than the built-in broker, which takes its credentials and TLS from
+    /// its URL: the broker link's settings would be silently ignored, so they are refused.
+    fn load_without_broker(&self, bus: &BusAddress) -> Result<Security, SecurityError> {
+        let broker_settings = [
+            ("--link-secret", self.link_secret.is_some()),
+            ("--link-secret-file", self.link_secret_file.is_some()),
+            ("--broker-tls", self.broker_tls),
+            ("--broker-ca", self.broker_ca.is_some()),
+            ("--broker-tls-name", self.broker_tls_name.is_some()),
+            ("--broker-tls-cert", self.broker_tls_cert.is_some()),
+        ];
+        if let Some((flag, _)) = broker_settings.iter().find(|(_, set)| *set) {
+            return Err(SecurityError::Invalid(format!(
+                "{flag} is for the built-in broker; the {} bus takes its credentials and TLS from                  its URL (--bus)",
+                bus.carrier()
+            )));
+        }
+        let tls = self.client_tls()?;
+        Ok(Security {
+            link: LinkSecurity::default(),
+            clients: ClientSecurity {
+                tls,
+                join_tokens: self.join_tokens()?,
+            },
+            embedded_broker_tls: None,
+        })
+    }
+
+    fn client_tls(&self) -> Result<Option<TlsAcceptor>, SecurityError> {
+        Ok(match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsAcceptor::from(server_kit::tls::server_config(
+                cert, key,
+            )?)),
+            _ => None,
         })
     }
 
@@ -365,16 +405,25 @@ mod tests {
         "127.0.0.1:2206".parse().expect("addr")
     }
 
+    fn bus(broker: Option<&str>) -> BusAddress {
+        match broker {
+            Some(addr) => BusAddress::Broker(addr.to_owned()),
+            None => BusAddress::Embedded,
+        }
+    }
+
     fn error(flags: &[&str], broker: Option<&str>, listen: &str) -> String {
         args(flags)
-            .load(broker, listen.parse().expect("addr"))
+            .load(&bus(broker), listen.parse().expect("addr"))
             .expect_err("refused")
             .to_string()
     }
 
     #[test]
     fn defaults_require_nothing() {
-        let security = args(&[]).load(None, loopback()).expect("loads");
+        let security = args(&[])
+            .load(&BusAddress::Embedded, loopback())
+            .expect("loads");
         assert!(security.link.secret.is_none() && security.link.tls.is_none());
         assert!(security.clients.tls.is_none() && security.clients.join_tokens.is_none());
     }
@@ -388,14 +437,17 @@ mod tests {
         );
         let secret = ["--link-secret", "0123456789abcdef"];
         assert!(args(&secret)
-            .load(None, "0.0.0.0:2206".parse().expect("addr"))
+            .load(&BusAddress::Embedded, "0.0.0.0:2206".parse().expect("addr"))
             .is_ok());
         assert!(args(&["--insecure"])
-            .load(None, "0.0.0.0:2206".parse().expect("addr"))
+            .load(&BusAddress::Embedded, "0.0.0.0:2206".parse().expect("addr"))
             .is_ok());
         // With --broker there is no embedded broker to expose.
         assert!(args(&[])
-            .load(Some("10.0.0.1:2206"), "0.0.0.0:2206".parse().expect("addr"))
+            .load(
+                &bus(Some("10.0.0.1:2206")),
+                "0.0.0.0:2206".parse().expect("addr")
+            )
             .is_ok());
     }
 
@@ -489,5 +541,25 @@ mod tests {
         ]);
         let debug = format!("{args:?}");
         assert!(!debug.contains("secret-value"), "{debug}");
+    }
+
+    #[test]
+    fn broker_link_settings_are_refused_with_another_carrier() {
+        let redis: BusAddress = "redis://127.0.0.1:6379".parse().expect("redis url");
+        for flags in [
+            &["--link-secret", "0123456789abcdef0123"][..],
+            &["--broker-tls"][..],
+        ] {
+            let err = args(flags)
+                .load(&redis, loopback())
+                .expect_err("refused")
+                .to_string();
+            assert!(
+                err.contains("built-in broker") && err.contains("redis"),
+                "{err}"
+            );
+        }
+        let security = args(&[]).load(&redis, loopback()).expect("loads");
+        assert!(security.link.secret.is_none() && security.embedded_broker_tls.is_none());
     }
 }

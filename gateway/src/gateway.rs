@@ -451,7 +451,7 @@ impl Gateway {
             memberships: workers.iter().map(|w| w.memberships).sum(),
             workers,
             api_publishes: self.inner.api_publishes.load(Relaxed),
-            broker_link: self.inner.hub.bus().status(),
+            bus: self.inner.hub.bus().status(),
             embedded_broker: self
                 .inner
                 .embedded_broker

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use gateway::bus::BusAddress;
 use gateway::credentials::SecurityArgs;
 use gateway::{Gateway, GatewayConfig};
 use server_kit::admin_http::{serve_admin, AdminAddr};
@@ -58,11 +59,23 @@ struct Cli {
     #[command(flatten)]
     config: GatewayConfig,
 
-    /// A standalone broker (`host:port`). Unset: the broker runs embedded in this process.
-    #[arg(long, env = "GATEWAY_BROKER", help_heading = "Broker link")]
+    /// What carries messages between gateways: `broker://HOST:PORT` (the built-in broker),
+    /// `redis://HOST:PORT` (several comma-separated: shards), `redis+cluster://HOST:PORT,...`
+    /// (Redis Cluster, sharded pub/sub), `nats://HOST:PORT,...`; `rediss://` and `tls://` for
+    /// TLS. Unset: the broker runs embedded in this process (docs/deploy.md compares them).
+    #[arg(
+        long,
+        env = "GATEWAY_BUS",
+        help_heading = "Bus (between gateways)",
+        conflicts_with = "broker"
+    )]
+    bus: Option<BusAddress>,
+
+    /// The built-in broker at `HOST:PORT`: short for `--bus broker://HOST:PORT`.
+    #[arg(long, env = "GATEWAY_BROKER", help_heading = "Bus (between gateways)")]
     broker: Option<String>,
 
-    /// Where the embedded broker listens for other gateways. Ignored with `--broker`.
+    /// Where the embedded broker listens for other gateways. Ignored with `--broker` or `--bus`.
     #[arg(
         long,
         env = "GATEWAY_BROKER_LISTEN",
@@ -119,9 +132,14 @@ async fn main() -> anyhow::Result<()> {
             .validate(addr)
             .context("invalid admin configuration")?;
     }
+    let bus = match (cli.bus, cli.broker) {
+        (Some(bus), _) => bus,
+        (None, Some(addr)) => format!("broker://{addr}").parse()?,
+        (None, None) => BusAddress::Embedded,
+    };
     let security = cli
         .security
-        .load(cli.broker.as_deref(), cli.broker_listen)
+        .load(&bus, cli.broker_listen)
         .context("invalid security configuration")?;
     tracing::info!(
         link_secret = security.link.secret.is_some(),
@@ -134,9 +152,13 @@ async fn main() -> anyhow::Result<()> {
     cancel_on_signals(shutdown.clone());
 
     let builder = Gateway::builder(cli.config).security(security);
-    let builder = match cli.broker {
-        Some(addr) => builder.broker(addr),
-        None => {
+    tracing::info!(bus = %bus, carrier = bus.carrier(), "bus");
+    let builder = match bus {
+        BusAddress::Broker(addr) => builder.broker(addr),
+        BusAddress::Redis(_) | BusAddress::RedisCluster(_) | BusAddress::Nats(_) => {
+            anyhow::bail!("the {} carrier is not built yet", bus.carrier())
+        }
+        BusAddress::Embedded => {
             let listener = bind_logged(cli.broker_listen, "embedded broker listening")
                 .await
                 .with_context(|| {

@@ -124,7 +124,7 @@ pub struct GatewaySnapshot {
     pub workers: Vec<WorkerSnapshot>,
     /// Messages published through the admin API (`POST /api/publish`).
     pub api_publishes: u64,
-    pub broker_link: crate::bus::BusStatus,
+    pub bus: crate::bus::BusStatus,
     /// Present when the broker runs inside this process.
     pub embedded_broker: Option<broker::StatsSnapshot>,
     /// The admin HTTP server's refusals and timeouts.

@@ -121,7 +121,7 @@ async fn probes_stats_and_metrics() -> Result<()> {
     assert_eq!(stats["connections"], 0, "{stats:#}");
     assert_eq!(stats["groups"], 0, "{stats:#}");
     assert_eq!(stats["api_publishes"], 0, "{stats:#}");
-    assert_eq!(stats["broker_link"]["up"], true, "{stats:#}");
+    assert_eq!(stats["bus"]["up"], true, "{stats:#}");
     assert!(stats["embedded_broker"]["links"].is_u64(), "{stats:#}");
     let workers = stats["workers"].as_array().context("workers")?;
     assert_eq!(workers.len(), 2);
@@ -241,10 +241,7 @@ async fn readyz_is_503_until_listening_and_while_the_broker_is_unreachable() -> 
         Option::is_some,
     )
     .await?;
-    assert_eq!(
-        admin.get("/readyz").await?,
-        (503, "broker link down".into())
-    );
+    assert_eq!(admin.get("/readyz").await?, (503, "bus down".into()));
     let (health, _) = admin.get("/healthz").await?;
     assert_eq!(health, 200);
     let (_, metrics) = admin.get("/metrics").await?;

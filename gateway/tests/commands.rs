@@ -37,7 +37,7 @@ async fn add_group_echoes_the_req_id_and_joining_twice_is_one_membership() -> Re
         .await?;
     assert_eq!(stats.groups, 3, "{stats:#?}");
     // g, h and i are wanted from the bus once each.
-    fx.wait_stats("three subscriptions", |s| s.broker_link.subscriptions == 3)
+    fx.wait_stats("three subscriptions", |s| s.bus.subscriptions == 3)
         .await?;
     Ok(())
 }
@@ -199,7 +199,7 @@ async fn the_bus_wants_a_group_from_its_first_member_to_its_last_across_workers(
     .await?;
     let subscribed = |gateway: u64, broker: u64| {
         move |s: &gateway::stats::GatewaySnapshot| {
-            s.broker_link.subscriptions == gateway
+            s.bus.subscriptions == gateway
                 && s.embedded_broker
                     .as_ref()
                     .is_some_and(|b| b.subscriptions == broker)

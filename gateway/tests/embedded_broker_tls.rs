@@ -88,12 +88,9 @@ async fn wait_ready(gateway: &Gateway) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
-    tokio::time::timeout(WAIT, ready).await.with_context(|| {
-        format!(
-            "the broker link never came up: {:?}",
-            gateway.stats().broker_link
-        )
-    })
+    tokio::time::timeout(WAIT, ready)
+        .await
+        .with_context(|| format!("the broker link never came up: {:?}", gateway.stats().bus))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

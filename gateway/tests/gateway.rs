@@ -27,16 +27,13 @@ async fn seed_scenario_and_cleanup() -> Result<()> {
     assert_eq!(ws.recv_text(WAIT).await?, r#"{"cmd":"ack","req_id":"b"}"#);
     ws.ack(add_group("123")).await?;
     fx.wait_stats("one group, member and subscription", |s| {
-        s.groups == 1 && s.memberships == 1 && s.broker_link.subscriptions == 1
+        s.groups == 1 && s.memberships == 1 && s.bus.subscriptions == 1
     })
     .await?;
     ws.close().await?;
     let stats = fx
         .wait_stats("nothing left", |s| {
-            s.connections == 0
-                && s.groups == 0
-                && s.memberships == 0
-                && s.broker_link.subscriptions == 0
+            s.connections == 0 && s.groups == 0 && s.memberships == 0 && s.bus.subscriptions == 0
         })
         .await?;
     assert!(stats.workers.iter().all(|w| w.groups == 0));

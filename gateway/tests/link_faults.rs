@@ -233,7 +233,7 @@ async fn half_open_link_is_detected_and_healed(traffic_during_freeze: bool) -> R
         "gateway x to see its link down",
         frozen_at,
         || fx.x.stats(),
-        |s| !s.broker_link.up,
+        |s| !s.bus.up,
     );
     let broker_detects = time_until(
         "the broker to drop x's link and subscription",
@@ -292,7 +292,7 @@ async fn half_open_link_is_detected_and_healed(traffic_during_freeze: bool) -> R
     fx.proxy.thaw();
     let thawed_at = Instant::now();
     fx.wait_x("x's link up again, resubscribed", |s| {
-        s.broker_link.up && s.broker_link.reconnects >= 1 && s.broker_link.subscriptions == 2
+        s.bus.up && s.bus.reconnects >= 1 && s.bus.subscriptions == 2
     })
     .await?;
     fx.wait_broker("x's two subscriptions back", |s| {

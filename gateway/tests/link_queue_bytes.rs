@@ -71,7 +71,7 @@ async fn a_broker_that_stops_reading_holds_at_most_the_queue_bound() -> Result<(
         gateway.publish(&group, payload.clone().into()).await;
     }
 
-    let link = gateway.stats().broker_link;
+    let link = gateway.stats().bus;
     assert_eq!(link.publishes, count as u64);
     assert!(
         link.publishes_dropped > 0,

@@ -9,6 +9,8 @@
 //! - [`client`]: the JSON commands WebSocket clients send (`add_group`, `leave_group`,
 //!   `send_to_group`), the validated [`GroupId`], and the JSON replies (`ack`, `error`).
 //! - [`text`]: [`Text`], a message's text as shared bytes, checked to be UTF-8 once.
+//! - [`envelope`]: [`Envelope`], what a message carries on an external bus (Redis, NATS): its
+//!   origin node and sequence number, then the payload.
 //!
 //! Data flow: a client's text frame is parsed by [`client::parse_command`] in the gateway; a send
 //! becomes a [`link::Publish`] encoded by [`codec`]; the broker answers subscribers with
@@ -16,6 +18,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod envelope;
 pub mod link;
 pub mod link_auth;
 pub mod link_fault;
@@ -26,6 +29,7 @@ pub use client::{
     GroupName, ParseLimits, Publish, ReqId, Request,
 };
 pub use codec::{FrameError, LinkCodec, DEFAULT_MAX_FRAME_SIZE};
+pub use envelope::{Envelope, EnvelopeError};
 pub use link::{Frame, PROTOCOL_VERSION};
 pub use link_fault::{LinkFault, UnknownLinkFault};
 pub use text::{NotUtf8, Text};

@@ -88,7 +88,7 @@ impl TestGateway {
 
     /// Waits until messages flow to and from other gateways (the bus is up).
     pub async fn wait_ready(&self) -> Result<()> {
-        self.wait_stats("the bus is up", |s| s.broker_link.up)
+        self.wait_stats("the bus is up", |s| s.bus.up)
             .await
             .map(drop)
     }

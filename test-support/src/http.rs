@@ -12,7 +12,7 @@ use crate::STATS_TIMEOUT;
 /// The time one admin HTTP request may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A number in a stats document, by JSON pointer (e.g. `/broker_link/subscriptions`).
+/// A number in a stats document, by JSON pointer (e.g. `/bus/subscriptions`).
 pub fn stat(stats: &Value, pointer: &str) -> Option<u64> {
     stats.pointer(pointer)?.as_u64()
 }

@@ -169,7 +169,7 @@ pub fn encode_snapshot(s: &GatewaySnapshot, encoder: &mut DescriptorEncoder<'_>)
         sum(|w| w.rate_limit_closes),
     )?;
 
-    let link = &s.broker_link;
+    let link = &s.bus;
     gauge(
         e,
         "gateway_broker_link_up",
@@ -303,7 +303,7 @@ mod tests {
             memberships: 8,
             workers: vec![w0.snapshot(0), w1.snapshot(1)],
             api_publishes: 9,
-            broker_link: BusStatus {
+            bus: BusStatus {
                 up: true,
                 publishes_dropped: 6,
                 ..BusStatus::default()

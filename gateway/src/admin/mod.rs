@@ -241,7 +241,7 @@ async fn readyz(State(state): State<Shared>) -> (StatusCode, &'static str) {
     if state.gateway.ws_addr().is_none() {
         (StatusCode::SERVICE_UNAVAILABLE, "not listening yet")
     } else if !state.gateway.is_ready() {
-        (StatusCode::SERVICE_UNAVAILABLE, "broker link down")
+        (StatusCode::SERVICE_UNAVAILABLE, "bus down")
     } else {
         (StatusCode::OK, "ready")
     }

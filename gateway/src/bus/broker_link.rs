@@ -29,7 +29,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::inbound::{InboundLimits, Rejected};
-use super::{Bus, BusError, BusStatus, Carrier, Node, RunningBus};
+use super::{Bus, BusError, BusStatus, Carrier, Node, RunningBus, ShardStatus};
 use crate::config::GatewayConfig;
 use crate::credentials::LinkSecurity;
 
@@ -144,6 +144,7 @@ impl Carrier for BrokerLink {
             counters: Counters::default(),
             last_error: Mutex::new(None),
             max_frame_size: self.settings.max_frame_size,
+            address: self.settings.broker.clone(),
             node,
         });
         let task = tokio::spawn(link_loop(bus.clone(), self.settings, publish_rx, shutdown));
@@ -163,6 +164,8 @@ struct BrokerBus<N> {
     counters: Counters,
     last_error: Mutex<Option<String>>,
     max_frame_size: usize,
+    /// The broker's `HOST:PORT`, for the status.
+    address: String,
     node: Arc<N>,
 }
 
@@ -218,10 +221,19 @@ impl<N: Node> Bus for BrokerBus<N> {
     }
 
     fn status(&self) -> BusStatus {
+        let up = self.up.load(Relaxed);
+        let subscriptions = self.node.wanted() as u64;
+        let last_error = self.last_error.lock().clone();
         BusStatus {
             carrier: "broker",
-            up: self.up.load(Relaxed),
-            subscriptions: self.node.wanted() as u64,
+            up,
+            shards: vec![ShardStatus {
+                address: self.address.clone(),
+                up,
+                subscriptions,
+                last_error: last_error.clone(),
+            }],
+            subscriptions,
             reconnects: self.counters.reconnects.load(Relaxed),
             subscriptions_refused: self.counters.subscriptions_refused.load(Relaxed),
             publishes: self.counters.publishes.load(Relaxed),
@@ -229,7 +241,9 @@ impl<N: Node> Bus for BrokerBus<N> {
             messages_in: self.counters.messages_in.load(Relaxed),
             messages_invalid: self.counters.messages_invalid.load(Relaxed),
             messages_too_large: self.counters.messages_too_large.load(Relaxed),
-            last_error: self.last_error.lock().clone(),
+            echoes_dropped: 0,
+            slow_consumer: 0,
+            last_error,
         }
     }
 }
@@ -267,7 +281,7 @@ async fn link_loop<N: Node>(
                 match result {
                     Ok(()) => return, // shutdown
                     Err(e) => {
-                        tracing::warn!(broker = %settings.broker, cause = %e, "broker link down");
+                        tracing::warn!(carrier = "broker", broker = %settings.broker, cause = %e, "bus down");
                         *bus.last_error.lock() = Some(e.to_string());
                     }
                 }
@@ -448,7 +462,7 @@ async fn session<N: Node>(
     )
     .await?;
     bus.up.store(true, Relaxed);
-    tracing::info!(broker = %settings.broker, "broker link up");
+    tracing::info!(carrier = "broker", broker = %settings.broker, "bus up");
 
     let mut heartbeat = tokio::time::interval_at(
         Instant::now() + settings.ping_interval,

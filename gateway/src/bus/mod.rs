@@ -4,15 +4,17 @@
 //! gateways go, and which groups this gateway wants (the [`interest`] bookkeeping, kept once
 //! here for every carrier: first local member subscribes, last one leaving unsubscribes, and
 //! after a reconnect everything wanted is subscribed again). Started, it is a [`Bus`]: publish
-//! and report. [`broker_link`] is the carrier over TCP to the built-in broker.
+//! and report. [`bus`] is the carrier over TCP to the built-in broker.
 //!
 //! Nothing here knows the WebSocket library or the gateway's routing types: messages are
 //! [`Text`], groups [`GroupName`]s, and what arrives is held to the gateway's own limits
 //! ([`inbound`]).
 
+pub mod address;
 pub mod broker_link;
 pub mod inbound;
 pub mod interest;
+pub mod origin;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,15 +23,20 @@ use protocol::{GroupName, Text};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use address::BusAddress;
 pub use interest::SubscriptionChanges;
 
 /// What a bus reports about itself, for `/readyz` and `/api/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BusStatus {
-    /// Which carrier: `broker`, ...
+    /// Which carrier: `embedded`, `broker`, `redis`, `redis-cluster` or `nats`.
     pub carrier: &'static str,
-    /// Connected and subscribed: messages flow between gateways.
+    /// Connected and subscribed: messages flow between gateways (with shards: on every one).
     pub up: bool,
+    /// Each connection of the carrier (a Redis shard or cluster master, the NATS server in use,
+    /// the broker), whether it is up, and why it last failed. Empty for the embedded broker.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardStatus>,
     /// Groups this gateway is subscribed to (has local members of).
     pub subscriptions: u64,
     /// Times the connection was re-established after a loss.
@@ -46,7 +53,24 @@ pub struct BusStatus {
     pub messages_invalid: u64,
     /// Incoming messages discarded as larger than this gateway's `--max-message-size`.
     pub messages_too_large: u64,
+    /// This gateway's own publishes that the engine echoed back, dropped by origin (Redis).
+    pub echoes_dropped: u64,
+    /// Messages the engine dropped because this gateway did not read them fast enough: NATS
+    /// slow-consumer events, Redis subscriber connections closed for their output buffer.
+    pub slow_consumer: u64,
     /// Why the connection was last lost or refused; `None` while it has never failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// One connection of a carrier, as [`BusStatus::shards`] reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ShardStatus {
+    /// Where it connects, without credentials.
+    pub address: String,
+    pub up: bool,
+    /// Groups subscribed on it (with shards: the groups that hash to it).
+    pub subscriptions: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
