@@ -9,6 +9,8 @@
 //!   writer that drains the link's [`queue`] in batches.
 //! - [`registry`]: channel -> subscribed links. A publish is encoded once and the same bytes are
 //!   queued to every subscriber; a link whose queue is full is disconnected as a slow consumer.
+//! - [`local`]: [`local::LocalLink`], the embedding gateway's own subscriber, served without a
+//!   socket or a frame.
 //! - [`queue`]: a link's outbound queue, bounded in frames and in bytes.
 //! - [`auth`]: link security: the shared secret (challenge and response in the handshake), TLS
 //!   on the listener, and the refusal to expose an open link (helpers in `server_kit`).
@@ -16,7 +18,7 @@
 //!   [`metrics`]: the same counters read at scrape time for `/metrics` (prometheus-client).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/api/stats` over HTTP (axum).
 //!
-//! Imports go one way: `admin` -> `metrics` -> `server` -> `link` -> `state` -> `registry` ->
+//! Imports go one way: `admin` -> `metrics` -> `server` -> `link`, `local` -> `state` -> `registry` ->
 //! `queue`, with `config`, `auth` and `stats` beneath them all. The wire formats and their fault
 //! codes come from `protocol`; process plumbing (settings and their errors, logs, signals, TLS
 //! files, secrets) from `server_kit`, shared with the gateway binary.
@@ -25,6 +27,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod link;
+pub mod local;
 pub mod metrics;
 pub mod queue;
 pub mod registry;

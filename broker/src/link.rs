@@ -346,7 +346,7 @@ fn apply(
             check_channel(&publish.channel, config.max_channel_len)?;
             if let Err(e) = shared.registry.publish(
                 handle.id,
-                publish.channel,
+                &publish.channel,
                 publish.payload,
                 publish.no_echo,
             ) {

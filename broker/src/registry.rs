@@ -1,7 +1,9 @@
-//! Channel -> subscribed links, shared by every link task.
+//! Channel -> subscribers, shared by every link task.
 //!
 //! Reads (publishes) take a shared lock; subscription changes take it exclusively. A publish
-//! encodes the `Message` frame once and queues clones of the same `Bytes` to each subscriber.
+//! encodes the `Message` frame once and queues clones of the same `Bytes` to each subscribed
+//! link. A [`LocalSubscriber`] (the gateway that embeds the broker) is handed the channel and
+//! payload as they are, without a frame.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -66,9 +68,36 @@ impl LinkHandle {
     }
 }
 
+/// A subscriber in the broker's own process: the gateway that embeds it. It takes messages
+/// as channel and payload, never encoded.
+pub trait LocalSubscriber: Send + Sync + std::fmt::Debug + 'static {
+    /// Takes one message without waiting; `false` when it has no room (the message is dropped
+    /// and counted in `dropped_frames`; a local subscriber is never disconnected).
+    fn offer(&self, channel: &Bytes, payload: &Bytes) -> bool;
+}
+
+/// One subscriber of a channel.
+#[derive(Debug, Clone)]
+enum Outlet {
+    Link(LinkHandle),
+    Local {
+        id: LinkId,
+        subscriber: Arc<dyn LocalSubscriber>,
+    },
+}
+
+impl Outlet {
+    fn id(&self) -> LinkId {
+        match self {
+            Outlet::Link(link) => link.id,
+            Outlet::Local { id, .. } => *id,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Registry {
-    channels: RwLock<HashMap<Bytes, Vec<LinkHandle>>>,
+    channels: RwLock<HashMap<Bytes, Vec<Outlet>>>,
     stats: Arc<BrokerStats>,
     max_frame_size: usize,
 }
@@ -84,12 +113,33 @@ impl Registry {
 
     /// Adds `link` to `channel`. The caller guarantees it is not already subscribed.
     pub fn subscribe(&self, link: &LinkHandle, channel: Bytes) {
+        self.add(Outlet::Link(link.clone()), channel);
+    }
+
+    /// Adds the local subscriber `id` to `channel`. The caller guarantees it is not already
+    /// subscribed.
+    pub fn subscribe_local(
+        &self,
+        id: LinkId,
+        subscriber: &Arc<dyn LocalSubscriber>,
+        channel: Bytes,
+    ) {
+        self.add(
+            Outlet::Local {
+                id,
+                subscriber: subscriber.clone(),
+            },
+            channel,
+        );
+    }
+
+    fn add(&self, outlet: Outlet, channel: Bytes) {
         let mut channels = self.channels.write();
         let subscribers = channels.entry(channel).or_insert_with(|| {
             self.stats.channels.fetch_add(1, Relaxed);
             Vec::with_capacity(1)
         });
-        subscribers.push(link.clone());
+        subscribers.push(outlet);
         self.stats.subscriptions.fetch_add(1, Relaxed);
     }
 
@@ -108,14 +158,14 @@ impl Registry {
 
     fn remove_locked(
         &self,
-        channels: &mut HashMap<Bytes, Vec<LinkHandle>>,
+        channels: &mut HashMap<Bytes, Vec<Outlet>>,
         link: LinkId,
         channel: &[u8],
     ) {
         let Some(subscribers) = channels.get_mut(channel) else {
             return;
         };
-        if let Some(pos) = subscribers.iter().position(|s| s.id == link) {
+        if let Some(pos) = subscribers.iter().position(|s| s.id() == link) {
             subscribers.swap_remove(pos);
             self.stats.subscriptions.fetch_sub(1, Relaxed);
         }
@@ -131,26 +181,41 @@ impl Registry {
     pub fn publish(
         &self,
         origin: LinkId,
-        channel: Bytes,
+        channel: &[u8],
         payload: Bytes,
         no_echo: bool,
     ) -> Result<usize, FrameError> {
         self.stats.publishes.fetch_add(1, Relaxed);
         let channels = self.channels.read();
-        let Some(subscribers) = channels.get(channel.as_ref()) else {
+        let Some((channel, subscribers)) = channels.get_key_value(channel) else {
             return Ok(0);
         };
-        let mut recipients = subscribers
-            .iter()
-            .filter(|s| !(no_echo && s.id == origin))
-            .peekable();
-        if recipients.peek().is_none() {
-            return Ok(0);
-        }
-        let frame = encode_message(&channel, &payload, self.max_frame_size)?;
+        let recipients = || {
+            subscribers
+                .iter()
+                .filter(move |s| !(no_echo && s.id() == origin))
+        };
+        // Encoded only for links, and before anyone is served: a message too large for a frame
+        // reaches no one.
+        let frame = if recipients().any(|s| matches!(s, Outlet::Link(_))) {
+            Some(encode_message(channel, &payload, self.max_frame_size)?)
+        } else {
+            None
+        };
         let mut queued = 0;
-        for subscriber in recipients {
-            if subscriber.send(frame.clone(), &self.stats) {
+        for subscriber in recipients() {
+            let taken = match (subscriber, &frame) {
+                (Outlet::Link(link), Some(frame)) => link.send(frame.clone(), &self.stats),
+                (Outlet::Link(_), None) => false,
+                (Outlet::Local { subscriber, .. }, _) => {
+                    let taken = subscriber.offer(channel, &payload);
+                    if !taken {
+                        self.stats.dropped_frames.fetch_add(1, Relaxed);
+                    }
+                    taken
+                }
+            };
+            if taken {
                 queued += 1;
             }
         }
@@ -194,12 +259,7 @@ mod tests {
         registry.subscribe(&b, Bytes::from_static(b"g"));
         registry.subscribe(&c, Bytes::from_static(b"other"));
         let n = registry
-            .publish(
-                LinkId(1),
-                Bytes::from_static(b"g"),
-                Bytes::from_static(b"hi"),
-                false,
-            )
+            .publish(LinkId(1), b"g", Bytes::from_static(b"hi"), false)
             .unwrap();
         assert_eq!(n, 2);
         let fa = ra.try_recv().unwrap();
@@ -214,12 +274,7 @@ mod tests {
 
         // no_echo skips the publisher only.
         let n = registry
-            .publish(
-                LinkId(1),
-                Bytes::from_static(b"g"),
-                Bytes::from_static(b"x"),
-                true,
-            )
+            .publish(LinkId(1), b"g", Bytes::from_static(b"x"), true)
             .unwrap();
         assert_eq!(n, 1);
         assert!(ra.try_recv().is_err());
@@ -241,12 +296,7 @@ mod tests {
         registry.subscribe(&fast, Bytes::from_static(b"g"));
         for _ in 0..3 {
             registry
-                .publish(
-                    LinkId(9),
-                    Bytes::from_static(b"g"),
-                    Bytes::from_static(b"m"),
-                    false,
-                )
+                .publish(LinkId(9), b"g", Bytes::from_static(b"m"), false)
                 .unwrap();
         }
         assert!(slow.kill.is_cancelled() && slow.is_slow());
@@ -282,7 +332,7 @@ mod tests {
         registry
             .publish(
                 LinkId(origin),
-                Bytes::from_static(channel),
+                channel,
                 Bytes::from_static(b"payload"),
                 no_echo,
             )
@@ -360,12 +410,7 @@ mod tests {
         let registry = Registry::new(stats.clone(), 64);
         let (a, mut ra) = link(1, 8);
         registry.subscribe(&a, Bytes::from_static(b"g"));
-        let result = registry.publish(
-            LinkId(2),
-            Bytes::from_static(b"g"),
-            Bytes::from(vec![b'x'; 64]),
-            false,
-        );
+        let result = registry.publish(LinkId(2), b"g", Bytes::from(vec![b'x'; 64]), false);
         assert!(
             matches!(result, Err(FrameError::TooLarge { .. })),
             "{result:?}"
@@ -390,5 +435,60 @@ mod tests {
         let snap = stats.snapshot();
         assert_eq!((snap.deliveries, snap.dropped_frames), (1, 1));
         assert_eq!(snap.slow_link_disconnects, 0);
+    }
+
+    /// Records what it is offered; refuses once `room` is used up.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        room: usize,
+        got: parking_lot::Mutex<Vec<(Bytes, Bytes)>>,
+    }
+
+    impl LocalSubscriber for Recorder {
+        fn offer(&self, channel: &Bytes, payload: &Bytes) -> bool {
+            let mut got = self.got.lock();
+            if got.len() >= self.room {
+                return false;
+            }
+            got.push((channel.clone(), payload.clone()));
+            true
+        }
+    }
+
+    #[test]
+    fn a_local_subscriber_gets_channel_and_payload_without_a_frame() {
+        let stats = Arc::new(BrokerStats::default());
+        let registry = Registry::new(stats.clone(), 64);
+        let recorder = Arc::new(Recorder {
+            room: 2,
+            ..Recorder::default()
+        });
+        let local: Arc<dyn LocalSubscriber> = recorder.clone();
+        let (remote, mut remote_rx) = link(2, 8);
+        registry.subscribe_local(LinkId(1), &local, Bytes::from_static(b"g"));
+        registry.subscribe(&remote, Bytes::from_static(b"g"));
+
+        // Its own publish does not come back to it; the remote link gets a frame.
+        assert_eq!(publish(&registry, 1, b"g", true), 1);
+        assert!(recorder.got.lock().is_empty());
+        assert!(remote_rx.try_recv().is_ok());
+        // A remote publish reaches it as it was sent.
+        assert_eq!(publish(&registry, 2, b"g", true), 1);
+        assert_eq!(
+            recorder.got.lock().as_slice(),
+            &[(Bytes::from_static(b"g"), Bytes::from_static(b"payload"))]
+        );
+        // Only local subscribers left: a payload too large for a frame still reaches them.
+        registry.unsubscribe(LinkId(2), b"g");
+        let large = Bytes::from(vec![b'x'; 100]);
+        assert_eq!(
+            registry.publish(LinkId(9), b"g", large, false).ok(),
+            Some(1)
+        );
+        // Full: dropped and counted, never disconnected.
+        assert_eq!(publish(&registry, 9, b"g", false), 0);
+        assert_eq!(stats.snapshot().dropped_frames, 1);
+        registry.remove_link(LinkId(1), [Bytes::from_static(b"g")].iter());
+        assert_eq!(stats.snapshot().subscriptions, 0);
     }
 }

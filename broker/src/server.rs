@@ -12,6 +12,8 @@ use tokio_util::task::TaskTracker;
 use crate::auth::BrokerSecurity;
 use crate::config::BrokerConfig;
 use crate::link::serve_connection;
+use crate::local::LocalLink;
+use crate::registry::LocalSubscriber;
 use crate::state::Shared;
 use crate::stats::StatsSnapshot;
 
@@ -43,6 +45,12 @@ impl Broker {
         Ok(Broker {
             shared: Arc::new(Shared::new(config, security)),
         })
+    }
+
+    /// A subscriber in this process (the gateway that embeds the broker), served without a
+    /// socket: see [`LocalLink`].
+    pub fn local_link(&self, subscriber: Arc<dyn LocalSubscriber>) -> LocalLink {
+        LocalLink::new(self.shared.clone(), subscriber)
     }
 
     pub fn stats(&self) -> StatsSnapshot {

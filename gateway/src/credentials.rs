@@ -142,8 +142,8 @@ pub struct SecurityArgs {
     )]
     pub tls_key: Option<PathBuf>,
 
-    /// PEM certificate chain (leaf first): the embedded broker's listener speaks TLS only. Needs
-    /// `--broker-tls-key`, and `--broker-tls --broker-ca` for this gateway's own link to it.
+    /// PEM certificate chain (leaf first): the embedded broker's listener speaks TLS only (to
+    /// other gateways; this one reaches it in process). Needs `--broker-tls-key`.
     #[arg(
         long,
         env = "GATEWAY_BROKER_TLS_CERT",
@@ -242,45 +242,32 @@ impl SecurityArgs {
                     .into(),
             ));
         }
-        if self.broker_tls_cert.is_some() && !self.broker_tls {
-            return Err(SecurityError::Invalid(
-                "--broker-tls-cert needs --broker-tls and --broker-ca: this gateway links to its \
-                 embedded broker with TLS too"
-                    .into(),
-            ));
-        }
         let embedded_tls = match (&self.broker_tls_cert, &self.broker_tls_key) {
             (Some(cert), Some(key)) => Some(server_kit::tls::server_config(cert, key)?),
             _ => None,
         };
-        // The embedded broker is dialed at its listen address.
-        let embedded_addr = broker_listen.to_string();
-        let target = match broker {
-            Some(broker) => Some(broker),
-            None if embedded_tls.is_some() => Some(embedded_addr.as_str()),
-            None => None,
-        };
-        let link_tls = match (self.broker_tls, target, &self.broker_ca) {
-            (false, _, _) => None,
-            (true, None, _) => {
-                return Err(SecurityError::Invalid(
-                    "--broker-tls needs --broker, or --broker-tls-cert for the embedded broker"
+        // This gateway reaches an embedded broker in process: only a standalone one is dialed.
+        let link_tls =
+            match (self.broker_tls, broker, &self.broker_ca) {
+                (false, _, _) => None,
+                (true, None, _) => return Err(SecurityError::Invalid(
+                    "--broker-tls is for the link to a standalone broker (--broker); the embedded \
+                     broker speaks TLS to other gateways with --broker-tls-cert alone"
                         .into(),
-                ))
-            }
-            (true, Some(_), None) => {
-                return Err(SecurityError::Invalid(
-                    "--broker-tls needs --broker-ca (no system CA roots are used)".into(),
-                ))
-            }
-            (true, Some(target), Some(ca)) => {
-                let name = match &self.broker_tls_name {
-                    Some(name) => name.clone(),
-                    None => host_of(target).to_owned(),
-                };
-                Some(BrokerTls::new(server_kit::tls::client_config(ca)?, &name)?)
-            }
-        };
+                )),
+                (true, Some(_), None) => {
+                    return Err(SecurityError::Invalid(
+                        "--broker-tls needs --broker-ca (no system CA roots are used)".into(),
+                    ))
+                }
+                (true, Some(target), Some(ca)) => {
+                    let name = match &self.broker_tls_name {
+                        Some(name) => name.clone(),
+                        None => host_of(target).to_owned(),
+                    };
+                    Some(BrokerTls::new(server_kit::tls::client_config(ca)?, &name)?)
+                }
+            };
         let tls = self.client_tls()?;
         Ok(Security {
             link: LinkSecurity {
@@ -458,7 +445,10 @@ mod tests {
             None,
             "127.0.0.1:2206",
         );
-        assert!(e.contains("--broker-tls needs --broker"), "{e}");
+        assert!(
+            e.contains("--broker-tls is for the link to a standalone broker"),
+            "{e}"
+        );
         let e = error(
             &["--broker-tls", "--broker-ca", "/nonexistent/ca.pem"],
             Some("broker.internal:2206"),
@@ -493,7 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn tls_on_the_embedded_broker_needs_tls_on_the_link_to_it() {
+    fn tls_on_the_embedded_broker_needs_only_its_certificate() {
         let cert = ["--broker-tls-cert", "/nonexistent/cert.pem"];
         let key = ["--broker-tls-key", "/nonexistent/key.pem"];
         let with_broker = error(
@@ -505,17 +495,16 @@ mod tests {
             with_broker.contains("does not run with --broker"),
             "{with_broker}"
         );
-        let no_link_tls = error(&[&cert[..], &key[..]].concat(), None, "127.0.0.1:2206");
-        assert!(
-            no_link_tls.contains("needs --broker-tls and --broker-ca"),
-            "{no_link_tls}"
-        );
-        let files = [
-            &cert[..],
-            &key[..],
+        let link_tls = error(
             &["--broker-tls", "--broker-ca", "/nonexistent/ca.pem"],
-        ];
-        let bad_file = error(&files.concat(), None, "127.0.0.1:2206");
+            None,
+            "127.0.0.1:2206",
+        );
+        assert!(
+            link_tls.contains("standalone broker"),
+            "the embedded broker is reached in process: {link_tls}"
+        );
+        let bad_file = error(&[&cert[..], &key[..]].concat(), None, "127.0.0.1:2206");
         assert!(bad_file.contains("/nonexistent/cert.pem"), "{bad_file}");
         assert!(
             Cli::try_parse_from(["gateway", "--broker-tls-cert", "c.pem"]).is_err(),
@@ -548,7 +537,7 @@ mod tests {
         let redis: BusAddress = "redis://127.0.0.1:6379".parse().expect("redis url");
         for flags in [
             &["--link-secret", "0123456789abcdef0123"][..],
-            &["--broker-tls"][..],
+            &["--broker-tls", "--broker-ca", "ca.pem"][..],
         ] {
             let err = args(flags)
                 .load(&redis, loopback())

@@ -19,6 +19,7 @@ use server_kit::admin_http::AdminHttpStats;
 use server_kit::settings::ConfigError;
 
 use crate::bus::broker_link::BrokerLink;
+use crate::bus::embedded::EmbeddedBus;
 use crate::bus::{Carrier, RunningBus};
 use crate::config::GatewayConfig;
 use crate::credentials::Security;
@@ -128,12 +129,10 @@ impl GatewayBuilder {
         self
     }
 
-    /// Runs a broker in this process on `listener`, for this gateway and any other that joins
-    /// it there (they must know the same link secret), with the settings of
-    /// [`GatewayConfig::embedded_broker_config`]. With [`Security::embedded_broker_tls`] it
-    /// speaks TLS, and this gateway's own link to it needs [`LinkSecurity::tls`] too.
-    ///
-    /// [`LinkSecurity::tls`]: crate::credentials::LinkSecurity::tls
+    /// Runs a broker in this process on `listener`, for any other gateway that joins it there
+    /// (they must know the link secret of [`Security::link`]), with the settings of
+    /// [`GatewayConfig::embedded_broker_config`]; with [`Security::embedded_broker_tls`] it
+    /// speaks TLS. This gateway reaches it in process ([`EmbeddedBus`]): no socket, no frame.
     pub fn embedded_broker(self, listener: TcpListener) -> Self {
         let config = self.config.embedded_broker_config();
         self.embedded_broker_with(listener, config)
@@ -177,13 +176,6 @@ impl GatewayBuilder {
             BusChoice::Carrier(start) => (start, None),
             BusChoice::Broker(addr) => (link_to(addr)?, None),
             BusChoice::Embedded(listener, broker_config) => {
-                if security.embedded_broker_tls.is_some() != security.link.tls.is_some() {
-                    return Err(GatewayError::Config(
-                        "the embedded broker speaks TLS only with its link to this gateway \
-                         (--broker-tls-cert with --broker-tls and --broker-ca)"
-                            .into(),
-                    ));
-                }
                 let broker_security = BrokerSecurity {
                     link_secret: security.link.secret.clone(),
                     tls: security.embedded_broker_tls.clone(),
@@ -195,8 +187,10 @@ impl GatewayBuilder {
                     let (broker, token) = (broker.clone(), shutdown.clone());
                     async move { broker.serve(listener, token).await }
                 });
+                tracing::debug!(%addr, "embedded broker serving other gateways");
+                let carrier = EmbeddedBus::new(broker.clone(), &config);
                 (
-                    link_to(addr.to_string())?,
+                    Box::new(move |router, token| carrier.start(router, token)) as StartBus,
                     Some(EmbeddedBroker {
                         broker,
                         task: Mutex::new(Some(task)),

@@ -146,7 +146,7 @@ async fn probes_stats_and_metrics() -> Result<()> {
         "# TYPE gateway_groups gauge",
         "# TYPE gateway_memberships gauge",
         "# TYPE gateway_errors counter",
-        "# TYPE gateway_broker_link_up gauge",
+        "# TYPE gateway_bus_up gauge",
         "# TYPE gateway_bus_publishes counter",
         "# TYPE broker_links gauge",
         "# TYPE broker_publishes counter",
@@ -160,10 +160,11 @@ async fn probes_stats_and_metrics() -> Result<()> {
         ("gateway_connections{worker=\"0\"}", 0),
         ("gateway_connections{worker=\"1\"}", 0),
         ("gateway_sends_total", 0),
-        ("gateway_broker_link_up", 1),
+        ("gateway_bus_up{carrier=\"embedded\"}", 1),
         ("gateway_errors_total{code=\"invalid_json\"}", 0),
         ("gateway_errors_total{code=\"too_many_groups\"}", 0),
-        ("broker_links", 1),
+        // This gateway reaches its embedded broker in process: no link.
+        ("broker_links", 0),
     ] {
         assert_eq!(sample(&text, series), Some(value), "{series} in:\n{text}");
     }
@@ -202,7 +203,7 @@ async fn probes_stats_and_metrics() -> Result<()> {
         ("gateway_bytes_in_total", bytes_in as u64),
         ("gateway_bytes_out_total", bytes_out as u64),
         ("gateway_errors_total{code=\"invalid_json\"}", 1),
-        ("gateway_broker_link_subscriptions", 1),
+        ("gateway_bus_subscriptions", 1),
         ("gateway_bus_publishes_total", 1),
         ("gateway_bus_publishes_dropped_total", 0),
         ("gateway_api_publishes_total", 0),
@@ -246,7 +247,7 @@ async fn readyz_is_503_until_listening_and_while_the_broker_is_unreachable() -> 
     assert_eq!(health, 200);
     let (_, metrics) = admin.get("/metrics").await?;
     assert_eq!(
-        sample(&metrics, "gateway_broker_link_up"),
+        sample(&metrics, "gateway_bus_up{carrier=\"broker\"}"),
         Some(0),
         "{metrics}"
     );

@@ -1,6 +1,6 @@
 //! The embedded broker with TLS on its listener (`--broker-tls-cert`, `--broker-tls-key`): the
-//! gateway that runs it links to it over TLS, another gateway joins it over TLS, and a link that
-//! does not speak TLS gets no hello.
+//! gateway that runs it reaches it in process, another gateway joins it over TLS, and a link
+//! that does not speak TLS gets no hello.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -132,19 +132,33 @@ async fn the_embedded_broker_speaks_tls_to_every_gateway() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_embedded_broker_with_tls_needs_a_tls_link_to_it() -> Result<()> {
+async fn the_gateway_that_embeds_a_tls_broker_needs_no_tls_of_its_own() -> Result<()> {
     let pki = TestPki::generate()?;
+    let shutdown = CancellationToken::new();
     let broker_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let started = Gateway::builder(config())
+    let broker_addr = broker_listener.local_addr()?;
+    // Only the certificate: this gateway reaches its broker in process.
+    let host = Gateway::builder(config())
         .security(Security {
+            link: LinkSecurity {
+                secret: Some(LinkSecret::new(LINK_SECRET)?),
+                tls: None,
+            },
             embedded_broker_tls: Some(server_kit::tls::server_config(&pki.cert, &pki.key)?),
             ..Security::default()
         })
         .embedded_broker(broker_listener)
-        .start(CancellationToken::new());
-    match started {
-        Err(e) => assert!(e.to_string().contains("--broker-tls-cert"), "{e}"),
-        Ok(_) => bail!("started an embedded TLS broker that its own link cannot reach"),
-    }
+        .start(shutdown.clone())?;
+    wait_ready(&host).await?;
+    assert_eq!(host.stats().bus.carrier, "embedded");
+    let joiner = Gateway::builder(config())
+        .security(Security {
+            link: pki.link()?,
+            ..Security::default()
+        })
+        .broker(broker_addr.to_string())
+        .start(shutdown.clone())?;
+    wait_ready(&joiner).await?;
+    shutdown.cancel();
     Ok(())
 }

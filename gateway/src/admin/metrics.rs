@@ -170,16 +170,25 @@ pub fn encode_snapshot(s: &GatewaySnapshot, encoder: &mut DescriptorEncoder<'_>)
     )?;
 
     let link = &s.bus;
-    gauge(
+    gauge_family(
         e,
-        "gateway_broker_link_up",
-        "1 while the broker link is up and subscribed, else 0.",
-        u64::from(link.up),
+        "gateway_bus_up",
+        "1 while the bus is up and subscribed (with shards: all of them), else 0, by carrier.",
+        [([("carrier", link.carrier)], u64::from(link.up))],
+    )?;
+    gauge_family(
+        e,
+        "gateway_bus_shard_up",
+        "1 while this connection of the bus (a Redis shard or cluster master, the NATS server, \
+         the broker) is up, else 0.",
+        link.shards
+            .iter()
+            .map(|shard| ([("shard", shard.address.as_str())], u64::from(shard.up))),
     )?;
     counter(
         e,
-        "gateway_broker_link_reconnects",
-        "Times the broker link was re-established after a loss.",
+        "gateway_bus_reconnects",
+        "Times a bus connection was re-established after a loss.",
         link.reconnects,
     )?;
     counter(
@@ -191,9 +200,22 @@ pub fn encode_snapshot(s: &GatewaySnapshot, encoder: &mut DescriptorEncoder<'_>)
     )?;
     gauge(
         e,
-        "gateway_broker_link_subscriptions",
-        "Groups this gateway is subscribed to on the broker.",
+        "gateway_bus_subscriptions",
+        "Groups this gateway is subscribed to on the bus.",
         link.subscriptions,
+    )?;
+    counter(
+        e,
+        "gateway_bus_echoes_dropped",
+        "This gateway's own publishes that the engine sent back, dropped (Redis).",
+        link.echoes_dropped,
+    )?;
+    counter(
+        e,
+        "gateway_bus_slow_consumer",
+        "Messages for this gateway that the bus dropped because it did not read them fast \
+         enough (NATS slow-consumer events; the embedded broker's queue to this gateway full).",
+        link.slow_consumer,
     )?;
     counter(
         e,
@@ -204,7 +226,7 @@ pub fn encode_snapshot(s: &GatewaySnapshot, encoder: &mut DescriptorEncoder<'_>)
     counter(
         e,
         "gateway_bus_publishes_dropped",
-        "Messages not sent to other gateways (link down or its queue full).",
+        "Messages not sent to other gateways (the bus down or its queue full).",
         link.publishes_dropped,
     )?;
     counter(
@@ -304,6 +326,7 @@ mod tests {
             workers: vec![w0.snapshot(0), w1.snapshot(1)],
             api_publishes: 9,
             bus: BusStatus {
+                carrier: "broker",
                 up: true,
                 publishes_dropped: 6,
                 ..BusStatus::default()
@@ -324,7 +347,7 @@ mod tests {
             "gateway_errors_total{code=\"invalid_json\"} 2",
             "gateway_errors_total{code=\"too_many_groups\"} 1",
             "gateway_errors_total{code=\"unknown_cmd\"} 0",
-            "gateway_broker_link_up 1",
+            "gateway_bus_up{carrier=\"broker\"} 1",
             "gateway_bus_publishes_dropped_total 6",
             "gateway_client_sockets 6",
             "gateway_connections_refused_total{limit=\"max_connections\"} 3",

@@ -12,6 +12,7 @@
 
 pub mod address;
 pub mod broker_link;
+pub mod embedded;
 pub mod inbound;
 pub mod interest;
 pub mod origin;

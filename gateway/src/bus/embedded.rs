@@ -1,0 +1,168 @@
+//! [`EmbeddedBus`]: the carrier of a gateway that runs the broker in its own process. It takes
+//! its place among the broker's subscribers through a [`LocalLink`]: no TCP, no frame, no
+//! echo to discard. A client's send costs one registry lookup here when no other gateway has
+//! members of the group; other gateways linked to the embedded broker over TCP get it as
+//! before, and what they publish reaches this gateway through a bounded queue drained by one
+//! task, which waits while the workers are full (as the broker link's reader does).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use broker::local::LocalLink;
+use broker::registry::LocalSubscriber;
+use broker::Broker;
+use bytes::Bytes;
+use protocol::{GroupName, Text};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::inbound::{InboundLimits, Rejected};
+use super::{Bus, BusStatus, Carrier, Node, RunningBus};
+use crate::config::GatewayConfig;
+
+/// The broker embedded in this process, not started yet.
+#[derive(Debug, Clone)]
+pub struct EmbeddedBus {
+    broker: Broker,
+    /// Messages from other gateways waiting for this one (`--link-queue-frames`).
+    queue: usize,
+    inbound: InboundLimits,
+}
+
+impl EmbeddedBus {
+    pub fn new(broker: Broker, config: &GatewayConfig) -> EmbeddedBus {
+        EmbeddedBus {
+            broker,
+            queue: config.link_queue,
+            inbound: InboundLimits {
+                max_group_id_len: config.max_group_id_len,
+                max_message_size: config.max_message_size,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    publishes: AtomicU64,
+    publishes_dropped: AtomicU64,
+    messages_in: AtomicU64,
+    messages_invalid: AtomicU64,
+    messages_too_large: AtomicU64,
+    /// Messages from other gateways dropped because the queue to this one was full.
+    slow_consumer: AtomicU64,
+}
+
+/// Where the broker hands this gateway the messages of other gateways.
+#[derive(Debug)]
+struct Inlet {
+    tx: mpsc::Sender<(Bytes, Bytes)>,
+    counters: Arc<Counters>,
+}
+
+impl LocalSubscriber for Inlet {
+    fn offer(&self, channel: &Bytes, payload: &Bytes) -> bool {
+        let taken = self.tx.try_send((channel.clone(), payload.clone())).is_ok();
+        if !taken {
+            self.counters.slow_consumer.fetch_add(1, Relaxed);
+        }
+        taken
+    }
+}
+
+impl Carrier for EmbeddedBus {
+    fn start<N: Node>(self, node: Arc<N>, shutdown: CancellationToken) -> RunningBus {
+        let (tx, rx) = mpsc::channel(self.queue);
+        let counters = Arc::new(Counters::default());
+        let inlet = Arc::new(Inlet {
+            tx,
+            counters: counters.clone(),
+        });
+        let bus = Arc::new(LocalBus {
+            link: self.broker.local_link(inlet),
+            counters,
+            node,
+        });
+        tracing::info!(carrier = "embedded", "bus up");
+        let task = tokio::spawn(run(bus.clone(), rx, self.inbound, shutdown));
+        RunningBus { bus, task }
+    }
+}
+
+#[derive(Debug)]
+struct LocalBus<N> {
+    link: LocalLink,
+    counters: Arc<Counters>,
+    node: Arc<N>,
+}
+
+impl<N: Node> Bus for LocalBus<N> {
+    fn publish(&self, group: &GroupName<'_>, payload: &Text) {
+        self.counters.publishes.fetch_add(1, Relaxed);
+        let published = self
+            .link
+            .publish(group.as_str().as_bytes(), payload.as_bytes().clone());
+        if let Err(e) = published {
+            // Config validation keeps group + message within a frame; count it regardless.
+            tracing::error!(group = group.as_str(), cause = %e, "cannot publish to the embedded broker");
+            self.counters.publishes_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn status(&self) -> BusStatus {
+        let c = &self.counters;
+        BusStatus {
+            carrier: "embedded",
+            up: true,
+            subscriptions: self.link.subscriptions() as u64,
+            publishes: c.publishes.load(Relaxed),
+            publishes_dropped: c.publishes_dropped.load(Relaxed),
+            messages_in: c.messages_in.load(Relaxed),
+            messages_invalid: c.messages_invalid.load(Relaxed),
+            messages_too_large: c.messages_too_large.load(Relaxed),
+            slow_consumer: c.slow_consumer.load(Relaxed),
+            ..BusStatus::default()
+        }
+    }
+}
+
+/// Applies subscription changes and delivers what other gateways publish, until shutdown.
+async fn run<N: Node>(
+    bus: Arc<LocalBus<N>>,
+    mut rx: mpsc::Receiver<(Bytes, Bytes)>,
+    inbound: InboundLimits,
+    shutdown: CancellationToken,
+) {
+    sync(&bus, true);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = bus.node.subscriptions_changed() => sync(&bus, false),
+            received = rx.recv() => {
+                let Some((channel, payload)) = received else { return };
+                bus.counters.messages_in.fetch_add(1, Relaxed);
+                match inbound.check(&channel, payload) {
+                    Ok((group, text)) => bus.node.deliver(group, text).await,
+                    Err(Rejected::Invalid) => {
+                        bus.counters.messages_invalid.fetch_add(1, Relaxed);
+                        tracing::warn!("dropping a message from another gateway that is not UTF-8 or not for a valid group id");
+                    }
+                    Err(Rejected::TooLarge) => {
+                        bus.counters.messages_too_large.fetch_add(1, Relaxed);
+                        tracing::warn!(max = inbound.max_message_size, "dropping a message from another gateway larger than --max-message-size");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn sync<N: Node>(bus: &LocalBus<N>, full: bool) {
+    let changes = bus.node.subscriptions(full);
+    for group in &changes.subscribe {
+        bus.link.subscribe(group.as_str().as_bytes());
+    }
+    for group in &changes.unsubscribe {
+        bus.link.unsubscribe(group.as_str().as_bytes());
+    }
+}
