@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use broker::auth::SecurityArgs;
 use broker::{Broker, BrokerConfig};
 use clap::Parser;
 use server_kit::admin_http::{self, AdminAddr};
-use server_kit::listen::bind_logged;
+use server_kit::listen::bind;
 use server_kit::logging::LogFormat;
 use server_kit::settings::{Aliases, Renamed};
 use server_kit::shutdown::cancel_on_signals;
@@ -115,8 +116,12 @@ const ALIASES: Aliases = Aliases {
     }],
 };
 
+fn main() -> ExitCode {
+    server_kit::exit::report(run())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let cli: Cli = server_kit::start(
         &ALIASES,
         |c: &Cli| c.log_format,
@@ -131,22 +136,28 @@ async fn main() -> anyhow::Result<()> {
         tls = security.tls.is_some(),
         "link security"
     );
+    anyhow::ensure!(
+        cli.admin_max_connections > 0,
+        "invalid configuration: admin-max-connections must be at least 1"
+    );
     let broker = Broker::with_security(cli.config, security)?;
+
+    // Both addresses are bound before either is announced.
+    let listener = bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--broker-listen)", cli.listen))?;
+    let admin_listener = match cli.admin.0 {
+        Some(addr) => Some(bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} (--admin; `--admin off` turns it off)")
+        })?),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
-
-    let listener = bind_logged(cli.listen, "broker listening")
-        .await
-        .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    let admin = match cli.admin.0 {
-        Some(addr) => {
-            let admin_listener = bind_logged(addr, "admin listening")
-                .await
-                .with_context(|| format!("cannot listen on {addr} (admin)"))?;
-            anyhow::ensure!(
-                cli.admin_max_connections > 0,
-                "invalid configuration: admin-max-connections must be at least 1"
-            );
+    tracing::info!(addr = %listener.local_addr()?, "broker listening");
+    let admin = match admin_listener {
+        Some(admin_listener) => {
+            tracing::info!(addr = %admin_listener.local_addr()?, "admin listening");
             let stats = Arc::new(admin_http::AdminHttpStats::default());
             let router = broker::admin::router(broker.clone(), stats.clone());
             let limits = admin_http::AdminHttpLimits {

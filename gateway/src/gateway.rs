@@ -456,13 +456,14 @@ impl Gateway {
     }
 }
 
-/// Binds a listener with SO_REUSEPORT, so several gateway processes can share one port (the
-/// kernel spreads connections over them).
-pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds the clients' listener. With `reuse_port`, `SO_REUSEPORT` lets several gateway
+/// processes that all ask for it share the port (the kernel spreads connections over them);
+/// without it, a port another process holds is an error (`AddrInUse`).
+pub fn bind_client_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(reuse_port)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;

@@ -40,4 +40,4 @@ pub mod stats;
 mod worker;
 
 pub use config::GatewayConfig;
-pub use gateway::{bind_reuseport, Gateway, GatewayBuilder, GatewayError};
+pub use gateway::{bind_client_listener, Gateway, GatewayBuilder, GatewayError};

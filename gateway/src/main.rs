@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
@@ -14,7 +15,7 @@ use gateway::bus::BusAddress;
 use gateway::credentials::SecurityArgs;
 use gateway::{Gateway, GatewayConfig};
 use server_kit::admin_http::{serve_admin, AdminAddr};
-use server_kit::listen::bind_logged;
+use server_kit::listen::bind;
 use server_kit::logging::LogFormat;
 use server_kit::settings::{Aliases, Renamed};
 use server_kit::shutdown::cancel_on_signals;
@@ -33,8 +34,7 @@ struct Cli {
     )]
     config_file: Option<PathBuf>,
 
-    /// Address clients connect to (WebSocket). Bound with `SO_REUSEPORT`, so several gateway
-    /// processes can share it.
+    /// Address clients connect to (WebSocket).
     #[arg(
         long,
         env = "GATEWAY_LISTEN",
@@ -42,6 +42,16 @@ struct Cli {
         help_heading = "Addresses and process"
     )]
     listen: SocketAddr,
+
+    /// Share `--listen` with other gateway processes that also set it (`SO_REUSEPORT`): the
+    /// kernel spreads new connections over them. They must be on one bus, so that each delivers
+    /// what the others receive. Without it, a port another process holds stops startup.
+    #[arg(
+        long,
+        env = "GATEWAY_REUSE_PORT",
+        help_heading = "Addresses and process"
+    )]
+    reuse_port: bool,
 
     /// Admin HTTP address (`/healthz`, `/readyz`, `/metrics`, `/api/stats`, `/api/publish`), or
     /// `off`.
@@ -119,8 +129,12 @@ const ALIASES: Aliases = Aliases {
     }],
 };
 
+fn main() -> ExitCode {
+    server_kit::exit::report(run())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let cli: Cli = server_kit::start(
         &ALIASES,
         |c: &Cli| c.log_format,
@@ -148,9 +162,29 @@ async fn main() -> anyhow::Result<()> {
         join_tokens = security.clients.join_tokens.is_some(),
         "security"
     );
+
+    // Every address is bound before anything is announced or started: a taken port stops the
+    // gateway before it says it listens anywhere.
+    let broker_listener = match bus {
+        BusAddress::Embedded => Some(bind(cli.broker_listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} (--broker-listen, the embedded broker)",
+                cli.broker_listen
+            )
+        })?),
+        _ => None,
+    };
+    let listener = gateway::bind_client_listener(cli.listen, cli.reuse_port)
+        .with_context(|| format!("cannot listen on {} (--listen)", cli.listen))?;
+    let admin_listener = match cli.admin.0 {
+        Some(addr) => Some(bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} (--admin; `--admin off` turns it off)")
+        })?),
+        None => None,
+    };
+
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
-
     let builder = Gateway::builder(cli.config).security(security);
     tracing::info!(bus = %bus, carrier = bus.carrier(), "bus");
     let builder = match bus {
@@ -159,24 +193,19 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("the {} carrier is not built yet", bus.carrier())
         }
         BusAddress::Embedded => {
-            let listener = bind_logged(cli.broker_listen, "embedded broker listening")
-                .await
-                .with_context(|| {
-                    format!("cannot listen on {} (embedded broker)", cli.broker_listen)
-                })?;
+            let listener = broker_listener.context("the embedded broker's listener")?;
+            tracing::info!(addr = %listener.local_addr()?, "embedded broker listening");
             builder.embedded_broker(listener)
         }
     };
-    let listener = gateway::bind_reuseport(cli.listen)
-        .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     let gateway = builder.start(shutdown.clone())?;
+    tracing::info!(addr = %listener.local_addr()?, reuse_port = cli.reuse_port, "gateway listening");
 
-    let admin = match cli.admin.0 {
-        Some(addr) => {
-            let admin_listener = bind_logged(addr, "admin listening")
-                .await
-                .with_context(|| format!("cannot listen on {addr} (admin)"))?;
+    let admin = match admin_listener {
+        Some(admin_listener) => {
+            let addr = admin_listener.local_addr()?;
+            tracing::info!(%addr, "admin listening");
+            tracing::info!(url = %format!("http://{addr}/"), "demo page");
             let limits = cli.admin_api.http_limits();
             let router = gateway::admin::router(gateway.clone(), cli.admin_api);
             Some(tokio::spawn(serve_admin(

@@ -9,12 +9,15 @@
 //!   router within connection, header, request and idle limits.
 //! - [`tls`]: rustls configurations from PEM files. [`secret`]: secrets from flags or files, and
 //!   the refusal to expose an unauthenticated listener.
+//! - [`exit`]: how a binary ends on an error: one log line, causes said once, a hint, no
+//!   backtrace.
 //! - [`metrics`]: OpenMetrics families read at scrape time, and the scrape response.
 //! - [`memory`]: maps that give their table back after a burst of groups is gone.
 
 pub mod admin_http;
 #[cfg(feature = "docs-check")]
 pub mod docs_check;
+pub mod exit;
 pub mod listen;
 pub mod logging;
 pub mod memory;

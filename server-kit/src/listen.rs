@@ -1,4 +1,4 @@
-//! Binding a listener with a readiness log line.
+//! Binding listeners, with or without a readiness log line.
 
 use std::net::SocketAddr;
 
@@ -10,4 +10,10 @@ pub async fn bind_logged(addr: SocketAddr, message: &'static str) -> std::io::Re
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "{message}");
     Ok(listener)
+}
+
+/// Binds a TCP listener without a word: for a process that binds every address before it says
+/// it listens on any.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
 }
