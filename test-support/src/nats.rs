@@ -2,7 +2,7 @@
 //! three-node cluster ([`NatsCluster`]), on ports the servers pick (`-1`) and log, with their
 //! monitoring endpoint for the engine's own view of the subscriptions.
 //!
-//! The program is `nats-server` on the `PATH` (Debian's package; `.ci/run` installs it).
+//! The program is `nats-server` (Debian's package, in `/usr/sbin`; `.ci/run` installs it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -16,10 +16,12 @@ use crate::process::{command, Process};
 use crate::wait::wait_until;
 use crate::{EXIT_TIMEOUT, STARTUP_TIMEOUT};
 
-/// `nats-server` as found on the `PATH` (the command's environment is cleared, `PATH` too).
+/// `nats-server` as found on the `PATH`, or in `/usr/sbin` where Debian puts it (the
+/// command's environment is cleared, `PATH` too).
 fn program() -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/bin".into()])
         .map(|dir| dir.join("nats-server"))
         .find(|candidate| candidate.is_file())
         .context("nats-server is not on the PATH (Debian: apt-get install nats-server)")
@@ -127,6 +129,19 @@ impl NatsServer {
             }
         }
         Ok(by_client)
+    }
+
+    /// The subjects the other nodes of its cluster told it they have interest in
+    /// (`/routez?subs=1`): what it forwards to them.
+    pub async fn route_subjects(&self) -> Result<BTreeSet<String>> {
+        let routez = self.monitor.get_json("/routez?subs=1").await?;
+        Ok(routez["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|route| route["subscriptions_list"].as_array().into_iter().flatten())
+            .filter_map(|subject| subject.as_str().map(str::to_owned))
+            .collect())
     }
 
     /// Subscriptions in the server's interest table (`/subsz`): its clients' and, in a
