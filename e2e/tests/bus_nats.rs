@@ -38,26 +38,26 @@ fn subject(prefix: &str, group: &str) -> String {
     format!("{prefix}.g.{token}")
 }
 
-/// One NATS server or a cluster of three.
-enum Engine {
-    One(NatsServer),
-    Cluster(NatsCluster),
+/// One NATS server or the nodes of a cluster of three.
+struct Engine {
+    nodes: Vec<NatsServer>,
 }
 
 impl Engine {
     async fn one() -> Result<Engine> {
-        Ok(Engine::One(NatsServer::start("nats").await?))
+        Ok(Engine {
+            nodes: vec![NatsServer::start("nats").await?],
+        })
     }
 
     async fn cluster() -> Result<Engine> {
-        Ok(Engine::Cluster(NatsCluster::start("nats").await?))
+        Ok(Engine {
+            nodes: NatsCluster::start("nats").await?.nodes,
+        })
     }
 
     fn nodes(&self) -> &[NatsServer] {
-        match self {
-            Engine::One(server) => std::slice::from_ref(server),
-            Engine::Cluster(cluster) => &cluster.nodes,
-        }
+        &self.nodes
     }
 
     /// The URL gateway `i` is given: in a cluster, gateways go to different nodes (each learns

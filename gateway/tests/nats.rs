@@ -3,13 +3,14 @@
 //! what arrives is checked and counted. `e2e/tests/bus_nats.rs` runs whole gateways.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use anyhow::{ensure, Result};
 use bytes::Bytes;
 use gateway::bus::interest::Subscriptions;
 use gateway::bus::nats::subject::group_subject;
-use gateway::bus::nats::NatsCarrier;
+use gateway::bus::nats::{NatsCarrier, INBOX_MESSAGES};
 use gateway::bus::{Bus, BusAddress, BusStatus, Carrier, Node, RunningBus, SubscriptionChanges};
 use gateway::GatewayConfig;
 use parking_lot::Mutex;
@@ -26,6 +27,9 @@ struct FakeNode {
     state: Mutex<(HashSet<GroupId>, Subscriptions)>,
     changed: Notify,
     delivered: Mutex<Vec<(String, String)>>,
+    /// While set, deliveries wait (the gateway's workers full).
+    stalled: AtomicBool,
+    unstalled: Notify,
 }
 
 impl FakeNode {
@@ -50,6 +54,13 @@ impl FakeNode {
 
 impl Node for FakeNode {
     async fn deliver(&self, group: GroupName<'_>, payload: Text) {
+        while self.stalled.load(Relaxed) {
+            let unstalled = self.unstalled.notified();
+            if !self.stalled.load(Relaxed) {
+                break;
+            }
+            unstalled.await;
+        }
         self.delivered
             .lock()
             .push((group.as_str().to_owned(), payload.as_str().to_owned()));
@@ -224,8 +235,127 @@ async fn a_gateway_starts_without_its_server_and_connects_once_there() -> Result
     let bus = start(&format!("nats://127.0.0.1:{port}"), &config("late"), node)?.bus;
     let status = wait_for_status(&bus, "an error reported", |s| s.last_error.is_some()).await?;
     ensure!(!status.up, "{status:?}");
+    // Down: a publish is counted and dropped, not queued.
+    bus.publish(
+        &GroupName::parse("g", 64)?,
+        &Text::new(Bytes::from("lost"))?,
+    );
+    let status = bus.status();
+    ensure!(
+        status.publishes == 1 && status.publishes_dropped == 1,
+        "{status:?}"
+    );
     let server = NatsServer::start_on("nats (late)", port).await?;
     wait_for_status(&bus, "up", |s| s.up && s.subscriptions == 1).await?;
     wait_for_engine(&server, "late", &["g"]).await?;
+    Ok(())
+}
+
+/// The resident memory of this process, in bytes (Linux).
+fn resident_bytes() -> Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("unexpected /proc/self/statm: {statm:?}"))?;
+    Ok(pages * 4096)
+}
+
+/// What a subscription costs this process (the figure in the carrier's documentation), and
+/// that tens of thousands come and go: all on the server, then none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_subscriptions_come_and_go() -> Result<()> {
+    const GROUPS: usize = 20_000;
+    let server = NatsServer::start("nats").await?;
+    let node = Arc::new(FakeNode::default());
+    let groups: Vec<String> = (0..GROUPS).map(|i| format!("group-{i}")).collect();
+    let before = resident_bytes()?;
+    for group in &groups {
+        node.want(group, true);
+    }
+    let bus = start(&server.url(), &config("many"), node.clone())?.bus;
+    wait_for_status(&bus, "every group subscribed", |s| {
+        s.up && s.subscriptions == GROUPS as u64
+    })
+    .await?;
+    wait_until("the server holds every group", STATS_TIMEOUT, || async {
+        let held = server
+            .subscriptions()
+            .await?
+            .remove("many")
+            .unwrap_or_default();
+        ensure!(held.len() == GROUPS, "{} held", held.len());
+        Ok(())
+    })
+    .await?;
+    let per_subscription = resident_bytes()?.saturating_sub(before) / GROUPS as u64;
+    eprintln!("NATS carrier: about {per_subscription} bytes of this process per subscription");
+    ensure!(
+        per_subscription < 32 * 1024,
+        "{per_subscription} bytes per subscription"
+    );
+
+    for group in &groups {
+        node.want(group, false);
+    }
+    wait_for_status(&bus, "no group subscribed", |s| s.subscriptions == 0).await?;
+    wait_for_engine(&server, "many", &[]).await?;
+    Ok(())
+}
+
+/// A gateway whose workers do not take what arrives: the carrier keeps `INBOX_MESSAGES` for
+/// them, drops the rest and counts each; the connection stays, and what was kept is delivered,
+/// in order, once the workers take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_gateway_counts_what_it_drops() -> Result<()> {
+    const SENT: u64 = 6000;
+    const BURST: u64 = 500;
+    let server = NatsServer::start("nats").await?;
+    let (a, b) = (Arc::new(FakeNode::default()), Arc::new(FakeNode::default()));
+    b.want("room", true);
+    b.stalled.store(true, Relaxed);
+    let bus_a = start(&server.url(), &config("a"), a)?.bus;
+    let bus_b = start(&server.url(), &config("b"), b.clone())?.bus;
+    wait_for_status(&bus_a, "a up", |s| s.up).await?;
+    wait_for_status(&bus_b, "b up", |s| s.up && s.subscriptions == 1).await?;
+    wait_for_engine(&server, "b", &["room"]).await?;
+
+    // In bursts smaller than a subscription's queue in the client, so that only the carrier's
+    // inbox overflows (a single burst of thousands can overflow the client's first, whose
+    // slow-consumer events are counted too, but not always all of them).
+    let room = GroupName::parse("room", 64)?;
+    for burst in 0..SENT / BURST {
+        for n in burst * BURST..(burst + 1) * BURST {
+            bus_a.publish(&room, &Text::new(Bytes::from(n.to_string()))?);
+        }
+        let read = (burst + 1) * BURST;
+        wait_for_status(&bus_b, "the burst read", |s| s.messages_in == read).await?;
+    }
+    let status = bus_b.status();
+    let kept = INBOX_MESSAGES as u64 + 1; // the inbox, and the one the workers hold
+    ensure!(
+        status.up && status.slow_consumer == SENT - kept && status.publishes_dropped == 0,
+        "{status:?}"
+    );
+
+    b.stalled.store(false, Relaxed);
+    b.unstalled.notify_waiters();
+    wait_for_state(
+        "the kept messages delivered",
+        STATS_TIMEOUT,
+        || b.delivered().len() as u64,
+        |&n| n == kept,
+    )
+    .await?;
+    let delivered: Vec<u64> = b
+        .delivered()
+        .iter()
+        .map(|(_, text)| text.parse().unwrap_or(u64::MAX))
+        .collect();
+    ensure!(
+        delivered.windows(2).all(|w| w[0] < w[1]) && delivered[0] == 0,
+        "in order, the first first, no duplicate"
+    );
     Ok(())
 }

@@ -21,9 +21,9 @@
 //! cost nothing per message). Aborting a handle ends that stream; `SelectAll` drops it and the
 //! `Subscriber`'s drop sends `UNSUB`, so the server forgets the interest. Memory: async-nats
 //! gives each subscription a bounded tokio channel, whose first block of 32 message slots is
-//! allocated when it is created; measured in this module's tests, a subscription costs about
-//! [`APPROX_BYTES_PER_SUBSCRIPTION`] in this process (so `--max-groups` 100,000 is in the order of
-//! 0.7 GB), besides the server's own. A hand-written client multiplexing every subscription
+//! allocated when it is created: measured with 20,000 groups (`gateway/tests/nats.rs`,
+//! `many_subscriptions_come_and_go`), a subscription costs about 5.5 KB of this process, so
+//! `--max-groups` 100,000 is about 0.55 GB, besides the server's own. A hand-written client multiplexing every subscription
 //! onto one channel would cost a few hundred bytes each; it would also have to redo TLS,
 //! authentication, cluster discovery and reconnection, which is why it is not done here.
 //!
@@ -46,11 +46,17 @@
 //! **Bounds and drops.** Publishes wait in a queue of `--link-queue-frames` frames and
 //! `--link-queue-bytes` bytes, drained by one task into the client; a publish that does not
 //! fit, or made while the bus is down, is counted in `publishes_dropped` (local members got it
-//! anyway). The client's own command channel holds [`CLIENT_CAPACITY`] commands, and each
-//! subscription [`SUBSCRIPTION_CAPACITY`] messages: while this gateway's workers cannot take
-//! more, the client drops what overflows and reports a slow consumer (`slow_consumer`).
+//! anyway); the few handed to the client in the moment before a loss is noticed are sent after
+//! the reconnection. The client's own command channel holds [`CLIENT_CAPACITY`] commands.
 //! Messages that arrive are opened ([`Origin::open`]) and held to this gateway's limits
 //! ([`InboundLimits`]); what fails is counted (`messages_invalid`, `messages_too_large`).
+//! The carrier task reads every subscription as fast as messages come and queues them for
+//! another task that hands them to the workers, waiting while they are full: that queue holds
+//! [`INBOX_MESSAGES`] messages and [`INBOX_BYTES`] bytes, and what does not fit is dropped and
+//! counted exactly (`slow_consumer`), so the policy and the count are this gateway's, not the
+//! client's. Should the carrier task itself fall behind, the client drops what overflows a
+//! subscription's [`SUBSCRIPTION_CAPACITY`] and reports slow-consumer events, counted too (its
+//! event channel is bounded, so such a count may be short).
 //!
 //! **Limits.** A subject must fit in a NATS control line (4096 bytes by default): with the
 //! default prefix, group ids up to 1,342 bytes do (see [`subject::max_group_id_len`]), and a
@@ -99,6 +105,12 @@ pub const SUBSCRIPTION_CAPACITY: usize = 1024;
 /// Commands (publishes, subscriptions) the client queues for its connection. Our own queue is
 /// in front (`--link-queue-frames`), so this only has to keep the connection busy.
 pub const CLIENT_CAPACITY: usize = 1024;
+/// Messages from other gateways checked and waiting for this gateway's workers; more are
+/// dropped and counted as `slow_consumer`.
+pub const INBOX_MESSAGES: usize = 4096;
+/// Bytes of message text in that queue, at most (a message larger than this still goes when
+/// the queue is empty).
+pub const INBOX_BYTES: usize = 16 * 1024 * 1024;
 /// Most publishes taken from the queue at once.
 const PUBLISH_BATCH: usize = 256;
 /// How often the carrier task checks the connection's state, should an event have been lost.
@@ -108,9 +120,6 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// A repeated warning (connection attempts failing, slow consumer, ...) is logged at most
 /// this often, with the number of repeats left out.
 const WARN_EVERY: Duration = Duration::from_secs(30);
-/// Memory one subscription costs in this process, as measured by the test
-/// `memory_per_subscription` (order of magnitude; see the module doc).
-pub const APPROX_BYTES_PER_SUBSCRIPTION: usize = 7 * 1024;
 
 /// NATS core pub/sub, not started yet: the servers of `--bus nats://...` and the settings.
 #[derive(Debug, Clone)]
@@ -412,8 +421,8 @@ impl NatsBus {
         match event {
             Event::Connected => self.link_changed.notify_one(),
             Event::Disconnected => {
-                // Publishes stop at once; the carrier task does the rest.
-                self.up.store(false, Relaxed);
+                // `up` is the carrier task's to change: this event may be handled after the
+                // task has already seen the next connection.
                 *self.last_error.lock() = Some("connection to the NATS server lost".into());
                 self.link_changed.notify_one();
             }
@@ -424,8 +433,8 @@ impl NatsBus {
                         carrier = CARRIER,
                         sid,
                         repeats,
-                        "NATS client dropped a message: the gateway's workers did not take the \
-                         group's messages fast enough"
+                        "NATS client dropped a message: the carrier did not read its \
+                         subscription in time"
                     );
                 }
             }
@@ -544,10 +553,20 @@ async fn run<N: Node>(
         publish_rx,
         shutdown.clone(),
     ));
+    let (inbox, inbox_rx) = mpsc::channel(INBOX_MESSAGES);
+    let inbox_bytes = Arc::new(AtomicUsize::new(0));
+    let deliverer = tokio::spawn(deliver_loop(
+        node.clone(),
+        inbox_rx,
+        inbox_bytes.clone(),
+        shutdown.clone(),
+    ));
     let mut link = Link {
         client,
         bus,
         node,
+        inbox,
+        inbox_bytes,
         settings: carrier.settings,
         shown: carrier.shown,
         subscribed: HashMap::new(),
@@ -557,7 +576,36 @@ async fn run<N: Node>(
     };
     link.run(&shutdown).await;
     link.bus.up.store(false, Relaxed);
-    let _ = publisher.await;
+    drop(link);
+    let _ = tokio::join!(publisher, deliverer);
+}
+
+/// Hands the messages that arrived to the node, waiting while its workers are full (the
+/// inbox then fills, and what does not fit is dropped and counted by the carrier task).
+async fn deliver_loop<N: Node>(
+    node: Arc<N>,
+    mut inbox: mpsc::Receiver<(GroupId, Text)>,
+    inbox_bytes: Arc<AtomicUsize>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (group, text) = tokio::select! {
+            next = inbox.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let len = text.as_bytes().len();
+        // The group id was checked against the gateway's limit when it was subscribed.
+        if let Ok(name) = GroupName::parse(group.as_str(), usize::MAX) {
+            tokio::select! {
+                _ = node.deliver(name, text) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        inbox_bytes.fetch_sub(len, Relaxed);
+    }
 }
 
 /// Hands queued publishes to the client, in order, one task for all: NATS keeps the order of
@@ -631,6 +679,9 @@ struct Link<N> {
     /// node: `Some` while the bus is up.
     synced: Option<u64>,
     session_started: Instant,
+    /// Checked messages on their way to the node ([`deliver_loop`]), and their bytes.
+    inbox: mpsc::Sender<(GroupId, Text)>,
+    inbox_bytes: Arc<AtomicUsize>,
 }
 
 /// What woke the carrier task.
@@ -661,7 +712,7 @@ impl<N: Node> Link<N> {
                             self.apply(changes.subscribe, changes.unsubscribe).await;
                         }
                     }
-                    Wake::Message(group, message) => self.receive(group, message).await,
+                    Wake::Message(group, message) => self.receive(group, message),
                 }
             };
             tokio::select! {
@@ -796,8 +847,8 @@ impl<N: Node> Link<N> {
             .store(self.subscribed.len() as u64, Relaxed);
     }
 
-    /// A message from another gateway: opened, checked, and handed to the members here.
-    async fn receive(&self, group: GroupId, message: Message) {
+    /// A message from another gateway: opened, checked, and queued for the members here.
+    fn receive(&self, group: GroupId, message: Message) {
         let counters = &self.bus.counters;
         counters.messages_in.fetch_add(1, Relaxed);
         let payload = match self.bus.origin.open(message.payload) {
@@ -819,7 +870,24 @@ impl<N: Node> Link<N> {
             .inbound
             .check(group.as_str().as_bytes(), payload)
         {
-            Ok((name, text)) => self.node.deliver(name, text).await,
+            Ok((_, text)) => {
+                let len = text.as_bytes().len();
+                let queued = self.inbox_bytes.fetch_add(len, Relaxed);
+                let full = queued > 0 && queued + len > INBOX_BYTES;
+                if full || self.inbox.try_send((group.clone(), text)).is_err() {
+                    self.inbox_bytes.fetch_sub(len, Relaxed);
+                    counters.slow_consumer.fetch_add(1, Relaxed);
+                    if let Some(repeats) = self.bus.warnings.lock().slow_consumer.allow() {
+                        tracing::warn!(
+                            carrier = CARRIER,
+                            group = %group,
+                            repeats,
+                            "dropping a NATS message: the gateway's workers do not take them \
+                             fast enough"
+                        );
+                    }
+                }
+            }
             Err(rejected) => {
                 let (counter, why) = match rejected {
                     Rejected::Invalid => (&counters.messages_invalid, "not UTF-8"),
