@@ -548,7 +548,7 @@ mod tests {
         let redis: BusAddress = "redis://127.0.0.1:6379".parse().expect("redis url");
         for flags in [
             &["--link-secret", "0123456789abcdef0123"][..],
-            &["--broker-tls"][..],
+            &["--broker-tls", "--broker-ca", "ca.pem"][..],
         ] {
             let err = args(flags)
                 .load(&redis, loopback())
