@@ -23,9 +23,10 @@
 //! gives each subscription a bounded tokio channel, whose first block of 32 message slots is
 //! allocated when it is created: measured with 20,000 groups (`gateway/tests/nats.rs`,
 //! `many_subscriptions_come_and_go`), a subscription costs about 5.5 KB of this process, so
-//! `--max-groups` 100,000 is about 0.55 GB, besides the server's own. A hand-written client multiplexing every subscription
-//! onto one channel would cost a few hundred bytes each; it would also have to redo TLS,
-//! authentication, cluster discovery and reconnection, which is why it is not done here.
+//! `--max-groups` 100,000 is about 0.55 GB, besides the server's own. A hand-written client
+//! multiplexing every subscription onto one channel would cost a few hundred bytes each; it
+//! would also have to redo TLS, authentication, cluster discovery and reconnection, which is
+//! why it is not done here.
 //!
 //! **Reconnection.** async-nats reconnects by itself (with [`reconnect_delay`]: the
 //! `--reconnect-min`/`--reconnect-max` backoff with equal jitter) and resends `SUB` for every
