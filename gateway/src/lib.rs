@@ -16,7 +16,8 @@
 //!   [`outbox`](fanout::outbox).
 //! - [`bus`]: the seam to other gateways: [`bus::Carrier`], [`bus::Node`], [`bus::Bus`]; the
 //!   subscription bookkeeping every carrier shares ([`bus::interest`]); the limits applied to what
-//!   arrives ([`bus::inbound`]); the carrier over the built-in broker ([`bus::broker_link`]).
+//!   arrives ([`bus::inbound`]); the carriers over the built-in broker ([`bus::broker_link`])
+//!   and over NATS ([`bus::nats`]).
 //! - [`admin`]: the admin HTTP API (probes, `/metrics`, `/api/stats`, `POST /api/publish`, which
 //!   enters the same path as a client's send) and the demo page.
 //! - [`config`], [`credentials`] (link secret, TLS, join-token keys), [`stats`]: settings and

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use gateway::bus::nats::NatsCarrier;
 use gateway::bus::BusAddress;
 use gateway::credentials::SecurityArgs;
 use gateway::{Gateway, GatewayConfig};
@@ -185,11 +186,13 @@ async fn run() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
-    let builder = Gateway::builder(cli.config).security(security);
+    // The carriers read the settings too.
+    let builder = Gateway::builder(cli.config.clone()).security(security);
     tracing::info!(bus = %bus, carrier = bus.carrier(), "bus");
     let builder = match bus {
         BusAddress::Broker(addr) => builder.broker(addr),
-        BusAddress::Redis(_) | BusAddress::RedisCluster(_) | BusAddress::Nats(_) => {
+        BusAddress::Nats(servers) => builder.bus(NatsCarrier::new(&servers, &cli.config)?),
+        BusAddress::Redis(_) | BusAddress::RedisCluster(_) => {
             anyhow::bail!("the {} carrier is not built yet", bus.carrier())
         }
         BusAddress::Embedded => {

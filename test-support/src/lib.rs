@@ -11,6 +11,8 @@
 //!   barriers (a request whose ack must come next) and quiet checks ([`expect_quiet`]);
 //!   [`frame`] builds the malformed frames it can also send.
 //! - [`http`]: an [`Admin`] HTTP endpoint: probes, stats, metrics samples.
+//! - [`nats`]: real `nats-server` processes, one or a three-node cluster, killed on drop, and
+//!   their monitoring view of the subscriptions.
 //! - [`certs`]: a CA and certificates made at test time, for TLS tests; [`TempFile`]: a file
 //!   removed on drop.
 //! - `broker` (feature `broker`): a broker library instance on port 0 in the test's runtime,
@@ -23,6 +25,7 @@
 pub mod certs;
 pub mod frame;
 pub mod http;
+pub mod nats;
 pub mod net;
 pub mod process;
 pub mod wait;

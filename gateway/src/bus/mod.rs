@@ -4,7 +4,8 @@
 //! gateways go, and which groups this gateway wants (the [`interest`] bookkeeping, kept once
 //! here for every carrier: first local member subscribes, last one leaving unsubscribes, and
 //! after a reconnect everything wanted is subscribed again). Started, it is a [`Bus`]: publish
-//! and report. [`bus`] is the carrier over TCP to the built-in broker.
+//! and report. [`broker_link`] is the carrier over TCP to the built-in broker, [`nats`] the one
+//! over NATS core pub/sub.
 //!
 //! Nothing here knows the WebSocket library or the gateway's routing types: messages are
 //! [`Text`], groups [`GroupName`]s, and what arrives is held to the gateway's own limits
@@ -15,6 +16,7 @@ pub mod broker_link;
 pub mod embedded;
 pub mod inbound;
 pub mod interest;
+pub mod nats;
 pub mod origin;
 
 use std::future::Future;

@@ -1,0 +1,1013 @@
+//! [`NatsCarrier`]: group messages between gateways over NATS core pub/sub (`--bus nats://...`).
+//!
+//! Each group this gateway has members of is one NATS subscription on the subject
+//! `{--bus-prefix}.g.{group}` ([`subject`] escapes the group id into one safe token); a publish
+//! goes to that subject, stamped with this gateway's [`Origin`]. The connection has `no_echo`,
+//! so the server does not send a gateway its own publishes; an echo that comes anyway is dropped
+//! by origin and counted.
+//!
+//! **Why async-nats.** It is the NATS maintainers' client: it speaks the protocol, TLS (rustls,
+//! here with *ring*), user/password and token authentication, learns the other servers of a
+//! cluster from the server's `INFO`, reconnects across them, resends every live subscription
+//! after a reconnect, pings, and reports what happens through an event callback. What is
+//! written here: the subject mapping, the interest routing (subscribe a group while the
+//! gateway has members, drop the subscription when the last one leaves), the reconciliation
+//! with the gateway's [`Node`] after every (re)connect, the bounded publish queue, the checks
+//! on what arrives, the reconnect backoff, and the status.
+//!
+//! **One task, one `Subscriber` per group.** The carrier task holds a map group ->
+//! [`AbortHandle`] and merges every group's [`Subscriber`] into one [`SelectAll`] (a
+//! `FuturesUnordered` inside: a message wakes only its own stream, so 100,000 subscriptions
+//! cost nothing per message). Aborting a handle ends that stream; `SelectAll` drops it and the
+//! `Subscriber`'s drop sends `UNSUB`, so the server forgets the interest. Memory: async-nats
+//! gives each subscription a bounded tokio channel, whose first block of 32 message slots is
+//! allocated when it is created: measured with 20,000 groups (`gateway/tests/nats.rs`,
+//! `many_subscriptions_come_and_go`), a subscription costs about 5.5 KB of this process, so
+//! `--max-groups` 100,000 is about 0.55 GB, besides the server's own. A hand-written client
+//! multiplexing every subscription onto one channel would cost a few hundred bytes each; it
+//! would also have to redo TLS, authentication, cluster discovery and reconnection, which is
+//! why it is not done here.
+//!
+//! **Reconnection.** async-nats reconnects by itself (with [`reconnect_delay`]: the
+//! `--reconnect-min`/`--reconnect-max` backoff with equal jitter) and resends `SUB` for every
+//! `Subscriber` alive. The carrier task watches the connection (events, and
+//! [`STATE_POLL`] as a backstop since the client's event channel can drop events): when it is
+//! lost the bus is down, the [`Node`] stops recording changes, and after every new connection
+//! the task takes the full set of wanted groups and reconciles its map with it: groups no
+//! longer wanted are unsubscribed, missing ones subscribed, and each wanted group is held by
+//! exactly one `Subscriber` (so one `SUB` on the server). Then the bus is up again.
+//!
+//! **Timers.** `--link-ping-interval` is the client's ping interval: after two pings left
+//! unanswered it closes the connection at the third tick, so a silent connection is replaced
+//! within about 3 × `--link-ping-interval` (15 s by default). `--link-idle-timeout` is not used
+//! by this carrier. `--link-connect-timeout` bounds each connection attempt (TCP, TLS,
+//! `INFO`/`CONNECT`). If no server answers at start, the gateway starts anyway and keeps
+//! trying (`/readyz` answers 503 until the bus is up).
+//!
+//! **Bounds and drops.** Publishes wait in a queue of `--link-queue-frames` frames and
+//! `--link-queue-bytes` bytes, drained by one task into the client; a publish that does not
+//! fit, or made while the bus is down, is counted in `publishes_dropped` (local members got it
+//! anyway); the few handed to the client in the moment before a loss is noticed are sent after
+//! the reconnection. The client's own command channel holds [`CLIENT_CAPACITY`] commands.
+//! Messages that arrive are opened ([`Origin::open`]) and held to this gateway's limits
+//! ([`InboundLimits`]); what fails is counted (`messages_invalid`, `messages_too_large`).
+//! The carrier task reads every subscription as fast as messages come and queues them for
+//! another task that hands them to the workers, waiting while they are full: that queue holds
+//! [`INBOX_MESSAGES`] messages and [`INBOX_BYTES`] bytes, and what does not fit is dropped and
+//! counted exactly (`slow_consumer`), so the policy and the count are this gateway's, not the
+//! client's. Should the carrier task itself fall behind, the client drops what overflows a
+//! subscription's [`SUBSCRIPTION_CAPACITY`] and reports slow-consumer events, counted too (its
+//! event channel is bounded, so such a count may be short).
+//!
+//! **Limits.** A subject must fit in a NATS control line (4096 bytes by default): with the
+//! default prefix, group ids up to 1,342 bytes do (see [`subject::max_group_id_len`]), and a
+//! `--max-group-id-len` beyond that is refused at start. Messages larger than the server's
+//! `max_payload` (1 MiB by default) are refused by the client and counted as dropped.
+//!
+//! **TLS.** `tls://` URLs require TLS (the system's root certificates); what the tests run is
+//! plain `nats://` against real `nats-server` processes, with and without a cluster. TLS is
+//! wired but not exercised end to end (no test CA for a NATS server here).
+//!
+//! async-nats logs its own events at `info` under the target `async_nats` (every failed
+//! reconnection attempt, say): `RUST_LOG=info,async_nats=warn` quiets it.
+
+pub mod subject;
+
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
+use async_nats::{ConnectOptions, Event, Message, ServerAddr, ServerError, Subject, Subscriber};
+use bytes::Bytes;
+use futures_util::stream::{AbortHandle, Abortable, SelectAll};
+use futures_util::{Stream, StreamExt};
+use parking_lot::Mutex;
+use protocol::{GroupId, GroupName, Text};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::address::redacted;
+use super::inbound::{InboundLimits, Rejected};
+use super::origin::{Origin, Received};
+use super::{Bus, BusError, BusStatus, Carrier, Node, RunningBus, ShardStatus};
+use crate::config::GatewayConfig;
+
+/// The carrier's name in [`BusStatus::carrier`] and in logs.
+const CARRIER: &str = "nats";
+/// Messages the client queues for one subscription before it drops them and reports a slow
+/// consumer: about a second of a busy group, while this gateway's workers are full.
+pub const SUBSCRIPTION_CAPACITY: usize = 1024;
+/// Commands (publishes, subscriptions) the client queues for its connection. Our own queue is
+/// in front (`--link-queue-frames`), so this only has to keep the connection busy.
+pub const CLIENT_CAPACITY: usize = 1024;
+/// Messages from other gateways checked and waiting for this gateway's workers; more are
+/// dropped and counted as `slow_consumer`.
+pub const INBOX_MESSAGES: usize = 4096;
+/// Bytes of message text in that queue, at most (a message larger than this still goes when
+/// the queue is empty).
+pub const INBOX_BYTES: usize = 16 * 1024 * 1024;
+/// Most publishes taken from the queue at once.
+const PUBLISH_BATCH: usize = 256;
+/// How often the carrier task checks the connection's state, should an event have been lost.
+pub const STATE_POLL: Duration = Duration::from_millis(250);
+/// How long a flush after a full resubscription may take before the bus is declared up anyway.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// A repeated warning (connection attempts failing, slow consumer, ...) is logged at most
+/// this often, with the number of repeats left out.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// NATS core pub/sub, not started yet: the servers of `--bus nats://...` and the settings.
+#[derive(Debug, Clone)]
+pub struct NatsCarrier {
+    servers: Vec<ServerAddr>,
+    /// The servers without their credentials, as they may be logged.
+    shown: Vec<Url>,
+    credentials: Credentials,
+    tls: bool,
+    settings: Settings,
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    prefix: String,
+    node_name: String,
+    inbound: InboundLimits,
+    queue: usize,
+    queue_bytes: usize,
+    ping_interval: Duration,
+    connect_timeout: Duration,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+}
+
+/// Authentication from the URLs' userinfo: `user:pass@`, or a token alone as `token@`.
+#[derive(Clone, PartialEq, Eq)]
+enum Credentials {
+    None,
+    UserPassword(String, String),
+    Token(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credentials::None => "None",
+            Credentials::UserPassword(..) => "UserPassword(***)",
+            Credentials::Token(_) => "Token(***)",
+        })
+    }
+}
+
+impl NatsCarrier {
+    /// The carrier for `servers` (from [`super::BusAddress::Nats`]) with the bus settings of
+    /// `config`. Refuses servers that disagree on TLS or credentials, and settings whose
+    /// subjects would not fit a NATS control line.
+    pub fn new(servers: &[Url], config: &GatewayConfig) -> Result<NatsCarrier, BusError> {
+        let listed = || servers.iter().map(redacted).collect::<Vec<_>>().join(",");
+        let invalid = |reason: String| BusError::InvalidAddress {
+            address: listed(),
+            reason,
+        };
+        if servers.is_empty() {
+            return Err(invalid("no NATS server".into()));
+        }
+        let tls = servers[0].scheme() == "tls";
+        if servers.iter().any(|url| (url.scheme() == "tls") != tls) {
+            return Err(invalid(
+                "tls:// and nats:// mixed: TLS is for every server or none".into(),
+            ));
+        }
+        let mut credentials = Credentials::None;
+        let mut addrs = Vec::with_capacity(servers.len());
+        let mut shown = Vec::with_capacity(servers.len());
+        for url in servers {
+            let these = credentials_of(url).map_err(&invalid)?;
+            match (&credentials, &these) {
+                (_, Credentials::None) => {}
+                (Credentials::None, _) => credentials = these,
+                (known, these) if known == these => {}
+                _ => {
+                    return Err(invalid(
+                        "the servers carry different credentials: give them once, or the same"
+                            .into(),
+                    ))
+                }
+            }
+            let mut bare = url.clone();
+            // The credentials go to the client's options, not into addresses it may log.
+            let _ = bare.set_password(None);
+            let _ = bare.set_username("");
+            addrs.push(
+                ServerAddr::from_url(bare.clone())
+                    .map_err(|e| invalid(format!("{}: {e}", redacted(url))))?,
+            );
+            shown.push(bare);
+        }
+        let prefix = config.bus_prefix.clone();
+        if !subject::fits_control_line(&prefix, config.max_group_id_len) {
+            return Err(invalid(format!(
+                "--max-group-id-len {} gives NATS subjects of up to {} bytes, too long for a \
+                 NATS control line ({} bytes by default): with --bus-prefix {prefix:?} use at \
+                 most {}",
+                config.max_group_id_len,
+                subject::max_subject_len(&prefix, config.max_group_id_len),
+                subject::MAX_CONTROL_LINE,
+                subject::max_group_id_len(&prefix),
+            )));
+        }
+        Ok(NatsCarrier {
+            servers: addrs,
+            shown,
+            credentials,
+            tls,
+            settings: Settings {
+                prefix,
+                node_name: config.node_name(),
+                inbound: InboundLimits {
+                    max_group_id_len: config.max_group_id_len,
+                    max_message_size: config.max_message_size,
+                },
+                queue: config.link_queue,
+                queue_bytes: config.link_queue_bytes,
+                ping_interval: config.link_ping_interval,
+                connect_timeout: config.link_connect_timeout,
+                reconnect_min: config.reconnect_min,
+                reconnect_max: config.reconnect_max,
+            },
+        })
+    }
+
+    fn options(&self, bus: &Arc<NatsBus>) -> ConnectOptions {
+        let settings = &self.settings;
+        let events = bus.clone();
+        let backoff = bus.clone();
+        let (min, max) = (settings.reconnect_min, settings.reconnect_max);
+        let options = ConnectOptions::new()
+            .name(&settings.node_name)
+            .no_echo()
+            .retry_on_initial_connect()
+            .max_reconnects(None::<usize>)
+            .ping_interval(settings.ping_interval)
+            .connection_timeout(settings.connect_timeout)
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .client_capacity(CLIENT_CAPACITY)
+            .require_tls(self.tls)
+            .reconnect_delay_callback(move |attempts| {
+                let streak = backoff.short_sessions.load(Relaxed) as usize;
+                reconnect_delay(attempts + streak, min, max, fastrand::f64())
+            })
+            .event_callback(move |event| {
+                events.on_event(event);
+                std::future::ready(())
+            });
+        match &self.credentials {
+            Credentials::None => options,
+            Credentials::UserPassword(user, password) => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            Credentials::Token(token) => options.token(token.clone()),
+        }
+    }
+}
+
+/// The userinfo of `url`, percent-decoded.
+fn credentials_of(url: &Url) -> Result<Credentials, String> {
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .map(|text| text.into_owned())
+            .map_err(|_| format!("{}: the credentials are not UTF-8", redacted(url)))
+    };
+    let user = decode(url.username())?;
+    Ok(match url.password() {
+        Some(password) => Credentials::UserPassword(user, decode(password)?),
+        None if user.is_empty() => Credentials::None,
+        None => Credentials::Token(user),
+    })
+}
+
+/// The wait before connection attempt `attempt` (from 1) of a series: `reconnect_min`
+/// doubling up to `reconnect_max`, of which a random half (`random` in `[0, 1)`) is left
+/// out ("equal jitter"), so that gateways do not reconnect in step.
+pub fn reconnect_delay(attempt: usize, min: Duration, max: Duration, random: f64) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(20) as u32;
+    let backoff = min.saturating_mul(1 << doublings).min(max);
+    backoff / 2 + backoff.mul_f64(random.clamp(0.0, 1.0) / 2.0)
+}
+
+impl Carrier for NatsCarrier {
+    fn start<N: Node>(self, node: Arc<N>, shutdown: CancellationToken) -> RunningBus {
+        let (publish_tx, publish_rx) = mpsc::channel(self.settings.queue);
+        let bus = Arc::new(NatsBus {
+            prefix: self.settings.prefix.clone(),
+            origin: Origin::new(),
+            publish_tx,
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes: self.settings.queue_bytes,
+            up: AtomicBool::new(false),
+            subscriptions: AtomicU64::new(0),
+            counters: Counters::default(),
+            last_error: Mutex::new(None),
+            server: Mutex::new(
+                self.shown
+                    .iter()
+                    .map(redacted)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            link_changed: Notify::new(),
+            short_sessions: AtomicU32::new(0),
+            warnings: Mutex::new(Warnings::default()),
+        });
+        let task = tokio::spawn(run(bus.clone(), self, node, publish_rx, shutdown));
+        RunningBus { bus, task }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    reconnects: AtomicU64,
+    subscriptions_refused: AtomicU64,
+    publishes: AtomicU64,
+    publishes_dropped: AtomicU64,
+    messages_in: AtomicU64,
+    messages_invalid: AtomicU64,
+    messages_too_large: AtomicU64,
+    echoes_dropped: AtomicU64,
+    slow_consumer: AtomicU64,
+}
+
+/// A publish on its way to the client.
+#[derive(Debug)]
+struct Outgoing {
+    subject: Subject,
+    payload: Bytes,
+}
+
+impl Outgoing {
+    /// What it counts against `--link-queue-bytes`.
+    fn len(&self) -> usize {
+        self.subject.len() + self.payload.len()
+    }
+}
+
+/// The started carrier: what workers publish through, and what the task and the client's
+/// events report.
+#[derive(Debug)]
+struct NatsBus {
+    prefix: String,
+    origin: Origin,
+    publish_tx: mpsc::Sender<Outgoing>,
+    /// Bytes of the publishes in `publish_tx` and in the batch being handed to the client.
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
+    up: AtomicBool,
+    /// Groups subscribed on the server (one `Subscriber` each).
+    subscriptions: AtomicU64,
+    counters: Counters,
+    last_error: Mutex<Option<String>>,
+    /// The server in use (or the configured ones, before the first connection), redacted.
+    server: Mutex<String>,
+    /// The client reported a connection or a loss.
+    link_changed: Notify,
+    /// Connections in a row that were lost soon after they were made: each doubles the
+    /// backoff once more, so a server that accepts and then drops the connection is not
+    /// hammered (the client itself starts over after every successful connection).
+    short_sessions: AtomicU32,
+    warnings: Mutex<Warnings>,
+}
+
+/// Repeated warnings, each logged at most every [`WARN_EVERY`].
+#[derive(Debug, Default)]
+struct Warnings {
+    unreachable: Throttle,
+    server_error: Throttle,
+    slow_consumer: Throttle,
+    publish_failed: Throttle,
+    invalid: Throttle,
+}
+
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(repeats left out since the last one)` when this one is to be logged.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < WARN_EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+impl NatsBus {
+    /// Handles an event of the client (called in its event task, one event at a time).
+    fn on_event(&self, event: Event) {
+        match event {
+            Event::Connected => self.link_changed.notify_one(),
+            Event::Disconnected => {
+                // `up` is the carrier task's to change: this event may be handled after the
+                // task has already seen the next connection.
+                *self.last_error.lock() = Some("connection to the NATS server lost".into());
+                self.link_changed.notify_one();
+            }
+            Event::SlowConsumer(sid) | Event::ServerError(ServerError::SlowConsumer(sid)) => {
+                self.counters.slow_consumer.fetch_add(1, Relaxed);
+                if let Some(repeats) = self.warnings.lock().slow_consumer.allow() {
+                    tracing::warn!(
+                        carrier = CARRIER,
+                        sid,
+                        repeats,
+                        "NATS client dropped a message: the carrier did not read its \
+                         subscription in time"
+                    );
+                }
+            }
+            Event::ServerError(error) => {
+                let text = error.to_string();
+                if text
+                    .to_lowercase()
+                    .contains("maximum subscriptions exceeded")
+                {
+                    self.counters.subscriptions_refused.fetch_add(1, Relaxed);
+                }
+                if let Some(repeats) = self.warnings.lock().server_error.allow() {
+                    tracing::warn!(carrier = CARRIER, cause = %text, repeats, "NATS server error");
+                }
+                *self.last_error.lock() = Some(text);
+            }
+            Event::ClientError(error) => {
+                let text = error.to_string();
+                if let Some(repeats) = self.warnings.lock().unreachable.allow() {
+                    tracing::warn!(
+                        carrier = CARRIER,
+                        cause = %text,
+                        repeats,
+                        "cannot reach NATS; retrying"
+                    );
+                }
+                *self.last_error.lock() = Some(text);
+            }
+            Event::LameDuckMode => tracing::info!(
+                carrier = CARRIER,
+                server = %self.server.lock(),
+                "NATS server in lame duck mode: it will close the connection soon"
+            ),
+            Event::Draining | Event::Closed => {}
+        }
+    }
+
+    fn drop_publish(&self) {
+        self.counters.publishes_dropped.fetch_add(1, Relaxed);
+    }
+}
+
+impl Bus for NatsBus {
+    fn publish(&self, group: &GroupName<'_>, payload: &Text) {
+        self.counters.publishes.fetch_add(1, Relaxed);
+        if !self.up.load(Relaxed) {
+            return self.drop_publish();
+        }
+        let outgoing = Outgoing {
+            subject: Subject::from(subject::group_subject(&self.prefix, group.as_str())),
+            payload: self.origin.stamp(payload.as_bytes()),
+        };
+        // Counted before it is queued, so publishers on other threads cannot pass the bound
+        // together. A publish larger than the bound still goes when nothing else is queued.
+        let len = outgoing.len();
+        let queued = self.queued_bytes.fetch_add(len, Relaxed);
+        if queued > 0 && queued + len > self.max_queued_bytes {
+            self.queued_bytes.fetch_sub(len, Relaxed);
+            return self.drop_publish();
+        }
+        if self.publish_tx.try_send(outgoing).is_err() {
+            self.queued_bytes.fetch_sub(len, Relaxed);
+            self.drop_publish();
+        }
+    }
+
+    fn status(&self) -> BusStatus {
+        let up = self.up.load(Relaxed);
+        let subscriptions = self.subscriptions.load(Relaxed);
+        let last_error = self.last_error.lock().clone();
+        let c = &self.counters;
+        BusStatus {
+            carrier: CARRIER,
+            up,
+            shards: vec![ShardStatus {
+                address: self.server.lock().clone(),
+                up,
+                subscriptions,
+                last_error: last_error.clone(),
+            }],
+            subscriptions,
+            reconnects: c.reconnects.load(Relaxed),
+            subscriptions_refused: c.subscriptions_refused.load(Relaxed),
+            publishes: c.publishes.load(Relaxed),
+            publishes_dropped: c.publishes_dropped.load(Relaxed),
+            messages_in: c.messages_in.load(Relaxed),
+            messages_invalid: c.messages_invalid.load(Relaxed),
+            messages_too_large: c.messages_too_large.load(Relaxed),
+            echoes_dropped: c.echoes_dropped.load(Relaxed),
+            slow_consumer: c.slow_consumer.load(Relaxed),
+            last_error,
+        }
+    }
+}
+
+async fn run<N: Node>(
+    bus: Arc<NatsBus>,
+    carrier: NatsCarrier,
+    node: Arc<N>,
+    publish_rx: mpsc::Receiver<Outgoing>,
+    shutdown: CancellationToken,
+) {
+    // With `retry_on_initial_connect` this returns at once; the client connects in the
+    // background and reports it through the event callback.
+    let client = match carrier.options(&bus).connect(carrier.servers.clone()).await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(carrier = CARRIER, cause = %e, "cannot start the NATS client");
+            *bus.last_error.lock() = Some(e.to_string());
+            return;
+        }
+    };
+    let publisher = tokio::spawn(publish_loop(
+        client.clone(),
+        bus.clone(),
+        publish_rx,
+        shutdown.clone(),
+    ));
+    let (inbox, inbox_rx) = mpsc::channel(INBOX_MESSAGES);
+    let inbox_bytes = Arc::new(AtomicUsize::new(0));
+    let deliverer = tokio::spawn(deliver_loop(
+        node.clone(),
+        inbox_rx,
+        inbox_bytes.clone(),
+        shutdown.clone(),
+    ));
+    let mut link = Link {
+        client,
+        bus,
+        node,
+        inbox,
+        inbox_bytes,
+        settings: carrier.settings,
+        shown: carrier.shown,
+        subscribed: HashMap::new(),
+        inbound: SelectAll::new(),
+        synced: None,
+        session_started: Instant::now(),
+    };
+    link.run(&shutdown).await;
+    link.bus.up.store(false, Relaxed);
+    drop(link);
+    let _ = tokio::join!(publisher, deliverer);
+}
+
+/// Hands the messages that arrived to the node, waiting while its workers are full (the
+/// inbox then fills, and what does not fit is dropped and counted by the carrier task).
+async fn deliver_loop<N: Node>(
+    node: Arc<N>,
+    mut inbox: mpsc::Receiver<(GroupId, Text)>,
+    inbox_bytes: Arc<AtomicUsize>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (group, text) = tokio::select! {
+            next = inbox.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let len = text.as_bytes().len();
+        // The group id was checked against the gateway's limit when it was subscribed.
+        if let Ok(name) = GroupName::parse(group.as_str(), usize::MAX) {
+            tokio::select! {
+                _ = node.deliver(name, text) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        inbox_bytes.fetch_sub(len, Relaxed);
+    }
+}
+
+/// Hands queued publishes to the client, in order, one task for all: NATS keeps the order of
+/// one connection's publishes, so each sender's order is kept.
+async fn publish_loop(
+    client: async_nats::Client,
+    bus: Arc<NatsBus>,
+    mut publish_rx: mpsc::Receiver<Outgoing>,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    loop {
+        let n = tokio::select! {
+            n = publish_rx.recv_many(&mut batch, PUBLISH_BATCH) => n,
+            _ = shutdown.cancelled() => return,
+        };
+        if n == 0 {
+            return; // the bus itself is gone
+        }
+        for outgoing in batch.drain(..) {
+            let len = outgoing.len();
+            if !bus.up.load(Relaxed) {
+                // Lost with the connection, as the broker link loses its queue.
+                bus.drop_publish();
+            } else {
+                let sent = tokio::select! {
+                    sent = client.publish(outgoing.subject, outgoing.payload) => sent,
+                    _ = shutdown.cancelled() => return,
+                };
+                if let Err(e) = sent {
+                    bus.drop_publish();
+                    if let Some(repeats) = bus.warnings.lock().publish_failed.allow() {
+                        tracing::warn!(carrier = CARRIER, cause = %e, repeats, "NATS publish failed");
+                    }
+                }
+            }
+            bus.queued_bytes.fetch_sub(len, Relaxed);
+        }
+    }
+}
+
+/// One group's subscription, its messages tagged with the group.
+struct GroupStream {
+    group: GroupId,
+    subscriber: Subscriber,
+}
+
+impl Stream for GroupStream {
+    type Item = (GroupId, Message);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        Pin::new(&mut this.subscriber)
+            .poll_next(cx)
+            .map(|message| message.map(|message| (this.group.clone(), message)))
+    }
+}
+
+/// The carrier task's state: the client, and the subscriptions it holds.
+struct Link<N> {
+    client: async_nats::Client,
+    bus: Arc<NatsBus>,
+    node: Arc<N>,
+    settings: Settings,
+    shown: Vec<Url>,
+    /// One entry per group subscribed; aborting it ends its stream in `inbound`, which drops
+    /// the `Subscriber` (and so unsubscribes).
+    subscribed: HashMap<GroupId, AbortHandle>,
+    inbound: SelectAll<Abortable<GroupStream>>,
+    /// The client's connection count when the subscriptions were last reconciled with the
+    /// node: `Some` while the bus is up.
+    synced: Option<u64>,
+    session_started: Instant,
+    /// Checked messages on their way to the node ([`deliver_loop`]), and their bytes.
+    inbox: mpsc::Sender<(GroupId, Text)>,
+    inbox_bytes: Arc<AtomicUsize>,
+}
+
+/// What woke the carrier task.
+enum Wake {
+    Link,
+    Changes,
+    Message(GroupId, Message),
+}
+
+impl<N: Node> Link<N> {
+    async fn run(&mut self, shutdown: &CancellationToken) {
+        let mut poll = tokio::time::interval(STATE_POLL);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let wake = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.bus.link_changed.notified() => Wake::Link,
+                _ = poll.tick() => Wake::Link,
+                _ = self.node.subscriptions_changed() => Wake::Changes,
+                Some((group, message)) = self.inbound.next() => Wake::Message(group, message),
+            };
+            let handled = async {
+                match wake {
+                    Wake::Link => self.check_link().await,
+                    Wake::Changes => {
+                        let changes = self.node.subscriptions(false);
+                        if self.synced.is_some() {
+                            self.apply(changes.subscribe, changes.unsubscribe).await;
+                        }
+                    }
+                    Wake::Message(group, message) => self.receive(group, message),
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = handled => {}
+            }
+        }
+    }
+
+    /// Follows the client's connection: down when it is lost, and after each new connection
+    /// the subscriptions reconciled with the node, then up.
+    async fn check_link(&mut self) {
+        let connects = self.client.statistics().connects.load(Relaxed);
+        let connected = self.client.connection_state() == State::Connected;
+        if let Some(synced) = self.synced {
+            if connected && connects == synced {
+                return;
+            }
+            self.lost();
+        }
+        if !connected {
+            return;
+        }
+        self.resync().await;
+        self.synced = Some(connects);
+        self.session_started = Instant::now();
+        self.bus
+            .counters
+            .reconnects
+            .store(connects.saturating_sub(1), Relaxed);
+        let info = self.client.server_info();
+        let server = self.server_shown(&info.host, info.port);
+        *self.bus.server.lock() = server.clone();
+        let message_bound = self.settings.inbound.max_message_size
+            + protocol::envelope::Envelope::encode(0, 0, b"").len();
+        if message_bound > info.max_payload {
+            tracing::warn!(
+                carrier = CARRIER,
+                server = %server,
+                max_payload = info.max_payload,
+                max_message_size = self.settings.inbound.max_message_size,
+                "the NATS server's max_payload is below --max-message-size: larger messages \
+                 reach only this gateway's members"
+            );
+        }
+        self.bus.up.store(true, Relaxed);
+        tracing::info!(
+            carrier = CARRIER,
+            server = %server,
+            subscriptions = self.subscribed.len(),
+            reconnects = connects.saturating_sub(1),
+            "bus up"
+        );
+    }
+
+    /// The connection was lost (or replaced before this task noticed).
+    fn lost(&mut self) {
+        self.synced = None;
+        self.bus.up.store(false, Relaxed);
+        self.node.subscriptions_lost();
+        let lasted = self.session_started.elapsed();
+        if lasted >= self.settings.reconnect_max.max(Duration::from_secs(1)) {
+            self.bus.short_sessions.store(0, Relaxed);
+        } else {
+            let streak = self.bus.short_sessions.load(Relaxed);
+            self.bus.short_sessions.store((streak + 1).min(20), Relaxed);
+        }
+        let cause = self.bus.last_error.lock().clone().unwrap_or_default();
+        tracing::warn!(
+            carrier = CARRIER,
+            server = %self.bus.server.lock(),
+            cause,
+            after = ?lasted,
+            "bus down"
+        );
+    }
+
+    /// Every wanted group subscribed exactly once, nothing else: after a (re)connection the
+    /// client has resent `SUB` for the subscriptions it holds; this drops those no longer
+    /// wanted and adds the missing ones.
+    async fn resync(&mut self) {
+        let changes = self.node.subscriptions(true);
+        let wanted: HashSet<GroupId> = changes.subscribe.iter().cloned().collect();
+        let stale: Vec<GroupId> = self
+            .subscribed
+            .keys()
+            .filter(|group| !wanted.contains(*group))
+            .cloned()
+            .collect();
+        self.apply(changes.subscribe, stale).await;
+        // The SUBs are written out (not necessarily processed) before the bus says it is up.
+        if tokio::time::timeout(FLUSH_TIMEOUT, self.client.flush())
+            .await
+            .is_err()
+        {
+            tracing::debug!(carrier = CARRIER, "flush after resubscribing timed out");
+        }
+    }
+
+    async fn apply(&mut self, subscribe: Vec<GroupId>, unsubscribe: Vec<GroupId>) {
+        for group in subscribe {
+            if self.subscribed.contains_key(&group) {
+                continue; // in the snapshot and among the changes, or kept across a reconnect
+            }
+            let subject = subject::group_subject(&self.settings.prefix, group.as_str());
+            match self.client.subscribe(subject).await {
+                Ok(subscriber) => {
+                    let (stream, handle) = futures_util::stream::abortable(GroupStream {
+                        group: group.clone(),
+                        subscriber,
+                    });
+                    self.inbound.push(stream);
+                    self.subscribed.insert(group, handle);
+                }
+                Err(e) => {
+                    // Only a client that is shutting down gets here: the subject is valid.
+                    self.bus
+                        .counters
+                        .subscriptions_refused
+                        .fetch_add(1, Relaxed);
+                    tracing::warn!(carrier = CARRIER, group = %group, cause = %e, "cannot subscribe");
+                }
+            }
+        }
+        for group in unsubscribe {
+            if let Some(handle) = self.subscribed.remove(&group) {
+                handle.abort();
+            }
+        }
+        self.bus
+            .subscriptions
+            .store(self.subscribed.len() as u64, Relaxed);
+    }
+
+    /// A message from another gateway: opened, checked, and queued for the members here.
+    fn receive(&self, group: GroupId, message: Message) {
+        let counters = &self.bus.counters;
+        counters.messages_in.fetch_add(1, Relaxed);
+        let payload = match self.bus.origin.open(message.payload) {
+            Ok(Received::Message(payload)) => payload,
+            Ok(Received::Echo) => {
+                counters.echoes_dropped.fetch_add(1, Relaxed);
+                return;
+            }
+            Err(e) => {
+                counters.messages_invalid.fetch_add(1, Relaxed);
+                if let Some(repeats) = self.bus.warnings.lock().invalid.allow() {
+                    tracing::warn!(carrier = CARRIER, group = %group, cause = %e, repeats, "dropping a NATS message that is not a gateway envelope");
+                }
+                return;
+            }
+        };
+        match self
+            .settings
+            .inbound
+            .check(group.as_str().as_bytes(), payload)
+        {
+            Ok((_, text)) => {
+                let len = text.as_bytes().len();
+                let queued = self.inbox_bytes.fetch_add(len, Relaxed);
+                let full = queued > 0 && queued + len > INBOX_BYTES;
+                if full || self.inbox.try_send((group.clone(), text)).is_err() {
+                    self.inbox_bytes.fetch_sub(len, Relaxed);
+                    counters.slow_consumer.fetch_add(1, Relaxed);
+                    if let Some(repeats) = self.bus.warnings.lock().slow_consumer.allow() {
+                        tracing::warn!(
+                            carrier = CARRIER,
+                            group = %group,
+                            repeats,
+                            "dropping a NATS message: the gateway's workers do not take them \
+                             fast enough"
+                        );
+                    }
+                }
+            }
+            Err(rejected) => {
+                let (counter, why) = match rejected {
+                    Rejected::Invalid => (&counters.messages_invalid, "not UTF-8"),
+                    Rejected::TooLarge => (
+                        &counters.messages_too_large,
+                        "larger than --max-message-size",
+                    ),
+                };
+                counter.fetch_add(1, Relaxed);
+                if let Some(repeats) = self.bus.warnings.lock().invalid.allow() {
+                    tracing::warn!(carrier = CARRIER, group = %group, why, repeats, "dropping a NATS message");
+                }
+            }
+        }
+    }
+
+    /// The server at `host:port` (from its `INFO`) as configured, if it is one of ours;
+    /// otherwise as it announces itself (a server discovered in the cluster).
+    fn server_shown(&self, host: &str, port: u16) -> String {
+        let unspecified = host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+        self.shown
+            .iter()
+            .find(|url| url.port() == Some(port) && (unspecified || url.host_str() == Some(host)))
+            .map(redacted)
+            .unwrap_or_else(|| {
+                let scheme = if self.client_tls() { "tls" } else { "nats" };
+                format!("{scheme}://{host}:{port}")
+            })
+    }
+
+    fn client_tls(&self) -> bool {
+        self.shown.first().is_some_and(|url| url.scheme() == "tls")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn carrier(urls: &str, config: &GatewayConfig) -> Result<NatsCarrier, BusError> {
+        let super::super::BusAddress::Nats(servers) = urls.parse().expect("a NATS address") else {
+            panic!("{urls} is not a NATS address")
+        };
+        NatsCarrier::new(&servers, config)
+    }
+
+    #[test]
+    fn credentials_come_from_the_urls() {
+        let config = GatewayConfig::default();
+        let c = carrier("nats://alice:p%40ss@n1:4222,n2", &config).expect("valid");
+        assert_eq!(
+            c.credentials,
+            Credentials::UserPassword("alice".into(), "p@ss".into())
+        );
+        assert!(!c.tls);
+        for server in &c.servers {
+            assert!(!server.has_user_pass(), "{:?}", server.as_url_str());
+        }
+        let c = carrier("tls://s3cr3t@n1", &config).expect("valid");
+        assert_eq!(c.credentials, Credentials::Token("s3cr3t".into()));
+        assert!(c.tls);
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+        assert_eq!(
+            carrier("nats://n1", &config).expect("valid").credentials,
+            Credentials::None
+        );
+    }
+
+    #[test]
+    fn disagreeing_servers_are_refused() {
+        let config = GatewayConfig::default();
+        let err = carrier("nats://n1,tls://n2", &config)
+            .expect_err("mixed TLS")
+            .to_string();
+        assert!(err.contains("mixed"), "{err}");
+        let err = carrier("nats://a:hunter2@n1,nats://b:other@n2", &config)
+            .expect_err("two users")
+            .to_string();
+        assert!(err.contains("different credentials"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn group_ids_too_long_for_a_subject_are_refused_at_start() {
+        let mut config = GatewayConfig::default();
+        config.max_group_id_len = subject::max_group_id_len(&config.bus_prefix);
+        assert!(carrier("nats://n1", &config).is_ok());
+        config.max_group_id_len += 1;
+        let err = carrier("nats://n1", &config)
+            .expect_err("too long")
+            .to_string();
+        assert!(
+            err.contains("--max-group-id-len") && err.contains("1342"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reconnect_delays_double_with_equal_jitter() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        let ms = |attempt, random| reconnect_delay(attempt, min, max, random).as_millis();
+        assert_eq!((ms(1, 0.0), ms(1, 0.999_999)), (50, 99));
+        assert_eq!(ms(2, 0.0), 100);
+        assert_eq!(ms(3, 0.0), 200);
+        assert_eq!(
+            (ms(5, 0.0), ms(50, 0.0), ms(usize::MAX, 1.0)),
+            (500, 500, 1000)
+        );
+    }
+
+    #[test]
+    fn repeated_warnings_are_throttled() {
+        let mut throttle = Throttle::default();
+        assert_eq!(throttle.allow(), Some(0));
+        assert_eq!(throttle.allow(), None);
+        assert_eq!(throttle.allow(), None);
+        throttle.last = Instant::now().checked_sub(WARN_EVERY);
+        assert_eq!(throttle.allow(), Some(2));
+    }
+}

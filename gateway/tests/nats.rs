@@ -1,0 +1,361 @@
+//! The NATS carrier alone against a real `nats-server`, with a stand-in for the gateway's
+//! router ([`FakeNode`]): subscriptions follow the wanted groups through a server restart, and
+//! what arrives is checked and counted. `e2e/tests/bus_nats.rs` runs whole gateways.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+
+use anyhow::{ensure, Result};
+use bytes::Bytes;
+use gateway::bus::interest::Subscriptions;
+use gateway::bus::nats::subject::group_subject;
+use gateway::bus::nats::{NatsCarrier, INBOX_MESSAGES};
+use gateway::bus::{Bus, BusAddress, BusStatus, Carrier, Node, RunningBus, SubscriptionChanges};
+use gateway::GatewayConfig;
+use parking_lot::Mutex;
+use protocol::{GroupId, GroupName, Text};
+use test_support::nats::NatsServer;
+use test_support::{wait_for_state, wait_until, STATS_TIMEOUT};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// What the gateway's router does for a carrier, reduced to a set of wanted groups and a list
+/// of what was delivered.
+#[derive(Debug, Default)]
+struct FakeNode {
+    state: Mutex<(HashSet<GroupId>, Subscriptions)>,
+    changed: Notify,
+    delivered: Mutex<Vec<(String, String)>>,
+    /// While set, deliveries wait (the gateway's workers full).
+    stalled: AtomicBool,
+    unstalled: Notify,
+}
+
+impl FakeNode {
+    fn want(&self, group: &str, wanted: bool) {
+        let group = GroupId::new(group, 1024).expect("group id");
+        let mut state = self.state.lock();
+        let changed = if wanted {
+            state.0.insert(group.clone())
+        } else {
+            state.0.remove(&group)
+        };
+        if changed {
+            state.1.record(&group, wanted);
+            self.changed.notify_one();
+        }
+    }
+
+    fn delivered(&self) -> Vec<(String, String)> {
+        self.delivered.lock().clone()
+    }
+}
+
+impl Node for FakeNode {
+    async fn deliver(&self, group: GroupName<'_>, payload: Text) {
+        while self.stalled.load(Relaxed) {
+            let unstalled = self.unstalled.notified();
+            if !self.stalled.load(Relaxed) {
+                break;
+            }
+            unstalled.await;
+        }
+        self.delivered
+            .lock()
+            .push((group.as_str().to_owned(), payload.as_str().to_owned()));
+    }
+
+    fn subscriptions(&self, full: bool) -> SubscriptionChanges {
+        let mut state = self.state.lock();
+        if !full {
+            return state.1.take_changes();
+        }
+        state.1.start_full_sync();
+        SubscriptionChanges {
+            subscribe: state.0.iter().cloned().collect(),
+            unsubscribe: Vec::new(),
+        }
+    }
+
+    fn subscriptions_lost(&self) {
+        self.state.lock().1.lost();
+    }
+
+    fn wanted(&self) -> usize {
+        self.state.lock().0.len()
+    }
+
+    async fn subscriptions_changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+fn config(name: &str) -> GatewayConfig {
+    GatewayConfig {
+        node_name: Some(name.to_owned()),
+        ..GatewayConfig::default()
+    }
+}
+
+fn start(url: &str, config: &GatewayConfig, node: Arc<FakeNode>) -> Result<RunningBus> {
+    let BusAddress::Nats(servers) = url.parse()? else {
+        anyhow::bail!("{url} is not a NATS address")
+    };
+    Ok(NatsCarrier::new(&servers, config)?.start(node, CancellationToken::new()))
+}
+
+async fn wait_for_status(
+    bus: &Arc<dyn Bus>,
+    what: &str,
+    done: impl Fn(&BusStatus) -> bool,
+) -> Result<BusStatus> {
+    wait_for_state(what, STATS_TIMEOUT, || bus.status(), done).await
+}
+
+/// Waits until the server holds exactly `groups` for the client `name`.
+async fn wait_for_engine(server: &NatsServer, name: &str, groups: &[&str]) -> Result<()> {
+    let expected: BTreeSet<String> = groups.iter().map(|g| group_subject("gp", g)).collect();
+    wait_until(
+        &format!("the server holds {groups:?} for {name}"),
+        STATS_TIMEOUT,
+        || async {
+            let subjects = server
+                .subscriptions()
+                .await?
+                .remove(name)
+                .unwrap_or_default();
+            ensure!(subjects == expected, "{subjects:?}");
+            Ok(())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_follow_the_node_through_a_server_restart() -> Result<()> {
+    let mut server = NatsServer::start("nats").await?;
+    let port = server.port;
+    let node = Arc::new(FakeNode::default());
+    node.want("before-start", true);
+    let running = start(&server.url(), &config("carrier"), node.clone())?;
+    let bus = running.bus;
+    wait_for_status(&bus, "up", |s| s.up && s.subscriptions == 1).await?;
+    wait_for_engine(&server, "carrier", &["before-start"]).await?;
+
+    for group in ["a", "a.b", "*"] {
+        node.want(group, true);
+    }
+    node.want("before-start", false);
+    wait_for_engine(&server, "carrier", &["a", "a.b", "*"]).await?;
+
+    // While the server is away: one group left, one joined, one joined and left.
+    server.kill().await?;
+    wait_for_status(&bus, "down", |s| !s.up).await?;
+    node.want("a", false);
+    node.want("new", true);
+    node.want("gone", true);
+    node.want("gone", false);
+    let server = NatsServer::start_on("nats (restarted)", port).await?;
+    let status = wait_for_status(&bus, "up again", |s| s.up && s.reconnects == 1).await?;
+    wait_for_engine(&server, "carrier", &["a.b", "*", "new"]).await?;
+    ensure!(status.subscriptions == 3, "{status:?}");
+    ensure!(
+        status.carrier == "nats" && status.shards.len() == 1,
+        "{status:?}"
+    );
+    ensure!(
+        status.shards[0].address == server.url(),
+        "{:?}",
+        status.shards
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_arrives_is_checked_and_counted() -> Result<()> {
+    let server = NatsServer::start("nats").await?;
+    let (a, b) = (Arc::new(FakeNode::default()), Arc::new(FakeNode::default()));
+    a.want("room", true);
+    b.want("room", true);
+    let small = GatewayConfig {
+        max_message_size: 8,
+        ..config("b")
+    };
+    let bus_a = start(&server.url(), &config("a"), a.clone())?.bus;
+    let bus_b = start(&server.url(), &small, b.clone())?.bus;
+    for bus in [&bus_a, &bus_b] {
+        wait_for_status(bus, "up", |s| s.up && s.subscriptions == 1).await?;
+    }
+    wait_for_engine(&server, "a", &["room"]).await?;
+    wait_for_engine(&server, "b", &["room"]).await?;
+
+    let room = GroupName::parse("room", 64)?;
+    for text in ["hello", "far too long for b"] {
+        bus_a.publish(&room, &Text::new(Bytes::from(text))?);
+    }
+    // Not an envelope: from some other program on the same server.
+    let raw = async_nats::connect(server.url()).await?;
+    raw.publish(group_subject("gp", "room"), Bytes::from_static(b"raw"))
+        .await?;
+    raw.flush().await?;
+
+    let status = wait_for_status(&bus_b, "three messages in", |s| s.messages_in == 3).await?;
+    ensure!(
+        status.messages_too_large == 1 && status.messages_invalid == 1,
+        "{status:?}"
+    );
+    wait_for_state(
+        "b delivered hello",
+        STATS_TIMEOUT,
+        || b.delivered(),
+        |d| !d.is_empty(),
+    )
+    .await?;
+    ensure!(
+        b.delivered() == [("room".to_owned(), "hello".to_owned())],
+        "{:?}",
+        b.delivered()
+    );
+    // a got neither its own publishes (no echo) nor anything it could use but the raw one.
+    let status_a = wait_for_status(&bus_a, "a saw the raw message", |s| s.messages_in == 1).await?;
+    ensure!(
+        status_a.messages_invalid == 1 && status_a.echoes_dropped == 0 && status_a.publishes == 2,
+        "{status_a:?}"
+    );
+    ensure!(a.delivered().is_empty(), "{:?}", a.delivered());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_starts_without_its_server_and_connects_once_there() -> Result<()> {
+    let port = test_support::net::refused_addr().await?.port();
+    let node = Arc::new(FakeNode::default());
+    node.want("g", true);
+    let bus = start(&format!("nats://127.0.0.1:{port}"), &config("late"), node)?.bus;
+    let status = wait_for_status(&bus, "an error reported", |s| s.last_error.is_some()).await?;
+    ensure!(!status.up, "{status:?}");
+    // Down: a publish is counted and dropped, not queued.
+    bus.publish(
+        &GroupName::parse("g", 64)?,
+        &Text::new(Bytes::from("lost"))?,
+    );
+    let status = bus.status();
+    ensure!(
+        status.publishes == 1 && status.publishes_dropped == 1,
+        "{status:?}"
+    );
+    let server = NatsServer::start_on("nats (late)", port).await?;
+    wait_for_status(&bus, "up", |s| s.up && s.subscriptions == 1).await?;
+    wait_for_engine(&server, "late", &["g"]).await?;
+    Ok(())
+}
+
+/// The resident memory of this process, in bytes (Linux).
+fn resident_bytes() -> Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("unexpected /proc/self/statm: {statm:?}"))?;
+    Ok(pages * 4096)
+}
+
+/// What a subscription costs this process (the figure in the carrier's documentation), and
+/// that tens of thousands come and go: all on the server, then none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_subscriptions_come_and_go() -> Result<()> {
+    const GROUPS: usize = 20_000;
+    let server = NatsServer::start("nats").await?;
+    let node = Arc::new(FakeNode::default());
+    let groups: Vec<String> = (0..GROUPS).map(|i| format!("group-{i}")).collect();
+    let before = resident_bytes()?;
+    for group in &groups {
+        node.want(group, true);
+    }
+    let bus = start(&server.url(), &config("many"), node.clone())?.bus;
+    wait_for_status(&bus, "every group subscribed", |s| {
+        s.up && s.subscriptions == GROUPS as u64
+    })
+    .await?;
+    wait_until("the server holds every group", STATS_TIMEOUT, || async {
+        let held = server
+            .subscriptions()
+            .await?
+            .remove("many")
+            .unwrap_or_default();
+        ensure!(held.len() == GROUPS, "{} held", held.len());
+        Ok(())
+    })
+    .await?;
+    let per_subscription = resident_bytes()?.saturating_sub(before) / GROUPS as u64;
+    eprintln!("NATS carrier: about {per_subscription} bytes of this process per subscription");
+    ensure!(
+        per_subscription < 32 * 1024,
+        "{per_subscription} bytes per subscription"
+    );
+
+    for group in &groups {
+        node.want(group, false);
+    }
+    wait_for_status(&bus, "no group subscribed", |s| s.subscriptions == 0).await?;
+    wait_for_engine(&server, "many", &[]).await?;
+    Ok(())
+}
+
+/// A gateway whose workers do not take what arrives: the carrier keeps `INBOX_MESSAGES` for
+/// them, drops the rest and counts each; the connection stays, and what was kept is delivered,
+/// in order, once the workers take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_gateway_counts_what_it_drops() -> Result<()> {
+    const SENT: u64 = 6000;
+    const BURST: u64 = 500;
+    let server = NatsServer::start("nats").await?;
+    let (a, b) = (Arc::new(FakeNode::default()), Arc::new(FakeNode::default()));
+    b.want("room", true);
+    b.stalled.store(true, Relaxed);
+    let bus_a = start(&server.url(), &config("a"), a)?.bus;
+    let bus_b = start(&server.url(), &config("b"), b.clone())?.bus;
+    wait_for_status(&bus_a, "a up", |s| s.up).await?;
+    wait_for_status(&bus_b, "b up", |s| s.up && s.subscriptions == 1).await?;
+    wait_for_engine(&server, "b", &["room"]).await?;
+
+    // In bursts smaller than a subscription's queue in the client, so that only the carrier's
+    // inbox overflows (a single burst of thousands can overflow the client's first, whose
+    // slow-consumer events are counted too, but not always all of them).
+    let room = GroupName::parse("room", 64)?;
+    for burst in 0..SENT / BURST {
+        for n in burst * BURST..(burst + 1) * BURST {
+            bus_a.publish(&room, &Text::new(Bytes::from(n.to_string()))?);
+        }
+        let read = (burst + 1) * BURST;
+        wait_for_status(&bus_b, "the burst read", |s| s.messages_in == read).await?;
+    }
+    let status = bus_b.status();
+    let kept = INBOX_MESSAGES as u64 + 1; // the inbox, and the one the workers hold
+    ensure!(
+        status.up && status.slow_consumer == SENT - kept && status.publishes_dropped == 0,
+        "{status:?}"
+    );
+
+    b.stalled.store(false, Relaxed);
+    b.unstalled.notify_waiters();
+    wait_for_state(
+        "the kept messages delivered",
+        STATS_TIMEOUT,
+        || b.delivered().len() as u64,
+        |&n| n == kept,
+    )
+    .await?;
+    let delivered: Vec<u64> = b
+        .delivered()
+        .iter()
+        .map(|(_, text)| text.parse().unwrap_or(u64::MAX))
+        .collect();
+    ensure!(
+        delivered.windows(2).all(|w| w[0] < w[1]) && delivered[0] == 0,
+        "in order, the first first, no duplicate"
+    );
+    Ok(())
+}
