@@ -181,7 +181,8 @@ pub struct GatewayConfig {
     /// A bus connection on which nothing arrives for this long is dead (noticed at the next
     /// heartbeat, so within `link-idle-timeout` + `link-ping-interval`; or as soon as a write
     /// blocks past `link-idle-timeout` since the last reply heard, as when a half-open connection
-    /// fills the socket buffers), and is replaced.
+    /// fills the socket buffers), and is replaced. NATS: its client's own rule applies instead,
+    /// two pings unanswered at `link-ping-interval` (about three intervals).
     #[arg(long = "link-idle-timeout",
         value_name = "LINK_IDLE_TIMEOUT", env = "GATEWAY_LINK_IDLE_TIMEOUT", help_heading = BUS, default_value = "15s", value_parser = humantime::parse_duration)]
     pub link_timeout: Duration,

@@ -21,8 +21,12 @@ pub enum LogFormat {
 /// A failed write to stderr (a log pipe whose reader died) loses that line and nothing else:
 /// tracing-subscriber would otherwise report it with `eprint!`, which panics on the same broken
 /// stderr and, in the signal task, would leave SIGTERM unanswered.
+/// Without `RUST_LOG`: `info`, except the NATS client's own reconnect attempts (one `info` line
+/// each, while the gateway already logs the outage once).
+pub const DEFAULT_FILTER: &str = "info,async_nats=warn";
+
 pub fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
