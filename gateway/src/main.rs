@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use gateway::bus::redis::RedisCarrier;
 use gateway::bus::BusAddress;
 use gateway::credentials::SecurityArgs;
 use gateway::{Gateway, GatewayConfig};
@@ -151,11 +152,21 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
 
+    let redis = match &bus {
+        BusAddress::Redis(_) | BusAddress::RedisCluster(_) => {
+            Some(RedisCarrier::new(&bus, &cli.config)?)
+        }
+        _ => None,
+    };
     let builder = Gateway::builder(cli.config).security(security);
     tracing::info!(bus = %bus, carrier = bus.carrier(), "bus");
     let builder = match bus {
         BusAddress::Broker(addr) => builder.broker(addr),
-        BusAddress::Redis(_) | BusAddress::RedisCluster(_) | BusAddress::Nats(_) => {
+        BusAddress::Redis(_) | BusAddress::RedisCluster(_) => match redis {
+            Some(carrier) => builder.bus(carrier),
+            None => anyhow::bail!("no carrier for {bus}"),
+        },
+        BusAddress::Nats(_) => {
             anyhow::bail!("the {} carrier is not built yet", bus.carrier())
         }
         BusAddress::Embedded => {
