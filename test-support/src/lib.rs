@@ -11,6 +11,8 @@
 //!   barriers (a request whose ack must come next) and quiet checks ([`expect_quiet`]);
 //!   [`frame`] builds the malformed frames it can also send.
 //! - [`http`]: an [`Admin`] HTTP endpoint: probes, stats, metrics samples.
+//! - [`redis`]: `redis-server` processes (a server, a cluster) and the engine's view of
+//!   pub/sub, for the Redis carrier's tests.
 //! - [`certs`]: a CA and certificates made at test time, for TLS tests; [`TempFile`]: a file
 //!   removed on drop.
 //! - `broker` (feature `broker`): a broker library instance on port 0 in the test's runtime,
@@ -25,6 +27,7 @@ pub mod frame;
 pub mod http;
 pub mod net;
 pub mod process;
+pub mod redis;
 pub mod wait;
 pub mod ws;
 
