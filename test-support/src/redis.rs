@@ -266,7 +266,7 @@ impl RedisCluster {
                 &format!("{} reports cluster_state:ok", node.process.name()),
                 STARTUP_TIMEOUT,
                 || async {
-                    let info: String = node.query(&redis::cmd("CLUSTER").arg("INFO")).await?;
+                    let info: String = node.query(redis::cmd("CLUSTER").arg("INFO")).await?;
                     ensure!(
                         info.contains("cluster_state:ok")
                             && info.contains("cluster_slots_assigned:16384")
@@ -288,7 +288,7 @@ impl RedisCluster {
         let slot: i64 = node
             .query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(channel))
             .await?;
-        let slots: Vec<redis::Value> = node.query(&redis::cmd("CLUSTER").arg("SLOTS")).await?;
+        let slots: Vec<redis::Value> = node.query(redis::cmd("CLUSTER").arg("SLOTS")).await?;
         for entry in slots {
             let redis::Value::Array(items) = entry else {
                 continue;

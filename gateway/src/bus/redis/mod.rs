@@ -891,7 +891,7 @@ async fn on_sub_reply<N: Node>(
         (kind, _, _) => {
             return Err(RedisError::Unexpected(format!(
                 "a {:?} push on the subscriber connection",
-                kind.map(|k| String::from_utf8_lossy(&k).into_owned())
+                kind.map(|k| String::from_utf8_lossy(k).into_owned())
             )))
         }
     }
