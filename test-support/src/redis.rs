@@ -55,6 +55,8 @@ impl RedisServer {
         let mut cmd = command("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            // Its log on stderr, whose tail a failed test shows.
+            .args(["--logfile", "/dev/stderr"])
             .args(&extra);
         let mut process = Process::spawn_command(name, cmd)?;
         let url = format!("redis://127.0.0.1:{port}");
@@ -313,6 +315,58 @@ impl RedisCluster {
             }
         }
         bail!("no master serves slot {slot}")
+    }
+
+    /// The index in `nodes` of a replica of master `master`.
+    pub async fn replica_of(&self, master: usize) -> Result<usize> {
+        let node = &self.nodes[master];
+        let id: String = node.query(redis::cmd("CLUSTER").arg("MYID")).await?;
+        let replicas: Vec<String> = node
+            .query(redis::cmd("CLUSTER").arg("REPLICAS").arg(&id))
+            .await?;
+        // Each line: `<id> <ip>:<port>@<cport> slave <master id> ...`.
+        let port = replicas
+            .first()
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|addr| {
+                addr.split(['@'])
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse::<u16>()
+                    .ok()
+            })
+            .with_context(|| format!("no replica of {id}: {replicas:?}"))?;
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .with_context(|| format!("port {port} is not a node of this cluster"))
+    }
+
+    /// Makes `replica` a master at once (`CLUSTER FAILOVER TAKEOVER`: no agreement of the
+    /// other masters needed, as when its master is dead) and waits until the live nodes
+    /// serve every slot again.
+    pub async fn take_over(&self, replica: usize, masters: usize) -> Result<()> {
+        let node = &self.nodes[replica];
+        let _: () = node
+            .query(redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER"))
+            .await?;
+        wait_until(
+            &format!("{} is a master", node.process.name()),
+            STARTUP_TIMEOUT,
+            || async {
+                let info: String = node.query(redis::cmd("INFO").arg("replication")).await?;
+                ensure!(info.contains("role:master"), "{info}");
+                Ok(())
+            },
+        )
+        .await?;
+        let live: Vec<&RedisServer> = self
+            .nodes
+            .iter()
+            .filter(|n| n.process.pid().is_ok())
+            .collect();
+        self.wait_until_ok(&live, masters).await
     }
 
     /// Subscribers of `channel` as a shard channel, summed over the live nodes.
