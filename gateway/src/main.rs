@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use gateway::bus::nats::NatsCarrier;
+use gateway::bus::redis::RedisCarrier;
 use gateway::bus::BusAddress;
 use gateway::credentials::SecurityArgs;
 use gateway::{Gateway, GatewayConfig};
@@ -193,7 +194,7 @@ async fn run() -> anyhow::Result<()> {
         BusAddress::Broker(addr) => builder.broker(addr),
         BusAddress::Nats(servers) => builder.bus(NatsCarrier::new(&servers, &cli.config)?),
         BusAddress::Redis(_) | BusAddress::RedisCluster(_) => {
-            anyhow::bail!("the {} carrier is not built yet", bus.carrier())
+            builder.bus(RedisCarrier::new(&bus, &cli.config)?)
         }
         BusAddress::Embedded => {
             let listener = broker_listener.context("the embedded broker's listener")?;

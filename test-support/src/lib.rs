@@ -13,6 +13,8 @@
 //! - [`http`]: an [`Admin`] HTTP endpoint: probes, stats, metrics samples.
 //! - [`nats`]: real `nats-server` processes, one or a three-node cluster, killed on drop, and
 //!   their monitoring view of the subscriptions.
+//! - [`redis`]: `redis-server` processes (a server, a cluster) and the engine's view of
+//!   pub/sub, for the Redis carrier's tests.
 //! - [`certs`]: a CA and certificates made at test time, for TLS tests; [`TempFile`]: a file
 //!   removed on drop.
 //! - `broker` (feature `broker`): a broker library instance on port 0 in the test's runtime,
@@ -28,6 +30,7 @@ pub mod http;
 pub mod nats;
 pub mod net;
 pub mod process;
+pub mod redis;
 pub mod wait;
 pub mod ws;
 

@@ -185,6 +185,16 @@ pub fn encode_snapshot(s: &GatewaySnapshot, encoder: &mut DescriptorEncoder<'_>)
             .iter()
             .map(|shard| ([("shard", shard.address.as_str())], u64::from(shard.up))),
     )?;
+    gauge_family(
+        e,
+        "gateway_bus_shard_backlog_bytes",
+        "Bytes the engine holds for this gateway on this connection, not yet read (Redis: the \
+         subscriber connection's output buffer, sampled at each heartbeat).",
+        link.shards.iter().filter_map(|shard| {
+            let backlog = shard.backlog_bytes?;
+            Some(([("shard", shard.address.as_str())], backlog))
+        }),
+    )?;
     counter(
         e,
         "gateway_bus_reconnects",

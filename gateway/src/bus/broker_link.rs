@@ -231,6 +231,7 @@ impl<N: Node> Bus for BrokerBus<N> {
                 address: self.address.clone(),
                 up,
                 subscriptions,
+                backlog_bytes: None,
                 last_error: last_error.clone(),
             }],
             subscriptions,

@@ -4,8 +4,8 @@
 //! gateways go, and which groups this gateway wants (the [`interest`] bookkeeping, kept once
 //! here for every carrier: first local member subscribes, last one leaving unsubscribes, and
 //! after a reconnect everything wanted is subscribed again). Started, it is a [`Bus`]: publish
-//! and report. [`broker_link`] is the carrier over TCP to the built-in broker, [`nats`] the one
-//! over NATS core pub/sub.
+//! and report. [`broker_link`] is the carrier over TCP to the built-in broker, [`redis`] the one
+//! over Redis pub/sub (shards or a cluster), [`nats`] the one over NATS core pub/sub.
 //!
 //! Nothing here knows the WebSocket library or the gateway's routing types: messages are
 //! [`Text`], groups [`GroupName`]s, and what arrives is held to the gateway's own limits
@@ -18,6 +18,7 @@ pub mod inbound;
 pub mod interest;
 pub mod nats;
 pub mod origin;
+pub mod redis;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -74,6 +75,10 @@ pub struct ShardStatus {
     pub up: bool,
     /// Groups subscribed on it (with shards: the groups that hash to it).
     pub subscriptions: u64,
+    /// Bytes the engine holds for this gateway's subscriber connection, not yet read (Redis
+    /// `CLIENT LIST` `omem`, sampled at each heartbeat); `None` where the carrier cannot tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }

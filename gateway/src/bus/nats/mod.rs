@@ -515,6 +515,7 @@ impl Bus for NatsBus {
                 up,
                 subscriptions,
                 last_error: last_error.clone(),
+                backlog_bytes: None,
             }],
             subscriptions,
             reconnects: c.reconnects.load(Relaxed),

@@ -1,0 +1,1304 @@
+//! [`RedisCarrier`]: the bus over Redis pub/sub, on independent shards (`redis://a,redis://b`)
+//! or on a Redis Cluster with sharded pub/sub (`redis+cluster://seed,...`, Redis 7).
+//!
+//! **Channels.** A group is the channel `{prefix}:{group}` ([`routing::channel`]), subscribed
+//! with `SUBSCRIBE`/`SSUBSCRIBE` (never a pattern), only while this gateway has members of it.
+//! Every publish is an [`Envelope`](protocol::envelope::Envelope) stamped by [`Origin`]; Redis
+//! sends a publish back to the publisher's own subscriber connection, and those echoes are
+//! dropped here and counted (`echoes_dropped`).
+//!
+//! **Shards and masters.** Each group lives on one connection target: with shards, the jump
+//! consistent hash of the FNV-1a hash of its id ([`routing::shard_of`]: adding a shard moves a
+//! 1/n share of the groups); on a cluster, the master serving the channel's hash slot, learned
+//! with `CLUSTER SLOTS`. Each target ([`Shard`]) has its own task with a subscriber connection
+//! and a publisher connection, reconnects on its own with backoff and jitter, and resubscribes
+//! all of its groups after every connect: while one is down only its groups miss messages
+//! from other gateways, and its publishes are dropped and counted.
+//!
+//! **Interest.** One task, the dispatcher ([`supervise`]), is the only reader of the
+//! [`Node`]'s changes: it takes the full set once and every change after, and records each in
+//! the [`ShardInterest`] of the group's target. Each target's task resynchronizes from its own
+//! interest after a reconnect, so several connections coming and going need nothing more of
+//! the Node than the broker link does. On a cluster the dispatcher also refreshes the
+//! topology (on `MOVED`, on a `sunsubscribe` the server sends when a slot leaves a node, when a
+//! master cannot be reached) and moves groups whose slot changed owner.
+//!
+//! **Liveness.** Every `--link-ping-interval`, `PING` on the subscriber connection and
+//! `CLIENT LIST ID` (the subscriber's) on the publisher connection; a connection with no reply
+//! for `--link-idle-timeout` is dead and replaced (a SIGSTOPped server, a half-open TCP
+//! connection). `CLIENT LIST` also gives the subscriber's output buffer on the server (`omem`),
+//! reported as [`ShardStatus::backlog_bytes`].
+//!
+//! **Why the `redis` crate only encodes commands.** Its pub/sub connections (`aio::PubSub`)
+//! hand messages over an unbounded channel (a slow gateway would grow without bound instead of
+//! pushing back on Redis); its multiplexed connection takes a server-initiated `sunsubscribe`
+//! push (a slot that moved) for the reply to the next request in flight; its cluster client
+//! resubscribes through its own routing, with no bound or report we could use; and it computes
+//! a key's slot without exposing the number. What is written here instead is small: a RESP2
+//! reply decoder with limits ([`resp`]), a connection with TLS and `AUTH` ([`conn`]), the
+//! slot hash over the `crc16` crate ([`routing::slot_of`]), and the loops below, which read one
+//! message at a time and deliver it before reading the next, so that a slow gateway leaves the
+//! backlog in Redis's output buffer (bounded by its `client-output-buffer-limit pubsub`) and
+//! visible in `backlog_bytes`. The crate encodes the commands ([`resp::encode`]).
+//!
+//! **Slow consumers.** When Redis closes a subscriber connection for its output buffer, the
+//! gateway only sees the connection close, as for any other reason. It is counted in
+//! `slow_consumer` when the last `omem` sampled before the close was at least
+//! [`SLOW_CONSUMER_BACKLOG`]: a sign, not a proof, since the sample is up to a ping interval
+//! old.
+//!
+//! TLS (`rediss://`) trusts the system's roots (`SSL_CERT_FILE` may name others); the database
+//! number of a URL is ignored, pub/sub channels being global to a server.
+
+pub mod conn;
+pub mod resp;
+pub mod routing;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::{Mutex, RwLock};
+use protocol::envelope::ENVELOPE_HEADER_LEN;
+use protocol::{GroupId, GroupName, Text};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use self::conn::{connect, Conn, RedisError};
+use self::resp::{encode, Reply, RespCodec};
+use self::routing::{channel, group_of, shard_of, slot_of, ShardInterest, SLOTS};
+use super::address::redacted;
+use super::inbound::{InboundLimits, Rejected};
+use super::origin::{Origin, Received};
+use super::{Bus, BusAddress, BusError, BusStatus, Carrier, Node, RunningBus, ShardStatus};
+use crate::config::GatewayConfig;
+
+/// Channels per `SUBSCRIBE` / `UNSUBSCRIBE` command (a cluster's `SSUBSCRIBE` takes one
+/// channel per command, since its channels must share a slot).
+pub const SUBSCRIBE_BATCH: usize = 1000;
+/// Most publishes taken from a shard's queue for one pipelined write.
+pub const WRITE_BATCH: usize = 256;
+/// Elements of one reply array at most (`CLUSTER SLOTS` of a fragmented cluster is the
+/// largest).
+pub const MAX_REPLY_ELEMENTS: usize = 65_536;
+/// A repeated warning about one shard (unreachable, refusing) is logged at most this often.
+pub const WARN_EVERY: Duration = Duration::from_secs(30);
+/// The topology of a cluster is queried at most this often.
+pub const REFRESH_MIN: Duration = Duration::from_millis(200);
+/// A subscriber connection closed while its sampled output buffer held at least this much is
+/// counted as a slow consumer.
+pub const SLOW_CONSUMER_BACKLOG: u64 = 1024 * 1024;
+
+/// Redis, not started yet: its targets and the gateway's bus settings.
+#[derive(Debug, Clone)]
+pub struct RedisCarrier {
+    targets: Targets,
+    settings: Settings,
+}
+
+#[derive(Debug, Clone)]
+enum Targets {
+    Shards(Vec<Url>),
+    Cluster(Vec<Url>),
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    prefix: String,
+    /// The `CLIENT SETNAME` of this gateway's connections (plus `-sub` or `-pub`).
+    client_name: String,
+    inbound: InboundLimits,
+    codec: RespCodec,
+    ping_interval: Duration,
+    timeout: Duration,
+    connect_timeout: Duration,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+    queue: usize,
+    queue_bytes: usize,
+}
+
+impl RedisCarrier {
+    /// The carrier for a `redis://` or `redis+cluster://` address, with the bus settings of
+    /// `config`.
+    pub fn new(address: &BusAddress, config: &GatewayConfig) -> Result<RedisCarrier, BusError> {
+        let targets = match address {
+            BusAddress::Redis(urls) if !urls.is_empty() => Targets::Shards(urls.clone()),
+            BusAddress::RedisCluster(urls) if !urls.is_empty() => Targets::Cluster(urls.clone()),
+            other => {
+                return Err(BusError::InvalidAddress {
+                    address: other.to_string(),
+                    reason: "not a Redis address".into(),
+                })
+            }
+        };
+        let name: String = config
+            .node_name()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let largest = config.max_message_size + ENVELOPE_HEADER_LEN;
+        Ok(RedisCarrier {
+            targets,
+            settings: Settings {
+                prefix: config.bus_prefix.clone(),
+                client_name: format!("{}-{name}", config.bus_prefix),
+                inbound: InboundLimits {
+                    max_group_id_len: config.max_group_id_len,
+                    max_message_size: config.max_message_size,
+                },
+                // Messages larger than this gateway's limit are read and dropped (counted);
+                // only those beyond four times it (or a broken server) cost the connection.
+                codec: RespCodec {
+                    max_bulk: largest.saturating_mul(4).max(1024 * 1024),
+                    max_elements: MAX_REPLY_ELEMENTS,
+                },
+                ping_interval: config.link_ping_interval,
+                timeout: config.link_timeout,
+                connect_timeout: config.link_connect_timeout,
+                reconnect_min: config.reconnect_min,
+                reconnect_max: config.reconnect_max,
+                queue: config.link_queue,
+                queue_bytes: config.link_queue_bytes,
+            },
+        })
+    }
+}
+
+impl Carrier for RedisCarrier {
+    fn start<N: Node>(self, node: Arc<N>, shutdown: CancellationToken) -> RunningBus {
+        let (cluster, seeds) = match self.targets {
+            Targets::Shards(urls) => (false, urls),
+            Targets::Cluster(urls) => (true, urls),
+        };
+        let bus = Arc::new(RedisBus {
+            carrier: if cluster { "redis-cluster" } else { "redis" },
+            cluster,
+            seeds,
+            settings: self.settings,
+            topology: RwLock::new(Arc::new(Topology::default())),
+            origin: Origin::new(),
+            counters: Counters::default(),
+            up_logged: AtomicBool::new(false),
+            refresh: Notify::new(),
+            unrouted: Mutex::new(HashSet::new()),
+            last_error: Mutex::new(None),
+            node,
+        });
+        let task = tokio::spawn(supervise(bus.clone(), shutdown));
+        RunningBus { bus, task }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    reconnects: AtomicU64,
+    subscriptions_refused: AtomicU64,
+    publishes: AtomicU64,
+    publishes_dropped: AtomicU64,
+    messages_in: AtomicU64,
+    messages_invalid: AtomicU64,
+    messages_too_large: AtomicU64,
+    echoes_dropped: AtomicU64,
+    slow_consumer: AtomicU64,
+}
+
+/// Where groups live now: the targets, and for a cluster which one serves each slot.
+#[derive(Debug, Default)]
+struct Topology {
+    shards: Vec<Arc<Shard>>,
+    /// Slot -> index in `shards` (`u16::MAX`: no master serves it). `None`: jump hash.
+    slots: Option<Box<[u16]>>,
+}
+
+impl Topology {
+    fn index_of(&self, group: &str, channel: &[u8]) -> Option<usize> {
+        match &self.slots {
+            None if self.shards.is_empty() => None,
+            None => Some(shard_of(group, self.shards.len())),
+            Some(slots) => {
+                let index = slots[usize::from(slot_of(channel))];
+                (usize::from(index) < self.shards.len()).then_some(usize::from(index))
+            }
+        }
+    }
+}
+
+/// One connection target: a shard, or a cluster master.
+#[derive(Debug)]
+struct Shard {
+    url: Url,
+    /// `url` without its password, for logs and the status.
+    address: String,
+    /// Encoded `PUBLISH` commands waiting for the publisher connection.
+    publish_tx: mpsc::Sender<Bytes>,
+    publish_rx: Mutex<Option<mpsc::Receiver<Bytes>>>,
+    queued_bytes: AtomicUsize,
+    up: AtomicBool,
+    /// Channels the server says the subscriber connection has.
+    subscribed: AtomicU64,
+    /// The subscriber connection's output buffer on the server at the last sample.
+    backlog: Mutex<Option<u64>>,
+    last_error: Mutex<Option<String>>,
+    interest: Mutex<ShardInterest>,
+    changed: Notify,
+    /// Stops this target's task (a cluster master gone from the topology), or everything.
+    stop: CancellationToken,
+    warnings: Mutex<Warnings>,
+}
+
+/// Rate limit of a shard's repeated warnings.
+#[derive(Debug, Default)]
+struct Warnings {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Shard {
+    fn new(url: Url, queue: usize, stop: CancellationToken) -> Arc<Shard> {
+        let (publish_tx, publish_rx) = mpsc::channel(queue.max(1));
+        Arc::new(Shard {
+            address: redacted(&url),
+            url,
+            publish_tx,
+            publish_rx: Mutex::new(Some(publish_rx)),
+            queued_bytes: AtomicUsize::new(0),
+            up: AtomicBool::new(false),
+            subscribed: AtomicU64::new(0),
+            backlog: Mutex::new(None),
+            last_error: Mutex::new(None),
+            interest: Mutex::new(ShardInterest::default()),
+            changed: Notify::new(),
+            stop,
+            warnings: Mutex::new(Warnings::default()),
+        })
+    }
+
+    /// Whether a repeated warning may be logged now, and how many were held back before it.
+    fn may_warn(&self) -> Option<u64> {
+        let mut w = self.warnings.lock();
+        if w.last.is_some_and(|t| t.elapsed() < WARN_EVERY) {
+            w.suppressed += 1;
+            return None;
+        }
+        w.last = Some(Instant::now());
+        Some(std::mem::take(&mut w.suppressed))
+    }
+}
+
+/// The started carrier.
+#[derive(Debug)]
+struct RedisBus<N> {
+    carrier: &'static str,
+    cluster: bool,
+    seeds: Vec<Url>,
+    settings: Settings,
+    topology: RwLock<Arc<Topology>>,
+    origin: Origin,
+    counters: Counters,
+    /// Whether `bus up` was logged last (rather than `bus down`).
+    up_logged: AtomicBool,
+    /// Asks the dispatcher to query the cluster's topology.
+    refresh: Notify,
+    /// Wanted groups whose slot no master serves (a cluster that is not whole).
+    unrouted: Mutex<HashSet<GroupId>>,
+    last_error: Mutex<Option<String>>,
+    node: Arc<N>,
+}
+
+impl<N: Node> Bus for RedisBus<N> {
+    fn publish(&self, group: &GroupName<'_>, payload: &Text) {
+        self.counters.publishes.fetch_add(1, Relaxed);
+        let channel = channel(&self.settings.prefix, group.as_str());
+        let shard = {
+            let topology = self.topology.read();
+            topology
+                .index_of(group.as_str(), &channel)
+                .map(|i| topology.shards[i].clone())
+        };
+        let Some(shard) = shard.filter(|s| s.up.load(Relaxed)) else {
+            self.counters.publishes_dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        let verb: &[u8] = if self.cluster {
+            b"SPUBLISH"
+        } else {
+            b"PUBLISH"
+        };
+        let stamped = self.origin.stamp(payload.as_bytes());
+        let command = Bytes::from(encode(&[verb, &channel, &stamped]));
+        // Counted before it is queued, as the broker link does; one larger than the bound
+        // still goes when nothing else is queued.
+        let len = command.len();
+        let queued = shard.queued_bytes.fetch_add(len, Relaxed);
+        if queued > 0 && queued + len > self.settings.queue_bytes {
+            shard.queued_bytes.fetch_sub(len, Relaxed);
+            self.counters.publishes_dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        if shard.publish_tx.try_send(command).is_err() {
+            shard.queued_bytes.fetch_sub(len, Relaxed);
+            self.counters.publishes_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn status(&self) -> BusStatus {
+        let topology = self.topology.read().clone();
+        let shards: Vec<ShardStatus> = topology
+            .shards
+            .iter()
+            .map(|s| ShardStatus {
+                address: s.address.clone(),
+                up: s.up.load(Relaxed),
+                subscriptions: s.subscribed.load(Relaxed),
+                backlog_bytes: *s.backlog.lock(),
+                last_error: s.last_error.lock().clone(),
+            })
+            .collect();
+        let c = &self.counters;
+        BusStatus {
+            carrier: self.carrier,
+            up: !shards.is_empty() && shards.iter().all(|s| s.up),
+            shards,
+            subscriptions: self.node.wanted() as u64,
+            reconnects: c.reconnects.load(Relaxed),
+            subscriptions_refused: c.subscriptions_refused.load(Relaxed),
+            publishes: c.publishes.load(Relaxed),
+            publishes_dropped: c.publishes_dropped.load(Relaxed),
+            messages_in: c.messages_in.load(Relaxed),
+            messages_invalid: c.messages_invalid.load(Relaxed),
+            messages_too_large: c.messages_too_large.load(Relaxed),
+            echoes_dropped: c.echoes_dropped.load(Relaxed),
+            slow_consumer: c.slow_consumer.load(Relaxed),
+            last_error: self.last_error.lock().clone(),
+        }
+    }
+}
+
+impl<N: Node> RedisBus<N> {
+    /// Logs `bus up` once every target is up, `bus down` when one of them goes down.
+    fn shard_changed(&self, shard: &Shard, cause: Option<&RedisError>) {
+        let topology = self.topology.read().clone();
+        let all_up =
+            !topology.shards.is_empty() && topology.shards.iter().all(|s| s.up.load(Relaxed));
+        if all_up && !self.up_logged.swap(true, Relaxed) {
+            tracing::info!(
+                carrier = self.carrier,
+                shards = topology.shards.len(),
+                "bus up"
+            );
+        } else if !all_up && self.up_logged.swap(false, Relaxed) {
+            let cause = cause.map(ToString::to_string).unwrap_or_default();
+            tracing::warn!(carrier = self.carrier, shard = %shard.address, cause, "bus down");
+        }
+    }
+
+    fn failed(&self, shard: &Shard, error: &RedisError) {
+        let text = error.to_string();
+        *shard.last_error.lock() = Some(text.clone());
+        *self.last_error.lock() = Some(format!("{}: {text}", shard.address));
+    }
+}
+
+/// The dispatcher: learns the topology (a cluster's), starts a task per target, and routes the
+/// Node's subscription changes to the targets until `shutdown`.
+async fn supervise<N: Node>(bus: Arc<RedisBus<N>>, shutdown: CancellationToken) {
+    let mut tasks = JoinSet::new();
+    if bus.cluster {
+        let mut backoff = bus.settings.reconnect_min;
+        loop {
+            let discovered = tokio::select! {
+                d = discover(&bus) => d,
+                _ = shutdown.cancelled() => return,
+            };
+            match discovered {
+                Ok(d) => {
+                    apply_topology(&bus, d, &shutdown, &mut tasks);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(carrier = bus.carrier, cause = %e, retry_in = ?backoff, "cannot learn the cluster's topology");
+                    *bus.last_error.lock() = Some(e.to_string());
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(jittered(backoff)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(bus.settings.reconnect_max);
+        }
+    } else {
+        let shards = bus
+            .seeds
+            .iter()
+            .map(|url| Shard::new(url.clone(), bus.settings.queue, shutdown.child_token()))
+            .collect();
+        *bus.topology.write() = Arc::new(Topology {
+            shards,
+            slots: None,
+        });
+    }
+    // Everything wanted now, then every change: the Node stays in sync with this task for
+    // good, whatever the connections do (each target resynchronizes from its own interest).
+    route_changes(&bus, bus.node.subscriptions(true));
+    let shards = bus.topology.read().shards.clone();
+    for shard in shards {
+        spawn_shard(&bus, shard, &mut tasks);
+    }
+    let mut last_refresh: Option<Instant> = None;
+    let mut check = tokio::time::interval(bus.settings.reconnect_max.max(REFRESH_MIN));
+    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = bus.node.subscriptions_changed() => {
+                route_changes(&bus, bus.node.subscriptions(false));
+            }
+            _ = bus.refresh.notified(), if bus.cluster => {
+                if let Some(at) = last_refresh {
+                    let wait = REFRESH_MIN.saturating_sub(at.elapsed());
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+                last_refresh = Some(Instant::now());
+                refresh(&bus, &shutdown, &mut tasks).await;
+            }
+            _ = check.tick(), if bus.cluster => {
+                // A master that stays unreachable may have been replaced by a failover.
+                let down = bus.topology.read().shards.iter().any(|s| !s.up.load(Relaxed));
+                if down {
+                    last_refresh = Some(Instant::now());
+                    refresh(&bus, &shutdown, &mut tasks).await;
+                }
+            }
+            Some(_) = tasks.join_next() => {}
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Records each change with the target of its group.
+fn route_changes<N: Node>(bus: &RedisBus<N>, changes: super::SubscriptionChanges) {
+    if changes.is_empty() {
+        return;
+    }
+    let topology = bus.topology.read().clone();
+    let mut touched = vec![false; topology.shards.len()];
+    let changes = changes
+        .subscribe
+        .into_iter()
+        .map(|g| (g, true))
+        .chain(changes.unsubscribe.into_iter().map(|g| (g, false)));
+    for (group, wanted) in changes {
+        let channel = channel(&bus.settings.prefix, group.as_str());
+        if let Some(i) = topology.index_of(group.as_str(), &channel) {
+            topology.shards[i].interest.lock().record(group, wanted);
+            touched[i] = true;
+        } else if bus.cluster {
+            // No master serves the slot now; kept for when one does (see `apply_topology`).
+            bus.unrouted(group, wanted);
+        }
+    }
+    for (i, touched) in touched.into_iter().enumerate() {
+        if touched {
+            topology.shards[i].changed.notify_one();
+        }
+    }
+}
+
+impl<N: Node> RedisBus<N> {
+    fn unrouted(&self, group: GroupId, wanted: bool) {
+        let mut unrouted = self.unrouted.lock();
+        if wanted {
+            unrouted.insert(group);
+        } else {
+            unrouted.remove(&group);
+        }
+    }
+}
+
+fn spawn_shard<N: Node>(bus: &Arc<RedisBus<N>>, shard: Arc<Shard>, tasks: &mut JoinSet<()>) {
+    let Some(rx) = shard.publish_rx.lock().take() else {
+        return;
+    };
+    tasks.spawn(run_shard(bus.clone(), shard, rx));
+}
+
+/// Equal jitter: half the backoff plus a random part of the other half, so gateways do not
+/// reconnect in step.
+fn jittered(backoff: Duration) -> Duration {
+    backoff / 2 + backoff.mul_f64(fastrand::f64() / 2.0)
+}
+
+/// Drops what a target's queue holds (its connection is gone), counting each.
+fn drain<N: Node>(bus: &RedisBus<N>, shard: &Shard, rx: &mut mpsc::Receiver<Bytes>) {
+    while let Ok(command) = rx.try_recv() {
+        shard.queued_bytes.fetch_sub(command.len(), Relaxed);
+        bus.counters.publishes_dropped.fetch_add(1, Relaxed);
+    }
+}
+
+/// One target's task: connects, serves, and reconnects with backoff until it is stopped.
+async fn run_shard<N: Node>(
+    bus: Arc<RedisBus<N>>,
+    shard: Arc<Shard>,
+    mut rx: mpsc::Receiver<Bytes>,
+) {
+    let settings = &bus.settings;
+    let mut backoff = settings.reconnect_min;
+    let mut ever_up = false;
+    loop {
+        let connected = tokio::select! {
+            c = connect_pair(&bus, &shard) => c,
+            _ = shard.stop.cancelled() => break,
+        };
+        match connected {
+            Ok((sub, publisher)) => {
+                let started = Instant::now();
+                if ever_up {
+                    bus.counters.reconnects.fetch_add(1, Relaxed);
+                }
+                ever_up = true;
+                let result = session(&bus, &shard, &mut rx, sub, publisher).await;
+                shard.up.store(false, Relaxed);
+                shard.interest.lock().lost();
+                shard.subscribed.store(0, Relaxed);
+                let backlog = shard.backlog.lock().take().unwrap_or(0);
+                drain(&bus, &shard, &mut rx);
+                // Start the backoff over only after a session that lasted, so a server that
+                // accepts and then drops the connection is not hammered.
+                if started.elapsed() >= settings.reconnect_max.max(Duration::from_secs(1)) {
+                    backoff = settings.reconnect_min;
+                }
+                let error = match result {
+                    Ok(()) => break,
+                    Err(RedisError::Closed | RedisError::Io(_))
+                        if backlog >= SLOW_CONSUMER_BACKLOG =>
+                    {
+                        bus.counters.slow_consumer.fetch_add(1, Relaxed);
+                        RedisError::SlowConsumer(format!(
+                            "the server closed the subscriber connection with {backlog} bytes \
+                             in its output buffer"
+                        ))
+                    }
+                    Err(e) => e,
+                };
+                bus.failed(&shard, &error);
+                tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause = %error, "redis connection lost");
+                bus.shard_changed(&shard, Some(&error));
+            }
+            Err(error) => {
+                bus.failed(&shard, &error);
+                drain(&bus, &shard, &mut rx);
+                if let Some(suppressed) = shard.may_warn() {
+                    tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause = %error, retry_in = ?backoff, suppressed, "cannot reach redis");
+                }
+            }
+        }
+        if bus.cluster {
+            bus.refresh.notify_one();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(jittered(backoff)) => {}
+            _ = shard.stop.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(settings.reconnect_max);
+    }
+    shard.up.store(false, Relaxed);
+    drain(&bus, &shard, &mut rx);
+}
+
+async fn connect_pair<N: Node>(
+    bus: &RedisBus<N>,
+    shard: &Shard,
+) -> Result<(Conn, Conn), RedisError> {
+    let s = &bus.settings;
+    let sub = connect(
+        &shard.url,
+        &format!("{}-sub", s.client_name),
+        s.codec,
+        s.connect_timeout,
+    )
+    .await?;
+    let publisher = connect(
+        &shard.url,
+        &format!("{}-pub", s.client_name),
+        s.codec,
+        s.connect_timeout,
+    )
+    .await?;
+    Ok((sub, publisher))
+}
+
+/// What the next replies on a publisher connection answer.
+#[derive(Debug)]
+enum Expect {
+    /// This many publishes.
+    Publish(usize),
+    /// The heartbeat's `CLIENT LIST ID` (or `PING`).
+    Probe,
+}
+
+/// Runs a write, giving up once nothing has been heard on its connection for `timeout` since
+/// `last_heard`: a server that stopped reading fills the socket buffers, and a write blocked on
+/// them would keep the task from ever reaching the heartbeat check.
+async fn bounded<T>(
+    last_heard: Instant,
+    timeout: Duration,
+    write: impl std::future::Future<Output = Result<T, RedisError>>,
+) -> Result<T, RedisError> {
+    tokio::time::timeout_at(last_heard + timeout, write)
+        .await
+        .unwrap_or(Err(RedisError::Stalled(timeout)))
+}
+
+/// One connected session of a target: full resubscription, then messages in, publishes out,
+/// subscription changes and heartbeats, until an error or the stop.
+async fn session<N: Node>(
+    bus: &RedisBus<N>,
+    shard: &Shard,
+    rx: &mut mpsc::Receiver<Bytes>,
+    mut sub: Conn,
+    mut publisher: Conn,
+) -> Result<(), RedisError> {
+    let settings = &bus.settings;
+    let timeout = settings.timeout;
+    let mut sub_heard = Instant::now();
+    let mut pub_heard = Instant::now();
+    // A cluster's own `SUNSUBSCRIBE`s not confirmed yet: any other `sunsubscribe` comes from
+    // the server, for a slot that left this node.
+    let mut unsubscribing: HashSet<Bytes> = HashSet::new();
+    let everything = shard.interest.lock().full_sync();
+    let changes = super::SubscriptionChanges {
+        subscribe: everything,
+        unsubscribe: Vec::new(),
+    };
+    let count = changes.subscribe.len();
+    bounded(
+        sub_heard,
+        timeout,
+        write_subscriptions(bus, &mut sub, changes, &mut unsubscribing),
+    )
+    .await?;
+    shard.up.store(true, Relaxed);
+    *shard.warnings.lock() = Warnings::default();
+    tracing::debug!(carrier = bus.carrier, shard = %shard.address, subscriptions = count, "redis shard up");
+    bus.shard_changed(shard, None);
+
+    let mut heartbeat = tokio::time::interval_at(
+        Instant::now() + settings.ping_interval,
+        settings.ping_interval,
+    );
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut expected: VecDeque<Expect> = VecDeque::new();
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let ping = encode(&[b"PING"]);
+    let probe = match sub.id {
+        Some(id) => encode(&[b"CLIENT", b"LIST", b"ID", id.to_string().as_bytes()]),
+        None => ping.clone(),
+    };
+    loop {
+        // Not biased: a saturated inbound stream must not starve the writes, nor a saturated
+        // publish queue the reads.
+        tokio::select! {
+            _ = shard.stop.cancelled() => return Ok(()),
+            reply = sub.reader.next() => {
+                let reply = match reply {
+                    None => return Err(RedisError::Closed),
+                    Some(reply) => reply?,
+                };
+                let before = Instant::now();
+                on_sub_reply(bus, shard, reply, &mut unsubscribing).await?;
+                // Waiting for a full worker inbox is not the server's silence, on either
+                // connection (the publisher's replies were not read meanwhile).
+                sub_heard = Instant::now();
+                pub_heard += sub_heard - before;
+            }
+            reply = publisher.reader.next() => {
+                let reply = match reply {
+                    None => return Err(RedisError::Closed),
+                    Some(reply) => reply?,
+                };
+                pub_heard = Instant::now();
+                on_pub_reply(bus, shard, reply, &mut expected)?;
+            }
+            _ = shard.changed.notified() => {
+                let changes = shard.interest.lock().take_changes();
+                bounded(sub_heard, timeout, write_subscriptions(bus, &mut sub, changes, &mut unsubscribing)).await?;
+            }
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                if n == 0 {
+                    return Ok(());
+                }
+                let bytes: usize = batch.iter().map(Bytes::len).sum();
+                let written = bounded(pub_heard, timeout, async {
+                    for command in batch.drain(..) {
+                        publisher.writer.write_all(&command).await?;
+                    }
+                    Ok(publisher.writer.flush().await?)
+                })
+                .await;
+                // Written out, or dropped with the connection: either way no longer held.
+                shard.queued_bytes.fetch_sub(bytes, Relaxed);
+                if written.is_err() {
+                    bus.counters.publishes_dropped.fetch_add(batch.len() as u64, Relaxed);
+                }
+                batch.clear();
+                written?;
+                match expected.back_mut() {
+                    Some(Expect::Publish(m)) => *m += n,
+                    _ => expected.push_back(Expect::Publish(n)),
+                }
+            }
+            _ = heartbeat.tick() => {
+                for heard in [sub_heard, pub_heard] {
+                    if heard.elapsed() > timeout {
+                        return Err(RedisError::Silent(timeout));
+                    }
+                }
+                bounded(sub_heard, timeout, async {
+                    sub.writer.write_all(&ping).await?;
+                    Ok(sub.writer.flush().await?)
+                })
+                .await?;
+                bounded(pub_heard, timeout, async {
+                    publisher.writer.write_all(&probe).await?;
+                    Ok(publisher.writer.flush().await?)
+                })
+                .await?;
+                expected.push_back(Expect::Probe);
+            }
+        }
+    }
+}
+
+/// Sends subscription changes on a subscriber connection: `SUBSCRIBE`/`UNSUBSCRIBE` in batches,
+/// or a cluster's `SSUBSCRIBE`/`SUNSUBSCRIBE` one channel each. The confirmations are read
+/// by the session's loop.
+async fn write_subscriptions<N: Node>(
+    bus: &RedisBus<N>,
+    sub: &mut Conn,
+    changes: super::SubscriptionChanges,
+    unsubscribing: &mut HashSet<Bytes>,
+) -> Result<(), RedisError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let prefix = &bus.settings.prefix;
+    let channels = |groups: &[GroupId]| -> Vec<Vec<u8>> {
+        groups.iter().map(|g| channel(prefix, g.as_str())).collect()
+    };
+    let (subscribe, unsubscribe) = (channels(&changes.subscribe), channels(&changes.unsubscribe));
+    if bus.cluster {
+        for ch in &subscribe {
+            sub.writer.write_all(&encode(&[b"SSUBSCRIBE", ch])).await?;
+        }
+        for ch in unsubscribe {
+            sub.writer
+                .write_all(&encode(&[b"SUNSUBSCRIBE", &ch]))
+                .await?;
+            unsubscribing.insert(Bytes::from(ch));
+        }
+    } else {
+        for (verb, list) in [
+            (&b"SUBSCRIBE"[..], &subscribe),
+            (&b"UNSUBSCRIBE"[..], &unsubscribe),
+        ] {
+            for chunk in list.chunks(SUBSCRIBE_BATCH) {
+                let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
+                args.push(verb);
+                args.extend(chunk.iter().map(Vec::as_slice));
+                sub.writer.write_all(&encode(&args)).await?;
+            }
+        }
+    }
+    sub.writer.flush().await?;
+    Ok(())
+}
+
+/// Whether an error reply says that the cluster's slots are not where this gateway thinks.
+fn is_topology_error(error: &[u8]) -> bool {
+    ["MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN"]
+        .iter()
+        .any(|code| error.starts_with(code.as_bytes()))
+}
+
+async fn on_sub_reply<N: Node>(
+    bus: &RedisBus<N>,
+    shard: &Shard,
+    reply: Reply,
+    unsubscribing: &mut HashSet<Bytes>,
+) -> Result<(), RedisError> {
+    let items = match reply {
+        Reply::Array(Some(items)) => items,
+        Reply::Simple(pong) if pong.eq_ignore_ascii_case(b"PONG") => return Ok(()),
+        Reply::Error(e) if bus.cluster && is_topology_error(&e) => {
+            bus.refresh.notify_one();
+            return Err(RedisError::Moved(String::from_utf8_lossy(&e).into_owned()));
+        }
+        Reply::Error(e) => {
+            // A refused SUBSCRIBE (an ACL, a limit): the connection stays up for the other
+            // groups; the refused ones come back with the next full resubscription.
+            bus.counters.subscriptions_refused.fetch_add(1, Relaxed);
+            if let Some(suppressed) = shard.may_warn() {
+                tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause = %String::from_utf8_lossy(&e), suppressed, "redis refused a subscription");
+            }
+            return Ok(());
+        }
+        other => return Err(RedisError::Unexpected(format!("{other:?}"))),
+    };
+    let mut items = items.into_iter();
+    let kind = items.next();
+    let kind = kind
+        .as_ref()
+        .and_then(Reply::as_bytes)
+        .map(|k| k.to_ascii_lowercase());
+    let channel = items.next().and_then(|c| c.as_bytes().cloned());
+    let third = items.next();
+    match (kind.as_deref(), channel, third) {
+        (Some(b"message" | b"smessage"), Some(channel), Some(Reply::Bulk(Some(payload)))) => {
+            on_message(bus, shard, &channel, payload).await;
+        }
+        (Some(b"subscribe" | b"ssubscribe" | b"unsubscribe"), _, Some(Reply::Int(n))) => {
+            shard.subscribed.store(n.max(0) as u64, Relaxed);
+        }
+        (Some(b"sunsubscribe"), Some(channel), Some(Reply::Int(n))) => {
+            shard.subscribed.store(n.max(0) as u64, Relaxed);
+            if !unsubscribing.remove(&channel) {
+                bus.refresh.notify_one();
+                return Err(RedisError::Moved(format!(
+                    "the server unsubscribed {} (its slot moved)",
+                    String::from_utf8_lossy(&channel)
+                )));
+            }
+        }
+        (Some(b"pong"), _, _) => {}
+        (kind, _, _) => {
+            return Err(RedisError::Unexpected(format!(
+                "a {:?} push on the subscriber connection",
+                kind.map(|k| String::from_utf8_lossy(k).into_owned())
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// A message from another gateway (or not): checked, then delivered or dropped and counted.
+async fn on_message<N: Node>(bus: &RedisBus<N>, shard: &Shard, channel: &Bytes, payload: Bytes) {
+    let c = &bus.counters;
+    c.messages_in.fetch_add(1, Relaxed);
+    let payload = match (
+        group_of(&bus.settings.prefix, channel),
+        bus.origin.open(payload),
+    ) {
+        (_, Ok(Received::Echo)) => {
+            c.echoes_dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        (Some(group), Ok(Received::Message(payload))) => (group, payload),
+        (_, result) => {
+            c.messages_invalid.fetch_add(1, Relaxed);
+            if let Some(suppressed) = shard.may_warn() {
+                let cause = result
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "not a channel of this prefix".into());
+                tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause, suppressed, "dropping a redis message that is not a gateway's envelope");
+            }
+            return;
+        }
+    };
+    match bus.settings.inbound.check(payload.0, payload.1) {
+        Ok((group, text)) => bus.node.deliver(group, text).await,
+        Err(Rejected::Invalid) => {
+            c.messages_invalid.fetch_add(1, Relaxed);
+            if let Some(suppressed) = shard.may_warn() {
+                tracing::warn!(carrier = bus.carrier, shard = %shard.address, suppressed, "dropping a redis message that is not UTF-8 or not for a valid group id");
+            }
+        }
+        Err(Rejected::TooLarge) => {
+            c.messages_too_large.fetch_add(1, Relaxed);
+            if let Some(suppressed) = shard.may_warn() {
+                tracing::warn!(carrier = bus.carrier, shard = %shard.address, max = bus.settings.inbound.max_message_size, suppressed, "dropping a redis message larger than --max-message-size");
+            }
+        }
+    }
+}
+
+fn on_pub_reply<N: Node>(
+    bus: &RedisBus<N>,
+    shard: &Shard,
+    reply: Reply,
+    expected: &mut VecDeque<Expect>,
+) -> Result<(), RedisError> {
+    match expected.front_mut() {
+        None => Err(RedisError::Unexpected(format!(
+            "{reply:?} on the publisher connection, answering nothing"
+        ))),
+        Some(Expect::Publish(n)) => {
+            *n -= 1;
+            if *n == 0 {
+                expected.pop_front();
+            }
+            if let Reply::Error(e) = reply {
+                bus.counters.publishes_dropped.fetch_add(1, Relaxed);
+                if bus.cluster && is_topology_error(&e) {
+                    bus.refresh.notify_one();
+                }
+                if let Some(suppressed) = shard.may_warn() {
+                    tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause = %String::from_utf8_lossy(&e), suppressed, "redis refused a publish");
+                }
+            }
+            Ok(())
+        }
+        Some(Expect::Probe) => {
+            expected.pop_front();
+            *shard.backlog.lock() = match &reply {
+                Reply::Bulk(Some(line)) => output_buffer(line),
+                _ => None,
+            };
+            Ok(())
+        }
+    }
+}
+
+/// `omem` of a `CLIENT LIST` line: the bytes of the client's output buffer.
+fn output_buffer(line: &[u8]) -> Option<u64> {
+    std::str::from_utf8(line)
+        .ok()?
+        .split_ascii_whitespace()
+        .find_map(|field| field.strip_prefix("omem="))?
+        .parse()
+        .ok()
+}
+
+/// A cluster's masters and which serves each slot, as `CLUSTER SLOTS` tells it.
+#[derive(Debug, PartialEq, Eq)]
+struct Discovered {
+    /// Sorted by address, so that two answers of the same topology compare equal.
+    masters: Vec<Url>,
+    /// Slot -> index in `masters` (`u16::MAX`: not served).
+    slots: Box<[u16]>,
+}
+
+/// Asks the known masters, then the seeds, for the cluster's topology; the first answer wins.
+async fn discover<N: Node>(bus: &RedisBus<N>) -> Result<Discovered, RedisError> {
+    let mut candidates: Vec<Url> = bus
+        .topology
+        .read()
+        .shards
+        .iter()
+        .filter(|s| s.up.load(Relaxed))
+        .map(|s| s.url.clone())
+        .collect();
+    for seed in &bus.seeds {
+        if !candidates.contains(seed) {
+            candidates.push(seed.clone());
+        }
+    }
+    let s = &bus.settings;
+    let mut last = RedisError::Closed;
+    for url in candidates {
+        let asked = async {
+            let mut conn = connect(
+                &url,
+                &format!("{}-topology", s.client_name),
+                s.codec,
+                s.connect_timeout,
+            )
+            .await?;
+            let reply = tokio::time::timeout(s.timeout, conn.request(&[b"CLUSTER", b"SLOTS"]))
+                .await
+                .map_err(|_| RedisError::Silent(s.timeout))??;
+            parse_slots(&url, &reply)
+        };
+        match asked.await {
+            Ok(discovered) => return Ok(discovered),
+            Err(e) => {
+                tracing::debug!(carrier = bus.carrier, node = %redacted(&url), cause = %e, "no topology from this node");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Reads a `CLUSTER SLOTS` reply; the masters' URLs are `asked` with their host and port.
+fn parse_slots(asked: &Url, reply: &Reply) -> Result<Discovered, RedisError> {
+    let entries = match reply {
+        Reply::Array(Some(entries)) => entries,
+        Reply::Error(e) => return Err(RedisError::Server(String::from_utf8_lossy(e).into_owned())),
+        other => {
+            return Err(RedisError::Unexpected(format!(
+                "CLUSTER SLOTS answered {other:?}"
+            )))
+        }
+    };
+    let bad = || RedisError::Unexpected("a malformed CLUSTER SLOTS entry".into());
+    let mut ranges: Vec<(Url, u16, u16)> = Vec::new();
+    for entry in entries {
+        let Reply::Array(Some(items)) = entry else {
+            return Err(bad());
+        };
+        let (Some(start), Some(end), Some(Reply::Array(Some(master)))) = (
+            items.first().and_then(Reply::as_int),
+            items.get(1).and_then(Reply::as_int),
+            items.get(2),
+        ) else {
+            return Err(bad());
+        };
+        let host = master
+            .first()
+            .and_then(Reply::as_bytes)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .ok_or_else(bad)?;
+        let port = master.get(1).and_then(Reply::as_int).ok_or_else(bad)?;
+        if !(0..SLOTS as i64).contains(&start) || !(start..SLOTS as i64).contains(&end) {
+            return Err(bad());
+        }
+        let port = u16::try_from(port).map_err(|_| bad())?;
+        let mut url = asked.clone();
+        // An empty host (or `?`) is the node that was asked.
+        if !host.is_empty() && host != "?" {
+            let host = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]")
+            } else {
+                host.to_owned()
+            };
+            url.set_host(Some(&host)).map_err(|_| bad())?;
+        }
+        url.set_port(Some(port)).map_err(|()| bad())?;
+        ranges.push((url, start as u16, end as u16));
+    }
+    let mut masters: Vec<Url> = ranges.iter().map(|(url, _, _)| url.clone()).collect();
+    masters.sort_by_key(Url::to_string);
+    masters.dedup();
+    if masters.is_empty() {
+        return Err(RedisError::Server("the cluster serves no slot".into()));
+    }
+    let mut slots = vec![u16::MAX; SLOTS].into_boxed_slice();
+    for (url, start, end) in ranges {
+        let index = masters.iter().position(|m| *m == url).unwrap_or_default() as u16;
+        for slot in start..=end {
+            slots[usize::from(slot)] = index;
+        }
+    }
+    Ok(Discovered { masters, slots })
+}
+
+/// Queries the topology and applies it if it changed.
+async fn refresh<N: Node>(
+    bus: &Arc<RedisBus<N>>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    let discovered = tokio::select! {
+        d = discover(bus) => d,
+        _ = shutdown.cancelled() => return,
+    };
+    match discovered {
+        Ok(d) => apply_topology(bus, d, shutdown, tasks),
+        Err(e) => {
+            tracing::debug!(carrier = bus.carrier, cause = %e, "cannot refresh the cluster's topology");
+        }
+    }
+}
+
+/// Makes `discovered` the topology, if it differs: masters still there keep their connections,
+/// groups whose slot changed owner move (an unsubscribe on the old, a subscribe on the new),
+/// masters gone are stopped, new ones started.
+fn apply_topology<N: Node>(
+    bus: &Arc<RedisBus<N>>,
+    discovered: Discovered,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    let old = bus.topology.read().clone();
+    let unchanged = old.slots.as_deref() == Some(&discovered.slots[..])
+        && old.shards.len() == discovered.masters.len()
+        && old
+            .shards
+            .iter()
+            .zip(&discovered.masters)
+            .all(|(s, url)| s.url == *url);
+    if unchanged {
+        return;
+    }
+    let shards: Vec<Arc<Shard>> = discovered
+        .masters
+        .iter()
+        .map(|url| {
+            old.shards
+                .iter()
+                .find(|s| s.url == *url)
+                .cloned()
+                .unwrap_or_else(|| {
+                    Shard::new(url.clone(), bus.settings.queue, shutdown.child_token())
+                })
+        })
+        .collect();
+    let new = Arc::new(Topology {
+        shards,
+        slots: Some(discovered.slots),
+    });
+    let mut wanted: Vec<(GroupId, Option<Arc<Shard>>)> = Vec::new();
+    for shard in &old.shards {
+        let interest = shard.interest.lock();
+        wanted.extend(
+            interest
+                .wanted()
+                .iter()
+                .map(|g| (g.clone(), Some(shard.clone()))),
+        );
+    }
+    wanted.extend(bus.unrouted.lock().drain().map(|g| (g, None)));
+    for (group, from) in wanted {
+        let ch = channel(&bus.settings.prefix, group.as_str());
+        let to = new
+            .index_of(group.as_str(), &ch)
+            .map(|i| new.shards[i].clone());
+        if let (Some(from), Some(to)) = (&from, &to) {
+            if Arc::ptr_eq(from, to) {
+                continue;
+            }
+        }
+        if let Some(from) = &from {
+            from.interest.lock().record(group.clone(), false);
+        }
+        match &to {
+            Some(to) => to.interest.lock().record(group, true),
+            None => {
+                bus.unrouted.lock().insert(group);
+            }
+        }
+    }
+    *bus.topology.write() = new.clone();
+    for shard in &old.shards {
+        if !new.shards.iter().any(|s| Arc::ptr_eq(s, shard)) {
+            shard.stop.cancel();
+        } else {
+            shard.changed.notify_one();
+        }
+    }
+    let addresses: Vec<&str> = new.shards.iter().map(|s| s.address.as_str()).collect();
+    tracing::info!(carrier = bus.carrier, masters = ?addresses, "redis cluster topology");
+    for shard in &new.shards {
+        spawn_shard(bus, shard.clone(), tasks);
+    }
+    if let Some(first) = new.shards.first() {
+        bus.shard_changed(first, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Reply {
+        Reply::Bulk(Some(Bytes::copy_from_slice(text.as_bytes())))
+    }
+
+    #[test]
+    fn cluster_slots_become_a_slot_table() {
+        let asked: Url = "redis+cluster://:pw@10.0.0.1:7000".parse().expect("url");
+        let entry = |start, end, host: &str, port| {
+            Reply::Array(Some(vec![
+                Reply::Int(start),
+                Reply::Int(end),
+                Reply::Array(Some(vec![bulk(host), Reply::Int(port), bulk("id")])),
+            ]))
+        };
+        let reply = Reply::Array(Some(vec![
+            entry(5461, 16383, "10.0.0.2", 7001),
+            entry(0, 5460, "", 7000),
+        ]));
+        let d = parse_slots(&asked, &reply).expect("valid");
+        let shown: Vec<String> = d.masters.iter().map(redacted).collect();
+        assert_eq!(
+            shown,
+            [
+                "redis+cluster://:***@10.0.0.1:7000",
+                "redis+cluster://:***@10.0.0.2:7001"
+            ]
+        );
+        assert_eq!(
+            (d.slots[0], d.slots[5460], d.slots[5461], d.slots[16383]),
+            (0, 0, 1, 1)
+        );
+        let same = Reply::Array(Some(vec![
+            entry(0, 5460, "10.0.0.1", 7000),
+            entry(5461, 16383, "10.0.0.2", 7001),
+        ]));
+        assert_eq!(
+            parse_slots(&asked, &same).expect("valid"),
+            d,
+            "order does not matter"
+        );
+
+        let partial = Reply::Array(Some(vec![entry(0, 10, "h", 1)]));
+        assert_eq!(
+            parse_slots(&asked, &partial).expect("valid").slots[11],
+            u16::MAX
+        );
+        for bad in [
+            Reply::Array(Some(vec![entry(0, 16384, "h", 1)])),
+            Reply::Array(Some(vec![entry(10, 5, "h", 1)])),
+            Reply::Array(Some(vec![entry(0, 1, "h", 70000)])),
+            Reply::Array(Some(vec![Reply::Int(3)])),
+            Reply::Array(Some(vec![])),
+            Reply::Error(Bytes::from_static(
+                b"ERR This instance has cluster support disabled",
+            )),
+        ] {
+            assert!(parse_slots(&asked, &bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_output_buffer_comes_from_client_list() {
+        let line = b"id=7 addr=127.0.0.1:5000 name=gp-x-sub omem=20504 tot-mem=42 cmd=ssubscribe\n";
+        assert_eq!(output_buffer(line), Some(20504));
+        assert_eq!(output_buffer(b"id=7 addr=x"), None);
+        assert_eq!(output_buffer(b"omem=lots"), None);
+    }
+
+    #[test]
+    fn topology_errors_are_recognized() {
+        assert!(is_topology_error(b"MOVED 3999 127.0.0.1:6381"));
+        assert!(is_topology_error(b"CLUSTERDOWN The cluster is down"));
+        assert!(!is_topology_error(b"ERR unknown command"));
+    }
+
+    #[test]
+    fn routing_without_targets_drops() {
+        let topology = Topology::default();
+        assert_eq!(topology.index_of("g", b"gp:g"), None);
+        let mut slots = vec![u16::MAX; SLOTS].into_boxed_slice();
+        slots[usize::from(slot_of(b"gp:g"))] = 0;
+        let cluster = Topology {
+            shards: vec![Shard::new(
+                "redis://a".parse().expect("url"),
+                1,
+                CancellationToken::new(),
+            )],
+            slots: Some(slots),
+        };
+        assert_eq!(cluster.index_of("g", b"gp:g"), Some(0));
+        assert_eq!(cluster.index_of("h", b"gp:h"), None, "a slot nobody serves");
+    }
+}
