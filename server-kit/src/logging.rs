@@ -15,16 +15,16 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber, writing to stderr. `RUST_LOG` overrides the default
-/// `info` level.
-///
-/// A failed write to stderr (a log pipe whose reader died) loses that line and nothing else:
-/// tracing-subscriber would otherwise report it with `eprint!`, which panics on the same broken
-/// stderr and, in the signal task, would leave SIGTERM unanswered.
 /// Without `RUST_LOG`: `info`, except the NATS client's own reconnect attempts (one `info` line
 /// each, while the gateway already logs the outage once).
 pub const DEFAULT_FILTER: &str = "info,async_nats=warn";
 
+/// Installs the global tracing subscriber, writing to stderr. `RUST_LOG` overrides
+/// [`DEFAULT_FILTER`].
+///
+/// A failed write to stderr (a log pipe whose reader died) loses that line and nothing else:
+/// tracing-subscriber would otherwise report it with `eprint!`, which panics on the same broken
+/// stderr and, in the signal task, would leave SIGTERM unanswered.
 pub fn init_tracing(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
