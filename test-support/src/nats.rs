@@ -18,7 +18,7 @@ use crate::{EXIT_TIMEOUT, STARTUP_TIMEOUT};
 
 /// `nats-server` as found on the `PATH`, or in `/usr/sbin` where Debian puts it (the
 /// command's environment is cleared, `PATH` too).
-fn program() -> Result<PathBuf> {
+pub fn program() -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/usr/bin".into()])
