@@ -620,6 +620,64 @@ async fn cluster_node_killed_gateways_move_to_another() -> Result<()> {
     assert_no_panics(&gateways.iter().collect::<Vec<_>>())
 }
 
+/// A node that stops answering without closing anything (SIGSTOP: a hung host, or a failover
+/// that left the gateway on a node which no longer carries its traffic) is found dead by the
+/// client's pings, two unanswered at `--link-ping-interval`, and left for another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_cluster_node_is_found_by_pings_and_left() -> Result<()> {
+    const PING: Duration = Duration::from_millis(200);
+    /// Two unanswered pings, a third interval to notice, then a reconnect and the probes.
+    const FOUND_WITHIN: Duration = Duration::from_secs(4);
+    let cluster = NatsCluster::start("nats").await?;
+    let urls: Vec<String> = cluster.nodes.iter().map(NatsServer::url).collect();
+    let ping = format!("--link-ping-interval={}ms", PING.as_millis());
+    let extra = [ping.as_str()];
+    let gateways = try_join_all(
+        ["gw-a", "gw-b"]
+            .iter()
+            .zip(&urls)
+            .map(|(name, url)| gateway(name, url.clone(), &extra)),
+    )
+    .await?;
+    let mut members = Vec::new();
+    let mut senders = Vec::new();
+    for (i, gateway) in gateways.iter().enumerate() {
+        members.push((i, Member::join(gateway, &format!("m{i}")).await?));
+        senders.push((i, Sender::connect(gateway, &format!("s{i}")).await?));
+    }
+    let mut sent = BTreeMap::new();
+    let expected: BTreeMap<String, BTreeSet<String>> = gateways
+        .iter()
+        .map(|g| {
+            (
+                g.process.name().to_owned(),
+                BTreeSet::from([subject("gp", "room")]),
+            )
+        })
+        .collect();
+    wait_for_interest(&cluster.nodes, &expected).await?;
+    all_cross(&mut senders, &mut members, &mut sent).await?;
+
+    let stopped = Instant::now();
+    cluster.nodes[0].process.signal("STOP").await?;
+    let resumed =
+        probe_until_crossed(&mut senders, &mut members, &mut sent, stopped, FOUND_WITHIN).await?;
+    eprintln!("NATS node stopped: delivery resumed after {resumed:?} (ping interval {PING:?})");
+    gateways[0]
+        .process
+        .wait_for_log("bus down", STARTUP_TIMEOUT)
+        .await?;
+    gateways[0]
+        .process
+        .wait_for_nth_log("bus up", 2, STARTUP_TIMEOUT)
+        .await?;
+    all_cross(&mut senders, &mut members, &mut sent).await?;
+    for (_, member) in &mut members {
+        member.drain(e2e::QUIET_PERIOD, &sent).await?;
+    }
+    assert_no_panics(&gateways.iter().collect::<Vec<_>>())
+}
+
 // ---- churn ----------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
