@@ -169,8 +169,8 @@ pub fn redacted(url: &Url) -> String {
     let mut shown = url.clone();
     if shown.password().is_some() {
         let _ = shown.set_password(Some("***"));
-    } else if !shown.username().is_empty() && url.scheme().starts_with("nats") {
-        // A NATS token is written as the user part.
+    } else if !shown.username().is_empty() && matches!(url.scheme(), "nats" | "tls") {
+        // A NATS token is written as the user part (`nats://TOKEN@host`, `tls://TOKEN@host`).
         let _ = shown.set_username("***");
     }
     shown.to_string()
@@ -253,8 +253,10 @@ mod tests {
     fn passwords_never_show() {
         let address = parse("redis://user:hunter2@r:6379,nats-less");
         assert!(!address.to_string().contains("hunter2"), "{address}");
-        let address = parse("nats://s3cr3t-token@n:4222");
-        assert!(!address.to_string().contains("s3cr3t"), "{address}");
+        for token in ["nats://s3cr3t-token@n:4222", "tls://s3cr3t-token@n:4222"] {
+            let address = parse(token);
+            assert!(!address.to_string().contains("s3cr3t"), "{address}");
+        }
         let err = refused("redis://user:hunter2@r:6379,nats://x");
         assert!(
             !err.contains("hunter2") && err.contains("mixes carriers"),
