@@ -19,8 +19,8 @@ use url::Url;
 
 use super::BusError;
 
-/// A parsed `--bus`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed `--bus`. Its `Debug` is its `Display`: passwords hidden.
+#[derive(Clone, PartialEq, Eq)]
 pub enum BusAddress {
     /// No `--bus`: the broker embedded in this process, reached without TCP.
     Embedded,
@@ -189,6 +189,12 @@ fn redact_text(text: &str) -> String {
         .join(",")
 }
 
+impl fmt::Debug for BusAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BusAddress({self})")
+    }
+}
+
 impl fmt::Display for BusAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let urls = match self {
@@ -253,6 +259,7 @@ mod tests {
     fn passwords_never_show() {
         let address = parse("redis://user:hunter2@r:6379,nats-less");
         assert!(!address.to_string().contains("hunter2"), "{address}");
+        assert!(!format!("{address:?}").contains("hunter2"), "{address:?}");
         for token in ["nats://s3cr3t-token@n:4222", "tls://s3cr3t-token@n:4222"] {
             let address = parse(token);
             assert!(!address.to_string().contains("s3cr3t"), "{address}");
