@@ -17,7 +17,7 @@ use gateway::GatewayConfig;
 use parking_lot::Mutex;
 use protocol::{GroupId, GroupName, Text};
 use test_support::nats::NatsServer;
-use test_support::{wait_for_state, wait_until, STATS_TIMEOUT};
+use test_support::{wait_for_state, wait_until, TempFile, STATS_TIMEOUT};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -396,6 +396,37 @@ async fn an_outage_under_load_is_reported_at_once_and_recovered() -> Result<()> 
         late == 0,
         "{late} messages published during the outage delivered"
     );
+    Ok(())
+}
+
+/// A server with users: the carrier authenticates with the user and password of its URL, and
+/// a subscription the user is not allowed is counted as refused while the others work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_the_user_may_not_make_is_counted_as_refused() -> Result<()> {
+    let conf = TempFile::new(
+        "nats.conf",
+        r#"authorization {
+  users = [
+    { user: gw, password: "s3cr3t", permissions: { subscribe: { deny: ["gp.g.secret"] } } }
+  ]
+}
+"#,
+    )?;
+    let server =
+        NatsServer::start_with("nats (users)", None, &["-c".into(), conf.arg()?.into()]).await?;
+    let node = Arc::new(FakeNode::default());
+    node.want("open", true);
+    let url = format!("nats://gw:s3cr3t@127.0.0.1:{}", server.port);
+    let bus = start(&url, &config("gw"), node.clone())?.bus;
+    wait_for_status(&bus, "up", |s| s.up && s.subscriptions == 1).await?;
+    wait_for_engine(&server, "gw", &["open"]).await?;
+    node.want("secret", true);
+    let status = wait_for_status(&bus, "the refusal counted", |s| {
+        s.subscriptions_refused == 1
+    })
+    .await?;
+    ensure!(status.up, "{status:?}");
+    wait_for_engine(&server, "gw", &["open"]).await?;
     Ok(())
 }
 

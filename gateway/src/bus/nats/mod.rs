@@ -457,9 +457,11 @@ impl NatsBus {
             }
             Event::ServerError(error) => {
                 let text = error.to_string();
-                if text
-                    .to_lowercase()
-                    .contains("maximum subscriptions exceeded")
+                // The server refused a subscription: over its limit, or not allowed to this
+                // user (`Permissions Violation for Subscription to "..."`).
+                let lower = text.to_lowercase();
+                if lower.contains("maximum subscriptions exceeded")
+                    || lower.contains("permissions violation for subscription")
                 {
                     self.counters.subscriptions_refused.fetch_add(1, Relaxed);
                 }
