@@ -19,8 +19,8 @@ use url::Url;
 
 use super::BusError;
 
-/// A parsed `--bus`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed `--bus`. Its `Debug` is its `Display`: without passwords or tokens.
+#[derive(Clone, PartialEq, Eq)]
 pub enum BusAddress {
     /// No `--bus`: the broker embedded in this process, reached without TCP.
     Embedded,
@@ -203,6 +203,12 @@ impl fmt::Display for BusAddress {
     }
 }
 
+impl fmt::Debug for BusAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BusAddress({self})")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,8 +259,10 @@ mod tests {
     fn passwords_never_show() {
         let address = parse("redis://user:hunter2@r:6379,nats-less");
         assert!(!address.to_string().contains("hunter2"), "{address}");
+        assert!(!format!("{address:?}").contains("hunter2"), "{address:?}");
         let address = parse("nats://s3cr3t-token@n:4222");
         assert!(!address.to_string().contains("s3cr3t"), "{address}");
+        assert!(!format!("{address:?}").contains("s3cr3t"), "{address:?}");
         let err = refused("redis://user:hunter2@r:6379,nats://x");
         assert!(
             !err.contains("hunter2") && err.contains("mixes carriers"),
