@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use gateway::GatewayConfig;
 use parking_lot::Mutex;
 use protocol::{GroupId, GroupName, Text};
 use test_support::nats::NatsServer;
-use test_support::{wait_for_state, wait_until, STATS_TIMEOUT};
+use test_support::{wait_for_state, wait_until, TempFile, STATS_TIMEOUT};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +50,11 @@ impl FakeNode {
 
     fn delivered(&self) -> Vec<(String, String)> {
         self.delivered.lock().clone()
+    }
+
+    fn wanted_groups(&self) -> Vec<String> {
+        let state = self.state.lock();
+        state.0.iter().map(|g| g.as_str().to_owned()).collect()
     }
 }
 
@@ -248,6 +254,179 @@ async fn a_gateway_starts_without_its_server_and_connects_once_there() -> Result
     let server = NatsServer::start_on("nats (late)", port).await?;
     wait_for_status(&bus, "up", |s| s.up && s.subscriptions == 1).await?;
     wait_for_engine(&server, "late", &["g"]).await?;
+    Ok(())
+}
+
+/// A server that stops answering (SIGSTOP: the connection is given up after unanswered
+/// pings) and is then killed, while groups come and go and publishes keep coming. The
+/// client's command channel fills while the server is stalled and is not drained while the
+/// client reconnects; yet the carrier reports the bus down within a bounded time, drops and
+/// counts what is published meanwhile (none of it reaches the other gateway after the
+/// restart), and once the server is back holds every wanted group exactly once and delivers
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_under_load_is_reported_at_once_and_recovered() -> Result<()> {
+    const CHURN: usize = 300;
+    let mut server = NatsServer::start("nats").await?;
+    let port = server.port;
+    let (a, b) = (Arc::new(FakeNode::default()), Arc::new(FakeNode::default()));
+    a.want("room", true);
+    b.want("room", true);
+    let fast_pings = GatewayConfig {
+        link_ping_interval: Duration::from_millis(250),
+        link_connect_timeout: Duration::from_millis(500),
+        ..config("a")
+    };
+    let bus_a = start(&server.url(), &fast_pings, a.clone())?.bus;
+    let bus_b = start(&server.url(), &config("b"), b.clone())?.bus;
+    wait_for_status(&bus_a, "a up", |s| s.up && s.subscriptions == 1).await?;
+    wait_for_status(&bus_b, "b up", |s| s.up && s.subscriptions == 1).await?;
+    wait_for_engine(&server, "b", &["room"]).await?;
+
+    // The load: members joining and leaving groups of a, and a publishing (to a group no one
+    // has members of, so that b does not keep it all).
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = tokio::spawn({
+        let (a, stop) = (a.clone(), stop.clone());
+        async move {
+            let mut i = 0usize;
+            while !stop.load(Relaxed) {
+                a.want(&format!("c{}", i % CHURN), (i / CHURN) % 2 == 0);
+                i += 1;
+                if i % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    });
+    let publisher = tokio::spawn({
+        let (bus_a, stop) = (bus_a.clone(), stop.clone());
+        async move {
+            let load = GroupName::parse("load", 64).expect("group");
+            let text = Text::new(Bytes::from(vec![b'x'; 1024])).expect("text");
+            let mut i = 0usize;
+            while !stop.load(Relaxed) {
+                bus_a.publish(&load, &text);
+                i += 1;
+                if i % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    server.process.signal("STOP").await?;
+    let stalled = Instant::now();
+    // Given up after two unanswered pings (about 0.75 s), reported down soon after.
+    wait_for_state(
+        "a down",
+        Duration::from_secs(3),
+        || bus_a.status(),
+        |s| !s.up,
+    )
+    .await?;
+    eprintln!("a down {:?} after the server stalled", stalled.elapsed());
+    server.kill().await?;
+
+    // Published while down: dropped and counted at once.
+    let room = GroupName::parse("room", 64)?;
+    let before = bus_a.status().publishes_dropped;
+    for _ in 0..1000 {
+        bus_a.publish(&room, &Text::new(Bytes::from("during"))?);
+    }
+    let status = bus_a.status();
+    ensure!(
+        !status.up && status.publishes_dropped >= before + 1000,
+        "{status:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ensure!(!bus_a.status().up, "up again: {:?}", bus_a.status());
+
+    let server = NatsServer::start_on("nats (restarted)", port).await?;
+    wait_for_status(&bus_a, "a up again", |s| s.up).await?;
+    wait_for_status(&bus_b, "b up again", |s| s.up && s.reconnects == 1).await?;
+    // The load goes on a while against the new server, then stops.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Relaxed);
+    churn.await?;
+    publisher.await?;
+
+    let mut wanted: Vec<String> = a
+        .wanted_groups()
+        .iter()
+        .map(|g| group_subject("gp", g))
+        .collect();
+    wanted.sort();
+    wait_until("a holds each wanted group once", STATS_TIMEOUT, || async {
+        let held = server
+            .subscription_lists()
+            .await?
+            .remove("a")
+            .unwrap_or_default();
+        ensure!(
+            held == wanted,
+            "{} held, {} wanted; {} held twice, {} not wanted",
+            held.len(),
+            wanted.len(),
+            held.windows(2).filter(|w| w[0] == w[1]).count(),
+            held.iter().filter(|s| !wanted.contains(s)).count(),
+        );
+        Ok(())
+    })
+    .await?;
+    wait_for_engine(&server, "b", &["room"]).await?;
+    ensure!(
+        bus_a.status().subscriptions == wanted.len() as u64,
+        "{:?}",
+        bus_a.status()
+    );
+
+    // Delivery resumes, and nothing published during the outage came through.
+    bus_a.publish(&room, &Text::new(Bytes::from("after"))?);
+    wait_for_state(
+        "b delivered the message published after the restart",
+        STATS_TIMEOUT,
+        || b.delivered(),
+        |d| d.iter().any(|(_, text)| text == "after"),
+    )
+    .await?;
+    let late = b.delivered().iter().filter(|(_, t)| t == "during").count();
+    ensure!(
+        late == 0,
+        "{late} messages published during the outage delivered"
+    );
+    Ok(())
+}
+
+/// A server with users: the carrier authenticates with the user and password of its URL, and
+/// a subscription the user is not allowed is counted as refused while the others work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_the_user_may_not_make_is_counted_as_refused() -> Result<()> {
+    let conf = TempFile::new(
+        "nats.conf",
+        r#"authorization {
+  users = [
+    { user: gw, password: "s3cr3t", permissions: { subscribe: { deny: ["gp.g.secret"] } } }
+  ]
+}
+"#,
+    )?;
+    let server =
+        NatsServer::start_with("nats (users)", None, &["-c".into(), conf.arg()?.into()]).await?;
+    let node = Arc::new(FakeNode::default());
+    node.want("open", true);
+    let url = format!("nats://gw:s3cr3t@127.0.0.1:{}", server.port);
+    let bus = start(&url, &config("gw"), node.clone())?.bus;
+    wait_for_status(&bus, "up", |s| s.up && s.subscriptions == 1).await?;
+    wait_for_engine(&server, "gw", &["open"]).await?;
+    node.want("secret", true);
+    let status = wait_for_status(&bus, "the refusal counted", |s| {
+        s.subscriptions_refused == 1
+    })
+    .await?;
+    ensure!(status.up, "{status:?}");
+    wait_for_engine(&server, "gw", &["open"]).await?;
     Ok(())
 }
 

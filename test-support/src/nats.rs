@@ -115,8 +115,19 @@ impl NatsServer {
     /// The subjects each client connection has subscribed to, by connection name (the
     /// gateway names its connection after `--node-name`), from `/connz?subs=1`.
     pub async fn subscriptions(&self) -> Result<BTreeMap<String, BTreeSet<String>>> {
+        Ok(self
+            .subscription_lists()
+            .await?
+            .into_iter()
+            .map(|(name, subjects)| (name, subjects.into_iter().collect()))
+            .collect())
+    }
+
+    /// Like [`NatsServer::subscriptions`], but one entry per subscription, sorted: a subject
+    /// subscribed twice by a connection is listed twice.
+    pub async fn subscription_lists(&self) -> Result<BTreeMap<String, Vec<String>>> {
         let connz = self.monitor.get_json("/connz?subs=1&limit=100000").await?;
-        let mut by_client: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut by_client: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for connection in connz["connections"].as_array().into_iter().flatten() {
             let name = connection["name"].as_str().unwrap_or_default().to_owned();
             let subjects = by_client.entry(name).or_default();
@@ -127,6 +138,7 @@ impl NatsServer {
             {
                 subjects.extend(subject.as_str().map(str::to_owned));
             }
+            subjects.sort();
         }
         Ok(by_client)
     }

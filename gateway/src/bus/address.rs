@@ -19,7 +19,7 @@ use url::Url;
 
 use super::BusError;
 
-/// A parsed `--bus`. Its `Debug` is its `Display`: passwords hidden.
+/// A parsed `--bus`. Its `Debug` is its `Display`: without passwords or tokens.
 #[derive(Clone, PartialEq, Eq)]
 pub enum BusAddress {
     /// No `--bus`: the broker embedded in this process, reached without TCP.
@@ -98,6 +98,17 @@ impl FromStr for BusAddress {
             } else {
                 format!("{scheme}://{part}")
             };
+            let userinfo = full
+                .split_once("://")
+                .and_then(|(_, rest)| rest.rsplit_once('@'))
+                .map(|(userinfo, _)| userinfo);
+            if userinfo.is_some_and(|u| u.ends_with(':')) {
+                // The url crate drops an empty password, and `user` alone reads as a token.
+                return Err(invalid(format!(
+                    "{}: an empty password: give one, or no `:`",
+                    redact_text(part)
+                )));
+            }
             let mut url =
                 Url::parse(&full).map_err(|e| invalid(format!("{}: {e}", redact_text(part))))?;
             if kind_of(url.scheme()).map(|(k, _)| k) != Some(kind) {
@@ -263,6 +274,7 @@ mod tests {
         for token in ["nats://s3cr3t-token@n:4222", "tls://s3cr3t-token@n:4222"] {
             let address = parse(token);
             assert!(!address.to_string().contains("s3cr3t"), "{address}");
+            assert!(!format!("{address:?}").contains("s3cr3t"), "{address:?}");
         }
         let err = refused("redis://user:hunter2@r:6379,nats://x");
         assert!(
@@ -287,6 +299,7 @@ mod tests {
             ("redis://a:0", "port 0"),
             ("redis://a?x=1", "query"),
             ("nats://", "no host"),
+            ("nats://user:@n", "empty password"),
         ] {
             let err = refused(text);
             assert!(err.contains(expected), "{text}: {err}");

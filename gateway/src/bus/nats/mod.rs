@@ -35,7 +35,12 @@
 //! lost the bus is down, the [`Node`] stops recording changes, and after every new connection
 //! the task takes the full set of wanted groups and reconciles its map with it: groups no
 //! longer wanted are unsubscribed, missing ones subscribed, and each wanted group is held by
-//! exactly one `Subscriber` (so one `SUB` on the server). Then the bus is up again.
+//! exactly one `Subscriber` (so one `SUB` on the server). Then the bus is up again. The
+//! client's loss event marks the bus down at once, before the task has seen it. While the
+//! client reconnects it does not drain its command channel, so nothing here waits on the
+//! client without also watching for the loss ([`until_down`]): a subscription that cannot be
+//! handed over is given up, the task goes on (down, the node told), and the reconciliation
+//! after the next connection makes it.
 //!
 //! **Timers.** `--link-ping-interval` is the client's ping interval: after two pings left
 //! unanswered it closes the connection at the third tick, so a silent connection is replaced
@@ -47,7 +52,8 @@
 //! **Bounds and drops.** Publishes wait in a queue of `--link-queue-frames` frames and
 //! `--link-queue-bytes` bytes, drained by one task into the client; a publish that does not
 //! fit, or made while the bus is down, is counted in `publishes_dropped` (local members got it
-//! anyway); the few handed to the client in the moment before a loss is noticed are sent after
+//! anyway), and so is one waiting for room in the client when the connection is lost; those
+//! already handed to the client before the loss (at most its command channel) are sent after
 //! the reconnection. The client's own command channel holds [`CLIENT_CAPACITY`] commands.
 //! Messages that arrive are opened ([`Origin::open`]) and held to this gateway's limits
 //! ([`InboundLimits`]); what fails is counted (`messages_invalid`, `messages_too_large`).
@@ -75,7 +81,7 @@ pub mod subject;
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -310,7 +316,9 @@ impl Carrier for NatsCarrier {
             publish_tx,
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes: self.settings.queue_bytes,
-            up: AtomicBool::new(false),
+            session: AtomicU64::new(0),
+            client: Mutex::new(None),
+            down: Notify::new(),
             subscriptions: AtomicU64::new(0),
             counters: Counters::default(),
             last_error: Mutex::new(None),
@@ -367,7 +375,15 @@ struct NatsBus {
     /// Bytes of the publishes in `publish_tx` and in the batch being handed to the client.
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
-    up: AtomicBool,
+    /// The client's connection count of the session the carrier task reconciled with the
+    /// node; 0 while the bus is down. Set by the task, cleared by it or by the event callback
+    /// when that session is lost ([`NatsBus::connection_lost`]).
+    session: AtomicU64,
+    /// The client, for the event callback to read the connection's state. Taken when the
+    /// carrier task ends: the client holds the callback, which holds this.
+    client: Mutex<Option<async_nats::Client>>,
+    /// The client reported a loss: whoever waits on the client ([`until_down`]) stops.
+    down: Notify,
     /// Groups subscribed on the server (one `Subscriber` each).
     subscriptions: AtomicU64,
     counters: Counters,
@@ -422,9 +438,9 @@ impl NatsBus {
         match event {
             Event::Connected => self.link_changed.notify_one(),
             Event::Disconnected => {
-                // `up` is the carrier task's to change: this event may be handled after the
-                // task has already seen the next connection.
                 *self.last_error.lock() = Some("connection to the NATS server lost".into());
+                self.connection_lost();
+                self.down.notify_waiters();
                 self.link_changed.notify_one();
             }
             Event::SlowConsumer(sid) | Event::ServerError(ServerError::SlowConsumer(sid)) => {
@@ -441,9 +457,11 @@ impl NatsBus {
             }
             Event::ServerError(error) => {
                 let text = error.to_string();
-                if text
-                    .to_lowercase()
-                    .contains("maximum subscriptions exceeded")
+                // The server refused a subscription: over its limit, or not allowed to this
+                // user (`Permissions Violation for Subscription to "..."`).
+                let lower = text.to_lowercase();
+                if lower.contains("maximum subscriptions exceeded")
+                    || lower.contains("permissions violation for subscription")
                 {
                     self.counters.subscriptions_refused.fetch_add(1, Relaxed);
                 }
@@ -473,6 +491,33 @@ impl NatsBus {
         }
     }
 
+    /// The bus is up: the carrier task reconciled the current connection with the node.
+    fn is_up(&self) -> bool {
+        self.session.load(Relaxed) != 0
+    }
+
+    /// The client reported a lost connection: the bus is down at once, so that publishes are
+    /// dropped rather than queued behind a client that is reconnecting, even while the carrier
+    /// task has not noticed yet. Only the session the task reconciled is cleared, and only if
+    /// it is really over: this event may be handled late, after the task has already
+    /// reconciled the next connection, which must stay up.
+    fn connection_lost(&self) {
+        let session = self.session.load(Relaxed);
+        if session == 0 {
+            return;
+        }
+        let over = match &*self.client.lock() {
+            Some(client) => {
+                client.connection_state() != State::Connected
+                    || client.statistics().connects.load(Relaxed) > session
+            }
+            None => true,
+        };
+        if over {
+            let _ = self.session.compare_exchange(session, 0, Relaxed, Relaxed);
+        }
+    }
+
     fn drop_publish(&self) {
         self.counters.publishes_dropped.fetch_add(1, Relaxed);
     }
@@ -481,7 +526,7 @@ impl NatsBus {
 impl Bus for NatsBus {
     fn publish(&self, group: &GroupName<'_>, payload: &Text) {
         self.counters.publishes.fetch_add(1, Relaxed);
-        if !self.up.load(Relaxed) {
+        if !self.is_up() {
             return self.drop_publish();
         }
         let outgoing = Outgoing {
@@ -503,7 +548,7 @@ impl Bus for NatsBus {
     }
 
     fn status(&self) -> BusStatus {
-        let up = self.up.load(Relaxed);
+        let up = self.is_up();
         let subscriptions = self.subscriptions.load(Relaxed);
         let last_error = self.last_error.lock().clone();
         let c = &self.counters;
@@ -549,6 +594,7 @@ async fn run<N: Node>(
             return;
         }
     };
+    *bus.client.lock() = Some(client.clone());
     let publisher = tokio::spawn(publish_loop(
         client.clone(),
         bus.clone(),
@@ -577,7 +623,8 @@ async fn run<N: Node>(
         session_started: Instant::now(),
     };
     link.run(&shutdown).await;
-    link.bus.up.store(false, Relaxed);
+    link.bus.session.store(0, Relaxed);
+    link.bus.client.lock().take();
     drop(link);
     let _ = tokio::join!(publisher, deliverer);
 }
@@ -629,15 +676,21 @@ async fn publish_loop(
         }
         for outgoing in batch.drain(..) {
             let len = outgoing.len();
-            if !bus.up.load(Relaxed) {
+            if !bus.is_up() {
                 // Lost with the connection, as the broker link loses its queue.
                 bus.drop_publish();
             } else {
+                // The client's command channel is not drained while it reconnects: a publish
+                // waiting for room is given up when the connection is lost, not sent late.
                 let sent = tokio::select! {
-                    sent = client.publish(outgoing.subject, outgoing.payload) => sent,
+                    biased;
+                    sent = client.publish(outgoing.subject, outgoing.payload) => Some(sent),
+                    _ = until_down(&bus, &client) => None,
                     _ = shutdown.cancelled() => return,
                 };
-                if let Err(e) = sent {
+                if sent.is_none() {
+                    bus.drop_publish();
+                } else if let Some(Err(e)) = sent {
                     bus.drop_publish();
                     if let Some(repeats) = bus.warnings.lock().publish_failed.allow() {
                         tracing::warn!(carrier = CARRIER, cause = %e, repeats, "NATS publish failed");
@@ -645,6 +698,25 @@ async fn publish_loop(
                 }
             }
             bus.queued_bytes.fetch_sub(len, Relaxed);
+        }
+    }
+}
+
+/// Resolves once the client's connection is lost: told by the event callback, or seen in
+/// [`STATE_POLL`] at the latest should that event be missed. Raced against every wait on the
+/// client: while it reconnects, its command channel is not drained, and whatever waits for
+/// room in it would wait for the whole outage.
+async fn until_down(bus: &NatsBus, client: &async_nats::Client) {
+    loop {
+        let down = bus.down.notified();
+        tokio::pin!(down);
+        down.as_mut().enable();
+        if client.connection_state() != State::Connected {
+            return;
+        }
+        tokio::select! {
+            _ = down => {}
+            _ = tokio::time::sleep(STATE_POLL) => {}
         }
     }
 }
@@ -710,8 +782,12 @@ impl<N: Node> Link<N> {
                     Wake::Link => self.check_link().await,
                     Wake::Changes => {
                         let changes = self.node.subscriptions(false);
-                        if self.synced.is_some() {
-                            self.apply(changes.subscribe, changes.unsubscribe).await;
+                        if self.synced.is_some()
+                            && !self.apply(changes.subscribe, changes.unsubscribe).await
+                        {
+                            // Lost while subscribing: what was not subscribed is left to the
+                            // full reconciliation after the next connection.
+                            self.lost();
                         }
                     }
                     Wake::Message(group, message) => self.receive(group, message),
@@ -730,7 +806,8 @@ impl<N: Node> Link<N> {
         let connects = self.client.statistics().connects.load(Relaxed);
         let connected = self.client.connection_state() == State::Connected;
         if let Some(synced) = self.synced {
-            if connected && connects == synced {
+            // The event callback may have found this session lost before this task did.
+            if connected && connects == synced && self.bus.session.load(Relaxed) == synced {
                 return;
             }
             self.lost();
@@ -738,7 +815,12 @@ impl<N: Node> Link<N> {
         if !connected {
             return;
         }
-        self.resync().await;
+        if !self.resync().await {
+            // Lost again while reconciling: the next connection starts over.
+            self.node.subscriptions_lost();
+            tracing::debug!(carrier = CARRIER, "connection lost while resubscribing");
+            return;
+        }
         self.synced = Some(connects);
         self.session_started = Instant::now();
         self.bus
@@ -760,7 +842,10 @@ impl<N: Node> Link<N> {
                  reach only this gateway's members"
             );
         }
-        self.bus.up.store(true, Relaxed);
+        self.bus.session.store(connects, Relaxed);
+        // Lost since it was checked, and the client's event handled before the store: down
+        // again at once rather than at the next poll.
+        self.bus.connection_lost();
         tracing::info!(
             carrier = CARRIER,
             server = %server,
@@ -773,7 +858,7 @@ impl<N: Node> Link<N> {
     /// The connection was lost (or replaced before this task noticed).
     fn lost(&mut self) {
         self.synced = None;
-        self.bus.up.store(false, Relaxed);
+        self.bus.session.store(0, Relaxed);
         self.node.subscriptions_lost();
         let lasted = self.session_started.elapsed();
         if lasted >= self.settings.reconnect_max.max(Duration::from_secs(1)) {
@@ -794,8 +879,8 @@ impl<N: Node> Link<N> {
 
     /// Every wanted group subscribed exactly once, nothing else: after a (re)connection the
     /// client has resent `SUB` for the subscriptions it holds; this drops those no longer
-    /// wanted and adds the missing ones.
-    async fn resync(&mut self) {
+    /// wanted and adds the missing ones. False if the connection was lost meanwhile.
+    async fn resync(&mut self) -> bool {
         let changes = self.node.subscriptions(true);
         let wanted: HashSet<GroupId> = changes.subscribe.iter().cloned().collect();
         let stale: Vec<GroupId> = self
@@ -804,23 +889,44 @@ impl<N: Node> Link<N> {
             .filter(|group| !wanted.contains(*group))
             .cloned()
             .collect();
-        self.apply(changes.subscribe, stale).await;
+        if !self.apply(changes.subscribe, stale).await {
+            return false;
+        }
         // The SUBs are written out (not necessarily processed) before the bus says it is up.
-        if tokio::time::timeout(FLUSH_TIMEOUT, self.client.flush())
-            .await
-            .is_err()
-        {
-            tracing::debug!(carrier = CARRIER, "flush after resubscribing timed out");
+        tokio::select! {
+            biased;
+            flushed = tokio::time::timeout(FLUSH_TIMEOUT, self.client.flush()) => {
+                if flushed.is_err() {
+                    tracing::debug!(carrier = CARRIER, "flush after resubscribing timed out");
+                }
+                true
+            }
+            _ = until_down(&self.bus, &self.client) => false,
         }
     }
 
-    async fn apply(&mut self, subscribe: Vec<GroupId>, unsubscribe: Vec<GroupId>) {
+    /// Subscribes `subscribe` and unsubscribes `unsubscribe`. False if the connection was lost
+    /// while a subscription waited for room in the client: that one and those after it are
+    /// not subscribed (the unsubscriptions are made all the same), and the caller leaves them
+    /// to the full reconciliation after the next connection.
+    async fn apply(&mut self, subscribe: Vec<GroupId>, unsubscribe: Vec<GroupId>) -> bool {
+        let mut complete = true;
         for group in subscribe {
             if self.subscribed.contains_key(&group) {
                 continue; // in the snapshot and among the changes, or kept across a reconnect
             }
             let subject = subject::group_subject(&self.settings.prefix, group.as_str());
-            match self.client.subscribe(subject).await {
+            // A subscribe cancelled while waiting for room sends nothing: no `SUB` is made
+            // for a `Subscriber` that does not exist.
+            let subscribed = tokio::select! {
+                biased;
+                subscribed = self.client.subscribe(subject) => subscribed,
+                _ = until_down(&self.bus, &self.client) => {
+                    complete = false;
+                    break;
+                }
+            };
+            match subscribed {
                 Ok(subscriber) => {
                     let (stream, handle) = futures_util::stream::abortable(GroupStream {
                         group: group.clone(),
@@ -847,6 +953,7 @@ impl<N: Node> Link<N> {
         self.bus
             .subscriptions
             .store(self.subscribed.len() as u64, Relaxed);
+        complete
     }
 
     /// A message from another gateway: opened, checked, and queued for the members here.
