@@ -72,7 +72,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use self::conn::{connect, Conn, RedisError};
-use self::resp::{encode, Reply, RespCodec};
+use self::resp::{encode, Reply, RespLimits};
 use self::routing::{channel, group_of, shard_of, slot_of, ShardInterest, SLOTS};
 use super::address::redacted;
 use super::inbound::{InboundLimits, Rejected};
@@ -88,6 +88,13 @@ pub const WRITE_BATCH: usize = 256;
 /// Elements of one reply array at most (`CLUSTER SLOTS` of a fragmented cluster is the
 /// largest).
 pub const MAX_REPLY_ELEMENTS: usize = 65_536;
+/// Bytes of one reply on a subscriber or publisher connection beyond its largest bulk string
+/// (a message's `smessage` and channel, a `CLIENT LIST` line's array): a reply larger than
+/// `max_bulk` plus this is an error, and the connection is dropped and made again.
+pub const REPLY_SLACK: usize = 64 * 1024;
+/// Bytes of one `CLUSTER SLOTS` reply at most, on the connection that asks it (every slot its
+/// own range, each with a master and a few replicas, is about 10 MiB).
+pub const CLUSTER_SLOTS_REPLY_BYTES: usize = 32 * 1024 * 1024;
 /// A repeated warning about one shard (unreachable, refusing) is logged at most this often.
 pub const WARN_EVERY: Duration = Duration::from_secs(30);
 /// The topology of a cluster is queried at most this often.
@@ -115,7 +122,8 @@ struct Settings {
     /// The `CLIENT SETNAME` of this gateway's connections (plus `-sub` or `-pub`).
     client_name: String,
     inbound: InboundLimits,
-    codec: RespCodec,
+    /// The replies of the subscriber and publisher connections.
+    resp: RespLimits,
     ping_interval: Duration,
     timeout: Duration,
     connect_timeout: Duration,
@@ -162,9 +170,13 @@ impl RedisCarrier {
                 },
                 // Messages larger than this gateway's limit are read and dropped (counted);
                 // only those beyond four times it (or a broken server) cost the connection.
-                codec: RespCodec {
-                    max_bulk: largest.saturating_mul(4).max(1024 * 1024),
-                    max_elements: MAX_REPLY_ELEMENTS,
+                resp: {
+                    let max_bulk = largest.saturating_mul(4).max(1024 * 1024);
+                    RespLimits {
+                        max_bulk,
+                        max_elements: MAX_REPLY_ELEMENTS,
+                        max_reply: max_bulk.saturating_add(REPLY_SLACK),
+                    }
                 },
                 ping_interval: config.link_ping_interval,
                 timeout: config.link_timeout,
@@ -631,14 +643,14 @@ async fn connect_pair<N: Node>(
     let sub = connect(
         &shard.url,
         &format!("{}-sub", s.client_name),
-        s.codec,
+        s.resp,
         s.connect_timeout,
     )
     .await?;
     let publisher = connect(
         &shard.url,
         &format!("{}-pub", s.client_name),
-        s.codec,
+        s.resp,
         s.connect_timeout,
     )
     .await?;
@@ -1018,7 +1030,10 @@ async fn discover<N: Node>(bus: &RedisBus<N>) -> Result<Discovered, RedisError> 
             let mut conn = connect(
                 &url,
                 &format!("{}-topology", s.client_name),
-                s.codec,
+                RespLimits {
+                    max_reply: CLUSTER_SLOTS_REPLY_BYTES.max(s.resp.max_reply),
+                    ..s.resp
+                },
                 s.connect_timeout,
             )
             .await?;
