@@ -36,10 +36,16 @@
 //! resubscribes through its own routing, with no bound or report we could use; and it computes
 //! a key's slot without exposing the number. What is written here instead is small: a RESP2
 //! reply decoder with limits ([`resp`]), a connection with TLS and `AUTH` ([`conn`]), the
-//! slot hash over the `crc16` crate ([`routing::slot_of`]), and the loops below, which read one
-//! message at a time and deliver it before reading the next, so that a slow gateway leaves the
-//! backlog in Redis's output buffer (bounded by its `client-output-buffer-limit pubsub`) and
-//! visible in `backlog_bytes`. The crate encodes the commands ([`resp::encode`]).
+//! slot hash over the `crc16` crate ([`routing::slot_of`]), and the loops below. The crate
+//! encodes the commands ([`resp::encode`]).
+//!
+//! **Delivery.** Each target's messages, once checked, wait in a bounded inbox
+//! ([`INBOX_MESSAGES`], [`INBOX_BYTES`]) for a task of their own that hands them to the
+//! [`Node`] and waits while its workers are full; the target's connection task never waits
+//! on them, so its publishes, subscription changes and heartbeats go on. While the inbox is
+//! full the subscriber connection is not read: nothing is dropped here, the backlog waits in
+//! Redis's output buffer (bounded by its `client-output-buffer-limit pubsub`) and shows in
+//! `backlog_bytes`.
 //!
 //! **Slow consumers.** When Redis closes a subscriber connection for its output buffer, the
 //! gateway only sees the connection close, as for any other reason. It is counted in
@@ -95,6 +101,12 @@ pub const REPLY_SLACK: usize = 64 * 1024;
 /// Bytes of one `CLUSTER SLOTS` reply at most, on the connection that asks it (every slot its
 /// own range, each with a master and a few replicas, is about 10 MiB).
 pub const CLUSTER_SLOTS_REPLY_BYTES: usize = 32 * 1024 * 1024;
+/// Checked messages of one target waiting for this gateway's workers; while it holds this
+/// many, the target's subscriber connection is not read (the backlog stays in Redis).
+pub const INBOX_MESSAGES: usize = 4096;
+/// Bytes of message text in that inbox past which the subscriber connection is not read (one
+/// message more than this may be in it).
+pub const INBOX_BYTES: usize = 16 * 1024 * 1024;
 /// A repeated warning about one shard (unreachable, refusing) is logged at most this often.
 pub const WARN_EVERY: Duration = Duration::from_secs(30);
 /// The topology of a cluster is queried at most this often.
@@ -565,12 +577,96 @@ fn drain<N: Node>(bus: &RedisBus<N>, shard: &Shard, rx: &mut mpsc::Receiver<Byte
     }
 }
 
+/// A target's checked messages on their way to the node ([`deliver_loop`]).
+struct Inbox {
+    tx: mpsc::Sender<(Bytes, Text)>,
+    /// Bytes of text in it.
+    bytes: Arc<AtomicUsize>,
+    /// Signalled each time the deliverer takes a message out.
+    taken: Arc<Notify>,
+}
+
+impl Inbox {
+    /// Whether the subscriber connection may be read (one more message fits).
+    fn has_room(&self) -> bool {
+        self.tx.capacity() > 0 && self.bytes.load(Relaxed) < INBOX_BYTES
+    }
+
+    /// Queues a message of `group` (read only while [`Inbox::has_room`], so it fits).
+    fn push(&self, group: Bytes, text: Text) {
+        let len = text.as_bytes().len();
+        self.bytes.fetch_add(len, Relaxed);
+        if self.tx.try_send((group, text)).is_err() {
+            self.bytes.fetch_sub(len, Relaxed);
+        }
+    }
+}
+
+/// Hands a target's messages to the node, in order, waiting while its workers are full.
+async fn deliver_loop<N: Node>(
+    node: Arc<N>,
+    mut rx: mpsc::Receiver<(Bytes, Text)>,
+    bytes: Arc<AtomicUsize>,
+    taken: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (group, text) = tokio::select! {
+            next = rx.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        let len = text.as_bytes().len();
+        // The group was checked against the gateway's limits when the message arrived.
+        let name = std::str::from_utf8(&group)
+            .ok()
+            .and_then(|g| GroupName::parse(g, usize::MAX).ok());
+        if let Some(name) = name {
+            tokio::select! {
+                _ = node.deliver(name, text) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+        bytes.fetch_sub(len, Relaxed);
+        taken.notify_one();
+    }
+}
+
 /// One target's task: connects, serves, and reconnects with backoff until it is stopped.
 async fn run_shard<N: Node>(
     bus: Arc<RedisBus<N>>,
     shard: Arc<Shard>,
     mut rx: mpsc::Receiver<Bytes>,
 ) {
+    let (tx, inbox_rx) = mpsc::channel(INBOX_MESSAGES);
+    let inbox = Inbox {
+        tx,
+        bytes: Arc::new(AtomicUsize::new(0)),
+        taken: Arc::new(Notify::new()),
+    };
+    let deliverer = tokio::spawn(deliver_loop(
+        bus.node.clone(),
+        inbox_rx,
+        inbox.bytes.clone(),
+        inbox.taken.clone(),
+        shard.stop.clone(),
+    ));
+    serve_shard(&bus, &shard, &mut rx, &inbox).await;
+    drop(inbox);
+    let _ = deliverer.await;
+}
+
+/// Connects, serves, and reconnects with backoff until the target is stopped.
+async fn serve_shard<N: Node>(
+    bus: &Arc<RedisBus<N>>,
+    shard: &Arc<Shard>,
+    rx: &mut mpsc::Receiver<Bytes>,
+    inbox: &Inbox,
+) {
+    let bus = bus.clone();
+    let shard = shard.clone();
     let settings = &bus.settings;
     let mut backoff = settings.reconnect_min;
     let mut ever_up = false;
@@ -586,12 +682,12 @@ async fn run_shard<N: Node>(
                     bus.counters.reconnects.fetch_add(1, Relaxed);
                 }
                 ever_up = true;
-                let result = session(&bus, &shard, &mut rx, sub, publisher).await;
+                let result = session(&bus, &shard, rx, inbox, sub, publisher).await;
                 shard.up.store(false, Relaxed);
                 shard.interest.lock().lost();
                 shard.subscribed.store(0, Relaxed);
                 let backlog = shard.backlog.lock().take().unwrap_or(0);
-                drain(&bus, &shard, &mut rx);
+                drain(&bus, &shard, rx);
                 // Start the backoff over only after a session that lasted, so a server that
                 // accepts and then drops the connection is not hammered.
                 if started.elapsed() >= settings.reconnect_max.max(Duration::from_secs(1)) {
@@ -616,7 +712,7 @@ async fn run_shard<N: Node>(
             }
             Err(error) => {
                 bus.failed(&shard, &error);
-                drain(&bus, &shard, &mut rx);
+                drain(&bus, &shard, rx);
                 if let Some(suppressed) = shard.may_warn() {
                     tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause = %error, retry_in = ?backoff, suppressed, "cannot reach redis");
                 }
@@ -632,7 +728,7 @@ async fn run_shard<N: Node>(
         backoff = (backoff * 2).min(settings.reconnect_max);
     }
     shard.up.store(false, Relaxed);
-    drain(&bus, &shard, &mut rx);
+    drain(&bus, &shard, rx);
 }
 
 async fn connect_pair<N: Node>(
@@ -685,6 +781,7 @@ async fn session<N: Node>(
     bus: &RedisBus<N>,
     shard: &Shard,
     rx: &mut mpsc::Receiver<Bytes>,
+    inbox: &Inbox,
     mut sub: Conn,
     mut publisher: Conn,
 ) -> Result<(), RedisError> {
@@ -725,21 +822,23 @@ async fn session<N: Node>(
         None => ping.clone(),
     };
     loop {
+        let room = inbox.has_room();
         // Not biased: a saturated inbound stream must not starve the writes, nor a saturated
         // publish queue the reads.
         tokio::select! {
             _ = shard.stop.cancelled() => return Ok(()),
-            reply = sub.reader.next() => {
+            reply = sub.reader.next(), if room => {
                 let reply = match reply {
                     None => return Err(RedisError::Closed),
                     Some(reply) => reply?,
                 };
-                let before = Instant::now();
-                on_sub_reply(bus, shard, reply, &mut unsubscribing).await?;
-                // Waiting for a full worker inbox is not the server's silence, on either
-                // connection (the publisher's replies were not read meanwhile).
                 sub_heard = Instant::now();
-                pub_heard += sub_heard - before;
+                on_sub_reply(bus, shard, inbox, reply, &mut unsubscribing)?;
+            }
+            // The inbox full: the subscriber connection is left unread, which is not the
+            // server's silence.
+            _ = inbox.taken.notified(), if !room => {
+                sub_heard = Instant::now();
             }
             reply = publisher.reader.next() => {
                 let reply = match reply {
@@ -778,6 +877,9 @@ async fn session<N: Node>(
                 }
             }
             _ = heartbeat.tick() => {
+                if !inbox.has_room() {
+                    sub_heard = Instant::now();
+                }
                 for heard in [sub_heard, pub_heard] {
                     if heard.elapsed() > timeout {
                         return Err(RedisError::Silent(timeout));
@@ -850,9 +952,10 @@ fn is_topology_error(error: &[u8]) -> bool {
         .any(|code| error.starts_with(code.as_bytes()))
 }
 
-async fn on_sub_reply<N: Node>(
+fn on_sub_reply<N: Node>(
     bus: &RedisBus<N>,
     shard: &Shard,
+    inbox: &Inbox,
     reply: Reply,
     unsubscribing: &mut HashSet<Bytes>,
 ) -> Result<(), RedisError> {
@@ -884,7 +987,7 @@ async fn on_sub_reply<N: Node>(
     let third = items.next();
     match (kind.as_deref(), channel, third) {
         (Some(b"message" | b"smessage"), Some(channel), Some(Reply::Bulk(Some(payload)))) => {
-            on_message(bus, shard, &channel, payload).await;
+            on_message(bus, shard, inbox, &channel, payload);
         }
         (Some(b"subscribe" | b"ssubscribe" | b"unsubscribe"), _, Some(Reply::Int(n))) => {
             shard.subscribed.store(n.max(0) as u64, Relaxed);
@@ -910,8 +1013,15 @@ async fn on_sub_reply<N: Node>(
     Ok(())
 }
 
-/// A message from another gateway (or not): checked, then delivered or dropped and counted.
-async fn on_message<N: Node>(bus: &RedisBus<N>, shard: &Shard, channel: &Bytes, payload: Bytes) {
+/// A message from another gateway (or not): checked, then queued for delivery or dropped and
+/// counted.
+fn on_message<N: Node>(
+    bus: &RedisBus<N>,
+    shard: &Shard,
+    inbox: &Inbox,
+    channel: &Bytes,
+    payload: Bytes,
+) {
     let c = &bus.counters;
     c.messages_in.fetch_add(1, Relaxed);
     let payload = match (
@@ -936,7 +1046,7 @@ async fn on_message<N: Node>(bus: &RedisBus<N>, shard: &Shard, channel: &Bytes, 
         }
     };
     match bus.settings.inbound.check(payload.0, payload.1) {
-        Ok((group, text)) => bus.node.deliver(group, text).await,
+        Ok((_, text)) => inbox.push(channel.slice(bus.settings.prefix.len() + 1..), text),
         Err(Rejected::Invalid) => {
             c.messages_invalid.fetch_add(1, Relaxed);
             if let Some(suppressed) = shard.may_warn() {
