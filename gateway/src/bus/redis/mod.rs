@@ -866,8 +866,10 @@ async fn session<N: Node>(
                 .await;
                 // Written out, or dropped with the connection: either way no longer held.
                 shard.queued_bytes.fetch_sub(bytes, Relaxed);
+                // `batch` was drained by the write, however far it got: all `n` are lost with
+                // the connection.
                 if written.is_err() {
-                    bus.counters.publishes_dropped.fetch_add(batch.len() as u64, Relaxed);
+                    bus.counters.publishes_dropped.fetch_add(n as u64, Relaxed);
                 }
                 batch.clear();
                 written?;
