@@ -789,9 +789,7 @@ async fn session<N: Node>(
     let timeout = settings.timeout;
     let mut sub_heard = Instant::now();
     let mut pub_heard = Instant::now();
-    // A cluster's own `SUNSUBSCRIBE`s not confirmed yet: any other `sunsubscribe` comes from
-    // the server, for a slot that left this node.
-    let mut unsubscribing: HashSet<Bytes> = HashSet::new();
+    let mut subs = SubCommands::default();
     let everything = shard.interest.lock().full_sync();
     let changes = super::SubscriptionChanges {
         subscribe: everything,
@@ -801,7 +799,7 @@ async fn session<N: Node>(
     bounded(
         sub_heard,
         timeout,
-        write_subscriptions(bus, &mut sub, changes, &mut unsubscribing),
+        write_subscriptions(bus, &mut sub, changes, &mut subs),
     )
     .await?;
     shard.up.store(true, Relaxed);
@@ -833,7 +831,7 @@ async fn session<N: Node>(
                     Some(reply) => reply?,
                 };
                 sub_heard = Instant::now();
-                on_sub_reply(bus, shard, inbox, reply, &mut unsubscribing)?;
+                on_sub_reply(bus, shard, inbox, reply, &mut subs)?;
             }
             // The inbox full: the subscriber connection is left unread, which is not the
             // server's silence.
@@ -849,8 +847,11 @@ async fn session<N: Node>(
                 on_pub_reply(bus, shard, reply, &mut expected)?;
             }
             _ = shard.changed.notified() => {
-                let changes = shard.interest.lock().take_changes();
-                bounded(sub_heard, timeout, write_subscriptions(bus, &mut sub, changes, &mut unsubscribing)).await?;
+                // After a topology refresh too: the groups a `MOVED` answered for are retried
+                // here, unless they moved to another master.
+                let mut changes = shard.interest.lock().take_changes();
+                changes.subscribe.extend(subs.take_retries(bus, shard));
+                bounded(sub_heard, timeout, write_subscriptions(bus, &mut sub, changes, &mut subs)).await?;
             }
             n = rx.recv_many(&mut batch, WRITE_BATCH) => {
                 if n == 0 {
@@ -887,11 +888,17 @@ async fn session<N: Node>(
                         return Err(RedisError::Silent(timeout));
                     }
                 }
+                let retries = super::SubscriptionChanges {
+                    subscribe: subs.take_retries(bus, shard),
+                    unsubscribe: Vec::new(),
+                };
                 bounded(sub_heard, timeout, async {
+                    write_subscriptions(bus, &mut sub, retries, &mut subs).await?;
                     sub.writer.write_all(&ping).await?;
                     Ok(sub.writer.flush().await?)
                 })
                 .await?;
+                subs.sent(SubCommand::Ping);
                 bounded(pub_heard, timeout, async {
                     publisher.writer.write_all(&probe).await?;
                     Ok(publisher.writer.flush().await?)
@@ -903,14 +910,115 @@ async fn session<N: Node>(
     }
 }
 
+/// A command on a subscriber connection whose replies have not all been read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SubCommand {
+    /// `(S)SUBSCRIBE`: the channels not confirmed yet, in order.
+    Subscribe(VecDeque<Bytes>),
+    /// `(S)UNSUBSCRIBE`: likewise.
+    Unsubscribe(VecDeque<Bytes>),
+    Ping,
+}
+
+/// The subscriber connection's commands in the order the server answers them, so that an
+/// error maps to the channels of the command it answers, and a `sunsubscribe` that answers
+/// none is known to come from the server (a slot that left the node); and the groups to
+/// subscribe again (refused, or answered with `MOVED`).
+#[derive(Debug, Default)]
+struct SubCommands {
+    pending: VecDeque<SubCommand>,
+    retry: HashSet<GroupId>,
+}
+
+impl SubCommands {
+    fn sent(&mut self, command: SubCommand) {
+        self.pending.push_back(command);
+    }
+
+    /// Takes a confirmation of `channel`: whether it answers the command in front.
+    fn confirmed(&mut self, subscribe: bool, channel: &[u8]) -> bool {
+        let channels = match self.pending.front_mut() {
+            Some(SubCommand::Subscribe(channels)) if subscribe => channels,
+            Some(SubCommand::Unsubscribe(channels)) if !subscribe => channels,
+            _ => return false,
+        };
+        let Some(at) = channels.iter().position(|c| c == channel) else {
+            return false;
+        };
+        channels.remove(at);
+        if channels.is_empty() {
+            self.pending.pop_front();
+        }
+        true
+    }
+
+    fn ponged(&mut self) {
+        if self.pending.front() == Some(&SubCommand::Ping) {
+            self.pending.pop_front();
+        }
+    }
+
+    /// The command an error reply answers.
+    fn errored(&mut self) -> Option<SubCommand> {
+        self.pending.pop_front()
+    }
+
+    fn retry(&mut self, prefix: &str, channels: impl IntoIterator<Item = Bytes>) {
+        self.retry
+            .extend(channels.into_iter().filter_map(|ch| group_id(prefix, &ch)));
+    }
+
+    /// The groups to subscribe again that this target still serves.
+    fn take_retries<N: Node>(&mut self, bus: &RedisBus<N>, shard: &Shard) -> Vec<GroupId> {
+        if self.retry.is_empty() {
+            return Vec::new();
+        }
+        let retry: Vec<GroupId> = {
+            let interest = shard.interest.lock();
+            self.retry
+                .drain()
+                .filter(|g| interest.wanted().contains(g))
+                .collect()
+        };
+        if !retry.is_empty() {
+            if let Some(suppressed) = shard.may_warn() {
+                tracing::info!(carrier = bus.carrier, shard = %shard.address, groups = retry.len(), suppressed, "subscribing again to groups refused or moved");
+            }
+        }
+        retry
+    }
+}
+
+/// The group of one of this deployment's channels.
+fn group_id(prefix: &str, channel: &[u8]) -> Option<GroupId> {
+    let group = std::str::from_utf8(group_of(prefix, channel)?).ok()?;
+    GroupId::new(group, usize::MAX).ok()
+}
+
+/// At most this much of a reply is quoted in an error (its status and logs).
+const QUOTED: usize = 200;
+
+/// `text`, cut to [`QUOTED`] bytes (on a character boundary).
+fn quoted(mut text: String) -> String {
+    if text.len() > QUOTED {
+        let mut end = QUOTED;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
 /// Sends subscription changes on a subscriber connection: `SUBSCRIBE`/`UNSUBSCRIBE` in batches,
-/// or a cluster's `SSUBSCRIBE`/`SUNSUBSCRIBE` one channel each. The confirmations are read
-/// by the session's loop.
+/// or a cluster's `SSUBSCRIBE`/`SUNSUBSCRIBE` one channel each, and records each command. The
+/// confirmations are read by the session's loop.
 async fn write_subscriptions<N: Node>(
     bus: &RedisBus<N>,
     sub: &mut Conn,
     changes: super::SubscriptionChanges,
-    unsubscribing: &mut HashSet<Bytes>,
+    subs: &mut SubCommands,
 ) -> Result<(), RedisError> {
     if changes.is_empty() {
         return Ok(());
@@ -921,14 +1029,15 @@ async fn write_subscriptions<N: Node>(
     };
     let (subscribe, unsubscribe) = (channels(&changes.subscribe), channels(&changes.unsubscribe));
     if bus.cluster {
-        for ch in &subscribe {
-            sub.writer.write_all(&encode(&[b"SSUBSCRIBE", ch])).await?;
+        for ch in subscribe {
+            sub.writer.write_all(&encode(&[b"SSUBSCRIBE", &ch])).await?;
+            subs.sent(SubCommand::Subscribe([Bytes::from(ch)].into()));
         }
         for ch in unsubscribe {
             sub.writer
                 .write_all(&encode(&[b"SUNSUBSCRIBE", &ch]))
                 .await?;
-            unsubscribing.insert(Bytes::from(ch));
+            subs.sent(SubCommand::Unsubscribe([Bytes::from(ch)].into()));
         }
     } else {
         for (verb, list) in [
@@ -940,6 +1049,12 @@ async fn write_subscriptions<N: Node>(
                 args.push(verb);
                 args.extend(chunk.iter().map(Vec::as_slice));
                 sub.writer.write_all(&encode(&args)).await?;
+                let channels = chunk.iter().map(|c| Bytes::copy_from_slice(c)).collect();
+                subs.sent(if verb == b"SUBSCRIBE" {
+                    SubCommand::Subscribe(channels)
+                } else {
+                    SubCommand::Unsubscribe(channels)
+                });
             }
         }
     }
@@ -959,25 +1074,16 @@ fn on_sub_reply<N: Node>(
     shard: &Shard,
     inbox: &Inbox,
     reply: Reply,
-    unsubscribing: &mut HashSet<Bytes>,
+    subs: &mut SubCommands,
 ) -> Result<(), RedisError> {
     let items = match reply {
         Reply::Array(Some(items)) => items,
-        Reply::Simple(pong) if pong.eq_ignore_ascii_case(b"PONG") => return Ok(()),
-        Reply::Error(e) if bus.cluster && is_topology_error(&e) => {
-            bus.refresh.notify_one();
-            return Err(RedisError::Moved(String::from_utf8_lossy(&e).into_owned()));
-        }
-        Reply::Error(e) => {
-            // A refused SUBSCRIBE (an ACL, a limit): the connection stays up for the other
-            // groups; the refused ones come back with the next full resubscription.
-            bus.counters.subscriptions_refused.fetch_add(1, Relaxed);
-            if let Some(suppressed) = shard.may_warn() {
-                tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause = %String::from_utf8_lossy(&e), suppressed, "redis refused a subscription");
-            }
+        Reply::Simple(pong) if pong.eq_ignore_ascii_case(b"PONG") => {
+            subs.ponged();
             return Ok(());
         }
-        other => return Err(RedisError::Unexpected(format!("{other:?}"))),
+        Reply::Error(e) => return on_sub_error(bus, shard, &e, subs),
+        other => return Err(RedisError::Unexpected(quoted(format!("{other:?}")))),
     };
     let mut items = items.into_iter();
     let kind = items.next();
@@ -991,20 +1097,22 @@ fn on_sub_reply<N: Node>(
         (Some(b"message" | b"smessage"), Some(channel), Some(Reply::Bulk(Some(payload)))) => {
             on_message(bus, shard, inbox, &channel, payload);
         }
-        (Some(b"subscribe" | b"ssubscribe" | b"unsubscribe"), _, Some(Reply::Int(n))) => {
+        (Some(b"subscribe" | b"ssubscribe"), Some(channel), Some(Reply::Int(n))) => {
             shard.subscribed.store(n.max(0) as u64, Relaxed);
+            subs.confirmed(true, &channel);
         }
-        (Some(b"sunsubscribe"), Some(channel), Some(Reply::Int(n))) => {
+        (Some(b"unsubscribe" | b"sunsubscribe"), Some(channel), Some(Reply::Int(n))) => {
             shard.subscribed.store(n.max(0) as u64, Relaxed);
-            if !unsubscribing.remove(&channel) {
+            if !subs.confirmed(false, &channel) && bus.cluster {
+                // Not an answer: the server dropped the channel, its slot having left this
+                // node. The refresh moves the group to its new master; should the topology
+                // not show it yet, the group is subscribed here again (and `MOVED` says so).
+                tracing::debug!(carrier = bus.carrier, shard = %shard.address, channel = %String::from_utf8_lossy(&channel), "the server unsubscribed a channel (its slot moved)");
                 bus.refresh.notify_one();
-                return Err(RedisError::Moved(format!(
-                    "the server unsubscribed {} (its slot moved)",
-                    String::from_utf8_lossy(&channel)
-                )));
+                subs.retry(&bus.settings.prefix, [channel]);
             }
         }
-        (Some(b"pong"), _, _) => {}
+        (Some(b"pong"), _, _) => subs.ponged(),
         (kind, _, _) => {
             return Err(RedisError::Unexpected(format!(
                 "a {:?} push on the subscriber connection",
@@ -1013,6 +1121,47 @@ fn on_sub_reply<N: Node>(
         }
     }
     Ok(())
+}
+
+/// An error answering the subscriber connection's command in front: a refused subscription
+/// (an ACL, a limit) is counted per channel and retried at the next heartbeat; a `MOVED` (or
+/// another topology error) asks for a refresh, after which the group is retried where it then
+/// lives. Neither costs the connection.
+fn on_sub_error<N: Node>(
+    bus: &RedisBus<N>,
+    shard: &Shard,
+    error: &[u8],
+    subs: &mut SubCommands,
+) -> Result<(), RedisError> {
+    let topology = bus.cluster && is_topology_error(error);
+    if topology {
+        bus.refresh.notify_one();
+    }
+    let cause = quoted(String::from_utf8_lossy(error).into_owned());
+    match subs.errored() {
+        Some(SubCommand::Subscribe(channels)) => {
+            if !topology {
+                bus.counters
+                    .subscriptions_refused
+                    .fetch_add(channels.len() as u64, Relaxed);
+                if let Some(suppressed) = shard.may_warn() {
+                    tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause, channels = channels.len(), suppressed, "redis refused a subscription");
+                }
+            }
+            subs.retry(&bus.settings.prefix, channels);
+            Ok(())
+        }
+        Some(SubCommand::Unsubscribe(_)) => {
+            if !topology {
+                if let Some(suppressed) = shard.may_warn() {
+                    tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause, suppressed, "redis refused an unsubscription");
+                }
+            }
+            Ok(())
+        }
+        Some(SubCommand::Ping) | None if topology => Ok(()),
+        Some(SubCommand::Ping) | None => Err(RedisError::Server(cause)),
+    }
 }
 
 /// A message from another gateway (or not): checked, then queued for delivery or dropped and
@@ -1409,6 +1558,170 @@ mod tests {
         assert!(is_topology_error(b"MOVED 3999 127.0.0.1:6381"));
         assert!(is_topology_error(b"CLUSTERDOWN The cluster is down"));
         assert!(!is_topology_error(b"ERR unknown command"));
+    }
+
+    /// A node with nothing to deliver to, for the functions that only need a bus.
+    struct NoNode;
+
+    impl Node for NoNode {
+        async fn deliver(&self, _: GroupName<'_>, _: Text) {}
+        fn subscriptions(&self, _: bool) -> super::super::SubscriptionChanges {
+            Default::default()
+        }
+        fn subscriptions_lost(&self) {}
+        fn wanted(&self) -> usize {
+            0
+        }
+        async fn subscriptions_changed(&self) {
+            std::future::pending().await
+        }
+    }
+
+    fn test_bus(cluster: bool) -> RedisBus<NoNode> {
+        let url: Url = "redis://127.0.0.1:1".parse().expect("url");
+        let address = if cluster {
+            BusAddress::RedisCluster(vec![url.clone()])
+        } else {
+            BusAddress::Redis(vec![url.clone()])
+        };
+        let carrier =
+            RedisCarrier::new(&address, &GatewayConfig::default()).expect("a redis address");
+        RedisBus {
+            carrier: "redis",
+            cluster,
+            seeds: vec![url],
+            settings: carrier.settings,
+            topology: RwLock::new(Arc::new(Topology::default())),
+            origin: Origin::new(),
+            counters: Counters::default(),
+            up_logged: AtomicBool::new(false),
+            refresh: Notify::new(),
+            unrouted: Mutex::new(HashSet::new()),
+            last_error: Mutex::new(None),
+            node: Arc::new(NoNode),
+        }
+    }
+
+    fn id(name: &str) -> GroupId {
+        GroupId::new(name, 64).expect("group id")
+    }
+
+    fn confirmation(kind: &str, ch: &Bytes, n: i64) -> Reply {
+        Reply::Array(Some(vec![
+            bulk(kind),
+            Reply::Bulk(Some(ch.clone())),
+            Reply::Int(n),
+        ]))
+    }
+
+    /// A shard that wants `groups`, its inbox, and the channels of the groups.
+    fn wanting(groups: &[&str]) -> (Arc<Shard>, Inbox, Vec<Bytes>) {
+        let shard = Shard::new(
+            "redis://127.0.0.1:1".parse().expect("url"),
+            1,
+            CancellationToken::new(),
+        );
+        for g in groups {
+            shard.interest.lock().record(id(g), true);
+        }
+        let (tx, _) = mpsc::channel(1);
+        let inbox = Inbox {
+            tx,
+            bytes: Arc::default(),
+            taken: Arc::default(),
+        };
+        let channels = groups
+            .iter()
+            .map(|g| Bytes::from(channel("gp", g)))
+            .collect();
+        (shard, inbox, channels)
+    }
+
+    fn refresh_asked<N: Node>(bus: &RedisBus<N>) -> bool {
+        use futures_util::FutureExt;
+        bus.refresh.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn cluster_replies_map_to_their_commands_and_cost_no_connection() {
+        let bus = test_bus(true);
+        let (shard, inbox, channels) = wanting(&["g"]);
+        let ch = &channels[0];
+        let mut subs = SubCommands::default();
+        // Leave, join, leave, all written before the first confirmation is read.
+        subs.sent(SubCommand::Unsubscribe([ch.clone()].into()));
+        subs.sent(SubCommand::Subscribe([ch.clone()].into()));
+        subs.sent(SubCommand::Unsubscribe([ch.clone()].into()));
+        subs.sent(SubCommand::Ping);
+        for reply in [
+            confirmation("sunsubscribe", ch, 0),
+            confirmation("ssubscribe", ch, 1),
+            confirmation("sunsubscribe", ch, 0),
+            Reply::Array(Some(vec![bulk("pong"), bulk("")])),
+        ] {
+            on_sub_reply(&bus, &shard, &inbox, reply, &mut subs).expect("an answer");
+        }
+        assert!(subs.pending.is_empty(), "{:?}", subs.pending);
+        assert!(!refresh_asked(&bus) && subs.retry.is_empty());
+
+        // The server drops the channel (its slot moved): a refresh, and the group retried
+        // should the topology still put it here.
+        on_sub_reply(
+            &bus,
+            &shard,
+            &inbox,
+            confirmation("sunsubscribe", ch, 0),
+            &mut subs,
+        )
+        .expect("not an error");
+        assert!(refresh_asked(&bus));
+        assert_eq!(subs.take_retries(&bus, &shard), [id("g")]);
+
+        // MOVED answering a subscription: a refresh and a retry, not a refusal.
+        subs.sent(SubCommand::Subscribe([ch.clone()].into()));
+        let moved = Reply::Error(Bytes::from_static(b"MOVED 3999 127.0.0.1:7001"));
+        on_sub_reply(&bus, &shard, &inbox, moved.clone(), &mut subs).expect("not an error");
+        assert!(refresh_asked(&bus));
+        assert_eq!(bus.counters.subscriptions_refused.load(Relaxed), 0);
+        // Moved elsewhere by the refresh meanwhile: not retried here.
+        shard.interest.lock().record(id("g"), false);
+        assert!(subs.take_retries(&bus, &shard).is_empty());
+        // A MOVED answering nothing asks for a refresh only.
+        on_sub_reply(&bus, &shard, &inbox, moved, &mut subs).expect("not an error");
+        assert!(refresh_asked(&bus));
+    }
+
+    #[test]
+    fn a_refused_batch_counts_each_channel_and_is_retried() {
+        let bus = test_bus(false);
+        let (shard, inbox, channels) = wanting(&["g", "h", "i"]);
+        let mut subs = SubCommands::default();
+        subs.sent(SubCommand::Subscribe(channels[..2].to_vec().into()));
+        subs.sent(SubCommand::Subscribe(channels[2..].to_vec().into()));
+        subs.sent(SubCommand::Unsubscribe(channels[2..].to_vec().into()));
+        let refused = || Reply::Error(Bytes::from_static(b"NOPERM no permissions"));
+        on_sub_reply(&bus, &shard, &inbox, refused(), &mut subs).expect("kept");
+        let ch = &channels[2];
+        on_sub_reply(
+            &bus,
+            &shard,
+            &inbox,
+            confirmation("subscribe", ch, 1),
+            &mut subs,
+        )
+        .expect("an answer");
+        on_sub_reply(&bus, &shard, &inbox, refused(), &mut subs).expect("kept");
+        assert!(subs.pending.is_empty());
+        assert_eq!(
+            bus.counters.subscriptions_refused.load(Relaxed),
+            2,
+            "per channel, and not for the refused unsubscription"
+        );
+        let mut retried = subs.take_retries(&bus, &shard);
+        retried.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        assert_eq!(retried, [id("g"), id("h")]);
+        // An error answering nothing is the server's.
+        assert!(on_sub_reply(&bus, &shard, &inbox, refused(), &mut subs).is_err());
     }
 
     #[test]
