@@ -393,9 +393,23 @@ impl<N: Node> Bus for RedisBus<N> {
             })
             .collect();
         let c = &self.counters;
+        // Groups wanted here whose slot no master serves miss every message: not up.
+        let unrouted = self.unrouted.lock().len();
+        let last_error = if unrouted > 0 {
+            let unserved = topology
+                .slots
+                .as_ref()
+                .map_or(0, |slots| slots.iter().filter(|&&i| i == u16::MAX).count());
+            Some(format!(
+                "{unrouted} wanted groups are on slots no master serves ({unserved} of {SLOTS} \
+                 slots unserved)"
+            ))
+        } else {
+            self.last_error.lock().clone()
+        };
         BusStatus {
             carrier: self.carrier,
-            up: !shards.is_empty() && shards.iter().all(|s| s.up),
+            up: !shards.is_empty() && shards.iter().all(|s| s.up) && unrouted == 0,
             shards,
             subscriptions: self.node.wanted() as u64,
             reconnects: c.reconnects.load(Relaxed),
@@ -407,7 +421,7 @@ impl<N: Node> Bus for RedisBus<N> {
             messages_too_large: c.messages_too_large.load(Relaxed),
             echoes_dropped: c.echoes_dropped.load(Relaxed),
             slow_consumer: c.slow_consumer.load(Relaxed),
-            last_error: self.last_error.lock().clone(),
+            last_error,
         }
     }
 }
@@ -503,9 +517,17 @@ async fn supervise<N: Node>(bus: Arc<RedisBus<N>>, shutdown: CancellationToken) 
                 refresh(&bus, &shutdown, &mut tasks).await;
             }
             _ = check.tick(), if bus.cluster => {
-                // A master that stays unreachable may have been replaced by a failover.
-                let down = bus.topology.read().shards.iter().any(|s| !s.up.load(Relaxed));
-                if down {
+                // A master that stays unreachable may have been replaced by a failover; slots
+                // that no master serves may have found one.
+                let incomplete = {
+                    let topology = bus.topology.read();
+                    topology.shards.iter().any(|s| !s.up.load(Relaxed))
+                        || topology
+                            .slots
+                            .as_ref()
+                            .is_some_and(|slots| slots.contains(&u16::MAX))
+                } || !bus.unrouted.lock().is_empty();
+                if incomplete {
                     last_refresh = Some(Instant::now());
                     refresh(&bus, &shutdown, &mut tasks).await;
                 }
@@ -1722,6 +1744,29 @@ mod tests {
         assert_eq!(retried, [id("g"), id("h")]);
         // An error answering nothing is the server's.
         assert!(on_sub_reply(&bus, &shard, &inbox, refused(), &mut subs).is_err());
+    }
+
+    #[test]
+    fn groups_no_master_serves_make_the_bus_down() {
+        let bus = test_bus(true);
+        let (shard, _, _) = wanting(&[]);
+        shard.up.store(true, Relaxed);
+        let mut slots = vec![0; SLOTS].into_boxed_slice();
+        slots[..10].fill(u16::MAX);
+        *bus.topology.write() = Arc::new(Topology {
+            shards: vec![shard],
+            slots: Some(slots),
+        });
+        assert!(bus.status().up, "unserved slots no group wanted here is on");
+        bus.unrouted(id("g"), true);
+        let status = bus.status();
+        assert!(!status.up);
+        assert_eq!(
+            status.last_error.as_deref(),
+            Some("1 wanted groups are on slots no master serves (10 of 16384 slots unserved)")
+        );
+        bus.unrouted(id("g"), false);
+        assert!(bus.status().up);
     }
 
     #[test]
