@@ -15,7 +15,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::codec::FramedRead;
 use url::Url;
 
-use super::resp::{encode, Reply, RespCodec, RespError};
+use super::resp::{encode, Reply, RespCodec, RespError, RespLimits};
 
 /// Why a Redis connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -84,11 +84,12 @@ fn decoded(text: &str) -> String {
     percent_decode_str(text).decode_utf8_lossy().into_owned()
 }
 
-/// Connects to `url`, authenticates and names the connection `name`, all within `timeout`.
+/// Connects to `url`, authenticates and names the connection `name`, all within `timeout`;
+/// its replies are held to `limits`.
 pub async fn connect(
     url: &Url,
     name: &str,
-    codec: RespCodec,
+    limits: RespLimits,
     timeout: Duration,
 ) -> Result<Conn, RedisError> {
     let handshake = async {
@@ -114,7 +115,7 @@ pub async fn connect(
             (Box::new(r), Box::new(w))
         };
         let mut conn = Conn {
-            reader: FramedRead::with_capacity(read_half, codec, 16 * 1024),
+            reader: FramedRead::with_capacity(read_half, RespCodec::new(limits), 16 * 1024),
             writer: BufWriter::with_capacity(64 * 1024, write_half),
             id: None,
         };

@@ -36,10 +36,16 @@
 //! resubscribes through its own routing, with no bound or report we could use; and it computes
 //! a key's slot without exposing the number. What is written here instead is small: a RESP2
 //! reply decoder with limits ([`resp`]), a connection with TLS and `AUTH` ([`conn`]), the
-//! slot hash over the `crc16` crate ([`routing::slot_of`]), and the loops below, which read one
-//! message at a time and deliver it before reading the next, so that a slow gateway leaves the
-//! backlog in Redis's output buffer (bounded by its `client-output-buffer-limit pubsub`) and
-//! visible in `backlog_bytes`. The crate encodes the commands ([`resp::encode`]).
+//! slot hash over the `crc16` crate ([`routing::slot_of`]), and the loops below. The crate
+//! encodes the commands ([`resp::encode`]).
+//!
+//! **Delivery.** Each target's messages, once checked, wait in a bounded inbox
+//! ([`INBOX_MESSAGES`], [`INBOX_BYTES`]) for a task of their own that hands them to the
+//! [`Node`] and waits while its workers are full; the target's connection task never waits
+//! on them, so its publishes, subscription changes and heartbeats go on. While the inbox is
+//! full the subscriber connection is not read: nothing is dropped here, the backlog waits in
+//! Redis's output buffer (bounded by its `client-output-buffer-limit pubsub`) and shows in
+//! `backlog_bytes`.
 //!
 //! **Slow consumers.** When Redis closes a subscriber connection for its output buffer, the
 //! gateway only sees the connection close, as for any other reason. It is counted in
@@ -72,7 +78,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use self::conn::{connect, Conn, RedisError};
-use self::resp::{encode, Reply, RespCodec};
+use self::resp::{encode, Reply, RespLimits};
 use self::routing::{channel, group_of, shard_of, slot_of, ShardInterest, SLOTS};
 use super::address::redacted;
 use super::inbound::{InboundLimits, Rejected};
@@ -88,6 +94,19 @@ pub const WRITE_BATCH: usize = 256;
 /// Elements of one reply array at most (`CLUSTER SLOTS` of a fragmented cluster is the
 /// largest).
 pub const MAX_REPLY_ELEMENTS: usize = 65_536;
+/// Bytes of one reply on a subscriber or publisher connection beyond its largest bulk string
+/// (a message's `smessage` and channel, a `CLIENT LIST` line's array): a reply larger than
+/// `max_bulk` plus this is an error, and the connection is dropped and made again.
+pub const REPLY_SLACK: usize = 64 * 1024;
+/// Bytes of one `CLUSTER SLOTS` reply at most, on the connection that asks it (every slot its
+/// own range, each with a master and a few replicas, is about 10 MiB).
+pub const CLUSTER_SLOTS_REPLY_BYTES: usize = 32 * 1024 * 1024;
+/// Checked messages of one target waiting for this gateway's workers; while it holds this
+/// many, the target's subscriber connection is not read (the backlog stays in Redis).
+pub const INBOX_MESSAGES: usize = 4096;
+/// Bytes of message text in that inbox past which the subscriber connection is not read (one
+/// message more than this may be in it).
+pub const INBOX_BYTES: usize = 16 * 1024 * 1024;
 /// A repeated warning about one shard (unreachable, refusing) is logged at most this often.
 pub const WARN_EVERY: Duration = Duration::from_secs(30);
 /// The topology of a cluster is queried at most this often.
@@ -115,7 +134,8 @@ struct Settings {
     /// The `CLIENT SETNAME` of this gateway's connections (plus `-sub` or `-pub`).
     client_name: String,
     inbound: InboundLimits,
-    codec: RespCodec,
+    /// The replies of the subscriber and publisher connections.
+    resp: RespLimits,
     ping_interval: Duration,
     timeout: Duration,
     connect_timeout: Duration,
@@ -162,9 +182,13 @@ impl RedisCarrier {
                 },
                 // Messages larger than this gateway's limit are read and dropped (counted);
                 // only those beyond four times it (or a broken server) cost the connection.
-                codec: RespCodec {
-                    max_bulk: largest.saturating_mul(4).max(1024 * 1024),
-                    max_elements: MAX_REPLY_ELEMENTS,
+                resp: {
+                    let max_bulk = largest.saturating_mul(4).max(1024 * 1024);
+                    RespLimits {
+                        max_bulk,
+                        max_elements: MAX_REPLY_ELEMENTS,
+                        max_reply: max_bulk.saturating_add(REPLY_SLACK),
+                    }
                 },
                 ping_interval: config.link_ping_interval,
                 timeout: config.link_timeout,
@@ -369,9 +393,23 @@ impl<N: Node> Bus for RedisBus<N> {
             })
             .collect();
         let c = &self.counters;
+        // Groups wanted here whose slot no master serves miss every message: not up.
+        let unrouted = self.unrouted.lock().len();
+        let last_error = if unrouted > 0 {
+            let unserved = topology
+                .slots
+                .as_ref()
+                .map_or(0, |slots| slots.iter().filter(|&&i| i == u16::MAX).count());
+            Some(format!(
+                "{unrouted} wanted groups are on slots no master serves ({unserved} of {SLOTS} \
+                 slots unserved)"
+            ))
+        } else {
+            self.last_error.lock().clone()
+        };
         BusStatus {
             carrier: self.carrier,
-            up: !shards.is_empty() && shards.iter().all(|s| s.up),
+            up: !shards.is_empty() && shards.iter().all(|s| s.up) && unrouted == 0,
             shards,
             subscriptions: self.node.wanted() as u64,
             reconnects: c.reconnects.load(Relaxed),
@@ -383,7 +421,7 @@ impl<N: Node> Bus for RedisBus<N> {
             messages_too_large: c.messages_too_large.load(Relaxed),
             echoes_dropped: c.echoes_dropped.load(Relaxed),
             slow_consumer: c.slow_consumer.load(Relaxed),
-            last_error: self.last_error.lock().clone(),
+            last_error,
         }
     }
 }
@@ -479,9 +517,17 @@ async fn supervise<N: Node>(bus: Arc<RedisBus<N>>, shutdown: CancellationToken) 
                 refresh(&bus, &shutdown, &mut tasks).await;
             }
             _ = check.tick(), if bus.cluster => {
-                // A master that stays unreachable may have been replaced by a failover.
-                let down = bus.topology.read().shards.iter().any(|s| !s.up.load(Relaxed));
-                if down {
+                // A master that stays unreachable may have been replaced by a failover; slots
+                // that no master serves may have found one.
+                let incomplete = {
+                    let topology = bus.topology.read();
+                    topology.shards.iter().any(|s| !s.up.load(Relaxed))
+                        || topology
+                            .slots
+                            .as_ref()
+                            .is_some_and(|slots| slots.contains(&u16::MAX))
+                } || !bus.unrouted.lock().is_empty();
+                if incomplete {
                     last_refresh = Some(Instant::now());
                     refresh(&bus, &shutdown, &mut tasks).await;
                 }
@@ -553,12 +599,96 @@ fn drain<N: Node>(bus: &RedisBus<N>, shard: &Shard, rx: &mut mpsc::Receiver<Byte
     }
 }
 
+/// A target's checked messages on their way to the node ([`deliver_loop`]).
+struct Inbox {
+    tx: mpsc::Sender<(Bytes, Text)>,
+    /// Bytes of text in it.
+    bytes: Arc<AtomicUsize>,
+    /// Signalled each time the deliverer takes a message out.
+    taken: Arc<Notify>,
+}
+
+impl Inbox {
+    /// Whether the subscriber connection may be read (one more message fits).
+    fn has_room(&self) -> bool {
+        self.tx.capacity() > 0 && self.bytes.load(Relaxed) < INBOX_BYTES
+    }
+
+    /// Queues a message of `group` (read only while [`Inbox::has_room`], so it fits).
+    fn push(&self, group: Bytes, text: Text) {
+        let len = text.as_bytes().len();
+        self.bytes.fetch_add(len, Relaxed);
+        if self.tx.try_send((group, text)).is_err() {
+            self.bytes.fetch_sub(len, Relaxed);
+        }
+    }
+}
+
+/// Hands a target's messages to the node, in order, waiting while its workers are full.
+async fn deliver_loop<N: Node>(
+    node: Arc<N>,
+    mut rx: mpsc::Receiver<(Bytes, Text)>,
+    bytes: Arc<AtomicUsize>,
+    taken: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (group, text) = tokio::select! {
+            next = rx.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        let len = text.as_bytes().len();
+        // The group was checked against the gateway's limits when the message arrived.
+        let name = std::str::from_utf8(&group)
+            .ok()
+            .and_then(|g| GroupName::parse(g, usize::MAX).ok());
+        if let Some(name) = name {
+            tokio::select! {
+                _ = node.deliver(name, text) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+        bytes.fetch_sub(len, Relaxed);
+        taken.notify_one();
+    }
+}
+
 /// One target's task: connects, serves, and reconnects with backoff until it is stopped.
 async fn run_shard<N: Node>(
     bus: Arc<RedisBus<N>>,
     shard: Arc<Shard>,
     mut rx: mpsc::Receiver<Bytes>,
 ) {
+    let (tx, inbox_rx) = mpsc::channel(INBOX_MESSAGES);
+    let inbox = Inbox {
+        tx,
+        bytes: Arc::new(AtomicUsize::new(0)),
+        taken: Arc::new(Notify::new()),
+    };
+    let deliverer = tokio::spawn(deliver_loop(
+        bus.node.clone(),
+        inbox_rx,
+        inbox.bytes.clone(),
+        inbox.taken.clone(),
+        shard.stop.clone(),
+    ));
+    serve_shard(&bus, &shard, &mut rx, &inbox).await;
+    drop(inbox);
+    let _ = deliverer.await;
+}
+
+/// Connects, serves, and reconnects with backoff until the target is stopped.
+async fn serve_shard<N: Node>(
+    bus: &Arc<RedisBus<N>>,
+    shard: &Arc<Shard>,
+    rx: &mut mpsc::Receiver<Bytes>,
+    inbox: &Inbox,
+) {
+    let bus = bus.clone();
+    let shard = shard.clone();
     let settings = &bus.settings;
     let mut backoff = settings.reconnect_min;
     let mut ever_up = false;
@@ -574,12 +704,12 @@ async fn run_shard<N: Node>(
                     bus.counters.reconnects.fetch_add(1, Relaxed);
                 }
                 ever_up = true;
-                let result = session(&bus, &shard, &mut rx, sub, publisher).await;
+                let result = session(&bus, &shard, rx, inbox, sub, publisher).await;
                 shard.up.store(false, Relaxed);
                 shard.interest.lock().lost();
                 shard.subscribed.store(0, Relaxed);
                 let backlog = shard.backlog.lock().take().unwrap_or(0);
-                drain(&bus, &shard, &mut rx);
+                drain(&bus, &shard, rx);
                 // Start the backoff over only after a session that lasted, so a server that
                 // accepts and then drops the connection is not hammered.
                 if started.elapsed() >= settings.reconnect_max.max(Duration::from_secs(1)) {
@@ -604,7 +734,7 @@ async fn run_shard<N: Node>(
             }
             Err(error) => {
                 bus.failed(&shard, &error);
-                drain(&bus, &shard, &mut rx);
+                drain(&bus, &shard, rx);
                 if let Some(suppressed) = shard.may_warn() {
                     tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause = %error, retry_in = ?backoff, suppressed, "cannot reach redis");
                 }
@@ -620,7 +750,7 @@ async fn run_shard<N: Node>(
         backoff = (backoff * 2).min(settings.reconnect_max);
     }
     shard.up.store(false, Relaxed);
-    drain(&bus, &shard, &mut rx);
+    drain(&bus, &shard, rx);
 }
 
 async fn connect_pair<N: Node>(
@@ -631,14 +761,14 @@ async fn connect_pair<N: Node>(
     let sub = connect(
         &shard.url,
         &format!("{}-sub", s.client_name),
-        s.codec,
+        s.resp,
         s.connect_timeout,
     )
     .await?;
     let publisher = connect(
         &shard.url,
         &format!("{}-pub", s.client_name),
-        s.codec,
+        s.resp,
         s.connect_timeout,
     )
     .await?;
@@ -673,6 +803,7 @@ async fn session<N: Node>(
     bus: &RedisBus<N>,
     shard: &Shard,
     rx: &mut mpsc::Receiver<Bytes>,
+    inbox: &Inbox,
     mut sub: Conn,
     mut publisher: Conn,
 ) -> Result<(), RedisError> {
@@ -680,9 +811,7 @@ async fn session<N: Node>(
     let timeout = settings.timeout;
     let mut sub_heard = Instant::now();
     let mut pub_heard = Instant::now();
-    // A cluster's own `SUNSUBSCRIBE`s not confirmed yet: any other `sunsubscribe` comes from
-    // the server, for a slot that left this node.
-    let mut unsubscribing: HashSet<Bytes> = HashSet::new();
+    let mut subs = SubCommands::default();
     let everything = shard.interest.lock().full_sync();
     let changes = super::SubscriptionChanges {
         subscribe: everything,
@@ -692,7 +821,7 @@ async fn session<N: Node>(
     bounded(
         sub_heard,
         timeout,
-        write_subscriptions(bus, &mut sub, changes, &mut unsubscribing),
+        write_subscriptions(bus, &mut sub, changes, &mut subs),
     )
     .await?;
     shard.up.store(true, Relaxed);
@@ -713,21 +842,23 @@ async fn session<N: Node>(
         None => ping.clone(),
     };
     loop {
+        let room = inbox.has_room();
         // Not biased: a saturated inbound stream must not starve the writes, nor a saturated
         // publish queue the reads.
         tokio::select! {
             _ = shard.stop.cancelled() => return Ok(()),
-            reply = sub.reader.next() => {
+            reply = sub.reader.next(), if room => {
                 let reply = match reply {
                     None => return Err(RedisError::Closed),
                     Some(reply) => reply?,
                 };
-                let before = Instant::now();
-                on_sub_reply(bus, shard, reply, &mut unsubscribing).await?;
-                // Waiting for a full worker inbox is not the server's silence, on either
-                // connection (the publisher's replies were not read meanwhile).
                 sub_heard = Instant::now();
-                pub_heard += sub_heard - before;
+                on_sub_reply(bus, shard, inbox, reply, &mut subs)?;
+            }
+            // The inbox full: the subscriber connection is left unread, which is not the
+            // server's silence.
+            _ = inbox.taken.notified(), if !room => {
+                sub_heard = Instant::now();
             }
             reply = publisher.reader.next() => {
                 let reply = match reply {
@@ -738,8 +869,11 @@ async fn session<N: Node>(
                 on_pub_reply(bus, shard, reply, &mut expected)?;
             }
             _ = shard.changed.notified() => {
-                let changes = shard.interest.lock().take_changes();
-                bounded(sub_heard, timeout, write_subscriptions(bus, &mut sub, changes, &mut unsubscribing)).await?;
+                // After a topology refresh too: the groups a `MOVED` answered for are retried
+                // here, unless they moved to another master.
+                let mut changes = shard.interest.lock().take_changes();
+                changes.subscribe.extend(subs.take_retries(bus, shard));
+                bounded(sub_heard, timeout, write_subscriptions(bus, &mut sub, changes, &mut subs)).await?;
             }
             n = rx.recv_many(&mut batch, WRITE_BATCH) => {
                 if n == 0 {
@@ -755,8 +889,10 @@ async fn session<N: Node>(
                 .await;
                 // Written out, or dropped with the connection: either way no longer held.
                 shard.queued_bytes.fetch_sub(bytes, Relaxed);
+                // `batch` was drained by the write, however far it got: all `n` are lost with
+                // the connection.
                 if written.is_err() {
-                    bus.counters.publishes_dropped.fetch_add(batch.len() as u64, Relaxed);
+                    bus.counters.publishes_dropped.fetch_add(n as u64, Relaxed);
                 }
                 batch.clear();
                 written?;
@@ -766,16 +902,25 @@ async fn session<N: Node>(
                 }
             }
             _ = heartbeat.tick() => {
+                if !inbox.has_room() {
+                    sub_heard = Instant::now();
+                }
                 for heard in [sub_heard, pub_heard] {
                     if heard.elapsed() > timeout {
                         return Err(RedisError::Silent(timeout));
                     }
                 }
+                let retries = super::SubscriptionChanges {
+                    subscribe: subs.take_retries(bus, shard),
+                    unsubscribe: Vec::new(),
+                };
                 bounded(sub_heard, timeout, async {
+                    write_subscriptions(bus, &mut sub, retries, &mut subs).await?;
                     sub.writer.write_all(&ping).await?;
                     Ok(sub.writer.flush().await?)
                 })
                 .await?;
+                subs.sent(SubCommand::Ping);
                 bounded(pub_heard, timeout, async {
                     publisher.writer.write_all(&probe).await?;
                     Ok(publisher.writer.flush().await?)
@@ -787,14 +932,115 @@ async fn session<N: Node>(
     }
 }
 
+/// A command on a subscriber connection whose replies have not all been read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SubCommand {
+    /// `(S)SUBSCRIBE`: the channels not confirmed yet, in order.
+    Subscribe(VecDeque<Bytes>),
+    /// `(S)UNSUBSCRIBE`: likewise.
+    Unsubscribe(VecDeque<Bytes>),
+    Ping,
+}
+
+/// The subscriber connection's commands in the order the server answers them, so that an
+/// error maps to the channels of the command it answers, and a `sunsubscribe` that answers
+/// none is known to come from the server (a slot that left the node); and the groups to
+/// subscribe again (refused, or answered with `MOVED`).
+#[derive(Debug, Default)]
+struct SubCommands {
+    pending: VecDeque<SubCommand>,
+    retry: HashSet<GroupId>,
+}
+
+impl SubCommands {
+    fn sent(&mut self, command: SubCommand) {
+        self.pending.push_back(command);
+    }
+
+    /// Takes a confirmation of `channel`: whether it answers the command in front.
+    fn confirmed(&mut self, subscribe: bool, channel: &[u8]) -> bool {
+        let channels = match self.pending.front_mut() {
+            Some(SubCommand::Subscribe(channels)) if subscribe => channels,
+            Some(SubCommand::Unsubscribe(channels)) if !subscribe => channels,
+            _ => return false,
+        };
+        let Some(at) = channels.iter().position(|c| c == channel) else {
+            return false;
+        };
+        channels.remove(at);
+        if channels.is_empty() {
+            self.pending.pop_front();
+        }
+        true
+    }
+
+    fn ponged(&mut self) {
+        if self.pending.front() == Some(&SubCommand::Ping) {
+            self.pending.pop_front();
+        }
+    }
+
+    /// The command an error reply answers.
+    fn errored(&mut self) -> Option<SubCommand> {
+        self.pending.pop_front()
+    }
+
+    fn retry(&mut self, prefix: &str, channels: impl IntoIterator<Item = Bytes>) {
+        self.retry
+            .extend(channels.into_iter().filter_map(|ch| group_id(prefix, &ch)));
+    }
+
+    /// The groups to subscribe again that this target still serves.
+    fn take_retries<N: Node>(&mut self, bus: &RedisBus<N>, shard: &Shard) -> Vec<GroupId> {
+        if self.retry.is_empty() {
+            return Vec::new();
+        }
+        let retry: Vec<GroupId> = {
+            let interest = shard.interest.lock();
+            self.retry
+                .drain()
+                .filter(|g| interest.wanted().contains(g))
+                .collect()
+        };
+        if !retry.is_empty() {
+            if let Some(suppressed) = shard.may_warn() {
+                tracing::info!(carrier = bus.carrier, shard = %shard.address, groups = retry.len(), suppressed, "subscribing again to groups refused or moved");
+            }
+        }
+        retry
+    }
+}
+
+/// The group of one of this deployment's channels.
+fn group_id(prefix: &str, channel: &[u8]) -> Option<GroupId> {
+    let group = std::str::from_utf8(group_of(prefix, channel)?).ok()?;
+    GroupId::new(group, usize::MAX).ok()
+}
+
+/// At most this much of a reply is quoted in an error (its status and logs).
+const QUOTED: usize = 200;
+
+/// `text`, cut to [`QUOTED`] bytes (on a character boundary).
+fn quoted(mut text: String) -> String {
+    if text.len() > QUOTED {
+        let mut end = QUOTED;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
 /// Sends subscription changes on a subscriber connection: `SUBSCRIBE`/`UNSUBSCRIBE` in batches,
-/// or a cluster's `SSUBSCRIBE`/`SUNSUBSCRIBE` one channel each. The confirmations are read
-/// by the session's loop.
+/// or a cluster's `SSUBSCRIBE`/`SUNSUBSCRIBE` one channel each, and records each command. The
+/// confirmations are read by the session's loop.
 async fn write_subscriptions<N: Node>(
     bus: &RedisBus<N>,
     sub: &mut Conn,
     changes: super::SubscriptionChanges,
-    unsubscribing: &mut HashSet<Bytes>,
+    subs: &mut SubCommands,
 ) -> Result<(), RedisError> {
     if changes.is_empty() {
         return Ok(());
@@ -805,14 +1051,15 @@ async fn write_subscriptions<N: Node>(
     };
     let (subscribe, unsubscribe) = (channels(&changes.subscribe), channels(&changes.unsubscribe));
     if bus.cluster {
-        for ch in &subscribe {
-            sub.writer.write_all(&encode(&[b"SSUBSCRIBE", ch])).await?;
+        for ch in subscribe {
+            sub.writer.write_all(&encode(&[b"SSUBSCRIBE", &ch])).await?;
+            subs.sent(SubCommand::Subscribe([Bytes::from(ch)].into()));
         }
         for ch in unsubscribe {
             sub.writer
                 .write_all(&encode(&[b"SUNSUBSCRIBE", &ch]))
                 .await?;
-            unsubscribing.insert(Bytes::from(ch));
+            subs.sent(SubCommand::Unsubscribe([Bytes::from(ch)].into()));
         }
     } else {
         for (verb, list) in [
@@ -824,6 +1071,12 @@ async fn write_subscriptions<N: Node>(
                 args.push(verb);
                 args.extend(chunk.iter().map(Vec::as_slice));
                 sub.writer.write_all(&encode(&args)).await?;
+                let channels = chunk.iter().map(|c| Bytes::copy_from_slice(c)).collect();
+                subs.sent(if verb == b"SUBSCRIBE" {
+                    SubCommand::Subscribe(channels)
+                } else {
+                    SubCommand::Unsubscribe(channels)
+                });
             }
         }
     }
@@ -838,29 +1091,21 @@ fn is_topology_error(error: &[u8]) -> bool {
         .any(|code| error.starts_with(code.as_bytes()))
 }
 
-async fn on_sub_reply<N: Node>(
+fn on_sub_reply<N: Node>(
     bus: &RedisBus<N>,
     shard: &Shard,
+    inbox: &Inbox,
     reply: Reply,
-    unsubscribing: &mut HashSet<Bytes>,
+    subs: &mut SubCommands,
 ) -> Result<(), RedisError> {
     let items = match reply {
         Reply::Array(Some(items)) => items,
-        Reply::Simple(pong) if pong.eq_ignore_ascii_case(b"PONG") => return Ok(()),
-        Reply::Error(e) if bus.cluster && is_topology_error(&e) => {
-            bus.refresh.notify_one();
-            return Err(RedisError::Moved(String::from_utf8_lossy(&e).into_owned()));
-        }
-        Reply::Error(e) => {
-            // A refused SUBSCRIBE (an ACL, a limit): the connection stays up for the other
-            // groups; the refused ones come back with the next full resubscription.
-            bus.counters.subscriptions_refused.fetch_add(1, Relaxed);
-            if let Some(suppressed) = shard.may_warn() {
-                tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause = %String::from_utf8_lossy(&e), suppressed, "redis refused a subscription");
-            }
+        Reply::Simple(pong) if pong.eq_ignore_ascii_case(b"PONG") => {
+            subs.ponged();
             return Ok(());
         }
-        other => return Err(RedisError::Unexpected(format!("{other:?}"))),
+        Reply::Error(e) => return on_sub_error(bus, shard, &e, subs),
+        other => return Err(RedisError::Unexpected(quoted(format!("{other:?}")))),
     };
     let mut items = items.into_iter();
     let kind = items.next();
@@ -872,22 +1117,24 @@ async fn on_sub_reply<N: Node>(
     let third = items.next();
     match (kind.as_deref(), channel, third) {
         (Some(b"message" | b"smessage"), Some(channel), Some(Reply::Bulk(Some(payload)))) => {
-            on_message(bus, shard, &channel, payload).await;
+            on_message(bus, shard, inbox, &channel, payload);
         }
-        (Some(b"subscribe" | b"ssubscribe" | b"unsubscribe"), _, Some(Reply::Int(n))) => {
+        (Some(b"subscribe" | b"ssubscribe"), Some(channel), Some(Reply::Int(n))) => {
             shard.subscribed.store(n.max(0) as u64, Relaxed);
+            subs.confirmed(true, &channel);
         }
-        (Some(b"sunsubscribe"), Some(channel), Some(Reply::Int(n))) => {
+        (Some(b"unsubscribe" | b"sunsubscribe"), Some(channel), Some(Reply::Int(n))) => {
             shard.subscribed.store(n.max(0) as u64, Relaxed);
-            if !unsubscribing.remove(&channel) {
+            if !subs.confirmed(false, &channel) && bus.cluster {
+                // Not an answer: the server dropped the channel, its slot having left this
+                // node. The refresh moves the group to its new master; should the topology
+                // not show it yet, the group is subscribed here again (and `MOVED` says so).
+                tracing::debug!(carrier = bus.carrier, shard = %shard.address, channel = %String::from_utf8_lossy(&channel), "the server unsubscribed a channel (its slot moved)");
                 bus.refresh.notify_one();
-                return Err(RedisError::Moved(format!(
-                    "the server unsubscribed {} (its slot moved)",
-                    String::from_utf8_lossy(&channel)
-                )));
+                subs.retry(&bus.settings.prefix, [channel]);
             }
         }
-        (Some(b"pong"), _, _) => {}
+        (Some(b"pong"), _, _) => subs.ponged(),
         (kind, _, _) => {
             return Err(RedisError::Unexpected(format!(
                 "a {:?} push on the subscriber connection",
@@ -898,8 +1145,56 @@ async fn on_sub_reply<N: Node>(
     Ok(())
 }
 
-/// A message from another gateway (or not): checked, then delivered or dropped and counted.
-async fn on_message<N: Node>(bus: &RedisBus<N>, shard: &Shard, channel: &Bytes, payload: Bytes) {
+/// An error answering the subscriber connection's command in front: a refused subscription
+/// (an ACL, a limit) is counted per channel and retried at the next heartbeat; a `MOVED` (or
+/// another topology error) asks for a refresh, after which the group is retried where it then
+/// lives. Neither costs the connection.
+fn on_sub_error<N: Node>(
+    bus: &RedisBus<N>,
+    shard: &Shard,
+    error: &[u8],
+    subs: &mut SubCommands,
+) -> Result<(), RedisError> {
+    let topology = bus.cluster && is_topology_error(error);
+    if topology {
+        bus.refresh.notify_one();
+    }
+    let cause = quoted(String::from_utf8_lossy(error).into_owned());
+    match subs.errored() {
+        Some(SubCommand::Subscribe(channels)) => {
+            if !topology {
+                bus.counters
+                    .subscriptions_refused
+                    .fetch_add(channels.len() as u64, Relaxed);
+                if let Some(suppressed) = shard.may_warn() {
+                    tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause, channels = channels.len(), suppressed, "redis refused a subscription");
+                }
+            }
+            subs.retry(&bus.settings.prefix, channels);
+            Ok(())
+        }
+        Some(SubCommand::Unsubscribe(_)) => {
+            if !topology {
+                if let Some(suppressed) = shard.may_warn() {
+                    tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause, suppressed, "redis refused an unsubscription");
+                }
+            }
+            Ok(())
+        }
+        Some(SubCommand::Ping) | None if topology => Ok(()),
+        Some(SubCommand::Ping) | None => Err(RedisError::Server(cause)),
+    }
+}
+
+/// A message from another gateway (or not): checked, then queued for delivery or dropped and
+/// counted.
+fn on_message<N: Node>(
+    bus: &RedisBus<N>,
+    shard: &Shard,
+    inbox: &Inbox,
+    channel: &Bytes,
+    payload: Bytes,
+) {
     let c = &bus.counters;
     c.messages_in.fetch_add(1, Relaxed);
     let payload = match (
@@ -924,7 +1219,7 @@ async fn on_message<N: Node>(bus: &RedisBus<N>, shard: &Shard, channel: &Bytes, 
         }
     };
     match bus.settings.inbound.check(payload.0, payload.1) {
-        Ok((group, text)) => bus.node.deliver(group, text).await,
+        Ok((_, text)) => inbox.push(channel.slice(bus.settings.prefix.len() + 1..), text),
         Err(Rejected::Invalid) => {
             c.messages_invalid.fetch_add(1, Relaxed);
             if let Some(suppressed) = shard.may_warn() {
@@ -1018,7 +1313,10 @@ async fn discover<N: Node>(bus: &RedisBus<N>) -> Result<Discovered, RedisError> 
             let mut conn = connect(
                 &url,
                 &format!("{}-topology", s.client_name),
-                s.codec,
+                RespLimits {
+                    max_reply: CLUSTER_SLOTS_REPLY_BYTES.max(s.resp.max_reply),
+                    ..s.resp
+                },
                 s.connect_timeout,
             )
             .await?;
@@ -1282,6 +1580,193 @@ mod tests {
         assert!(is_topology_error(b"MOVED 3999 127.0.0.1:6381"));
         assert!(is_topology_error(b"CLUSTERDOWN The cluster is down"));
         assert!(!is_topology_error(b"ERR unknown command"));
+    }
+
+    /// A node with nothing to deliver to, for the functions that only need a bus.
+    struct NoNode;
+
+    impl Node for NoNode {
+        async fn deliver(&self, _: GroupName<'_>, _: Text) {}
+        fn subscriptions(&self, _: bool) -> super::super::SubscriptionChanges {
+            Default::default()
+        }
+        fn subscriptions_lost(&self) {}
+        fn wanted(&self) -> usize {
+            0
+        }
+        async fn subscriptions_changed(&self) {
+            std::future::pending().await
+        }
+    }
+
+    fn test_bus(cluster: bool) -> RedisBus<NoNode> {
+        let url: Url = "redis://127.0.0.1:1".parse().expect("url");
+        let address = if cluster {
+            BusAddress::RedisCluster(vec![url.clone()])
+        } else {
+            BusAddress::Redis(vec![url.clone()])
+        };
+        let carrier =
+            RedisCarrier::new(&address, &GatewayConfig::default()).expect("a redis address");
+        RedisBus {
+            carrier: "redis",
+            cluster,
+            seeds: vec![url],
+            settings: carrier.settings,
+            topology: RwLock::new(Arc::new(Topology::default())),
+            origin: Origin::new(),
+            counters: Counters::default(),
+            up_logged: AtomicBool::new(false),
+            refresh: Notify::new(),
+            unrouted: Mutex::new(HashSet::new()),
+            last_error: Mutex::new(None),
+            node: Arc::new(NoNode),
+        }
+    }
+
+    fn id(name: &str) -> GroupId {
+        GroupId::new(name, 64).expect("group id")
+    }
+
+    fn confirmation(kind: &str, ch: &Bytes, n: i64) -> Reply {
+        Reply::Array(Some(vec![
+            bulk(kind),
+            Reply::Bulk(Some(ch.clone())),
+            Reply::Int(n),
+        ]))
+    }
+
+    /// A shard that wants `groups`, its inbox, and the channels of the groups.
+    fn wanting(groups: &[&str]) -> (Arc<Shard>, Inbox, Vec<Bytes>) {
+        let shard = Shard::new(
+            "redis://127.0.0.1:1".parse().expect("url"),
+            1,
+            CancellationToken::new(),
+        );
+        for g in groups {
+            shard.interest.lock().record(id(g), true);
+        }
+        let (tx, _) = mpsc::channel(1);
+        let inbox = Inbox {
+            tx,
+            bytes: Arc::default(),
+            taken: Arc::default(),
+        };
+        let channels = groups
+            .iter()
+            .map(|g| Bytes::from(channel("gp", g)))
+            .collect();
+        (shard, inbox, channels)
+    }
+
+    fn refresh_asked<N: Node>(bus: &RedisBus<N>) -> bool {
+        use futures_util::FutureExt;
+        bus.refresh.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn cluster_replies_map_to_their_commands_and_cost_no_connection() {
+        let bus = test_bus(true);
+        let (shard, inbox, channels) = wanting(&["g"]);
+        let ch = &channels[0];
+        let mut subs = SubCommands::default();
+        // Leave, join, leave, all written before the first confirmation is read.
+        subs.sent(SubCommand::Unsubscribe([ch.clone()].into()));
+        subs.sent(SubCommand::Subscribe([ch.clone()].into()));
+        subs.sent(SubCommand::Unsubscribe([ch.clone()].into()));
+        subs.sent(SubCommand::Ping);
+        for reply in [
+            confirmation("sunsubscribe", ch, 0),
+            confirmation("ssubscribe", ch, 1),
+            confirmation("sunsubscribe", ch, 0),
+            Reply::Array(Some(vec![bulk("pong"), bulk("")])),
+        ] {
+            on_sub_reply(&bus, &shard, &inbox, reply, &mut subs).expect("an answer");
+        }
+        assert!(subs.pending.is_empty(), "{:?}", subs.pending);
+        assert!(!refresh_asked(&bus) && subs.retry.is_empty());
+
+        // The server drops the channel (its slot moved): a refresh, and the group retried
+        // should the topology still put it here.
+        on_sub_reply(
+            &bus,
+            &shard,
+            &inbox,
+            confirmation("sunsubscribe", ch, 0),
+            &mut subs,
+        )
+        .expect("not an error");
+        assert!(refresh_asked(&bus));
+        assert_eq!(subs.take_retries(&bus, &shard), [id("g")]);
+
+        // MOVED answering a subscription: a refresh and a retry, not a refusal.
+        subs.sent(SubCommand::Subscribe([ch.clone()].into()));
+        let moved = Reply::Error(Bytes::from_static(b"MOVED 3999 127.0.0.1:7001"));
+        on_sub_reply(&bus, &shard, &inbox, moved.clone(), &mut subs).expect("not an error");
+        assert!(refresh_asked(&bus));
+        assert_eq!(bus.counters.subscriptions_refused.load(Relaxed), 0);
+        // Moved elsewhere by the refresh meanwhile: not retried here.
+        shard.interest.lock().record(id("g"), false);
+        assert!(subs.take_retries(&bus, &shard).is_empty());
+        // A MOVED answering nothing asks for a refresh only.
+        on_sub_reply(&bus, &shard, &inbox, moved, &mut subs).expect("not an error");
+        assert!(refresh_asked(&bus));
+    }
+
+    #[test]
+    fn a_refused_batch_counts_each_channel_and_is_retried() {
+        let bus = test_bus(false);
+        let (shard, inbox, channels) = wanting(&["g", "h", "i"]);
+        let mut subs = SubCommands::default();
+        subs.sent(SubCommand::Subscribe(channels[..2].to_vec().into()));
+        subs.sent(SubCommand::Subscribe(channels[2..].to_vec().into()));
+        subs.sent(SubCommand::Unsubscribe(channels[2..].to_vec().into()));
+        let refused = || Reply::Error(Bytes::from_static(b"NOPERM no permissions"));
+        on_sub_reply(&bus, &shard, &inbox, refused(), &mut subs).expect("kept");
+        let ch = &channels[2];
+        on_sub_reply(
+            &bus,
+            &shard,
+            &inbox,
+            confirmation("subscribe", ch, 1),
+            &mut subs,
+        )
+        .expect("an answer");
+        on_sub_reply(&bus, &shard, &inbox, refused(), &mut subs).expect("kept");
+        assert!(subs.pending.is_empty());
+        assert_eq!(
+            bus.counters.subscriptions_refused.load(Relaxed),
+            2,
+            "per channel, and not for the refused unsubscription"
+        );
+        let mut retried = subs.take_retries(&bus, &shard);
+        retried.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        assert_eq!(retried, [id("g"), id("h")]);
+        // An error answering nothing is the server's.
+        assert!(on_sub_reply(&bus, &shard, &inbox, refused(), &mut subs).is_err());
+    }
+
+    #[test]
+    fn groups_no_master_serves_make_the_bus_down() {
+        let bus = test_bus(true);
+        let (shard, _, _) = wanting(&[]);
+        shard.up.store(true, Relaxed);
+        let mut slots = vec![0; SLOTS].into_boxed_slice();
+        slots[..10].fill(u16::MAX);
+        *bus.topology.write() = Arc::new(Topology {
+            shards: vec![shard],
+            slots: Some(slots),
+        });
+        assert!(bus.status().up, "unserved slots no group wanted here is on");
+        bus.unrouted(id("g"), true);
+        let status = bus.status();
+        assert!(!status.up);
+        assert_eq!(
+            status.last_error.as_deref(),
+            Some("1 wanted groups are on slots no master serves (10 of 16384 slots unserved)")
+        );
+        bus.unrouted(id("g"), false);
+        assert!(bus.status().up);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! RESP2, the part a pub/sub client reads: a pure decoder over bytes that tells "need more" from
 //! "malformed", with limits, so that a server (or anything that answers on its port) cannot make
-//! the gateway allocate more than one message's worth. Commands are encoded with the `redis`
-//! crate's [`redis::Cmd`].
+//! the gateway allocate more than one reply's budget ([`RespLimits::max_reply`]). Each byte is
+//! looked at a bounded number of times however the reply arrives: the decoder scans what came,
+//! remembering where it stopped, and only when the reply is whole builds it, from zero-copy
+//! slices of the buffer. Commands are encoded with the `redis` crate's [`redis::Cmd`].
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
 /// One RESP2 reply.
@@ -47,6 +49,8 @@ pub enum RespError {
     TooLarge(u64, usize),
     #[error("reply array of {0} elements is over the limit of {1}")]
     TooManyElements(u64, usize),
+    #[error("reply of at least {0} bytes is over the budget of {1}")]
+    ReplyTooLarge(u64, usize),
     #[error("replies nested deeper than {0}")]
     TooDeep(usize),
     #[error("i/o: {0}")]
@@ -62,14 +66,155 @@ impl From<std::io::Error> for RespError {
 /// Arrays nest this deep at most (`CLUSTER SLOTS` needs 3).
 const MAX_DEPTH: usize = 8;
 /// A line (`+`, `-`, `:`, and headers) is this long at most.
-const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = 64 * 1024;
 
-/// The decoder, with its limits: the largest bulk string (a message, or `CLIENT LIST`'s line)
-/// and the most elements in one array.
-#[derive(Debug, Clone, Copy)]
-pub struct RespCodec {
+/// What one reply may be: its largest bulk string (a message, or `CLIENT LIST`'s line), the
+/// most elements in one array, and the most bytes in all (the buffer holds no more than this
+/// while a reply is incomplete; past it the reply is an error and the connection is dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RespLimits {
     pub max_bulk: usize,
     pub max_elements: usize,
+    pub max_reply: usize,
+}
+
+/// The decoder: its limits and how far it has scanned the reply being received.
+#[derive(Debug)]
+pub struct RespCodec {
+    limits: RespLimits,
+    scan: Scan,
+}
+
+/// Where the scan of an incomplete reply stopped, so that the next bytes resume it.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Bytes at the front of the buffer that are whole elements (or array headers) of the reply.
+    pos: usize,
+    /// Elements still to come in each array open at `pos`, outermost first.
+    open: Vec<u64>,
+    /// No line end starts before this (a line at `pos` was looked for up to here).
+    searched: usize,
+    /// A bulk string whose header was read ends here (its CRLF included).
+    bulk_end: Option<usize>,
+    /// Bytes looked at, for the tests' bound on the work.
+    #[cfg(test)]
+    examined: usize,
+}
+
+impl RespCodec {
+    pub fn new(limits: RespLimits) -> RespCodec {
+        RespCodec {
+            limits,
+            scan: Scan::default(),
+        }
+    }
+
+    /// Scans from where the last call stopped: `Some(end)` once a whole reply is in
+    /// `src[..end]`.
+    fn scan(&mut self, src: &[u8]) -> Result<Option<usize>, RespError> {
+        let limits = self.limits;
+        let s = &mut self.scan;
+        loop {
+            let done_at = if let Some(end) = s.bulk_end {
+                if src.len() < end {
+                    return need_more(src, &limits);
+                }
+                if &src[end - 2..end] != b"\r\n" {
+                    return Err(RespError::Malformed("bulk string without its CRLF"));
+                }
+                s.bulk_end = None;
+                end
+            } else {
+                if s.open.len() > MAX_DEPTH {
+                    return Err(RespError::TooDeep(MAX_DEPTH));
+                }
+                let Some(&kind) = src.get(s.pos) else {
+                    return need_more(src, &limits);
+                };
+                let from = s.searched.max(s.pos + 1);
+                let rest = &src[from..];
+                #[cfg(test)]
+                {
+                    s.examined += rest.len();
+                }
+                let Some(at) = rest.windows(2).position(|w| w == b"\r\n") else {
+                    s.searched = src.len().saturating_sub(1).max(from);
+                    let len = src.len() - (s.pos + 1);
+                    if len > MAX_LINE {
+                        return Err(RespError::TooLarge(len as u64, MAX_LINE));
+                    }
+                    return need_more(src, &limits);
+                };
+                let text = &src[s.pos + 1..from + at];
+                let next = from + at + 2;
+                s.searched = 0;
+                match kind {
+                    b'+' | b'-' => next,
+                    b':' => {
+                        number(text)?;
+                        next
+                    }
+                    b'$' => {
+                        let len = number(text)?;
+                        if len < 0 {
+                            next
+                        } else {
+                            let len = len as u64;
+                            if len > limits.max_bulk as u64 {
+                                return Err(RespError::TooLarge(len, limits.max_bulk));
+                            }
+                            let end = next as u64 + len + 2;
+                            if end > limits.max_reply as u64 {
+                                return Err(RespError::ReplyTooLarge(end, limits.max_reply));
+                            }
+                            s.pos = next;
+                            s.bulk_end = Some(end as usize);
+                            continue;
+                        }
+                    }
+                    b'*' => {
+                        let count = number(text)?;
+                        if count <= 0 {
+                            next
+                        } else {
+                            if count as u64 > limits.max_elements as u64 {
+                                return Err(RespError::TooManyElements(
+                                    count as u64,
+                                    limits.max_elements,
+                                ));
+                            }
+                            s.pos = next;
+                            s.open.push(count as u64);
+                            continue;
+                        }
+                    }
+                    _ => return Err(RespError::Malformed("unknown reply type")),
+                }
+            };
+            s.pos = done_at;
+            // One element done: it closes the arrays it was the last element of.
+            loop {
+                match s.open.last_mut() {
+                    None => return Ok(Some(done_at)),
+                    Some(left) => {
+                        *left -= 1;
+                        if *left > 0 {
+                            break;
+                        }
+                        s.open.pop();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// "Need more", unless the reply already holds more than its budget.
+fn need_more(src: &[u8], limits: &RespLimits) -> Result<Option<usize>, RespError> {
+    if src.len() > limits.max_reply {
+        return Err(RespError::ReplyTooLarge(src.len() as u64, limits.max_reply));
+    }
+    Ok(None)
 }
 
 impl Decoder for RespCodec {
@@ -77,27 +222,34 @@ impl Decoder for RespCodec {
     type Error = RespError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, RespError> {
-        let mut pos = 0;
-        match parse(self, src, &mut pos, 0)? {
-            None => Ok(None),
-            Some(reply) => {
-                src.advance(pos);
+        match self.scan(src) {
+            Ok(None) => Ok(None),
+            Ok(Some(end)) => {
+                self.scan_reset();
+                let frame = src.split_to(end).freeze();
+                let mut pos = 0;
+                let reply = build(&frame, &mut pos)?;
+                debug_assert_eq!(pos, end);
                 Ok(Some(reply))
+            }
+            Err(e) => {
+                self.scan_reset();
+                Err(e)
             }
         }
     }
 }
 
-/// The line from `pos` up to `\r\n`, or `None` when it has not all arrived.
-fn line<'a>(src: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>, RespError> {
-    let rest = &src[*pos..];
-    match rest.windows(2).position(|w| w == b"\r\n") {
-        Some(end) => {
-            *pos += end + 2;
-            Ok(Some(&rest[..end]))
+impl RespCodec {
+    /// Starts the next reply's scan over (the count of bytes examined is kept).
+    fn scan_reset(&mut self) {
+        #[cfg(test)]
+        let examined = self.scan.examined;
+        self.scan = Scan::default();
+        #[cfg(test)]
+        {
+            self.scan.examined = examined;
         }
-        None if rest.len() > MAX_LINE => Err(RespError::TooLarge(rest.len() as u64, MAX_LINE)),
-        None => Ok(None),
     }
 }
 
@@ -108,69 +260,47 @@ fn number(text: &[u8]) -> Result<i64, RespError> {
         .ok_or(RespError::Malformed("not a number"))
 }
 
-/// Parses one reply starting at `pos` without consuming `src`; `pos` ends after it.
-fn parse(
-    codec: &RespCodec,
-    src: &BytesMut,
-    pos: &mut usize,
-    depth: usize,
-) -> Result<Option<Reply>, RespError> {
-    if depth > MAX_DEPTH {
-        return Err(RespError::TooDeep(MAX_DEPTH));
-    }
-    let Some(&kind) = src.get(*pos) else {
-        return Ok(None);
-    };
+/// The line at `pos` (after its type byte) in a frame the scan found whole.
+fn line(frame: &[u8], pos: &mut usize) -> Result<(usize, usize), RespError> {
     let start = *pos;
+    let at = frame[start..]
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .ok_or(RespError::Malformed("a line without its end"))?;
+    *pos = start + at + 2;
+    Ok((start, start + at))
+}
+
+/// Builds the reply at `pos` of a frame the scan found whole and well-formed, sharing its
+/// bytes.
+fn build(frame: &Bytes, pos: &mut usize) -> Result<Reply, RespError> {
+    let kind = frame[*pos];
     *pos += 1;
-    let Some(text) = line(src, pos)? else {
-        return Ok(None);
-    };
-    let text_at = start + 1;
-    let text_len = text.len();
-    Ok(Some(match kind {
-        b'+' => Reply::Simple(Bytes::copy_from_slice(&src[text_at..text_at + text_len])),
-        b'-' => Reply::Error(Bytes::copy_from_slice(&src[text_at..text_at + text_len])),
-        b':' => Reply::Int(number(text)?),
-        b'$' => {
-            let len = number(text)?;
-            if len < 0 {
-                return Ok(Some(Reply::Bulk(None)));
+    let (start, end) = line(frame, pos)?;
+    Ok(match kind {
+        b'+' => Reply::Simple(frame.slice(start..end)),
+        b'-' => Reply::Error(frame.slice(start..end)),
+        b':' => Reply::Int(number(&frame[start..end])?),
+        b'$' => match usize::try_from(number(&frame[start..end])?) {
+            Err(_) => Reply::Bulk(None),
+            Ok(len) => {
+                let bulk = frame.slice(*pos..*pos + len);
+                *pos += len + 2;
+                Reply::Bulk(Some(bulk))
             }
-            let len = len as u64;
-            if len > codec.max_bulk as u64 {
-                return Err(RespError::TooLarge(len, codec.max_bulk));
-            }
-            let len = len as usize;
-            if src.len() < *pos + len + 2 {
-                return Ok(None);
-            }
-            if &src[*pos + len..*pos + len + 2] != b"\r\n" {
-                return Err(RespError::Malformed("bulk string without its CRLF"));
-            }
-            let bulk = Bytes::copy_from_slice(&src[*pos..*pos + len]);
-            *pos += len + 2;
-            Reply::Bulk(Some(bulk))
-        }
-        b'*' => {
-            let count = number(text)?;
-            if count < 0 {
-                return Ok(Some(Reply::Array(None)));
-            }
-            if count as u64 > codec.max_elements as u64 {
-                return Err(RespError::TooManyElements(count as u64, codec.max_elements));
-            }
-            let mut items = Vec::with_capacity((count as usize).min(64));
-            for _ in 0..count {
-                match parse(codec, src, pos, depth + 1)? {
-                    Some(item) => items.push(item),
-                    None => return Ok(None),
+        },
+        b'*' => match usize::try_from(number(&frame[start..end])?) {
+            Err(_) => Reply::Array(None),
+            Ok(count) => {
+                let mut items = Vec::with_capacity(count);
+                for _ in 0..count {
+                    items.push(build(frame, pos)?);
                 }
+                Reply::Array(Some(items))
             }
-            Reply::Array(Some(items))
-        }
+        },
         _ => return Err(RespError::Malformed("unknown reply type")),
-    }))
+    })
 }
 
 /// `cmd` encoded for the wire.
@@ -186,13 +316,14 @@ pub fn encode(args: &[&[u8]]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    const CODEC: RespCodec = RespCodec {
+    const LIMITS: RespLimits = RespLimits {
         max_bulk: 16,
         max_elements: 4,
+        max_reply: 128 * 1024,
     };
 
     fn decode_all(bytes: &[u8]) -> Result<Vec<Reply>, RespError> {
-        let mut codec = CODEC;
+        let mut codec = RespCodec::new(LIMITS);
         let mut buf = BytesMut::from(bytes);
         let mut out = Vec::new();
         while let Some(reply) = codec.decode(&mut buf)? {
@@ -209,7 +340,7 @@ mod tests {
     #[test]
     fn every_kind_decodes() {
         let replies = decode_all(
-            b"+OK\r\n-MOVED 1 h:2\r\n:42\r\n$-1\r\n*-1\r\n*3\r\n$7\r\nmessage\r\n$4\r\ngp:a\r\n$0\r\n\r\n",
+            b"+OK\r\n-MOVED 1 h:2\r\n:42\r\n$-1\r\n*-1\r\n*0\r\n*3\r\n$7\r\nmessage\r\n$4\r\ngp:a\r\n$0\r\n\r\n",
         )
         .expect("valid");
         assert_eq!(
@@ -220,6 +351,7 @@ mod tests {
                 Reply::Int(42),
                 Reply::Bulk(None),
                 Reply::Array(None),
+                Reply::Array(Some(vec![])),
                 Reply::Array(Some(vec![bulk(b"message"), bulk(b"gp:a"), bulk(b"")])),
             ]
         );
@@ -228,13 +360,22 @@ mod tests {
     #[test]
     fn a_reply_cut_anywhere_needs_more_and_then_decodes() {
         let whole: &[u8] = b"*2\r\n$7\r\nmessage\r\n*1\r\n:7\r\n";
+        let expected = Reply::Array(Some(vec![
+            bulk(b"message"),
+            Reply::Array(Some(vec![Reply::Int(7)])),
+        ]));
         for cut in 0..whole.len() {
-            let mut codec = CODEC;
-            let mut buf = BytesMut::from(&whole[..cut]);
+            let mut codec = RespCodec::new(LIMITS);
+            let mut buf = BytesMut::from(&b"+first\r\n"[..]);
+            buf.extend_from_slice(&whole[..cut]);
+            assert_eq!(
+                codec.decode(&mut buf),
+                Ok(Some(Reply::Simple(Bytes::from_static(b"first"))))
+            );
             assert_eq!(codec.decode(&mut buf), Ok(None), "cut at {cut}");
             assert_eq!(buf.len(), cut, "nothing consumed at {cut}");
             buf.extend_from_slice(&whole[cut..]);
-            assert!(codec.decode(&mut buf).expect("valid").is_some());
+            assert_eq!(codec.decode(&mut buf), Ok(Some(expected.clone())));
             assert!(buf.is_empty());
         }
     }
@@ -259,16 +400,110 @@ mod tests {
             decode_all(b":x\r\n"),
             Err(RespError::Malformed(_))
         ));
+        assert!(matches!(
+            decode_all(b"*1\r\n:x\r\n"),
+            Err(RespError::Malformed(_))
+        ));
         let deep = "*1\r\n".repeat(MAX_DEPTH + 2);
         assert_eq!(
             decode_all(deep.as_bytes()),
             Err(RespError::TooDeep(MAX_DEPTH))
         );
+        let deepest = format!("{}:1\r\n", "*1\r\n".repeat(MAX_DEPTH));
+        assert!(decode_all(deepest.as_bytes()).is_ok(), "{MAX_DEPTH} levels");
         let long_line = vec![b'+'; MAX_LINE + 2];
         assert!(matches!(
             decode_all(&long_line),
             Err(RespError::TooLarge(..))
         ));
+    }
+
+    /// Feeds `bytes` in pieces of `step`: the replies, or the error and how many bytes were
+    /// buffered when it came.
+    fn feed(
+        codec: &mut RespCodec,
+        bytes: &[u8],
+        step: usize,
+    ) -> Result<Vec<Reply>, (RespError, usize)> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in bytes.chunks(step) {
+            buf.extend_from_slice(piece);
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(reply)) => out.push(reply),
+                    Ok(None) => {
+                        assert!(
+                            buf.len() <= codec.limits.max_reply,
+                            "buffered past the budget"
+                        );
+                        break;
+                    }
+                    Err(e) => return Err((e, buf.len())),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_reply_over_its_budget_is_an_error_as_it_arrives() {
+        let limits = RespLimits {
+            max_bulk: 16,
+            max_elements: 4,
+            max_reply: 64,
+        };
+        // Every bulk and array within its own limit, the whole over the budget.
+        let bulks = format!("*4\r\n{}", "$16\r\n0123456789abcdef\r\n".repeat(4));
+        let (error, buffered) =
+            feed(&mut RespCodec::new(limits), bulks.as_bytes(), 7).expect_err("over budget");
+        assert!(matches!(error, RespError::ReplyTooLarge(_, 64)), "{error}");
+        assert!(buffered < bulks.len(), "refused before it all came");
+        let nested = format!(
+            "*4\r\n{}",
+            format!("*4\r\n{}", ":1234567\r\n".repeat(4)).repeat(4)
+        );
+        let (error, buffered) =
+            feed(&mut RespCodec::new(limits), nested.as_bytes(), 5).expect_err("over budget");
+        assert!(matches!(error, RespError::ReplyTooLarge(_, 64)), "{error}");
+        assert!(
+            buffered <= 64 + 5,
+            "refused once over the budget: {buffered}"
+        );
+        // The same within it decodes.
+        let within = format!("*2\r\n{}", "$16\r\n0123456789abcdef\r\n".repeat(2));
+        assert_eq!(
+            feed(&mut RespCodec::new(limits), within.as_bytes(), 3).map(|r| r.len()),
+            Ok(1)
+        );
+    }
+
+    #[test]
+    fn a_large_reply_fed_byte_by_byte_is_scanned_once() {
+        let limits = RespLimits {
+            max_bulk: 1 << 20,
+            max_elements: 64,
+            max_reply: 2 << 20,
+        };
+        let payload = vec![b'x'; 100_000];
+        let mut whole = b"*3\r\n$8\r\nsmessage\r\n$4\r\ngp:a\r\n$100000\r\n".to_vec();
+        whole.extend_from_slice(&payload);
+        whole.extend_from_slice(b"\r\n");
+        let mut lines = b"*40\r\n".to_vec();
+        for _ in 0..40 {
+            lines.extend_from_slice(format!("+{}\r\n", "y".repeat(1000)).as_bytes());
+        }
+        for bytes in [whole, lines] {
+            let mut codec = RespCodec::new(limits);
+            let replies = feed(&mut codec, &bytes, 1).expect("valid");
+            assert_eq!(replies.len(), 1);
+            assert!(
+                codec.scan.examined <= 3 * bytes.len(),
+                "{} bytes examined for a reply of {}",
+                codec.scan.examined,
+                bytes.len()
+            );
+        }
     }
 
     #[test]
