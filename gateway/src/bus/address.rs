@@ -142,6 +142,12 @@ impl FromStr for BusAddress {
                             redact_text(part)
                         )));
                     }
+                    if !url.username().is_empty() && url.password().is_none() {
+                        return Err(invalid(format!(
+                            "{}: a Redis user needs its password (redis://USER:PASSWORD@HOST)",
+                            redact_text(part)
+                        )));
+                    }
                     if kind == Kind::RedisCluster && !db.is_empty() && db != "0" {
                         return Err(invalid("Redis Cluster has only database 0".to_owned()));
                     }
@@ -300,6 +306,7 @@ mod tests {
             ("redis://a?x=1", "query"),
             ("nats://", "no host"),
             ("nats://user:@n", "empty password"),
+            ("redis://user@r", "needs its password"),
         ] {
             let err = refused(text);
             assert!(err.contains(expected), "{text}: {err}");

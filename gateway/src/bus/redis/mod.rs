@@ -122,7 +122,8 @@ pub struct RedisCarrier {
     settings: Settings,
 }
 
-#[derive(Debug, Clone)]
+/// Its `Debug` shows addresses without passwords.
+#[derive(Clone)]
 enum Targets {
     Shards(Vec<Url>),
     Cluster(Vec<Url>),
@@ -262,7 +263,7 @@ impl Topology {
 }
 
 /// One connection target: a shard, or a cluster master.
-#[derive(Debug)]
+/// Its `Debug` shows `address`, never `url` (which may hold a password).
 struct Shard {
     url: Url,
     /// `url` without its password, for logs and the status.
@@ -324,7 +325,7 @@ impl Shard {
 }
 
 /// The started carrier.
-#[derive(Debug)]
+/// Its `Debug` shows the seeds without passwords.
 struct RedisBus<N> {
     carrier: &'static str,
     cluster: bool,
@@ -1283,7 +1284,7 @@ fn output_buffer(line: &[u8]) -> Option<u64> {
 }
 
 /// A cluster's masters and which serves each slot, as `CLUSTER SLOTS` tells it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 struct Discovered {
     /// Sorted by address, so that two answers of the same topology compare equal.
     masters: Vec<Url>,
@@ -1500,6 +1501,48 @@ fn apply_topology<N: Node>(
     }
     if let Some(first) = new.shards.first() {
         bus.shard_changed(first, None);
+    }
+}
+
+/// Addresses as they may be shown: without passwords.
+fn shown(urls: &[Url]) -> Vec<String> {
+    urls.iter().map(redacted).collect()
+}
+
+impl std::fmt::Debug for Targets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Targets::Shards(urls) => f.debug_tuple("Shards").field(&shown(urls)).finish(),
+            Targets::Cluster(urls) => f.debug_tuple("Cluster").field(&shown(urls)).finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("address", &self.address)
+            .field("up", &self.up)
+            .field("subscribed", &self.subscribed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<N> std::fmt::Debug for RedisBus<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("carrier", &self.carrier)
+            .field("seeds", &shown(&self.seeds))
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Discovered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovered")
+            .field("masters", &shown(&self.masters))
+            .finish_non_exhaustive()
     }
 }
 
