@@ -626,12 +626,17 @@ async fn cluster_node_killed_gateways_move_to_another() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_cluster_node_is_found_by_pings_and_left() -> Result<()> {
     const PING: Duration = Duration::from_millis(200);
-    /// Two unanswered pings, a third interval to notice, then a reconnect and the probes.
-    const FOUND_WITHIN: Duration = Duration::from_secs(4);
+    /// A reconnect attempt to the stopped node hangs until the connect timeout (its kernel
+    /// still accepts the TCP connection); the client may pick it again before another.
+    const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+    /// Two unanswered pings, a third interval to notice, a few reconnect attempts that may hit
+    /// the stopped node, then the probes.
+    const FOUND_WITHIN: Duration = Duration::from_secs(6);
     let cluster = NatsCluster::start("nats").await?;
     let urls: Vec<String> = cluster.nodes.iter().map(NatsServer::url).collect();
     let ping = format!("--link-ping-interval={}ms", PING.as_millis());
-    let extra = [ping.as_str()];
+    let connect = format!("--link-connect-timeout={}ms", CONNECT_TIMEOUT.as_millis());
+    let extra = [ping.as_str(), connect.as_str()];
     let gateways = try_join_all(
         ["gw-a", "gw-b"]
             .iter()
