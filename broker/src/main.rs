@@ -17,10 +17,10 @@ use broker::auth::SecurityArgs;
 use broker::{Broker, BrokerConfig};
 use clap::Parser;
 use server_kit::admin_http::{self, AdminAddr};
-use server_kit::listen::bind;
 use server_kit::logging::LogFormat;
 use server_kit::settings::{Aliases, Renamed};
 use server_kit::shutdown::cancel_on_signals;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -143,11 +143,11 @@ async fn run() -> anyhow::Result<()> {
     let broker = Broker::with_security(cli.config, security)?;
 
     // Both addresses are bound before either is announced.
-    let listener = bind(cli.listen)
+    let listener = TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--broker-listen)", cli.listen))?;
     let admin_listener = match cli.admin.0 {
-        Some(addr) => Some(bind(addr).await.with_context(|| {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} (--admin; `--admin off` turns it off)")
         })?),
         None => None,

@@ -17,10 +17,10 @@ use gateway::bus::BusAddress;
 use gateway::credentials::SecurityArgs;
 use gateway::{Gateway, GatewayConfig};
 use server_kit::admin_http::{serve_admin, AdminAddr};
-use server_kit::listen::bind;
 use server_kit::logging::LogFormat;
 use server_kit::settings::{Aliases, Renamed};
 use server_kit::shutdown::cancel_on_signals;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -168,18 +168,20 @@ async fn run() -> anyhow::Result<()> {
     // Every address is bound before anything is announced or started: a taken port stops the
     // gateway before it says it listens anywhere.
     let broker_listener = match bus {
-        BusAddress::Embedded => Some(bind(cli.broker_listen).await.with_context(|| {
-            format!(
-                "cannot listen on {} (--broker-listen, the embedded broker)",
-                cli.broker_listen
-            )
-        })?),
+        BusAddress::Embedded => Some(TcpListener::bind(cli.broker_listen).await.with_context(
+            || {
+                format!(
+                    "cannot listen on {} (--broker-listen, the embedded broker)",
+                    cli.broker_listen
+                )
+            },
+        )?),
         _ => None,
     };
     let listener = gateway::bind_client_listener(cli.listen, cli.reuse_port)
         .with_context(|| format!("cannot listen on {} (--listen)", cli.listen))?;
     let admin_listener = match cli.admin.0 {
-        Some(addr) => Some(bind(addr).await.with_context(|| {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} (--admin; `--admin off` turns it off)")
         })?),
         None => None,

@@ -5,8 +5,8 @@
 //!   `docs_check` (feature `docs-check`, for tests) keeps docs/configuration.md and the example
 //!   files in step with the flags.
 //! - [`logging`]: `tracing` to stderr, text or JSON. [`shutdown`]: SIGINT and SIGTERM cancel one
-//!   token. [`listen`]: binding with a readiness log line. [`admin_http`]: serving an admin
-//!   router within connection, header, request and idle limits.
+//!   token. [`admin_http`]: serving an admin router within connection, header,
+//!   request and idle limits.
 //! - [`tls`]: rustls configurations from PEM files. [`secret`]: secrets from flags or files, and
 //!   the refusal to expose an unauthenticated listener.
 //! - [`exit`]: how a binary ends on an error: one log line, causes said once, a hint, no
@@ -18,7 +18,6 @@ pub mod admin_http;
 #[cfg(feature = "docs-check")]
 pub mod docs_check;
 pub mod exit;
-pub mod listen;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
