@@ -42,12 +42,19 @@ pub enum EnvelopeError {
 }
 
 impl Envelope {
+    /// The header alone, for a writer that puts the payload after it in its own buffer.
+    pub fn header(origin: u64, seq: u64) -> [u8; ENVELOPE_HEADER_LEN] {
+        let mut header = [0u8; ENVELOPE_HEADER_LEN];
+        header[0] = ENVELOPE_VERSION;
+        header[1..9].copy_from_slice(&origin.to_be_bytes());
+        header[9..].copy_from_slice(&seq.to_be_bytes());
+        header
+    }
+
     /// The bytes to publish: header, then `payload`.
     pub fn encode(origin: u64, seq: u64, payload: &[u8]) -> Bytes {
         let mut buf = BytesMut::with_capacity(ENVELOPE_HEADER_LEN + payload.len());
-        buf.put_u8(ENVELOPE_VERSION);
-        buf.put_u64(origin);
-        buf.put_u64(seq);
+        buf.put_slice(&Envelope::header(origin, seq));
         buf.put_slice(payload);
         buf.freeze()
     }

@@ -11,7 +11,7 @@
 //! Which groups to subscribe comes from the gateway's [`Node`]: everything it wants after a
 //! (re)connect, then the changes as they happen (see [`super::interest`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,10 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::inbound::{InboundLimits, Rejected};
-use super::{Bus, BusError, BusStatus, Carrier, Node, RunningBus, ShardStatus};
+use super::publish_queue::PublishQueue;
+use super::{
+    jittered, Bus, BusCounters, BusError, BusStatus, Carrier, Node, RunningBus, ShardStatus,
+};
 use crate::config::GatewayConfig;
 use crate::credentials::LinkSecurity;
 
@@ -69,17 +72,6 @@ pub enum LinkError {
     Silent(Duration),
     #[error("no frame from the broker for {0:?} and a write to it is blocked")]
     Stalled(Duration),
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    reconnects: AtomicU64,
-    subscriptions_refused: AtomicU64,
-    publishes: AtomicU64,
-    publishes_dropped: AtomicU64,
-    messages_in: AtomicU64,
-    messages_invalid: AtomicU64,
-    messages_too_large: AtomicU64,
 }
 
 /// The built-in broker over TCP (or TLS), not started yet: `--broker HOST:PORT`, or the
@@ -135,13 +127,11 @@ impl BrokerLink {
 
 impl Carrier for BrokerLink {
     fn start<N: Node>(self, node: Arc<N>, shutdown: CancellationToken) -> RunningBus {
-        let (publish_tx, publish_rx) = mpsc::channel(self.queue);
+        let (queue, publish_rx) = PublishQueue::new(self.queue, self.queue_bytes);
         let bus = Arc::new(BrokerBus {
-            publish_tx,
-            queued_bytes: AtomicUsize::new(0),
-            max_queued_bytes: self.queue_bytes,
+            queue,
             up: AtomicBool::new(false),
-            counters: Counters::default(),
+            counters: BusCounters::default(),
             last_error: Mutex::new(None),
             max_frame_size: self.settings.max_frame_size,
             address: self.settings.broker.clone(),
@@ -155,13 +145,10 @@ impl Carrier for BrokerLink {
 /// The started link: what workers publish through, and what its task reports.
 #[derive(Debug)]
 struct BrokerBus<N> {
-    publish_tx: mpsc::Sender<Bytes>,
-    /// Bytes of the frames in `publish_tx` and in the batch being written (`--link-queue-bytes`
-    /// bounds it, as `--link-queue-frames` bounds their number).
-    queued_bytes: AtomicUsize,
-    max_queued_bytes: usize,
+    /// Encoded publishes waiting for the link, and the batch being written.
+    queue: PublishQueue<Bytes>,
     up: AtomicBool,
-    counters: Counters,
+    counters: BusCounters,
     last_error: Mutex<Option<String>>,
     max_frame_size: usize,
     /// The broker's `HOST:PORT`, for the status.
@@ -205,17 +192,8 @@ impl<N: Node> Bus for BrokerBus<N> {
                 return;
             }
         };
-        // Counted before it is queued, so publishers on other threads cannot pass the bound
-        // together. A frame larger than the bound still goes when nothing else is queued.
         let len = frame.len();
-        let queued = self.queued_bytes.fetch_add(len, Relaxed);
-        if queued > 0 && queued + len > self.max_queued_bytes {
-            self.queued_bytes.fetch_sub(len, Relaxed);
-            self.counters.publishes_dropped.fetch_add(1, Relaxed);
-            return;
-        }
-        if self.publish_tx.try_send(frame).is_err() {
-            self.queued_bytes.fetch_sub(len, Relaxed);
+        if !self.queue.push(frame, len) {
             self.counters.publishes_dropped.fetch_add(1, Relaxed);
         }
     }
@@ -235,17 +213,10 @@ impl<N: Node> Bus for BrokerBus<N> {
                 last_error: last_error.clone(),
             }],
             subscriptions,
-            reconnects: self.counters.reconnects.load(Relaxed),
-            subscriptions_refused: self.counters.subscriptions_refused.load(Relaxed),
-            publishes: self.counters.publishes.load(Relaxed),
-            publishes_dropped: self.counters.publishes_dropped.load(Relaxed),
-            messages_in: self.counters.messages_in.load(Relaxed),
-            messages_invalid: self.counters.messages_invalid.load(Relaxed),
-            messages_too_large: self.counters.messages_too_large.load(Relaxed),
-            echoes_dropped: 0,
-            slow_consumer: 0,
             last_error,
+            ..BusStatus::default()
         }
+        .with_counters(&self.counters)
     }
 }
 
@@ -292,11 +263,8 @@ async fn link_loop<N: Node>(
                 *bus.last_error.lock() = Some(e.to_string());
             }
         }
-        // Equal jitter (half the backoff, plus a random part of the other half) keeps gateways
-        // from reconnecting in step.
-        let delay = backoff / 2 + backoff.mul_f64(fastrand::f64() / 2.0);
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(jittered(backoff)) => {}
             _ = shutdown.cancelled() => return,
         }
         backoff = (backoff * 2).min(settings.reconnect_max);
@@ -547,7 +515,7 @@ async fn session<N: Node>(
                 })
                 .await;
                 // Written out, or dropped with the link: either way no longer held.
-                bus.queued_bytes.fetch_sub(bytes, Relaxed);
+                bus.queue.release(bytes);
                 batch.clear();
                 written?;
             }

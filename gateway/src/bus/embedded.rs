@@ -5,7 +5,7 @@
 //! before, and what they publish reaches this gateway through a bounded queue drained by one
 //! task, which waits while the workers are full (as the broker link's reader does).
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use broker::local::LocalLink;
@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::inbound::{InboundLimits, Rejected};
-use super::{Bus, BusStatus, Carrier, Node, RunningBus};
+use super::{Bus, BusCounters, BusStatus, Carrier, Node, RunningBus};
 use crate::config::GatewayConfig;
 
 /// The broker embedded in this process, not started yet.
@@ -42,22 +42,11 @@ impl EmbeddedBus {
     }
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    publishes: AtomicU64,
-    publishes_dropped: AtomicU64,
-    messages_in: AtomicU64,
-    messages_invalid: AtomicU64,
-    messages_too_large: AtomicU64,
-    /// Messages from other gateways dropped because the queue to this one was full.
-    slow_consumer: AtomicU64,
-}
-
 /// Where the broker hands this gateway the messages of other gateways.
 #[derive(Debug)]
 struct Inlet {
     tx: mpsc::Sender<(Bytes, Bytes)>,
-    counters: Arc<Counters>,
+    counters: Arc<BusCounters>,
 }
 
 impl LocalSubscriber for Inlet {
@@ -73,7 +62,7 @@ impl LocalSubscriber for Inlet {
 impl Carrier for EmbeddedBus {
     fn start<N: Node>(self, node: Arc<N>, shutdown: CancellationToken) -> RunningBus {
         let (tx, rx) = mpsc::channel(self.queue);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(BusCounters::default());
         let inlet = Arc::new(Inlet {
             tx,
             counters: counters.clone(),
@@ -92,7 +81,7 @@ impl Carrier for EmbeddedBus {
 #[derive(Debug)]
 struct LocalBus<N> {
     link: LocalLink,
-    counters: Arc<Counters>,
+    counters: Arc<BusCounters>,
     node: Arc<N>,
 }
 
@@ -110,19 +99,13 @@ impl<N: Node> Bus for LocalBus<N> {
     }
 
     fn status(&self) -> BusStatus {
-        let c = &self.counters;
         BusStatus {
             carrier: "embedded",
             up: true,
             subscriptions: self.link.subscriptions() as u64,
-            publishes: c.publishes.load(Relaxed),
-            publishes_dropped: c.publishes_dropped.load(Relaxed),
-            messages_in: c.messages_in.load(Relaxed),
-            messages_invalid: c.messages_invalid.load(Relaxed),
-            messages_too_large: c.messages_too_large.load(Relaxed),
-            slow_consumer: c.slow_consumer.load(Relaxed),
             ..BusStatus::default()
         }
+        .with_counters(&self.counters)
     }
 }
 

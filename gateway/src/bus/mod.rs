@@ -18,10 +18,14 @@ pub mod inbound;
 pub mod interest;
 pub mod nats;
 pub mod origin;
+pub mod publish_queue;
 pub mod redis;
+pub mod warnings;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use protocol::{GroupName, Text};
 use tokio::task::JoinHandle;
@@ -67,6 +71,40 @@ pub struct BusStatus {
     pub last_error: Option<String>,
 }
 
+/// The counters every carrier keeps, each the [`BusStatus`] field of the same name (a carrier
+/// leaves at 0 what cannot happen to it).
+#[derive(Debug, Default)]
+pub struct BusCounters {
+    pub reconnects: AtomicU64,
+    pub subscriptions_refused: AtomicU64,
+    pub publishes: AtomicU64,
+    pub publishes_dropped: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_invalid: AtomicU64,
+    pub messages_too_large: AtomicU64,
+    pub echoes_dropped: AtomicU64,
+    pub slow_consumer: AtomicU64,
+}
+
+impl BusStatus {
+    /// This status with the counters read from `counters`.
+    pub fn with_counters(self, counters: &BusCounters) -> BusStatus {
+        let c = counters;
+        BusStatus {
+            reconnects: c.reconnects.load(Relaxed),
+            subscriptions_refused: c.subscriptions_refused.load(Relaxed),
+            publishes: c.publishes.load(Relaxed),
+            publishes_dropped: c.publishes_dropped.load(Relaxed),
+            messages_in: c.messages_in.load(Relaxed),
+            messages_invalid: c.messages_invalid.load(Relaxed),
+            messages_too_large: c.messages_too_large.load(Relaxed),
+            echoes_dropped: c.echoes_dropped.load(Relaxed),
+            slow_consumer: c.slow_consumer.load(Relaxed),
+            ..self
+        }
+    }
+}
+
 /// One connection of a carrier, as [`BusStatus::shards`] reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ShardStatus {
@@ -81,6 +119,18 @@ pub struct ShardStatus {
     pub backlog_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// How long a carrier waits before reconnecting after `backoff`: half of it, plus a random part
+/// of the other half ("equal jitter"), so that gateways that lost the same engine do not all
+/// come back in step.
+pub fn jittered(backoff: Duration) -> Duration {
+    equal_jitter(backoff, fastrand::f64())
+}
+
+/// [`jittered`] with the random part given (`random` in `[0, 1)`).
+pub fn equal_jitter(backoff: Duration, random: f64) -> Duration {
+    backoff / 2 + backoff.mul_f64(random.clamp(0.0, 1.0) / 2.0)
 }
 
 /// A started carrier: sends this gateway's publishes to the others. Every method returns at

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use bytes::Bytes;
-use protocol::envelope::{Envelope, EnvelopeError};
+use protocol::envelope::{Envelope, EnvelopeError, ENVELOPE_HEADER_LEN};
 
 /// Stamps this gateway's publishes and recognizes them when they come back.
 #[derive(Debug)]
@@ -44,6 +44,12 @@ impl Origin {
     /// The bytes to publish for `payload`.
     pub fn stamp(&self, payload: &[u8]) -> Bytes {
         Envelope::encode(self.node_id, self.next_seq.fetch_add(1, Relaxed), payload)
+    }
+
+    /// The envelope header of the next publish, for a carrier that writes the payload after it
+    /// in a buffer of its own (one copy of the payload instead of two).
+    pub fn header(&self) -> [u8; ENVELOPE_HEADER_LEN] {
+        Envelope::header(self.node_id, self.next_seq.fetch_add(1, Relaxed))
     }
 
     /// Opens a received message.

@@ -101,7 +101,11 @@ use url::Url;
 use super::address::redacted;
 use super::inbound::{InboundLimits, Rejected};
 use super::origin::{Origin, Received};
-use super::{Bus, BusError, BusStatus, Carrier, Node, RunningBus, ShardStatus};
+use super::publish_queue::PublishQueue;
+use super::warnings::Throttle;
+use super::{
+    equal_jitter, Bus, BusCounters, BusError, BusStatus, Carrier, Node, RunningBus, ShardStatus,
+};
 use crate::config::GatewayConfig;
 
 /// The carrier's name in [`BusStatus::carrier`] and in logs.
@@ -124,9 +128,6 @@ const PUBLISH_BATCH: usize = 256;
 pub const STATE_POLL: Duration = Duration::from_millis(250);
 /// How long a flush after a full resubscription may take before the bus is declared up anyway.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-/// A repeated warning (connection attempts failing, slow consumer, ...) is logged at most
-/// this often, with the number of repeats left out.
-const WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// NATS core pub/sub, not started yet: the servers of `--bus nats://...` and the settings.
 #[derive(Debug, Clone)]
@@ -304,23 +305,21 @@ fn credentials_of(url: &Url) -> Result<Credentials, String> {
 pub fn reconnect_delay(attempt: usize, min: Duration, max: Duration, random: f64) -> Duration {
     let doublings = attempt.saturating_sub(1).min(20) as u32;
     let backoff = min.saturating_mul(1 << doublings).min(max);
-    backoff / 2 + backoff.mul_f64(random.clamp(0.0, 1.0) / 2.0)
+    equal_jitter(backoff, random)
 }
 
 impl Carrier for NatsCarrier {
     fn start<N: Node>(self, node: Arc<N>, shutdown: CancellationToken) -> RunningBus {
-        let (publish_tx, publish_rx) = mpsc::channel(self.settings.queue);
+        let (queue, publish_rx) = PublishQueue::new(self.settings.queue, self.settings.queue_bytes);
         let bus = Arc::new(NatsBus {
             prefix: self.settings.prefix.clone(),
             origin: Origin::new(),
-            publish_tx,
-            queued_bytes: AtomicUsize::new(0),
-            max_queued_bytes: self.settings.queue_bytes,
+            queue,
             session: AtomicU64::new(0),
             client: Mutex::new(None),
             down: Notify::new(),
             subscriptions: AtomicU64::new(0),
-            counters: Counters::default(),
+            counters: BusCounters::default(),
             last_error: Mutex::new(None),
             server: Mutex::new(
                 self.shown
@@ -336,19 +335,6 @@ impl Carrier for NatsCarrier {
         let task = tokio::spawn(run(bus.clone(), self, node, publish_rx, shutdown));
         RunningBus { bus, task }
     }
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    reconnects: AtomicU64,
-    subscriptions_refused: AtomicU64,
-    publishes: AtomicU64,
-    publishes_dropped: AtomicU64,
-    messages_in: AtomicU64,
-    messages_invalid: AtomicU64,
-    messages_too_large: AtomicU64,
-    echoes_dropped: AtomicU64,
-    slow_consumer: AtomicU64,
 }
 
 /// A publish on its way to the client.
@@ -371,10 +357,8 @@ impl Outgoing {
 struct NatsBus {
     prefix: String,
     origin: Origin,
-    publish_tx: mpsc::Sender<Outgoing>,
-    /// Bytes of the publishes in `publish_tx` and in the batch being handed to the client.
-    queued_bytes: AtomicUsize,
-    max_queued_bytes: usize,
+    /// Publishes waiting for the client, and the batch being handed to it.
+    queue: PublishQueue<Outgoing>,
     /// The client's connection count of the session the carrier task reconciled with the
     /// node; 0 while the bus is down. Set by the task, cleared by it or by the event callback
     /// when that session is lost ([`NatsBus::connection_lost`]).
@@ -386,7 +370,7 @@ struct NatsBus {
     down: Notify,
     /// Groups subscribed on the server (one `Subscriber` each).
     subscriptions: AtomicU64,
-    counters: Counters,
+    counters: BusCounters,
     last_error: Mutex<Option<String>>,
     /// The server in use (or the configured ones, before the first connection), redacted.
     server: Mutex<String>,
@@ -399,7 +383,7 @@ struct NatsBus {
     warnings: Mutex<Warnings>,
 }
 
-/// Repeated warnings, each logged at most every [`WARN_EVERY`].
+/// Repeated warnings, each kind logged at most every [`WARN_EVERY`](super::warnings::WARN_EVERY).
 #[derive(Debug, Default)]
 struct Warnings {
     unreachable: Throttle,
@@ -407,29 +391,6 @@ struct Warnings {
     slow_consumer: Throttle,
     publish_failed: Throttle,
     invalid: Throttle,
-}
-
-#[derive(Debug, Default)]
-struct Throttle {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttle {
-    /// `Some(repeats left out since the last one)` when this one is to be logged.
-    fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.last {
-            Some(last) if now.duration_since(last) < WARN_EVERY => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
 }
 
 impl NatsBus {
@@ -533,16 +494,8 @@ impl Bus for NatsBus {
             subject: Subject::from(subject::group_subject(&self.prefix, group.as_str())),
             payload: self.origin.stamp(payload.as_bytes()),
         };
-        // Counted before it is queued, so publishers on other threads cannot pass the bound
-        // together. A publish larger than the bound still goes when nothing else is queued.
         let len = outgoing.len();
-        let queued = self.queued_bytes.fetch_add(len, Relaxed);
-        if queued > 0 && queued + len > self.max_queued_bytes {
-            self.queued_bytes.fetch_sub(len, Relaxed);
-            return self.drop_publish();
-        }
-        if self.publish_tx.try_send(outgoing).is_err() {
-            self.queued_bytes.fetch_sub(len, Relaxed);
+        if !self.queue.push(outgoing, len) {
             self.drop_publish();
         }
     }
@@ -551,7 +504,6 @@ impl Bus for NatsBus {
         let up = self.is_up();
         let subscriptions = self.subscriptions.load(Relaxed);
         let last_error = self.last_error.lock().clone();
-        let c = &self.counters;
         BusStatus {
             carrier: CARRIER,
             up,
@@ -563,17 +515,10 @@ impl Bus for NatsBus {
                 backlog_bytes: None,
             }],
             subscriptions,
-            reconnects: c.reconnects.load(Relaxed),
-            subscriptions_refused: c.subscriptions_refused.load(Relaxed),
-            publishes: c.publishes.load(Relaxed),
-            publishes_dropped: c.publishes_dropped.load(Relaxed),
-            messages_in: c.messages_in.load(Relaxed),
-            messages_invalid: c.messages_invalid.load(Relaxed),
-            messages_too_large: c.messages_too_large.load(Relaxed),
-            echoes_dropped: c.echoes_dropped.load(Relaxed),
-            slow_consumer: c.slow_consumer.load(Relaxed),
             last_error,
+            ..BusStatus::default()
         }
+        .with_counters(&self.counters)
     }
 }
 
@@ -697,7 +642,7 @@ async fn publish_loop(
                     }
                 }
             }
-            bus.queued_bytes.fetch_sub(len, Relaxed);
+            bus.queue.release(len);
         }
     }
 }
@@ -1107,15 +1052,5 @@ mod tests {
             (ms(5, 0.0), ms(50, 0.0), ms(usize::MAX, 1.0)),
             (500, 500, 1000)
         );
-    }
-
-    #[test]
-    fn repeated_warnings_are_throttled() {
-        let mut throttle = Throttle::default();
-        assert_eq!(throttle.allow(), Some(0));
-        assert_eq!(throttle.allow(), None);
-        assert_eq!(throttle.allow(), None);
-        throttle.last = Instant::now().checked_sub(WARN_EVERY);
-        assert_eq!(throttle.allow(), Some(2));
     }
 }

@@ -78,12 +78,17 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use self::conn::{connect, Conn, RedisError};
-use self::resp::{encode, Reply, RespLimits};
+use self::resp::{encode, PublishCommand, Reply, RespLimits};
 use self::routing::{channel, group_of, shard_of, slot_of, ShardInterest, SLOTS};
 use super::address::redacted;
 use super::inbound::{InboundLimits, Rejected};
 use super::origin::{Origin, Received};
-use super::{Bus, BusAddress, BusError, BusStatus, Carrier, Node, RunningBus, ShardStatus};
+use super::publish_queue::PublishQueue;
+use super::warnings::Throttle;
+use super::{
+    jittered, Bus, BusAddress, BusCounters, BusError, BusStatus, Carrier, Node, RunningBus,
+    ShardStatus,
+};
 use crate::config::GatewayConfig;
 
 /// Channels per `SUBSCRIBE` / `UNSUBSCRIBE` command (a cluster's `SSUBSCRIBE` takes one
@@ -107,8 +112,6 @@ pub const INBOX_MESSAGES: usize = 4096;
 /// Bytes of message text in that inbox past which the subscriber connection is not read (one
 /// message more than this may be in it).
 pub const INBOX_BYTES: usize = 16 * 1024 * 1024;
-/// A repeated warning about one shard (unreachable, refusing) is logged at most this often.
-pub const WARN_EVERY: Duration = Duration::from_secs(30);
 /// The topology of a cluster is queried at most this often.
 pub const REFRESH_MIN: Duration = Duration::from_millis(200);
 /// A subscriber connection closed while its sampled output buffer held at least this much is
@@ -144,6 +147,13 @@ struct Settings {
     reconnect_max: Duration,
     queue: usize,
     queue_bytes: usize,
+}
+
+impl Settings {
+    /// A target at `url` with this carrier's queue bounds.
+    fn shard(&self, url: Url, stop: CancellationToken) -> Arc<Shard> {
+        Shard::new(url, self.queue, self.queue_bytes, stop)
+    }
 }
 
 impl RedisCarrier {
@@ -216,7 +226,7 @@ impl Carrier for RedisCarrier {
             settings: self.settings,
             topology: RwLock::new(Arc::new(Topology::default())),
             origin: Origin::new(),
-            counters: Counters::default(),
+            counters: BusCounters::default(),
             up_logged: AtomicBool::new(false),
             refresh: Notify::new(),
             unrouted: Mutex::new(HashSet::new()),
@@ -226,19 +236,6 @@ impl Carrier for RedisCarrier {
         let task = tokio::spawn(supervise(bus.clone(), shutdown));
         RunningBus { bus, task }
     }
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    reconnects: AtomicU64,
-    subscriptions_refused: AtomicU64,
-    publishes: AtomicU64,
-    publishes_dropped: AtomicU64,
-    messages_in: AtomicU64,
-    messages_invalid: AtomicU64,
-    messages_too_large: AtomicU64,
-    echoes_dropped: AtomicU64,
-    slow_consumer: AtomicU64,
 }
 
 /// Where groups live now: the targets, and for a cluster which one serves each slot.
@@ -269,9 +266,8 @@ struct Shard {
     /// `url` without its password, for logs and the status.
     address: String,
     /// Encoded `PUBLISH` commands waiting for the publisher connection.
-    publish_tx: mpsc::Sender<Bytes>,
+    queue: PublishQueue<Bytes>,
     publish_rx: Mutex<Option<mpsc::Receiver<Bytes>>>,
-    queued_bytes: AtomicUsize,
     up: AtomicBool,
     /// Channels the server says the subscriber connection has.
     subscribed: AtomicU64,
@@ -282,25 +278,18 @@ struct Shard {
     changed: Notify,
     /// Stops this target's task (a cluster master gone from the topology), or everything.
     stop: CancellationToken,
-    warnings: Mutex<Warnings>,
-}
-
-/// Rate limit of a shard's repeated warnings.
-#[derive(Debug, Default)]
-struct Warnings {
-    last: Option<Instant>,
-    suppressed: u64,
+    /// Its repeated warnings (one throttle for all kinds: they come from the same outage).
+    warnings: Mutex<Throttle>,
 }
 
 impl Shard {
-    fn new(url: Url, queue: usize, stop: CancellationToken) -> Arc<Shard> {
-        let (publish_tx, publish_rx) = mpsc::channel(queue.max(1));
+    fn new(url: Url, queue: usize, queue_bytes: usize, stop: CancellationToken) -> Arc<Shard> {
+        let (queue, publish_rx) = PublishQueue::new(queue, queue_bytes);
         Arc::new(Shard {
             address: redacted(&url),
             url,
-            publish_tx,
+            queue,
             publish_rx: Mutex::new(Some(publish_rx)),
-            queued_bytes: AtomicUsize::new(0),
             up: AtomicBool::new(false),
             subscribed: AtomicU64::new(0),
             backlog: Mutex::new(None),
@@ -308,19 +297,13 @@ impl Shard {
             interest: Mutex::new(ShardInterest::default()),
             changed: Notify::new(),
             stop,
-            warnings: Mutex::new(Warnings::default()),
+            warnings: Mutex::new(Throttle::default()),
         })
     }
 
     /// Whether a repeated warning may be logged now, and how many were held back before it.
     fn may_warn(&self) -> Option<u64> {
-        let mut w = self.warnings.lock();
-        if w.last.is_some_and(|t| t.elapsed() < WARN_EVERY) {
-            w.suppressed += 1;
-            return None;
-        }
-        w.last = Some(Instant::now());
-        Some(std::mem::take(&mut w.suppressed))
+        self.warnings.lock().allow()
     }
 }
 
@@ -333,7 +316,7 @@ struct RedisBus<N> {
     settings: Settings,
     topology: RwLock<Arc<Topology>>,
     origin: Origin,
-    counters: Counters,
+    counters: BusCounters,
     /// Whether `bus up` was logged last (rather than `bus down`).
     up_logged: AtomicBool,
     /// Asks the dispatcher to query the cluster's topology.
@@ -347,35 +330,28 @@ struct RedisBus<N> {
 impl<N: Node> Bus for RedisBus<N> {
     fn publish(&self, group: &GroupName<'_>, payload: &Text) {
         self.counters.publishes.fetch_add(1, Relaxed);
-        let channel = channel(&self.settings.prefix, group.as_str());
-        let shard = {
-            let topology = self.topology.read();
-            topology
-                .index_of(group.as_str(), &channel)
-                .map(|i| topology.shards[i].clone())
-        };
-        let Some(shard) = shard.filter(|s| s.up.load(Relaxed)) else {
-            self.counters.publishes_dropped.fetch_add(1, Relaxed);
-            return;
-        };
         let verb: &[u8] = if self.cluster {
             b"SPUBLISH"
         } else {
             b"PUBLISH"
         };
-        let stamped = self.origin.stamp(payload.as_bytes());
-        let command = Bytes::from(encode(&[verb, &channel, &stamped]));
-        // Counted before it is queued, as the broker link does; one larger than the bound
-        // still goes when nothing else is queued.
-        let len = command.len();
-        let queued = shard.queued_bytes.fetch_add(len, Relaxed);
-        if queued > 0 && queued + len > self.settings.queue_bytes {
-            shard.queued_bytes.fetch_sub(len, Relaxed);
-            self.counters.publishes_dropped.fetch_add(1, Relaxed);
-            return;
-        }
-        if shard.publish_tx.try_send(command).is_err() {
-            shard.queued_bytes.fetch_sub(len, Relaxed);
+        let command = PublishCommand::new(
+            verb,
+            &self.settings.prefix,
+            group.as_str(),
+            &self.origin.header(),
+            payload.as_bytes(),
+        );
+        let shard = {
+            let topology = self.topology.read();
+            topology
+                .index_of(group.as_str(), command.channel())
+                .map(|i| topology.shards[i].clone())
+        };
+        let queued = shard
+            .filter(|s| s.up.load(Relaxed))
+            .is_some_and(|s| s.queue.push(command.bytes.clone(), command.bytes.len()));
+        if !queued {
             self.counters.publishes_dropped.fetch_add(1, Relaxed);
         }
     }
@@ -393,7 +369,6 @@ impl<N: Node> Bus for RedisBus<N> {
                 last_error: s.last_error.lock().clone(),
             })
             .collect();
-        let c = &self.counters;
         // Groups wanted here whose slot no master serves miss every message: not up.
         let unrouted = self.unrouted.lock().len();
         let last_error = if unrouted > 0 {
@@ -413,17 +388,10 @@ impl<N: Node> Bus for RedisBus<N> {
             up: !shards.is_empty() && shards.iter().all(|s| s.up) && unrouted == 0,
             shards,
             subscriptions: self.node.wanted() as u64,
-            reconnects: c.reconnects.load(Relaxed),
-            subscriptions_refused: c.subscriptions_refused.load(Relaxed),
-            publishes: c.publishes.load(Relaxed),
-            publishes_dropped: c.publishes_dropped.load(Relaxed),
-            messages_in: c.messages_in.load(Relaxed),
-            messages_invalid: c.messages_invalid.load(Relaxed),
-            messages_too_large: c.messages_too_large.load(Relaxed),
-            echoes_dropped: c.echoes_dropped.load(Relaxed),
-            slow_consumer: c.slow_consumer.load(Relaxed),
             last_error,
+            ..BusStatus::default()
         }
+        .with_counters(&self.counters)
     }
 }
 
@@ -483,7 +451,7 @@ async fn supervise<N: Node>(bus: Arc<RedisBus<N>>, shutdown: CancellationToken) 
         let shards = bus
             .seeds
             .iter()
-            .map(|url| Shard::new(url.clone(), bus.settings.queue, shutdown.child_token()))
+            .map(|url| bus.settings.shard(url.clone(), shutdown.child_token()))
             .collect();
         *bus.topology.write() = Arc::new(Topology {
             shards,
@@ -586,16 +554,10 @@ fn spawn_shard<N: Node>(bus: &Arc<RedisBus<N>>, shard: Arc<Shard>, tasks: &mut J
     tasks.spawn(run_shard(bus.clone(), shard, rx));
 }
 
-/// Equal jitter: half the backoff plus a random part of the other half, so gateways do not
-/// reconnect in step.
-fn jittered(backoff: Duration) -> Duration {
-    backoff / 2 + backoff.mul_f64(fastrand::f64() / 2.0)
-}
-
 /// Drops what a target's queue holds (its connection is gone), counting each.
 fn drain<N: Node>(bus: &RedisBus<N>, shard: &Shard, rx: &mut mpsc::Receiver<Bytes>) {
     while let Ok(command) = rx.try_recv() {
-        shard.queued_bytes.fetch_sub(command.len(), Relaxed);
+        shard.queue.release(command.len());
         bus.counters.publishes_dropped.fetch_add(1, Relaxed);
     }
 }
@@ -826,7 +788,7 @@ async fn session<N: Node>(
     )
     .await?;
     shard.up.store(true, Relaxed);
-    *shard.warnings.lock() = Warnings::default();
+    *shard.warnings.lock() = Throttle::default();
     tracing::debug!(carrier = bus.carrier, shard = %shard.address, subscriptions = count, "redis shard up");
     bus.shard_changed(shard, None);
 
@@ -889,7 +851,7 @@ async fn session<N: Node>(
                 })
                 .await;
                 // Written out, or dropped with the connection: either way no longer held.
-                shard.queued_bytes.fetch_sub(bytes, Relaxed);
+                shard.queue.release(bytes);
                 // `batch` was drained by the write, however far it got: all `n` are lost with
                 // the connection.
                 if written.is_err() {
@@ -1446,9 +1408,7 @@ fn apply_topology<N: Node>(
                 .iter()
                 .find(|s| s.url == *url)
                 .cloned()
-                .unwrap_or_else(|| {
-                    Shard::new(url.clone(), bus.settings.queue, shutdown.child_token())
-                })
+                .unwrap_or_else(|| bus.settings.shard(url.clone(), shutdown.child_token()))
         })
         .collect();
     let new = Arc::new(Topology {
@@ -1658,7 +1618,7 @@ mod tests {
             settings: carrier.settings,
             topology: RwLock::new(Arc::new(Topology::default())),
             origin: Origin::new(),
-            counters: Counters::default(),
+            counters: BusCounters::default(),
             up_logged: AtomicBool::new(false),
             refresh: Notify::new(),
             unrouted: Mutex::new(HashSet::new()),
@@ -1684,6 +1644,7 @@ mod tests {
         let shard = Shard::new(
             "redis://127.0.0.1:1".parse().expect("url"),
             1,
+            usize::MAX,
             CancellationToken::new(),
         );
         for g in groups {
@@ -1822,6 +1783,7 @@ mod tests {
             shards: vec![Shard::new(
                 "redis://a".parse().expect("url"),
                 1,
+                usize::MAX,
                 CancellationToken::new(),
             )],
             slots: Some(slots),

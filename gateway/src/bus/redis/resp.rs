@@ -5,7 +5,7 @@
 //! remembering where it stopped, and only when the reply is whole builds it, from zero-copy
 //! slices of the buffer. Commands are encoded with the `redis` crate's [`redis::Cmd`].
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
 /// One RESP2 reply.
@@ -312,6 +312,68 @@ pub fn encode(args: &[&[u8]]) -> Vec<u8> {
     cmd.get_packed_command()
 }
 
+/// A `PUBLISH` (or `SPUBLISH`) ready for the wire, and where its channel lies in it.
+#[derive(Debug)]
+pub struct PublishCommand {
+    pub bytes: Bytes,
+    channel: std::ops::Range<usize>,
+}
+
+impl PublishCommand {
+    /// `VERB PREFIX:GROUP HEADER+PAYLOAD`, in one buffer: the channel and the enveloped payload
+    /// are written in place instead of being built first and copied (every publish takes this
+    /// path).
+    pub fn new(verb: &[u8], prefix: &str, group: &str, header: &[u8], payload: &[u8]) -> Self {
+        let channel_len = prefix.len() + 1 + group.len();
+        let message_len = header.len() + payload.len();
+        // Three bulk headers of at most 1 + 20 digits + CRLF each, and the array's.
+        let mut buf =
+            BytesMut::with_capacity(4 + 3 * 23 + verb.len() + channel_len + message_len + 3 * 2);
+        buf.put_slice(b"*3\r\n");
+        put_bulk_header(&mut buf, verb.len());
+        buf.put_slice(verb);
+        buf.put_slice(b"\r\n");
+        put_bulk_header(&mut buf, channel_len);
+        let start = buf.len();
+        buf.put_slice(prefix.as_bytes());
+        buf.put_u8(b':');
+        buf.put_slice(group.as_bytes());
+        let channel = start..buf.len();
+        buf.put_slice(b"\r\n");
+        put_bulk_header(&mut buf, message_len);
+        buf.put_slice(header);
+        buf.put_slice(payload);
+        buf.put_slice(b"\r\n");
+        PublishCommand {
+            bytes: buf.freeze(),
+            channel,
+        }
+    }
+
+    /// The channel it publishes to.
+    pub fn channel(&self) -> &[u8] {
+        &self.bytes[self.channel.clone()]
+    }
+}
+
+/// `$LEN\r\n`.
+fn put_bulk_header(buf: &mut BytesMut, len: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = len;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    buf.put_u8(b'$');
+    buf.put_slice(&digits[at..]);
+    buf.put_slice(b"\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,6 +565,25 @@ mod tests {
                 codec.scan.examined,
                 bytes.len()
             );
+        }
+    }
+
+    #[test]
+    fn a_publish_written_in_place_is_the_command_encode_writes() {
+        for (group, payload) in [
+            ("a b", &b"x\r\n"[..]),
+            ("", &b""[..]),
+            ("g", &[b'p'; 1234][..]),
+        ] {
+            let command = PublishCommand::new(b"SPUBLISH", "gp", group, b"HDR", payload);
+            let channel = format!("gp:{group}");
+            let mut message = b"HDR".to_vec();
+            message.extend_from_slice(payload);
+            assert_eq!(
+                &command.bytes[..],
+                &encode(&[b"SPUBLISH", channel.as_bytes(), &message])[..]
+            );
+            assert_eq!(command.channel(), channel.as_bytes());
         }
     }
 
