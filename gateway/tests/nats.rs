@@ -2,100 +2,22 @@
 //! router ([`FakeNode`]): subscriptions follow the wanted groups through a server restart, and
 //! what arrives is checked and counted. `e2e/tests/bus_nats.rs` runs whole gateways.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use bytes::Bytes;
-use gateway::bus::interest::Subscriptions;
 use gateway::bus::nats::subject::group_subject;
 use gateway::bus::nats::{NatsCarrier, INBOX_MESSAGES};
-use gateway::bus::{Bus, BusAddress, BusStatus, Carrier, Node, RunningBus, SubscriptionChanges};
+use gateway::bus::{BusAddress, Carrier, RunningBus};
 use gateway::GatewayConfig;
-use parking_lot::Mutex;
-use protocol::{GroupId, GroupName, Text};
+use protocol::{GroupName, Text};
+use test_support::fake_node::{wait_for_status, FakeNode};
 use test_support::nats::NatsServer;
 use test_support::{wait_for_state, wait_until, TempFile, STATS_TIMEOUT};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-
-/// What the gateway's router does for a carrier, reduced to a set of wanted groups and a list
-/// of what was delivered.
-#[derive(Debug, Default)]
-struct FakeNode {
-    state: Mutex<(HashSet<GroupId>, Subscriptions)>,
-    changed: Notify,
-    delivered: Mutex<Vec<(String, String)>>,
-    /// While set, deliveries wait (the gateway's workers full).
-    stalled: AtomicBool,
-    unstalled: Notify,
-}
-
-impl FakeNode {
-    fn want(&self, group: &str, wanted: bool) {
-        let group = GroupId::new(group, 1024).expect("group id");
-        let mut state = self.state.lock();
-        let changed = if wanted {
-            state.0.insert(group.clone())
-        } else {
-            state.0.remove(&group)
-        };
-        if changed {
-            state.1.record(&group, wanted);
-            self.changed.notify_one();
-        }
-    }
-
-    fn delivered(&self) -> Vec<(String, String)> {
-        self.delivered.lock().clone()
-    }
-
-    fn wanted_groups(&self) -> Vec<String> {
-        let state = self.state.lock();
-        state.0.iter().map(|g| g.as_str().to_owned()).collect()
-    }
-}
-
-impl Node for FakeNode {
-    async fn deliver(&self, group: GroupName<'_>, payload: Text) {
-        while self.stalled.load(Relaxed) {
-            let unstalled = self.unstalled.notified();
-            if !self.stalled.load(Relaxed) {
-                break;
-            }
-            unstalled.await;
-        }
-        self.delivered
-            .lock()
-            .push((group.as_str().to_owned(), payload.as_str().to_owned()));
-    }
-
-    fn subscriptions(&self, full: bool) -> SubscriptionChanges {
-        let mut state = self.state.lock();
-        if !full {
-            return state.1.take_changes();
-        }
-        state.1.start_full_sync();
-        SubscriptionChanges {
-            subscribe: state.0.iter().cloned().collect(),
-            unsubscribe: Vec::new(),
-        }
-    }
-
-    fn subscriptions_lost(&self) {
-        self.state.lock().1.lost();
-    }
-
-    fn wanted(&self) -> usize {
-        self.state.lock().0.len()
-    }
-
-    async fn subscriptions_changed(&self) {
-        self.changed.notified().await;
-    }
-}
 
 fn config(name: &str) -> GatewayConfig {
     GatewayConfig {
@@ -109,14 +31,6 @@ fn start(url: &str, config: &GatewayConfig, node: Arc<FakeNode>) -> Result<Runni
         anyhow::bail!("{url} is not a NATS address")
     };
     Ok(NatsCarrier::new(&servers, config)?.start(node, CancellationToken::new()))
-}
-
-async fn wait_for_status(
-    bus: &Arc<dyn Bus>,
-    what: &str,
-    done: impl Fn(&BusStatus) -> bool,
-) -> Result<BusStatus> {
-    wait_for_state(what, STATS_TIMEOUT, || bus.status(), done).await
 }
 
 /// Waits until the server holds exactly `groups` for the client `name`.
@@ -493,7 +407,7 @@ async fn a_stalled_gateway_counts_what_it_drops() -> Result<()> {
     let server = NatsServer::start("nats").await?;
     let (a, b) = (Arc::new(FakeNode::default()), Arc::new(FakeNode::default()));
     b.want("room", true);
-    b.stalled.store(true, Relaxed);
+    b.stall(true);
     let bus_a = start(&server.url(), &config("a"), a)?.bus;
     let bus_b = start(&server.url(), &config("b"), b.clone())?.bus;
     wait_for_status(&bus_a, "a up", |s| s.up).await?;
@@ -518,8 +432,7 @@ async fn a_stalled_gateway_counts_what_it_drops() -> Result<()> {
         "{status:?}"
     );
 
-    b.stalled.store(false, Relaxed);
-    b.unstalled.notify_waiters();
+    b.stall(false);
     wait_for_state(
         "the kept messages delivered",
         STATS_TIMEOUT,

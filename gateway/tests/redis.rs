@@ -1,99 +1,17 @@
 //! The Redis carrier alone against a real `redis-server`, with a stand-in for the gateway's
 //! router ([`FakeNode`]). `e2e/tests/bus_redis.rs` runs whole gateways.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use bytes::Bytes;
-use gateway::bus::interest::Subscriptions;
 use gateway::bus::redis::RedisCarrier;
-use gateway::bus::{Bus, BusAddress, BusStatus, Carrier, Node, RunningBus, SubscriptionChanges};
+use gateway::bus::{BusAddress, Carrier, RunningBus};
 use gateway::GatewayConfig;
-use parking_lot::Mutex;
-use protocol::{GroupId, GroupName, Text};
+use test_support::fake_node::{publish, wait_for_status, FakeNode};
 use test_support::redis::RedisServer;
-use test_support::{wait_for_state, wait_until, STATS_TIMEOUT};
-use tokio::sync::Notify;
+use test_support::{wait_until, STATS_TIMEOUT};
 use tokio_util::sync::CancellationToken;
-
-/// What the gateway's router does for a carrier, reduced to a set of wanted groups and a list
-/// of what was delivered.
-#[derive(Debug, Default)]
-struct FakeNode {
-    state: Mutex<(HashSet<GroupId>, Subscriptions)>,
-    changed: Notify,
-    delivered: Mutex<Vec<(String, String)>>,
-    /// While set, deliveries wait (the gateway's workers full).
-    stalled: AtomicBool,
-    unstalled: Notify,
-}
-
-impl FakeNode {
-    fn want(&self, group: &str, wanted: bool) {
-        let group = GroupId::new(group, 1024).expect("group id");
-        let mut state = self.state.lock();
-        let changed = if wanted {
-            state.0.insert(group.clone())
-        } else {
-            state.0.remove(&group)
-        };
-        if changed {
-            state.1.record(&group, wanted);
-            self.changed.notify_one();
-        }
-    }
-
-    fn delivered(&self) -> Vec<(String, String)> {
-        self.delivered.lock().clone()
-    }
-
-    fn stall(&self, stalled: bool) {
-        self.stalled.store(stalled, Relaxed);
-        self.unstalled.notify_waiters();
-    }
-}
-
-impl Node for FakeNode {
-    async fn deliver(&self, group: GroupName<'_>, payload: Text) {
-        while self.stalled.load(Relaxed) {
-            let unstalled = self.unstalled.notified();
-            if !self.stalled.load(Relaxed) {
-                break;
-            }
-            unstalled.await;
-        }
-        self.delivered
-            .lock()
-            .push((group.as_str().to_owned(), payload.as_str().to_owned()));
-    }
-
-    fn subscriptions(&self, full: bool) -> SubscriptionChanges {
-        let mut state = self.state.lock();
-        if !full {
-            return state.1.take_changes();
-        }
-        state.1.start_full_sync();
-        SubscriptionChanges {
-            subscribe: state.0.iter().cloned().collect(),
-            unsubscribe: Vec::new(),
-        }
-    }
-
-    fn subscriptions_lost(&self) {
-        self.state.lock().1.lost();
-    }
-
-    fn wanted(&self) -> usize {
-        self.state.lock().0.len()
-    }
-
-    async fn subscriptions_changed(&self) {
-        self.changed.notified().await;
-    }
-}
 
 /// Short heartbeats, so that a stalled connection task would be found silent within the test.
 fn config(name: &str) -> GatewayConfig {
@@ -112,14 +30,6 @@ fn start(url: &str, name: &str, node: Arc<FakeNode>) -> Result<RunningBus> {
     Ok(RedisCarrier::new(&address, &config(name))?.start(node, CancellationToken::new()))
 }
 
-async fn wait_for_status(
-    bus: &Arc<dyn Bus>,
-    what: &str,
-    done: impl Fn(&BusStatus) -> bool,
-) -> Result<BusStatus> {
-    wait_for_state(what, STATS_TIMEOUT, || bus.status(), done).await
-}
-
 async fn wait_for_subscribers(server: &RedisServer, group: &str, n: i64) -> Result<()> {
     let channel = format!("gp:{group}");
     wait_until(
@@ -132,12 +42,6 @@ async fn wait_for_subscribers(server: &RedisServer, group: &str, n: i64) -> Resu
         },
     )
     .await
-}
-
-fn publish(bus: &Arc<dyn Bus>, group: &str, text: &str) {
-    let group = GroupName::parse(group, 1024).expect("group");
-    let text = Text::new(Bytes::copy_from_slice(text.as_bytes())).expect("text");
-    bus.publish(&group, &text);
 }
 
 /// While this gateway's workers take nothing, its publishes, subscription changes and

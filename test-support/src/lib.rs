@@ -19,7 +19,8 @@
 //!   removed on drop.
 //! - `broker` (feature `broker`): a broker library instance on port 0 in the test's runtime,
 //!   and a link client speaking the broker protocol to it.
-//! - `gateway` (feature `gateway`): a gateway library instance on port 0 in the test's process.
+//! - `gateway` (feature `gateway`): a gateway library instance on port 0 in the test's process;
+//!   `fake_node`: a stand-in for the gateway's router, to run one bus carrier alone.
 //!
 //! No fixed ports and no sleeps for readiness: servers listen on port 0, and readiness comes
 //! from their log events or their state.
@@ -36,6 +37,8 @@ pub mod ws;
 
 #[cfg(feature = "broker")]
 pub mod broker;
+#[cfg(feature = "gateway")]
+pub mod fake_node;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 
