@@ -33,6 +33,21 @@ impl SubscriptionChanges {
     }
 }
 
+/// From `(group, wanted)` pairs: the wanted ones to subscribe, the others to unsubscribe.
+impl FromIterator<(GroupId, bool)> for SubscriptionChanges {
+    fn from_iter<I: IntoIterator<Item = (GroupId, bool)>>(pairs: I) -> Self {
+        let mut changes = SubscriptionChanges::default();
+        for (group, wanted) in pairs {
+            if wanted {
+                changes.subscribe.push(group);
+            } else {
+                changes.unsubscribe.push(group);
+            }
+        }
+        changes
+    }
+}
+
 impl Subscriptions {
     /// `group` got its first local member (`wanted`) or lost its last one.
     pub fn record(&mut self, group: &GroupId, wanted: bool) {
@@ -43,15 +58,7 @@ impl Subscriptions {
 
     /// The changes since the last call (or since [`Subscriptions::start_full_sync`]).
     pub fn take_changes(&mut self) -> SubscriptionChanges {
-        let mut changes = SubscriptionChanges::default();
-        for (group, wanted) in self.pending.drain() {
-            if wanted {
-                changes.subscribe.push(group);
-            } else {
-                changes.unsubscribe.push(group);
-            }
-        }
-        changes
+        self.pending.drain().collect()
     }
 
     /// A fresh connection is about to take every wanted group (a snapshot the caller makes

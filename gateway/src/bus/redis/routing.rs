@@ -100,15 +100,7 @@ impl ShardInterest {
     }
 
     pub fn take_changes(&mut self) -> SubscriptionChanges {
-        let mut changes = SubscriptionChanges::default();
-        for (group, wanted) in self.pending.drain() {
-            if wanted {
-                changes.subscribe.push(group);
-            } else {
-                changes.unsubscribe.push(group);
-            }
-        }
-        changes
+        self.pending.drain().collect()
     }
 
     pub fn has_changes(&self) -> bool {
