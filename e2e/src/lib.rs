@@ -9,12 +9,14 @@
 //!   (a child process guard, killed on drop, output captured; it builds the binaries), [`ws`]
 //!   (the WebSocket [`Client`]), [`frame`] (malformed frames), [`certs`] (test certificates),
 //!   the timeouts.
+//! - [`seed`]: the seed scenario over several gateways, shared by every carrier's tests.
 //! - Below: the tagged and numbered messages the delivery tests send and check.
 //!
 //! No fixed ports and no sleeps for readiness: addresses and readiness come from the log events.
 //! Every wait has a deadline (the constants re-exported below); stats are polled every
 //! [`POLL_INTERVAL`].
 
+pub mod seed;
 pub mod servers;
 
 pub use servers::{Broker, BrokerMode, Gateway, GatewayConfig};

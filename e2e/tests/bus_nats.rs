@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use e2e::seed;
 use e2e::{
     check_numbered, expect_quiet, numbered, publish_tagged, stat, tagged, tagged_streams, Client,
     Event, Gateway, GatewayConfig, RECV_TIMEOUT, STARTUP_TIMEOUT, STATS_TIMEOUT,
@@ -162,22 +163,11 @@ fn assert_no_panics(gateways: &[&Gateway]) -> Result<()> {
 
 // ---- the seed scenario ----------------------------------------------------------------------
 
-fn groups_of(i: usize) -> &'static [&'static str] {
-    match i % 5 {
-        0 | 1 => &["red"],
-        2 => &["blue"],
-        3 => &["red", "blue"],
-        _ => &[],
-    }
-}
-
 /// Three gateways, five clients on each in red, blue, both or neither; a member of one group,
 /// of two and of none sends on each gateway. Every member receives each sender's stream for its
 /// groups exactly once and in order, and nothing else.
 async fn seed_scenario(engine: Engine) -> Result<()> {
-    const PER_GATEWAY: usize = 5;
     const COUNT: usize = 20;
-    const GROUPS: [&str; 2] = ["red", "blue"];
     let names = ["gw-a", "gw-b", "gw-c"];
     let gateways = try_join_all(
         names
@@ -186,32 +176,13 @@ async fn seed_scenario(engine: Engine) -> Result<()> {
             .map(|(i, name)| gateway(name, engine.url_for(i), &[])),
     )
     .await?;
-    let mut clients: Vec<(&[&str], Client)> = Vec::new();
-    for (gateway, prefix) in gateways.iter().zip(["a", "b", "c"]) {
-        for i in 0..PER_GATEWAY {
-            let mut client = gateway.connect(format!("{prefix}{i}")).await?;
-            for group in groups_of(i) {
-                client.join(group).await?;
-            }
-            clients.push((groups_of(i), client));
-        }
-    }
-    let wanted: Vec<(&Gateway, &[&str])> = gateways.iter().map(|g| (g, &GROUPS[..])).collect();
+    let mut members = seed::join_members(&gateways.iter().collect::<Vec<_>>(), 5).await?;
+    let wanted: Vec<(&Gateway, &[&str])> =
+        gateways.iter().map(|g| (g, &seed::GROUPS[..])).collect();
     wait_for_interest(engine.nodes(), &interest(&wanted)).await?;
 
     let senders = ["a0", "a3", "a4", "b1", "b3", "b4", "c0", "c3", "c4"];
-    try_join_all(
-        clients
-            .iter_mut()
-            .filter(|(_, c)| senders.contains(&c.name()))
-            .map(|(_, sender)| publish_tagged(sender, &GROUPS, COUNT)),
-    )
-    .await?;
-    try_join_all(clients.iter_mut().map(|(groups, client)| {
-        client.expect_streams(tagged_streams(groups, &senders, &GROUPS, COUNT))
-    }))
-    .await?;
-    expect_quiet(clients.iter_mut().map(|(_, client)| client)).await?;
+    seed::exchange(&mut members, &senders, COUNT).await?;
 
     for gateway in &gateways {
         let stats = gateway.admin.stats().await?;

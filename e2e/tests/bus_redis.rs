@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use e2e::seed;
 use e2e::{
     check_numbered, expect_quiet, numbered, publish_tagged, stat, tagged, tagged_streams, Client,
     Gateway, GatewayConfig, RECV_TIMEOUT, STATS_TIMEOUT,
@@ -124,48 +125,17 @@ fn no_panics(gateways: &[Gateway]) -> Result<()> {
     Ok(())
 }
 
-fn groups_of(i: usize) -> &'static [&'static str] {
-    match i % 5 {
-        0 | 1 => &["red"],
-        2 => &["blue"],
-        3 => &["red", "blue"],
-        _ => &[],
-    }
-}
-
 /// Members of one group, of two and of none on three gateways; senders among each kind on
 /// every gateway: every member receives every stream once, in order, and nothing else.
 async fn fan_out_across_three_gateways(engine: Engine) -> Result<()> {
-    const PER_GATEWAY: usize = 5;
     const COUNT: usize = 5;
-    const GROUPS: [&str; 2] = ["red", "blue"];
     let gateways = gateways(&engine, &["gateway-a", "gateway-b", "gateway-c"]).await?;
-    let mut clients: Vec<(&[&str], Client)> = Vec::new();
-    for (prefix, gateway) in ["a", "b", "c"].iter().zip(&gateways) {
-        for i in 0..PER_GATEWAY {
-            let mut client = gateway.connect(format!("{prefix}{i}")).await?;
-            for group in groups_of(i) {
-                client.join(group).await?;
-            }
-            clients.push((groups_of(i), client));
-        }
-    }
-    for group in GROUPS {
+    let mut members = seed::join_members(&gateways.iter().collect::<Vec<_>>(), 5).await?;
+    for group in seed::GROUPS {
         engine.wait_for_subscribers(group, 3).await?;
     }
     let senders = ["a0", "a3", "a4", "b1", "b3", "c2", "c4"];
-    try_join_all(
-        clients
-            .iter_mut()
-            .filter(|(_, c)| senders.contains(&c.name()))
-            .map(|(_, sender)| publish_tagged(sender, &GROUPS, COUNT)),
-    )
-    .await?;
-    try_join_all(clients.iter_mut().map(|(groups, client)| {
-        client.expect_streams(tagged_streams(groups, &senders, &GROUPS, COUNT))
-    }))
-    .await?;
-    expect_quiet(clients.iter_mut().map(|(_, client)| client)).await?;
+    seed::exchange(&mut members, &senders, COUNT).await?;
     no_panics(&gateways)
 }
 

@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use e2e::seed;
 use e2e::{
-    check_numbered, expect_quiet, numbered, publish_tagged, stat, tagged_streams, Broker, Client,
-    Event, Gateway, GatewayConfig, EXIT_TIMEOUT, RECV_TIMEOUT, STARTUP_TIMEOUT,
+    check_numbered, expect_quiet, numbered, stat, Broker, Client, Event, Gateway, GatewayConfig,
+    EXIT_TIMEOUT, RECV_TIMEOUT, STARTUP_TIMEOUT,
 };
-use futures_util::future::try_join_all;
 use tokio::time::Instant;
 
 /// A broker and two gateways linked to it.
@@ -33,33 +33,13 @@ async fn wait_for_broker_subscriptions(broker: &Broker, subscriptions: u64) -> R
     Ok(())
 }
 
-fn groups_of(i: usize) -> &'static [&'static str] {
-    match i % 5 {
-        0 | 1 => &["red"],
-        2 => &["blue"],
-        3 => &["red", "blue"],
-        _ => &[],
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_across_servers() -> Result<()> {
-    const PER_GATEWAY: usize = 10;
     const COUNT: usize = 5;
-    const GROUPS: [&str; 2] = ["red", "blue"];
     let (broker, gateway_a, gateway_b) = cluster(2).await?;
 
-    // (groups, client) on both gateways: a0..a9 and b0..b9.
-    let mut clients: Vec<(&[&str], Client)> = Vec::new();
-    for (prefix, gateway) in [("a", &gateway_a), ("b", &gateway_b)] {
-        for i in 0..PER_GATEWAY {
-            let mut client = gateway.connect(format!("{prefix}{i}")).await?;
-            for group in groups_of(i) {
-                client.join(group).await?;
-            }
-            clients.push((groups_of(i), client));
-        }
-    }
+    // a0..a9 and b0..b9.
+    let mut members = seed::join_members(&[&gateway_a, &gateway_b], 10).await?;
     // Both gateways have members of both groups.
     gateway_a.wait_for_subscriptions(2).await?;
     gateway_b.wait_for_subscriptions(2).await?;
@@ -67,21 +47,10 @@ async fn fan_out_across_servers() -> Result<()> {
 
     // A member of one group, of two, and of none on each side.
     let senders = ["a0", "a3", "a4", "b1", "b3", "b4"];
-    try_join_all(
-        clients
-            .iter_mut()
-            .filter(|(_, c)| senders.contains(&c.name()))
-            .map(|(_, sender)| publish_tagged(sender, &GROUPS, COUNT)),
-    )
-    .await?;
-    try_join_all(clients.iter_mut().map(|(groups, client)| {
-        client.expect_streams(tagged_streams(groups, &senders, &GROUPS, COUNT))
-    }))
-    .await?;
-    expect_quiet(clients.iter_mut().map(|(_, client)| client)).await?;
+    seed::exchange(&mut members, &senders, COUNT).await?;
 
     let stats = broker.admin.stats().await?;
-    let publishes = (senders.len() * GROUPS.len() * COUNT) as u64;
+    let publishes = (senders.len() * seed::GROUPS.len() * COUNT) as u64;
     ensure!(
         stat(&stats, "/publishes") == Some(publishes),
         "the broker should count {publishes} publishes: {stats}"
