@@ -1,24 +1,25 @@
-//! The recipes of docs/deploy.md ("Recipes") and README's "Deploy on several servers" run as
-//! written, through a small harness: each `sh` block's lines are started as processes, with
-//! every port replaced by a free one (the same port everywhere in the block), `0.0.0.0` by
-//! `127.0.0.1`, `target/release/gateway` by the gateway the tests built, and
-//! `--log-format json` added to the gateways for their readiness events. A block with two
-//! gateways then has to deliver both ways between them: a member on each gateway receives what
-//! a member of the other sends, once, and nothing else.
+//! The recipes of docs/deploy.md ("Recipes") and every block of README's "Deploy on several
+//! servers" run as written, through a small harness: each `sh` block's lines are started as
+//! processes in a fresh directory, with every port replaced by a free one (the same port
+//! everywhere in the test), `0.0.0.0` by `127.0.0.1`, `target/release/gateway` and `broker` by
+//! the binaries the tests built, `--log-format json` added for their readiness events, and
+//! `--admin 127.0.0.1:0` for a gateway that leaves its admin address to the default. A block
+//! with two gateways then has to deliver both ways between them: a member on each gateway
+//! receives what a member of the other sends, once, and nothing else.
 //!
 //! The Redis Cluster recipe names seed nodes it does not start: the test starts a cluster and
 //! maps the recipe's ports to its nodes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use std::time::Duration;
 
 use e2e::{expect_quiet, Client, Process, STARTUP_TIMEOUT};
 
-use test_support::process::command;
+use test_support::process::{binary as binary_path, command};
 use test_support::redis::RedisCluster;
 use test_support::wait_until;
 
@@ -29,33 +30,30 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 /// the same or a higher level).
 fn blocks_under(markdown: &str, heading: &str) -> Result<Vec<String>> {
     let level = heading.chars().take_while(|c| *c == '#').count();
-    let start = markdown
-        .find(&format!("\n{heading}\n"))
-        .with_context(|| format!("no {heading:?} heading"))?;
-    let rest = &markdown[start + heading.len() + 2..];
-    let end = rest
-        .match_indices('\n')
-        .map(|(i, _)| i + 1)
-        .find(|&i| {
-            let hashes = rest[i..].chars().take_while(|c| *c == '#').count();
-            hashes > 0 && hashes <= level && rest[i + hashes..].starts_with(' ')
-        })
-        .unwrap_or(rest.len());
-    let section = &rest[..end];
+    let mut lines = markdown.lines().skip_while(|line| *line != heading);
+    ensure!(lines.next().is_some(), "no {heading:?} heading");
     let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in section.lines() {
-        match (&mut current, line.trim_start()) {
-            (None, "```sh") => current = Some(String::new()),
-            (Some(block), "```") => {
-                blocks.push(std::mem::take(block));
-                current = None;
+    // The block being read, if inside a code fence (`sh` or not).
+    let mut fence: Option<(bool, String)> = None;
+    for line in lines {
+        let trimmed = line.trim_start();
+        match &mut fence {
+            None if trimmed.starts_with("```") => fence = Some((trimmed == "```sh", String::new())),
+            None => {
+                let hashes = line.chars().take_while(|c| *c == '#').count();
+                if hashes > 0 && hashes <= level && line[hashes..].starts_with(' ') {
+                    break;
+                }
             }
-            (Some(block), text) => {
-                block.push_str(text);
+            Some(_) if trimmed == "```" => {
+                if let Some((true, block)) = fence.take() {
+                    blocks.push(block);
+                }
+            }
+            Some((_, block)) => {
+                block.push_str(trimmed);
                 block.push('\n');
             }
-            (None, _) => {}
         }
     }
     Ok(blocks)
@@ -92,7 +90,7 @@ fn rewrite(block: &str, ports: &mut HashMap<u16, u16>) -> Result<Vec<Line>> {
     for raw in block.lines() {
         let raw = raw.split(" #").next().unwrap_or_default().trim();
         let raw = raw.strip_suffix('&').unwrap_or(raw).trim();
-        if raw.is_empty() {
+        if raw.is_empty() || raw.starts_with('#') {
             continue;
         }
         let words: Vec<&str> = raw.split_whitespace().collect();
@@ -127,33 +125,51 @@ fn rewrite(block: &str, ports: &mut HashMap<u16, u16>) -> Result<Vec<Line>> {
     Ok(lines)
 }
 
-/// A started recipe: its processes, and the client address of each gateway in it.
+/// A started recipe: its servers (engines, brokers), and each gateway with its client address.
+#[derive(Default)]
 struct Started {
-    _processes: Vec<Process>,
-    gateways: Vec<SocketAddr>,
+    servers: Vec<Process>,
+    gateways: Vec<(SocketAddr, Process)>,
 }
 
-async fn start(name: &str, lines: Vec<Line>) -> Result<Started> {
-    let mut processes = Vec::new();
-    let mut gateways = Vec::new();
+impl Started {
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.gateways.iter().map(|(addr, _)| *addr).collect()
+    }
+}
+
+/// Starts `lines` in `dir` (their working directory, where a recipe's files go) and adds them
+/// to `started`. A gateway line without `--admin` gets `--admin 127.0.0.1:0`, so that it does
+/// not take the default port of another gateway of the test.
+async fn start(name: &str, lines: Vec<Line>, dir: &Path, started: &mut Started) -> Result<()> {
     for (i, line) in lines.into_iter().enumerate() {
         let label = format!("{name} line {}", i + 1);
         match line.program.as_str() {
-            "target/release/gateway" => {
+            "target/release/gateway" | "target/release/broker" => {
+                let (binary, ready) = match line.program.as_str() {
+                    "target/release/gateway" => ("gateway", "gateway listening"),
+                    _ => ("broker", "broker listening"),
+                };
                 let mut args = line.args;
+                if binary == "gateway" && !args.iter().any(|a| a == "--admin") {
+                    args.extend(["--admin".into(), "127.0.0.1:0".into()]);
+                }
                 args.extend(["--log-format".into(), "json".into()]);
-                let process = Process::spawn(&label, "gateway", &args)?;
-                let fields = process
-                    .wait_for_log("gateway listening", STARTUP_TIMEOUT)
-                    .await?;
+                let mut cmd = command(binary_path(binary)?);
+                cmd.args(&args).current_dir(dir);
+                let process = Process::spawn_command(&label, cmd)?;
+                let fields = process.wait_for_log(ready, STARTUP_TIMEOUT).await?;
                 let addr = fields
                     .get("addr")
                     .and_then(|a| a.as_str())
-                    .context("gateway listening without addr")?
+                    .with_context(|| format!("{ready:?} without addr"))?
                     .parse()?;
-                process.wait_for_log("bus up", STARTUP_TIMEOUT).await?;
-                gateways.push(addr);
-                processes.push(process);
+                if binary == "gateway" {
+                    process.wait_for_log("bus up", STARTUP_TIMEOUT).await?;
+                    started.gateways.push((addr, process));
+                } else {
+                    started.servers.push(process);
+                }
             }
             "redis-server" | "nats-server" => {
                 let program = match line.program.as_str() {
@@ -167,8 +183,8 @@ async fn start(name: &str, lines: Vec<Line>) -> Result<Started> {
                     .map(|w| w[1].clone())
                     .context("a server line without its port")?;
                 let mut cmd = command(program);
-                cmd.args(&line.args);
-                processes.push(Process::spawn_command(&label, cmd)?);
+                cmd.args(&line.args).current_dir(dir);
+                started.servers.push(Process::spawn_command(&label, cmd)?);
                 let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
                 wait_until(
                     &format!("{label} accepts"),
@@ -177,19 +193,38 @@ async fn start(name: &str, lines: Vec<Line>) -> Result<Started> {
                 )
                 .await?;
             }
+            "openssl" => {
+                // `openssl rand -hex 32 > FILE`: a shell redirect, so through the shell.
+                let status = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("openssl {}", line.args.join(" ")))
+                    .current_dir(dir)
+                    .status()
+                    .with_context(|| format!("{label}: running openssl"))?;
+                ensure!(status.success(), "{label}: openssl {status}");
+            }
             other => bail!("{name}: no harness for {other:?}"),
         }
     }
-    Ok(Started {
-        _processes: processes,
-        gateways,
-    })
+    Ok(())
+}
+
+/// A client of each gateway receives its own message: the gateway serves, its bus is up.
+async fn each_serves(name: &str, started: &Started) -> Result<()> {
+    for addr in started.addrs() {
+        let mut client = Client::connect(format!("{name} {addr}"), addr).await?;
+        client.join("recipe").await?;
+        client.publish("recipe", "hello").await?;
+        client.expect_text("hello").await?;
+        expect_quiet([&mut client]).await?;
+    }
+    Ok(())
 }
 
 /// A member on each of the two gateways receives what the other's member sends, once.
 async fn delivers_both_ways(name: &str, started: &Started) -> Result<()> {
-    let [a, b] = started.gateways[..] else {
-        bail!("{name}: expected two gateways, got {:?}", started.gateways);
+    let [a, b] = started.addrs()[..] else {
+        bail!("{name}: expected two gateways, got {:?}", started.addrs());
     };
     let mut on_a = Client::connect(format!("{name} a"), a).await?;
     let mut on_b = Client::connect(format!("{name} b"), b).await?;
@@ -254,7 +289,9 @@ async fn every_deploy_recipe_delivers_between_its_gateways() -> Result<()> {
         } else {
             None
         };
-        let started = start(&name, rewrite(block, &mut ports)?).await?;
+        let dir = WorkDir::new(&name)?;
+        let mut started = Started::default();
+        start(&name, rewrite(block, &mut ports)?, dir.path(), &mut started).await?;
         delivers_both_ways(&name, &started)
             .await
             .with_context(|| format!("{name}:\n{block}"))?;
@@ -264,13 +301,69 @@ async fn every_deploy_recipe_delivers_between_its_gateways() -> Result<()> {
     Ok(())
 }
 
+/// README's deploy section, block by block on one machine (so with one port mapping): two
+/// gateways on Redis deliver to each other; a standalone broker with a link secret made by
+/// `openssl` serves a gateway that knows it; two gateways share a port with `--reuse-port` on
+/// the first block's Redis, both announcing that one address. Servers stay up from one block
+/// to the next, as they would on the reader's machine; each block's gateways stop before the
+/// next starts (blocks one and three use the same addresses).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readme_deploy_recipe_delivers_between_its_gateways() -> Result<()> {
+async fn the_readme_deploy_recipes_work_as_written() -> Result<()> {
     let readme = read_doc("README.md")?;
     let blocks = blocks_under(&readme, "## Deploy on several servers")?;
-    let first = blocks
-        .first()
-        .context("no recipe in README's deploy section")?;
-    let started = start("README deploy", rewrite(first, &mut HashMap::new())?).await?;
-    delivers_both_ways("README deploy", &started).await
+    ensure!(
+        blocks.len() == 3,
+        "README's deploy section has {} blocks",
+        blocks.len()
+    );
+    let dir = WorkDir::new("readme-deploy")?;
+    let mut ports = HashMap::new();
+    let mut servers = Vec::new();
+    for (i, block) in blocks.iter().enumerate() {
+        let name = format!("README deploy block {}", i + 1);
+        let mut started = Started::default();
+        start(&name, rewrite(block, &mut ports)?, dir.path(), &mut started)
+            .await
+            .with_context(|| format!("{name}:\n{block}"))?;
+        match i {
+            0 => delivers_both_ways(&name, &started).await,
+            1 => each_serves(&name, &started).await,
+            _ => {
+                let addrs = started.addrs();
+                ensure!(
+                    addrs.len() == 2 && addrs[0] == addrs[1],
+                    "{name}: two gateways on one address, got {addrs:?}"
+                );
+                each_serves(&name, &started).await
+            }
+        }
+        .with_context(|| format!("{name}:\n{block}"))?;
+        servers.append(&mut started.servers);
+    }
+    Ok(())
+}
+
+/// A fresh directory for a recipe's files (a link secret), removed on drop.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new(name: &str) -> Result<WorkDir> {
+        let dir = std::env::temp_dir().join(format!(
+            "recipe-{}-{}",
+            std::process::id(),
+            name.replace(' ', "-")
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(WorkDir(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
