@@ -412,6 +412,7 @@ async fn redis_restart() -> Result<()> {
     servers[0].restart().await?;
     let took =
         probe_until_delivered(&mut sa, "room", &mut remote, &mut sent, RESUME_WITHIN * 2).await?;
+    eprintln!("Redis restart: delivery resumed {took:?} after the restart");
     ensure!(
         took <= RESUME_WITHIN,
         "a -> b resumed {took:?} after the restart"
@@ -635,6 +636,7 @@ async fn a_silent_redis_is_found_dead() -> Result<()> {
     servers[0].process.signal("CONT").await?;
     let down = down?;
     let took = stopped.elapsed();
+    eprintln!("Redis stopped: found dead after {took:?}");
     ensure!(
         took < Duration::from_millis(1200 + 500),
         "found dead after {took:?}: {down:?}"
