@@ -122,6 +122,11 @@ impl GatewayBuilder {
         self
     }
 
+    /// The settings the gateway will run with (a carrier reads its own from them).
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
     /// Links to the standalone broker at `addr` ("host:port"), with the link secret and TLS of
     /// [`GatewayBuilder::security`].
     pub fn broker(mut self, addr: impl Into<String>) -> Self {

@@ -189,14 +189,17 @@ async fn run() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
-    // The carriers read the settings too.
-    let builder = Gateway::builder(cli.config.clone()).security(security);
+    let builder = Gateway::builder(cli.config).security(security);
     tracing::info!(bus = %bus, carrier = bus.carrier(), "bus");
     let builder = match bus {
         BusAddress::Broker(addr) => builder.broker(addr),
-        BusAddress::Nats(servers) => builder.bus(NatsCarrier::new(&servers, &cli.config)?),
+        BusAddress::Nats(servers) => {
+            let carrier = NatsCarrier::new(&servers, builder.config())?;
+            builder.bus(carrier)
+        }
         BusAddress::Redis(_) | BusAddress::RedisCluster(_) => {
-            builder.bus(RedisCarrier::new(&bus, &cli.config)?)
+            let carrier = RedisCarrier::new(&bus, builder.config())?;
+            builder.bus(carrier)
         }
         BusAddress::Embedded => {
             let listener = broker_listener.context("the embedded broker's listener")?;
