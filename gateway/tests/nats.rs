@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use bytes::Bytes;
+use gateway::bus::inbound::INBOX_MESSAGES;
 use gateway::bus::nats::subject::group_subject;
-use gateway::bus::nats::{NatsCarrier, INBOX_MESSAGES};
+use gateway::bus::nats::NatsCarrier;
 use gateway::bus::{BusAddress, Carrier, RunningBus};
 use gateway::GatewayConfig;
 use protocol::{GroupName, Text};

@@ -16,7 +16,7 @@ use protocol::{GroupName, Text};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::inbound::{InboundLimits, Rejected};
+use super::inbound::{InboundLimits, Rejected, INBOX_MESSAGES};
 use super::{Bus, BusCounters, BusStatus, Carrier, Node, RunningBus};
 use crate::config::GatewayConfig;
 
@@ -24,8 +24,6 @@ use crate::config::GatewayConfig;
 #[derive(Debug, Clone)]
 pub struct EmbeddedBus {
     broker: Broker,
-    /// Messages from other gateways waiting for this one (`--link-queue-frames`).
-    queue: usize,
     inbound: InboundLimits,
 }
 
@@ -33,7 +31,6 @@ impl EmbeddedBus {
     pub fn new(broker: Broker, config: &GatewayConfig) -> EmbeddedBus {
         EmbeddedBus {
             broker,
-            queue: config.link_queue,
             inbound: InboundLimits {
                 max_group_id_len: config.max_group_id_len,
                 max_message_size: config.max_message_size,
@@ -61,7 +58,7 @@ impl LocalSubscriber for Inlet {
 
 impl Carrier for EmbeddedBus {
     fn start<N: Node>(self, node: Arc<N>, shutdown: CancellationToken) -> RunningBus {
-        let (tx, rx) = mpsc::channel(self.queue);
+        let (tx, rx) = mpsc::channel(INBOX_MESSAGES);
         let counters = Arc::new(BusCounters::default());
         let inlet = Arc::new(Inlet {
             tx,

@@ -5,6 +5,14 @@
 use bytes::Bytes;
 use protocol::{GroupName, Text};
 
+/// Messages from other gateways, checked and waiting for this gateway's workers, that a
+/// carrier holds at most (per connection). Past it the Redis carrier stops reading its
+/// subscriber connection (the backlog stays in Redis); the NATS and embedded carriers drop and
+/// count (`slow_consumer`).
+pub const INBOX_MESSAGES: usize = 4096;
+/// Bytes of message text in such an inbox, at most (one message more may be in it).
+pub const INBOX_BYTES: usize = 16 * 1024 * 1024;
+
 /// The gateway's own limits, applied to what arrives from the bus.
 #[derive(Debug, Clone, Copy)]
 pub struct InboundLimits {

@@ -99,7 +99,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::address::redacted;
-use super::inbound::{InboundLimits, Rejected};
+use super::inbound::{InboundLimits, Rejected, INBOX_BYTES, INBOX_MESSAGES};
 use super::origin::{Origin, Received};
 use super::publish_queue::PublishQueue;
 use super::warnings::Throttle;
@@ -116,12 +116,6 @@ pub const SUBSCRIPTION_CAPACITY: usize = 1024;
 /// Commands (publishes, subscriptions) the client queues for its connection. Our own queue is
 /// in front (`--link-queue-frames`), so this only has to keep the connection busy.
 pub const CLIENT_CAPACITY: usize = 1024;
-/// Messages from other gateways checked and waiting for this gateway's workers; more are
-/// dropped and counted as `slow_consumer`.
-pub const INBOX_MESSAGES: usize = 4096;
-/// Bytes of message text in that queue, at most (a message larger than this still goes when
-/// the queue is empty).
-pub const INBOX_BYTES: usize = 16 * 1024 * 1024;
 /// Most publishes taken from the queue at once.
 const PUBLISH_BATCH: usize = 256;
 /// How often the carrier task checks the connection's state, should an event have been lost.

@@ -81,7 +81,7 @@ use self::conn::{connect, Conn, RedisError};
 use self::resp::{encode, PublishCommand, Reply, RespLimits};
 use self::routing::{channel, group_of, shard_of, slot_of, ShardInterest, SLOTS};
 use super::address::redacted;
-use super::inbound::{InboundLimits, Rejected};
+use super::inbound::{InboundLimits, Rejected, INBOX_BYTES, INBOX_MESSAGES};
 use super::origin::{Origin, Received};
 use super::publish_queue::PublishQueue;
 use super::warnings::Throttle;
@@ -106,12 +106,6 @@ pub const REPLY_SLACK: usize = 64 * 1024;
 /// Bytes of one `CLUSTER SLOTS` reply at most, on the connection that asks it (every slot its
 /// own range, each with a master and a few replicas, is about 10 MiB).
 pub const CLUSTER_SLOTS_REPLY_BYTES: usize = 32 * 1024 * 1024;
-/// Checked messages of one target waiting for this gateway's workers; while it holds this
-/// many, the target's subscriber connection is not read (the backlog stays in Redis).
-pub const INBOX_MESSAGES: usize = 4096;
-/// Bytes of message text in that inbox past which the subscriber connection is not read (one
-/// message more than this may be in it).
-pub const INBOX_BYTES: usize = 16 * 1024 * 1024;
 /// The topology of a cluster is queried at most this often.
 pub const REFRESH_MIN: Duration = Duration::from_millis(200);
 /// A subscriber connection closed while its sampled output buffer held at least this much is
