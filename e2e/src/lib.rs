@@ -9,6 +9,8 @@
 //!   (a child process guard, killed on drop, output captured; it builds the binaries), [`ws`]
 //!   (the WebSocket [`Client`]), [`frame`] (malformed frames), [`certs`] (test certificates),
 //!   the timeouts.
+//! - [`numbered`](mod@numbered): numbered senders and checking receivers, for the tests of
+//!   outages and recovery.
 //! - [`seed`]: the seed scenario over several gateways, shared by every carrier's tests.
 //! - Below: the tagged and numbered messages the delivery tests send and check.
 //!
@@ -16,6 +18,7 @@
 //! Every wait has a deadline (the constants re-exported below); stats are polled every
 //! [`POLL_INTERVAL`].
 
+pub mod numbered;
 pub mod seed;
 pub mod servers;
 

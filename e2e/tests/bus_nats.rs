@@ -10,10 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use e2e::numbered::{Receiver, Sender};
 use e2e::seed;
 use e2e::{
-    check_numbered, expect_quiet, numbered, publish_tagged, stat, tagged, tagged_streams, Client,
-    Event, Gateway, GatewayConfig, RECV_TIMEOUT, STARTUP_TIMEOUT, STATS_TIMEOUT,
+    expect_quiet, publish_tagged, stat, tagged, tagged_streams, Gateway, GatewayConfig,
+    STARTUP_TIMEOUT, STATS_TIMEOUT,
 };
 use futures_util::future::try_join_all;
 use test_support::nats::{NatsCluster, NatsServer};
@@ -321,86 +322,16 @@ async fn deployments_with_different_prefixes_share_a_server_unseen() -> Result<(
 
 // ---- outages --------------------------------------------------------------------------------
 
-/// A member of "room" checking each message as it arrives: never twice, never out of order per
-/// sender, only what was sent.
-struct Member {
-    client: Client,
-    last: BTreeMap<String, u64>,
-    seen: BTreeMap<String, BTreeSet<u64>>,
+/// A member of "room" on `gateway`, checking what it receives.
+async fn member(gateway: &Gateway, name: &str) -> Result<Receiver> {
+    let mut client = gateway.connect(name).await?;
+    client.join("room").await?;
+    Ok(Receiver::new(client))
 }
 
-impl Member {
-    async fn join(gateway: &Gateway, name: &str) -> Result<Member> {
-        let mut client = gateway.connect(name).await?;
-        client.join("room").await?;
-        Ok(Member {
-            client,
-            last: BTreeMap::new(),
-            seen: BTreeMap::new(),
-        })
-    }
-
-    fn check(&mut self, event: Event, sent: &BTreeMap<String, u64>) -> Result<()> {
-        let (sender, n) = check_numbered(self.client.name(), event, sent, &self.last)?;
-        self.last.insert(sender.clone(), n);
-        self.seen.entry(sender).or_default().insert(n);
-        Ok(())
-    }
-
-    async fn drain(&mut self, wait: Duration, sent: &BTreeMap<String, u64>) -> Result<()> {
-        let deadline = Instant::now() + wait;
-        while let Some(event) = self.client.next_event(deadline).await {
-            self.check(event, sent)?;
-        }
-        Ok(())
-    }
-
-    /// Receives until message `n` of `sender` has arrived.
-    async fn require(&mut self, sender: &str, n: u64, sent: &BTreeMap<String, u64>) -> Result<()> {
-        let deadline = Instant::now() + RECV_TIMEOUT;
-        while !self.seen.get(sender).is_some_and(|seen| seen.contains(&n)) {
-            let event = self.client.next_event(deadline).await.with_context(|| {
-                format!(
-                    "{}: timed out waiting for {}",
-                    self.client.name(),
-                    numbered(sender, n)
-                )
-            })?;
-            self.check(event, sent)?;
-        }
-        Ok(())
-    }
-
-    /// Whether a message of `sender` numbered `first` or later arrived.
-    fn got_from(&self, sender: &str, first: u64) -> bool {
-        self.seen
-            .get(sender)
-            .is_some_and(|seen| seen.range(first..).next().is_some())
-    }
-}
-
-/// A client sending numbered messages to "room".
-struct Sender {
-    client: Client,
-    next: u64,
-}
-
-impl Sender {
-    async fn connect(gateway: &Gateway, name: &str) -> Result<Sender> {
-        Ok(Sender {
-            client: gateway.connect(name).await?,
-            next: 0,
-        })
-    }
-
-    async fn send(&mut self, sent: &mut BTreeMap<String, u64>) -> Result<u64> {
-        let n = self.next;
-        let name = self.client.name().to_owned();
-        self.client.publish("room", &numbered(&name, n)).await?;
-        self.next += 1;
-        sent.insert(name, self.next);
-        Ok(n)
-    }
+/// A client on `gateway` sending numbered messages to "room".
+async fn sender(gateway: &Gateway, name: &str) -> Result<Sender> {
+    Ok(Sender::new(gateway.connect(name).await?, "room"))
 }
 
 /// Sends from every sender every few milliseconds until each member has received, from every
@@ -408,12 +339,12 @@ impl Sender {
 /// Returns how long it took from `since`.
 async fn probe_until_crossed(
     senders: &mut [(usize, Sender)],
-    members: &mut [(usize, Member)],
+    members: &mut [(usize, Receiver)],
     sent: &mut BTreeMap<String, u64>,
     since: Instant,
     within: Duration,
 ) -> Result<Duration> {
-    let first: Vec<u64> = senders.iter().map(|(_, s)| s.next).collect();
+    let first: Vec<u64> = senders.iter().map(|(_, s)| s.next()).collect();
     loop {
         for (_, sender) in senders.iter_mut() {
             sender.send(sent).await?;
@@ -440,17 +371,15 @@ async fn probe_until_crossed(
 /// Every member receives one message from every sender (local and remote).
 async fn all_cross(
     senders: &mut [(usize, Sender)],
-    members: &mut [(usize, Member)],
+    members: &mut [(usize, Receiver)],
     sent: &mut BTreeMap<String, u64>,
 ) -> Result<()> {
     let mut probes = Vec::new();
     for (_, sender) in senders.iter_mut() {
-        probes.push((sender.client.name().to_owned(), sender.send(sent).await?));
+        probes.push(sender.send(sent).await?);
     }
     for (_, member) in members.iter_mut() {
-        for (sender, n) in &probes {
-            member.require(sender, *n, sent).await?;
-        }
+        member.require(&probes, sent).await?;
     }
     Ok(())
 }
@@ -466,8 +395,8 @@ async fn server_killed_and_restarted_on_its_port() -> Result<()> {
     let mut members = Vec::new();
     let mut senders = Vec::new();
     for (i, gateway) in gateways.iter().enumerate() {
-        members.push((i, Member::join(gateway, &format!("m{i}")).await?));
-        senders.push((i, Sender::connect(gateway, &format!("s{i}")).await?));
+        members.push((i, member(gateway, &format!("m{i}")).await?));
+        senders.push((i, sender(gateway, &format!("s{i}")).await?));
     }
     let expected: BTreeMap<String, BTreeSet<String>> = gateways
         .iter()
@@ -492,8 +421,8 @@ async fn server_killed_and_restarted_on_its_port() -> Result<()> {
     }
     // Local delivery goes on.
     for ((_, sender), (_, member)) in senders.iter_mut().zip(members.iter_mut()) {
-        let n = sender.send(&mut sent).await?;
-        member.require(sender.client.name(), n, &sent).await?;
+        let probe = sender.send(&mut sent).await?;
+        member.require(&[probe], &sent).await?;
     }
 
     let restarted = Instant::now();
@@ -545,8 +474,8 @@ async fn cluster_node_killed_gateways_move_to_another() -> Result<()> {
     let mut members = Vec::new();
     let mut senders = Vec::new();
     for (i, gateway) in gateways.iter().enumerate() {
-        members.push((i, Member::join(gateway, &format!("m{i}")).await?));
-        senders.push((i, Sender::connect(gateway, &format!("s{i}")).await?));
+        members.push((i, member(gateway, &format!("m{i}")).await?));
+        senders.push((i, sender(gateway, &format!("s{i}")).await?));
     }
     let expected: BTreeMap<String, BTreeSet<String>> = gateways
         .iter()
@@ -618,8 +547,8 @@ async fn a_silent_cluster_node_is_found_by_pings_and_left() -> Result<()> {
     let mut members = Vec::new();
     let mut senders = Vec::new();
     for (i, gateway) in gateways.iter().enumerate() {
-        members.push((i, Member::join(gateway, &format!("m{i}")).await?));
-        senders.push((i, Sender::connect(gateway, &format!("s{i}")).await?));
+        members.push((i, member(gateway, &format!("m{i}")).await?));
+        senders.push((i, sender(gateway, &format!("s{i}")).await?));
     }
     let mut sent = BTreeMap::new();
     let expected: BTreeMap<String, BTreeSet<String>> = gateways

@@ -4,14 +4,15 @@
 //! that mean something to Redis, prefixes, echoes, a killed and restarted server, one shard
 //! down, a cluster failover, and churn.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use e2e::numbered::Receiver;
 use e2e::seed;
 use e2e::{
-    check_numbered, expect_quiet, numbered, publish_tagged, stat, tagged, tagged_streams, Client,
-    Gateway, GatewayConfig, RECV_TIMEOUT, STATS_TIMEOUT,
+    expect_quiet, numbered, publish_tagged, stat, tagged, tagged_streams, Client, Gateway,
+    GatewayConfig, RECV_TIMEOUT, STATS_TIMEOUT,
 };
 use futures_util::future::try_join_all;
 use test_support::redis::{RedisCluster, RedisServer};
@@ -308,56 +309,12 @@ async fn own_publishes_are_delivered_once() -> Result<()> {
     no_panics(&gateways)
 }
 
-/// A member that checks every numbered message it gets: never twice, never out of order, only
-/// what was sent.
-struct Member {
-    client: Client,
-    last: BTreeMap<String, u64>,
-    seen: BTreeMap<String, BTreeSet<u64>>,
-}
-
-impl Member {
-    fn new(client: Client) -> Member {
-        Member {
-            client,
-            last: BTreeMap::new(),
-            seen: BTreeMap::new(),
-        }
-    }
-
-    /// Handles what arrives until `deadline`, or until a message from `sender` numbered
-    /// `from` or more has arrived (then returns true).
-    async fn until(
-        &mut self,
-        deadline: Instant,
-        sent: &BTreeMap<String, u64>,
-        sender: &str,
-        from: u64,
-    ) -> Result<bool> {
-        loop {
-            if self
-                .seen
-                .get(sender)
-                .is_some_and(|seen| seen.range(from..).next().is_some())
-            {
-                return Ok(true);
-            }
-            let Some(event) = self.client.next_event(deadline).await else {
-                return Ok(false);
-            };
-            let (s, n) = check_numbered(self.client.name(), event, sent, &self.last)?;
-            self.last.insert(s.clone(), n);
-            self.seen.entry(s).or_default().insert(n);
-        }
-    }
-}
-
 /// Numbered messages from `sender` to `group`, one every [`PROBE_INTERVAL`], until `member`
 /// receives one sent from now on; returns how long that took.
 async fn probe_until_delivered(
     sender: &mut Client,
     group: &str,
-    member: &mut Member,
+    member: &mut Receiver,
     sent: &mut BTreeMap<String, u64>,
     timeout: Duration,
 ) -> Result<Duration> {
@@ -389,9 +346,9 @@ async fn redis_restart() -> Result<()> {
     let mut engine = Engine::single().await?;
     let gateways = gateways(&engine, &["gateway-a", "gateway-b"]).await?;
     let (a, b) = (&gateways[0], &gateways[1]);
-    let mut local = Member::new(a.connect("local").await?);
-    let mut remote = Member::new(b.connect("remote").await?);
-    let mut back = Member::new(a.connect("back").await?);
+    let mut local = Receiver::new(a.connect("local").await?);
+    let mut remote = Receiver::new(b.connect("remote").await?);
+    let mut back = Receiver::new(a.connect("back").await?);
     for member in [&mut local, &mut remote, &mut back] {
         member.client.join("room").await?;
     }
@@ -448,8 +405,8 @@ async fn one_shard_down() -> Result<()> {
     let gateways = gateways(&engine, &["gateway-a", "gateway-b"]).await?;
     let (a, b) = (&gateways[0], &gateways[1]);
     let candidates: Vec<String> = (0..16).map(|i| format!("k{i}")).collect();
-    let mut here = Member::new(a.connect("here").await?);
-    let mut there = Member::new(b.connect("there").await?);
+    let mut here = Receiver::new(a.connect("here").await?);
+    let mut there = Receiver::new(b.connect("there").await?);
     for group in &candidates {
         here.client.join(group).await?;
         there.client.join(group).await?;
@@ -514,8 +471,8 @@ async fn cluster_failover() -> Result<()> {
     let mut engine = Engine::cluster(1).await?;
     let gateways = gateways(&engine, &["gateway-a", "gateway-b"]).await?;
     let (a, b) = (&gateways[0], &gateways[1]);
-    let mut remote = Member::new(b.connect("remote").await?);
-    let mut back = Member::new(a.connect("back").await?);
+    let mut remote = Receiver::new(b.connect("remote").await?);
+    let mut back = Receiver::new(a.connect("back").await?);
     remote.client.join("room").await?;
     back.client.join("room").await?;
     engine.wait_for_subscribers("room", 2).await?;

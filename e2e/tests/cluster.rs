@@ -1,15 +1,13 @@
 //! Several gateways on one standalone broker: delivery across servers, cleanup of every
 //! counter once clients leave, and a broker restart.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
+use e2e::numbered::{Receiver, Sender};
 use e2e::seed;
-use e2e::{
-    check_numbered, expect_quiet, numbered, stat, Broker, Client, Event, Gateway, GatewayConfig,
-    EXIT_TIMEOUT, RECV_TIMEOUT, STARTUP_TIMEOUT,
-};
+use e2e::{expect_quiet, stat, Broker, Gateway, GatewayConfig, EXIT_TIMEOUT, STARTUP_TIMEOUT};
 use tokio::time::Instant;
 
 /// A broker and two gateways linked to it.
@@ -180,98 +178,6 @@ async fn counters_return_to_zero_when_clients_leave() -> Result<()> {
     Ok(())
 }
 
-/// A sender in the broker restart test, numbering its messages.
-struct Sender {
-    client: Client,
-    next: u64,
-}
-
-impl Sender {
-    fn new(client: Client) -> Sender {
-        Sender { client, next: 0 }
-    }
-
-    /// Sends its next message to "room" and records it in `sent` (sender -> messages sent).
-    async fn publish(&mut self, sent: &mut BTreeMap<String, u64>) -> Result<(String, u64)> {
-        let name = self.client.name().to_owned();
-        let n = self.next;
-        self.client.publish("room", &numbered(&name, n)).await?;
-        self.next += 1;
-        sent.insert(name.clone(), self.next);
-        Ok((name, n))
-    }
-}
-
-/// A receiver in the broker restart test: checks each message as it arrives, per sender: never
-/// twice, never out of order, only what was sent.
-struct Receiver {
-    client: Client,
-    /// Highest number received from each sender.
-    last: BTreeMap<String, u64>,
-    /// Every message received, by sender.
-    seen: BTreeMap<String, BTreeSet<u64>>,
-}
-
-impl Receiver {
-    fn new(client: Client) -> Receiver {
-        Receiver {
-            client,
-            last: BTreeMap::new(),
-            seen: BTreeMap::new(),
-        }
-    }
-
-    fn check(&mut self, event: Event, sent: &BTreeMap<String, u64>) -> Result<()> {
-        let (sender, n) = check_numbered(self.client.name(), event, sent, &self.last)?;
-        self.last.insert(sender.clone(), n);
-        self.seen.entry(sender).or_default().insert(n);
-        Ok(())
-    }
-
-    /// Handles whatever arrives within `wait`.
-    async fn drain(&mut self, wait: Duration, sent: &BTreeMap<String, u64>) -> Result<()> {
-        let deadline = Instant::now() + wait;
-        while let Some(event) = self.client.next_event(deadline).await {
-            self.check(event, sent)?;
-        }
-        Ok(())
-    }
-
-    /// Receives until every message in `required` has arrived.
-    async fn require(
-        &mut self,
-        required: &[(String, u64)],
-        sent: &BTreeMap<String, u64>,
-    ) -> Result<()> {
-        let deadline = Instant::now() + RECV_TIMEOUT;
-        loop {
-            let missing: Vec<String> = required
-                .iter()
-                .filter(|(s, n)| !self.seen.get(s).is_some_and(|seen| seen.contains(n)))
-                .map(|(s, n)| numbered(s, *n))
-                .collect();
-            if missing.is_empty() {
-                return Ok(());
-            }
-            let event = self.client.next_event(deadline).await.with_context(|| {
-                format!(
-                    "{}: timed out; still missing {missing:?}",
-                    self.client.name()
-                )
-            })?;
-            self.check(event, sent)?;
-        }
-    }
-}
-
-/// Whether `member` received a message from `sender` numbered `first` or later.
-fn crossed(member: &Receiver, sender: &str, first: u64) -> bool {
-    member
-        .seen
-        .get(sender)
-        .is_some_and(|seen| seen.range(first..).next().is_some())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart() -> Result<()> {
     let (mut broker, gateway_a, gateway_b) = cluster(2).await?;
@@ -289,13 +195,13 @@ async fn broker_restart() -> Result<()> {
         client.join("room").await?;
         members.push(Receiver::new(client));
     }
-    let mut sa = Sender::new(gateway_a.connect("sa").await?);
-    let mut sb = Sender::new(gateway_b.connect("sb").await?);
+    let mut sa = Sender::new(gateway_a.connect("sa").await?, "room");
+    let mut sb = Sender::new(gateway_b.connect("sb").await?, "room");
     wait_for_broker_subscriptions(&broker, 2).await?;
     let mut sent = BTreeMap::new();
 
     // Before: both directions work.
-    let before = [sa.publish(&mut sent).await?, sb.publish(&mut sent).await?];
+    let before = [sa.send(&mut sent).await?, sb.send(&mut sent).await?];
     for member in &mut members {
         member.require(&before, &sent).await?;
     }
@@ -311,8 +217,8 @@ async fn broker_restart() -> Result<()> {
         gateway.admin.wait_for_status("/healthz", 200).await?;
     }
     // Local delivery does not depend on the broker.
-    let outage_a = [sa.publish(&mut sent).await?];
-    let outage_b = [sb.publish(&mut sent).await?];
+    let outage_a = [sa.send(&mut sent).await?];
+    let outage_b = [sb.send(&mut sent).await?];
     for (i, member) in members.iter_mut().enumerate() {
         let local = if i < 2 { &outage_a } else { &outage_b };
         member.require(local, &sent).await?;
@@ -323,7 +229,7 @@ async fn broker_restart() -> Result<()> {
     let broker = Broker::start_on("broker (restarted)", broker_addr).await?;
     let listening_after = restarted.elapsed();
     let resume_deadline = restarted + Duration::from_secs(5);
-    let (first_a, first_b) = (sa.next, sb.next);
+    let (first_a, first_b) = (sa.next(), sb.next());
     let mut probes = Vec::new();
     let mut resumed_a_to_b = None;
     let mut resumed_b_to_a = None;
@@ -336,16 +242,16 @@ async fn broker_restart() -> Result<()> {
                  {stats:?}"
             );
         }
-        probes.push(sa.publish(&mut sent).await?);
-        probes.push(sb.publish(&mut sent).await?);
+        probes.push(sa.send(&mut sent).await?);
+        probes.push(sb.send(&mut sent).await?);
         // About 20 ms per round: the waits for messages pace the probes.
         for member in &mut members {
             member.drain(Duration::from_millis(5), &sent).await?;
         }
-        if resumed_a_to_b.is_none() && members[2..].iter().all(|m| crossed(m, "sa", first_a)) {
+        if resumed_a_to_b.is_none() && members[2..].iter().all(|m| m.got_from("sa", first_a)) {
             resumed_a_to_b = Some(restarted.elapsed());
         }
-        if resumed_b_to_a.is_none() && members[..2].iter().all(|m| crossed(m, "sb", first_b)) {
+        if resumed_b_to_a.is_none() && members[..2].iter().all(|m| m.got_from("sb", first_b)) {
             resumed_b_to_a = Some(restarted.elapsed());
         }
     }
@@ -374,7 +280,7 @@ async fn broker_restart() -> Result<()> {
 
     // After: every member gets all local probes and the final message of both senders; a
     // cross-gateway probe may have been lost while the link was down, never duplicated.
-    let after = [sa.publish(&mut sent).await?, sb.publish(&mut sent).await?];
+    let after = [sa.send(&mut sent).await?, sb.send(&mut sent).await?];
     for (i, member) in members.iter_mut().enumerate() {
         let local = if i < 2 { "sa" } else { "sb" };
         let mut required: Vec<(String, u64)> = probes
