@@ -322,6 +322,33 @@ async fn deployments_with_different_prefixes_share_a_server_unseen() -> Result<(
 
 // ---- outages --------------------------------------------------------------------------------
 
+/// On each gateway a member and a sender of "room", and the engine's view that routes "room"
+/// to every one of them (for [`wait_for_interest`]).
+async fn room_on(
+    gateways: &[Gateway],
+) -> Result<(
+    Vec<(usize, Receiver)>,
+    Vec<(usize, Sender)>,
+    BTreeMap<String, BTreeSet<String>>,
+)> {
+    let mut members = Vec::new();
+    let mut senders = Vec::new();
+    for (i, gateway) in gateways.iter().enumerate() {
+        members.push((i, member(gateway, &format!("m{i}")).await?));
+        senders.push((i, sender(gateway, &format!("s{i}")).await?));
+    }
+    let expected = gateways
+        .iter()
+        .map(|g| {
+            (
+                g.process.name().to_owned(),
+                BTreeSet::from([subject("gp", "room")]),
+            )
+        })
+        .collect();
+    Ok((members, senders, expected))
+}
+
 /// A member of "room" on `gateway`, checking what it receives.
 async fn member(gateway: &Gateway, name: &str) -> Result<Receiver> {
     let mut client = gateway.connect(name).await?;
@@ -392,21 +419,7 @@ async fn server_killed_and_restarted_on_its_port() -> Result<()> {
         gateway("gw-a", server.url(), &[]).await?,
         gateway("gw-b", server.url(), &[]).await?,
     ];
-    let mut members = Vec::new();
-    let mut senders = Vec::new();
-    for (i, gateway) in gateways.iter().enumerate() {
-        members.push((i, member(gateway, &format!("m{i}")).await?));
-        senders.push((i, sender(gateway, &format!("s{i}")).await?));
-    }
-    let expected: BTreeMap<String, BTreeSet<String>> = gateways
-        .iter()
-        .map(|g| {
-            (
-                g.process.name().to_owned(),
-                BTreeSet::from([subject("gp", "room")]),
-            )
-        })
-        .collect();
+    let (mut members, mut senders, expected) = room_on(&gateways).await?;
     wait_for_interest(std::slice::from_ref(&server), &expected).await?;
     let mut sent = BTreeMap::new();
     all_cross(&mut senders, &mut members, &mut sent).await?;
@@ -471,21 +484,7 @@ async fn cluster_node_killed_gateways_move_to_another() -> Result<()> {
             .map(|(name, url)| gateway(name, url.clone(), &[])),
     )
     .await?;
-    let mut members = Vec::new();
-    let mut senders = Vec::new();
-    for (i, gateway) in gateways.iter().enumerate() {
-        members.push((i, member(gateway, &format!("m{i}")).await?));
-        senders.push((i, sender(gateway, &format!("s{i}")).await?));
-    }
-    let expected: BTreeMap<String, BTreeSet<String>> = gateways
-        .iter()
-        .map(|g| {
-            (
-                g.process.name().to_owned(),
-                BTreeSet::from([subject("gp", "room")]),
-            )
-        })
-        .collect();
+    let (mut members, mut senders, expected) = room_on(&gateways).await?;
     let mut sent = BTreeMap::new();
     wait_for_interest(&cluster.nodes, &expected).await?;
     all_cross(&mut senders, &mut members, &mut sent).await?;
@@ -544,22 +543,8 @@ async fn a_silent_cluster_node_is_found_by_pings_and_left() -> Result<()> {
             .map(|(name, url)| gateway(name, url.clone(), &extra)),
     )
     .await?;
-    let mut members = Vec::new();
-    let mut senders = Vec::new();
-    for (i, gateway) in gateways.iter().enumerate() {
-        members.push((i, member(gateway, &format!("m{i}")).await?));
-        senders.push((i, sender(gateway, &format!("s{i}")).await?));
-    }
+    let (mut members, mut senders, expected) = room_on(&gateways).await?;
     let mut sent = BTreeMap::new();
-    let expected: BTreeMap<String, BTreeSet<String>> = gateways
-        .iter()
-        .map(|g| {
-            (
-                g.process.name().to_owned(),
-                BTreeSet::from([subject("gp", "room")]),
-            )
-        })
-        .collect();
     wait_for_interest(&cluster.nodes, &expected).await?;
     all_cross(&mut senders, &mut members, &mut sent).await?;
 

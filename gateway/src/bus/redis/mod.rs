@@ -207,13 +207,14 @@ impl RedisCarrier {
     }
 }
 
-impl Carrier for RedisCarrier {
-    fn start<N: Node>(self, node: Arc<N>, shutdown: CancellationToken) -> RunningBus {
+impl RedisCarrier {
+    /// The carrier's state, before any connection.
+    fn into_bus<N: Node>(self, node: Arc<N>) -> RedisBus<N> {
         let (cluster, seeds) = match self.targets {
             Targets::Shards(urls) => (false, urls),
             Targets::Cluster(urls) => (true, urls),
         };
-        let bus = Arc::new(RedisBus {
+        RedisBus {
             carrier: if cluster { "redis-cluster" } else { "redis" },
             cluster,
             seeds,
@@ -226,7 +227,13 @@ impl Carrier for RedisCarrier {
             unrouted: Mutex::new(HashSet::new()),
             last_error: Mutex::new(None),
             node,
-        });
+        }
+    }
+}
+
+impl Carrier for RedisCarrier {
+    fn start<N: Node>(self, node: Arc<N>, shutdown: CancellationToken) -> RunningBus {
+        let bus = Arc::new(self.into_bus(node));
         let task = tokio::spawn(supervise(bus.clone(), shutdown));
         RunningBus { bus, task }
     }
@@ -1603,22 +1610,9 @@ mod tests {
         } else {
             BusAddress::Redis(vec![url.clone()])
         };
-        let carrier =
-            RedisCarrier::new(&address, &GatewayConfig::default()).expect("a redis address");
-        RedisBus {
-            carrier: "redis",
-            cluster,
-            seeds: vec![url],
-            settings: carrier.settings,
-            topology: RwLock::new(Arc::new(Topology::default())),
-            origin: Origin::new(),
-            counters: BusCounters::default(),
-            up_logged: AtomicBool::new(false),
-            refresh: Notify::new(),
-            unrouted: Mutex::new(HashSet::new()),
-            last_error: Mutex::new(None),
-            node: Arc::new(NoNode),
-        }
+        RedisCarrier::new(&address, &GatewayConfig::default())
+            .expect("a redis address")
+            .into_bus(Arc::new(NoNode))
     }
 
     fn id(name: &str) -> GroupId {
