@@ -3,7 +3,8 @@
 //! the gateway allocate more than one reply's budget ([`RespLimits::max_reply`]). Each byte is
 //! looked at a bounded number of times however the reply arrives: the decoder scans what came,
 //! remembering where it stopped, and only when the reply is whole builds it, from zero-copy
-//! slices of the buffer. Commands are encoded with the `redis` crate's [`redis::Cmd`].
+//! slices of the buffer. Commands are encoded with the `redis` crate's [`redis::Cmd`], except
+//! [`PublishCommand`], written in place (every message takes that path).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
