@@ -8,6 +8,9 @@
 //!   shared secret).
 //! - [`client`]: the JSON commands WebSocket clients send (`add_group`, `leave_group`,
 //!   `send_to_group`), the validated [`GroupId`], and the JSON replies (`ack`, `error`).
+//! - [`cluster`]: what gateways tell each other about the cluster: node and client ids, uids,
+//!   heartbeats, the cluster API's questions and answers ([`cluster::ControlFrame`]), and the
+//!   reserved topics they travel on.
 //! - [`text`]: [`Text`], a message's text as shared bytes, checked to be UTF-8 once.
 //! - [`envelope`]: [`Envelope`], what a message carries on an external bus (Redis, NATS): its
 //!   origin node and sequence number, then the payload.
@@ -17,6 +20,7 @@
 //! [`link::Message`] frames encoded once and shared by every subscriber.
 
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod envelope;
 pub mod link;
