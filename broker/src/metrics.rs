@@ -34,8 +34,20 @@ pub fn encode_broker_stats(
     gauge(
         e,
         "broker_channels",
-        "Channels with at least one subscribed link.",
+        "Group channels with at least one subscribed link.",
         stats.channels,
+    )?;
+    gauge(
+        e,
+        "broker_cluster_channels",
+        "The gateways' cluster topics (heartbeats, queries, uids, presence) with a subscriber.",
+        stats.cluster_channels,
+    )?;
+    counter(
+        e,
+        "broker_cluster_publishes",
+        "Publish frames received on the gateways' cluster topics.",
+        stats.cluster_publishes,
     )?;
     gauge(
         e,
@@ -52,7 +64,7 @@ pub fn encode_broker_stats(
     counter(
         e,
         "broker_publishes",
-        "Publish frames received.",
+        "Publish frames received on group channels.",
         stats.publishes,
     )?;
     counter(
@@ -128,6 +140,10 @@ mod tests {
             subscriptions_refused: 11,
             publishes: 6,
             deliveries: 7,
+            cluster_channels: 12,
+            cluster_subscriptions: 13,
+            cluster_publishes: 14,
+            cluster_deliveries: 15,
             slow_link_disconnects: 1,
             dropped_frames: 8,
             bad_frames: 9,

@@ -134,13 +134,14 @@ impl Registry {
     }
 
     fn add(&self, outlet: Outlet, channel: Bytes) {
+        let counters = self.stats.of_channel(&channel);
         let mut channels = self.channels.write();
         let subscribers = channels.entry(channel).or_insert_with(|| {
-            self.stats.channels.fetch_add(1, Relaxed);
+            counters.channels.fetch_add(1, Relaxed);
             Vec::with_capacity(1)
         });
         subscribers.push(outlet);
-        self.stats.subscriptions.fetch_add(1, Relaxed);
+        counters.subscriptions.fetch_add(1, Relaxed);
     }
 
     pub fn unsubscribe(&self, link: LinkId, channel: &[u8]) {
@@ -165,14 +166,15 @@ impl Registry {
         let Some(subscribers) = channels.get_mut(channel) else {
             return;
         };
+        let counters = self.stats.of_channel(channel);
         if let Some(pos) = subscribers.iter().position(|s| s.id() == link) {
             subscribers.swap_remove(pos);
-            self.stats.subscriptions.fetch_sub(1, Relaxed);
+            counters.subscriptions.fetch_sub(1, Relaxed);
         }
         if subscribers.is_empty() {
             channels.remove(channel);
             server_kit::memory::shrink_if_sparse(channels);
-            self.stats.channels.fetch_sub(1, Relaxed);
+            counters.channels.fetch_sub(1, Relaxed);
         }
     }
 
@@ -185,7 +187,8 @@ impl Registry {
         payload: Bytes,
         no_echo: bool,
     ) -> Result<usize, FrameError> {
-        self.stats.publishes.fetch_add(1, Relaxed);
+        let counters = self.stats.of_channel(channel);
+        counters.publishes.fetch_add(1, Relaxed);
         let channels = self.channels.read();
         let Some((channel, subscribers)) = channels.get_key_value(channel) else {
             return Ok(0);
@@ -219,7 +222,7 @@ impl Registry {
                 queued += 1;
             }
         }
-        self.stats.deliveries.fetch_add(queued as u64, Relaxed);
+        counters.deliveries.fetch_add(queued as u64, Relaxed);
         Ok(queued)
     }
 }

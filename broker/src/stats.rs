@@ -2,17 +2,30 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// The first byte of the gateways' own cluster topics (`protocol::cluster::RESERVED_PREFIX`):
+/// heartbeats, cluster queries, uid and presence topics. Counted apart from group traffic.
+const CLUSTER_TOPIC: u8 = 0x1f;
+
+/// The counters of one kind of channel.
+#[derive(Debug, Default)]
+pub struct ChannelCounters {
+    pub channels: AtomicU64,
+    pub subscriptions: AtomicU64,
+    pub publishes: AtomicU64,
+    pub deliveries: AtomicU64,
+}
+
 #[derive(Debug, Default)]
 pub struct BrokerStats {
     /// Open links, including those still exchanging hellos.
     pub links: AtomicU64,
     pub links_total: AtomicU64,
-    pub channels: AtomicU64,
-    pub subscriptions: AtomicU64,
+    /// Group channels: `channels`, `subscriptions`, `publishes`, `deliveries`.
+    pub groups: ChannelCounters,
+    /// The gateways' cluster topics (names starting with U+001F).
+    pub cluster: ChannelCounters,
     /// Subscriptions refused because their link already held `broker-max-channels-per-link`.
     pub subscriptions_refused: AtomicU64,
-    pub publishes: AtomicU64,
-    pub deliveries: AtomicU64,
     /// Links disconnected because their outbound queue was full.
     pub slow_link_disconnects: AtomicU64,
     /// Frames that were queued to a link but dropped because it was being disconnected.
@@ -33,6 +46,12 @@ pub struct StatsSnapshot {
     pub subscriptions_refused: u64,
     pub publishes: u64,
     pub deliveries: u64,
+    /// The same four for the gateways' cluster topics (heartbeats, cluster queries, uid and
+    /// presence topics), which the others leave out.
+    pub cluster_channels: u64,
+    pub cluster_subscriptions: u64,
+    pub cluster_publishes: u64,
+    pub cluster_deliveries: u64,
     pub slow_link_disconnects: u64,
     pub dropped_frames: u64,
     pub bad_frames: u64,
@@ -40,15 +59,28 @@ pub struct StatsSnapshot {
 }
 
 impl BrokerStats {
+    /// The counters of `channel`'s kind.
+    pub fn of_channel(&self, channel: &[u8]) -> &ChannelCounters {
+        if channel.first() == Some(&CLUSTER_TOPIC) {
+            &self.cluster
+        } else {
+            &self.groups
+        }
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             links: self.links.load(Relaxed),
             links_total: self.links_total.load(Relaxed),
-            channels: self.channels.load(Relaxed),
-            subscriptions: self.subscriptions.load(Relaxed),
+            channels: self.groups.channels.load(Relaxed),
+            subscriptions: self.groups.subscriptions.load(Relaxed),
             subscriptions_refused: self.subscriptions_refused.load(Relaxed),
-            publishes: self.publishes.load(Relaxed),
-            deliveries: self.deliveries.load(Relaxed),
+            publishes: self.groups.publishes.load(Relaxed),
+            deliveries: self.groups.deliveries.load(Relaxed),
+            cluster_channels: self.cluster.channels.load(Relaxed),
+            cluster_subscriptions: self.cluster.subscriptions.load(Relaxed),
+            cluster_publishes: self.cluster.publishes.load(Relaxed),
+            cluster_deliveries: self.cluster.deliveries.load(Relaxed),
             slow_link_disconnects: self.slow_link_disconnects.load(Relaxed),
             dropped_frames: self.dropped_frames.load(Relaxed),
             bad_frames: self.bad_frames.load(Relaxed),

@@ -3,23 +3,29 @@
 use std::fmt;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use protocol::client::{GroupName, DEFAULT_MAX_GROUP_ID_LEN};
+use protocol::cluster::{ClientId, Uid, DEFAULT_MAX_UID_LEN};
 
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:1234";
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9090";
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success: `send` was acknowledged; `publish` was accepted (HTTP 200); `join`
-     received its --count messages, or was stopped by Ctrl-C or SIGTERM (the
-     connection is closed cleanly with code 1000)
-  1  error: bad arguments, cannot connect, an error reply from the server (for
-     `publish`, an error answer of the admin API: `error: CODE: REASON`), the
-     server closed the connection, or stdout cannot be written
-  2  timeout: `join --timeout`, `send --timeout` or `publish --timeout` expired first";
+  0  success: a send was acknowledged (`send`, `send-all`, `send-uid`, `send-client`); a
+     query was answered (`whoami`, `count`, `members`); the admin API accepted the request
+     (HTTP 2xx: `publish`, `bind`, `unbind`, `groups`, `clients`, `nodes`); `join` received
+     its --count messages, or was stopped by Ctrl-C or SIGTERM (the connection is closed
+     cleanly with code 1000). A partial answer (some gateways did not answer in time) is a
+     success too, reported on stderr: `partial answer: no answer from NODE, ...`
+  1  error: bad arguments, cannot connect, an error reply from the server (`error: CODE:
+     REASON`, for the admin API commands its error answer), the server closed the
+     connection, or stdout cannot be written
+  2  timeout: --timeout expired first";
 
-/// Client of the group push gateway: join groups and print what they receive, or send to a group.
+/// Client of the group push gateway: join groups and print what they receive, send to a group,
+/// to everyone, to uids or to one connection, query the cluster over the WebSocket, or use the
+/// gateway's admin HTTP API.
 #[derive(Debug, Parser)]
 #[command(name = "client-cli", version, after_help = EXIT_CODES)]
 pub struct Cli {
@@ -27,7 +33,8 @@ pub struct Cli {
     #[arg(long, global = true, env = "CLIENT_CLI_URL", default_value = DEFAULT_URL)]
     pub url: String,
 
-    /// How long to wait for the WebSocket handshake, in seconds.
+    /// How long to wait for the WebSocket handshake (or the admin API's TCP connection), in
+    /// seconds.
     #[arg(long, global = true, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     pub connect_timeout: Secs,
 
@@ -39,14 +46,46 @@ pub struct Cli {
 pub enum Command {
     /// Join groups, then print every message they receive on stdout, one per line.
     ///
-    /// Once the server has acknowledged every join, prints `joined G1 G2 ...` on stderr; from
-    /// then on each text frame received is printed verbatim on stdout, flushed line by line.
-    /// Runs until Ctrl-C, until --count messages arrived, or until --timeout expires.
+    /// Once the server has acknowledged every join, prints `joined G1 G2 ...` then
+    /// `client_id C` (the connection's id, from `whoami`) on stderr; from then on each text
+    /// frame received is printed verbatim on stdout, flushed line by line: group messages and,
+    /// with --presence, the groups' join and leave events
+    /// (`{"cmd":"join","group_id":G,"client_id":C,"uid":U}`). Runs until Ctrl-C, until --count
+    /// messages arrived, or until --timeout expires.
     #[command(after_help = EXIT_CODES)]
     Join(JoinArgs),
     /// Send one message to a group and wait for the server's ack.
     #[command(after_help = EXIT_CODES)]
     Send(SendArgs),
+    /// Send one message to every connection of the cluster and wait for the server's ack.
+    #[command(after_help = EXIT_CODES)]
+    SendAll(SendAllArgs),
+    /// Send one message to the connections bound to uids and wait for the server's ack.
+    ///
+    /// `send-uid UID MESSAGE`, or `send-uid UID1 UID2 ... MESSAGE` for several uids: the last
+    /// argument is the message.
+    #[command(after_help = EXIT_CODES)]
+    SendUid(SendUidArgs),
+    /// Send one message to one connection, anywhere in the cluster, and wait for the ack.
+    #[command(after_help = EXIT_CODES)]
+    SendClient(SendClientArgs),
+    /// Print a new connection's client id, uid and groups.
+    ///
+    /// Prints `client_id C`, `uid U` (`uid -` when unbound) and one `group G` line per group.
+    /// With --bind, binds the connection to a uid first.
+    #[command(after_help = EXIT_CODES)]
+    Whoami(WhoamiArgs),
+    /// Print how many connections, and distinct uids, a group has across the cluster.
+    ///
+    /// Prints `GROUP: N connections, M uids`.
+    #[command(after_help = EXIT_CODES)]
+    Count(CountArgs),
+    /// List a group's members across the cluster.
+    ///
+    /// Prints one `CLIENT_ID UID` line per member (`-` when unbound), for one page (--limit); --all follows the pages to the end. The gateway must allow
+    /// member lists (its --client-member-lists).
+    #[command(after_help = EXIT_CODES)]
+    Members(MembersArgs),
     /// Publish through the gateway's admin HTTP API (POST /api/publish), as a backend does.
     ///
     /// `publish GROUP MESSAGE` publishes one message; `publish --batch FILE` (or `-` for stdin)
@@ -54,6 +93,36 @@ pub enum Command {
     /// `published N` on stderr once the gateway accepted them.
     #[command(after_help = EXIT_CODES)]
     Publish(PublishArgs),
+    /// Bind a connection to a uid (admin API: POST /api/bind_uid).
+    ///
+    /// Prints `affected N`: the connections bound (0 when the client id is not connected).
+    #[command(after_help = EXIT_CODES)]
+    Bind(BindArgs),
+    /// Unbind a connection, or every connection of a uid (admin API: POST /api/unbind_uid).
+    ///
+    /// Prints `affected N`: the connections unbound.
+    #[command(after_help = EXIT_CODES)]
+    Unbind(UnbindArgs),
+    /// List the groups with members anywhere in the cluster (admin API: GET /api/groups).
+    ///
+    /// Prints one `GROUP CONNECTIONS` line per group, for one page (--limit); --all follows the
+    /// pages to the end.
+    #[command(after_help = EXIT_CODES)]
+    Groups(GroupsArgs),
+    /// Look up a connection, or with --uid a uid's connections (admin API: GET
+    /// /api/clients/ID, GET /api/uids/UID).
+    ///
+    /// For a client id: `client_id C`, `online true|false`, `node N`, `uid U` (`-` when
+    /// unbound) and one `group G` line per group. For a uid: `uid U`, `online true|false` and
+    /// one `client_id C` line per connection.
+    #[command(after_help = EXIT_CODES)]
+    Clients(ClientsArgs),
+    /// List the live gateways (admin API: GET /api/nodes).
+    ///
+    /// Prints one `NODE NAME CONNECTIONS conns` line per gateway, with ` (self)` after the one
+    /// answering.
+    #[command(after_help = EXIT_CODES)]
+    Nodes(NodesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -62,7 +131,7 @@ pub struct JoinArgs {
     #[arg(required = true, value_name = "GROUP", allow_negative_numbers = true, value_parser = parse_group)]
     pub groups: Vec<String>,
 
-    /// Exit (closing cleanly) after this many messages.
+    /// Exit (closing cleanly) after this many messages (presence events count as messages).
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
 
@@ -70,6 +139,14 @@ pub struct JoinArgs {
     /// this many seconds after start.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub timeout: Option<Secs>,
+
+    /// Also receive the groups' join and leave events (the gateway must allow it).
+    #[arg(long)]
+    pub presence: bool,
+
+    /// Bind the connection to this uid before joining (a gateway without join tokens).
+    #[arg(long, value_name = "UID", allow_negative_numbers = true, value_parser = parse_uid)]
+    pub uid: Option<Uid>,
 }
 
 #[derive(Debug, Args)]
@@ -86,7 +163,143 @@ pub struct SendArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// A connection that must not receive the message (repeatable), e.g. the sender's own.
+    #[arg(long, value_name = "CLIENT_ID", value_parser = parse_client_id)]
+    pub exclude: Vec<ClientId>,
+
     /// Give up (exit 2) if connecting, sending and the ack take longer than this, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub timeout: Secs,
+}
+
+#[derive(Debug, Args)]
+pub struct SendAllArgs {
+    /// The message: sent as a JSON string, or with --json as the JSON value it spells.
+    #[arg(value_name = "MESSAGE", allow_hyphen_values = true)]
+    pub message: String,
+
+    /// Parse MESSAGE as JSON and send that value (connections receive its compact JSON text).
+    #[arg(long)]
+    pub json: bool,
+
+    /// A connection that must not receive the message (repeatable).
+    #[arg(long, value_name = "CLIENT_ID", value_parser = parse_client_id)]
+    pub exclude: Vec<ClientId>,
+
+    /// Give up (exit 2) if connecting, sending and the ack take longer than this, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub timeout: Secs,
+}
+
+#[derive(Debug, Args)]
+pub struct SendUidArgs {
+    /// The uids to send to: every connection bound to one of them receives the message.
+    #[arg(required = true, value_name = "UID", allow_negative_numbers = true, value_parser = parse_uid)]
+    pub uids: Vec<Uid>,
+
+    /// The message (the last argument): sent as a JSON string, or with --json as the JSON
+    /// value it spells.
+    #[arg(value_name = "MESSAGE", required = true, allow_hyphen_values = true)]
+    pub message: String,
+
+    /// Parse MESSAGE as JSON and send that value (connections receive its compact JSON text).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Give up (exit 2) if connecting, sending and the ack take longer than this, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub timeout: Secs,
+}
+
+#[derive(Debug, Args)]
+pub struct SendClientArgs {
+    /// The connection to send to (NODE-WORKER-CONN, as `whoami` or `join` print it).
+    #[arg(value_name = "CLIENT_ID", value_parser = parse_client_id)]
+    pub client_id: ClientId,
+
+    /// The message: sent as a JSON string, or with --json as the JSON value it spells.
+    #[arg(value_name = "MESSAGE", allow_hyphen_values = true)]
+    pub message: String,
+
+    /// Parse MESSAGE as JSON and send that value (the connection receives its compact JSON
+    /// text).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Give up (exit 2) if connecting, sending and the ack take longer than this, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub timeout: Secs,
+}
+
+#[derive(Debug, Args)]
+pub struct WhoamiArgs {
+    /// Bind the connection to this uid first (a gateway without join tokens).
+    #[arg(long, value_name = "UID", allow_negative_numbers = true, value_parser = parse_uid)]
+    pub bind: Option<Uid>,
+
+    /// Print the server's JSON answer as it is, on one line.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Give up (exit 2) if connecting, the requests and their answers take longer than this,
+    /// in seconds.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub timeout: Secs,
+}
+
+#[derive(Debug, Args)]
+pub struct CountArgs {
+    /// Group id to count.
+    #[arg(value_name = "GROUP", allow_negative_numbers = true, value_parser = parse_group)]
+    pub group: String,
+
+    /// Print the server's JSON answer as it is, on one line.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Give up (exit 2) if connecting, the request and its answer take longer than this, in
+    /// seconds.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub timeout: Secs,
+}
+
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    /// Group id whose members to list.
+    #[arg(value_name = "GROUP", allow_negative_numbers = true, value_parser = parse_group)]
+    pub group: String,
+
+    /// Members per page (default 100; the gateway's --max-page-size is the most).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+
+    /// Follow the pages to the last one, instead of printing only the first.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Print the server's JSON answer as it is, on one line (one line per page with --all).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Give up (exit 2) if connecting, the requests and their answers take longer than this,
+    /// in seconds (every page included).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub timeout: Secs,
+}
+
+/// Where the admin HTTP API is, and how long to wait for it: shared by its commands.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Base URL of the gateway's admin HTTP server (its --admin address).
+    #[arg(long, env = "CLIENT_CLI_ADMIN_URL", default_value = DEFAULT_ADMIN_URL)]
+    pub admin_url: String,
+
+    /// Bearer token of the admin API (the gateway's --api-token).
+    #[arg(long, env = "CLIENT_CLI_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Give up (exit 2) if the gateway has not answered within this many seconds (each page,
+    /// with --all).
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub timeout: Secs,
 }
@@ -114,21 +327,101 @@ pub struct PublishArgs {
     #[arg(long, conflicts_with = "batch")]
     pub json: bool,
 
+    /// A connection that must not receive the message (repeatable). In a --batch, give each
+    /// item its own "exclude" array instead.
+    #[arg(long, value_name = "CLIENT_ID", value_parser = parse_client_id, conflicts_with = "batch")]
+    pub exclude: Vec<ClientId>,
+
     /// Publish the JSON array of {"group_id":G,"message":M} objects in FILE (`-`: stdin).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["group", "message"])]
     pub batch: Option<String>,
 
-    /// Base URL of the gateway's admin HTTP server (its --admin address).
-    #[arg(long, env = "CLIENT_CLI_ADMIN_URL", default_value = DEFAULT_ADMIN_URL)]
-    pub admin_url: String,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
 
-    /// Bearer token of the admin API (the gateway's --api-token).
-    #[arg(long, env = "CLIENT_CLI_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+#[derive(Debug, Args)]
+pub struct BindArgs {
+    /// The connection to bind (NODE-WORKER-CONN).
+    #[arg(value_name = "CLIENT_ID", value_parser = parse_client_id)]
+    pub client_id: ClientId,
 
-    /// Give up (exit 2) if the gateway has not answered within this many seconds.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
-    pub timeout: Secs,
+    /// The uid to bind it to (replacing any previous one).
+    #[arg(value_name = "UID", allow_negative_numbers = true, value_parser = parse_uid)]
+    pub uid: Uid,
+
+    /// Print the gateway's JSON answer as it is, on one line.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["client", "uid"])))]
+pub struct UnbindArgs {
+    /// Unbind this connection (NODE-WORKER-CONN).
+    #[arg(long, value_name = "CLIENT_ID", value_parser = parse_client_id)]
+    pub client: Option<ClientId>,
+
+    /// Unbind every connection bound to this uid.
+    #[arg(long, value_name = "UID", allow_negative_numbers = true, value_parser = parse_uid)]
+    pub uid: Option<Uid>,
+
+    /// Print the gateway's JSON answer as it is, on one line.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GroupsArgs {
+    /// Groups per page (default 100; the gateway's --max-page-size is the most).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+
+    /// Follow the pages to the last one, instead of printing only the first.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Print the gateway's JSON answer as it is, on one line (one line per page with --all).
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["client_id", "uid"])))]
+pub struct ClientsArgs {
+    /// The connection to look up (NODE-WORKER-CONN).
+    #[arg(value_name = "CLIENT_ID", value_parser = parse_client_id)]
+    pub client_id: Option<ClientId>,
+
+    /// Look up the connections bound to this uid instead.
+    #[arg(long, value_name = "UID", allow_negative_numbers = true, value_parser = parse_uid)]
+    pub uid: Option<Uid>,
+
+    /// Print the gateway's JSON answer as it is, on one line.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    /// Print the gateway's JSON answer as it is, on one line.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// A positive duration given on the command line as seconds (`0.5`, `10`) or as a humantime
@@ -162,11 +455,23 @@ fn parse_secs(text: &str) -> Result<Secs, String> {
     Ok(Secs(duration))
 }
 
-/// Checks a group id the way the server does (non-empty, at most the default length).
+/// Checks a group id the way the server does (non-empty, at most the default length, not one
+/// of the gateways' own topics).
 fn parse_group(text: &str) -> Result<String, String> {
-    GroupName::parse(text, DEFAULT_MAX_GROUP_ID_LEN)
+    GroupName::parse_client(text, DEFAULT_MAX_GROUP_ID_LEN)
         .map(|name| name.as_str().to_owned())
         .map_err(|e| e.to_string())
+}
+
+/// Checks a uid the way the server does (non-empty, at most the default length).
+fn parse_uid(text: &str) -> Result<Uid, String> {
+    Uid::new(text, DEFAULT_MAX_UID_LEN).map_err(|e| e.to_string())
+}
+
+/// A client id as `whoami`, `join` and presence events give it: `NODE-WORKER-CONN`.
+fn parse_client_id(text: &str) -> Result<ClientId, String> {
+    text.parse()
+        .map_err(|e: protocol::cluster::BadId| e.to_string())
 }
 
 /// Environment variables of the previous release, and their names now.
@@ -325,19 +630,19 @@ mod tests {
         assert_eq!(args.group.as_deref(), Some("-5"));
         assert_eq!(args.message.as_deref(), Some("[1]"));
         assert!(args.json);
-        assert_eq!(args.admin_url, "http://h:1");
+        assert_eq!(args.admin.admin_url, "http://h:1");
         assert_eq!(args.batch, None);
-        assert_eq!(args.timeout.duration(), Duration::from_secs(10));
+        assert_eq!(args.admin.timeout.duration(), Duration::from_secs(10));
 
         let cli = parse(&["publish", "--batch", "-", "--token", "t", "--timeout", "2"]).unwrap();
         let args = publish(&cli);
         assert_eq!(args.batch.as_deref(), Some("-"));
-        assert_eq!(args.token.as_deref(), Some("t"));
+        assert_eq!(args.admin.token.as_deref(), Some("t"));
         assert_eq!((args.group.as_ref(), args.message.as_ref()), (None, None));
 
         if std::env::var_os("CLIENT_CLI_ADMIN_URL").is_none() {
             let cli = parse(&["publish", "1", "m"]).unwrap();
-            assert_eq!(publish(&cli).admin_url, DEFAULT_ADMIN_URL);
+            assert_eq!(publish(&cli).admin.admin_url, DEFAULT_ADMIN_URL);
         }
         assert!(parse(&["publish"]).is_err(), "GROUP MESSAGE or --batch");
         assert!(parse(&["publish", "1"]).is_err(), "MESSAGE is required");
@@ -407,8 +712,8 @@ mod tests {
         assert_eq!(used, ["PUSH_URL", "PUSH_ADMIN_URL", "PUSH_API_TOKEN"]);
         assert_eq!(cli.url, "ws://old:1");
         let args = publish(&cli);
-        assert_eq!(args.admin_url, "http://old:2");
-        assert_eq!(args.token.as_deref(), Some("old-token"));
+        assert_eq!(args.admin.admin_url, "http://old:2");
+        assert_eq!(args.admin.token.as_deref(), Some("old-token"));
 
         let (cli, _) = parse(&["--url", "ws://flag:1", "publish", "1", "m"], &old);
         assert_eq!(cli.url, "ws://flag:1", "a flag beats an old variable");
@@ -417,5 +722,198 @@ mod tests {
             &[("PUSH_URL", "ws://old:1"), ("CLIENT_CLI_URL", "x")],
         );
         assert_ne!(cli.url, "ws://old:1", "the new variable beats the old one");
+    }
+
+    const C1: &str = "5f0c1d2e3a4b6c7d-1-42";
+    const C2: &str = "00000000000000ff-0-7";
+
+    fn client_id(text: &str) -> ClientId {
+        text.parse().unwrap()
+    }
+
+    fn uid(text: &str) -> Uid {
+        Uid::new(text, DEFAULT_MAX_UID_LEN).unwrap()
+    }
+
+    #[test]
+    fn join_presence_and_uid() {
+        let cli = parse(&["join", "1", "--presence", "--uid", "-3"]).unwrap();
+        let args = join(&cli);
+        assert!(args.presence);
+        assert_eq!(args.uid, Some(uid("-3")));
+        let args = parse(&["join", "1"]).unwrap();
+        assert!(!join(&args).presence);
+        assert_eq!(join(&args).uid, None);
+        assert!(parse(&["join", "1", "--uid", ""]).is_err());
+    }
+
+    #[test]
+    fn send_exclusions() {
+        let cli = parse(&["send", "1", "m", "--exclude", C1, "--exclude", C2]).unwrap();
+        assert_eq!(send(&cli).exclude, [client_id(C1), client_id(C2)]);
+        assert!(send(&parse(&["send", "1", "m"]).unwrap())
+            .exclude
+            .is_empty());
+        for bad in ["x", "5f0c1d2e3a4b6c7d-1", "5f0c1d2e3a4b6c7d-01-2", ""] {
+            assert!(
+                parse(&["send", "1", "m", "--exclude", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sends_to_all_uids_and_clients() {
+        let cli = parse(&["send-all", "-hi", "--json", "--exclude", C1]).unwrap();
+        let Command::SendAll(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(
+            (args.message.as_str(), args.json, args.exclude.as_slice()),
+            ("-hi", true, &[client_id(C1)][..])
+        );
+
+        let cli = parse(&["send-uid", "alice", "msg"]).unwrap();
+        let Command::SendUid(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(
+            (args.uids.as_slice(), args.message.as_str()),
+            (&[uid("alice")][..], "msg")
+        );
+        let cli = parse(&["send-uid", "alice", "-5", "bob", "{}", "--json"]).unwrap();
+        let Command::SendUid(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(args.uids, [uid("alice"), uid("-5"), uid("bob")]);
+        assert_eq!(args.message, "{}");
+        assert!(args.json);
+        assert!(
+            parse(&["send-uid", "alice"]).is_err(),
+            "a message is required"
+        );
+        assert!(parse(&["send-uid"]).is_err());
+
+        let cli = parse(&["send-client", C1, "m", "--timeout", "3"]).unwrap();
+        let Command::SendClient(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(
+            (args.client_id, args.message.as_str()),
+            (client_id(C1), "m")
+        );
+        assert_eq!(args.timeout.duration(), Duration::from_secs(3));
+        assert!(parse(&["send-client", "nope", "m"]).is_err());
+    }
+
+    #[test]
+    fn queries() {
+        let cli = parse(&["whoami", "--bind", "u1", "--json"]).unwrap();
+        let Command::Whoami(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!((args.bind.clone(), args.json), (Some(uid("u1")), true));
+        let cli = parse(&["count", "g"]).unwrap();
+        let Command::Count(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!((args.group.as_str(), args.json), ("g", false));
+        let cli = parse(&["members", "g", "--limit", "5", "--all"]).unwrap();
+        let Command::Members(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!((args.limit, args.all, args.json), (Some(5), true, false));
+        assert!(parse(&["members", "g", "--limit", "0"]).is_err());
+        assert!(parse(&["count"]).is_err());
+        assert!(
+            parse(&["count", "\u{1f}ctl"]).is_err(),
+            "reserved group ids"
+        );
+    }
+
+    #[test]
+    fn admin_commands() {
+        let cli = parse(&[
+            "bind",
+            C1,
+            "alice",
+            "--admin-url",
+            "http://h:1",
+            "--token",
+            "t",
+        ])
+        .unwrap();
+        let Command::Bind(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(
+            (args.client_id, args.uid.clone()),
+            (client_id(C1), uid("alice"))
+        );
+        assert_eq!(args.admin.admin_url, "http://h:1");
+        assert_eq!(args.admin.token.as_deref(), Some("t"));
+
+        let cli = parse(&["unbind", "--uid", "alice"]).unwrap();
+        let Command::Unbind(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!((args.client, args.uid.clone()), (None, Some(uid("alice"))));
+        let cli = parse(&["unbind", "--client", C1]).unwrap();
+        let Command::Unbind(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(args.client, Some(client_id(C1)));
+        assert!(parse(&["unbind"]).is_err(), "--client or --uid");
+        assert!(
+            parse(&["unbind", "--client", C1, "--uid", "u"]).is_err(),
+            "not both"
+        );
+
+        let cli = parse(&["groups", "--limit", "2", "--all", "--json"]).unwrap();
+        let Command::Groups(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!((args.limit, args.all, args.json), (Some(2), true, true));
+
+        let cli = parse(&["clients", C1]).unwrap();
+        let Command::Clients(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(
+            (args.client_id, args.uid.clone()),
+            (Some(client_id(C1)), None)
+        );
+        let cli = parse(&["clients", "--uid", "a/b"]).unwrap();
+        let Command::Clients(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!((args.client_id, args.uid.clone()), (None, Some(uid("a/b"))));
+        assert!(parse(&["clients"]).is_err());
+        assert!(parse(&["clients", C1, "--uid", "u"]).is_err());
+
+        let cli = parse(&["nodes", "--json", "--timeout", "1"]).unwrap();
+        let Command::Nodes(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert!(args.json);
+        assert_eq!(args.admin.timeout.duration(), Duration::from_secs(1));
+
+        let cli = parse(&["publish", "g", "m", "--exclude", C1]).unwrap();
+        assert_eq!(publish(&cli).exclude, [client_id(C1)]);
+        assert!(parse(&["publish", "--batch", "f", "--exclude", C1]).is_err());
+    }
+
+    #[test]
+    fn every_command_lists_exit_codes() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        for sub in command.get_subcommands() {
+            let name = sub.get_name();
+            if name == "help" {
+                continue;
+            }
+            let err = parse(&[name, "--help"]).unwrap_err();
+            assert!(err.to_string().contains("Exit codes:"), "{name}");
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! `client-cli join`: join groups, announce readiness on stderr, print messages on stdout.
+//! `client-cli join`: bind a uid (--uid), join groups, announce readiness and the connection's
+//! client id on stderr, print messages (and presence events) on stdout.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -11,6 +12,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::cli::{Cli, JoinArgs};
+use crate::output;
 
 pub async fn run(cli: &Cli, args: &JoinArgs) -> Result<()> {
     let deadline = args
@@ -20,10 +22,29 @@ pub async fn run(cli: &Cli, args: &JoinArgs) -> Result<()> {
         let secs = args.timeout.map(|t| t.to_string()).unwrap_or_default();
         TimedOut(format!("timed out after {secs} s {what}")).into()
     };
-    let requests = (1..)
-        .zip(&args.groups)
-        .map(|(req_id, group)| frames::join_request(group, req_id))
-        .collect::<Result<Vec<String>>>()?;
+    // Numbered in the order they are sent: the bind first, then the joins, then `whoami`.
+    let mut last_id = 0;
+    let mut number = || {
+        last_id += 1;
+        last_id
+    };
+    let mut requests: Vec<String> = Vec::new();
+    let bind_id = match &args.uid {
+        Some(uid) => {
+            let req_id = number();
+            requests.push(frames::bind_uid_request(uid, req_id));
+            Some(req_id)
+        }
+        None => None,
+    };
+    let mut join_ids = Vec::with_capacity(args.groups.len());
+    for group in &args.groups {
+        let req_id = number();
+        requests.push(frames::add_group_request(group, args.presence, req_id)?);
+        join_ids.push(req_id);
+    }
+    let whoami_id = number();
+    requests.push(frames::whoami_request(whoami_id));
     let mut interrupt = Interrupt::on_signals();
 
     let connecting = conn::connect(&cli.url, cli.connect_timeout.duration());
@@ -48,19 +69,27 @@ pub async fn run(cli: &Cli, args: &JoinArgs) -> Result<()> {
         }
     }
 
-    let total = args.groups.len();
-    let mut pending: BTreeSet<u64> = (1..).take(total).collect();
-    // Group messages that arrive between two acks: printed once the join is announced.
+    let total = join_ids.len();
+    let mut pending: BTreeSet<u64> = join_ids.iter().copied().collect();
+    pending.extend(bind_id);
+    pending.insert(whoami_id);
+    let mut client_id: Option<String> = None;
+    // Group messages that arrive between two replies: printed once the join is announced.
     let mut early: Vec<Utf8Bytes> = Vec::new();
     while !pending.is_empty() {
         let text = match conn::next_text(&mut ws, deadline, &mut interrupt).await? {
             Next::Text(text) => text,
             Next::Deadline => {
                 conn::close(&mut ws).await;
-                let got = total - pending.len();
-                return Err(timed_out(format!(
-                    "waiting for join acks (got {got} of {total})"
-                )));
+                let got = join_ids.iter().filter(|id| !pending.contains(id)).count();
+                let what = if bind_id.is_some_and(|id| pending.contains(&id)) {
+                    "waiting for the bind_uid ack".to_owned()
+                } else if got < total {
+                    format!("waiting for join acks (got {got} of {total})")
+                } else {
+                    "waiting for the whoami answer".to_owned()
+                };
+                return Err(timed_out(what));
             }
             Next::Interrupted => {
                 conn::close(&mut ws).await;
@@ -68,6 +97,22 @@ pub async fn run(cli: &Cli, args: &JoinArgs) -> Result<()> {
             }
         };
         match frames::classify(text.as_str()) {
+            Incoming::Answer { req_id, .. } if req_id == whoami_id && pending.remove(&req_id) => {
+                let id = output::parse_answer(text.as_str())
+                    .and_then(|a| output::whoami_client_id(&a).map(str::to_owned));
+                match id {
+                    Ok(id) => client_id = Some(id),
+                    Err(e) => eprintln!("warning: no client id: {e:#}"),
+                }
+            }
+            // A gateway without `whoami`: the joins still count.
+            Incoming::Error {
+                req_id,
+                code,
+                reason,
+            } if req_id == whoami_id && pending.remove(&req_id) => {
+                eprintln!("warning: no client id: whoami refused: {code}: {reason}");
+            }
             Incoming::Ack { req_id } if pending.remove(&req_id) => {}
             Incoming::Error {
                 req_id,
@@ -81,6 +126,9 @@ pub async fn run(cli: &Cli, args: &JoinArgs) -> Result<()> {
         }
     }
     eprintln!("joined {}", args.groups.join(" "));
+    if let Some(id) = client_id {
+        eprintln!("client_id {id}");
+    }
 
     let mut printer = Printer {
         count: args.count,

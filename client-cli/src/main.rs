@@ -1,26 +1,41 @@
 //! Command-line client of the group push gateway.
 //!
 //! ```text
-//! client-cli join 123 456            # prints `joined 123 456` on stderr, then messages on stdout
+//! client-cli join 123 456            # prints `joined 123 456` and `client_id C` on stderr, then
+//!                                    # messages on stdout
+//! client-cli join 123 --presence --uid alice   # also join/leave events; bound to uid alice
 //! client-cli send 123 "hello"        # sends, waits for the ack, closes
-//! client-cli --url ws://host:1234 send 123 --json '{"a":1}'
+//! client-cli --url ws://host:1234 send 123 --json '{"a":1}' --exclude 5f0c1d2e3a4b6c7d-1-42
+//! client-cli send-all "hello" / send-uid alice bob "hello" / send-client C "hello"
+//! client-cli whoami --bind alice     # client_id, uid, groups
+//! client-cli count 123 / members 123 --all [--json]
 //! client-cli publish 123 "hello" --admin-url http://127.0.0.1:9090   # through the admin API
 //! client-cli publish --batch messages.json --token "$TOKEN"
+//! client-cli bind C alice / unbind --uid alice / groups --all / clients C / clients --uid alice
+//! client-cli nodes
 //! ```
 //!
 //! - [`cli`]: the flags and their parsers.
 //! - [`client_cli::frames`] and [`client_cli::conn`] (the library half of this package): the JSON
 //!   requests sent and how replies are read, connecting, reading under a deadline, clean close.
-//! - [`join`] and [`send`]: the WebSocket subcommands; [`publish`]: the admin API (HTTP).
+//! - [`join`]: joining and printing; [`request`]: one request after the other on a connection,
+//!   for [`send`] (the sends) and [`query`] (`whoami`, `count`, `members`).
+//! - [`admin`]: the admin API (HTTP), for [`publish`] and [`cluster_api`] (`bind`, `unbind`,
+//!   `groups`, `clients`, `nodes`); [`output`]: the human output of the answers.
 //!
 //! Errors are printed as `error: ...` on stderr; exit codes are listed in `--help`.
 
 // Printing received messages on stdout is this binary's job.
 #![allow(clippy::print_stdout)]
 
+mod admin;
 mod cli;
+mod cluster_api;
 mod join;
+mod output;
 mod publish;
+mod query;
+mod request;
 mod send;
 
 use std::process::ExitCode;
@@ -76,7 +91,18 @@ fn run(parsed: Result<Cli, clap::Error>) -> ExitCode {
         match &cli.command {
             Command::Join(args) => join::run(&cli, args).await,
             Command::Send(args) => send::run(&cli, args).await,
+            Command::SendAll(args) => send::run_all(&cli, args).await,
+            Command::SendUid(args) => send::run_uid(&cli, args).await,
+            Command::SendClient(args) => send::run_client(&cli, args).await,
+            Command::Whoami(args) => query::whoami(&cli, args).await,
+            Command::Count(args) => query::count(&cli, args).await,
+            Command::Members(args) => query::members(&cli, args).await,
             Command::Publish(args) => publish::run(&cli, args).await,
+            Command::Bind(args) => cluster_api::bind(&cli, args).await,
+            Command::Unbind(args) => cluster_api::unbind(&cli, args).await,
+            Command::Groups(args) => cluster_api::groups(&cli, args).await,
+            Command::Clients(args) => cluster_api::clients(&cli, args).await,
+            Command::Nodes(args) => cluster_api::nodes(&cli, args).await,
         }
     });
     match result {

@@ -4,10 +4,9 @@
 use std::io::Read as _;
 
 use anyhow::{bail, Context as _, Result};
-use client_cli::conn::{self, Interrupt, TimedOut, Waited};
 use client_cli::frames;
-use tokio::time::Instant;
 
+use crate::admin::Admin;
 use crate::cli::{Cli, PublishArgs};
 
 pub async fn run(cli: &Cli, args: &PublishArgs) -> Result<()> {
@@ -17,45 +16,16 @@ pub async fn run(cli: &Cli, args: &PublishArgs) -> Result<()> {
             frames::check_batch(&body)?;
             body
         }
-        (None, Some(group), Some(message)) => frames::publish_body(group, message, args.json)?,
+        (None, Some(group), Some(message)) => {
+            frames::publish_body_excluding(group, message, args.json, &args.exclude)?
+        }
         // clap requires GROUP and MESSAGE unless --batch is given.
         (None, _, _) => bail!("give GROUP and MESSAGE, or --batch FILE"),
     };
-    let url = format!("{}/api/publish", args.admin_url.trim_end_matches('/'));
-    let http = reqwest::Client::builder()
-        .connect_timeout(cli.connect_timeout.duration())
-        .build()
-        .context("cannot set up the HTTP client")?;
-    let mut request = http
-        .post(&url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body);
-    if let Some(token) = &args.token {
-        request = request.bearer_auth(token);
-    }
-
-    let exchange = async {
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        let text = response.text().await?;
-        Ok::<_, reqwest::Error>((status, text))
-    };
-    let deadline = Instant::now().checked_add(args.timeout.duration());
-    let mut interrupt = Interrupt::on_signals();
-    let (status, text) = match conn::wait(exchange, deadline, &mut interrupt).await {
-        Waited::Done(answer) => answer.with_context(|| format!("cannot POST {url}"))?,
-        Waited::Deadline => {
-            return Err(TimedOut(format!(
-                "timed out after {} s waiting for {url}; the messages may or may not have been \
-                 published",
-                args.timeout
-            ))
-            .into())
-        }
-        Waited::Interrupted => {
-            bail!("interrupted before {url} answered; the messages may or may not have been published")
-        }
-    };
+    let admin = Admin::new(cli, &args.admin)?;
+    let url = admin.url(&["api", "publish"], &[])?;
+    let unsure = "the messages may or may not have been published";
+    let (status, text) = admin.post(url, body, unsure).await?;
     let published = frames::publish_outcome(status, &text)?;
     eprintln!("published {published}");
     Ok(())

@@ -109,9 +109,31 @@ fn add_group(group: &str, req_id: u64) -> String {
     format!(r#"text {{"cmd":"add_group","group_id":"{group}","req_id":{req_id}}}"#)
 }
 
+/// The `whoami` request `join` sends after its joins, as the server sees it.
+fn whoami(req_id: u64) -> String {
+    format!(r#"text {{"cmd":"whoami","req_id":{req_id}}}"#)
+}
+
+const CLIENT_ID: &str = "5f0c1d2e3a4b6c7d-1-42";
+
+/// Answers `whoami` request `req_id`.
+async fn send_whoami(ws: &mut ServerWs, req_id: u64) {
+    let reply = format!(
+        r#"{{"cmd":"whoami","client_id":"{CLIENT_ID}","uid":null,"groups":[],"req_id":{req_id}}}"#
+    );
+    send_text(ws, &reply).await;
+}
+
 #[tokio::test]
 async fn help_exits_zero_and_lists_exit_codes() {
-    for args in [&["--help"][..], &["join", "--help"], &["send", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["join", "--help"],
+        &["send", "--help"],
+        &["send-uid", "--help"],
+        &["members", "--help"],
+        &["clients", "--help"],
+    ] {
         let out = run(client(args)).await;
         assert_eq!(out.code, Some(0), "{args:?}: {out:?}");
         assert!(out.stdout.contains("Exit codes:"), "{args:?}: {out:?}");
@@ -125,6 +147,9 @@ async fn usage_errors_exit_one() {
         &["join", ""],
         &["join", "1", "--timeout", "soon"],
         &["send", "1"],
+        &["send", "1", "m", "--exclude", "not-a-client-id"],
+        &["send-uid", "alice"],
+        &["unbind"],
         &["frobnicate"],
     ] {
         let out = run(client(args)).await;
@@ -159,11 +184,16 @@ async fn unreachable_server_is_an_error_not_a_panic() {
 #[tokio::test]
 async fn join_prints_messages_until_count_then_closes_cleanly() {
     let server = FakeServer::start(|mut ws| async move {
-        let mut log = vec![next_event(&mut ws).await, next_event(&mut ws).await];
+        let mut log = vec![
+            next_event(&mut ws).await,
+            next_event(&mut ws).await,
+            next_event(&mut ws).await,
+        ];
         send_text(&mut ws, r#"{"cmd":"ack","req_id":1}"#).await;
         // A group message between two acks is printed after the readiness line.
         send_text(&mut ws, "early").await;
         send_text(&mut ws, r#"{"cmd":"ack","req_id":2}"#).await;
+        send_whoami(&mut ws, 3).await;
         send_text(&mut ws, "hello world").await;
         ws.send(Message::Binary(vec![1, 2, 3].into()))
             .await
@@ -192,13 +222,18 @@ async fn join_prints_messages_until_count_then_closes_cleanly() {
     let stderr: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(
         stderr,
-        ["joined 1 g2", "warning: skipping a binary frame of 3 bytes"]
+        [
+            "joined 1 g2",
+            &format!("client_id {CLIENT_ID}"),
+            "warning: skipping a binary frame of 3 bytes"
+        ]
     );
     assert_eq!(
         server.transcript().await,
         [
             add_group("1", 1),
             add_group("g2", 2),
+            whoami(3),
             "close 1000".to_owned()
         ]
     );
@@ -207,7 +242,7 @@ async fn join_prints_messages_until_count_then_closes_cleanly() {
 #[tokio::test]
 async fn join_error_reply_exits_one() {
     let server = FakeServer::start(|mut ws| async move {
-        let mut log = vec![next_event(&mut ws).await];
+        let mut log = vec![next_event(&mut ws).await, next_event(&mut ws).await];
         send_text(
             &mut ws,
             r#"{"cmd":"error","code":"too_many_groups","reason":"at most 0 groups","req_id":1}"#,
@@ -222,15 +257,16 @@ async fn join_error_reply_exits_one() {
     assert_eq!(out.stdout, "");
     assert_eq!(
         server.transcript().await,
-        [add_group("7", 1), "close 1000".to_owned()]
+        [add_group("7", 1), whoami(2), "close 1000".to_owned()]
     );
 }
 
 #[tokio::test]
 async fn join_timeout_exits_two() {
     let server = FakeServer::start(|mut ws| async move {
-        let mut log = vec![next_event(&mut ws).await];
+        let mut log = vec![next_event(&mut ws).await, next_event(&mut ws).await];
         send_text(&mut ws, r#"{"cmd":"ack","req_id":1}"#).await;
+        send_whoami(&mut ws, 2).await;
         send_text(&mut ws, "one").await;
         log.push(next_event(&mut ws).await);
         log
@@ -250,19 +286,27 @@ async fn join_timeout_exits_two() {
     assert_eq!(out.stdout, "one\n");
     assert_eq!(
         out.stderr,
-        "joined 5\nerror: timed out after 2.5 s waiting for messages (got 1 of 2)\n"
+        format!(
+            "joined 5\nclient_id {CLIENT_ID}\n\
+             error: timed out after 2.5 s waiting for messages (got 1 of 2)\n"
+        )
     );
     assert_eq!(
         server.transcript().await,
-        [add_group("5", 1), "close 1000".to_owned()]
+        [add_group("5", 1), whoami(2), "close 1000".to_owned()]
     );
 }
 
 #[tokio::test]
 async fn join_timeout_without_count_bounds_the_join_only() {
     let server = FakeServer::start(|mut ws| async move {
-        let mut log = vec![next_event(&mut ws).await, next_event(&mut ws).await];
+        let mut log = vec![
+            next_event(&mut ws).await,
+            next_event(&mut ws).await,
+            next_event(&mut ws).await,
+        ];
         send_text(&mut ws, r#"{"cmd":"ack","req_id":2}"#).await;
+        send_whoami(&mut ws, 3).await;
         log.push(next_event(&mut ws).await);
         log
     });
@@ -286,6 +330,7 @@ async fn join_timeout_without_count_bounds_the_join_only() {
         [
             add_group("1", 1),
             add_group("2", 2),
+            whoami(3),
             "close 1000".to_owned()
         ]
     );
@@ -294,8 +339,9 @@ async fn join_timeout_without_count_bounds_the_join_only() {
 #[tokio::test]
 async fn server_close_before_count_exits_one() {
     let server = FakeServer::start(|mut ws| async move {
-        let log = vec![next_event(&mut ws).await];
+        let log = vec![next_event(&mut ws).await, next_event(&mut ws).await];
         send_text(&mut ws, r#"{"cmd":"ack","req_id":1}"#).await;
+        send_whoami(&mut ws, 2).await;
         ws.close(Some(CloseFrame {
             code: CloseCode::from(4001),
             reason: "slow consumer".into(),
@@ -309,9 +355,12 @@ async fn server_close_before_count_exits_one() {
     assert_eq!(out.code, Some(1), "{out:?}");
     assert_eq!(
         out.stderr,
-        "joined 9\nerror: server closed the connection: 4001 slow consumer\n"
+        format!(
+            "joined 9\nclient_id {CLIENT_ID}\n\
+             error: server closed the connection: 4001 slow consumer\n"
+        )
     );
-    assert_eq!(server.transcript().await, [add_group("9", 1)]);
+    assert_eq!(server.transcript().await, [add_group("9", 1), whoami(2)]);
 }
 
 #[cfg(unix)]
@@ -319,8 +368,9 @@ async fn server_close_before_count_exits_one() {
 async fn join_stops_cleanly_on_sigint_and_sigterm() {
     for signal in ["INT", "TERM"] {
         let server = FakeServer::start(|mut ws| async move {
-            let mut log = vec![next_event(&mut ws).await];
+            let mut log = vec![next_event(&mut ws).await, next_event(&mut ws).await];
             send_text(&mut ws, r#"{"cmd":"ack","req_id":1}"#).await;
+            send_whoami(&mut ws, 2).await;
             send_text(&mut ws, "m1").await;
             log.push(next_event(&mut ws).await);
             log
@@ -340,7 +390,7 @@ async fn join_stops_cleanly_on_sigint_and_sigterm() {
         assert_eq!(status.code(), Some(0), "{signal}");
         assert_eq!(
             server.transcript().await,
-            [add_group("3", 1), "close 1000".to_owned()],
+            [add_group("3", 1), whoami(2), "close 1000".to_owned()],
             "{signal}"
         );
     }
@@ -439,4 +489,230 @@ async fn send_timeout_exits_two() {
         "error: timed out after 0.5 s waiting for the server's ack\n"
     );
     assert_eq!(server.transcript().await[1], "close 1000");
+}
+
+/// A server that answers each request with the next of `replies`, then records how the client
+/// ends the connection.
+fn answering(replies: Vec<String>) -> FakeServer {
+    FakeServer::start(move |mut ws| async move {
+        let mut log = Vec::new();
+        for reply in replies {
+            log.push(next_event(&mut ws).await);
+            send_text(&mut ws, &reply).await;
+        }
+        log.push(next_event(&mut ws).await);
+        log
+    })
+}
+
+/// A request frame of the transcript as JSON (whatever the order of its keys).
+fn request(event: &str) -> serde_json::Value {
+    let text = event
+        .strip_prefix("text ")
+        .unwrap_or_else(|| panic!("not a text frame: {event}"));
+    serde_json::from_str(text).expect("a JSON request")
+}
+
+fn ack(req_id: u64) -> String {
+    format!(r#"{{"cmd":"ack","req_id":{req_id}}}"#)
+}
+
+#[tokio::test]
+async fn join_binds_a_uid_and_asks_for_presence() {
+    let event = format!(r#"{{"cmd":"join","group_id":"g","client_id":"{CLIENT_ID}","uid":"bob"}}"#);
+    let presence = event.clone();
+    let server = FakeServer::start(|mut ws| async move {
+        let mut log = vec![
+            next_event(&mut ws).await,
+            next_event(&mut ws).await,
+            next_event(&mut ws).await,
+        ];
+        send_text(&mut ws, &ack(1)).await;
+        send_text(&mut ws, &ack(2)).await;
+        // A gateway without `whoami`: the join still succeeds, without a client id.
+        send_text(
+            &mut ws,
+            r#"{"cmd":"error","code":"unknown_cmd","reason":"no whoami","req_id":3}"#,
+        )
+        .await;
+        send_text(&mut ws, &presence).await;
+        log.push(next_event(&mut ws).await);
+        log
+    });
+    let out = run(client(&[
+        "join",
+        "g",
+        "--presence",
+        "--uid",
+        "alice",
+        "--count",
+        "1",
+        "--url",
+        &server.url,
+    ]))
+    .await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, format!("{event}\n"));
+    assert_eq!(
+        out.stderr,
+        "warning: no client id: whoami refused: unknown_cmd: no whoami\njoined g\n"
+    );
+    let log = server.transcript().await;
+    assert_eq!(
+        request(&log[0]),
+        serde_json::json!({"cmd":"bind_uid","uid":"alice","req_id":1})
+    );
+    assert_eq!(
+        request(&log[1]),
+        serde_json::json!({"cmd":"add_group","group_id":"g","presence":true,"req_id":2})
+    );
+    assert_eq!(log[2], whoami(3));
+    assert_eq!(log[3], "close 1000");
+}
+
+#[tokio::test]
+async fn sends_to_everyone_uids_and_one_client() {
+    let other = "00000000000000ff-0-7";
+    let cases: [(Vec<&str>, serde_json::Value); 4] = [
+        (
+            vec!["send", "g", "m", "--exclude", CLIENT_ID, "--exclude", other],
+            serde_json::json!({"cmd":"send_to_group","group_id":"g","message":"m",
+                "exclude":[CLIENT_ID, other],"req_id":1}),
+        ),
+        (
+            vec!["send-all", "--json", r#"{"a":[1]}"#, "--exclude", CLIENT_ID],
+            serde_json::json!({"cmd":"send_to_all","message":{"a":[1]},"exclude":[CLIENT_ID],
+                "req_id":1}),
+        ),
+        (
+            vec!["send-uid", "alice", "42", "hi"],
+            serde_json::json!({"cmd":"send_to_uid","uid":["alice","42"],"message":"hi","req_id":1}),
+        ),
+        (
+            vec!["send-client", CLIENT_ID, "hi"],
+            serde_json::json!({"cmd":"send_to_client","client_id":CLIENT_ID,"message":"hi",
+                "req_id":1}),
+        ),
+    ];
+    for (args, expected) in cases {
+        let server = answering(vec![ack(1)]);
+        let url = server.url.clone();
+        let mut args = args.clone();
+        args.extend(["--url", &url]);
+        let out = run(client(&args)).await;
+        assert_eq!(out.code, Some(0), "{args:?}: {out:?}");
+        assert_eq!(
+            (out.stdout.as_str(), out.stderr.as_str()),
+            ("", ""),
+            "{args:?}"
+        );
+        let log = server.transcript().await;
+        assert_eq!(request(&log[0]), expected, "{args:?}");
+        assert_eq!(log[1], "close 1000", "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn whoami_binds_then_prints_the_identity() {
+    let reply = format!(
+        r#"{{"cmd":"whoami","client_id":"{CLIENT_ID}","uid":"alice","groups":["a","b c"],"req_id":2}}"#
+    );
+    let server = answering(vec![ack(1), reply.clone()]);
+    let out = run(client(&["whoami", "--bind", "alice", "--url", &server.url])).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!("client_id {CLIENT_ID}\nuid alice\ngroup a\ngroup b c\n")
+    );
+    assert_eq!(out.stderr, "");
+    let log = server.transcript().await;
+    assert_eq!(
+        request(&log[0]),
+        serde_json::json!({"cmd":"bind_uid","uid":"alice","req_id":1})
+    );
+    assert_eq!(log[1], whoami(2));
+    assert_eq!(log[2], "close 1000");
+
+    let reply = reply.replace(r#""req_id":2"#, r#""req_id":1"#);
+    let server = answering(vec![reply.clone()]);
+    let out = run(client(&["whoami", "--json", "--url", &server.url])).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, format!("{reply}\n"));
+    assert_eq!(
+        server.transcript().await,
+        [whoami(1), "close 1000".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn count_reports_partial_answers_on_stderr() {
+    let reply = r#"{"cmd":"count","group_id":"g","connections":3,"uids":2,"uids_exact":true,"nodes":{"answered":["aa"],"missing":["bb","cc"]},"req_id":1}"#;
+    let server = answering(vec![reply.to_owned()]);
+    let out = run(client(&["count", "g", "--url", &server.url])).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "g: 3 connections, 2 uids\n");
+    assert_eq!(out.stderr, "partial answer: no answer from bb, cc\n");
+    let log = server.transcript().await;
+    assert_eq!(
+        request(&log[0]),
+        serde_json::json!({"cmd":"count","group_id":"g","req_id":1})
+    );
+
+    let server = answering(vec![reply.to_owned()]);
+    let out = run(client(&["count", "g", "--json", "--url", &server.url])).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!((out.stdout.trim_end(), out.stderr.as_str()), (reply, ""));
+
+    let refused = r#"{"cmd":"error","code":"forbidden","reason":"not yours","req_id":1}"#;
+    let server = answering(vec![refused.to_owned()]);
+    let out = run(client(&["count", "g", "--url", &server.url])).await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.stderr, "error: forbidden: not yours\n");
+}
+
+#[tokio::test]
+async fn members_follow_the_cursor_with_all() {
+    let other = "00000000000000ff-0-7";
+    let page1 = format!(
+        r#"{{"cmd":"members","group_id":"g","members":[{{"client_id":"{other}","uid":"u"}}],"cursor":"{other}","nodes":{{"answered":["aa"],"missing":["bb"]}},"req_id":1}}"#
+    );
+    let page2 = format!(
+        r#"{{"cmd":"members","group_id":"g","members":[{{"client_id":"{CLIENT_ID}","uid":null}}],"cursor":null,"nodes":{{"answered":["aa","bb"],"missing":[]}},"req_id":2}}"#
+    );
+    let server = answering(vec![page1.clone(), page2]);
+    let args = [
+        "members",
+        "g",
+        "--limit",
+        "1",
+        "--all",
+        "--url",
+        &server.url,
+    ];
+    let out = run(client(&args)).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, format!("{other} u\n{CLIENT_ID} -\n"));
+    assert_eq!(out.stderr, "partial answer: no answer from bb\n");
+    let log = server.transcript().await;
+    assert_eq!(
+        request(&log[0]),
+        serde_json::json!({"cmd":"members","group_id":"g","limit":1,"req_id":1})
+    );
+    assert_eq!(
+        request(&log[1]),
+        serde_json::json!({"cmd":"members","group_id":"g","limit":1,"cursor":other,"req_id":2})
+    );
+    assert_eq!(log[2], "close 1000");
+
+    // Without --all: the first page, and a hint that more follow.
+    let server = answering(vec![page1]);
+    let out = run(client(&["members", "g", "--url", &server.url])).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, format!("{other} u\n"));
+    assert_eq!(
+        out.stderr,
+        "more members follow: --all lists them all\npartial answer: no answer from bb\n"
+    );
+    let log = server.transcript().await;
+    assert_eq!(request(&log[0])["limit"], 100);
 }

@@ -293,3 +293,221 @@ async fn no_answer_times_out_with_exit_2() {
         r#"{"group_id":"1","message":"m"}"#
     );
 }
+
+/// An admin server that answers its requests with `answers` in order, one connection each
+/// (every answer says `connection: close`).
+struct Answering {
+    url: String,
+    received: tokio::sync::mpsc::UnboundedReceiver<Received>,
+}
+
+impl Answering {
+    async fn start(answers: Vec<(u16, String)>) -> Answering {
+        let listener = net::listener().await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let (tx, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for (status, body) in answers {
+                let Ok(Ok((stream, _))) = timeout(WAIT, listener.accept()).await else {
+                    return;
+                };
+                let mut reader = BufReader::new(stream);
+                let request = timeout(WAIT, read_request(&mut reader))
+                    .await
+                    .expect("the request in time");
+                let _ = tx.send(request);
+                respond(reader.into_inner(), status, &body).await;
+            }
+        });
+        Answering { url, received }
+    }
+
+    /// The requests received (the server has stopped by the time the client exited).
+    async fn requests(mut self) -> Vec<Received> {
+        let mut all = Vec::new();
+        while let Ok(Some(request)) =
+            timeout(Duration::from_millis(200), self.received.recv()).await
+        {
+            all.push(request);
+        }
+        all
+    }
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).expect("JSON")
+}
+
+const C1: &str = "5f0c1d2e3a4b6c7d-1-42";
+
+#[tokio::test]
+async fn publish_excludes_connections() {
+    let admin = Answering::start(vec![(200, r#"{"published":1}"#.to_owned())]).await;
+    let finished = run(
+        client(&[
+            "publish",
+            "g",
+            "m",
+            "--exclude",
+            C1,
+            "--admin-url",
+            &admin.url,
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    let requests = admin.requests().await;
+    assert_eq!(
+        requests[0].body,
+        format!(r#"{{"group_id":"g","message":"m","exclude":["{C1}"]}}"#)
+    );
+}
+
+#[tokio::test]
+async fn bind_and_unbind_print_what_they_did() {
+    let answer = r#"{"affected":1,"failed":0,"nodes":{"answered":["aa"],"missing":["bb"]}}"#;
+    let admin = Answering::start(vec![(200, answer.to_owned())]).await;
+    let finished = run(
+        client(&[
+            "bind",
+            C1,
+            "alice",
+            "--admin-url",
+            &admin.url,
+            "--token",
+            "t",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(finished.stdout, "affected 1\n");
+    assert_eq!(finished.stderr, "partial answer: no answer from bb\n");
+    let requests = admin.requests().await;
+    assert_eq!(requests[0].request_line, "POST /api/bind_uid HTTP/1.1");
+    assert_eq!(requests[0].header("content-type"), Some("application/json"));
+    assert_eq!(requests[0].header("authorization"), Some("Bearer t"));
+    assert_eq!(
+        json(&requests[0].body),
+        serde_json::json!({"client_id": C1, "uid": "alice"})
+    );
+
+    let answer = r#"{"affected":2,"failed":0,"nodes":{"answered":["aa"],"missing":[]}}"#;
+    let admin = Answering::start(vec![(200, answer.to_owned()), (200, answer.to_owned())]).await;
+    let finished = run(
+        client(&[
+            "unbind",
+            "--uid",
+            "a b",
+            "--json",
+            "--admin-url",
+            &admin.url,
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(
+        (finished.stdout.trim_end(), finished.stderr.as_str()),
+        (answer, "")
+    );
+    let finished = run(
+        client(&["unbind", "--client", C1, "--admin-url", &admin.url]),
+        None,
+    )
+    .await;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(finished.stdout, "affected 2\n");
+    let requests = admin.requests().await;
+    assert_eq!(requests[0].request_line, "POST /api/unbind_uid HTTP/1.1");
+    assert_eq!(json(&requests[0].body), serde_json::json!({"uid": "a b"}));
+    assert_eq!(
+        json(&requests[1].body),
+        serde_json::json!({"client_id": C1})
+    );
+}
+
+#[tokio::test]
+async fn lookups_encode_their_path() {
+    let by_uid = r#"{"uid":"a/b c","online":true,"client_ids":["5f0c1d2e3a4b6c7d-1-42"],"nodes":{"answered":["aa"],"missing":[]}}"#;
+    let by_client = r#"{"client_id":"5f0c1d2e3a4b6c7d-1-42","online":true,"node":"5f0c1d2e3a4b6c7d","uid":null,"groups":["g"],"nodes":{"answered":["aa"],"missing":[]}}"#;
+    let admin = Answering::start(vec![(200, by_uid.to_owned()), (200, by_client.to_owned())]).await;
+    let finished = run(
+        client(&["clients", "--uid", "a/b c", "--admin-url", &admin.url]),
+        None,
+    )
+    .await;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(
+        finished.stdout,
+        format!("uid a/b c\nonline true\nclient_id {C1}\n")
+    );
+    let finished = run(client(&["clients", C1, "--admin-url", &admin.url]), None).await;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(
+        finished.stdout,
+        format!("client_id {C1}\nonline true\nnode 5f0c1d2e3a4b6c7d\nuid -\ngroup g\n")
+    );
+    let requests = admin.requests().await;
+    assert_eq!(requests[0].request_line, "GET /api/uids/a%2Fb%20c HTTP/1.1");
+    assert_eq!(
+        requests[1].request_line,
+        format!("GET /api/clients/{C1} HTTP/1.1")
+    );
+}
+
+#[tokio::test]
+async fn groups_follow_the_cursor_with_all() {
+    let page1 = r#"{"groups":[{"group_id":"a b","connections":2}],"cursor":"a b","nodes":{"answered":["aa"],"missing":[]}}"#;
+    let page2 = r#"{"groups":[{"group_id":"c","connections":1}],"cursor":null,"nodes":{"answered":["aa"],"missing":["bb"]}}"#;
+    let admin = Answering::start(vec![(200, page1.to_owned()), (200, page2.to_owned())]).await;
+    let finished = run(
+        client(&["groups", "--limit", "1", "--all", "--admin-url", &admin.url]),
+        None,
+    )
+    .await;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(finished.stdout, "a b 2\nc 1\n");
+    assert_eq!(finished.stderr, "partial answer: no answer from bb\n");
+    let requests = admin.requests().await;
+    assert_eq!(requests[0].request_line, "GET /api/groups?limit=1 HTTP/1.1");
+    assert_eq!(
+        requests[1].request_line,
+        "GET /api/groups?limit=1&cursor=a+b HTTP/1.1"
+    );
+}
+
+#[tokio::test]
+async fn nodes_one_line_each_and_errors_exit_1() {
+    let answer = r#"{"nodes":[{"node":"aa","name":"gw-1","connections":3,"started_ms":1,"last_seen_ms":0,"self":true},{"node":"bb","name":"gw-2","connections":0,"started_ms":1,"last_seen_ms":500,"self":false}]}"#;
+    let refused = r#"{"error":{"code":"unauthorized","reason":"wrong token"}}"#;
+    let admin = Answering::start(vec![(200, answer.to_owned()), (401, refused.to_owned())]).await;
+    let finished = run(client(&["nodes", "--admin-url", &admin.url]), None).await;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(finished.stdout, "aa gw-1 3 conns (self)\nbb gw-2 0 conns\n");
+    let finished = run(client(&["nodes", "--admin-url", &admin.url]), None).await;
+    assert_eq!(finished.code, Some(1), "{finished:?}");
+    assert_eq!(finished.stderr, "error: unauthorized: wrong token\n");
+    assert_eq!(finished.stdout, "");
+    let requests = admin.requests().await;
+    assert_eq!(requests[0].request_line, "GET /api/nodes HTTP/1.1");
+}
+
+#[tokio::test]
+async fn lookups_time_out_with_exit_2() {
+    let admin = FakeAdmin::start(None).await;
+    let finished = run(
+        client(&["groups", "--admin-url", &admin.url, "--timeout", "0.3"]),
+        None,
+    )
+    .await;
+    assert_eq!(finished.code, Some(2), "{finished:?}");
+    assert_eq!(
+        finished.stderr,
+        format!(
+            "error: timed out after 0.3 s waiting for {}/api/groups\n",
+            admin.url
+        )
+    );
+}

@@ -76,7 +76,9 @@ async fn a_broker_over_its_channel_limit_refuses_subscriptions_and_keeps_the_lin
     let broker = Broker::start_with(
         "broker",
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        &["--broker-max-channels-per-link".into(), "3".into()],
+        // Three groups, and the two cluster topics every gateway holds (the control topic and
+        // its own), which it subscribes first.
+        &["--broker-max-channels-per-link".into(), "5".into()],
     )
     .await?;
     let a = Gateway::start(GatewayConfig::with_broker("gateway-a", broker.addr).workers(1)).await?;

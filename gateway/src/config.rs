@@ -29,6 +29,12 @@ const ADDRESSES: &str = "Addresses and process";
 const CLIENT_LIMITS: &str = "Client limits";
 const TIMERS: &str = "Timers";
 const BUS: &str = "Bus (between gateways)";
+const CLUSTER: &str = "Cluster API (uids, sends, queries, presence)";
+
+/// Largest `--max-page-size`: an answer of that many members must fit in one control frame.
+pub const MAX_PAGE_SIZE: u32 = 10_000;
+/// Largest `--max-targets`.
+pub const MAX_TARGETS: usize = 10_000;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
@@ -212,7 +218,8 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT", help_heading = TIMERS, default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
-    /// This gateway's name in its hello to the broker, which logs it.
+    /// This gateway's name in its hello to the broker, which logs it, and in its heartbeats
+    /// (`/api/nodes`).
     #[arg(long, env = "GATEWAY_NODE_NAME", help_heading = BUS)]
     pub node_name: Option<String>,
 
@@ -220,6 +227,41 @@ pub struct GatewayConfig {
     /// deployments can share one Redis or NATS: 1 to 64 letters, digits, `_` or `-`.
     #[arg(long, env = "GATEWAY_BUS_PREFIX", help_heading = BUS, default_value = "gp")]
     pub bus_prefix: String,
+
+    /// Longest uid (the application's user id of a connection), in bytes.
+    #[arg(long, env = "GATEWAY_MAX_UID_LEN", help_heading = CLUSTER, default_value_t = protocol::cluster::DEFAULT_MAX_UID_LEN)]
+    pub max_uid_len: usize,
+
+    /// Most uids in one `send_to_uid`, and most client ids in one `exclude` list (at most
+    /// 10000).
+    #[arg(long, env = "GATEWAY_MAX_TARGETS", help_heading = CLUSTER, default_value_t = 100)]
+    pub max_targets: usize,
+
+    /// Largest page of `members` (and of the admin API's `/api/groups` and
+    /// `/api/groups/{id}/members`) a request may ask for (at most 10000).
+    #[arg(long, env = "GATEWAY_MAX_PAGE_SIZE", help_heading = CLUSTER, default_value_t = 1000)]
+    pub max_page_size: u32,
+
+    /// Without join tokens, whether clients may list a group's members and ask for presence
+    /// events (`members`, `add_group` with `presence`), which show other connections' client ids
+    /// and uids. With join tokens the `presence` claim decides.
+    #[arg(long, env = "GATEWAY_CLIENT_MEMBER_LISTS", help_heading = CLUSTER, default_value_t = true, action = clap::ArgAction::Set)]
+    pub client_member_lists: bool,
+
+    /// How often this gateway announces itself to the others on the bus.
+    #[arg(long, env = "GATEWAY_NODE_HEARTBEAT", help_heading = CLUSTER, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub node_heartbeat: Duration,
+
+    /// A gateway not heard from for this long is taken for dead: it leaves `/api/nodes`, and
+    /// cluster queries stop waiting for it (and stop listing it as `missing`). Must be longer
+    /// than `--node-heartbeat`.
+    #[arg(long, env = "GATEWAY_NODE_TIMEOUT", help_heading = CLUSTER, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub node_timeout: Duration,
+
+    /// How long a cluster query (counts, member lists, lookups, orders by uid) waits for the
+    /// other gateways.
+    #[arg(long, env = "GATEWAY_CLUSTER_QUERY_TIMEOUT", help_heading = CLUSTER, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub cluster_query_timeout: Duration,
 
     #[command(flatten, next_help_heading = "Embedded broker")]
     pub embedded_broker: EmbeddedBrokerConfig,
@@ -299,6 +341,12 @@ impl GatewayConfig {
         })
     }
 
+    /// Longest cluster topic name (a uid's, a group's presence topic): what the bus must carry
+    /// beside group ids.
+    pub fn max_topic_len(&self) -> usize {
+        crate::bus::inbound::max_topic_len(self.max_group_id_len, self.max_uid_len)
+    }
+
     pub fn node_name(&self) -> String {
         self.node_name
             .clone()
@@ -326,7 +374,7 @@ impl GatewayConfig {
             // Group ids are the broker's channel names: by default never refuse one the gateway
             // accepts.
             max_channel_len: broker_max_channel_len
-                .unwrap_or(self.max_group_id_len.max(DEFAULT_MAX_CHANNEL_LEN)),
+                .unwrap_or(self.max_topic_len().max(DEFAULT_MAX_CHANNEL_LEN)),
             shutdown_timeout: self.shutdown_timeout,
         }
     }
@@ -363,6 +411,9 @@ impl GatewayConfig {
                 self.embedded_broker.broker_link_queue_bytes,
             ),
             ("--max-connections", self.max_connections),
+            ("--max-uid-len", self.max_uid_len),
+            ("--max-targets", self.max_targets),
+            ("--max-page-size", self.max_page_size as usize),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -398,6 +449,9 @@ impl GatewayConfig {
             ),
             ("--link-connect-timeout", self.link_connect_timeout),
             ("--reconnect-min", self.reconnect_min),
+            ("--node-heartbeat", self.node_heartbeat),
+            ("--node-timeout", self.node_timeout),
+            ("--cluster-query-timeout", self.cluster_query_timeout),
         ];
         for (name, value) in durations {
             if value.is_zero() {
@@ -444,6 +498,33 @@ impl GatewayConfig {
             return Err(ConfigError::new(
                 "--link-max-frame-size",
                 "must hold the largest group id and message",
+            ));
+        }
+        if self.max_page_size > MAX_PAGE_SIZE {
+            return Err(ConfigError::new(
+                "--max-page-size",
+                format!("must be at most {MAX_PAGE_SIZE}"),
+            ));
+        }
+        if self.max_targets > MAX_TARGETS {
+            return Err(ConfigError::new(
+                "--max-targets",
+                format!("must be at most {MAX_TARGETS}"),
+            ));
+        }
+        if self.node_timeout <= self.node_heartbeat {
+            return Err(ConfigError::new(
+                "--node-timeout",
+                "must be longer than --node-heartbeat (three heartbeats or more is wise)",
+            ));
+        }
+        // A control frame carries a message with an `exclude` list, or an answer of a page of
+        // members: both must fit in a frame.
+        let exclude = self.max_targets * (protocol::cluster::MAX_CLIENT_ID_LEN + 3);
+        if self.max_message_size + exclude + self.max_topic_len() + 128 > self.link_max_frame_size {
+            return Err(ConfigError::new(
+                "--link-max-frame-size",
+                "must hold the largest message with an `exclude` list of --max-targets client ids",
             ));
         }
         if let Some(len) = self.embedded_broker.broker_max_channel_len {

@@ -21,12 +21,15 @@ use server_kit::settings::ConfigError;
 use crate::bus::broker_link::BrokerLink;
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::{Carrier, RunningBus};
+use crate::cluster::nodes::run_heartbeats;
+use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::GatewayConfig;
 use crate::credentials::Security;
 use crate::edge::limits::{ConnectionLimits, Refusal};
 use crate::fanout::hub::{Hub, Router};
-use crate::stats::{GatewaySnapshot, WorkerStats};
+use crate::stats::{ClusterSnapshot, GatewaySnapshot, WorkerStats};
 use crate::worker::{self, NewConnection, WorkerSetup};
+use protocol::cluster::NodeId;
 
 /// Sockets waiting to be picked up by one worker.
 const HANDOFF_QUEUE: usize = 1024;
@@ -95,7 +98,7 @@ enum BusChoice {
     Carrier(StartBus),
 }
 
-type StartBus = Box<dyn FnOnce(Arc<Router>, CancellationToken) -> RunningBus + Send>;
+type StartBus = Box<dyn FnOnce(Arc<Hub>, CancellationToken) -> RunningBus + Send>;
 
 impl std::fmt::Debug for GatewayBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,9 +154,7 @@ impl GatewayBuilder {
 
     /// Carries messages between gateways with `carrier`.
     pub fn bus<C: Carrier>(mut self, carrier: C) -> Self {
-        self.bus = BusChoice::Carrier(Box::new(move |router, shutdown| {
-            carrier.start(router, shutdown)
-        }));
+        self.bus = BusChoice::Carrier(Box::new(move |hub, shutdown| carrier.start(hub, shutdown)));
         self
     }
 
@@ -170,7 +171,7 @@ impl GatewayBuilder {
         let config = Arc::new(config);
         let link_to = |addr: String| -> Result<StartBus, GatewayError> {
             let link = BrokerLink::new(addr, &config, security.link.clone())?;
-            Ok(Box::new(move |router, token| link.start(router, token)))
+            Ok(Box::new(move |hub, token| link.start(hub, token)))
         };
         let (carrier, embedded): (StartBus, _) = match bus {
             BusChoice::None => {
@@ -195,7 +196,7 @@ impl GatewayBuilder {
                 tracing::debug!(%addr, "embedded broker serving other gateways");
                 let carrier = EmbeddedBus::new(broker.clone(), &config);
                 (
-                    Box::new(move |router, token| carrier.start(router, token)) as StartBus,
+                    Box::new(move |hub, token| carrier.start(hub, token)) as StartBus,
                     Some(EmbeddedBroker {
                         broker,
                         task: Mutex::new(Some(task)),
@@ -235,12 +236,15 @@ impl Gateway {
         let (inbox_txs, inbox_rxs): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| mpsc::channel(config.worker_queue))
             .unzip();
-        let router = Arc::new(Router::new(inbox_txs).with_max_groups(config.max_groups));
+        let router = Router::new(inbox_txs).with_max_groups(config.max_groups);
+        let node = NodeId(fastrand::u64(1..));
+        let cluster = Cluster::new(node, ClusterSettings::from_config(&config));
+        let hub = Hub::new(router, cluster);
         let RunningBus {
             bus,
             task: bus_task,
-        } = start_bus(router.clone(), shutdown.clone());
-        let hub = Arc::new(Hub::new(router, bus));
+        } = start_bus(hub.clone(), shutdown.clone());
+        hub.set_bus(bus);
         let client_tls = security.clients.tls.is_some();
         let client_security = Arc::new(security.clients);
 
@@ -270,9 +274,27 @@ impl Gateway {
             handoff.push(tx);
             worker_stats.push(stats);
         }
-        tracing::info!(workers, "gateway started");
-        Ok(Gateway {
-            inner: Arc::new(Inner {
+        tracing::info!(workers, node = %node, "gateway started");
+        let inner = Arc::new_cyclic(|me: &std::sync::Weak<Inner>| {
+            let (stats, addr) = (me.clone(), me.clone());
+            tokio::spawn(run_heartbeats(
+                hub.clone(),
+                move || {
+                    stats.upgrade().map_or(0, |inner| {
+                        inner
+                            .worker_stats
+                            .iter()
+                            .map(|w| w.connections.load(Relaxed))
+                            .sum()
+                    })
+                },
+                move || {
+                    addr.upgrade()
+                        .and_then(|inner| inner.ws_addr.get().map(ToString::to_string))
+                },
+                shutdown.clone(),
+            ));
+            Inner {
                 limits: Arc::new(ConnectionLimits::new(&config)),
                 refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
                 config,
@@ -287,8 +309,9 @@ impl Gateway {
                 admin_http: Arc::default(),
                 client_tls,
                 shutdown,
-            }),
-        })
+            }
+        });
+        Ok(Gateway { inner })
     }
 
     /// Accepts clients on `listener` and hands them to the workers in turn until shutdown, then
@@ -409,7 +432,12 @@ impl Gateway {
 
     /// True while messages flow to and from other gateways (the broker link is up).
     pub fn is_ready(&self) -> bool {
-        self.inner.hub.bus().status().up
+        self.inner.hub.bus().is_some_and(|bus| bus.status().up)
+    }
+
+    /// The router, the bus and the cluster API of this gateway.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.inner.hub
     }
 
     pub fn config(&self) -> &GatewayConfig {
@@ -422,6 +450,20 @@ impl Gateway {
     pub async fn publish(&self, group: &GroupName<'_>, payload: Text) {
         self.inner.api_publishes.fetch_add(1, Relaxed);
         self.inner.hub.publish(group, &payload).await;
+    }
+
+    /// [`Gateway::publish`], skipping the connections in `exclude`.
+    pub async fn publish_excluding(
+        &self,
+        group: &GroupName<'_>,
+        payload: Text,
+        exclude: Vec<protocol::cluster::ClientId>,
+    ) {
+        self.inner.api_publishes.fetch_add(1, Relaxed);
+        self.inner
+            .hub
+            .publish_excluding(group, &payload, exclude)
+            .await;
     }
 
     /// What the admin HTTP server serving this gateway counts (reported in its stats).
@@ -450,13 +492,19 @@ impl Gateway {
             memberships: workers.iter().map(|w| w.memberships).sum(),
             workers,
             api_publishes: self.inner.api_publishes.load(Relaxed),
-            bus: self.inner.hub.bus().status(),
+            bus: self
+                .inner
+                .hub
+                .bus()
+                .map(|bus| bus.status())
+                .unwrap_or_default(),
             embedded_broker: self
                 .inner
                 .embedded_broker
                 .as_ref()
                 .map(|e| e.broker.stats()),
             admin_http: self.inner.admin_http.snapshot(),
+            cluster: ClusterSnapshot::of(self.inner.hub.cluster()),
         }
     }
 }

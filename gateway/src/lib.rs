@@ -18,6 +18,9 @@
 //!   subscription bookkeeping every carrier shares ([`bus::interest`]); the limits applied to what
 //!   arrives ([`bus::inbound`]); the carriers over the built-in broker ([`bus::broker_link`])
 //!   and over NATS ([`bus::nats`]).
+//! - [`cluster`]: the cluster-wide API on top of the bus: node and client ids, uids, sends to
+//!   a uid, a client or everyone, presence events, heartbeats, and the cluster queries and orders
+//!   scattered to every gateway and gathered with the list of those that did not answer.
 //! - [`admin`]: the admin HTTP API (probes, `/metrics`, `/api/stats`, `POST /api/publish`, which
 //!   enters the same path as a client's send) and the demo page.
 //! - [`config`], [`credentials`] (link secret, TLS, join-token keys), [`stats`]: settings and
@@ -31,6 +34,7 @@
 
 pub mod admin;
 pub mod bus;
+pub mod cluster;
 mod cmd;
 pub mod config;
 pub mod credentials;

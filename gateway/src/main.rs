@@ -314,11 +314,12 @@ mod tests {
         assert_eq!(broker.max_frame_size, 7777);
         assert_eq!(broker.shutdown_timeout, s(8));
 
-        // Unset, they are the broker's defaults, but for a channel name as long as a group id.
+        // Unset, they are the broker's defaults, but for a channel name as long as a group id's
+        // cluster topic (its presence topic: 3 bytes more).
         let cli = parse(&["--max-group-id-len=2000"], &[]).cli;
         let broker = cli.config.embedded_broker_config();
         let defaults = broker::BrokerConfig::default();
-        assert_eq!(broker.max_channel_len, 2000);
+        assert_eq!(broker.max_channel_len, 2003);
         assert_eq!(
             format!(
                 "{:?}",

@@ -129,4 +129,50 @@ pub struct GatewaySnapshot {
     pub embedded_broker: Option<broker::StatsSnapshot>,
     /// The admin HTTP server's refusals and timeouts.
     pub admin_http: server_kit::admin_http::AdminHttpSnapshot,
+    /// This gateway in the cluster: its node id, the other live gateways, the cluster API's
+    /// counters.
+    pub cluster: ClusterSnapshot,
+}
+
+/// The cluster API as one gateway sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClusterSnapshot {
+    pub node: protocol::cluster::NodeId,
+    /// Other gateways heard from within `--node-timeout`.
+    pub other_nodes: u64,
+    pub heartbeats_in: u64,
+    pub queries: u64,
+    pub queries_partial: u64,
+    pub queries_refused: u64,
+    pub asks_answered: u64,
+    pub asks_refused: u64,
+    pub answers_late: u64,
+    pub control_invalid: u64,
+    pub sends_to_all: u64,
+    pub sends_to_uid: u64,
+    pub sends_to_client: u64,
+    pub presence_events: u64,
+}
+
+impl ClusterSnapshot {
+    pub fn of(cluster: &crate::cluster::Cluster) -> ClusterSnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = cluster.counters();
+        ClusterSnapshot {
+            node: cluster.node_id(),
+            other_nodes: cluster.nodes().live(cluster.settings().node_timeout).len() as u64,
+            heartbeats_in: c.heartbeats_in.load(Relaxed),
+            queries: c.queries.load(Relaxed),
+            queries_partial: c.queries_partial.load(Relaxed),
+            queries_refused: c.queries_refused.load(Relaxed),
+            asks_answered: c.asks_answered.load(Relaxed),
+            asks_refused: c.asks_refused.load(Relaxed),
+            answers_late: c.answers_late.load(Relaxed),
+            control_invalid: c.control_invalid.load(Relaxed),
+            sends_to_all: c.sends_to_all.load(Relaxed),
+            sends_to_uid: c.sends_to_uid.load(Relaxed),
+            sends_to_client: c.sends_to_client.load(Relaxed),
+            presence_events: c.presence_events.load(Relaxed),
+        }
+    }
 }

@@ -9,8 +9,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gateway::bus::{Bus, BusStatus, Node, SubscriptionChanges};
-use gateway::fanout::hub::{Delivery, Hub, Router};
+use bytes::Bytes;
+use gateway::bus::{Bus, BusStatus, Node, Payload, SubscriptionChanges};
+use gateway::cluster::{Cluster, ClusterSettings};
+use gateway::fanout::hub::{Delivery, Hub, Router, Work};
+use gateway::GatewayConfig;
+use protocol::cluster::NodeId;
 use protocol::{GroupId, GroupName, Text};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -28,16 +32,35 @@ fn name(group: &str) -> GroupName<'_> {
     GroupName::parse(group, MAX_GROUP_LEN).expect("a valid group name")
 }
 
-/// A router over `workers` inboxes of `capacity` deliveries each, and the inboxes' receivers.
-fn router(workers: usize, capacity: usize) -> (Router, Vec<mpsc::Receiver<Delivery>>) {
+/// The hub of a gateway whose router has `workers` inboxes of `capacity` deliveries each (what
+/// the bus sees as its node), and the inboxes' receivers.
+fn router(workers: usize, capacity: usize) -> (Arc<Hub>, Vec<mpsc::Receiver<Work>>) {
     let (senders, receivers) = (0..workers).map(|_| mpsc::channel(capacity)).unzip();
-    (Router::new(senders), receivers)
+    let cluster = Cluster::new(
+        NodeId(1),
+        ClusterSettings::from_config(&GatewayConfig::default()),
+    );
+    (Hub::new(Router::new(senders), cluster), receivers)
+}
+
+/// The delivery a worker's inbox holds next.
+fn delivery(work: Option<Work>) -> Delivery {
+    match work {
+        Some(Work::Deliver(delivery)) => delivery,
+        Some(Work::Run(_)) => panic!("a job, not a delivery"),
+        None => panic!("no delivery"),
+    }
 }
 
 /// The changes as sorted names: (subscribe, unsubscribe).
 fn names(changes: SubscriptionChanges) -> (Vec<String>, Vec<String>) {
+    // The cluster's own topics are not client groups.
     let sorted = |groups: Vec<GroupId>| {
-        let mut names: Vec<String> = groups.iter().map(|g| g.as_ref().to_owned()).collect();
+        let mut names: Vec<String> = groups
+            .iter()
+            .map(|g| g.as_ref().to_owned())
+            .filter(|g| !g.starts_with('\u{1f}'))
+            .collect();
         names.sort();
         names
     };
@@ -62,31 +85,49 @@ async fn first_join_anywhere_subscribes_and_last_leave_unsubscribes_once() {
     // A fresh connection takes every wanted group: none yet.
     assert_eq!(names(router.subscriptions(true)), nothing());
 
-    router.worker_joined(0, &id("g")).expect("no group limit");
+    router
+        .router()
+        .worker_joined(0, &id("g"))
+        .expect("no group limit");
     assert_eq!(names(router.subscriptions(false)), subscribe(&["g"]));
     // More workers with members of g: no change for the bus.
-    router.worker_joined(1, &id("g")).expect("no group limit");
-    router.worker_joined(2, &id("g")).expect("no group limit");
+    router
+        .router()
+        .worker_joined(1, &id("g"))
+        .expect("no group limit");
+    router
+        .router()
+        .worker_joined(2, &id("g"))
+        .expect("no group limit");
     assert_eq!(names(router.subscriptions(false)), nothing());
-    assert_eq!((router.group_count(), router.wanted()), (1, 1));
+    assert_eq!((router.router().group_count(), router.wanted()), (1, 1));
 
     // Workers leave one by one: only the last one unsubscribes.
-    router.worker_left(2, &id("g"));
-    router.worker_left(0, &id("g"));
+    router.router().worker_left(2, &id("g"));
+    router.router().worker_left(0, &id("g"));
     assert_eq!(names(router.subscriptions(false)), nothing());
-    router.worker_left(1, &id("g"));
+    router.router().worker_left(1, &id("g"));
     assert_eq!(names(router.subscriptions(false)), unsubscribe(&["g"]));
-    assert_eq!(router.group_count(), 0);
+    assert_eq!(router.router().group_count(), 0);
 
     // A worker leaving a group nobody has is not a change.
-    router.worker_left(1, &id("never-joined"));
+    router.router().worker_left(1, &id("never-joined"));
     assert_eq!(names(router.subscriptions(false)), nothing());
 
     // Between two looks by the carrier, a group's last change wins; each group appears once.
-    router.worker_joined(0, &id("a")).expect("no group limit");
-    router.worker_joined(1, &id("b")).expect("no group limit");
-    router.worker_left(1, &id("b"));
-    router.worker_joined(2, &id("c")).expect("no group limit");
+    router
+        .router()
+        .worker_joined(0, &id("a"))
+        .expect("no group limit");
+    router
+        .router()
+        .worker_joined(1, &id("b"))
+        .expect("no group limit");
+    router.router().worker_left(1, &id("b"));
+    router
+        .router()
+        .worker_joined(2, &id("c"))
+        .expect("no group limit");
     assert_eq!(
         names(router.subscriptions(false)),
         (vec!["a".into(), "c".into()], vec!["b".into()])
@@ -98,14 +139,20 @@ async fn only_first_joins_and_last_leaves_wake_the_carrier() {
     let (router, _inboxes) = router(2, 8);
     router.subscriptions(true);
 
-    router.worker_joined(0, &id("g")).expect("no group limit");
+    router
+        .router()
+        .worker_joined(0, &id("g"))
+        .expect("no group limit");
     timeout(PATIENCE, router.subscriptions_changed())
         .await
         .expect("a first join wakes the carrier");
     router.subscriptions(false);
 
-    router.worker_joined(1, &id("g")).expect("no group limit");
-    router.worker_left(0, &id("g"));
+    router
+        .router()
+        .worker_joined(1, &id("g"))
+        .expect("no group limit");
+    router.router().worker_left(0, &id("g"));
     assert!(
         timeout(PATIENCE, router.subscriptions_changed())
             .await
@@ -113,7 +160,7 @@ async fn only_first_joins_and_last_leaves_wake_the_carrier() {
         "neither a second worker's join nor a leave with members left is a change"
     );
 
-    router.worker_left(1, &id("g"));
+    router.router().worker_left(1, &id("g"));
     timeout(PATIENCE, router.subscriptions_changed())
         .await
         .expect("a last leave wakes the carrier");
@@ -122,17 +169,29 @@ async fn only_first_joins_and_last_leaves_wake_the_carrier() {
 #[tokio::test(start_paused = true)]
 async fn after_a_lost_connection_a_full_sync_wants_every_group_then_only_changes() {
     let (router, _inboxes) = router(2, 8);
-    router.worker_joined(0, &id("g1")).expect("no group limit");
-    router.worker_joined(1, &id("g2")).expect("no group limit");
+    router
+        .router()
+        .worker_joined(0, &id("g1"))
+        .expect("no group limit");
+    router
+        .router()
+        .worker_joined(1, &id("g2"))
+        .expect("no group limit");
     // The first connection: everything wanted so far.
     assert_eq!(names(router.subscriptions(true)), subscribe(&["g1", "g2"]));
-    router.worker_joined(0, &id("g3")).expect("no group limit");
+    router
+        .router()
+        .worker_joined(0, &id("g3"))
+        .expect("no group limit");
     assert_eq!(names(router.subscriptions(false)), subscribe(&["g3"]));
 
     // The connection is lost: changes meanwhile are not kept...
     router.subscriptions_lost();
-    router.worker_left(0, &id("g1"));
-    router.worker_joined(1, &id("g4")).expect("no group limit");
+    router.router().worker_left(0, &id("g1"));
+    router
+        .router()
+        .worker_joined(1, &id("g4"))
+        .expect("no group limit");
     assert_eq!(names(router.subscriptions(false)), nothing());
     // ...because the next connection takes every group still wanted, whatever happened.
     assert_eq!(
@@ -141,8 +200,11 @@ async fn after_a_lost_connection_a_full_sync_wants_every_group_then_only_changes
     );
     assert_eq!(router.wanted(), 3);
     // And then only changes again.
-    router.worker_joined(0, &id("g5")).expect("no group limit");
-    router.worker_left(1, &id("g2"));
+    router
+        .router()
+        .worker_joined(0, &id("g5"))
+        .expect("no group limit");
+    router.router().worker_left(1, &id("g2"));
     assert_eq!(
         names(router.subscriptions(false)),
         (vec!["g5".into()], vec!["g2".into()])
@@ -153,16 +215,23 @@ async fn after_a_lost_connection_a_full_sync_wants_every_group_then_only_changes
 #[tokio::test(start_paused = true)]
 async fn dispatch_reaches_each_interested_worker_once() {
     let (router, mut inboxes) = router(3, 8);
-    router.worker_joined(0, &id("g")).expect("no group limit");
-    router.worker_joined(2, &id("g")).expect("no group limit");
     router
+        .router()
+        .worker_joined(0, &id("g"))
+        .expect("no group limit");
+    router
+        .router()
+        .worker_joined(2, &id("g"))
+        .expect("no group limit");
+    router
+        .router()
         .worker_joined(1, &id("other"))
         .expect("no group limit");
 
     let payload = Text::from("hello");
-    assert_eq!(router.dispatch("g", &payload).await, 2);
+    assert_eq!(router.router().dispatch("g", &payload).await, 2);
     for worker in [0, 2] {
-        let delivery = inboxes[worker].try_recv().expect("a delivery");
+        let delivery = delivery(inboxes[worker].try_recv().ok());
         assert_eq!(delivery.group, id("g"));
         assert_eq!(delivery.payload.as_str(), "hello");
         assert!(inboxes[worker].try_recv().is_err(), "exactly one");
@@ -172,10 +241,12 @@ async fn dispatch_reaches_each_interested_worker_once() {
         "worker 1 has no member of g"
     );
 
-    assert_eq!(router.dispatch("nobody", &payload).await, 0);
+    assert_eq!(router.router().dispatch("nobody", &payload).await, 0);
     // A message from another gateway takes the same path.
-    router.deliver(name("other"), Text::from("relayed")).await;
-    let delivery = inboxes[1].try_recv().expect("the relayed message");
+    router
+        .deliver(name("other"), Payload::Text(Text::from("relayed")))
+        .await;
+    let delivery = delivery(inboxes[1].try_recv().ok());
     assert_eq!(delivery.payload.as_str(), "relayed");
     for inbox in &mut inboxes {
         assert!(inbox.try_recv().is_err(), "nothing else");
@@ -185,19 +256,24 @@ async fn dispatch_reaches_each_interested_worker_once() {
 #[tokio::test(start_paused = true)]
 async fn dispatch_waits_for_room_in_a_full_inbox_and_skips_a_stopped_worker() {
     let (router, mut inboxes) = router(2, 1);
-    let router = Arc::new(router);
-    router.worker_joined(0, &id("g")).expect("no group limit");
-    router.worker_joined(1, &id("g")).expect("no group limit");
-    assert_eq!(router.dispatch("g", &Text::from("first")).await, 2);
+    router
+        .router()
+        .worker_joined(0, &id("g"))
+        .expect("no group limit");
+    router
+        .router()
+        .worker_joined(1, &id("g"))
+        .expect("no group limit");
+    assert_eq!(router.router().dispatch("g", &Text::from("first")).await, 2);
 
     // Both inboxes are full: the publisher waits (backpressure) until worker 0 makes room...
     let second = tokio::spawn({
         let router = router.clone();
-        async move { router.dispatch("g", &Text::from("second")).await }
+        async move { router.router().dispatch("g", &Text::from("second")).await }
     });
     tokio::task::yield_now().await;
     assert!(!second.is_finished(), "the dispatch waits for room");
-    let first = inboxes[0].recv().await.expect("worker 0's first message");
+    let first = delivery(inboxes[0].recv().await);
     assert_eq!(first.payload.as_str(), "first");
     // ...and for worker 1, which stops instead: its message is not counted as delivered.
     drop(inboxes.remove(1));
@@ -206,7 +282,7 @@ async fn dispatch_waits_for_room_in_a_full_inbox_and_skips_a_stopped_worker() {
         .expect("the dispatch finishes once there is room")
         .expect("the dispatch task");
     assert_eq!(reached, 1);
-    let delivered = inboxes[0].recv().await.expect("worker 0's second message");
+    let delivered = delivery(inboxes[0].recv().await);
     assert_eq!(delivered.payload.as_str(), "second");
 }
 
@@ -217,11 +293,11 @@ struct RecordingBus {
 }
 
 impl Bus for RecordingBus {
-    fn publish(&self, group: &GroupName<'_>, payload: &Text) {
-        self.published
-            .lock()
-            .expect("not poisoned")
-            .push((group.as_str().to_owned(), payload.as_str().to_owned()));
+    fn publish(&self, group: &GroupName<'_>, payload: &Bytes) {
+        self.published.lock().expect("not poisoned").push((
+            group.as_str().to_owned(),
+            String::from_utf8_lossy(payload).into_owned(),
+        ));
     }
 
     fn status(&self) -> BusStatus {
@@ -231,11 +307,12 @@ impl Bus for RecordingBus {
 
 #[tokio::test(start_paused = true)]
 async fn a_send_goes_once_to_the_bus_and_once_to_each_local_worker() {
-    let (router, mut inboxes) = router(2, 8);
-    let router = Arc::new(router);
+    let (hub, mut inboxes) = router(2, 8);
     let bus = Arc::new(RecordingBus::default());
-    let hub = Hub::new(router.clone(), bus.clone());
-    router.worker_joined(1, &id("g")).expect("no group limit");
+    hub.set_bus(bus.clone());
+    hub.router()
+        .worker_joined(1, &id("g"))
+        .expect("no group limit");
 
     hub.publish(&name("g"), &Text::from("to everyone")).await;
     // Other gateways may have members even when this one has none.
@@ -249,7 +326,7 @@ async fn a_send_goes_once_to_the_bus_and_once_to_each_local_worker() {
             ("elsewhere".to_owned(), "to others only".to_owned()),
         ]
     );
-    let delivery = inboxes[1].try_recv().expect("the local delivery");
+    let delivery = delivery(inboxes[1].try_recv().ok());
     assert_eq!(delivery.payload.as_str(), "to everyone");
     assert!(inboxes[1].try_recv().is_err());
     assert!(inboxes[0].try_recv().is_err());

@@ -1,11 +1,24 @@
 //! The client protocol: JSON text frames on the WebSocket.
 //!
-//! Requests (the seed's two commands plus `leave_group`):
-//! `{"cmd":"add_group","group_id":G}`, `{"cmd":"leave_group","group_id":G}`,
-//! `{"cmd":"send_to_group","group_id":G,"message":M}`, each with an optional `"req_id"`.
+//! Requests, each with an optional `"req_id"`:
+//! - groups: `{"cmd":"add_group","group_id":G,"presence":B}` (`presence` optional),
+//!   `{"cmd":"leave_group","group_id":G}`;
+//! - sends: `{"cmd":"send_to_group","group_id":G,"message":M,"exclude":[C...]}`,
+//!   `{"cmd":"send_to_all","message":M,"exclude":[C...]}` (`exclude` optional),
+//!   `{"cmd":"send_to_uid","uid":U|[U...],"message":M}`,
+//!   `{"cmd":"send_to_client","client_id":C,"message":M}`;
+//! - identity: `{"cmd":"bind_uid","uid":U}`, `{"cmd":"unbind_uid"}`, `{"cmd":"whoami"}`,
+//!   `{"cmd":"auth","token":T}`;
+//! - queries: `{"cmd":"count","group_id":G}`,
+//!   `{"cmd":"members","group_id":G,"limit":N,"cursor":C|null}` (`limit`, `cursor` optional).
+//!
+//! Client ids `C` are strings ([`ClientId`]); uids `U` are strings or integers written plainly
+//! ([`Uid`]). Group ids given by clients may not start with [`RESERVED_PREFIX`].
+//!
 //! Replies: `{"cmd":"ack","req_id":R}` (only when the request had a `req_id`, so the seed's
-//! browser snippet sees nothing but group messages) and
-//! `{"cmd":"error","code":C,"reason":"...","req_id":R}` (always; `req_id` when known).
+//! browser snippet sees nothing but group messages),
+//! `{"cmd":"error","code":C,"reason":"...","req_id":R}` (always; `req_id` when known),
+//! [`whoami_reply`] and, for groups joined with `presence`, [`presence_event`]s.
 //! Group messages are delivered as the raw message text, unframed.
 //!
 //! [`parse_command`] borrows from the frame text wherever it can: a message string without escapes,
@@ -18,11 +31,19 @@ use std::borrow::{Borrow, Cow};
 use std::fmt;
 use std::sync::Arc;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
+
+use crate::cluster::{ClientId, Uid, DEFAULT_MAX_UID_LEN, RESERVED_PREFIX};
 
 /// Default limit on a group id, in bytes of UTF-8.
 pub const DEFAULT_MAX_GROUP_ID_LEN: usize = 256;
+/// Default limit on the uids of one `send_to_uid` and the client ids of one `exclude`.
+pub const DEFAULT_MAX_TARGETS: usize = 100;
+/// Default limit on a `members` page.
+pub const DEFAULT_MAX_PAGE_SIZE: u32 = 1000;
+/// A `members` page's size when the request gives no `limit` (at most the `max_page_size`).
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
 /// Longest accepted `req_id`, in bytes of its JSON text.
 pub const MAX_REQ_ID_LEN: usize = 64;
 /// The whitespace JSON allows around values.
@@ -115,6 +136,16 @@ pub enum GroupIdError {
          with a fraction or an exponent"
     )]
     NumberTooLarge,
+    #[error("group ids starting with U+001F are reserved for the gateways' own topics")]
+    Reserved,
+}
+
+/// Refuses the gateways' own topics as a client's group id.
+fn check_client_group(name: &str) -> Result<(), GroupIdError> {
+    if name.starts_with(RESERVED_PREFIX) {
+        return Err(GroupIdError::Reserved);
+    }
+    Ok(())
 }
 
 fn validate_group_name(name: &str, max_len: usize) -> Result<(), GroupIdError> {
@@ -145,17 +176,56 @@ impl<'a> ReqId<'a> {
 /// One parsed client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientCommand<'a> {
+    /// Joins a group; with `presence`, the connection also receives the group's join and leave
+    /// events ([`presence_event`]).
     AddGroup {
         group_id: GroupName<'a>,
+        presence: bool,
     },
     LeaveGroup {
         group_id: GroupName<'a>,
     },
     /// `message` is the exact text members receive: a JSON string's content, or the compact JSON
-    /// text of any other value.
+    /// text of any other value. Connections in `exclude` do not receive it (empty, not
+    /// allocated, when the request has none).
     SendToGroup {
         group_id: GroupName<'a>,
         message: Cow<'a, str>,
+        exclude: Vec<ClientId>,
+    },
+    /// `message` for every connection of the cluster but those in `exclude`.
+    SendToAll {
+        message: Cow<'a, str>,
+        exclude: Vec<ClientId>,
+    },
+    /// `message` for every connection bound to one of `uids` (1 to `max_targets`, distinct, in
+    /// the request's order).
+    SendToUid {
+        uids: Vec<Uid>,
+        message: Cow<'a, str>,
+    },
+    /// `message` for one connection, wherever in the cluster.
+    SendToClient {
+        client_id: ClientId,
+        message: Cow<'a, str>,
+    },
+    /// Binds the connection to a user id (replacing any previous one).
+    BindUid {
+        uid: Uid,
+    },
+    UnbindUid,
+    /// Asks for the connection's client id, uid and groups ([`whoami_reply`]).
+    Whoami,
+    /// Asks for the number of connections in a group, cluster-wide.
+    Count {
+        group_id: GroupName<'a>,
+    },
+    /// Asks for a page of a group's members: at most `limit` client ids after `cursor`, in
+    /// client id order.
+    Members {
+        group_id: GroupName<'a>,
+        limit: u32,
+        cursor: Option<ClientId>,
     },
     /// Presents a signed join token (a JWT) that grants the connection its rights. Only a
     /// gateway started with `--require-join-token` checks it.
@@ -180,11 +250,13 @@ pub enum ErrorCode {
     NotAnObject,
     /// A key appears twice in the object.
     DuplicateField,
-    /// `cmd`, `group_id` or `message` is missing.
+    /// A required field (`cmd`, `group_id`, `message`, `uid`, `client_id`, `token`) is missing.
     MissingField,
-    /// A field has the wrong type (`cmd` not a string, `req_id` not a string or integer, ...).
+    /// A field has the wrong type or value (`cmd` not a string, `req_id` not a string or
+    /// integer, a bad client id or uid, too many targets, `limit` out of range, ...).
     InvalidField,
-    /// `group_id` is empty, too long, or not a string or integer.
+    /// `group_id` is empty, too long, not a string or integer, or starts with the reserved
+    /// prefix (U+001F).
     InvalidGroupId,
     /// `cmd` names no known command.
     UnknownCmd,
@@ -275,12 +347,21 @@ impl fmt::Display for CommandError<'_> {
 #[derive(Debug, Clone, Copy)]
 pub struct ParseLimits {
     pub max_group_id_len: usize,
+    /// Longest uid, in bytes.
+    pub max_uid_len: usize,
+    /// Most uids in one `send_to_uid`, most client ids in one `exclude`.
+    pub max_targets: usize,
+    /// Largest `limit` of a `members` request.
+    pub max_page_size: u32,
 }
 
 impl Default for ParseLimits {
     fn default() -> Self {
         ParseLimits {
             max_group_id_len: DEFAULT_MAX_GROUP_ID_LEN,
+            max_uid_len: DEFAULT_MAX_UID_LEN,
+            max_targets: DEFAULT_MAX_TARGETS,
+            max_page_size: DEFAULT_MAX_PAGE_SIZE,
         }
     }
 }
@@ -312,7 +393,8 @@ pub struct Publish<'a> {
 
 /// Parses `{"group_id":G,"message":M}`: a `send_to_group` command without `cmd`, read by the same
 /// rules and answered with the same error codes (`not_an_object`, `duplicate_field`,
-/// `missing_field`, `invalid_group_id`, `invalid_field`). Other fields are ignored.
+/// `missing_field`, `invalid_group_id`, `invalid_field`). Other fields (`exclude` included) are
+/// ignored.
 pub fn parse_publish<'a>(
     text: &'a str,
     limits: &ParseLimits,
@@ -372,10 +454,212 @@ fn send_fields<'a>(
     limits: &ParseLimits,
 ) -> Result<(GroupName<'a>, Cow<'a, str>), CommandError<'a>> {
     let group_id = required_group_id(raw, limits)?;
+    Ok((group_id, required_message(raw)?))
+}
+
+fn required_message<'a>(raw: &RawCommand<'a>) -> Result<Cow<'a, str>, CommandError<'a>> {
     let message = raw
         .message
         .ok_or_else(|| CommandError::new(ErrorCode::MissingField, "`message` is required"))?;
-    Ok((group_id, message_text(message)?))
+    message_text(message)
+}
+
+fn invalid_field<'a>(reason: impl Into<String>) -> CommandError<'a> {
+    CommandError::new(ErrorCode::InvalidField, reason)
+}
+
+/// The optional `presence` of an `add_group`: a JSON boolean.
+fn presence_field<'a>(raw: &RawCommand<'a>) -> Result<bool, CommandError<'a>> {
+    match raw.presence.map(RawValue::get) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(invalid_field("`presence` must be true or false")),
+    }
+}
+
+/// The optional `exclude` of a send: an array of at most `max_targets` client id strings.
+/// Absent or empty, it is an empty `Vec`, not allocated.
+fn exclude_field<'a>(
+    raw: &RawCommand<'a>,
+    limits: &ParseLimits,
+) -> Result<Vec<ClientId>, CommandError<'a>> {
+    const WHAT: &str = "`exclude` must be an array of client id strings";
+    let Some(exclude) = raw.exclude else {
+        return Ok(Vec::new());
+    };
+    let items = raw_array(exclude, limits.max_targets).map_err(|e| match e {
+        ArrayError::NotAnArray => invalid_field(WHAT),
+        ArrayError::TooLong => invalid_field(format!(
+            "`exclude` may list at most {} client ids",
+            limits.max_targets
+        )),
+    })?;
+    items
+        .into_iter()
+        .map(|item| client_id_value(item, "exclude", WHAT))
+        .collect()
+}
+
+/// A client id given as a JSON string.
+fn client_id_value<'a>(
+    raw: &RawValue,
+    field: &str,
+    wrong_type: &str,
+) -> Result<ClientId, CommandError<'a>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return Err(invalid_field(wrong_type));
+    }
+    let text = json_string(text).map_err(|e| invalid_field(format!("`{field}`: {e}")))?;
+    text.parse()
+        .map_err(|e| invalid_field(format!("`{field}`: {e}")))
+}
+
+/// The required `client_id` of a `send_to_client`.
+fn client_id_field<'a>(raw: &RawCommand<'a>) -> Result<ClientId, CommandError<'a>> {
+    let client_id = raw
+        .client_id
+        .ok_or_else(|| CommandError::new(ErrorCode::MissingField, "`client_id` is required"))?;
+    client_id_value(client_id, "client_id", "`client_id` must be a string")
+}
+
+/// The required `uid` of a `send_to_uid`: one uid or an array of 1 to `max_targets`, made
+/// distinct keeping their first order.
+fn uids_field<'a>(
+    raw: &RawCommand<'a>,
+    limits: &ParseLimits,
+) -> Result<Vec<Uid>, CommandError<'a>> {
+    let uid = raw
+        .uid
+        .ok_or_else(|| CommandError::new(ErrorCode::MissingField, "`uid` is required"))?;
+    if !uid.get().starts_with('[') {
+        return Ok(vec![uid_value(uid, limits)?]);
+    }
+    let max = limits.max_targets;
+    let range = || invalid_field(format!("`uid` must list 1 to {max} uids"));
+    let items = raw_array(uid, max).map_err(|_| range())?;
+    if items.is_empty() {
+        return Err(range());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    let mut uids = Vec::with_capacity(items.len());
+    for item in items {
+        let uid = uid_value(item, limits)?;
+        if seen.insert(uid.clone()) {
+            uids.push(uid);
+        }
+    }
+    Ok(uids)
+}
+
+/// The required `uid` of a `bind_uid`: a single uid.
+fn uid_field<'a>(raw: &RawCommand<'a>, limits: &ParseLimits) -> Result<Uid, CommandError<'a>> {
+    let uid = raw
+        .uid
+        .ok_or_else(|| CommandError::new(ErrorCode::MissingField, "`uid` is required"))?;
+    uid_value(uid, limits)
+}
+
+/// One uid: a JSON string, or an integer written plainly (no fraction, no exponent), which
+/// stands for its decimal text (`-0` is `0`).
+fn uid_value<'a>(raw: &RawValue, limits: &ParseLimits) -> Result<Uid, CommandError<'a>> {
+    const WHAT: &str = "`uid` must be a string or an integer written without fraction or exponent";
+    let text = raw.get();
+    let name: Cow<'_, str> = match text.as_bytes().first() {
+        Some(b'"') => json_string(text).map_err(|e| invalid_field(format!("`uid`: {e}")))?,
+        Some(b'-' | b'0'..=b'9') => {
+            if text.contains(['.', 'e', 'E']) {
+                return Err(invalid_field(WHAT));
+            }
+            if text.parse::<i64>().is_err() && text.parse::<u64>().is_err() {
+                return Err(invalid_field("a numeric `uid` must fit in 64 bits"));
+            }
+            Cow::Borrowed(if text == "-0" { "0" } else { text })
+        }
+        _ => return Err(invalid_field(WHAT)),
+    };
+    Uid::new(&name, limits.max_uid_len).map_err(|e| invalid_field(format!("`uid`: {e}")))
+}
+
+/// The optional `limit` of a `members`: an integer from 1 to `max_page_size`.
+fn limit_field<'a>(raw: &RawCommand<'a>, limits: &ParseLimits) -> Result<u32, CommandError<'a>> {
+    let max = limits.max_page_size;
+    let Some(limit) = raw.limit else {
+        return Ok(DEFAULT_PAGE_SIZE.min(max));
+    };
+    let text = limit.get();
+    let value = if text.bytes().all(|b| b.is_ascii_digit()) {
+        // Digits only: too many of them for a u32 is simply out of range.
+        text.parse::<u32>().unwrap_or(u32::MAX)
+    } else {
+        0
+    };
+    if value == 0 || value > max {
+        return Err(invalid_field(format!(
+            "`limit` must be an integer from 1 to {max}"
+        )));
+    }
+    Ok(value)
+}
+
+/// The optional `cursor` of a `members`: a client id string, or null.
+fn cursor_field<'a>(raw: &RawCommand<'a>) -> Result<Option<ClientId>, CommandError<'a>> {
+    match raw.cursor {
+        None => Ok(None),
+        Some(cursor) if cursor.get() == "null" => Ok(None),
+        Some(cursor) => client_id_value(
+            cursor,
+            "cursor",
+            "`cursor` must be a client id string or null",
+        )
+        .map(Some),
+    }
+}
+
+/// Why a value is not an acceptable array.
+enum ArrayError {
+    NotAnArray,
+    /// More than the allowed number of items.
+    TooLong,
+}
+
+/// The items of a JSON array of at most `max` items, as raw values borrowed from its text.
+/// Reading stops at the item past `max`.
+fn raw_array(raw: &RawValue, max: usize) -> Result<Vec<&RawValue>, ArrayError> {
+    struct Items(usize);
+
+    impl<'de> Visitor<'de> for Items {
+        type Value = Result<Vec<&'de RawValue>, ArrayError>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                if items.len() == self.0 {
+                    // Stop reading: the deserializer then reports the unread rest, which is
+                    // not looked at.
+                    return Ok(Err(ArrayError::TooLong));
+                }
+                items.push(item);
+            }
+            Ok(Ok(items))
+        }
+    }
+
+    let text = raw.get();
+    if !text.starts_with('[') {
+        return Err(ArrayError::NotAnArray);
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    match de::Deserializer::deserialize_seq(&mut de, Items(max)) {
+        Ok(result) => result,
+        // Only reachable when the array was left unread (too long): the raw value is valid
+        // JSON.
+        Err(_) => Err(ArrayError::TooLong),
+    }
 }
 
 fn parse_fields<'a>(
@@ -395,21 +679,52 @@ fn parse_fields<'a>(
     match cmd {
         "add_group" => Ok(ClientCommand::AddGroup {
             group_id: required_group_id(raw, limits)?,
+            presence: presence_field(raw)?,
         }),
         "leave_group" => Ok(ClientCommand::LeaveGroup {
             group_id: required_group_id(raw, limits)?,
         }),
         "send_to_group" => {
             let (group_id, message) = send_fields(raw, limits)?;
-            Ok(ClientCommand::SendToGroup { group_id, message })
+            Ok(ClientCommand::SendToGroup {
+                group_id,
+                message,
+                exclude: exclude_field(raw, limits)?,
+            })
         }
+        "send_to_all" => Ok(ClientCommand::SendToAll {
+            message: required_message(raw)?,
+            exclude: exclude_field(raw, limits)?,
+        }),
+        "send_to_uid" => Ok(ClientCommand::SendToUid {
+            uids: uids_field(raw, limits)?,
+            message: required_message(raw)?,
+        }),
+        "send_to_client" => Ok(ClientCommand::SendToClient {
+            client_id: client_id_field(raw)?,
+            message: required_message(raw)?,
+        }),
+        "bind_uid" => Ok(ClientCommand::BindUid {
+            uid: uid_field(raw, limits)?,
+        }),
+        "unbind_uid" => Ok(ClientCommand::UnbindUid),
+        "whoami" => Ok(ClientCommand::Whoami),
+        "count" => Ok(ClientCommand::Count {
+            group_id: required_group_id(raw, limits)?,
+        }),
+        "members" => Ok(ClientCommand::Members {
+            group_id: required_group_id(raw, limits)?,
+            limit: limit_field(raw, limits)?,
+            cursor: cursor_field(raw)?,
+        }),
         "auth" => Ok(ClientCommand::Auth {
             token: token_field(raw)?,
         }),
         other => Err(CommandError::new(
             ErrorCode::UnknownCmd,
             format!(
-                "unknown cmd {:?}; expected add_group, leave_group, send_to_group or auth",
+                "unknown cmd {:?}; expected add_group, leave_group, send_to_group, send_to_all, \
+                 send_to_uid, send_to_client, bind_uid, unbind_uid, whoami, count, members or auth",
                 truncate(other, 64)
             ),
         )),
@@ -460,7 +775,8 @@ fn parse_req_id<'a>(raw: &'a RawValue) -> Result<ReqId<'a>, CommandError<'a>> {
     Ok(ReqId(text))
 }
 
-/// `"123"`, `123` and `123.0` name the same group, as in the original.
+/// `"123"`, `123` and `123.0` name the same group, as in the original. Refuses the reserved
+/// prefix.
 fn parse_group_id<'a>(raw: &'a RawValue, max_len: usize) -> Result<GroupName<'a>, GroupIdError> {
     let text = raw.get();
     let name: Cow<'a, str> = match text.as_bytes().first() {
@@ -474,6 +790,7 @@ fn parse_group_id<'a>(raw: &'a RawValue, max_len: usize) -> Result<GroupName<'a>
         _ => return Err(GroupIdError::WrongType("null")),
     };
     validate_group_name(&name, max_len)?;
+    check_client_group(&name)?;
     Ok(GroupName(name))
 }
 
@@ -647,6 +964,12 @@ struct RawCommand<'a> {
     message: Option<&'a RawValue>,
     req_id: Option<&'a RawValue>,
     token: Option<&'a RawValue>,
+    presence: Option<&'a RawValue>,
+    exclude: Option<&'a RawValue>,
+    uid: Option<&'a RawValue>,
+    client_id: Option<&'a RawValue>,
+    limit: Option<&'a RawValue>,
+    cursor: Option<&'a RawValue>,
     duplicate: Option<&'static str>,
 }
 
@@ -668,6 +991,12 @@ impl<'de> de::Deserialize<'de> for RawCommand<'de> {
                     message: None,
                     req_id: None,
                     token: None,
+                    presence: None,
+                    exclude: None,
+                    uid: None,
+                    client_id: None,
+                    limit: None,
+                    cursor: None,
                     duplicate: None,
                 };
                 while let Some(key) = map.next_key::<Key>()? {
@@ -677,6 +1006,12 @@ impl<'de> de::Deserialize<'de> for RawCommand<'de> {
                         Key::Message => (&mut out.message, "message"),
                         Key::ReqId => (&mut out.req_id, "req_id"),
                         Key::Token => (&mut out.token, "token"),
+                        Key::Presence => (&mut out.presence, "presence"),
+                        Key::Exclude => (&mut out.exclude, "exclude"),
+                        Key::Uid => (&mut out.uid, "uid"),
+                        Key::ClientId => (&mut out.client_id, "client_id"),
+                        Key::Limit => (&mut out.limit, "limit"),
+                        Key::Cursor => (&mut out.cursor, "cursor"),
                         Key::Other => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
@@ -703,6 +1038,12 @@ enum Key {
     Message,
     ReqId,
     Token,
+    Presence,
+    Exclude,
+    Uid,
+    ClientId,
+    Limit,
+    Cursor,
     Other,
 }
 
@@ -724,6 +1065,12 @@ impl<'de> de::Deserialize<'de> for Key {
                     "message" => Key::Message,
                     "req_id" => Key::ReqId,
                     "token" => Key::Token,
+                    "presence" => Key::Presence,
+                    "exclude" => Key::Exclude,
+                    "uid" => Key::Uid,
+                    "client_id" => Key::ClientId,
+                    "limit" => Key::Limit,
+                    "cursor" => Key::Cursor,
                     _ => Key::Other,
                 })
             }
@@ -750,25 +1097,163 @@ pub fn error_reply(code: ErrorCode, reason: &str, req_id: Option<ReqId<'_>>) -> 
     }
 }
 
-/// Builds request frames, for clients such as client-cli.
+/// Whether a [`presence_event`] tells of a join or a leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PresenceKind {
+    Join,
+    Leave,
+}
+
+impl PresenceKind {
+    /// The event's `cmd`: `join` or `leave`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceKind::Join => "join",
+            PresenceKind::Leave => "leave",
+        }
+    }
+}
+
+/// `text` as a JSON string literal, appended to `out`.
+fn push_json_str(out: &mut String, text: &str) {
+    out.push_str(&serde_json::Value::from(text).to_string());
+}
+
+fn push_json_uid(out: &mut String, uid: Option<&Uid>) {
+    match uid {
+        Some(uid) => push_json_str(out, uid.as_str()),
+        None => out.push_str("null"),
+    }
+}
+
+/// `{"cmd":"whoami","client_id":C,"uid":U|null,"groups":[G...],"req_id":R}` (`req_id` only
+/// when given).
+pub fn whoami_reply(
+    client_id: &ClientId,
+    uid: Option<&Uid>,
+    groups: &[&str],
+    req_id: Option<ReqId<'_>>,
+) -> String {
+    let mut out = String::with_capacity(64 + groups.iter().map(|g| g.len() + 3).sum::<usize>());
+    out.push_str(r#"{"cmd":"whoami","client_id":""#);
+    out.push_str(&client_id.to_string());
+    out.push_str(r#"","uid":"#);
+    push_json_uid(&mut out, uid);
+    out.push_str(r#","groups":["#);
+    for (i, group) in groups.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(&mut out, group);
+    }
+    out.push(']');
+    if let Some(r) = req_id {
+        out.push_str(r#","req_id":"#);
+        out.push_str(r.as_json());
+    }
+    out.push('}');
+    out
+}
+
+/// `{"cmd":"join"|"leave","group_id":G,"client_id":C,"uid":U|null}`: a member joined or left a
+/// group, sent to the group's members that asked for presence.
+pub fn presence_event(
+    kind: PresenceKind,
+    group: &str,
+    client_id: &ClientId,
+    uid: Option<&Uid>,
+) -> String {
+    let mut out = String::with_capacity(96 + group.len());
+    out.push_str(r#"{"cmd":""#);
+    out.push_str(kind.as_str());
+    out.push_str(r#"","group_id":"#);
+    push_json_str(&mut out, group);
+    out.push_str(r#","client_id":""#);
+    out.push_str(&client_id.to_string());
+    out.push_str(r#"","uid":"#);
+    push_json_uid(&mut out, uid);
+    out.push('}');
+    out
+}
+
+/// Builds request frames, for clients such as client-cli. Optional fields are written only
+/// when they differ from their default (`presence` when true, `exclude` when not empty, `cursor`
+/// when given); `limit` always; `uid` as a string when there is one, an array otherwise.
 pub fn request_json(command: &ClientCommand<'_>, req_id: Option<u64>) -> String {
+    use serde_json::Value;
+    let client_ids =
+        |ids: &[ClientId]| Value::Array(ids.iter().map(|c| c.to_string().into()).collect());
     let mut obj = serde_json::Map::new();
+    let cmd = match command {
+        ClientCommand::AddGroup { .. } => "add_group",
+        ClientCommand::LeaveGroup { .. } => "leave_group",
+        ClientCommand::SendToGroup { .. } => "send_to_group",
+        ClientCommand::SendToAll { .. } => "send_to_all",
+        ClientCommand::SendToUid { .. } => "send_to_uid",
+        ClientCommand::SendToClient { .. } => "send_to_client",
+        ClientCommand::BindUid { .. } => "bind_uid",
+        ClientCommand::UnbindUid => "unbind_uid",
+        ClientCommand::Whoami => "whoami",
+        ClientCommand::Count { .. } => "count",
+        ClientCommand::Members { .. } => "members",
+        ClientCommand::Auth { .. } => "auth",
+    };
+    obj.insert("cmd".into(), cmd.into());
     match command {
-        ClientCommand::AddGroup { group_id } => {
-            obj.insert("cmd".into(), "add_group".into());
+        ClientCommand::AddGroup { group_id, presence } => {
+            obj.insert("group_id".into(), group_id.as_str().into());
+            if *presence {
+                obj.insert("presence".into(), true.into());
+            }
+        }
+        ClientCommand::LeaveGroup { group_id } | ClientCommand::Count { group_id } => {
             obj.insert("group_id".into(), group_id.as_str().into());
         }
-        ClientCommand::LeaveGroup { group_id } => {
-            obj.insert("cmd".into(), "leave_group".into());
-            obj.insert("group_id".into(), group_id.as_str().into());
-        }
-        ClientCommand::SendToGroup { group_id, message } => {
-            obj.insert("cmd".into(), "send_to_group".into());
+        ClientCommand::SendToGroup {
+            group_id,
+            message,
+            exclude,
+        } => {
             obj.insert("group_id".into(), group_id.as_str().into());
             obj.insert("message".into(), message.as_ref().into());
+            if !exclude.is_empty() {
+                obj.insert("exclude".into(), client_ids(exclude));
+            }
+        }
+        ClientCommand::SendToAll { message, exclude } => {
+            obj.insert("message".into(), message.as_ref().into());
+            if !exclude.is_empty() {
+                obj.insert("exclude".into(), client_ids(exclude));
+            }
+        }
+        ClientCommand::SendToUid { uids, message } => {
+            let uid = match uids.as_slice() {
+                [one] => one.as_str().into(),
+                many => Value::Array(many.iter().map(|u| u.as_str().into()).collect()),
+            };
+            obj.insert("uid".into(), uid);
+            obj.insert("message".into(), message.as_ref().into());
+        }
+        ClientCommand::SendToClient { client_id, message } => {
+            obj.insert("client_id".into(), client_id.to_string().into());
+            obj.insert("message".into(), message.as_ref().into());
+        }
+        ClientCommand::BindUid { uid } => {
+            obj.insert("uid".into(), uid.as_str().into());
+        }
+        ClientCommand::UnbindUid | ClientCommand::Whoami => {}
+        ClientCommand::Members {
+            group_id,
+            limit,
+            cursor,
+        } => {
+            obj.insert("group_id".into(), group_id.as_str().into());
+            obj.insert("limit".into(), (*limit).into());
+            if let Some(cursor) = cursor {
+                obj.insert("cursor".into(), cursor.to_string().into());
+            }
         }
         ClientCommand::Auth { token } => {
-            obj.insert("cmd".into(), "auth".into());
             obj.insert("token".into(), token.as_ref().into());
         }
     }
@@ -791,9 +1276,19 @@ pub struct Reply {
 }
 
 impl<'a> GroupName<'a> {
-    /// Validates a group id given as text (e.g. on a command line).
+    /// Validates a group id given as text. Permissive: accepts the gateways' own topics (names
+    /// starting with [`RESERVED_PREFIX`]); see [`GroupName::parse_client`].
     pub fn parse(name: &'a str, max_len: usize) -> Result<GroupName<'a>, GroupIdError> {
         validate_group_name(name, max_len)?;
+        Ok(GroupName(Cow::Borrowed(name)))
+    }
+
+    /// Validates a group id a client or an operator gave (on a command line, in a URL or an
+    /// admin path): as [`GroupName::parse`], and refuses [`RESERVED_PREFIX`]
+    /// ([`GroupIdError::Reserved`]).
+    pub fn parse_client(name: &'a str, max_len: usize) -> Result<GroupName<'a>, GroupIdError> {
+        validate_group_name(name, max_len)?;
+        check_client_group(name)?;
         Ok(GroupName(Cow::Borrowed(name)))
     }
 }

@@ -326,6 +326,9 @@ pub enum Control {
 /// What a node announces about itself in its heartbeats.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
+    /// Its `--node-name`.
+    #[serde(default)]
+    pub name: String,
     /// Where its clients connect, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ws: Option<String>,

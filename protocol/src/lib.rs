@@ -6,8 +6,9 @@
 //!   strings on the wire.
 //! - [`link_auth`]: the broker link's challenge-response authentication (HMAC-SHA256 over a
 //!   shared secret).
-//! - [`client`]: the JSON commands WebSocket clients send (`add_group`, `leave_group`,
-//!   `send_to_group`), the validated [`GroupId`], and the JSON replies (`ack`, `error`).
+//! - [`client`]: the JSON commands WebSocket clients send (groups, sends to a group, to all, to
+//!   uids or to one client, uid binding, `whoami`, `count`, `members`, `auth`), the validated
+//!   [`GroupId`], and the JSON replies and events (`ack`, `error`, `whoami`, `join`/`leave`).
 //! - [`cluster`]: what gateways tell each other about the cluster: node and client ids, uids,
 //!   heartbeats, the cluster API's questions and answers ([`cluster::ControlFrame`]), and the
 //!   reserved topics they travel on.
@@ -30,7 +31,7 @@ pub mod text;
 
 pub use client::{
     parse_command, parse_publish, ClientCommand, CommandError, ErrorCode, GroupId, GroupIdError,
-    GroupName, ParseLimits, Publish, ReqId, Request,
+    GroupName, ParseLimits, PresenceKind, Publish, ReqId, Request,
 };
 pub use codec::{FrameError, LinkCodec, DEFAULT_MAX_FRAME_SIZE};
 pub use envelope::{Envelope, EnvelopeError};

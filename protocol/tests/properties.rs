@@ -19,7 +19,7 @@ fn numeric_group(number: &str) -> Result<Option<String>, TestCaseError> {
     let text = format!(r#"{{"cmd":"add_group","group_id":{number}}}"#);
     match parse_command(&text, &ParseLimits::default()) {
         Ok(request) => match request.command {
-            ClientCommand::AddGroup { group_id } => Ok(Some(group_id.as_str().to_owned())),
+            ClientCommand::AddGroup { group_id, .. } => Ok(Some(group_id.as_str().to_owned())),
             other => Err(TestCaseError::fail(format!("{number}: {other:?}"))),
         },
         Err(e) => {
@@ -230,12 +230,12 @@ proptest! {
     }
 
     #[test]
-    fn valid_commands_round_trip(group in "[^\u{0}]{1,64}", message in ".{0,200}", kind in 0..3u8, req_id in proptest::option::of(any::<u64>())) {
+    fn valid_commands_round_trip(group in "[^\u{0}\u{1f}][^\u{0}]{0,63}", message in ".{0,200}", kind in 0..3u8, req_id in proptest::option::of(any::<u64>())) {
         let group_id = GroupName::parse(&group, 256).unwrap();
         let command = match kind {
-            0 => ClientCommand::AddGroup { group_id },
+            0 => ClientCommand::AddGroup { group_id, presence: false },
             1 => ClientCommand::LeaveGroup { group_id },
-            _ => ClientCommand::SendToGroup { group_id, message: message.as_str().into() },
+            _ => ClientCommand::SendToGroup { group_id, message: message.as_str().into(), exclude: vec![] },
         };
         let text = request_json(&command, req_id);
         let parsed = parse_command(&text, &ParseLimits::default()).unwrap();

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use anyhow::Result;
 use bytes::Bytes;
 use gateway::bus::interest::Subscriptions;
-use gateway::bus::{Bus, BusStatus, Node, SubscriptionChanges};
+use gateway::bus::{Bus, BusStatus, Node, Payload, SubscriptionChanges};
 use parking_lot::Mutex;
-use protocol::{GroupId, GroupName, Text};
+use protocol::{GroupId, GroupName};
 use tokio::sync::Notify;
 
 use crate::{wait_for_state, STATS_TIMEOUT};
@@ -60,7 +60,7 @@ impl FakeNode {
 }
 
 impl Node for FakeNode {
-    async fn deliver(&self, group: GroupName<'_>, payload: Text) {
+    async fn deliver(&self, group: GroupName<'_>, payload: Payload) {
         while self.stalled.load(Relaxed) {
             let unstalled = self.unstalled.notified();
             if !self.stalled.load(Relaxed) {
@@ -68,9 +68,13 @@ impl Node for FakeNode {
             }
             unstalled.await;
         }
+        let text = match &payload {
+            Payload::Text(text) => text.as_str().to_owned(),
+            Payload::Control(bytes) => format!("control frame of {} bytes", bytes.len()),
+        };
         self.delivered
             .lock()
-            .push((group.as_str().to_owned(), payload.as_str().to_owned()));
+            .push((group.as_str().to_owned(), text));
     }
 
     fn subscriptions(&self, full: bool) -> SubscriptionChanges {
@@ -110,6 +114,5 @@ pub async fn wait_for_status(
 /// Publishes `text` to `group` through `bus`, as a client's send does.
 pub fn publish(bus: &Arc<dyn Bus>, group: &str, text: &str) {
     let group = GroupName::parse(group, 1024).expect("group");
-    let text = Text::new(Bytes::copy_from_slice(text.as_bytes())).expect("text");
-    bus.publish(&group, &text);
+    bus.publish(&group, &Bytes::copy_from_slice(text.as_bytes()));
 }

@@ -124,7 +124,8 @@ impl NatsServer {
     }
 
     /// Like [`NatsServer::subscriptions`], but one entry per subscription, sorted: a subject
-    /// subscribed twice by a connection is listed twice.
+    /// subscribed twice by a connection is listed twice. Group subjects only: the gateways'
+    /// cluster topics (group token starting `~1F`, U+001F) are left out.
     pub async fn subscription_lists(&self) -> Result<BTreeMap<String, Vec<String>>> {
         let connz = self.monitor.get_json("/connz?subs=1&limit=100000").await?;
         let mut by_client: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -136,15 +137,20 @@ impl NatsServer {
                 .into_iter()
                 .flatten()
             {
-                subjects.extend(subject.as_str().map(str::to_owned));
+                subjects.extend(
+                    subject
+                        .as_str()
+                        .filter(|s| !is_cluster_topic(s))
+                        .map(str::to_owned),
+                );
             }
             subjects.sort();
         }
         Ok(by_client)
     }
 
-    /// The subjects the other nodes of its cluster told it they have interest in
-    /// (`/routez?subs=1`): what it forwards to them.
+    /// The group subjects the other nodes of its cluster told it they have interest in
+    /// (`/routez?subs=1`): what it forwards to them (cluster topics left out).
     pub async fn route_subjects(&self) -> Result<BTreeSet<String>> {
         let routez = self.monitor.get_json("/routez?subs=1").await?;
         Ok(routez["routes"]
@@ -153,6 +159,7 @@ impl NatsServer {
             .flatten()
             .flat_map(|route| route["subscriptions_list"].as_array().into_iter().flatten())
             .filter_map(|subject| subject.as_str().map(str::to_owned))
+            .filter(|subject| !is_cluster_topic(subject))
             .collect())
     }
 
@@ -243,4 +250,10 @@ impl NatsCluster {
         }
         Ok(merged)
     }
+}
+
+/// Whether `subject` is one of the gateways' cluster topics (heartbeats, node, uid and presence
+/// topics) rather than a group's.
+pub fn is_cluster_topic(subject: &str) -> bool {
+    subject.contains(".g.~1F")
 }

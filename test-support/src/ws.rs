@@ -560,6 +560,10 @@ fn reply_kind(text: &str, req_id: u64) -> Option<&'static str> {
     match reply.get("cmd")?.as_str()? {
         "ack" => Some("ack"),
         "error" => Some("error"),
+        // Commands that answer with data.
+        "whoami" => Some("whoami"),
+        "count" => Some("count"),
+        "members" => Some("members"),
         _ => None,
     }
 }

@@ -49,6 +49,37 @@ pub fn encode_snapshot(s: &GatewaySnapshot, encoder: &mut DescriptorEncoder<'_>)
         "Handshakes refused with 403 for an Origin not in the allowlist.",
         sum(|w| w.origin_rejections),
     )?;
+    let c = &s.cluster;
+    gauge(
+        e,
+        "gateway_cluster_other_nodes",
+        "Other gateways heard from within node-timeout.",
+        c.other_nodes,
+    )?;
+    counter(
+        e,
+        "gateway_cluster_queries",
+        "Cluster queries and orders this gateway scattered to the others.",
+        c.queries,
+    )?;
+    counter(
+        e,
+        "gateway_cluster_queries_partial",
+        "Cluster queries answered without every gateway (some missing).",
+        c.queries_partial,
+    )?;
+    counter(
+        e,
+        "gateway_cluster_asks_refused",
+        "Questions from other gateways refused: too many being answered at once.",
+        c.asks_refused,
+    )?;
+    counter(
+        e,
+        "gateway_cluster_control_invalid",
+        "Control frames from the bus that could not be read or did not belong to their topic.",
+        c.control_invalid,
+    )?;
     gauge(
         e,
         "gateway_client_sockets",
@@ -343,10 +374,29 @@ mod tests {
             },
             embedded_broker: None,
             admin_http: Default::default(),
+            cluster: crate::stats::ClusterSnapshot {
+                node: protocol::cluster::NodeId(1),
+                other_nodes: 2,
+                heartbeats_in: 0,
+                queries: 10,
+                queries_partial: 1,
+                queries_refused: 0,
+                asks_answered: 0,
+                asks_refused: 0,
+                answers_late: 0,
+                control_invalid: 0,
+                sends_to_all: 0,
+                sends_to_uid: 0,
+                sends_to_client: 0,
+                presence_events: 0,
+            },
         });
         for line in [
             "# TYPE gateway_connections gauge",
             "gateway_connections{worker=\"0\"} 2",
+            "gateway_cluster_other_nodes 2",
+            "gateway_cluster_queries_total 10",
+            "gateway_cluster_queries_partial_total 1",
             "gateway_connections{worker=\"1\"} 3",
             "# TYPE gateway_sends counter",
             "gateway_sends_total 9",

@@ -2,15 +2,18 @@
 //!
 //! - `GET /healthz`, `GET /readyz`: probes. `GET /metrics`: OpenMetrics text ([`metrics`]).
 //! - `GET /api/stats`: [`GatewaySnapshot`](crate::stats::GatewaySnapshot) as JSON.
-//! - `POST /api/publish`: `{"group_id":G,"message":M}` or an array of them, delivered through
-//!   [`Gateway::publish`] exactly like a client's `send_to_group`. A batch is validated whole
-//!   before anything is published.
+//! - `POST /api/publish`: `{"group_id":G,"message":M,"exclude":[...]}` or an array of them,
+//!   delivered through [`Gateway::publish`] exactly like a client's `send_to_group`. A batch is
+//!   validated whole before anything is published.
+//! - the cluster API ([`cluster`]): sends to everyone, a uid or a client; orders by client id or
+//!   uid; lookups of clients, uids, groups, members and the live gateways.
 //!
 //! `/api/*` requires `Authorization: Bearer TOKEN` when [`AdminConfig::api_token`] is set; the
 //! probes and `/metrics` stay open. Without a token the admin server may only listen on a
 //! loopback address ([`check_exposure`], enforced by [`AdminConfig::validate`]). Every error,
 //! axum's own rejections included, is answered as `{"error":{"code":C,"reason":R}}`.
 
+mod cluster;
 pub mod demo;
 pub mod metrics;
 
@@ -160,7 +163,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, reason: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        reason: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -206,13 +213,13 @@ pub struct Published {
 }
 
 #[derive(Debug)]
-struct AdminState {
+pub(crate) struct AdminState {
     gateway: Gateway,
     config: AdminConfig,
     registry: Registry,
 }
 
-type Shared = Arc<AdminState>;
+pub(crate) type Shared = Arc<AdminState>;
 
 pub fn router(gateway: Gateway, config: AdminConfig) -> Router {
     let body_limit = DefaultBodyLimit::max(config.api_max_body_size);
@@ -224,6 +231,21 @@ pub fn router(gateway: Gateway, config: AdminConfig) -> Router {
     let api = Router::new()
         .route("/api/stats", get(stats))
         .route("/api/publish", post(publish))
+        .route("/api/send_to_all", post(cluster::send_to_all))
+        .route("/api/send_to_uid", post(cluster::send_to_uid))
+        .route("/api/send_to_client", post(cluster::send_to_client))
+        .route("/api/bind_uid", post(cluster::bind_uid))
+        .route("/api/unbind_uid", post(cluster::unbind_uid))
+        .route("/api/join_group", post(cluster::join_group))
+        .route("/api/leave_group", post(cluster::leave_group))
+        .route("/api/ungroup", post(cluster::ungroup))
+        .route("/api/close_client", post(cluster::close_client))
+        .route("/api/clients/{client_id}", get(cluster::client))
+        .route("/api/uids/{uid}", get(cluster::uid))
+        .route("/api/groups", get(cluster::groups))
+        .route("/api/groups/{group_id}", get(cluster::group))
+        .route("/api/groups/{group_id}/members", get(cluster::members))
+        .route("/api/nodes", get(cluster::nodes))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(body_limit);
     Router::new()
@@ -251,8 +273,17 @@ async fn metrics(State(state): State<Shared>) -> Response {
     server_kit::metrics::scrape(&state.registry)
 }
 
+/// This gateway's stats, and under `cluster_totals` the whole cluster's connections and
+/// memberships (with the gateways that answered).
 async fn stats(State(state): State<Shared>) -> Response {
-    Json(state.gateway.stats()).into_response()
+    let mut stats = serde_json::to_value(state.gateway.stats()).unwrap_or_default();
+    if let serde_json::Value::Object(fields) = &mut stats {
+        fields.insert(
+            "cluster_totals".into(),
+            cluster::cluster_totals(&state).await,
+        );
+    }
+    Json(stats).into_response()
 }
 
 async fn publish(
@@ -285,22 +316,68 @@ async fn publish(
     let limits = PublishLimits {
         parse: ParseLimits {
             max_group_id_len: config.max_group_id_len,
+            max_uid_len: config.max_uid_len,
+            max_targets: config.max_targets,
+            max_page_size: config.max_page_size,
         },
         max_message_size: config.max_message_size,
         max_batch: state.config.api_max_batch,
     };
     let items = parse_body(text, &limits)?;
+    let excludes = exclude_lists(text, config.max_targets)?;
     let published = items.len();
-    for item in items {
+    for (index, item) in items.into_iter().enumerate() {
         let payload = Text::from(item.message.into_owned());
-        state.gateway.publish(&item.group_id, payload).await;
+        let exclude = excludes.get(index).cloned().unwrap_or_default();
+        state
+            .gateway
+            .publish_excluding(&item.group_id, payload, exclude)
+            .await;
     }
     tracing::debug!(published, "published through the admin API");
     Ok(Json(Published { published }))
 }
 
+/// The `exclude` list of each publish of a body (already parsed as publishes).
+fn exclude_lists(
+    text: &str,
+    max: usize,
+) -> Result<Vec<Vec<protocol::cluster::ClientId>>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Exclude {
+        #[serde(default)]
+        exclude: Vec<protocol::cluster::ClientId>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Body {
+        Many(Vec<Exclude>),
+        One(Exclude),
+    }
+    let body: Body = serde_json::from_str(text).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidField.as_str(),
+            format!("`exclude` must be an array of client ids: {e}"),
+        )
+    })?;
+    let lists: Vec<_> = match body {
+        Body::Many(items) => items.into_iter().map(|i| i.exclude).collect(),
+        Body::One(item) => vec![item.exclude],
+    };
+    if let Some(index) = lists.iter().position(|l| l.len() > max) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidField.as_str(),
+            format!("`exclude` holds at most {max} client ids (--max-targets)"),
+        )
+        .at(index));
+    }
+    Ok(lists)
+}
+
 /// `application/json` or `application/*+json`, with any parameters.
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let unsupported = |got: &str| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

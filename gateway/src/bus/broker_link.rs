@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use protocol::codec::{encode_frame, encode_publish, subscribe_frames, unsubscribe_frames};
 use protocol::link::{Auth, Body, Ping, Pong};
-use protocol::{Frame, FrameError, GroupId, GroupName, LinkCodec, Text, PROTOCOL_VERSION};
+use protocol::{Frame, FrameError, GroupId, GroupName, LinkCodec, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -108,10 +108,7 @@ impl BrokerLink {
                 broker,
                 node: config.node_name(),
                 max_frame_size: config.link_max_frame_size,
-                inbound: InboundLimits {
-                    max_group_id_len: config.max_group_id_len,
-                    max_message_size: config.max_message_size,
-                },
+                inbound: InboundLimits::from_config(config),
                 ping_interval: config.link_ping_interval,
                 timeout: config.link_timeout,
                 connect_timeout: config.link_connect_timeout,
@@ -171,19 +168,14 @@ struct LinkSettings {
 }
 
 impl<N: Node> Bus for BrokerBus<N> {
-    fn publish(&self, group: &GroupName<'_>, payload: &Text) {
-        self.counters.publishes.fetch_add(1, Relaxed);
+    fn publish(&self, group: &GroupName<'_>, payload: &Bytes) {
+        self.counters.count_publish(payload);
         if !self.up.load(Relaxed) {
             self.counters.publishes_dropped.fetch_add(1, Relaxed);
             return;
         }
         let group = group.as_str();
-        let frame = match encode_publish(
-            group.as_bytes(),
-            payload.as_bytes(),
-            true,
-            self.max_frame_size,
-        ) {
+        let frame = match encode_publish(group.as_bytes(), payload, true, self.max_frame_size) {
             Ok(frame) => frame,
             Err(e) => {
                 // Config validation keeps group + message within a frame; count it regardless.
@@ -456,7 +448,7 @@ async fn session<N: Node>(
                 last_heard = Instant::now();
                 match frame.body {
                     Some(Body::Message(message)) => {
-                        bus.counters.messages_in.fetch_add(1, Relaxed);
+                        bus.counters.count_received(&message.payload);
                         let (group, payload) = match settings.inbound.check(&message.channel, message.payload) {
                             Ok(accepted) => accepted,
                             Err(Rejected::Invalid) => {

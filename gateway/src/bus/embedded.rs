@@ -12,7 +12,7 @@ use broker::local::LocalLink;
 use broker::registry::LocalSubscriber;
 use broker::Broker;
 use bytes::Bytes;
-use protocol::{GroupName, Text};
+use protocol::GroupName;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -31,10 +31,7 @@ impl EmbeddedBus {
     pub fn new(broker: Broker, config: &GatewayConfig) -> EmbeddedBus {
         EmbeddedBus {
             broker,
-            inbound: InboundLimits {
-                max_group_id_len: config.max_group_id_len,
-                max_message_size: config.max_message_size,
-            },
+            inbound: InboundLimits::from_config(config),
         }
     }
 }
@@ -83,11 +80,11 @@ struct LocalBus<N> {
 }
 
 impl<N: Node> Bus for LocalBus<N> {
-    fn publish(&self, group: &GroupName<'_>, payload: &Text) {
-        self.counters.publishes.fetch_add(1, Relaxed);
+    fn publish(&self, group: &GroupName<'_>, payload: &Bytes) {
+        self.counters.count_publish(payload);
         let published = self
             .link
-            .publish(group.as_str().as_bytes(), payload.as_bytes().clone());
+            .publish(group.as_str().as_bytes(), payload.clone());
         if let Err(e) = published {
             // Config validation keeps group + message within a frame; count it regardless.
             tracing::error!(group = group.as_str(), cause = %e, "cannot publish to the embedded broker");
@@ -99,7 +96,7 @@ impl<N: Node> Bus for LocalBus<N> {
         BusStatus {
             carrier: "embedded",
             up: true,
-            subscriptions: self.link.subscriptions() as u64,
+            subscriptions: self.node.wanted() as u64,
             ..BusStatus::default()
         }
         .with_counters(&self.counters)
@@ -120,7 +117,7 @@ async fn run<N: Node>(
             _ = bus.node.subscriptions_changed() => sync(&bus, false),
             received = rx.recv() => {
                 let Some((channel, payload)) = received else { return };
-                bus.counters.messages_in.fetch_add(1, Relaxed);
+                bus.counters.count_received(&payload);
                 match inbound.check(&channel, payload) {
                     Ok((group, text)) => bus.node.deliver(group, text).await,
                     Err(Rejected::Invalid) => {

@@ -3,7 +3,11 @@
 //! reach an unauthenticated broker) may have other limits, or none.
 
 use bytes::Bytes;
+use protocol::cluster::{topic, ControlFrame, RESERVED_PREFIX};
 use protocol::{GroupName, Text};
+
+use super::Payload;
+use crate::config::GatewayConfig;
 
 /// Messages from other gateways, checked and waiting for this gateway's workers, that a
 /// carrier holds at most (per connection). Past it the Redis carrier stops reading its
@@ -18,6 +22,10 @@ pub const INBOX_BYTES: usize = 16 * 1024 * 1024;
 pub struct InboundLimits {
     pub max_group_id_len: usize,
     pub max_message_size: usize,
+    /// Longest cluster topic name (a uid's or a group's presence topic, a node's).
+    pub max_topic_len: usize,
+    /// Largest control frame (cluster answers list members: larger than a message).
+    pub max_control_size: usize,
 }
 
 /// Why a message from the bus was dropped (each counted in the bus's status).
@@ -30,22 +38,55 @@ pub enum Rejected {
 }
 
 impl InboundLimits {
-    /// The group and text of a message received for `channel`, or why it is dropped.
+    /// The limits of a gateway with these settings.
+    pub fn from_config(config: &GatewayConfig) -> InboundLimits {
+        InboundLimits {
+            max_group_id_len: config.max_group_id_len,
+            max_message_size: config.max_message_size,
+            max_topic_len: config.max_topic_len(),
+            max_control_size: config.link_max_frame_size,
+        }
+    }
+
+    /// The group (or cluster topic) and payload of a message received for `channel`, or why it
+    /// is dropped.
     pub fn check<'a>(
         &self,
         channel: &'a [u8],
         payload: Bytes,
-    ) -> Result<(GroupName<'a>, Text), Rejected> {
-        if payload.len() > self.max_message_size {
+    ) -> Result<(GroupName<'a>, Payload), Rejected> {
+        let control = ControlFrame::is_control(&payload);
+        let max_size = if control {
+            self.max_control_size
+        } else {
+            self.max_message_size
+        };
+        if payload.len() > max_size {
             return Err(Rejected::TooLarge);
         }
-        let group = std::str::from_utf8(channel)
-            .ok()
-            .and_then(|name| GroupName::parse(name, self.max_group_id_len).ok())
-            .ok_or(Rejected::Invalid)?;
+        let name = std::str::from_utf8(channel).map_err(|_| Rejected::Invalid)?;
+        let max_len = if name.starts_with(RESERVED_PREFIX) {
+            self.max_topic_len
+        } else {
+            self.max_group_id_len
+        };
+        let group = GroupName::parse(name, max_len).map_err(|_| Rejected::Invalid)?;
+        if control {
+            // A control frame's header is read where it is handled; shorter than its length
+            // field it is nothing.
+            if payload.len() < 5 {
+                return Err(Rejected::Invalid);
+            }
+            return Ok((group, Payload::Control(payload)));
+        }
         let text = Text::new(payload).map_err(|_| Rejected::Invalid)?;
-        Ok((group, text))
+        Ok((group, Payload::Text(text)))
     }
+}
+
+/// The longest cluster topic for these limits.
+pub fn max_topic_len(max_group_id_len: usize, max_uid_len: usize) -> usize {
+    max_group_id_len.max(max_uid_len) + topic::MAX_PREFIX_LEN
 }
 
 #[cfg(test)]
@@ -57,11 +98,23 @@ mod tests {
         let limits = InboundLimits {
             max_group_id_len: 8,
             max_message_size: 4,
+            max_topic_len: 12,
+            max_control_size: 64,
         };
-        let (group, text) = limits
+        let (group, payload) = limits
             .check(b"g", Bytes::from_static(b"abcd"))
             .expect("within the limits");
-        assert_eq!((group.as_str(), text.as_str()), ("g", "abcd"));
+        assert_eq!(group.as_str(), "g");
+        assert!(matches!(payload, Payload::Text(text) if text.as_str() == "abcd"));
+        let frame = ControlFrame::encode(
+            &protocol::cluster::Control::Deliver { exclude: vec![] },
+            b"0123456789",
+        );
+        let (group, payload) = limits
+            .check("\u{1f}u:123456789".as_bytes(), frame)
+            .expect("a control frame may be larger than a message, a topic longer than a group id");
+        assert_eq!(group.as_str(), "\u{1f}u:123456789");
+        assert!(matches!(payload, Payload::Control(_)));
         assert_eq!(
             limits.check(b"g", Bytes::from_static(b"abcde")).err(),
             Some(Rejected::TooLarge)

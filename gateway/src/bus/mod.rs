@@ -27,6 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use protocol::cluster::ControlFrame;
 use protocol::{GroupName, Text};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -52,10 +54,12 @@ pub struct BusStatus {
     /// Subscriptions the engine refused (over its limit): members of those groups here miss
     /// what other gateways send them until the next full resubscription.
     pub subscriptions_refused: u64,
+    /// Group messages published (cluster control frames are `control_publishes`).
     pub publishes: u64,
     /// Publishes not sent to other gateways (link down or its queue full). Local members still
     /// received them.
     pub publishes_dropped: u64,
+    /// Group messages received (cluster control frames are `control_in`).
     pub messages_in: u64,
     /// Incoming messages discarded as invalid (not UTF-8, or a group id this gateway refuses).
     pub messages_invalid: u64,
@@ -66,6 +70,11 @@ pub struct BusStatus {
     /// Messages the engine dropped because this gateway did not read them fast enough: NATS
     /// slow-consumer events, Redis subscriber connections closed for their output buffer.
     pub slow_consumer: u64,
+    /// Cluster control frames published: heartbeats, queries and answers, sends to a client or
+    /// to everyone, presence events.
+    pub control_publishes: u64,
+    /// Cluster control frames received (on Redis, this gateway's own echoed back included).
+    pub control_in: u64,
     /// Why the connection was last lost or refused; `None` while it has never failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -84,6 +93,30 @@ pub struct BusCounters {
     pub messages_too_large: AtomicU64,
     pub echoes_dropped: AtomicU64,
     pub slow_consumer: AtomicU64,
+    pub control_publishes: AtomicU64,
+    pub control_in: AtomicU64,
+}
+
+impl BusCounters {
+    /// Counts a publish: a group message's, or a control frame's.
+    pub fn count_publish(&self, payload: &[u8]) {
+        let counter = if ControlFrame::is_control(payload) {
+            &self.control_publishes
+        } else {
+            &self.publishes
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a message received from the bus (opened, where the carrier has an envelope).
+    pub fn count_received(&self, payload: &[u8]) {
+        let counter = if ControlFrame::is_control(payload) {
+            &self.control_in
+        } else {
+            &self.messages_in
+        };
+        counter.fetch_add(1, Relaxed);
+    }
 }
 
 impl BusStatus {
@@ -100,6 +133,8 @@ impl BusStatus {
             messages_too_large: c.messages_too_large.load(Relaxed),
             echoes_dropped: c.echoes_dropped.load(Relaxed),
             slow_consumer: c.slow_consumer.load(Relaxed),
+            control_publishes: c.control_publishes.load(Relaxed),
+            control_in: c.control_in.load(Relaxed),
             ..self
         }
     }
@@ -133,19 +168,47 @@ pub fn equal_jitter(backoff: Duration, random: f64) -> Duration {
     backoff / 2 + backoff.mul_f64(random.clamp(0.0, 1.0) / 2.0)
 }
 
+/// What travels on a group's (or a cluster topic's) channel: a message's text for the members,
+/// or a cluster control frame (`protocol::cluster::ControlFrame`, whose first byte no UTF-8 text
+/// starts with).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    Text(Text),
+    Control(Bytes),
+}
+
+impl Payload {
+    pub fn as_bytes(&self) -> &Bytes {
+        match self {
+            Payload::Text(text) => text.as_bytes(),
+            Payload::Control(bytes) => bytes,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.as_bytes().is_empty()
+    }
+}
+
 /// A started carrier: sends this gateway's publishes to the others. Every method returns at
 /// once: the bus queues and counts; it never blocks a worker.
 pub trait Bus: Send + Sync + 'static {
-    /// Sends `payload` to the other gateways with members of `group`.
-    fn publish(&self, group: &GroupName<'_>, payload: &Text);
+    /// Sends `payload` (a message's text or a control frame: the carrier does not look) to the
+    /// other gateways subscribed to `group`.
+    fn publish(&self, group: &GroupName<'_>, payload: &Bytes);
     fn status(&self) -> BusStatus;
 }
 
 /// What a carrier needs from the gateway it serves.
 pub trait Node: Send + Sync + 'static {
-    /// Hands a message from another gateway to this gateway's members of `group`; waits while
-    /// they cannot take more (backpressure on the carrier's connection).
-    fn deliver(&self, group: GroupName<'_>, payload: Text) -> impl Future<Output = ()> + Send;
+    /// Hands a message from another gateway to this gateway's members of `group` (or a control
+    /// frame to the gateway); waits while they cannot take more (backpressure on the carrier's
+    /// connection).
+    fn deliver(&self, group: GroupName<'_>, payload: Payload) -> impl Future<Output = ()> + Send;
     /// The subscription changes to make: after `full`, every wanted group (a fresh connection);
     /// otherwise what changed since the last call.
     fn subscriptions(&self, full: bool) -> SubscriptionChanges;

@@ -20,8 +20,8 @@ pub struct Origin {
 pub enum Received {
     /// Another gateway's message: its payload.
     Message(Bytes),
-    /// This gateway's own publish, echoed back.
-    Echo,
+    /// This gateway's own publish, echoed back: its payload.
+    Echo(Bytes),
 }
 
 impl Origin {
@@ -56,7 +56,7 @@ impl Origin {
     pub fn open(&self, bytes: Bytes) -> Result<Received, EnvelopeError> {
         let envelope = Envelope::decode(bytes)?;
         Ok(if envelope.origin == self.node_id {
-            Received::Echo
+            Received::Echo(envelope.payload)
         } else {
             Received::Message(envelope.payload)
         })
@@ -76,7 +76,10 @@ mod tests {
     #[test]
     fn own_publishes_come_back_as_echoes_and_others_as_messages() {
         let (me, other) = (Origin::with_node_id(1), Origin::with_node_id(2));
-        assert_eq!(me.open(me.stamp(b"mine")), Ok(Received::Echo));
+        assert_eq!(
+            me.open(me.stamp(b"mine")),
+            Ok(Received::Echo(Bytes::from_static(b"mine")))
+        );
         assert_eq!(
             me.open(other.stamp(b"theirs")),
             Ok(Received::Message(Bytes::from_static(b"theirs")))

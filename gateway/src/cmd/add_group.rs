@@ -1,31 +1,35 @@
 //! `{"cmd":"add_group","group_id":G}`: join G (allowed by the join token, within
 //! `--max-groups-per-connection`, and within the process's `--max-groups`). Joining a group
-//! twice is a no-op.
+//! twice is a no-op. With `"presence":true` the connection also receives G's join and leave
+//! events (allowed by the token's `presence` claim, or `--client-member-lists` without tokens);
+//! joining again changes only that.
 
 use protocol::client::{ErrorCode, GroupName};
 use protocol::CommandError;
 
-use super::{CommandResult, Session};
+use super::{Answered, CommandResult, Session};
 use crate::edge::join_token::Action;
+use crate::fanout::local::JoinError;
 
-pub(super) fn apply(session: &mut Session, group: GroupName<'_>) -> CommandResult {
+pub(super) async fn apply(
+    session: &mut Session,
+    group: GroupName<'_>,
+    presence: bool,
+) -> CommandResult {
     session.access.check(Action::Join, group.as_str())?;
-    if session.groups.contains(group.as_str()) {
-        return Ok(());
-    }
-    let max = session.state.config.max_groups_per_connection;
-    if session.groups.len() >= max {
-        return Err(CommandError::new(
-            ErrorCode::TooManyGroups,
-            format!("a connection may be in at most {max} groups"),
-        ));
+    if presence {
+        super::members::check_presence(session, group.as_str())?;
     }
     let group = group.to_group_id();
-    session
+    let event = session
         .state
         .local
-        .add_member(&group, session.id, &session.outbox)
-        .map_err(|limit| CommandError::new(ErrorCode::TooManyGroups, limit.to_string()))?;
-    session.groups.insert(group);
-    Ok(())
+        .join(&session.client, &group, presence)
+        .map_err(|e| match e {
+            JoinError::PerConnection(_) | JoinError::Process(_) => {
+                CommandError::new(ErrorCode::TooManyGroups, e.to_string())
+            }
+        })?;
+    session.publish_events(event).await;
+    Ok(Answered::Ack)
 }

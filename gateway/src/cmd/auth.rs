@@ -4,23 +4,23 @@
 use protocol::client::ErrorCode;
 use protocol::CommandError;
 
-use super::{CommandResult, Session};
+use super::{Answered, CommandResult, Session};
 use crate::edge::join_token::Access;
 
 pub(super) fn apply(session: &mut Session, token: &str) -> CommandResult {
     let Some(tokens) = &session.state.security.join_tokens else {
-        return Ok(());
+        return Ok(Answered::Ack);
     };
     session.access = Access::from_token(tokens, token);
     match &session.access {
         Access::Granted(grants) => {
             tracing::debug!(subject = grants.subject(), "join token accepted");
-            Ok(())
+            Ok(Answered::Ack)
         }
         Access::Refused(reason) => Err(CommandError::new(
             ErrorCode::Unauthorized,
             format!("join token refused: {reason}"),
         )),
-        Access::Open | Access::NoToken => Ok(()),
+        Access::Open | Access::NoToken => Ok(Answered::Ack),
     }
 }

@@ -2,11 +2,10 @@
 
 use protocol::client::GroupName;
 
-use super::{CommandResult, Session};
+use super::{Answered, CommandResult, Session};
 
-pub(super) fn apply(session: &mut Session, group: GroupName<'_>) -> CommandResult {
-    if let Some(group) = session.groups.take(group.as_str()) {
-        session.state.local.remove_member(&group, session.id);
-    }
-    Ok(())
+pub(super) async fn apply(session: &mut Session, group: GroupName<'_>) -> CommandResult {
+    let event = session.state.local.leave(&session.client, group.as_str());
+    session.publish_events(event).await;
+    Ok(Answered::Ack)
 }

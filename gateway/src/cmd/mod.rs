@@ -2,54 +2,68 @@
 //! limits) and what it does. Parsing and the wire format are `protocol::client`'s, shared with
 //! client-cli; a new command is a new variant there and a new file here.
 //!
-//! [`Session`] is what commands act on: one connection's groups, rights and outbox.
+//! [`Session`] is what commands act on: one connection's [`Client`] (its groups, uid and
+//! outbox, shared with its worker's tables) and its rights.
 
 mod add_group;
 mod auth;
+mod bind_uid;
+mod count;
 mod leave_group;
+mod members;
+mod send_to_all;
+mod send_to_client;
 mod send_to_group;
+mod send_to_uid;
+mod whoami;
 
-use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use protocol::client::{ack_reply, error_reply, ClientCommand, ErrorCode, Request};
-use protocol::{parse_command, CommandError, GroupId, ReqId};
+use protocol::cluster::Uid;
+use protocol::{parse_command, CommandError, ReqId};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::edge::join_token::Access;
-use crate::fanout::local::ConnId;
-use crate::fanout::outbox::{Outbox, Push};
+use crate::fanout::local::{Client, PresenceEvent};
+use crate::fanout::outbox::Push;
 use crate::worker::state::WorkerState;
 
-/// One connection's side of the commands: its groups, its rights, and where replies go.
+/// One connection's side of the commands: its client entry, its rights, and where replies go.
 pub(crate) struct Session {
-    pub(crate) id: ConnId,
-    pub(crate) outbox: Rc<Outbox>,
-    groups: HashSet<GroupId>,
+    pub(crate) client: Rc<Client>,
     /// What the connection's join token allows.
     access: Access,
     state: Rc<WorkerState>,
 }
 
 impl Session {
-    pub(crate) fn new(
-        id: ConnId,
-        outbox: Rc<Outbox>,
-        access: Access,
-        state: Rc<WorkerState>,
-    ) -> Session {
-        Session {
-            id,
-            outbox,
-            groups: HashSet::new(),
+    pub(crate) fn new(client: Rc<Client>, access: Access, state: Rc<WorkerState>) -> Session {
+        let session = Session {
+            client,
             access,
             state,
+        };
+        session.bind_token_uid();
+        session
+    }
+
+    /// With join tokens, the connection's uid is its token's `sub`.
+    fn bind_token_uid(&self) {
+        if self.access.is_open() {
+            return;
         }
+        let uid = self
+            .access
+            .token_uid()
+            .and_then(|sub| Uid::new(sub, self.state.config.max_uid_len).ok());
+        self.state.local.bind_uid(&self.client, uid);
     }
 
     /// Parses and runs one text frame, and answers it: an ack when it carried a `req_id` and
-    /// succeeded, an error reply when it failed.
+    /// succeeded, an error reply when it failed. Commands that answer with data (`whoami`,
+    /// `count`, `members`) reply themselves.
     pub(crate) async fn execute(&mut self, text: Utf8Bytes) {
         let stats = &self.state.stats;
         stats.messages_in.fetch_add(1, Relaxed);
@@ -63,27 +77,62 @@ impl Session {
         };
         let Request { command, req_id } = request;
         let result = match command {
-            ClientCommand::AddGroup { group_id } => add_group::apply(self, group_id),
-            ClientCommand::LeaveGroup { group_id } => leave_group::apply(self, group_id),
-            ClientCommand::SendToGroup { group_id, message } => {
-                send_to_group::apply(self, &text, group_id, message).await
+            ClientCommand::AddGroup { group_id, presence } => {
+                add_group::apply(self, group_id, presence).await
             }
-            ClientCommand::Auth { token } => auth::apply(self, &token),
+            ClientCommand::LeaveGroup { group_id } => leave_group::apply(self, group_id).await,
+            ClientCommand::SendToGroup {
+                group_id,
+                message,
+                exclude,
+            } => send_to_group::apply(self, &text, group_id, message, exclude).await,
+            ClientCommand::SendToAll { message, exclude } => {
+                send_to_all::apply(self, &text, message, exclude).await
+            }
+            ClientCommand::SendToUid { uids, message } => {
+                send_to_uid::apply(self, &text, uids, message).await
+            }
+            ClientCommand::SendToClient { client_id, message } => {
+                send_to_client::apply(self, &text, client_id, message).await
+            }
+            ClientCommand::BindUid { uid } => bind_uid::bind(self, uid),
+            ClientCommand::UnbindUid => bind_uid::unbind(self),
+            ClientCommand::Whoami => {
+                whoami::apply(self, req_id);
+                return;
+            }
+            ClientCommand::Count { group_id } => count::apply(self, group_id, req_id).await,
+            ClientCommand::Members {
+                group_id,
+                limit,
+                cursor,
+            } => members::apply(self, group_id, limit, cursor, req_id).await,
+            ClientCommand::Auth { token } => {
+                let result = auth::apply(self, &token);
+                self.bind_token_uid();
+                result
+            }
         };
         match result {
-            Ok(()) => {
+            Ok(Answered::Ack) => {
                 if let Some(req_id) = req_id {
                     self.reply(ack_reply(req_id));
                 }
             }
+            Ok(Answered::Replied) => {}
             Err(e) => self.reply_error(e.code, &e.reason, req_id),
         }
     }
 
-    /// Leaves every group: the connection is closing.
-    pub(crate) fn leave_all(&mut self) {
-        for group in std::mem::take(&mut self.groups) {
-            self.state.local.remove_member(&group, self.id);
+    /// Leaves every group and the uid: the connection is closing.
+    pub(crate) async fn leave_all(&mut self) {
+        let events = self.state.local.unregister(&self.client);
+        self.publish_events(events).await;
+    }
+
+    pub(crate) async fn publish_events(&self, events: impl IntoIterator<Item = PresenceEvent>) {
+        for event in events {
+            self.state.local.hub().publish_presence(event).await;
         }
     }
 
@@ -95,12 +144,51 @@ impl Session {
 
     fn reply(&self, text: String) {
         let len = text.len() as u64;
-        if self.outbox.push(Utf8Bytes::from(text)) == Push::Queued {
+        if self.client.outbox.push(Utf8Bytes::from(text)) == Push::Queued {
             self.state.stats.deliveries.fetch_add(1, Relaxed);
             self.state.stats.bytes_out.fetch_add(len, Relaxed);
         }
     }
 }
 
-/// What a command answers when it fails.
-type CommandResult = Result<(), CommandError<'static>>;
+/// How a command that succeeded was answered.
+enum Answered {
+    /// Nothing yet: an ack goes out if the request had a `req_id`.
+    Ack,
+    /// The command sent its own reply.
+    Replied,
+}
+
+/// What a command answers: how, or why it failed.
+type CommandResult = Result<Answered, CommandError<'static>>;
+
+/// A reply: `reply` (a struct, serialized as a JSON object in field order) with the request's
+/// `req_id` last, when it had one.
+fn with_req_id(reply: &impl serde::Serialize, req_id: Option<ReqId<'_>>) -> String {
+    let mut text = serde_json::to_string(reply).unwrap_or_else(|_| "{}".into());
+    if let Some(req_id) = req_id {
+        if text.ends_with('}') {
+            text.pop();
+            if !text.ends_with('{') {
+                text.push(',');
+            }
+            text.push_str(r#""req_id":"#);
+            text.push_str(req_id.as_json());
+            text.push('}');
+        }
+    }
+    text
+}
+
+/// The message text of a send, as a slice of the received frame where it is one (no copy).
+fn message_payload(frame: &Utf8Bytes, message: std::borrow::Cow<'_, str>) -> protocol::Text {
+    let payload = match message {
+        std::borrow::Cow::Borrowed(slice) => {
+            let bytes: &bytes::Bytes = frame.as_ref();
+            Utf8Bytes::try_from(bytes.slice_ref(slice.as_bytes()))
+                .unwrap_or_else(|_| Utf8Bytes::from(slice))
+        }
+        std::borrow::Cow::Owned(owned) => Utf8Bytes::from(owned),
+    };
+    protocol::Text::from_utf8_source(payload)
+}

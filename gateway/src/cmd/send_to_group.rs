@@ -1,15 +1,16 @@
 //! `{"cmd":"send_to_group","group_id":G,"message":M}`: deliver M to every member of G on every
-//! gateway (allowed by the join token). The message goes out as the raw text of M, as in the
-//! seed; when M is a JSON string without escapes, it is a slice of the received frame (no copy).
+//! gateway (allowed by the join token), but those in the optional `"exclude"` list of client
+//! ids. The message goes out as the raw text of M, as in the seed; when M is a JSON string
+//! without escapes, it is a slice of the received frame (no copy).
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
 
 use protocol::client::GroupName;
-use protocol::Text;
+use protocol::cluster::ClientId;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{CommandResult, Session};
+use super::{message_payload, Answered, CommandResult, Session};
 use crate::edge::join_token::Action;
 
 pub(super) async fn apply(
@@ -17,21 +18,16 @@ pub(super) async fn apply(
     frame: &Utf8Bytes,
     group: GroupName<'_>,
     message: Cow<'_, str>,
+    exclude: Vec<ClientId>,
 ) -> CommandResult {
     session.access.check(Action::Send, group.as_str())?;
     session.state.stats.sends.fetch_add(1, Relaxed);
-    let payload = match message {
-        Cow::Borrowed(slice) => share_slice(frame, slice),
-        Cow::Owned(owned) => Utf8Bytes::from(owned),
-    };
-    let payload = Text::from_utf8_source(payload);
-    session.state.local.hub().publish(&group, &payload).await;
-    Ok(())
-}
-
-/// The message text as a slice of the received frame's buffer: no copy.
-fn share_slice(frame: &Utf8Bytes, slice: &str) -> Utf8Bytes {
-    let bytes: &bytes::Bytes = frame.as_ref();
-    Utf8Bytes::try_from(bytes.slice_ref(slice.as_bytes()))
-        .unwrap_or_else(|_| Utf8Bytes::from(slice))
+    let payload = message_payload(frame, message);
+    let hub = session.state.local.hub();
+    if exclude.is_empty() {
+        hub.publish(&group, &payload).await;
+    } else {
+        hub.publish_excluding(&group, &payload, exclude).await;
+    }
+    Ok(Answered::Ack)
 }

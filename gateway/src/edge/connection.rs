@@ -78,6 +78,8 @@ enum Close {
     FrameFlood(FrameFlood),
     /// A WebSocket-level violation: close code and reason.
     Violation(u16, String),
+    /// Closed by an order (the admin API's `close_client`): code and reason.
+    Ordered(u16, String),
 }
 
 /// Serves one client socket until it closes. `permit` holds its place in the connection limits
@@ -134,17 +136,18 @@ async fn established<S: AsyncRead + AsyncWrite + Unpin>(
     }
     state.stats.connections.fetch_add(1, Relaxed);
     state.stats.connections_total.fetch_add(1, Relaxed);
-    let outbox = Rc::new(Outbox::new(
+    let outbox = Outbox::new(
         state.config.outbound_queue_messages,
         state.config.outbound_queue_bytes,
-    ));
+    );
+    let client = state.local.register(conn, outbox);
     let mut connection = Connection {
-        session: Session::new(conn, outbox, access, state.clone()),
+        session: Session::new(client, access, state.clone()),
         rate: RateLimiter::new(state.rate_limit, Instant::now()),
         state: state.clone(),
     };
     let close = connection.run(&mut ws, shutdown).await;
-    connection.session.leave_all();
+    Box::pin(connection.session.leave_all()).await;
     match close {
         Close::ClientGone => {}
         Close::Shutdown => {
@@ -172,6 +175,10 @@ async fn established<S: AsyncRead + AsyncWrite + Unpin>(
         Close::Violation(code, reason) => {
             state.stats.protocol_closes.fetch_add(1, Relaxed);
             tracing::debug!(code, %reason, "closing on protocol violation");
+            close_with(&mut ws, code, &reason).await;
+        }
+        Close::Ordered(code, reason) => {
+            tracing::info!(code, %reason, "closing as ordered through the admin API");
             close_with(&mut ws, code, &reason).await;
         }
     }
@@ -255,7 +262,8 @@ impl Connection {
         shutdown: &CancellationToken,
     ) -> Close {
         let config = self.state.config.clone();
-        let outbox = self.session.outbox.clone();
+        let client = self.session.client.clone();
+        let outbox = &client.outbox;
         let mut batch = VecDeque::new();
         let mut last_heard = Instant::now();
         let mut next_ping = last_heard + config.ping_interval;
@@ -266,7 +274,7 @@ impl Connection {
                 biased;
                 _ = shutdown.cancelled() => {
                     // Deliver what is already queued, within the shutdown deadline.
-                    let write = write_outbox(ws, &outbox, &mut batch, config.write_timeout);
+                    let write = write_outbox(ws, outbox, &mut batch, config.write_timeout);
                     // Boxed, as it runs once: idle connections do not carry its state.
                     let _ = Box::pin(tokio::time::timeout(config.shutdown_timeout, write)).await;
                     return Close::Shutdown;
@@ -342,22 +350,23 @@ impl Connection {
         ws: &mut Ws<S>,
         batch: &mut VecDeque<Utf8Bytes>,
     ) -> Result<(), Close> {
-        if self.session.outbox.overflowed() {
+        let client = &self.session.client;
+        if client.outbox.overflowed() {
             return Err(Close::SlowConsumer);
         }
-        let write = write_outbox(
-            ws,
-            &self.session.outbox,
-            batch,
-            self.state.config.write_timeout,
-        );
+        let write = write_outbox(ws, &client.outbox, batch, self.state.config.write_timeout);
         tokio::select! {
             result = write => match result {
-                Ok(()) => Ok(()),
-                Err(WriteError::Ws(e)) => Err(read_error(e)),
-                Err(WriteError::Stalled) => Err(Close::SlowConsumer),
+                Ok(()) => {}
+                Err(WriteError::Ws(e)) => return Err(read_error(e)),
+                Err(WriteError::Stalled) => return Err(Close::SlowConsumer),
             },
-            _ = self.session.outbox.overflow.notified() => Err(Close::SlowConsumer),
+            _ = client.outbox.overflow.notified() => return Err(Close::SlowConsumer),
+        }
+        // An order to close comes with a wake-up, after what was queued before it.
+        match client.close_requested() {
+            Some((code, reason)) => Err(Close::Ordered(code, reason)),
+            None => Ok(()),
         }
     }
 

@@ -3,9 +3,13 @@
 //!
 //! A token is a JWT (HS256 with `--join-token-secret`, RS256 or ES256 with
 //! `--join-token-public-key`) whose claims are `exp` (required), `groups` (the groups the holder
-//! may join; `"*"` for any) and `send` (the groups it may send to; `"*"` for any; default: its
-//! `groups`). A client presents it in the WebSocket URL (`?token=...`, what a browser can do) or
-//! with `{"cmd":"auth","token":"..."}` at any time, which replaces the connection's rights.
+//! may join; `"*"` for any), `send` (the groups it may send to; `"*"` for any; default: its
+//! `groups`), and for the cluster API: `sub` (the connection's uid, which it cannot change),
+//! `presence` (groups whose members it may list and whose join/leave events it may receive),
+//! `send_to_uid` (uids it may send to; `"*"` for any), `send_to_all` and `send_to_client`
+//! (booleans; default false). `count` is allowed on the groups of `groups` and `presence`. A
+//! client presents it in the WebSocket URL (`?token=...`, what a browser can do) or with
+//! `{"cmd":"auth","token":"..."}` at any time, which replaces the connection's rights.
 //!
 //! [`JoinTokens`] verifies tokens; [`Access`] is one connection's rights, checked at each join
 //! and send. Tokens are never logged.
@@ -146,6 +150,14 @@ struct Claims {
     send: Option<Vec<GroupClaim>>,
     #[serde(default)]
     sub: Option<String>,
+    #[serde(default)]
+    presence: Option<Vec<GroupClaim>>,
+    #[serde(default)]
+    send_to_uid: Option<Vec<GroupClaim>>,
+    #[serde(default)]
+    send_to_all: bool,
+    #[serde(default)]
+    send_to_client: bool,
 }
 
 /// A group in a token: a string, or an integer (named by its decimal text, as in commands).
@@ -199,9 +211,13 @@ impl Scope {
 pub struct Grants {
     join: Scope,
     send: Scope,
+    presence: Scope,
+    send_to_uid: Scope,
+    send_to_all: bool,
+    send_to_client: bool,
     /// `exp`, in seconds since the Unix epoch.
     expires: u64,
-    /// `sub`, for logs.
+    /// `sub`: the connection's uid.
     subject: Option<String>,
 }
 
@@ -213,9 +229,20 @@ impl Grants {
             None => join.clone(),
         };
         let expires = claims.exp.ok_or("the `exp` claim is required")?;
+        let none = || Scope::Only(HashSet::new());
         Ok(Grants {
             join,
             send,
+            presence: match claims.presence {
+                Some(claim) => Scope::from_claim(claim)?,
+                None => none(),
+            },
+            send_to_uid: match claims.send_to_uid {
+                Some(claim) => Scope::from_claim(claim)?,
+                None => none(),
+            },
+            send_to_all: claims.send_to_all,
+            send_to_client: claims.send_to_client,
             expires,
             subject: claims.sub,
         })
@@ -231,6 +258,18 @@ impl Grants {
 pub enum Action {
     Join,
     Send,
+    /// List its members, or receive its join/leave events.
+    Presence,
+    /// Count its members.
+    Count,
+}
+
+/// What a connection wants to do beyond a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right<'a> {
+    SendToAll,
+    SendToClient,
+    SendToUid(&'a str),
 }
 
 /// One connection's rights.
@@ -242,7 +281,8 @@ pub enum Access {
     NoToken,
     /// The last token presented was refused, for this reason.
     Refused(String),
-    Granted(Grants),
+    /// Boxed: every connection holds an `Access`, most of them `Open`.
+    Granted(Box<Grants>),
 }
 
 impl Access {
@@ -258,7 +298,7 @@ impl Access {
 
     pub fn from_token(tokens: &JoinTokens, token: &str) -> Access {
         match tokens.verify(token) {
-            Ok(grants) => Access::Granted(grants),
+            Ok(grants) => Access::Granted(Box::new(grants)),
             Err(reason) => Access::Refused(reason),
         }
     }
@@ -268,10 +308,48 @@ impl Access {
         self.check_at(action, group, unix_now())
     }
 
-    fn check_at(&self, action: Action, group: &str, now: u64) -> Result<(), CommandError<'static>> {
+    /// `Ok` if the connection may do `right` now; else the error to reply with.
+    pub fn check_right(&self, right: Right<'_>) -> Result<(), CommandError<'static>> {
+        let Some(grants) = self.valid_grants(unix_now())? else {
+            return Ok(());
+        };
+        let (allowed, what) = match right {
+            Right::SendToAll => (grants.send_to_all, "send_to_all".to_owned()),
+            Right::SendToClient => (grants.send_to_client, "send_to_client".to_owned()),
+            Right::SendToUid(uid) => (
+                grants.send_to_uid.allows(uid),
+                format!("sending to uid {uid:?}"),
+            ),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(CommandError::new(
+                ErrorCode::Forbidden,
+                format!("the join token does not allow {what}"),
+            ))
+        }
+    }
+
+    /// The uid a valid join token gives (its `sub`); `None` without tokens or without `sub`.
+    pub fn token_uid(&self) -> Option<&str> {
+        match self {
+            Access::Granted(grants) => grants.subject(),
+            _ => None,
+        }
+    }
+
+    /// Tokens are not required: everything is open.
+    pub fn is_open(&self) -> bool {
+        matches!(self, Access::Open)
+    }
+
+    /// The grants of a valid token now; `None` when tokens are not required; the error when
+    /// the connection has no valid token.
+    fn valid_grants(&self, now: u64) -> Result<Option<&Grants>, CommandError<'static>> {
         let unauthorized = |reason: String| Err(CommandError::new(ErrorCode::Unauthorized, reason));
         let grants = match self {
-            Access::Open => return Ok(()),
+            Access::Open => return Ok(None),
             Access::NoToken => {
                 return unauthorized(
                     "a join token is required: connect with ?token=TOKEN or send \
@@ -289,11 +367,26 @@ impl Access {
                 "join token refused: the token has expired; send a new one with auth".into(),
             );
         }
-        let (scope, verb) = match action {
-            Action::Join => (&grants.join, "joining"),
-            Action::Send => (&grants.send, "sending to"),
+        Ok(Some(grants))
+    }
+
+    fn check_at(&self, action: Action, group: &str, now: u64) -> Result<(), CommandError<'static>> {
+        let Some(grants) = self.valid_grants(now)? else {
+            return Ok(());
         };
-        if scope.allows(group) {
+        let (allowed, verb) = match action {
+            Action::Join => (grants.join.allows(group), "joining"),
+            Action::Send => (grants.send.allows(group), "sending to"),
+            Action::Presence => (
+                grants.presence.allows(group),
+                "listing the members or presence of",
+            ),
+            Action::Count => (
+                grants.join.allows(group) || grants.presence.allows(group),
+                "counting",
+            ),
+        };
+        if allowed {
             Ok(())
         } else {
             Err(CommandError::new(
@@ -437,6 +530,50 @@ mod tests {
             Some(ErrorCode::Forbidden),
             "no groups claim: nothing"
         );
+    }
+
+    #[test]
+    fn cluster_rights_follow_their_claims() {
+        let access = Access::from_token(
+            &tokens(),
+            &sign(
+                json!({"exp": in_an_hour(), "sub": "42", "groups": ["a"], "presence": ["p"],
+                         "send_to_uid": ["7"], "send_to_all": true}),
+            ),
+        );
+        assert_eq!(access.token_uid(), Some("42"));
+        assert_eq!(code(access.check(Action::Presence, "p")), None);
+        assert_eq!(
+            code(access.check(Action::Presence, "a")),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(code(access.check(Action::Count, "a")), None);
+        assert_eq!(code(access.check(Action::Count, "p")), None);
+        assert_eq!(
+            code(access.check(Action::Count, "z")),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(code(access.check_right(Right::SendToAll)), None);
+        assert_eq!(code(access.check_right(Right::SendToUid("7"))), None);
+        assert_eq!(
+            code(access.check_right(Right::SendToUid("8"))),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            code(access.check_right(Right::SendToClient)),
+            Some(ErrorCode::Forbidden),
+            "booleans default to false"
+        );
+        let bare = Access::from_token(&tokens(), &sign(json!({"exp": in_an_hour()})));
+        assert_eq!(bare.token_uid(), None);
+        for right in [Right::SendToAll, Right::SendToClient, Right::SendToUid("1")] {
+            assert_eq!(code(bare.check_right(right)), Some(ErrorCode::Forbidden));
+        }
+        assert_eq!(
+            code(Access::NoToken.check_right(Right::SendToAll)),
+            Some(ErrorCode::Unauthorized)
+        );
+        assert_eq!(code(Access::Open.check_right(Right::SendToAll)), None);
     }
 
     #[test]

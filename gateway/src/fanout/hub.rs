@@ -1,38 +1,75 @@
 //! Process-wide routing between workers, and between this process and the bus.
 //!
-//! [`Router`] knows which workers have local members of each group and queues deliveries to
-//! their inboxes; it is the [`Node`] the bus delivers to, and keeps the bus's
-//! [`Subscriptions`] beside its table, under the same lock, so that first joins and last leaves
-//! reach the bus in the order they happened. [`Hub`] adds the bus: a client's send is
-//! delivered to local workers directly and published on the bus for the other gateways (which
-//! is why the carriers drop a gateway's own messages).
+//! [`Router`] knows which workers have local members of each group (and cluster topic) and
+//! queues deliveries to their inboxes, and runs [`Job`]s on them (the cluster API's questions
+//! and orders); it keeps the bus's [`Subscriptions`] beside its table, under the same lock, so
+//! that first joins and last leaves reach the bus in the order they happened. [`Hub`] adds the
+//! bus and the cluster: it is the [`Node`] the bus delivers to, a client's send is delivered to
+//! local workers directly and published on the bus for the other gateways (which is why the
+//! carriers drop a gateway's own messages), and control frames go to [`crate::cluster`].
 //!
 //! No lock is held while calling out: the bus is notified, and published to, after the table's
 //! lock is released.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use parking_lot::RwLock;
+use protocol::cluster::{ClientId, NodeId};
 use protocol::{GroupId, GroupName, Text};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use server_kit::memory::shrink_if_sparse;
 
 use crate::bus::interest::{SubscriptionChanges, Subscriptions};
-use crate::bus::{Bus, Node};
+use crate::bus::{Bus, Node, Payload};
+use crate::cluster::Cluster;
+use crate::fanout::local::{is_client_group, LocalGroups};
 
 /// A join refused: the process already has members in this many distinct groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("this gateway already has members in {0} distinct groups, its limit (--max-groups)")]
 pub struct GroupLimit(pub usize);
 
-/// One message for the members of a group on one worker.
+/// One message for the members of a group (or cluster topic) on one worker.
 #[derive(Debug)]
 pub struct Delivery {
     pub group: GroupId,
     pub payload: Text,
+    /// Connections not to deliver to (`send_to_group`'s `exclude`; a presence event's subject).
+    pub exclude: Option<Arc<[ClientId]>>,
+}
+
+/// Something to run on a worker's thread, with its connections and group table at hand.
+pub struct Job(Box<dyn FnOnce(&LocalGroups) + Send>);
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
+}
+
+impl Job {
+    pub(crate) fn run(self, local: &LocalGroups) {
+        (self.0)(local)
+    }
+}
+
+/// What a worker's inbox holds.
+pub enum Work {
+    Deliver(Delivery),
+    Run(Job),
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Work::Deliver(delivery) => delivery.fmt(f),
+            Work::Run(job) => job.fmt(f),
+        }
+    }
 }
 
 /// A set of worker indexes (at most [`crate::config::MAX_WORKERS`]).
@@ -66,7 +103,10 @@ impl WorkerSet {
 #[derive(Debug)]
 pub struct Router {
     table: RwLock<Table>,
-    inboxes: Vec<mpsc::Sender<Delivery>>,
+    inboxes: Vec<mpsc::Sender<Work>>,
+    /// Topics subscribed for as long as the process runs (the cluster's control topic and this
+    /// node's own), whatever the workers hold.
+    permanent: Vec<GroupId>,
     /// Most distinct groups at once (`--max-groups`): each is one subscription on the bus.
     max_groups: usize,
     /// Joins refused because `max_groups` groups had members.
@@ -78,15 +118,18 @@ pub struct Router {
 #[derive(Debug, Default)]
 struct Table {
     workers: HashMap<GroupId, WorkerSet>,
+    /// Entries of `workers` that are cluster topics (uids, presence), not client groups.
+    topics: usize,
     subscriptions: Subscriptions,
 }
 
 impl Router {
     /// A router for workers with these inboxes, without a limit on groups.
-    pub fn new(inboxes: Vec<mpsc::Sender<Delivery>>) -> Router {
+    pub fn new(inboxes: Vec<mpsc::Sender<Work>>) -> Router {
         Router {
             table: RwLock::new(Table::default()),
             inboxes,
+            permanent: Vec::new(),
             max_groups: usize::MAX,
             groups_refused: AtomicU64::new(0),
             subscriptions_changed: Notify::new(),
@@ -98,12 +141,20 @@ impl Router {
         Router { max_groups, ..self }
     }
 
-    /// `worker` got its first local member of `group`; refused when `group` would be one more
-    /// than `max_groups`.
+    /// Subscribes `topics` for as long as the router lives.
+    pub fn with_permanent(self, permanent: Vec<GroupId>) -> Router {
+        Router { permanent, ..self }
+    }
+
+    /// `worker` got its first local member of `group`; refused when `group` is a client group
+    /// that would be one more than `max_groups` (cluster topics are bounded by the connections
+    /// and groups they serve).
     pub fn worker_joined(&self, worker: usize, group: &GroupId) -> Result<(), GroupLimit> {
+        let is_group = is_client_group(group);
         let first = {
             let mut table = self.table.write();
-            if table.workers.len() >= self.max_groups && !table.workers.contains_key(group) {
+            let groups = table.workers.len() - table.topics;
+            if is_group && groups >= self.max_groups && !table.workers.contains_key(group) {
                 drop(table);
                 self.groups_refused.fetch_add(1, Relaxed);
                 return Err(GroupLimit(self.max_groups));
@@ -112,6 +163,9 @@ impl Router {
             let first = workers.is_empty();
             workers.insert(worker);
             if first {
+                if !is_group {
+                    table.topics += 1;
+                }
                 table.subscriptions.record(group, true);
             }
             first
@@ -134,6 +188,9 @@ impl Router {
             if last {
                 table.workers.remove(group);
                 shrink_if_sparse(&mut table.workers);
+                if !is_client_group(group) {
+                    table.topics -= 1;
+                }
                 table.subscriptions.record(group, false);
             }
             last
@@ -146,6 +203,16 @@ impl Router {
     /// Queues `payload` to every worker with members of `group`, waiting for room in a full
     /// inbox (backpressure on the publisher). Returns the number of workers reached.
     pub async fn dispatch(&self, group: &str, payload: &Text) -> usize {
+        self.dispatch_excluding(group, payload, None).await
+    }
+
+    /// [`Router::dispatch`], skipping the connections in `exclude`.
+    pub async fn dispatch_excluding(
+        &self,
+        group: &str,
+        payload: &Text,
+        exclude: Option<&Arc<[ClientId]>>,
+    ) -> usize {
         let (group, workers) = {
             let table = self.table.read();
             match table.workers.get_key_value(group) {
@@ -158,28 +225,106 @@ impl Router {
             let delivery = Delivery {
                 group: group.clone(),
                 payload: payload.clone(),
+                exclude: exclude.cloned(),
             };
-            let inbox = &self.inboxes[worker];
-            let sent = match inbox.try_send(delivery) {
-                Ok(()) => true,
-                // Only a stopped worker (shutdown) closes its inbox.
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-                // Backpressure: wait for room. Boxed, so that the futures of every caller (one
-                // per connection) do not carry the send's state while idle.
-                Err(mpsc::error::TrySendError::Full(delivery)) => {
-                    Box::pin(inbox.send(delivery)).await.is_ok()
-                }
-            };
-            if sent {
+            if self.send(worker, Work::Deliver(delivery)).await {
                 reached += 1;
             }
         }
         reached
     }
 
-    /// Distinct groups with members anywhere in this process.
+    /// Queues `work` to `worker`, waiting for room in a full inbox. False when the worker has
+    /// stopped (shutdown) or does not exist.
+    async fn send(&self, worker: usize, work: Work) -> bool {
+        let Some(inbox) = self.inboxes.get(worker) else {
+            return false;
+        };
+        match inbox.try_send(work) {
+            Ok(()) => true,
+            // Only a stopped worker (shutdown) closes its inbox.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            // Backpressure: wait for room. Boxed, so that the futures of every caller (one per
+            // connection) do not carry the send's state while idle.
+            Err(mpsc::error::TrySendError::Full(work)) => Box::pin(inbox.send(work)).await.is_ok(),
+        }
+    }
+
+    /// Runs `job` on `worker` and returns what it returns; `None` when the worker is gone.
+    pub(crate) async fn ask<T: Send + 'static>(
+        &self,
+        worker: usize,
+        job: impl FnOnce(&LocalGroups) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        let work = Work::Run(Job(Box::new(move |local| {
+            let _ = tx.send(job(local));
+        })));
+        if !self.send(worker, work).await {
+            return None;
+        }
+        rx.await.ok()
+    }
+
+    /// Runs `job` on every worker (in parallel) and returns what each returned.
+    pub(crate) async fn ask_all<T: Send + 'static>(
+        &self,
+        job: impl Fn(&LocalGroups) -> T + Send + Sync + 'static,
+    ) -> Vec<T> {
+        let job = Arc::new(job);
+        let mut answers = Vec::with_capacity(self.inboxes.len());
+        for worker in 0..self.inboxes.len() {
+            let (tx, rx) = oneshot::channel();
+            let job = job.clone();
+            let work = Work::Run(Job(Box::new(move |local| {
+                let _ = tx.send(job(local));
+            })));
+            if self.send(worker, work).await {
+                answers.push(rx);
+            }
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for rx in answers {
+            if let Ok(answer) = rx.await {
+                out.push(answer);
+            }
+        }
+        out
+    }
+
+    /// Runs `job` on every worker, without waiting for it to have run.
+    pub(crate) async fn run_on_all(&self, job: impl Fn(&LocalGroups) + Send + Sync + 'static) {
+        let job = Arc::new(job);
+        for worker in 0..self.inboxes.len() {
+            let job = job.clone();
+            self.send(worker, Work::Run(Job(Box::new(move |local| job(local)))))
+                .await;
+        }
+    }
+
+    /// Runs `job` on `worker`, without waiting for it to have run.
+    pub(crate) async fn run_on(
+        &self,
+        worker: usize,
+        job: impl FnOnce(&LocalGroups) + Send + 'static,
+    ) {
+        self.send(worker, Work::Run(Job(Box::new(job)))).await;
+    }
+
+    /// Workers of this process.
+    pub fn worker_count(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Distinct client groups with members anywhere in this process.
     pub fn group_count(&self) -> usize {
-        self.table.read().workers.len()
+        let table = self.table.read();
+        table.workers.len() - table.topics
+    }
+
+    /// Topics this process is subscribed to: client groups, cluster topics, permanent topics.
+    pub fn subscription_count(&self) -> usize {
+        self.table.read().workers.len() + self.permanent.len()
     }
 
     /// Joins refused because the process had `max_groups` groups.
@@ -188,69 +333,125 @@ impl Router {
     }
 }
 
-impl Node for Router {
-    async fn deliver(&self, group: GroupName<'_>, payload: Text) {
-        self.dispatch(group.as_str(), &payload).await;
-    }
-
+impl Router {
     fn subscriptions(&self, full: bool) -> SubscriptionChanges {
         if !full {
             return self.table.write().subscriptions.take_changes();
         }
         self.table.write().subscriptions.start_full_sync();
         // The snapshot under the read lock: deliveries go on meanwhile.
-        let subscribe = self.table.read().workers.keys().cloned().collect();
+        let subscribe = {
+            let table = self.table.read();
+            let mut subscribe = Vec::with_capacity(self.permanent.len() + table.workers.len());
+            subscribe.extend(self.permanent.iter().cloned());
+            subscribe.extend(table.workers.keys().cloned());
+            subscribe
+        };
         SubscriptionChanges {
             subscribe,
             unsubscribe: Vec::new(),
         }
     }
-
-    fn subscriptions_lost(&self) {
-        self.table.write().subscriptions.lost();
-    }
-
-    fn wanted(&self) -> usize {
-        self.group_count()
-    }
-
-    async fn subscriptions_changed(&self) {
-        self.subscriptions_changed.notified().await;
-    }
 }
 
-/// The router plus the bus: what workers call when a client sends.
+/// The router, the bus and the cluster: what workers call when a client sends, and the [`Node`]
+/// the bus delivers to.
 pub struct Hub {
+    /// Itself, for the tasks it spawns.
+    me: std::sync::Weak<Hub>,
     router: Arc<Router>,
-    bus: Arc<dyn Bus>,
+    /// Set once the carrier has started (it is started with this hub as its node).
+    bus: OnceLock<Arc<dyn Bus>>,
+    cluster: Cluster,
 }
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub")
             .field("router", &self.router)
+            .field("node", &self.cluster.node_id())
             .finish_non_exhaustive()
     }
 }
 
 impl Hub {
-    pub fn new(router: Arc<Router>, bus: Arc<dyn Bus>) -> Hub {
-        Hub { router, bus }
+    pub fn new(router: Router, cluster: Cluster) -> Arc<Hub> {
+        let router = router.with_permanent(cluster.permanent_topics());
+        Arc::new_cyclic(|me| Hub {
+            me: me.clone(),
+            router: Arc::new(router),
+            bus: OnceLock::new(),
+            cluster,
+        })
+    }
+
+    /// This hub, shared (`None` only while it is being dropped).
+    pub(crate) fn me(&self) -> Option<Arc<Hub>> {
+        self.me.upgrade()
+    }
+
+    /// Sets the bus, once, when the carrier started.
+    pub fn set_bus(&self, bus: Arc<dyn Bus>) {
+        let _ = self.bus.set(bus);
     }
 
     pub fn router(&self) -> &Arc<Router> {
         &self.router
     }
 
-    pub fn bus(&self) -> &Arc<dyn Bus> {
-        &self.bus
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.cluster.node_id()
+    }
+
+    /// The bus, once started.
+    pub fn bus(&self) -> Option<&Arc<dyn Bus>> {
+        self.bus.get()
+    }
+
+    /// Publishes `payload` on the bus (dropped before the bus has started).
+    pub fn publish_raw(&self, topic: &GroupName<'_>, payload: &Bytes) {
+        if let Some(bus) = self.bus.get() {
+            bus.publish(topic, payload);
+        }
     }
 
     /// A client's send: delivered to this process's members directly, and to other gateways
     /// through the bus.
     pub async fn publish(&self, group: &GroupName<'_>, payload: &Text) {
-        self.bus.publish(group, payload);
+        self.publish_raw(group, payload.as_bytes());
         self.router.dispatch(group.as_str(), payload).await;
+    }
+}
+
+impl Node for Hub {
+    async fn deliver(&self, group: GroupName<'_>, payload: Payload) {
+        match payload {
+            Payload::Text(text) => {
+                self.router.dispatch(group.as_str(), &text).await;
+            }
+            Payload::Control(frame) => crate::cluster::on_control(self, group, frame).await,
+        }
+    }
+
+    fn subscriptions(&self, full: bool) -> SubscriptionChanges {
+        self.router.subscriptions(full)
+    }
+
+    fn subscriptions_lost(&self) {
+        self.router.table.write().subscriptions.lost();
+    }
+
+    /// Client groups only: the cluster's topics are counted apart (`/api/stats` `cluster`).
+    fn wanted(&self) -> usize {
+        self.router.group_count()
+    }
+
+    async fn subscriptions_changed(&self) {
+        self.router.subscriptions_changed.notified().await;
     }
 }
 

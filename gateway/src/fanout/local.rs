@@ -1,40 +1,126 @@
-//! One worker's group table: group -> (connection -> outbox) for the connections it owns. Only
-//! its own thread touches it (no locks on the per-message path); the first member of a group on
-//! this worker and the last one to leave tell the [`Hub`], which keeps the process-wide view.
+//! One worker's connections and group table: every [`Client`] it holds, and topic -> (connection
+//! -> client) for the groups and cluster topics (a uid's, a group's presence) they are in. Only
+//! its own thread touches it (no locks on the per-message path); the first member of a topic on
+//! this worker and the last one to leave tell the [`Router`](crate::fanout::hub::Router), which
+//! keeps the process-wide view.
+//!
+//! Every change of membership goes through here, whoever asks for it (the client's own command,
+//! the admin API, the connection closing), so that a client's groups, its uid and the tables
+//! always agree, and each join or leave of a group yields its presence event.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use protocol::GroupId;
+use protocol::client::{presence_event, PresenceKind};
+use protocol::cluster::{topic, ClientId, ClientInfo, Member, NodeId, Uid, RESERVED_PREFIX};
+use protocol::{GroupId, Text};
 use server_kit::memory::shrink_if_sparse;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::fanout::hub::{Delivery, GroupLimit, Hub};
+use crate::fanout::hub::{Delivery, GroupLimit, Hub, Work};
 use crate::fanout::outbox::{Outbox, Push};
 use crate::stats::WorkerStats;
 
 /// A connection's number within its worker.
 pub(crate) type ConnId = u64;
 
+/// Most uid hashes one worker reports for a group's count; past it the count of distinct uids
+/// is this worker's own (the cluster's is then a sum, not exact).
+pub(crate) const MAX_UID_HASHES: usize = 10_000;
+
+/// One connection as its worker knows it: where its messages go, its uid and its groups.
+#[derive(Debug)]
+pub(crate) struct Client {
+    pub(crate) conn: ConnId,
+    pub(crate) id: ClientId,
+    pub(crate) outbox: Outbox,
+    uid: RefCell<Option<Uid>>,
+    /// Client groups (not cluster topics), and whether it asked for their presence events.
+    groups: RefCell<HashMap<GroupId, bool>>,
+    /// Set by an order to close it (the admin API's `close_client`): code and reason.
+    close: RefCell<Option<Box<(u16, String)>>>,
+}
+
+impl Client {
+    pub(crate) fn uid(&self) -> Option<Uid> {
+        self.uid.borrow().clone()
+    }
+
+    pub(crate) fn group_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.groups.borrow().keys().map(|g| g.to_string()).collect();
+        names.sort_unstable();
+        names
+    }
+
+    pub(crate) fn group_count(&self) -> usize {
+        self.groups.borrow().len()
+    }
+
+    /// Asks the connection to close with `code` and `reason` (once it has written its queue).
+    pub(crate) fn request_close(&self, code: u16, reason: String) {
+        *self.close.borrow_mut() = Some(Box::new((code, reason)));
+        self.outbox.wake.notify_one();
+    }
+
+    pub(crate) fn close_requested(&self) -> Option<(u16, String)> {
+        self.close.borrow_mut().take().map(|close| *close)
+    }
+
+    fn info(&self) -> ClientInfo {
+        ClientInfo {
+            uid: self.uid(),
+            groups: self.group_names(),
+        }
+    }
+}
+
+/// A join or leave of a group, for those who asked for its presence events.
+#[derive(Debug)]
+pub(crate) struct PresenceEvent {
+    pub(crate) group: GroupId,
+    pub(crate) client: ClientId,
+    pub(crate) text: Text,
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum JoinError {
+    #[error("a connection may be in at most {0} groups")]
+    PerConnection(usize),
+    #[error(transparent)]
+    Process(#[from] GroupLimit),
+}
+
 #[derive(Debug)]
 pub(crate) struct LocalGroups {
     worker: usize,
+    node: NodeId,
+    max_groups_per_connection: usize,
     hub: Arc<Hub>,
     stats: Arc<WorkerStats>,
-    groups: RefCell<HashMap<GroupId, HashMap<ConnId, Rc<Outbox>>>>,
+    topics: RefCell<HashMap<GroupId, HashMap<ConnId, Rc<Client>>>>,
+    clients: RefCell<HashMap<ConnId, Rc<Client>>>,
     next_conn: Cell<ConnId>,
 }
 
 impl LocalGroups {
-    pub(crate) fn new(worker: usize, hub: Arc<Hub>, stats: Arc<WorkerStats>) -> LocalGroups {
+    pub(crate) fn new(
+        worker: usize,
+        max_groups_per_connection: usize,
+        hub: Arc<Hub>,
+        stats: Arc<WorkerStats>,
+    ) -> LocalGroups {
         LocalGroups {
             worker,
+            node: hub.node_id(),
+            max_groups_per_connection,
             hub,
             stats,
-            groups: RefCell::new(HashMap::new()),
+            topics: RefCell::new(HashMap::new()),
+            clients: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
         }
     }
@@ -49,64 +135,232 @@ impl LocalGroups {
         id
     }
 
-    /// Adds `conn` to `group`; refused when the group is new to the process and the process
-    /// has its limit of groups.
-    pub(crate) fn add_member(
+    /// The client id of connection `conn` of this worker.
+    pub(crate) fn client_id(&self, conn: ConnId) -> ClientId {
+        ClientId {
+            node: self.node,
+            worker: self.worker as u16,
+            conn,
+        }
+    }
+
+    /// A new connection, with an outbox of these bounds.
+    pub(crate) fn register(&self, conn: ConnId, outbox: Outbox) -> Rc<Client> {
+        let client = Rc::new(Client {
+            conn,
+            id: self.client_id(conn),
+            outbox,
+            uid: RefCell::new(None),
+            groups: RefCell::new(HashMap::new()),
+            close: RefCell::new(None),
+        });
+        self.clients.borrow_mut().insert(conn, client.clone());
+        client
+    }
+
+    /// The connection is closing: it leaves every group (their presence events are returned)
+    /// and its uid.
+    pub(crate) fn unregister(&self, client: &Rc<Client>) -> Vec<PresenceEvent> {
+        let groups: Vec<GroupId> = client.groups.borrow().keys().cloned().collect();
+        let events = groups
+            .iter()
+            .filter_map(|group| self.leave(client, group.as_str()))
+            .collect();
+        self.bind_uid(client, None);
+        let mut clients = self.clients.borrow_mut();
+        clients.remove(&client.conn);
+        shrink_if_sparse(&mut clients);
+        events
+    }
+
+    pub(crate) fn client(&self, conn: ConnId) -> Option<Rc<Client>> {
+        self.clients.borrow().get(&conn).cloned()
+    }
+
+    /// `client` joins `group` (with its presence events when `presence`). Joining again only
+    /// changes `presence`, and gives no event.
+    pub(crate) fn join(
         &self,
+        client: &Rc<Client>,
         group: &GroupId,
-        conn: ConnId,
-        outbox: &Rc<Outbox>,
-    ) -> Result<(), GroupLimit> {
-        let mut groups = self.groups.borrow_mut();
-        let members = match groups.get_mut(group) {
+        presence: bool,
+    ) -> Result<Option<PresenceEvent>, JoinError> {
+        let was = client.groups.borrow().get(group).copied();
+        if let Some(watching) = was {
+            if watching != presence {
+                self.set_presence(client, group, presence)?;
+                client.groups.borrow_mut().insert(group.clone(), presence);
+            }
+            return Ok(None);
+        }
+        if client.group_count() >= self.max_groups_per_connection {
+            return Err(JoinError::PerConnection(self.max_groups_per_connection));
+        }
+        self.add_member(group, client)?;
+        if presence {
+            if let Err(e) = self.set_presence(client, group, true) {
+                self.remove_member(group, client.conn);
+                return Err(e);
+            }
+        }
+        client.groups.borrow_mut().insert(group.clone(), presence);
+        Ok(Some(self.event(PresenceKind::Join, group, client)))
+    }
+
+    /// `client` leaves `group`; its leave event when it was a member.
+    pub(crate) fn leave(&self, client: &Rc<Client>, group: &str) -> Option<PresenceEvent> {
+        let (group, watching) = client.groups.borrow_mut().remove_entry(group)?;
+        if watching {
+            let _ = self.set_presence(client, &group, false);
+        }
+        self.remove_member(&group, client.conn);
+        Some(self.event(PresenceKind::Leave, &group, client))
+    }
+
+    /// Binds `client` to `uid` (or unbinds it), moving it between uid topics.
+    pub(crate) fn bind_uid(&self, client: &Rc<Client>, uid: Option<Uid>) {
+        let old = client.uid.replace(uid.clone());
+        if old == uid {
+            return;
+        }
+        if let Some(old) = old {
+            self.remove_member(&topic_id(&topic::uid(old.as_str())), client.conn);
+        }
+        if let Some(uid) = uid {
+            // Cluster topics are not limited by --max-groups (a uid per connection at most).
+            let _ = self.add_member(&topic_id(&topic::uid(uid.as_str())), client);
+        }
+    }
+
+    fn set_presence(
+        &self,
+        client: &Rc<Client>,
+        group: &GroupId,
+        on: bool,
+    ) -> Result<(), JoinError> {
+        let presence = topic_id(&topic::presence(group.as_str()));
+        if on {
+            self.add_member(&presence, client)?;
+        } else {
+            self.remove_member(&presence, client.conn);
+        }
+        Ok(())
+    }
+
+    fn event(&self, kind: PresenceKind, group: &GroupId, client: &Client) -> PresenceEvent {
+        let uid = client.uid.borrow();
+        PresenceEvent {
+            group: group.clone(),
+            client: client.id,
+            text: Text::from(presence_event(
+                kind,
+                group.as_str(),
+                &client.id,
+                uid.as_ref(),
+            )),
+        }
+    }
+
+    /// Adds `client` to `topic`; refused when it is a group new to the process and the process
+    /// has its limit of groups.
+    fn add_member(&self, topic: &GroupId, client: &Rc<Client>) -> Result<(), GroupLimit> {
+        let is_group = is_client_group(topic);
+        let mut topics = self.topics.borrow_mut();
+        let members = match topics.get_mut(topic) {
             Some(members) => members,
             None => {
-                self.hub.router().worker_joined(self.worker, group)?;
-                self.stats.groups.fetch_add(1, Relaxed);
-                groups.entry(group.clone()).or_default()
+                self.hub.router().worker_joined(self.worker, topic)?;
+                if is_group {
+                    self.stats.groups.fetch_add(1, Relaxed);
+                }
+                topics.entry(topic.clone()).or_default()
             }
         };
-        if members.insert(conn, outbox.clone()).is_none() {
+        if members.insert(client.conn, client.clone()).is_none() && is_group {
             self.stats.memberships.fetch_add(1, Relaxed);
             self.stats.joins.fetch_add(1, Relaxed);
         }
         Ok(())
     }
 
-    pub(crate) fn remove_member(&self, group: &GroupId, conn: ConnId) {
-        let mut groups = self.groups.borrow_mut();
-        let Some(members) = groups.get_mut(group) else {
+    fn remove_member(&self, topic: &GroupId, conn: ConnId) {
+        let is_group = is_client_group(topic);
+        let mut topics = self.topics.borrow_mut();
+        let Some(members) = topics.get_mut(topic) else {
             return;
         };
-        if members.remove(&conn).is_some() {
+        if members.remove(&conn).is_some() && is_group {
             self.stats.memberships.fetch_sub(1, Relaxed);
             self.stats.leaves.fetch_add(1, Relaxed);
         }
         if members.is_empty() {
-            groups.remove(group);
-            shrink_if_sparse(&mut groups);
-            self.stats.groups.fetch_sub(1, Relaxed);
-            self.hub.router().worker_left(self.worker, group);
+            topics.remove(topic);
+            shrink_if_sparse(&mut topics);
+            if is_group {
+                self.stats.groups.fetch_sub(1, Relaxed);
+            }
+            self.hub.router().worker_left(self.worker, topic);
         }
     }
 
-    /// Queues a group message to every local member.
+    /// Does what the router queued for this worker.
+    pub(crate) fn run(&self, work: Work) {
+        match work {
+            Work::Deliver(delivery) => self.deliver(delivery),
+            Work::Run(job) => job.run(self),
+        }
+    }
+
+    /// Queues a message to every local member of its topic but the excluded ones.
     pub(crate) fn deliver(&self, delivery: Delivery) {
-        let groups = self.groups.borrow();
-        let Some(members) = groups.get(&delivery.group) else {
+        let topics = self.topics.borrow();
+        let Some(members) = topics.get(&delivery.group) else {
             return; // the last member left after the router looked
         };
+        let excluded = self.excluded(delivery.exclude.as_deref());
+        self.push_all(
+            members.values().filter(|c| !excluded.contains(&c.conn)),
+            delivery.payload,
+        );
+    }
+
+    /// Queues a message to every connection of this worker but the excluded ones.
+    pub(crate) fn deliver_all(&self, payload: Text, exclude: &[ClientId]) {
+        let clients = self.clients.borrow();
+        let excluded = self.excluded(Some(exclude));
+        self.push_all(
+            clients.values().filter(|c| !excluded.contains(&c.conn)),
+            payload,
+        );
+    }
+
+    /// Queues a message to one connection, if it is still here.
+    pub(crate) fn deliver_to(&self, conn: ConnId, payload: Text) {
+        if let Some(client) = self.client(conn) {
+            self.push_all(std::iter::once(&client), payload);
+        }
+    }
+
+    /// The connections of this worker among `exclude`.
+    fn excluded(&self, exclude: Option<&[ClientId]>) -> Vec<ConnId> {
+        exclude
+            .unwrap_or_default()
+            .iter()
+            .filter(|id| id.node == self.node && usize::from(id.worker) == self.worker)
+            .map(|id| id.conn)
+            .collect()
+    }
+
+    fn push_all<'c>(&self, clients: impl Iterator<Item = &'c Rc<Client>>, payload: Text) {
         // Text is UTF-8 by construction; the WebSocket library checks it once more, once per
         // message and worker (not per member).
-        let Ok(payload) = Utf8Bytes::try_from(delivery.payload.into_bytes()) else {
-            self.stats
-                .queue_drops
-                .fetch_add(members.len() as u64, Relaxed);
+        let Ok(payload) = Utf8Bytes::try_from(payload.into_bytes()) else {
+            self.stats.queue_drops.fetch_add(1, Relaxed);
             return;
         };
         let mut delivered = 0;
-        for outbox in members.values() {
-            match outbox.push(payload.clone()) {
+        for client in clients {
+            match client.outbox.push(payload.clone()) {
                 Push::Queued => delivered += 1,
                 Push::Overflowed { dropped } => {
                     self.stats.queue_drops.fetch_add(dropped as u64, Relaxed);
@@ -121,4 +375,92 @@ impl LocalGroups {
             .bytes_out
             .fetch_add(delivered * payload.len() as u64, Relaxed);
     }
+
+    // Queries, answered on this worker's thread for the cluster API.
+
+    /// The members of `topic` here.
+    pub(crate) fn members_of(&self, topic: &str) -> Vec<Rc<Client>> {
+        self.topics
+            .borrow()
+            .get(topic)
+            .map(|members| members.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Connections in `group` here, and the hashes of their distinct uids (`None` past
+    /// [`MAX_UID_HASHES`], with their number).
+    pub(crate) fn count(&self, group: &str) -> (u64, HashSet<u64>) {
+        let topics = self.topics.borrow();
+        let Some(members) = topics.get(group) else {
+            return (0, HashSet::new());
+        };
+        let uids = members
+            .values()
+            .filter_map(|c| c.uid.borrow().as_ref().map(Uid::hash64))
+            .collect();
+        (members.len() as u64, uids)
+    }
+
+    /// Up to `limit` members of `group` with a client id after `after`, in client id order.
+    pub(crate) fn members(
+        &self,
+        group: &str,
+        after: Option<ClientId>,
+        limit: usize,
+    ) -> Vec<Member> {
+        let topics = self.topics.borrow();
+        let Some(members) = topics.get(group) else {
+            return Vec::new();
+        };
+        let mut page: Vec<&Rc<Client>> = members
+            .values()
+            .filter(|c| after.is_none_or(|after| c.id > after))
+            .collect();
+        page.sort_unstable_by_key(|c| c.id);
+        page.truncate(limit);
+        page.into_iter()
+            .map(|c| Member {
+                client_id: c.id,
+                uid: c.uid(),
+            })
+            .collect()
+    }
+
+    /// Up to `limit` groups with an id after `after`, in order, with their connections here.
+    pub(crate) fn groups(&self, after: Option<&str>, limit: usize) -> Vec<(String, u64)> {
+        let topics = self.topics.borrow();
+        let mut page: Vec<(&GroupId, usize)> = topics
+            .iter()
+            .filter(|(g, _)| is_client_group(g) && after.is_none_or(|after| g.as_str() > after))
+            .map(|(g, members)| (g, members.len()))
+            .collect();
+        page.sort_unstable();
+        page.truncate(limit);
+        page.into_iter()
+            .map(|(g, n)| (g.to_string(), n as u64))
+            .collect()
+    }
+
+    pub(crate) fn client_info(&self, conn: ConnId) -> Option<ClientInfo> {
+        self.client(conn).map(|c| c.info())
+    }
+
+    /// This worker's connections and memberships.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        (
+            self.clients.borrow().len() as u64,
+            self.stats.memberships.load(Relaxed),
+        )
+    }
+}
+
+/// A cluster topic's name as a routing key (topic names are built here, never from a client's
+/// text alone, and are valid by construction).
+pub(crate) fn topic_id(name: &str) -> GroupId {
+    GroupId::new(name, usize::MAX).expect("topic names are never empty")
+}
+
+/// Whether `topic` is a client's group rather than a cluster topic.
+pub(crate) fn is_client_group(topic: &GroupId) -> bool {
+    !topic.as_str().starts_with(RESERVED_PREFIX)
 }

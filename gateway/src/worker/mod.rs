@@ -24,7 +24,7 @@ use crate::edge::connection;
 use crate::edge::frame_meter::FrameBudget;
 use crate::edge::limits::{Permit, RateLimit};
 use crate::edge::origin::OriginPolicy;
-use crate::fanout::hub::{Delivery, Hub};
+use crate::fanout::hub::{Hub, Work};
 use crate::fanout::local::LocalGroups;
 use crate::stats::WorkerStats;
 use state::WorkerState;
@@ -44,7 +44,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) hub: Arc<Hub>,
     pub(crate) stats: Arc<WorkerStats>,
     pub(crate) connections: mpsc::Receiver<NewConnection>,
-    pub(crate) inbox: mpsc::Receiver<Delivery>,
+    pub(crate) inbox: mpsc::Receiver<Work>,
     pub(crate) security: Arc<ClientSecurity>,
     pub(crate) shutdown: CancellationToken,
 }
@@ -88,17 +88,21 @@ async fn run(setup: WorkerSetup) {
         .max_write_buffer_size(config.ws_write_buffer + config.link_max_frame_size)
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_message_size));
+    let max_groups_per_connection = config.max_groups_per_connection;
     let state = Rc::new(WorkerState {
         id,
         parse_limits: ParseLimits {
             max_group_id_len: config.max_group_id_len,
+            max_uid_len: config.max_uid_len,
+            max_targets: config.max_targets,
+            max_page_size: config.max_page_size,
         },
         ws_config,
         origins: OriginPolicy::new(&config.allowed_origins),
         rate_limit: RateLimit::from_config(&config),
         frame_budget: FrameBudget::new(config.max_control_frames_per_second),
         config,
-        local: LocalGroups::new(id, hub, stats.clone()),
+        local: LocalGroups::new(id, max_groups_per_connection, hub, stats.clone()),
         stats,
         security,
     });
@@ -131,8 +135,8 @@ async fn run(setup: WorkerSetup) {
                 if n == 0 {
                     break;
                 }
-                for delivery in batch.drain(..) {
-                    state.local.deliver(delivery);
+                for work in batch.drain(..) {
+                    state.local.run(work);
                 }
                 // Let the connections write what was just queued before taking more: without
                 // this a burst fills outboxes faster than their owners can drain them.
@@ -145,8 +149,8 @@ async fn run(setup: WorkerSetup) {
     // Deliver what the inbox already holds, so that the connections flush it before closing.
     // Closing it first stops new deliveries, which bounds this loop.
     inbox.close();
-    while let Ok(delivery) = inbox.try_recv() {
-        state.local.deliver(delivery);
+    while let Ok(work) = inbox.try_recv() {
+        state.local.run(work);
     }
     close_connections.cancel();
     tasks.close();

@@ -92,7 +92,7 @@ use bytes::Bytes;
 use futures_util::stream::{AbortHandle, Abortable, SelectAll};
 use futures_util::{Stream, StreamExt};
 use parking_lot::Mutex;
-use protocol::{GroupId, GroupName, Text};
+use protocol::{GroupId, GroupName};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +104,8 @@ use super::origin::{Origin, Received};
 use super::publish_queue::PublishQueue;
 use super::warnings::Throttle;
 use super::{
-    equal_jitter, Bus, BusCounters, BusError, BusStatus, Carrier, Node, RunningBus, ShardStatus,
+    equal_jitter, Bus, BusCounters, BusError, BusStatus, Carrier, Node, Payload, RunningBus,
+    ShardStatus,
 };
 use crate::config::GatewayConfig;
 
@@ -211,15 +212,17 @@ impl NatsCarrier {
             shown.push(bare);
         }
         let prefix = config.bus_prefix.clone();
-        if !subject::fits_control_line(&prefix, config.max_group_id_len) {
+        // The longest topic is a group's presence topic or a uid's: 3 bytes more.
+        if !subject::fits_control_line(&prefix, config.max_topic_len()) {
             return Err(invalid(format!(
-                "--max-group-id-len {} gives NATS subjects of up to {} bytes, too long for a \
-                 NATS control line ({} bytes by default): with --bus-prefix {prefix:?} use at \
-                 most {}",
+                "--max-group-id-len {} and --max-uid-len {} give NATS subjects of up to {} \
+                 bytes, too long for a NATS control line ({} bytes by default): with \
+                 --bus-prefix {prefix:?} use at most {} for each",
                 config.max_group_id_len,
-                subject::max_subject_len(&prefix, config.max_group_id_len),
+                config.max_uid_len,
+                subject::max_subject_len(&prefix, config.max_topic_len()),
                 subject::MAX_CONTROL_LINE,
-                subject::max_group_id_len(&prefix),
+                subject::max_group_id_len(&prefix) - protocol::cluster::topic::MAX_PREFIX_LEN,
             )));
         }
         Ok(NatsCarrier {
@@ -230,10 +233,7 @@ impl NatsCarrier {
             settings: Settings {
                 prefix,
                 node_name: config.node_name(),
-                inbound: InboundLimits {
-                    max_group_id_len: config.max_group_id_len,
-                    max_message_size: config.max_message_size,
-                },
+                inbound: InboundLimits::from_config(config),
                 queue: config.link_queue,
                 queue_bytes: config.link_queue_bytes,
                 ping_interval: config.link_ping_interval,
@@ -479,14 +479,14 @@ impl NatsBus {
 }
 
 impl Bus for NatsBus {
-    fn publish(&self, group: &GroupName<'_>, payload: &Text) {
-        self.counters.publishes.fetch_add(1, Relaxed);
+    fn publish(&self, group: &GroupName<'_>, payload: &Bytes) {
+        self.counters.count_publish(payload);
         if !self.is_up() {
             return self.drop_publish();
         }
         let outgoing = Outgoing {
             subject: Subject::from(subject::group_subject(&self.prefix, group.as_str())),
-            payload: self.origin.stamp(payload.as_bytes()),
+            payload: self.origin.stamp(payload),
         };
         let len = outgoing.len();
         if !self.queue.push(outgoing, len) {
@@ -572,7 +572,7 @@ async fn run<N: Node>(
 /// inbox then fills, and what does not fit is dropped and counted by the carrier task).
 async fn deliver_loop<N: Node>(
     node: Arc<N>,
-    mut inbox: mpsc::Receiver<(GroupId, Text)>,
+    mut inbox: mpsc::Receiver<(GroupId, Payload)>,
     inbox_bytes: Arc<AtomicUsize>,
     shutdown: CancellationToken,
 ) {
@@ -584,7 +584,7 @@ async fn deliver_loop<N: Node>(
             },
             _ = shutdown.cancelled() => return,
         };
-        let len = text.as_bytes().len();
+        let len = text.len();
         // The group id was checked against the gateway's limit when it was subscribed.
         if let Ok(name) = GroupName::parse(group.as_str(), usize::MAX) {
             tokio::select! {
@@ -693,7 +693,7 @@ struct Link<N> {
     synced: Option<u64>,
     session_started: Instant,
     /// Checked messages on their way to the node ([`deliver_loop`]), and their bytes.
-    inbox: mpsc::Sender<(GroupId, Text)>,
+    inbox: mpsc::Sender<(GroupId, Payload)>,
     inbox_bytes: Arc<AtomicUsize>,
 }
 
@@ -889,23 +889,35 @@ impl<N: Node> Link<N> {
                 handle.abort();
             }
         }
+        // Client groups: the cluster's own topics (permanent, uids, presence) are not counted.
+        let topics = self
+            .subscribed
+            .keys()
+            .filter(|g| g.as_str().starts_with(protocol::cluster::RESERVED_PREFIX))
+            .count();
         self.bus
             .subscriptions
-            .store(self.subscribed.len() as u64, Relaxed);
+            .store((self.subscribed.len() - topics) as u64, Relaxed);
         complete
     }
 
     /// A message from another gateway: opened, checked, and queued for the members here.
     fn receive(&self, group: GroupId, message: Message) {
         let counters = &self.bus.counters;
-        counters.messages_in.fetch_add(1, Relaxed);
         let payload = match self.bus.origin.open(message.payload) {
-            Ok(Received::Message(payload)) => payload,
-            Ok(Received::Echo) => {
-                counters.echoes_dropped.fetch_add(1, Relaxed);
+            Ok(Received::Message(payload)) => {
+                counters.count_received(&payload);
+                payload
+            }
+            Ok(Received::Echo(payload)) => {
+                counters.count_received(&payload);
+                if !protocol::cluster::ControlFrame::is_control(&payload) {
+                    counters.echoes_dropped.fetch_add(1, Relaxed);
+                }
                 return;
             }
             Err(e) => {
+                counters.messages_in.fetch_add(1, Relaxed);
                 counters.messages_invalid.fetch_add(1, Relaxed);
                 if let Some(repeats) = self.bus.warnings.lock().invalid.allow() {
                     tracing::warn!(carrier = CARRIER, group = %group, cause = %e, repeats, "dropping a NATS message that is not a gateway envelope");
@@ -919,7 +931,7 @@ impl<N: Node> Link<N> {
             .check(group.as_str().as_bytes(), payload)
         {
             Ok((_, text)) => {
-                let len = text.as_bytes().len();
+                let len = text.len();
                 let queued = self.inbox_bytes.fetch_add(len, Relaxed);
                 let full = queued > 0 && queued + len > INBOX_BYTES;
                 if full || self.inbox.try_send((group.clone(), text)).is_err() {
@@ -1023,7 +1035,8 @@ mod tests {
     #[test]
     fn group_ids_too_long_for_a_subject_are_refused_at_start() {
         let mut config = GatewayConfig::default();
-        config.max_group_id_len = subject::max_group_id_len(&config.bus_prefix);
+        config.max_group_id_len = subject::max_group_id_len(&config.bus_prefix)
+            - protocol::cluster::topic::MAX_PREFIX_LEN;
         assert!(carrier("nats://n1", &config).is_ok());
         config.max_group_id_len += 1;
         let err = carrier("nats://n1", &config)

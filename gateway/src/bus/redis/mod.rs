@@ -69,7 +69,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use protocol::envelope::ENVELOPE_HEADER_LEN;
-use protocol::{GroupId, GroupName, Text};
+use protocol::{GroupId, GroupName};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
@@ -86,8 +86,8 @@ use super::origin::{Origin, Received};
 use super::publish_queue::PublishQueue;
 use super::warnings::Throttle;
 use super::{
-    jittered, Bus, BusAddress, BusCounters, BusError, BusStatus, Carrier, Node, RunningBus,
-    ShardStatus,
+    jittered, Bus, BusAddress, BusCounters, BusError, BusStatus, Carrier, Node, Payload,
+    RunningBus, ShardStatus,
 };
 use crate::config::GatewayConfig;
 
@@ -181,10 +181,7 @@ impl RedisCarrier {
             settings: Settings {
                 prefix: config.bus_prefix.clone(),
                 client_name: format!("{}-{name}", config.bus_prefix),
-                inbound: InboundLimits {
-                    max_group_id_len: config.max_group_id_len,
-                    max_message_size: config.max_message_size,
-                },
+                inbound: InboundLimits::from_config(config),
                 // Messages larger than this gateway's limit are read and dropped (counted);
                 // only those beyond four times it (or a broken server) cost the connection.
                 resp: {
@@ -329,8 +326,8 @@ struct RedisBus<N> {
 }
 
 impl<N: Node> Bus for RedisBus<N> {
-    fn publish(&self, group: &GroupName<'_>, payload: &Text) {
-        self.counters.publishes.fetch_add(1, Relaxed);
+    fn publish(&self, group: &GroupName<'_>, payload: &Bytes) {
+        self.counters.count_publish(payload);
         let verb: &[u8] = if self.cluster {
             b"SPUBLISH"
         } else {
@@ -341,7 +338,7 @@ impl<N: Node> Bus for RedisBus<N> {
             &self.settings.prefix,
             group.as_str(),
             &self.origin.header(),
-            payload.as_bytes(),
+            payload,
         );
         let shard = {
             let topology = self.topology.read();
@@ -565,7 +562,7 @@ fn drain<N: Node>(bus: &RedisBus<N>, shard: &Shard, rx: &mut mpsc::Receiver<Byte
 
 /// A target's checked messages on their way to the node ([`deliver_loop`]).
 struct Inbox {
-    tx: mpsc::Sender<(Bytes, Text)>,
+    tx: mpsc::Sender<(Bytes, Payload)>,
     /// Bytes of text in it.
     bytes: Arc<AtomicUsize>,
     /// Signalled each time the deliverer takes a message out.
@@ -579,8 +576,8 @@ impl Inbox {
     }
 
     /// Queues a message of `group` (read only while [`Inbox::has_room`], so it fits).
-    fn push(&self, group: Bytes, text: Text) {
-        let len = text.as_bytes().len();
+    fn push(&self, group: Bytes, text: Payload) {
+        let len = text.len();
         self.bytes.fetch_add(len, Relaxed);
         if self.tx.try_send((group, text)).is_err() {
             self.bytes.fetch_sub(len, Relaxed);
@@ -591,7 +588,7 @@ impl Inbox {
 /// Hands a target's messages to the node, in order, waiting while its workers are full.
 async fn deliver_loop<N: Node>(
     node: Arc<N>,
-    mut rx: mpsc::Receiver<(Bytes, Text)>,
+    mut rx: mpsc::Receiver<(Bytes, Payload)>,
     bytes: Arc<AtomicUsize>,
     taken: Arc<Notify>,
     stop: CancellationToken,
@@ -604,7 +601,7 @@ async fn deliver_loop<N: Node>(
             },
             _ = stop.cancelled() => return,
         };
-        let len = text.as_bytes().len();
+        let len = text.len();
         // The group was checked against the gateway's limits when the message arrived.
         let name = std::str::from_utf8(&group)
             .ok()
@@ -1160,17 +1157,24 @@ fn on_message<N: Node>(
     payload: Bytes,
 ) {
     let c = &bus.counters;
-    c.messages_in.fetch_add(1, Relaxed);
     let payload = match (
         group_of(&bus.settings.prefix, channel),
         bus.origin.open(payload),
     ) {
-        (_, Ok(Received::Echo)) => {
-            c.echoes_dropped.fetch_add(1, Relaxed);
+        (_, Ok(Received::Echo(payload))) => {
+            // Control frames come back too: this gateway's own heartbeats, its questions.
+            c.count_received(&payload);
+            if !protocol::cluster::ControlFrame::is_control(&payload) {
+                c.echoes_dropped.fetch_add(1, Relaxed);
+            }
             return;
         }
-        (Some(group), Ok(Received::Message(payload))) => (group, payload),
+        (Some(group), Ok(Received::Message(payload))) => {
+            c.count_received(&payload);
+            (group, payload)
+        }
         (_, result) => {
+            c.messages_in.fetch_add(1, Relaxed);
             c.messages_invalid.fetch_add(1, Relaxed);
             if let Some(suppressed) = shard.may_warn() {
                 let cause = result
@@ -1590,7 +1594,7 @@ mod tests {
     struct NoNode;
 
     impl Node for NoNode {
-        async fn deliver(&self, _: GroupName<'_>, _: Text) {}
+        async fn deliver(&self, _: GroupName<'_>, _: Payload) {}
         fn subscriptions(&self, _: bool) -> super::super::SubscriptionChanges {
             Default::default()
         }
