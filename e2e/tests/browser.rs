@@ -683,6 +683,115 @@ async fn demo_pages_join_send_and_leave() -> Result<()> {
     .await
 }
 
+/// The members the page lists for `group`: `(client id, uid text)` in page order, once the list
+/// is ready.
+async fn member_list(page: &Browser, group: &str) -> Result<Vec<(String, String)>> {
+    let value = page
+        .eval(
+            "const card = document.getElementById('members-' + arguments[0]);
+             if (!card || card.dataset.status !== 'ready') return null;
+             return Array.from(card.querySelectorAll('li[data-client-id]'),
+                 li => [li.dataset.clientId, li.querySelector('.uid').textContent]);",
+            vec![json!(group)],
+        )
+        .await?;
+    if value.is_null() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_value(value).context("member rows are (client id, uid) pairs")
+}
+
+/// The client id the page shows, once it shows one.
+async fn shown_client_id(page: &Browser) -> Result<String> {
+    let id = page
+        .wait_for(
+            "the connection's client id",
+            "const t = document.getElementById('client-id').textContent;
+             return /^[0-9a-f]{16}-[0-9]+-[0-9]+$/.test(t) ? t : null;",
+            vec![],
+        )
+        .await?;
+    id.as_str()
+        .map(str::to_owned)
+        .context("the client id is text")
+}
+
+/// The page shows its connection's client id and uid, and a live member list of each group it
+/// joined, kept by presence events from the other pages (on another gateway too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver: run with --include-ignored"]
+async fn demo_page_shows_identity_and_live_members() -> Result<()> {
+    let tools = Tools::find()?;
+    within("demo_page_shows_identity_and_live_members", async {
+        let a_gateway = Gateway::start(GatewayConfig::embedded("gateway-a").workers(1)).await?;
+        let broker = a_gateway
+            .embedded_broker
+            .context("gateway-a embeds the broker")?;
+        let b_gateway =
+            Gateway::start(GatewayConfig::with_broker("gateway-b", broker).workers(1)).await?;
+        let driver = Chromedriver::start(&tools).await?;
+        let a = driver.browser("page-a").await?;
+        let b = driver.browser("page-b").await?;
+        a.open_demo(a_gateway.admin.addr()).await?;
+        b.open_demo(b_gateway.admin.addr()).await?;
+
+        let a_id = shown_client_id(&a).await?;
+        let b_id = shown_client_id(&b).await?;
+        ensure!(a_id != b_id, "two connections, one id: {a_id}");
+        ensure!(a.text_of("#uid").await? == "none", "no uid before binding");
+        a.fill("#uid-input", "alice").await?;
+        a.click("#bind-btn").await?;
+        a.wait_for(
+            "uid alice",
+            "return document.getElementById('uid').textContent === 'alice';",
+            vec![],
+        )
+        .await?;
+
+        a.join("room").await?;
+        b.join("room").await?;
+        for page in [&a, &b] {
+            let deadline = Instant::now() + PAGE_TIMEOUT;
+            loop {
+                let members = member_list(page, "room").await?;
+                let ids: Vec<&str> = members.iter().map(|(id, _)| id.as_str()).collect();
+                if ids.contains(&a_id.as_str()) && ids.contains(&b_id.as_str()) && ids.len() == 2 {
+                    let alice = members.iter().find(|(id, _)| *id == a_id);
+                    ensure!(
+                        alice.is_some_and(|(_, uid)| uid.contains("alice")),
+                        "a's row shows its uid: {members:?}"
+                    );
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "the member lists never showed both pages: {members:?}"
+                );
+                tokio::time::sleep(PAGE_POLL).await;
+            }
+        }
+
+        // b leaves: a's list follows, from the leave event.
+        b.leave("room").await?;
+        a.wait_for(
+            "b gone from a's member list",
+            "const card = document.getElementById('members-room');
+             return card && card.querySelectorAll('li[data-client-id]').length === 1;",
+            vec![],
+        )
+        .await?;
+        ensure!(
+            member_list(&a, "room").await?
+                == [(a_id.clone(), a.text_of("#members-room li .uid").await?)],
+            "only a is left"
+        );
+        try_join_all([a.close(), b.close()]).await?;
+        a_gateway.process.assert_no_panics()?;
+        b_gateway.process.assert_no_panics()
+    })
+    .await
+}
+
 /// The page escapes what it shows, shows error replies apart, shows live stats, and looks right:
 /// a screenshot is saved to `target/demo-screenshot.png`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

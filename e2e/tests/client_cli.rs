@@ -78,3 +78,89 @@ async fn join_several_groups() -> Result<()> {
     );
     Ok(())
 }
+
+/// Runs `client-cli ARGS` to completion; it must exit 0. Returns its stdout.
+async fn run(args: &[&str]) -> Result<String> {
+    let mut cli = Process::spawn(format!("client-cli {}", args.join(" ")), "client-cli", args)?;
+    let status = cli.wait(EXIT_TIMEOUT).await?;
+    ensure!(
+        status.success(),
+        "`client-cli {}` exited with {status}; stderr: {:?}",
+        args.join(" "),
+        cli.stderr_lines()
+    );
+    Ok(cli.stdout())
+}
+
+/// The cluster API from the command line, as README.md shows it: a member joined with a uid
+/// receives what is sent to its uid, to its client id and to everyone; count, members, groups,
+/// clients and nodes describe it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_commands_reach_and_describe_a_member() -> Result<()> {
+    let gateway = Gateway::start(GatewayConfig::embedded("gateway")).await?;
+    let url = gateway.url();
+    let admin = format!("http://{}", gateway.admin.addr());
+    let mut member = Process::spawn(
+        "client-cli join",
+        "client-cli",
+        [
+            "--url",
+            &url,
+            "join",
+            "room",
+            "--uid",
+            "alice",
+            "--count",
+            "3",
+            "--timeout",
+            "20",
+        ],
+    )?;
+    let line = member
+        .wait_for_stderr_line("the member's client id", STARTUP_TIMEOUT, |line| {
+            line.starts_with("client_id ")
+        })
+        .await?;
+    let client_id = line.trim_start_matches("client_id ").to_owned();
+
+    let count = run(&["--url", &url, "count", "room"]).await?;
+    ensure!(
+        count.trim() == "room: 1 connections, 1 uids",
+        "count printed {count:?}"
+    );
+    let members = run(&["--url", &url, "members", "room"]).await?;
+    ensure!(
+        members.trim() == format!("{client_id} alice"),
+        "members printed {members:?}"
+    );
+    let groups = run(&["groups", "--admin-url", &admin]).await?;
+    ensure!(groups.trim() == "room 1", "groups printed {groups:?}");
+    let clients = run(&["clients", "--uid", "alice", "--admin-url", &admin]).await?;
+    ensure!(
+        clients.contains(&client_id),
+        "clients --uid printed {clients:?}"
+    );
+    let nodes = run(&["nodes", "--admin-url", &admin]).await?;
+    ensure!(
+        nodes.lines().count() == 1
+            && nodes.contains("(self)")
+            && client_id.starts_with(nodes.split(' ').next().unwrap_or("?")),
+        "nodes printed {nodes:?}"
+    );
+
+    run(&["--url", &url, "send-uid", "alice", "to alice"]).await?;
+    run(&["--url", &url, "send-client", &client_id, "just you"]).await?;
+    run(&["--url", &url, "send-all", "everyone"]).await?;
+    let status = member.wait(EXIT_TIMEOUT).await?;
+    ensure!(
+        status.success(),
+        "`client-cli join` exited with {status}; stderr: {:?}",
+        member.stderr_lines()
+    );
+    let stdout = member.stdout();
+    ensure!(
+        stdout == "to alice\njust you\neveryone\n",
+        "the member printed {stdout:?}"
+    );
+    gateway.process.assert_no_panics()
+}

@@ -777,7 +777,12 @@ fn parse_req_id<'a>(raw: &'a RawValue) -> Result<ReqId<'a>, CommandError<'a>> {
 
 /// `"123"`, `123` and `123.0` name the same group, as in the original. Refuses the reserved
 /// prefix.
-fn parse_group_id<'a>(raw: &'a RawValue, max_len: usize) -> Result<GroupName<'a>, GroupIdError> {
+///
+/// Public for the other JSON bodies that name a group (the gateway's admin API).
+pub fn parse_group_id<'a>(
+    raw: &'a RawValue,
+    max_len: usize,
+) -> Result<GroupName<'a>, GroupIdError> {
     let text = raw.get();
     let name: Cow<'a, str> = match text.as_bytes().first() {
         Some(b'"') => {
@@ -890,7 +895,9 @@ fn exact_integer(
 }
 
 /// The text members receive for a `message` value.
-fn message_text<'a>(raw: &'a RawValue) -> Result<Cow<'a, str>, CommandError<'a>> {
+///
+/// Public for the other JSON bodies that carry a message (the gateway's admin API).
+pub fn message_text<'a>(raw: &'a RawValue) -> Result<Cow<'a, str>, CommandError<'a>> {
     let text = raw.get();
     if text.starts_with('"') {
         return json_string(text)

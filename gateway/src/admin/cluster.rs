@@ -10,12 +10,14 @@
 use std::borrow::Cow;
 
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::Json;
-use protocol::cluster::{ClientId, Op, Request as Ask, Target, Uid, RESERVED_PREFIX};
+use protocol::cluster::{ClientId, Op, Request as Ask, Target, Uid};
 use protocol::{GroupName, Text};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{check_content_type, ApiError, Published, Shared};
@@ -63,14 +65,13 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
     })
 }
 
-/// A body's `message`: a string is sent as its text, any other JSON value as its compact text
-/// (as `send_to_group` does).
-fn message_text(state: &Shared, message: &Value) -> Result<Text, ApiError> {
-    let text = match message {
-        Value::String(text) => text.clone(),
-        Value::Null => return Err(bad("missing_field", "`message` is required")),
-        other => other.to_string(),
-    };
+/// A body's `message`: a string is sent as its text, any other JSON value as its compact text,
+/// keys in their order and numbers as written (as `send_to_group` and `/api/publish` do).
+fn message_text(state: &Shared, message: Option<&RawValue>) -> Result<Text, ApiError> {
+    let message = message.ok_or_else(|| bad("missing_field", "`message` is required"))?;
+    let text = protocol::client::message_text(message)
+        .map_err(|e| bad(e.code.as_str(), e.reason))?
+        .into_owned();
     let max = state.gateway.config().max_message_size;
     if text.len() > max {
         return Err(ApiError::new(
@@ -85,15 +86,24 @@ fn message_text(state: &Shared, message: &Value) -> Result<Text, ApiError> {
     Ok(Text::from(text))
 }
 
+/// A group id given in a path.
 fn group_id<'a>(state: &Shared, group: &'a str) -> Result<GroupName<'a>, ApiError> {
-    if group.starts_with(RESERVED_PREFIX) {
-        return Err(bad(
-            "invalid_group_id",
-            "group ids starting with U+001F are reserved for the gateways' own topics",
-        ));
-    }
-    GroupName::parse(group, state.gateway.config().max_group_id_len)
+    GroupName::parse_client(group, state.gateway.config().max_group_id_len)
         .map_err(|e| bad("invalid_group_id", e.to_string()))
+}
+
+/// A body's `group_id`: a string or an integer, as in commands.
+fn group_field(state: &Shared, group: Option<&RawValue>) -> Result<String, ApiError> {
+    let group = group.ok_or_else(|| bad("missing_field", "`group_id` is required"))?;
+    protocol::client::parse_group_id(group, state.gateway.config().max_group_id_len)
+        .map(|name| name.as_str().to_owned())
+        .map_err(|e| bad("invalid_group_id", e.to_string()))
+}
+
+/// A path parameter, or the JSON error of one that does not decode.
+fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(value)| value)
+        .map_err(|e| bad("invalid_field", e.body_text()))
 }
 
 /// A uid given as a JSON string or integer.
@@ -126,7 +136,7 @@ fn check_targets(state: &Shared, n: usize, what: &str) -> Result<(), ApiError> {
 #[derive(Deserialize)]
 pub(super) struct SendToAll {
     #[serde(default)]
-    message: Value,
+    message: Option<Box<RawValue>>,
     #[serde(default)]
     exclude: Vec<String>,
 }
@@ -142,7 +152,7 @@ pub(super) async fn send_to_all(
     request: Request,
 ) -> Result<Json<Published>, ApiError> {
     let body: SendToAll = read_json(&state, request).await?;
-    let payload = message_text(&state, &body.message)?;
+    let payload = message_text(&state, body.message.as_deref())?;
     let exclude = exclude_list(&state, &body.exclude)?;
     state.gateway.hub().send_to_all(&payload, exclude).await;
     Ok(Json(Published { published: 1 }))
@@ -153,7 +163,7 @@ pub(super) struct SendToUid {
     #[serde(default)]
     uid: Value,
     #[serde(default)]
-    message: Value,
+    message: Option<Box<RawValue>>,
 }
 
 /// `POST /api/send_to_uid`: `{"uid":U or [U...],"message":M}`.
@@ -180,7 +190,7 @@ pub(super) async fn send_to_uid(
         }
         one => vec![uid_of(&state, one)?],
     };
-    let payload = message_text(&state, &body.message)?;
+    let payload = message_text(&state, body.message.as_deref())?;
     let hub = state.gateway.hub();
     for uid in &uids {
         hub.send_to_uid(uid, &payload).await;
@@ -195,7 +205,7 @@ pub(super) struct SendToClient {
     #[serde(default)]
     client_id: Option<String>,
     #[serde(default)]
-    message: Value,
+    message: Option<Box<RawValue>>,
 }
 
 /// `POST /api/send_to_client`: `{"client_id":C,"message":M}`.
@@ -209,7 +219,7 @@ pub(super) async fn send_to_client(
             .as_deref()
             .ok_or_else(|| bad("missing_field", "`client_id` is required"))?,
     )?;
-    let payload = message_text(&state, &body.message)?;
+    let payload = message_text(&state, body.message.as_deref())?;
     state.gateway.hub().send_to_client(id, &payload).await;
     Ok(Json(Published { published: 1 }))
 }
@@ -222,7 +232,7 @@ pub(super) struct Order {
     #[serde(default)]
     uid: Value,
     #[serde(default)]
-    group_id: Option<String>,
+    group_id: Option<Box<RawValue>>,
     #[serde(default)]
     presence: bool,
     #[serde(default)]
@@ -261,13 +271,6 @@ async fn run_order(state: &Shared, target: Target, scope: Scope, op: Op) -> Json
         applied: merge_applied(&gathered.replies),
         nodes: gathered.nodes,
     })
-}
-
-fn required_group(order: &Order) -> Result<&str, ApiError> {
-    order
-        .group_id
-        .as_deref()
-        .ok_or_else(|| bad("missing_field", "`group_id` is required"))
 }
 
 /// `POST /api/bind_uid`: `{"client_id":C,"uid":U}`.
@@ -312,9 +315,7 @@ pub(super) async fn join_group(
 ) -> Result<Json<OrderDone>, ApiError> {
     let order: Order = read_json(&state, request).await?;
     let (target, scope) = target_of(&state, &order)?;
-    let group = group_id(&state, required_group(&order)?)?
-        .as_str()
-        .to_owned();
+    let group = group_field(&state, order.group_id.as_deref())?;
     let op = Op::JoinGroup {
         group,
         presence: order.presence,
@@ -329,9 +330,7 @@ pub(super) async fn leave_group(
 ) -> Result<Json<OrderDone>, ApiError> {
     let order: Order = read_json(&state, request).await?;
     let (target, scope) = target_of(&state, &order)?;
-    let group = group_id(&state, required_group(&order)?)?
-        .as_str()
-        .to_owned();
+    let group = group_field(&state, order.group_id.as_deref())?;
     Ok(run_order(&state, target, scope, Op::LeaveGroup { group }).await)
 }
 
@@ -341,9 +340,7 @@ pub(super) async fn ungroup(
     request: Request,
 ) -> Result<Json<OrderDone>, ApiError> {
     let order: Order = read_json(&state, request).await?;
-    let group = group_id(&state, required_group(&order)?)?
-        .as_str()
-        .to_owned();
+    let group = group_field(&state, order.group_id.as_deref())?;
     let gathered = state
         .gateway
         .hub()
@@ -389,9 +386,9 @@ pub(super) struct ClientAnswer {
 
 pub(super) async fn client(
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ClientAnswer>, ApiError> {
-    let id = client_id(&id)?;
+    let id = client_id(&path_param(id)?)?;
     let gathered = state
         .gateway
         .hub()
@@ -413,9 +410,9 @@ pub(super) struct UidAnswer {
 
 pub(super) async fn uid(
     State(state): State<Shared>,
-    Path(uid): Path<String>,
+    uid: Result<Path<String>, PathRejection>,
 ) -> Result<Json<UidAnswer>, ApiError> {
-    let uid = uid_of(&state, &Value::String(uid))?;
+    let uid = uid_of(&state, &Value::String(path_param(uid)?))?;
     let gathered = state
         .gateway
         .hub()
@@ -491,8 +488,9 @@ pub(super) struct CountAnswer {
 
 pub(super) async fn group(
     State(state): State<Shared>,
-    Path(group): Path<String>,
+    group: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CountAnswer>, ApiError> {
+    let group = path_param(group)?;
     let name = group_id(&state, &group)?.as_str().to_owned();
     let gathered = state
         .gateway
@@ -522,9 +520,10 @@ pub(super) struct MembersAnswer {
 
 pub(super) async fn members(
     State(state): State<Shared>,
-    Path(group): Path<String>,
+    group: Result<Path<String>, PathRejection>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<MembersAnswer>, ApiError> {
+    let group = path_param(group)?;
     let Query(page) = page.map_err(|e| bad("invalid_field", e.body_text()))?;
     let name = group_id(&state, &group)?.as_str().to_owned();
     let limit = page_limit(&state, &page)?;
