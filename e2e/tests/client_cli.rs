@@ -110,6 +110,7 @@ async fn cluster_commands_reach_and_describe_a_member() -> Result<()> {
             "room",
             "--uid",
             "alice",
+            "--presence",
             "--count",
             "3",
             "--timeout",

@@ -409,13 +409,34 @@ fn apply_here(
             (Op::LeaveGroup { .. }, Some(group)) => {
                 events.extend(local.leave(client, group.as_str()))
             }
-            (Op::Close { code, reason }, _) => client.request_close(*code, reason.clone()),
+            (Op::Close { code, reason }, _) => {
+                // Checked where the order was given; checked again, as it came over the bus.
+                let code = if *code == 1000 || (3000..=4999).contains(code) {
+                    *code
+                } else {
+                    4002
+                };
+                let mut reason = reason.clone();
+                truncate_to(&mut reason, 123);
+                client.request_close(code, reason)
+            }
             (Op::JoinGroup { .. } | Op::LeaveGroup { .. }, None) => continue,
         }
         affected += 1;
     }
     publish_events(local, events);
     (affected, failed, error)
+}
+
+/// Cuts `text` to at most `max` bytes, on a character boundary.
+fn truncate_to(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
 }
 
 /// Publishes presence events from a job (which may not wait on the workers' inboxes itself).
