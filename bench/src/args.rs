@@ -6,12 +6,13 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::coord::Pace;
+use crate::coord::{Address, Pace};
 use crate::payload;
 
 const BENCH_HELP: &str = "\
 How a run goes:
-  1. connect and join: every connection joins its group with a req_id and waits for the ack;
+  1. connect and join: every connection joins its group (fanout --address uid: binds its uid)
+     with a req_id and waits for the ack;
      nothing is measured until every join in every process is acknowledged (or has failed)
   2. fanout: warmup (not recorded), then the measured window, then a drain of up to --drain
      until every message sent has arrived; idle: the hold, then one message per verification
@@ -38,6 +39,8 @@ Examples:
   push-bench fanout --rate 40 --duration 30s
   # 100,000 idle connections for a minute, against several gateways sharing port 1234
   push-bench idle --connections 100000 --hold 60s --server-pid PID1,PID2,PID3,PID4,PID5,PID6
+  # a send to one connection's uid against a send to a one-member group (run both)
+  push-bench fanout --connections 10000 --groups 10000 --senders 1000 --rate 5 --address uid
   # one JSON object per run, for scripts
   push-bench fanout --json | jq .deliveries_per_sec
 
@@ -82,6 +85,11 @@ pub enum BenchMode {
     /// carrying the sender, a sequence number and the send time; receivers read those
     /// fixed-width fields (no JSON parse), record publish-to-receive latency in an HdrHistogram
     /// and count gaps that never fill (lost) and repeats (duplicated).
+    ///
+    /// With --address uid, connection i binds the uid named like its group instead of joining
+    /// it, and senders send `send_to_uid` to that uid instead of `send_to_group`: the same run
+    /// through the cluster-wide uid API (`--groups` equal to `--connections` compares a send to
+    /// one connection's uid with a send to a one-member group).
     ///
     /// A gateway that limits each connection's message rate (gateway --max-messages-per-second)
     /// refuses a fast sender's messages and then closes it: turn the limit off (0) for throughput
@@ -164,6 +172,14 @@ pub struct FanoutArgs {
     /// Connections that also send: sender s is connection s and sends to its group, s % GROUPS.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub senders: u64,
+
+    /// How connections are addressed. `group`: connection i joins group i % GROUPS
+    /// (`add_group`) and senders `send_to_group` it. `uid`: connection i binds the uid of the
+    /// same name instead (`bind_uid`, which needs a gateway in open mode) and senders
+    /// `send_to_uid` it; everything else (pacing, stamping, counting) is the same, so the two
+    /// compare. With --groups equal to --connections every group or uid has one connection.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = Address::Group)]
+    pub address: Address,
 
     /// Send at this steady rate, in messages per second per sender (for latency at a given
     /// load), instead of as fast as deliveries keep up.
@@ -341,7 +357,37 @@ mod tests {
         assert_eq!(f.common.processes, None);
         assert!(f.common.source_ips.is_empty());
         assert!(!f.common.json);
+        assert_eq!(f.address, Address::Group);
         f.validate().unwrap();
+    }
+
+    #[test]
+    fn fanout_address() {
+        assert_eq!(fanout(&["--address", "group"]).address, Address::Group);
+        let f = fanout(&[
+            "--address",
+            "uid",
+            "--connections",
+            "10000",
+            "--groups",
+            "10000",
+            "--senders",
+            "1000",
+        ]);
+        assert_eq!(f.address, Address::Uid);
+        assert_eq!((f.connections, f.groups, f.senders), (10_000, 10_000, 1000));
+        // One connection per group (or uid) is allowed.
+        f.validate().unwrap();
+        for bad in [
+            &["--address"][..],
+            &["--address", "client"],
+            &["--address", "UID"],
+            &["--address", "uid,group"],
+        ] {
+            assert!(parse(&[&["fanout"], bad].concat()).is_err(), "{bad:?}");
+        }
+        // Only fanout addresses connections.
+        assert!(parse(&["idle", "--address", "uid"]).is_err());
     }
 
     #[test]

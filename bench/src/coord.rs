@@ -86,6 +86,30 @@ pub struct FanoutPlan {
     pub warmup: Duration,
     pub duration: Duration,
     pub drain: Duration,
+    /// How connections are addressed: group membership, or a bound uid of the same name.
+    #[serde(default)]
+    pub address: Address,
+}
+
+/// How a fanout connection is reached: connection i and the senders that send to it name the
+/// same `bench-RUN-G` (G = i % groups) either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Address {
+    /// `add_group` G, and senders `send_to_group` G.
+    #[default]
+    Group,
+    /// `bind_uid` G (open mode), and senders `send_to_uid` G.
+    Uid,
+}
+
+impl Address {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Address::Group => "group",
+            Address::Uid => "uid",
+        }
+    }
 }
 
 /// How fast each sender sends.

@@ -1,4 +1,6 @@
 //! `push-bench fanout`: senders publish to their groups; every member measures what arrives.
+//! With `--address uid` a "group" is a uid of the same name: connections `bind_uid` it instead
+//! of joining, senders `send_to_uid` it; nothing else differs.
 //!
 //! Agent side: one task per connection ([`connection`]) reads its group's messages, tracks
 //! sequence numbers per sender and records latency into the agent's histogram; the connections
@@ -28,8 +30,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::args::Cli;
 use crate::args::FanoutArgs;
 use crate::coord::{
-    self, instant_of, unix_ns, AgentIo, AgentReport, FanoutPlan, FanoutReport, Fleet, FromAgent,
-    ModePlan, Outbox, Pace, Plan, Progress, ToAgent, SLACK,
+    self, instant_of, unix_ns, Address, AgentIo, AgentReport, FanoutPlan, FanoutReport, Fleet,
+    FromAgent, ModePlan, Outbox, Pace, Plan, Progress, ToAgent, SLACK,
 };
 use crate::countdown::Countdown;
 use crate::net::{self, BenchWs, Reasons, CLOSE_TIMEOUT};
@@ -281,11 +283,15 @@ async fn connection(shared: Rc<Shared>, index: u64, mut phase: watch::Receiver<P
     let group_name = plan.group_name(group);
     let opened = {
         let _permit = shared.permits.acquire().await;
+        let join = match shared.fanout.address {
+            Address::Group => net::Join::Group(&group_name),
+            Address::Uid => net::Join::Uid(&group_name),
+        };
         net::open_and_join(
             &plan.url,
             plan.server,
             plan.source_ip(index),
-            &group_name,
+            join,
             plan.connect_timeout,
         )
         .await
@@ -352,7 +358,8 @@ struct Sender {
     /// or is refused with an error reply (a rate limit, say).
     resolved: u64,
     next_seq: u64,
-    /// The request up to the message text: `{"cmd":"send_to_group","group_id":"G","message":"`.
+    /// The request up to the message text: `{"cmd":"send_to_group","group_id":"G","message":"`
+    /// (or `{"cmd":"send_to_uid","uid":"G","message":"`).
     prefix: String,
     state: Sending,
 }
@@ -405,10 +412,7 @@ impl<'a> Conn<'a> {
             id: index,
             resolved: 0,
             next_seq: 0,
-            prefix: format!(
-                r#"{{"cmd":"send_to_group","group_id":{},"message":""#,
-                serde_json::Value::from(group_name)
-            ),
+            prefix: send_prefix(shared.fanout.address, group_name),
             state: Sending::NotYet,
         });
         Conn {
@@ -665,6 +669,15 @@ impl<'a> Conn<'a> {
     }
 }
 
+/// A sender's request up to its message text, addressed to `name` as a group or as a uid.
+fn send_prefix(address: Address, name: &str) -> String {
+    let name = serde_json::Value::from(name);
+    match address {
+        Address::Group => format!(r#"{{"cmd":"send_to_group","group_id":{name},"message":""#),
+        Address::Uid => format!(r#"{{"cmd":"send_to_uid","uid":{name},"message":""#),
+    }
+}
+
 /// Whether an error reply is `rate_limited`: a message over the gateway's per-connection rate.
 fn is_rate_limited(reply: &[u8]) -> bool {
     let code = ErrorCode::RateLimited.as_str();
@@ -698,6 +711,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> Result<()> {
         warmup: args.warmup,
         duration: args.duration,
         drain: args.drain,
+        address: args.address,
     };
     let plans = setup.plans(args.groups, &ModePlan::Fanout(fanout.clone()));
     let bar = Bar::new(args.common.json);
@@ -827,6 +841,7 @@ fn merge(
         url: setup.url.clone(),
         connections: args.connections,
         groups: args.groups,
+        address: args.address,
         senders: args.senders,
         pace: args.pace(),
         payload_bytes: args.payload,
@@ -871,6 +886,23 @@ mod tests {
         assert_eq!(senders_in_group(0, 1, 1), 1);
         let total: u64 = (0..100).map(|g| senders_in_group(g, 100, 100)).sum();
         assert_eq!(total, 100);
+    }
+
+    #[test]
+    fn senders_address_a_group_or_a_uid() {
+        let frame = |address| {
+            let mut text = send_prefix(address, "bench-r-\"3");
+            text.push_str("hi\"}");
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()
+        };
+        assert_eq!(
+            frame(Address::Group),
+            serde_json::json!({"cmd": "send_to_group", "group_id": "bench-r-\"3", "message": "hi"})
+        );
+        assert_eq!(
+            frame(Address::Uid),
+            serde_json::json!({"cmd": "send_to_uid", "uid": "bench-r-\"3", "message": "hi"})
+        );
     }
 
     #[test]

@@ -193,7 +193,7 @@ async fn connection(shared: Rc<Shared>, index: u64, mut phase: watch::Receiver<P
             &plan.url,
             plan.server,
             plan.source_ip(index),
-            &plan.group_name(group),
+            net::Join::Group(&plan.group_name(group)),
             plan.connect_timeout,
         )
         .await

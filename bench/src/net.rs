@@ -17,12 +17,13 @@ use tokio_tungstenite::WebSocketStream;
 use client_cli::conn::describe_close;
 pub use client_cli::conn::{close, CLOSE_TIMEOUT};
 use client_cli::frames::{self, Incoming};
+use protocol::cluster::{Uid, DEFAULT_MAX_UID_LEN};
 
 pub type BenchWs = WebSocketStream<TcpStream>;
 
 /// File descriptors a process keeps for itself (stdio, the runtime, pipes to its children).
 const RESERVED_FDS: u64 = 64;
-/// The request id of the one `add_group` each connection sends.
+/// The request id of the one `add_group` (or `bind_uid`) each connection sends.
 const JOIN_REQ_ID: u64 = 1;
 /// Distinct failure reasons remembered; the rest are counted under "other".
 const MAX_REASONS: usize = 16;
@@ -107,16 +108,45 @@ pub fn processes_needed(connections: u64, per_process: u64) -> u64 {
     connections.div_ceil(per_process.max(1)).max(1)
 }
 
-/// Opens a WebSocket from `source` (when given) and joins `group` with an acknowledged
-/// `add_group`, all within `timeout`. The error is a short reason, counted by kind.
+/// What a connection does once open, acknowledged before it counts as joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join<'a> {
+    /// `add_group` this group.
+    Group(&'a str),
+    /// `bind_uid` this uid (the gateway must be in open mode).
+    Uid(&'a str),
+}
+
+impl Join<'_> {
+    fn command(self) -> &'static str {
+        match self {
+            Join::Group(_) => "add_group",
+            Join::Uid(_) => "bind_uid",
+        }
+    }
+
+    /// The request, with [`JOIN_REQ_ID`].
+    fn request(self) -> Result<String, String> {
+        match self {
+            Join::Group(group) => frames::join_request(group, JOIN_REQ_ID),
+            Join::Uid(uid) => Uid::new(uid, DEFAULT_MAX_UID_LEN)
+                .map(|uid| frames::bind_uid_request(&uid, JOIN_REQ_ID))
+                .map_err(anyhow::Error::from),
+        }
+        .map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// Opens a WebSocket from `source` (when given) and joins its group (or binds its uid) with an
+/// acknowledged request, all within `timeout`. The error is a short reason, counted by kind.
 pub async fn open_and_join(
     url: &str,
     server: SocketAddr,
     source: Option<Ipv4Addr>,
-    group: &str,
+    join: Join<'_>,
     timeout: Duration,
 ) -> Result<BenchWs, String> {
-    match tokio::time::timeout(timeout, open_and_join_inner(url, server, source, group)).await {
+    match tokio::time::timeout(timeout, open_and_join_inner(url, server, source, join)).await {
         Ok(result) => result,
         Err(_) => Err(format!("no handshake and join ack within {timeout:?}")),
     }
@@ -126,7 +156,7 @@ async fn open_and_join_inner(
     url: &str,
     server: SocketAddr,
     source: Option<Ipv4Addr>,
-    group: &str,
+    join: Join<'_>,
 ) -> Result<BenchWs, String> {
     let socket = match server {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
@@ -158,10 +188,10 @@ async fn open_and_join_inner(
         tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
-    let request = frames::join_request(group, JOIN_REQ_ID).map_err(|e| format!("{e:#}"))?;
-    ws.send(Message::Text(request.into()))
+    let command = join.command();
+    ws.send(Message::Text(join.request()?.into()))
         .await
-        .map_err(|e| format!("send add_group: {e}"))?;
+        .map_err(|e| format!("send {command}: {e}"))?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => match frames::classify(text.as_str()) {
@@ -172,7 +202,7 @@ async fn open_and_join_inner(
                     req_id: JOIN_REQ_ID,
                     code,
                     ..
-                } => return Err(format!("add_group refused: {code}")),
+                } => return Err(format!("{command} refused: {code}")),
                 _ => {}
             },
             Some(Ok(Message::Close(frame))) => {
@@ -294,6 +324,24 @@ mod tests {
         assert_eq!(counts.len(), MAX_REASONS + 1);
         assert_eq!(counts["reason 0"], 3);
         assert_eq!(counts["other"], 6);
+    }
+
+    #[test]
+    fn join_requests() {
+        let group: serde_json::Value =
+            serde_json::from_str(&Join::Group("bench-r-7").request().unwrap()).unwrap();
+        assert_eq!(
+            group,
+            serde_json::json!({"cmd": "add_group", "group_id": "bench-r-7", "req_id": JOIN_REQ_ID})
+        );
+        let uid: serde_json::Value =
+            serde_json::from_str(&Join::Uid("bench-r-7").request().unwrap()).unwrap();
+        assert_eq!(
+            uid,
+            serde_json::json!({"cmd": "bind_uid", "uid": "bench-r-7", "req_id": JOIN_REQ_ID})
+        );
+        assert!(Join::Uid("").request().is_err());
+        assert_eq!(Join::Uid("u").command(), "bind_uid");
     }
 
     #[tokio::test]

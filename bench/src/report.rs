@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use crate::coord::Pace;
+use crate::coord::{Address, Pace};
 use crate::latency::Summary;
 use crate::net::Reasons;
 use crate::procfs::{self, Memory, Sample};
@@ -75,6 +75,8 @@ pub struct FanoutResult {
     pub url: String,
     pub connections: u64,
     pub groups: u64,
+    /// `group` (add_group, send_to_group) or `uid` (bind_uid, send_to_uid).
+    pub address: Address,
     pub senders: u64,
     pub pace: Pace,
     pub payload_bytes: usize,
@@ -260,9 +262,13 @@ impl FanoutResult {
             Pace::Window(n) => format!("as fast as delivered, window {n}"),
             Pace::Rate(r) => format!("{r} msgs/s per sender"),
         };
+        let targets = match self.address {
+            Address::Group => "groups",
+            Address::Uid => "uids (bind_uid, send_to_uid)",
+        };
         let _ = writeln!(
             out,
-            "fanout        {} connections, {} groups, {} senders ({pace}), {}-byte messages",
+            "fanout        {} connections, {} {targets}, {} senders ({pace}), {}-byte messages",
             self.connections, self.groups, self.senders, self.payload_bytes
         );
         let _ = writeln!(
@@ -468,6 +474,7 @@ mod tests {
             url: "ws://127.0.0.1:1234".to_owned(),
             connections: 100,
             groups: 10,
+            address: Address::Group,
             senders: 10,
             pace: Pace::Window(64),
             payload_bytes: 64,
@@ -505,6 +512,22 @@ mod tests {
         assert!(result.problems().is_empty());
         verdict(result.problems()).unwrap();
         assert!(!result.table().contains("rate limit"));
+    }
+
+    #[test]
+    fn the_address_mode_is_reported() {
+        let group = fanout_result();
+        assert!(group
+            .table()
+            .contains("100 connections, 10 groups, 10 senders"));
+        let json = serde_json::to_value(&group).unwrap();
+        assert_eq!(json["address"], "group");
+        let uid = FanoutResult {
+            address: Address::Uid,
+            ..fanout_result()
+        };
+        assert!(uid.table().contains("10 uids (bind_uid, send_to_uid)"));
+        assert_eq!(serde_json::to_value(&uid).unwrap()["address"], "uid");
     }
 
     #[test]

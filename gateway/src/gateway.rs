@@ -504,7 +504,10 @@ impl Gateway {
                 .as_ref()
                 .map(|e| e.broker.stats()),
             admin_http: self.inner.admin_http.snapshot(),
-            cluster: ClusterSnapshot::of(self.inner.hub.cluster()),
+            cluster: ClusterSnapshot::of(self.inner.hub.cluster(), {
+                let router = self.inner.hub.router();
+                (router.subscription_count() - router.group_count()) as u64
+            }),
         }
     }
 }

@@ -140,6 +140,10 @@ pub struct ClusterSnapshot {
     pub node: protocol::cluster::NodeId,
     /// Other gateways heard from within `--node-timeout`.
     pub other_nodes: u64,
+    /// Cluster topics this gateway is subscribed to on the bus: its uid topics (one per uid it
+    /// holds a connection of), presence topics, the control topic and its own (`bus`'s
+    /// `subscriptions` counts client groups only).
+    pub topics: u64,
     pub heartbeats_in: u64,
     pub queries: u64,
     pub queries_partial: u64,
@@ -156,12 +160,13 @@ pub struct ClusterSnapshot {
 }
 
 impl ClusterSnapshot {
-    pub fn of(cluster: &crate::cluster::Cluster) -> ClusterSnapshot {
+    pub fn of(cluster: &crate::cluster::Cluster, topics: u64) -> ClusterSnapshot {
         use std::sync::atomic::Ordering::Relaxed;
         let c = cluster.counters();
         ClusterSnapshot {
             node: cluster.node_id(),
             other_nodes: cluster.nodes().live(cluster.settings().node_timeout).len() as u64,
+            topics,
             heartbeats_in: c.heartbeats_in.load(Relaxed),
             queries: c.queries.load(Relaxed),
             queries_partial: c.queries_partial.load(Relaxed),

@@ -377,6 +377,7 @@ mod tests {
             cluster: crate::stats::ClusterSnapshot {
                 node: protocol::cluster::NodeId(1),
                 other_nodes: 2,
+                topics: 2,
                 heartbeats_in: 0,
                 queries: 10,
                 queries_partial: 1,
