@@ -96,7 +96,7 @@ pub(crate) async fn serve_connection(
     }
 }
 
-async fn serve_link<R, W>(
+pub(crate) async fn serve_link<R, W>(
     read_half: R,
     write_half: W,
     peer: SocketAddr,
@@ -484,7 +484,7 @@ fn send_frame(handle: &LinkHandle, shared: &Shared, frame: &Frame) {
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
+pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: QueueReceiver,
     write_half: W,
     kill: CancellationToken,
