@@ -530,6 +530,15 @@ impl GatewayConfig {
                 "must hold the largest message with an `exclude` list of --max-targets client ids",
             ));
         }
+        // A page of members (or of a uid's connections, or of groups) travels as one answer.
+        let entry =
+            protocol::cluster::MAX_CLIENT_ID_LEN + self.max_uid_len.max(self.max_group_id_len) + 48;
+        if (self.max_page_size as usize + 1) * entry + 1024 > self.link_max_frame_size {
+            return Err(ConfigError::new(
+                "--max-page-size",
+                "a page of that many members or groups does not fit in --link-max-frame-size",
+            ));
+        }
         if let Some(len) = self.embedded_broker.broker_max_channel_len {
             if len == 0 || len + 16 > self.link_max_frame_size {
                 return Err(ConfigError::new(

@@ -152,6 +152,7 @@ pub struct ClusterSnapshot {
     pub sends_to_uid: u64,
     pub sends_to_client: u64,
     pub presence_events: u64,
+    pub presence_dropped: u64,
 }
 
 impl ClusterSnapshot {
@@ -173,6 +174,7 @@ impl ClusterSnapshot {
             sends_to_uid: c.sends_to_uid.load(Relaxed),
             sends_to_client: c.sends_to_client.load(Relaxed),
             presence_events: c.presence_events.load(Relaxed),
+            presence_dropped: c.presence_dropped.load(Relaxed),
         }
     }
 }

@@ -389,6 +389,7 @@ mod tests {
                 sends_to_uid: 0,
                 sends_to_client: 0,
                 presence_events: 0,
+                presence_dropped: 0,
             },
         });
         for line in [

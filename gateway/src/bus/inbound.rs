@@ -86,7 +86,7 @@ impl InboundLimits {
 
 /// The longest cluster topic for these limits.
 pub fn max_topic_len(max_group_id_len: usize, max_uid_len: usize) -> usize {
-    max_group_id_len.max(max_uid_len) + topic::MAX_PREFIX_LEN
+    (max_group_id_len.max(max_uid_len) + topic::MAX_PREFIX_LEN).max(topic::MAX_FIXED_LEN)
 }
 
 #[cfg(test)]

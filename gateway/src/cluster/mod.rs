@@ -47,6 +47,10 @@ pub struct ClusterSettings {
     pub query_timeout: Duration,
     pub max_page_size: u32,
     pub max_group_id_len: usize,
+    pub max_uid_len: usize,
+    /// What arrives from other gateways is held to this gateway's own limits.
+    pub max_message_size: usize,
+    pub max_targets: usize,
 }
 
 impl ClusterSettings {
@@ -58,6 +62,9 @@ impl ClusterSettings {
             query_timeout: config.cluster_query_timeout,
             max_page_size: config.max_page_size,
             max_group_id_len: config.max_group_id_len,
+            max_uid_len: config.max_uid_len,
+            max_message_size: config.max_message_size,
+            max_targets: config.max_targets,
         }
     }
 }
@@ -84,6 +91,9 @@ pub struct ClusterCounters {
     pub sends_to_uid: AtomicU64,
     pub sends_to_client: AtomicU64,
     pub presence_events: AtomicU64,
+    /// Presence events dropped: a worker's queue of them was full
+    /// (`fanout::local::PRESENCE_QUEUE`).
+    pub presence_dropped: AtomicU64,
 }
 
 /// The cluster API's state in one gateway.
@@ -156,6 +166,16 @@ pub(crate) async fn on_control(hub: &Hub, topic_name: GroupName<'_>, frame: Byte
         Err(e) => return cluster.invalid(&e.to_string()),
     };
     let kind = topic::kind(topic_name.as_str());
+    // A message another gateway sends is held to this gateway's limits, as a client's is.
+    let limits = &cluster.settings;
+    if frame.body.len() > limits.max_message_size {
+        return cluster.invalid("message larger than --max-message-size");
+    }
+    if let Control::Deliver { exclude } = &frame.control {
+        if exclude.len() > limits.max_targets {
+            return cluster.invalid("exclude list longer than --max-targets");
+        }
+    }
     match (kind, frame.control) {
         (
             topic::Kind::Group(_) | topic::Kind::Uid(_) | topic::Kind::Presence(_),

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 
 use super::{publish_control, Cluster};
 use crate::fanout::hub::Hub;
-use crate::fanout::local::{topic_id, Client, LocalGroups, PresenceEvent, MAX_UID_HASHES};
+use crate::fanout::local::{topic_id, Client, LocalGroups, MAX_UID_HASHES};
 
 /// Questions waiting for answers, by id.
 #[derive(Debug, Default)]
@@ -104,8 +104,11 @@ impl Hub {
             }
         }
         if let Some((id, done)) = registered {
+            // Forgets the question however this future ends: answered, timed out, or dropped
+            // (an admin client that went away), so that questions never pile up.
+            let forget = Forget { cluster, id };
             let _ = tokio::time::timeout_at(deadline, done).await;
-            let waiting = cluster.pending.lock().waiting.remove(&id);
+            let waiting = forget.now();
             if let Some(waiting) = waiting {
                 for (node, reply) in waiting.replies {
                     gathered.nodes.answered.push(node);
@@ -138,6 +141,25 @@ impl Hub {
             cluster.counters.queries_partial.fetch_add(1, Relaxed);
         }
         gathered
+    }
+}
+
+/// Removes a question from the pending ones when dropped.
+struct Forget<'a> {
+    cluster: &'a Cluster,
+    id: u64,
+}
+
+impl Forget<'_> {
+    /// Removes it now, with the answers it got.
+    fn now(self) -> Option<Waiting> {
+        self.cluster.pending.lock().waiting.remove(&self.id)
+    }
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.cluster.pending.lock().waiting.remove(&self.id);
     }
 }
 
@@ -213,20 +235,37 @@ fn send_answer(hub: &Hub, id: u64, to: NodeId, reply: Reply) {
 pub async fn answer(hub: &Hub, request: Request) -> Reply {
     let router = hub.router();
     let max_page = hub.cluster().settings().max_page_size;
+    let refused = || Reply::Refused {
+        reason: "invalid group id or uid".into(),
+    };
     match request {
         Request::Count { group } => {
-            let counts = router.ask_all(move |local| local.count(&group)).await;
+            let Some(group) = valid_group(hub, &group) else {
+                return refused();
+            };
+            let counts = router
+                .ask_all(move |local| local.count(group.as_str()))
+                .await;
             let connections = counts.iter().map(|(n, _)| n).sum();
-            let mut hashes = HashSet::new();
+            // Past the bound, this node's distinct uids are counted without their hashes.
+            let mut hashes = Some(HashSet::new());
+            let mut uids_here = 0;
             for (_, set) in counts {
-                hashes.extend(set);
+                match (&mut hashes, set) {
+                    (Some(all), Some(set)) if all.len() + set.len() <= MAX_UID_HASHES => {
+                        all.extend(set)
+                    }
+                    (_, set) => {
+                        uids_here += hashes.take().map_or(0, |all| all.len() as u64);
+                        uids_here += set.map_or(MAX_UID_HASHES as u64, |s| s.len() as u64);
+                    }
+                }
             }
-            let uids = hashes.len() as u64;
-            let uid_hashes = (hashes.len() <= MAX_UID_HASHES).then(|| hashes.into_iter().collect());
+            let uids = hashes.as_ref().map_or(uids_here, |all| all.len() as u64);
             Reply::Count {
                 connections,
                 uids,
-                uid_hashes,
+                uid_hashes: hashes.map(|all| all.into_iter().collect()),
             }
         }
         Request::Members {
@@ -234,10 +273,13 @@ pub async fn answer(hub: &Hub, request: Request) -> Reply {
             after,
             limit,
         } => {
+            let Some(group) = valid_group(hub, &group) else {
+                return refused();
+            };
             // One more than asked: the asker learns whether there is a next page.
             let limit = limit.min(max_page) as usize + 1;
             let pages = router
-                .ask_all(move |local| local.members(&group, after, limit))
+                .ask_all(move |local| local.members(group.as_str(), after, limit))
                 .await;
             let mut members: Vec<Member> = pages.into_iter().flatten().collect();
             members.sort_unstable_by_key(|m| m.client_id);
@@ -267,6 +309,9 @@ pub async fn answer(hub: &Hub, request: Request) -> Reply {
             Reply::Client { client: info }
         }
         Request::Uid { uid } => {
+            if uid.as_str().len() > hub.cluster().settings().max_uid_len {
+                return refused();
+            }
             let name = topic::uid(uid.as_str());
             let lists = router
                 .ask_all(move |local| {
@@ -299,13 +344,10 @@ pub async fn answer(hub: &Hub, request: Request) -> Reply {
             let results = router
                 .ask_all(move |local| {
                     let members = local.members_of(group.as_str());
-                    let events: Vec<PresenceEvent> = members
+                    members
                         .iter()
-                        .filter_map(|c| local.leave(c, group.as_str()))
-                        .collect();
-                    let affected = events.len() as u64;
-                    publish_events(local, events);
-                    affected
+                        .filter(|c| local.leave(c, group.as_str()))
+                        .count() as u64
                 })
                 .await;
             Reply::Applied {
@@ -337,6 +379,18 @@ fn valid_group(hub: &Hub, group: &str) -> Option<GroupId> {
 
 /// Applies `op` to `target`'s connections on this node.
 async fn apply(hub: &Hub, target: Target, op: Op) -> Reply {
+    let max_uid_len = hub.cluster().settings().max_uid_len;
+    let uid_ok = |uid: &Uid| uid.as_str().len() <= max_uid_len;
+    let uids_ok = match (&target, &op) {
+        (Target::Uid(a), Op::BindUid { uid: b }) => uid_ok(a) && uid_ok(b),
+        (Target::Uid(uid), _) | (_, Op::BindUid { uid }) => uid_ok(uid),
+        _ => true,
+    };
+    if !uids_ok {
+        return Reply::Refused {
+            reason: "uid longer than --max-uid-len".into(),
+        };
+    }
     let group = match &op {
         Op::JoinGroup { group, .. } | Op::LeaveGroup { group } => match valid_group(hub, group) {
             Some(group) => Some(group),
@@ -391,14 +445,13 @@ fn apply_here(
     let mut affected = 0;
     let mut failed = 0;
     let mut error = None;
-    let mut events = Vec::new();
     for client in clients {
         match op {
             (Op::BindUid { uid }, _) => local.bind_uid(client, Some(uid.clone())),
             (Op::UnbindUid, _) => local.bind_uid(client, None),
             (Op::JoinGroup { presence, .. }, Some(group)) => {
                 match local.join(client, group, *presence) {
-                    Ok(event) => events.extend(event),
+                    Ok(()) => {}
                     Err(e) => {
                         failed += 1;
                         error = error.or(Some(e.to_string()));
@@ -407,7 +460,7 @@ fn apply_here(
                 }
             }
             (Op::LeaveGroup { .. }, Some(group)) => {
-                events.extend(local.leave(client, group.as_str()))
+                local.leave(client, group.as_str());
             }
             (Op::Close { code, reason }, _) => {
                 // Checked where the order was given; checked again, as it came over the bus.
@@ -424,7 +477,6 @@ fn apply_here(
         }
         affected += 1;
     }
-    publish_events(local, events);
     (affected, failed, error)
 }
 
@@ -437,19 +489,6 @@ fn truncate_to(text: &mut String, max: usize) {
         }
         text.truncate(end);
     }
-}
-
-/// Publishes presence events from a job (which may not wait on the workers' inboxes itself).
-fn publish_events(local: &LocalGroups, events: Vec<PresenceEvent>) {
-    if events.is_empty() {
-        return;
-    }
-    let hub = local.hub().clone();
-    tokio::task::spawn_local(async move {
-        for event in events {
-            hub.publish_presence(event).await;
-        }
-    });
 }
 
 // Merging the nodes' answers into what clients and the admin API receive.

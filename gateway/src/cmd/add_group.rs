@@ -11,17 +11,13 @@ use super::{Answered, CommandResult, Session};
 use crate::edge::join_token::Action;
 use crate::fanout::local::JoinError;
 
-pub(super) async fn apply(
-    session: &mut Session,
-    group: GroupName<'_>,
-    presence: bool,
-) -> CommandResult {
+pub(super) fn apply(session: &mut Session, group: GroupName<'_>, presence: bool) -> CommandResult {
     session.access.check(Action::Join, group.as_str())?;
     if presence {
         super::members::check_presence(session, group.as_str())?;
     }
     let group = group.to_group_id();
-    let event = session
+    session
         .state
         .local
         .join(&session.client, &group, presence)
@@ -30,6 +26,5 @@ pub(super) async fn apply(
                 CommandError::new(ErrorCode::TooManyGroups, e.to_string())
             }
         })?;
-    session.publish_events(event).await;
     Ok(Answered::Ack)
 }

@@ -1,7 +1,7 @@
 //! `{"cmd":"count","group_id":G}`: how many connections (and distinct uids) G has on every
 //! gateway, and which gateways answered (allowed on the groups of the token's `groups` and
 //! `presence` claims; open without tokens). Each gateway counts its own members without
-//! listing them.
+//! listing them. The answer is gathered while the connection goes on writing ([`Answered::Later`]).
 
 use protocol::client::GroupName;
 use protocol::cluster::Request;
@@ -13,34 +13,38 @@ use crate::cluster::query::{merge_count, NodesAnswered, Scope};
 use crate::edge::join_token::Action;
 
 #[derive(Serialize)]
-struct CountReply<'a> {
+struct CountReply {
     cmd: &'static str,
-    group_id: &'a str,
+    group_id: String,
     connections: u64,
     uids: u64,
     uids_exact: bool,
     nodes: NodesAnswered,
 }
 
-pub(super) async fn apply(
+pub(super) fn apply(
     session: &mut Session,
     group: GroupName<'_>,
     req_id: Option<ReqId<'_>>,
 ) -> CommandResult {
     session.access.check(Action::Count, group.as_str())?;
-    let request = Request::Count {
-        group: group.as_str().to_owned(),
-    };
-    let gathered = session.state.local.hub().gather(request, Scope::All).await;
-    let count = merge_count(&gathered.replies);
-    let reply = CountReply {
-        cmd: "count",
-        group_id: group.as_str(),
-        connections: count.connections,
-        uids: count.uids,
-        uids_exact: count.uids_exact,
-        nodes: gathered.nodes,
-    };
-    session.reply(with_req_id(&reply, req_id));
-    Ok(Answered::Replied)
+    let group = group.as_str().to_owned();
+    let req_id = req_id.map(|r| r.as_json().to_owned());
+    let hub = session.state.local.hub().clone();
+    Ok(Answered::Later(Box::pin(async move {
+        let request = Request::Count {
+            group: group.clone(),
+        };
+        let gathered = hub.gather(request, Scope::All).await;
+        let count = merge_count(&gathered.replies);
+        let reply = CountReply {
+            cmd: "count",
+            group_id: group,
+            connections: count.connections,
+            uids: count.uids,
+            uids_exact: count.uids_exact,
+            nodes: gathered.nodes,
+        };
+        with_req_id(&reply, req_id.as_deref())
+    })))
 }

@@ -4,8 +4,7 @@ use protocol::client::GroupName;
 
 use super::{Answered, CommandResult, Session};
 
-pub(super) async fn apply(session: &mut Session, group: GroupName<'_>) -> CommandResult {
-    let event = session.state.local.leave(&session.client, group.as_str());
-    session.publish_events(event).await;
+pub(super) fn apply(session: &mut Session, group: GroupName<'_>) -> CommandResult {
+    session.state.local.leave(&session.client, group.as_str());
     Ok(Answered::Ack)
 }

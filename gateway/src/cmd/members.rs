@@ -1,7 +1,7 @@
 //! `{"cmd":"members","group_id":G,"limit":N,"cursor":C}`: a page of G's members on every
 //! gateway, `{client_id, uid}` in client id order, with the cursor of the next page (null on the
 //! last) and which gateways answered. Allowed by the token's `presence` claim; without tokens
-//! by `--client-member-lists`.
+//! by `--client-member-lists`. Gathered while the connection goes on writing.
 
 use protocol::client::{ErrorCode, GroupName};
 use protocol::cluster::{ClientId, Request};
@@ -13,9 +13,9 @@ use crate::cluster::query::{merge_members, MembersPage, NodesAnswered, Scope};
 use crate::edge::join_token::Action;
 
 #[derive(Serialize)]
-struct MembersReply<'a> {
+struct MembersReply {
     cmd: &'static str,
-    group_id: &'a str,
+    group_id: String,
     #[serde(flatten)]
     page: MembersPage,
     nodes: NodesAnswered,
@@ -36,7 +36,7 @@ pub(super) fn check_presence(session: &Session, group: &str) -> Result<(), Comma
     session.access.check(Action::Presence, group)
 }
 
-pub(super) async fn apply(
+pub(super) fn apply(
     session: &mut Session,
     group: GroupName<'_>,
     limit: u32,
@@ -44,18 +44,22 @@ pub(super) async fn apply(
     req_id: Option<ReqId<'_>>,
 ) -> CommandResult {
     check_presence(session, group.as_str())?;
-    let request = Request::Members {
-        group: group.as_str().to_owned(),
-        after: cursor,
-        limit,
-    };
-    let gathered = session.state.local.hub().gather(request, Scope::All).await;
-    let reply = MembersReply {
-        cmd: "members",
-        group_id: group.as_str(),
-        page: merge_members(gathered.replies, limit as usize),
-        nodes: gathered.nodes,
-    };
-    session.reply(with_req_id(&reply, req_id));
-    Ok(Answered::Replied)
+    let group = group.as_str().to_owned();
+    let req_id = req_id.map(|r| r.as_json().to_owned());
+    let hub = session.state.local.hub().clone();
+    Ok(Answered::Later(Box::pin(async move {
+        let request = Request::Members {
+            group: group.clone(),
+            after: cursor,
+            limit,
+        };
+        let gathered = hub.gather(request, Scope::All).await;
+        let reply = MembersReply {
+            cmd: "members",
+            page: merge_members(gathered.replies, limit as usize),
+            group_id: group,
+            nodes: gathered.nodes,
+        };
+        with_req_id(&reply, req_id.as_deref())
+    })))
 }

@@ -26,7 +26,7 @@ use protocol::{parse_command, CommandError, ReqId};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::edge::join_token::Access;
-use crate::fanout::local::{Client, PresenceEvent};
+use crate::fanout::local::Client;
 use crate::fanout::outbox::Push;
 use crate::worker::state::WorkerState;
 
@@ -62,9 +62,10 @@ impl Session {
     }
 
     /// Parses and runs one text frame, and answers it: an ack when it carried a `req_id` and
-    /// succeeded, an error reply when it failed. Commands that answer with data (`whoami`,
-    /// `count`, `members`) reply themselves.
-    pub(crate) async fn execute(&mut self, text: Utf8Bytes) {
+    /// succeeded, an error reply when it failed. `whoami` replies itself; `count` and `members`
+    /// return the reply still to come ([`Later`]), which the connection awaits while it goes on
+    /// writing, before it reads the next frame.
+    pub(crate) async fn execute(&mut self, text: Utf8Bytes) -> Option<Later> {
         let stats = &self.state.stats;
         stats.messages_in.fetch_add(1, Relaxed);
         stats.bytes_in.fetch_add(text.len() as u64, Relaxed);
@@ -72,15 +73,15 @@ impl Session {
             Ok(request) => request,
             Err(e) => {
                 self.reply_error(e.code, &e.reason, e.req_id);
-                return;
+                return None;
             }
         };
         let Request { command, req_id } = request;
         let result = match command {
             ClientCommand::AddGroup { group_id, presence } => {
-                add_group::apply(self, group_id, presence).await
+                add_group::apply(self, group_id, presence)
             }
-            ClientCommand::LeaveGroup { group_id } => leave_group::apply(self, group_id).await,
+            ClientCommand::LeaveGroup { group_id } => leave_group::apply(self, group_id),
             ClientCommand::SendToGroup {
                 group_id,
                 message,
@@ -99,14 +100,14 @@ impl Session {
             ClientCommand::UnbindUid => bind_uid::unbind(self),
             ClientCommand::Whoami => {
                 whoami::apply(self, req_id);
-                return;
+                return None;
             }
-            ClientCommand::Count { group_id } => count::apply(self, group_id, req_id).await,
+            ClientCommand::Count { group_id } => count::apply(self, group_id, req_id),
             ClientCommand::Members {
                 group_id,
                 limit,
                 cursor,
-            } => members::apply(self, group_id, limit, cursor, req_id).await,
+            } => members::apply(self, group_id, limit, cursor, req_id),
             ClientCommand::Auth { token } => {
                 let result = auth::apply(self, &token);
                 self.bind_token_uid();
@@ -118,22 +119,24 @@ impl Session {
                 if let Some(req_id) = req_id {
                     self.reply(ack_reply(req_id));
                 }
+                None
             }
-            Ok(Answered::Replied) => {}
-            Err(e) => self.reply_error(e.code, &e.reason, req_id),
+            Ok(Answered::Later(reply)) => Some(reply),
+            Err(e) => {
+                self.reply_error(e.code, &e.reason, req_id);
+                None
+            }
         }
+    }
+
+    /// Queues a reply that was gathered later ([`Later`]).
+    pub(crate) fn reply_later(&self, text: String) {
+        self.reply(text);
     }
 
     /// Leaves every group and the uid: the connection is closing.
-    pub(crate) async fn leave_all(&mut self) {
-        let events = self.state.local.unregister(&self.client);
-        self.publish_events(events).await;
-    }
-
-    pub(crate) async fn publish_events(&self, events: impl IntoIterator<Item = PresenceEvent>) {
-        for event in events {
-            self.state.local.hub().publish_presence(event).await;
-        }
+    pub(crate) fn leave_all(&mut self) {
+        self.state.local.unregister(&self.client);
     }
 
     pub(crate) fn reply_error(&self, code: ErrorCode, reason: &str, req_id: Option<ReqId<'_>>) {
@@ -151,20 +154,23 @@ impl Session {
     }
 }
 
-/// How a command that succeeded was answered.
+/// A reply still being gathered from the cluster: the connection polls it beside its writes.
+pub(crate) type Later = std::pin::Pin<Box<dyn std::future::Future<Output = String>>>;
+
+/// How a command that succeeded is answered.
 enum Answered {
     /// Nothing yet: an ack goes out if the request had a `req_id`.
     Ack,
-    /// The command sent its own reply.
-    Replied,
+    /// Its reply, once gathered.
+    Later(Later),
 }
 
 /// What a command answers: how, or why it failed.
 type CommandResult = Result<Answered, CommandError<'static>>;
 
 /// A reply: `reply` (a struct, serialized as a JSON object in field order) with the request's
-/// `req_id` last, when it had one.
-fn with_req_id(reply: &impl serde::Serialize, req_id: Option<ReqId<'_>>) -> String {
+/// `req_id` (its JSON text) last, when it had one.
+fn with_req_id(reply: &impl serde::Serialize, req_id: Option<&str>) -> String {
     let mut text = serde_json::to_string(reply).unwrap_or_else(|_| "{}".into());
     if let Some(req_id) = req_id {
         if text.ends_with('}') {
@@ -173,7 +179,7 @@ fn with_req_id(reply: &impl serde::Serialize, req_id: Option<ReqId<'_>>) -> Stri
                 text.push(',');
             }
             text.push_str(r#""req_id":"#);
-            text.push_str(req_id.as_json());
+            text.push_str(req_id);
             text.push('}');
         }
     }

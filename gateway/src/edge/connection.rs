@@ -25,7 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::cmd::Session;
+use crate::cmd::{Later, Session};
 use crate::edge::join_token::{Access, CaptureToken};
 
 use crate::edge::frame_meter::{FrameFlood, FrameMeter};
@@ -147,7 +147,7 @@ async fn established<S: AsyncRead + AsyncWrite + Unpin>(
         state: state.clone(),
     };
     let close = connection.run(&mut ws, shutdown).await;
-    Box::pin(connection.session.leave_all()).await;
+    connection.session.leave_all();
     match close {
         Close::ClientGone => {}
         Close::Shutdown => {
@@ -269,6 +269,9 @@ impl Connection {
         let mut next_ping = last_heard + config.ping_interval;
         let timer = tokio::time::sleep_until(next_ping.min(last_heard + config.idle_timeout));
         tokio::pin!(timer);
+        // A cluster query's reply being gathered: the connection writes meanwhile, and reads
+        // its next frame once it is answered (commands stay in order).
+        let mut later: Option<Later> = None;
         loop {
             tokio::select! {
                 biased;
@@ -284,7 +287,11 @@ impl Connection {
                         return close;
                     }
                 }
-                message = ws.next() => {
+                reply = async { later.as_mut().expect("polled only while set").await }, if later.is_some() => {
+                    later = None;
+                    self.session.reply_later(reply);
+                }
+                message = ws.next(), if later.is_none() => {
                     last_heard = Instant::now();
                     let message = match message {
                         None => return Close::ClientGone,
@@ -304,7 +311,7 @@ impl Connection {
                     match message {
                         // Boxed: a command's state is needed only while it runs, and every idle
                         // connection's task would otherwise carry room for it (see BENCHMARKS.md).
-                        Message::Text(text) => Box::pin(self.session.execute(text)).await,
+                        Message::Text(text) => later = Box::pin(self.session.execute(text)).await,
                         Message::Binary(bytes) => {
                             self.state.stats.messages_in.fetch_add(1, Relaxed);
                             self.state.stats.bytes_in.fetch_add(bytes.len() as u64, Relaxed);

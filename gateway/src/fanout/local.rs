@@ -6,7 +6,8 @@
 //!
 //! Every change of membership goes through here, whoever asks for it (the client's own command,
 //! the admin API, the connection closing), so that a client's groups, its uid and the tables
-//! always agree, and each join or leave of a group yields its presence event.
+//! always agree, and each join or leave of a group yields its presence event, queued in the order
+//! the changes happen on this worker ([`PRESENCE_QUEUE`]) for one task to publish.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -20,12 +21,18 @@ use protocol::{GroupId, Text};
 use server_kit::memory::shrink_if_sparse;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use tokio::sync::mpsc;
+
 use crate::fanout::hub::{Delivery, GroupLimit, Hub, Work};
 use crate::fanout::outbox::{Outbox, Push};
 use crate::stats::WorkerStats;
 
 /// A connection's number within its worker.
 pub(crate) type ConnId = u64;
+
+/// Presence events waiting to be published, per worker; past it they are dropped and counted
+/// (`presence_dropped`).
+pub const PRESENCE_QUEUE: usize = 4096;
 
 /// Most uid hashes one worker reports for a group's count; past it the count of distinct uids
 /// is this worker's own (the cluster's is then a sum, not exact).
@@ -104,16 +111,21 @@ pub(crate) struct LocalGroups {
     topics: RefCell<HashMap<GroupId, HashMap<ConnId, Rc<Client>>>>,
     clients: RefCell<HashMap<ConnId, Rc<Client>>>,
     next_conn: Cell<ConnId>,
+    /// Presence events in the order they happened, for [`publish_presence_events`].
+    presence: mpsc::Sender<PresenceEvent>,
 }
 
 impl LocalGroups {
+    /// A worker's table, and the receiving end of its presence events (for
+    /// [`publish_presence_events`]).
     pub(crate) fn new(
         worker: usize,
         max_groups_per_connection: usize,
         hub: Arc<Hub>,
         stats: Arc<WorkerStats>,
-    ) -> LocalGroups {
-        LocalGroups {
+    ) -> (LocalGroups, mpsc::Receiver<PresenceEvent>) {
+        let (presence, events) = mpsc::channel(PRESENCE_QUEUE);
+        let local = LocalGroups {
             worker,
             node: hub.node_id(),
             max_groups_per_connection,
@@ -122,7 +134,9 @@ impl LocalGroups {
             topics: RefCell::new(HashMap::new()),
             clients: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
-        }
+            presence,
+        };
+        (local, events)
     }
 
     pub(crate) fn hub(&self) -> &Arc<Hub> {
@@ -158,40 +172,37 @@ impl LocalGroups {
         client
     }
 
-    /// The connection is closing: it leaves every group (their presence events are returned)
-    /// and its uid.
-    pub(crate) fn unregister(&self, client: &Rc<Client>) -> Vec<PresenceEvent> {
+    /// The connection is closing: it leaves every group and its uid.
+    pub(crate) fn unregister(&self, client: &Rc<Client>) {
         let groups: Vec<GroupId> = client.groups.borrow().keys().cloned().collect();
-        let events = groups
-            .iter()
-            .filter_map(|group| self.leave(client, group.as_str()))
-            .collect();
+        for group in &groups {
+            self.leave(client, group.as_str());
+        }
         self.bind_uid(client, None);
         let mut clients = self.clients.borrow_mut();
         clients.remove(&client.conn);
         shrink_if_sparse(&mut clients);
-        events
     }
 
     pub(crate) fn client(&self, conn: ConnId) -> Option<Rc<Client>> {
         self.clients.borrow().get(&conn).cloned()
     }
 
-    /// `client` joins `group` (with its presence events when `presence`). Joining again only
-    /// changes `presence`, and gives no event.
+    /// `client` joins `group` (with its presence events when `presence`), announced to those
+    /// watching it. Joining again only changes `presence`, and announces nothing.
     pub(crate) fn join(
         &self,
         client: &Rc<Client>,
         group: &GroupId,
         presence: bool,
-    ) -> Result<Option<PresenceEvent>, JoinError> {
+    ) -> Result<(), JoinError> {
         let was = client.groups.borrow().get(group).copied();
         if let Some(watching) = was {
             if watching != presence {
                 self.set_presence(client, group, presence)?;
                 client.groups.borrow_mut().insert(group.clone(), presence);
             }
-            return Ok(None);
+            return Ok(());
         }
         if client.group_count() >= self.max_groups_per_connection {
             return Err(JoinError::PerConnection(self.max_groups_per_connection));
@@ -204,17 +215,21 @@ impl LocalGroups {
             }
         }
         client.groups.borrow_mut().insert(group.clone(), presence);
-        Ok(Some(self.event(PresenceKind::Join, group, client)))
+        self.announce(PresenceKind::Join, group, client);
+        Ok(())
     }
 
-    /// `client` leaves `group`; its leave event when it was a member.
-    pub(crate) fn leave(&self, client: &Rc<Client>, group: &str) -> Option<PresenceEvent> {
-        let (group, watching) = client.groups.borrow_mut().remove_entry(group)?;
+    /// `client` leaves `group`, announced to those watching it; false when it was not in it.
+    pub(crate) fn leave(&self, client: &Rc<Client>, group: &str) -> bool {
+        let Some((group, watching)) = client.groups.borrow_mut().remove_entry(group) else {
+            return false;
+        };
         if watching {
             let _ = self.set_presence(client, &group, false);
         }
         self.remove_member(&group, client.conn);
-        Some(self.event(PresenceKind::Leave, &group, client))
+        self.announce(PresenceKind::Leave, &group, client);
+        true
     }
 
     /// Binds `client` to `uid` (or unbinds it), moving it between uid topics.
@@ -247,9 +262,10 @@ impl LocalGroups {
         Ok(())
     }
 
-    fn event(&self, kind: PresenceKind, group: &GroupId, client: &Client) -> PresenceEvent {
+    /// Queues the presence event of a join or leave, in order with this worker's others.
+    fn announce(&self, kind: PresenceKind, group: &GroupId, client: &Client) {
         let uid = client.uid.borrow();
-        PresenceEvent {
+        let event = PresenceEvent {
             group: group.clone(),
             client: client.id,
             text: Text::from(presence_event(
@@ -258,6 +274,10 @@ impl LocalGroups {
                 &client.id,
                 uid.as_ref(),
             )),
+        };
+        if self.presence.try_send(event).is_err() {
+            let counters = self.hub.cluster().counters();
+            counters.presence_dropped.fetch_add(1, Relaxed);
         }
     }
 
@@ -388,17 +408,23 @@ impl LocalGroups {
     }
 
     /// Connections in `group` here, and the hashes of their distinct uids (`None` past
-    /// [`MAX_UID_HASHES`], with their number).
-    pub(crate) fn count(&self, group: &str) -> (u64, HashSet<u64>) {
+    /// [`MAX_UID_HASHES`]: the connections are counted in constant time, the uids stop there).
+    pub(crate) fn count(&self, group: &str) -> (u64, Option<HashSet<u64>>) {
         let topics = self.topics.borrow();
         let Some(members) = topics.get(group) else {
-            return (0, HashSet::new());
+            return (0, Some(HashSet::new()));
         };
-        let uids = members
+        let mut uids = HashSet::new();
+        for uid in members
             .values()
             .filter_map(|c| c.uid.borrow().as_ref().map(Uid::hash64))
-            .collect();
-        (members.len() as u64, uids)
+        {
+            uids.insert(uid);
+            if uids.len() > MAX_UID_HASHES {
+                return (members.len() as u64, None);
+            }
+        }
+        (members.len() as u64, Some(uids))
     }
 
     /// Up to `limit` members of `group` with a client id after `after`, in client id order.
@@ -416,6 +442,11 @@ impl LocalGroups {
             .values()
             .filter(|c| after.is_none_or(|after| c.id > after))
             .collect();
+        // The first `limit` in linear time, then only those sorted.
+        if page.len() > limit && limit > 0 {
+            page.select_nth_unstable_by_key(limit - 1, |c| c.id);
+            page.truncate(limit);
+        }
         page.sort_unstable_by_key(|c| c.id);
         page.truncate(limit);
         page.into_iter()
@@ -463,4 +494,15 @@ pub(crate) fn topic_id(name: &str) -> GroupId {
 /// Whether `topic` is a client's group rather than a cluster topic.
 pub(crate) fn is_client_group(topic: &GroupId) -> bool {
     !topic.as_str().starts_with(RESERVED_PREFIX)
+}
+
+/// Publishes a worker's presence events, one at a time in the order they happened (its
+/// connections' own joins and leaves and the admin API's orders alike), until the worker stops.
+pub(crate) async fn publish_presence_events(
+    hub: Arc<Hub>,
+    mut events: mpsc::Receiver<PresenceEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        hub.publish_presence(event).await;
+    }
 }

@@ -25,7 +25,7 @@ use crate::edge::frame_meter::FrameBudget;
 use crate::edge::limits::{Permit, RateLimit};
 use crate::edge::origin::OriginPolicy;
 use crate::fanout::hub::{Hub, Work};
-use crate::fanout::local::LocalGroups;
+use crate::fanout::local::{publish_presence_events, LocalGroups};
 use crate::stats::WorkerStats;
 use state::WorkerState;
 
@@ -88,7 +88,13 @@ async fn run(setup: WorkerSetup) {
         .max_write_buffer_size(config.ws_write_buffer + config.link_max_frame_size)
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_message_size));
-    let max_groups_per_connection = config.max_groups_per_connection;
+    let (local, presence_events) = LocalGroups::new(
+        id,
+        config.max_groups_per_connection,
+        hub.clone(),
+        stats.clone(),
+    );
+    tokio::task::spawn_local(publish_presence_events(hub, presence_events));
     let state = Rc::new(WorkerState {
         id,
         parse_limits: ParseLimits {
@@ -102,7 +108,7 @@ async fn run(setup: WorkerSetup) {
         rate_limit: RateLimit::from_config(&config),
         frame_budget: FrameBudget::new(config.max_control_frames_per_second),
         config,
-        local: LocalGroups::new(id, max_groups_per_connection, hub, stats.clone()),
+        local,
         stats,
         security,
     });

@@ -1043,7 +1043,7 @@ mod tests {
             .expect_err("too long")
             .to_string();
         assert!(
-            err.contains("--max-group-id-len") && err.contains("1342"),
+            err.contains("--max-group-id-len") && err.contains("use at most 1339"),
             "{err}"
         );
     }
