@@ -19,6 +19,7 @@ pub const DEFAULT_MAX_CHANNELS_PER_LINK: usize = 1_000_000;
 pub const DEFAULT_MAX_CHANNEL_LEN: usize = 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_PHP_QUEUE_MAX_ITEMS: usize = 10_000;
+pub const DEFAULT_PHP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerConfig {
@@ -112,7 +113,7 @@ pub struct PhpConfig {
     /// first frame on `--broker-listen`, beside gateways (not with `--broker-tls-cert`); `off`
     /// refuses them; an address gives them a listener of their own, under the same rule as
     /// `--broker-listen` (loopback, or a link secret, or `--insecure`). PHP clients cannot
-    /// authenticate: only trusted hosts may reach it (`--php-allow`).
+    /// authenticate: with a link secret they are served only from loopback or `--php-allow`.
     #[arg(
         long = "php-channel",
         env = "BROKER_PHP_CHANNEL",
@@ -122,7 +123,8 @@ pub struct PhpConfig {
     pub channel: PhpListen,
 
     /// Source addresses PHP Channel clients may connect from, comma-separated (for example
-    /// `10.0.0.5,10.0.0.6`); unset: any host that can reach the port.
+    /// `10.0.0.5,10.0.0.6`): only these (loopback too only if listed). Unset: loopback only when
+    /// the broker has a link secret, any host that can reach the port when it has none.
     #[arg(
         long = "php-allow",
         env = "BROKER_PHP_ALLOW",
@@ -130,6 +132,11 @@ pub struct PhpConfig {
         value_delimiter = ','
     )]
     pub allow: Vec<IpAddr>,
+
+    /// A PHP Channel client that sends nothing, not even a ping, for this long is closed.
+    /// Workerman's `Channel\Client` pings every 55 s.
+    #[arg(long = "php-idle-timeout", env = "BROKER_PHP_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
 
     /// Items one PHP Channel queue (`enqueue`) holds until a watcher reserves them.
     #[arg(long = "php-queue-max-items", env = "BROKER_PHP_QUEUE_MAX_ITEMS", default_value_t = DEFAULT_PHP_QUEUE_MAX_ITEMS)]
@@ -149,6 +156,7 @@ impl Default for PhpConfig {
         PhpConfig {
             channel: PhpListen::Shared,
             allow: Vec::new(),
+            idle_timeout: DEFAULT_PHP_IDLE_TIMEOUT,
             queue_max_items: DEFAULT_PHP_QUEUE_MAX_ITEMS,
             max_depth: DEFAULT_PHP_MAX_DEPTH,
             max_elements: DEFAULT_PHP_MAX_ELEMENTS,
@@ -208,6 +216,7 @@ impl BrokerConfig {
         for (setting, timeout) in [
             ("--link-idle-timeout", self.link_idle_timeout),
             ("--broker-handshake-timeout", self.handshake_timeout),
+            ("--php-idle-timeout", self.php.idle_timeout),
         ] {
             if timeout.is_zero() {
                 return Err(ConfigError::new(setting, "must be greater than zero"));
@@ -217,6 +226,7 @@ impl BrokerConfig {
             ("--link-idle-timeout", self.link_idle_timeout),
             ("--broker-handshake-timeout", self.handshake_timeout),
             ("--shutdown-timeout", self.shutdown_timeout),
+            ("--php-idle-timeout", self.php.idle_timeout),
         ] {
             if timeout > MAX_DURATION {
                 return Err(ConfigError::new(setting, "must be at most one day"));

@@ -118,8 +118,14 @@ pub fn encode_broker_stats(
     counter(
         e,
         "broker_php_refused_peers",
-        "PHP Channel connections refused: source address not in --php-allow, or PHP Channel off.",
+        "PHP Channel connections refused by their source address: not in --php-allow, or (without it) not loopback on a broker with a link secret.",
         stats.php_refused_peers,
+    )?;
+    counter(
+        e,
+        "broker_php_idle_closed",
+        "PHP Channel connections closed because they sent nothing for --php-idle-timeout.",
+        stats.php_idle_closed,
     )?;
     counter(
         e,
@@ -212,6 +218,7 @@ mod tests {
             php_bridge_refused: 22,
             php_queue_drops: 23,
             php_dropped: 24,
+            php_idle_closed: 25,
         };
         #[derive(Debug)]
         struct Fixed(StatsSnapshot);
@@ -242,6 +249,7 @@ mod tests {
             "broker_php_connections 16",
             "broker_php_bad_frames_total 18",
             "broker_php_queue_drops_total 23",
+            "broker_php_idle_closed_total 25",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }

@@ -6,6 +6,12 @@
 //! handshake timeout is a PHP client too (a Workerman client with no subscriptions only pings,
 //! every 25 to 55 s); a gateway always says hello at once. The broker sends its own hello only
 //! once it knows the peer is a gateway.
+//!
+//! A silent connection from a source that may not be a PHP client (the broker has a link secret
+//! and the source is neither loopback nor in `--php-allow`, see [`php_peer_allowed`]) is a link
+//! that did not say hello in time: it gets the broker's hello and `Error{handshake_timeout}`,
+//! counted in `bad_frames`, as with `--php-channel off`. A PHP client's first frame from such a
+//! source is refused by [`serve_php`] (`php_refused_peers`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::link::serve_link;
-use crate::php::serve_php;
+use crate::php::{php_peer_allowed, serve_php};
 use crate::registry::LinkId;
 use crate::state::Shared;
 
@@ -66,15 +72,25 @@ pub(crate) async fn serve_either(
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(n)) => prefix.extend_from_slice(&byte[..n]),
-            // Silent: a PHP client that only pings. A few bytes then silence: let the link's
-            // handshake refuse it, counted.
-            Err(_) if prefix.is_empty() => break Peer::Php,
+            // Silent: a PHP client that only pings, if one may connect from there. Otherwise,
+            // or a few bytes then silence: the link's handshake refuses it, counted.
+            Err(_) if prefix.is_empty() && may_be_php(&shared, peer) => break Peer::Php,
             Err(_) => break Peer::Gateway,
         }
     };
     let read_half = std::io::Cursor::new(prefix).chain(read_half);
     match kind {
         Peer::Php => serve_php(read_half, write_half, peer, id, shared, shutdown).await,
-        Peer::Gateway => serve_link(read_half, write_half, peer, id, shared, shutdown).await,
+        Peer::Gateway => {
+            serve_link(read_half, write_half, peer, id, shared, shutdown, deadline).await
+        }
     }
+}
+
+fn may_be_php(shared: &Shared, peer: SocketAddr) -> bool {
+    php_peer_allowed(
+        &shared.config.php.allow,
+        shared.security.link_secret.is_some(),
+        peer.ip(),
+    )
 }

@@ -40,8 +40,11 @@ pub struct BrokerStats {
     pub php_connections_total: AtomicU64,
     /// PHP Channel connections closed because of a malformed frame or value.
     pub php_bad_frames: AtomicU64,
-    /// PHP Channel connections refused: source address not in `--php-allow`, or PHP Channel off.
+    /// PHP Channel connections refused by their source address: not in `--php-allow`, or (without
+    /// it) not loopback on a broker with a link secret.
     pub php_refused_peers: AtomicU64,
+    /// PHP Channel connections closed because they sent nothing for `--php-idle-timeout`.
+    pub php_idle_closed: AtomicU64,
     /// `publish` and `publishLoop` channels from PHP clients.
     pub php_publishes: AtomicU64,
     /// `send_to_group` publishes from PHP clients sent on to the gateways' group.
@@ -78,6 +81,7 @@ pub struct StatsSnapshot {
     pub php_connections_total: u64,
     pub php_bad_frames: u64,
     pub php_refused_peers: u64,
+    pub php_idle_closed: u64,
     pub php_publishes: u64,
     pub php_bridged: u64,
     pub php_bridge_refused: u64,
@@ -116,6 +120,7 @@ impl BrokerStats {
             php_connections_total: self.php_connections_total.load(Relaxed),
             php_bad_frames: self.php_bad_frames.load(Relaxed),
             php_refused_peers: self.php_refused_peers.load(Relaxed),
+            php_idle_closed: self.php_idle_closed.load(Relaxed),
             php_publishes: self.php_publishes.load(Relaxed),
             php_bridged: self.php_bridged.load(Relaxed),
             php_bridge_refused: self.php_bridge_refused.load(Relaxed),

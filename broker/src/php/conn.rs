@@ -19,6 +19,7 @@ use protocol::php::{
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -57,9 +58,19 @@ pub(crate) async fn serve_php<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let php = &shared.config.php;
-    if !php.allow.is_empty() && !php.allow.contains(&peer.ip()) {
+    let has_link_secret = shared.security.link_secret.is_some();
+    if !super::php_peer_allowed(&php.allow, has_link_secret, peer.ip()) {
         shared.stats.php_refused_peers.fetch_add(1, Relaxed);
-        tracing::warn!(conn = id.0, %peer, "PHP Channel client refused: source not in --php-allow");
+        if php.allow.is_empty() {
+            tracing::warn!(
+                conn = id.0,
+                %peer,
+                "PHP Channel client refused: the broker has a link secret and the source is not \
+                 loopback (list trusted PHP servers with --php-allow)"
+            );
+        } else {
+            tracing::warn!(conn = id.0, %peer, "PHP Channel client refused: source not in --php-allow");
+        }
         return;
     }
     shared.stats.php_connections.fetch_add(1, Relaxed);
@@ -82,12 +93,27 @@ pub(crate) async fn serve_php<R, W>(
         subscribed: HashSet::new(),
         watching: HashSet::new(),
     };
+    let idle = php.idle_timeout;
+    let mut last_heard = Instant::now();
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
     let bad: Option<String> = loop {
         let frame = tokio::select! {
             _ = kill.cancelled() => break None,
             _ = shutdown.cancelled() => break None,
             frame = frames.next() => frame,
+            _ = &mut idle_timer => {
+                let deadline = last_heard + idle;
+                if Instant::now() >= deadline {
+                    shared.stats.php_idle_closed.fetch_add(1, Relaxed);
+                    tracing::warn!(conn = id.0, %peer, timeout = ?idle, "PHP Channel client closed: idle");
+                    break None;
+                }
+                idle_timer.as_mut().reset(deadline);
+                continue;
+            }
         };
+        last_heard = Instant::now();
         match frame {
             None => break None,
             Some(Err(protocol::php::PhpFrameError::Io(_))) => break None,
