@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use broker::auth::BrokerSecurity;
+use broker::config::PhpConfig;
 use broker::BrokerConfig;
 use protocol::link_auth::LinkSecret;
 use protocol::php::{encode_php_frame, serialize, PhpKey, PhpValue};
@@ -27,9 +28,13 @@ fn with_secret() -> BrokerSecurity {
 }
 
 fn allowing(last: u8) -> BrokerConfig {
-    let mut config = BrokerConfig::default();
-    config.php.allow = vec![loopback(last)];
-    config
+    BrokerConfig {
+        php: PhpConfig {
+            allow: vec![loopback(last)],
+            ..PhpConfig::default()
+        },
+        ..BrokerConfig::default()
+    }
 }
 
 async fn connect_from(broker: &TestBroker, last: u8) -> TcpStream {
@@ -127,8 +132,10 @@ async fn with_a_link_secret_and_no_php_allow_loopback_php_clients_are_served() {
 
 #[tokio::test]
 async fn a_silent_connection_from_a_source_that_may_not_be_php_is_a_link_without_hello() {
-    let mut config = allowing(2);
-    config.handshake_timeout = Duration::from_millis(200);
+    let config = BrokerConfig {
+        handshake_timeout: Duration::from_millis(200),
+        ..allowing(2)
+    };
     let broker = TestBroker::with_security(config, with_secret()).await;
     let mut link = Link::new(connect_from(&broker, 1).await);
     link.expect_hello().await;
@@ -142,8 +149,13 @@ async fn a_silent_connection_from_a_source_that_may_not_be_php_is_a_link_without
 
 #[tokio::test]
 async fn a_php_client_that_sends_nothing_for_the_idle_timeout_is_closed() {
-    let mut config = BrokerConfig::default();
-    config.php.idle_timeout = Duration::from_millis(400);
+    let config = BrokerConfig {
+        php: PhpConfig {
+            idle_timeout: Duration::from_millis(400),
+            ..PhpConfig::default()
+        },
+        ..BrokerConfig::default()
+    };
     let broker = TestBroker::start(config).await;
     let mut client = connect_from(&broker, 1).await;
     // Pings keep it open past the timeout.
@@ -163,9 +175,14 @@ async fn a_php_client_that_sends_nothing_for_the_idle_timeout_is_closed() {
 
 #[tokio::test]
 async fn a_connection_silent_from_the_start_is_closed_after_the_handshake_and_idle_timeouts() {
-    let mut config = BrokerConfig::default();
-    config.handshake_timeout = Duration::from_millis(200);
-    config.php.idle_timeout = Duration::from_millis(300);
+    let config = BrokerConfig {
+        handshake_timeout: Duration::from_millis(200),
+        php: PhpConfig {
+            idle_timeout: Duration::from_millis(300),
+            ..PhpConfig::default()
+        },
+        ..BrokerConfig::default()
+    };
     let broker = TestBroker::start(config).await;
     let mut silent = connect_from(&broker, 1).await;
     expect_closed(&mut silent).await;
