@@ -3,8 +3,11 @@
 //! `--broker-*` and those of the link itself `--link-*`, as in the gateway, which offers the same
 //! settings for its embedded broker.
 
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 use std::time::Duration;
 
+use protocol::php::{DEFAULT_PHP_MAX_DEPTH, DEFAULT_PHP_MAX_ELEMENTS};
 use protocol::DEFAULT_MAX_FRAME_SIZE;
 use server_kit::settings::{ConfigError, MAX_DURATION};
 
@@ -15,6 +18,8 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CHANNELS_PER_LINK: usize = 1_000_000;
 pub const DEFAULT_MAX_CHANNEL_LEN: usize = 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_PHP_QUEUE_MAX_ITEMS: usize = 10_000;
+pub const DEFAULT_PHP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerConfig {
@@ -61,6 +66,102 @@ pub struct BrokerConfig {
     /// On SIGTERM or Ctrl-C, how long to wait for links to finish.
     #[arg(long, env = "BROKER_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+
+    #[command(flatten)]
+    pub php: PhpConfig,
+}
+
+/// Where PHP Channel clients are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhpListen {
+    /// Recognized on the link listener by their first frame.
+    Shared,
+    Off,
+    /// A listener of their own (the `broker` binary binds it).
+    Addr(SocketAddr),
+}
+
+impl FromStr for PhpListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "shared" => Ok(PhpListen::Shared),
+            "off" => Ok(PhpListen::Off),
+            addr => addr
+                .parse()
+                .map(PhpListen::Addr)
+                .map_err(|_| format!("{addr:?} is not `shared`, `off` or a socket address")),
+        }
+    }
+}
+
+impl std::fmt::Display for PhpListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PhpListen::Shared => f.write_str("shared"),
+            PhpListen::Off => f.write_str("off"),
+            PhpListen::Addr(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// Settings of the PHP Channel protocol (Workerman's `Channel\Server`), docs/php-channel.md.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PhpConfig {
+    /// PHP Channel clients (Workerman's `Channel\Client`): `shared` recognizes them by their
+    /// first frame on `--broker-listen`, beside gateways (not with `--broker-tls-cert`); `off`
+    /// refuses them; an address gives them a listener of their own, under the same rule as
+    /// `--broker-listen` (loopback, or a link secret, or `--insecure`). PHP clients cannot
+    /// authenticate: with a link secret they are served only from loopback or `--php-allow`.
+    #[arg(
+        long = "php-channel",
+        env = "BROKER_PHP_CHANNEL",
+        value_name = "shared|off|ADDR",
+        default_value = "shared"
+    )]
+    pub channel: PhpListen,
+
+    /// Source addresses PHP Channel clients may connect from, comma-separated (for example
+    /// `10.0.0.5,10.0.0.6`): only these (loopback too only if listed). Unset: loopback only when
+    /// the broker has a link secret, any host that can reach the port when it has none.
+    #[arg(
+        long = "php-allow",
+        env = "BROKER_PHP_ALLOW",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
+    pub allow: Vec<IpAddr>,
+
+    /// A PHP Channel client that sends nothing, not even a ping, for this long is closed.
+    /// Workerman's `Channel\Client` pings every 55 s.
+    #[arg(long = "php-idle-timeout", env = "BROKER_PHP_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Items one PHP Channel queue (`enqueue`) holds until a watcher reserves them.
+    #[arg(long = "php-queue-max-items", env = "BROKER_PHP_QUEUE_MAX_ITEMS", default_value_t = DEFAULT_PHP_QUEUE_MAX_ITEMS)]
+    pub queue_max_items: usize,
+
+    /// Deepest nesting of arrays in a value a PHP Channel client sends.
+    #[arg(long = "php-max-depth", env = "BROKER_PHP_MAX_DEPTH", default_value_t = DEFAULT_PHP_MAX_DEPTH)]
+    pub max_depth: usize,
+
+    /// Most array elements (counted at every level) in one frame from a PHP Channel client.
+    #[arg(long = "php-max-elements", env = "BROKER_PHP_MAX_ELEMENTS", default_value_t = DEFAULT_PHP_MAX_ELEMENTS)]
+    pub max_elements: usize,
+}
+
+impl Default for PhpConfig {
+    fn default() -> Self {
+        PhpConfig {
+            channel: PhpListen::Shared,
+            allow: Vec::new(),
+            idle_timeout: DEFAULT_PHP_IDLE_TIMEOUT,
+            queue_max_items: DEFAULT_PHP_QUEUE_MAX_ITEMS,
+            max_depth: DEFAULT_PHP_MAX_DEPTH,
+            max_elements: DEFAULT_PHP_MAX_ELEMENTS,
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -74,6 +175,7 @@ impl Default for BrokerConfig {
             max_channels_per_link: DEFAULT_MAX_CHANNELS_PER_LINK,
             max_channel_len: DEFAULT_MAX_CHANNEL_LEN,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            php: PhpConfig::default(),
         }
     }
 }
@@ -102,9 +204,19 @@ impl BrokerConfig {
                 "must be at least 1 and fit in a frame",
             ));
         }
+        for (setting, value) in [
+            ("--php-queue-max-items", self.php.queue_max_items),
+            ("--php-max-depth", self.php.max_depth),
+            ("--php-max-elements", self.php.max_elements),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(setting, "must be at least 1"));
+            }
+        }
         for (setting, timeout) in [
             ("--link-idle-timeout", self.link_idle_timeout),
             ("--broker-handshake-timeout", self.handshake_timeout),
+            ("--php-idle-timeout", self.php.idle_timeout),
         ] {
             if timeout.is_zero() {
                 return Err(ConfigError::new(setting, "must be greater than zero"));
@@ -114,6 +226,7 @@ impl BrokerConfig {
             ("--link-idle-timeout", self.link_idle_timeout),
             ("--broker-handshake-timeout", self.handshake_timeout),
             ("--shutdown-timeout", self.shutdown_timeout),
+            ("--php-idle-timeout", self.php.idle_timeout),
         ] {
             if timeout > MAX_DURATION {
                 return Err(ConfigError::new(setting, "must be at most one day"));

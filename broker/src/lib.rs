@@ -11,6 +11,9 @@
 //!   queued to every subscriber; a link whose queue is full is disconnected as a slow consumer.
 //! - [`local`]: [`local::LocalLink`], the embedding gateway's own subscriber, served without a
 //!   socket or a frame.
+//! - [`php`]: PHP Channel clients (Workerman's `Channel\Client`), recognized on the link port
+//!   by their first frame or served on a port of their own: their channels and queues, and the
+//!   `send_to_group` bridge between them and the gateways' groups.
 //! - [`queue`]: a link's outbound queue, bounded in frames and in bytes.
 //! - [`auth`]: link security: the shared secret (challenge and response in the handshake), TLS
 //!   on the listener, and the refusal to expose an open link (helpers in `server_kit`).
@@ -29,9 +32,11 @@ pub mod config;
 pub mod link;
 pub mod local;
 pub mod metrics;
+pub mod php;
 pub mod queue;
 pub mod registry;
 pub mod server;
+mod sniff;
 mod state;
 pub mod stats;
 

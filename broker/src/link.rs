@@ -71,7 +71,8 @@ pub(crate) async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let Some(tls) = shared.security.tls.clone() else {
         let (read_half, write_half) = stream.into_split();
-        return serve_link(read_half, write_half, peer, id, shared, shutdown).await;
+        let deadline = Instant::now() + shared.config.handshake_timeout;
+        return serve_link(read_half, write_half, peer, id, shared, shutdown, deadline).await;
     };
     let started = Instant::now();
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
@@ -82,7 +83,8 @@ pub(crate) async fn serve_connection(
     match accepted {
         Ok(Ok(stream)) => {
             let (read_half, write_half) = tokio::io::split(stream);
-            serve_link(read_half, write_half, peer, id, shared, shutdown).await
+            let deadline = Instant::now() + shared.config.handshake_timeout;
+            serve_link(read_half, write_half, peer, id, shared, shutdown, deadline).await
         }
         Ok(Err(cause)) => {
             tracing::warn!(link = id.0, %peer, %cause, "link refused: TLS handshake failed")
@@ -96,19 +98,20 @@ pub(crate) async fn serve_connection(
     }
 }
 
-async fn serve_link<R, W>(
+/// Serves one gateway link; its hello (and auth frame) must arrive by `handshake_deadline`.
+pub(crate) async fn serve_link<R, W>(
     read_half: R,
     write_half: W,
     peer: SocketAddr,
     id: LinkId,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    handshake_deadline: Instant,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let config = &shared.config;
-    let handshake_deadline = Instant::now() + config.handshake_timeout;
     let (tx, rx) = link_queue(config.link_queue_frames, config.link_queue_bytes);
     let kill = CancellationToken::new();
     let handle = LinkHandle::new(id, tx, kill.clone());
@@ -484,7 +487,7 @@ fn send_frame(handle: &LinkHandle, shared: &Shared, frame: &Frame) {
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
+pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: QueueReceiver,
     write_half: W,
     kill: CancellationToken,

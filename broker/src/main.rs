@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use broker::auth::SecurityArgs;
+use broker::config::PhpListen;
 use broker::{Broker, BrokerConfig};
 use clap::Parser;
 use server_kit::admin_http::{self, AdminAddr};
@@ -140,6 +141,24 @@ async fn run() -> anyhow::Result<()> {
         cli.admin_max_connections > 0,
         "invalid configuration: admin-max-connections must be at least 1"
     );
+    let php_listen = match cli.config.php.channel {
+        PhpListen::Addr(addr) => {
+            server_kit::secret::check_exposure(
+                addr,
+                security.link_secret.is_some(),
+                cli.security.insecure,
+                "--php-channel",
+                "BROKER",
+            )
+            .context("invalid PHP Channel configuration")?;
+            Some(addr)
+        }
+        PhpListen::Shared if security.tls.is_some() => {
+            tracing::warn!("PHP Channel clients are not served: the link listener speaks TLS (give them their own port with --php-channel ADDR)");
+            None
+        }
+        PhpListen::Shared | PhpListen::Off => None,
+    };
     let broker = Broker::with_security(cli.config, security)?;
 
     // Both addresses are bound before either is announced.
@@ -152,9 +171,28 @@ async fn run() -> anyhow::Result<()> {
         })?),
         None => None,
     };
+    let php_listener = match php_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--php-channel)"))?,
+        ),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
     tracing::info!(addr = %listener.local_addr()?, "broker listening");
+    let php = match php_listener {
+        Some(php_listener) => {
+            tracing::info!(addr = %php_listener.local_addr()?, "PHP Channel listening");
+            let broker = broker.clone();
+            let shutdown = shutdown.clone();
+            Some(tokio::spawn(async move {
+                broker.serve_php(php_listener, shutdown).await
+            }))
+        }
+        None => None,
+    };
     let admin = match admin_listener {
         Some(admin_listener) => {
             tracing::info!(addr = %admin_listener.local_addr()?, "admin listening");
@@ -176,6 +214,9 @@ async fn run() -> anyhow::Result<()> {
         None => None,
     };
     broker.serve(listener, shutdown).await?;
+    if let Some(php) = php {
+        php.await.context("PHP Channel server panicked")??;
+    }
     if let Some(admin) = admin {
         admin.await.context("admin server panicked")??;
     }

@@ -96,6 +96,66 @@ pub fn encode_broker_stats(
         "broker_unauthorized_links",
         "Links refused because they did not prove that they know the link secret.",
         stats.unauthorized_links,
+    )?;
+    gauge(
+        e,
+        "broker_php_connections",
+        "Open PHP Channel connections.",
+        stats.php_connections,
+    )?;
+    counter(
+        e,
+        "broker_php_connections_opened",
+        "PHP Channel connections accepted since start.",
+        stats.php_connections_total,
+    )?;
+    counter(
+        e,
+        "broker_php_bad_frames",
+        "PHP Channel connections closed because of a malformed frame or value.",
+        stats.php_bad_frames,
+    )?;
+    counter(
+        e,
+        "broker_php_refused_peers",
+        "PHP Channel connections refused by their source address: not in --php-allow, or (without it) not loopback on a broker with a link secret.",
+        stats.php_refused_peers,
+    )?;
+    counter(
+        e,
+        "broker_php_idle_closed",
+        "PHP Channel connections closed because they sent nothing for --php-idle-timeout.",
+        stats.php_idle_closed,
+    )?;
+    counter(
+        e,
+        "broker_php_publishes",
+        "publish and publishLoop channels from PHP clients.",
+        stats.php_publishes,
+    )?;
+    counter(
+        e,
+        "broker_php_bridged",
+        "send_to_group publishes from PHP clients sent on to the gateways' group.",
+        stats.php_bridged,
+    )?;
+    counter(
+        e,
+        "broker_php_bridge_refused",
+        "send_to_group publishes from PHP clients not sent on to the gateways: no valid group_id or message.",
+        stats.php_bridge_refused,
+    )?;
+    counter(
+        e,
+        "broker_php_queue_drops",
+        "Items enqueued to a full PHP queue, dropped.",
+        stats.php_queue_drops,
+    )?;
+    counter(
+        e,
+        "broker_php_dropped",
+        "PHP messages not sent because they exceed link-max-frame-size.",
+        stats.php_dropped,
     )
 }
 
@@ -115,6 +175,7 @@ impl BrokerCollector {
 impl Collector for BrokerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         encode_broker_stats(&self.broker.stats(), &mut encoder)?;
+
         self.admin_http.snapshot().encode("broker", &mut encoder)
     }
 }
@@ -148,6 +209,16 @@ mod tests {
             dropped_frames: 8,
             bad_frames: 9,
             unauthorized_links: 10,
+            php_connections: 16,
+            php_connections_total: 17,
+            php_bad_frames: 18,
+            php_refused_peers: 19,
+            php_publishes: 20,
+            php_bridged: 21,
+            php_bridge_refused: 22,
+            php_queue_drops: 23,
+            php_dropped: 24,
+            php_idle_closed: 25,
         };
         #[derive(Debug)]
         struct Fixed(StatsSnapshot);
@@ -175,6 +246,10 @@ mod tests {
             "broker_dropped_frames_total 8",
             "broker_bad_frames_total 9",
             "broker_unauthorized_links_total 10",
+            "broker_php_connections 16",
+            "broker_php_bad_frames_total 18",
+            "broker_php_queue_drops_total 23",
+            "broker_php_idle_closed_total 25",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }

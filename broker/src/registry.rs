@@ -14,8 +14,12 @@ use parking_lot::RwLock;
 use protocol::codec::{encode_message, FrameError};
 use tokio_util::sync::CancellationToken;
 
+use crate::php::hub::PhpHub;
 use crate::queue::{QueueSender, Refused};
 use crate::stats::BrokerStats;
+
+/// The first byte of the gateways' own cluster topics, never shown to PHP clients.
+const CLUSTER_TOPIC: u8 = 0x1f;
 
 /// Identifies one link for the lifetime of the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,6 +104,8 @@ pub struct Registry {
     channels: RwLock<HashMap<Bytes, Vec<Outlet>>>,
     stats: Arc<BrokerStats>,
     max_frame_size: usize,
+    /// Where gateways' group sends also go: PHP subscribers of `send_to_group`.
+    php: Option<Arc<PhpHub>>,
 }
 
 impl Registry {
@@ -108,6 +114,15 @@ impl Registry {
             channels: RwLock::new(HashMap::new()),
             stats,
             max_frame_size,
+            php: None,
+        }
+    }
+
+    /// A registry whose group publishes also reach `php`'s `send_to_group` subscribers.
+    pub fn with_php(stats: Arc<BrokerStats>, max_frame_size: usize, php: Arc<PhpHub>) -> Self {
+        Registry {
+            php: Some(php),
+            ..Registry::new(stats, max_frame_size)
         }
     }
 
@@ -178,9 +193,39 @@ impl Registry {
         }
     }
 
-    /// Fans a publish out to the channel's subscribers (all but `origin` when `no_echo`).
-    /// Returns how many links it was queued to.
+    /// Fans a publish out to the channel's subscribers (all but `origin` when `no_echo`), and a
+    /// group's to PHP subscribers of `send_to_group` (never a cluster topic's). Returns how many
+    /// links it was queued to.
     pub fn publish(
+        &self,
+        origin: LinkId,
+        channel: &[u8],
+        payload: Bytes,
+        no_echo: bool,
+    ) -> Result<usize, FrameError> {
+        let bridged = match &self.php {
+            Some(php) if channel.first() != Some(&CLUSTER_TOPIC) => Some((php, payload.clone())),
+            _ => None,
+        };
+        let queued = self.publish_without_bridge_echo(origin, channel, payload, no_echo)?;
+        if let Some((php, payload)) = bridged {
+            php.bridge_group_send(channel, &payload);
+        }
+        Ok(queued)
+    }
+
+    /// A PHP client's `send_to_group`, to the group's gateways only: its PHP subscribers had
+    /// the PHP event already.
+    pub fn publish_without_bridge(
+        &self,
+        origin: LinkId,
+        channel: &[u8],
+        payload: Bytes,
+    ) -> Result<usize, FrameError> {
+        self.publish_without_bridge_echo(origin, channel, payload, false)
+    }
+
+    fn publish_without_bridge_echo(
         &self,
         origin: LinkId,
         channel: &[u8],

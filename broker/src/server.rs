@@ -11,8 +11,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::BrokerSecurity;
 use crate::config::BrokerConfig;
+use crate::config::PhpListen;
 use crate::link::serve_connection;
 use crate::local::LocalLink;
+use crate::php::serve_php_stream;
 use crate::registry::LocalSubscriber;
 use crate::state::Shared;
 use crate::stats::StatsSnapshot;
@@ -57,6 +59,48 @@ impl Broker {
         self.shared.stats.snapshot()
     }
 
+    /// Whether PHP Channel clients are recognized on the link listener: `--php-channel shared`,
+    /// and no TLS (PHP clients speak plain TCP).
+    fn shares_port_with_php(&self) -> bool {
+        self.shared.config.php.channel == PhpListen::Shared && self.shared.security.tls.is_none()
+    }
+
+    /// Accepts PHP Channel clients on a listener of their own (`--php-channel ADDR`) until
+    /// `shutdown` is cancelled.
+    pub async fn serve_php(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), BrokerError> {
+        let tracker = TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = shutdown.cancelled() => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let id = self.shared.next_link_id();
+                    tracker.spawn(serve_php_stream(
+                        stream,
+                        peer,
+                        id,
+                        self.shared.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(cause = %e, "PHP Channel accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        drop(listener);
+        tracker.close();
+        let _ = tokio::time::timeout(self.shared.config.shutdown_timeout, tracker.wait()).await;
+        Ok(())
+    }
+
     /// Accepts links on `listener` until `shutdown` is cancelled, then closes every link and
     /// waits (up to the configured shutdown timeout) for them to finish.
     pub async fn serve(
@@ -73,13 +117,15 @@ impl Broker {
             match accepted {
                 Ok((stream, peer)) => {
                     let id = self.shared.next_link_id();
-                    tracker.spawn(serve_connection(
-                        stream,
-                        peer,
-                        id,
-                        self.shared.clone(),
-                        shutdown.clone(),
-                    ));
+                    let shared = self.shared.clone();
+                    let shutdown = shutdown.clone();
+                    if self.shares_port_with_php() {
+                        tracker.spawn(crate::sniff::serve_either(
+                            stream, peer, id, shared, shutdown,
+                        ));
+                    } else {
+                        tracker.spawn(serve_connection(stream, peer, id, shared, shutdown));
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::auth::BrokerSecurity;
 use crate::config::BrokerConfig;
+use crate::php::hub::PhpHub;
 use crate::registry::{LinkId, Registry};
 use crate::stats::BrokerStats;
 
@@ -13,6 +14,8 @@ use crate::stats::BrokerStats;
 pub(crate) struct Shared {
     pub(crate) config: BrokerConfig,
     pub(crate) registry: Registry,
+    /// PHP Channel clients' channels and queues.
+    pub(crate) php: Arc<PhpHub>,
     pub(crate) stats: Arc<BrokerStats>,
     pub(crate) security: BrokerSecurity,
     next_link: AtomicU64,
@@ -22,8 +25,14 @@ impl Shared {
     /// State for a broker with a validated `config`.
     pub(crate) fn new(config: BrokerConfig, security: BrokerSecurity) -> Shared {
         let stats = Arc::new(BrokerStats::default());
+        let php = Arc::new(PhpHub::new(
+            stats.clone(),
+            config.max_frame_size,
+            config.php.queue_max_items,
+        ));
         Shared {
-            registry: Registry::new(stats.clone(), config.max_frame_size),
+            registry: Registry::with_php(stats.clone(), config.max_frame_size, php.clone()),
+            php,
             config,
             stats,
             security,

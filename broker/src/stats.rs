@@ -34,6 +34,27 @@ pub struct BrokerStats {
     pub bad_frames: AtomicU64,
     /// Links refused because they did not prove that they know the link secret.
     pub unauthorized_links: AtomicU64,
+    /// Open PHP Channel connections.
+    pub php_connections: AtomicU64,
+    /// PHP Channel connections accepted since start.
+    pub php_connections_total: AtomicU64,
+    /// PHP Channel connections closed because of a malformed frame or value.
+    pub php_bad_frames: AtomicU64,
+    /// PHP Channel connections refused by their source address: not in `--php-allow`, or (without
+    /// it) not loopback on a broker with a link secret.
+    pub php_refused_peers: AtomicU64,
+    /// PHP Channel connections closed because they sent nothing for `--php-idle-timeout`.
+    pub php_idle_closed: AtomicU64,
+    /// `publish` and `publishLoop` channels from PHP clients.
+    pub php_publishes: AtomicU64,
+    /// `send_to_group` publishes from PHP clients sent on to the gateways' group.
+    pub php_bridged: AtomicU64,
+    /// `send_to_group` publishes from PHP clients not sent on to the gateways: no valid `group_id` or `message`.
+    pub php_bridge_refused: AtomicU64,
+    /// Items `enqueue`d to a full PHP queue, dropped.
+    pub php_queue_drops: AtomicU64,
+    /// PHP messages not sent because they exceed `link-max-frame-size`.
+    pub php_dropped: AtomicU64,
 }
 
 /// A point-in-time copy of [`BrokerStats`], as served on `/api/stats`.
@@ -56,6 +77,16 @@ pub struct StatsSnapshot {
     pub dropped_frames: u64,
     pub bad_frames: u64,
     pub unauthorized_links: u64,
+    pub php_connections: u64,
+    pub php_connections_total: u64,
+    pub php_bad_frames: u64,
+    pub php_refused_peers: u64,
+    pub php_idle_closed: u64,
+    pub php_publishes: u64,
+    pub php_bridged: u64,
+    pub php_bridge_refused: u64,
+    pub php_queue_drops: u64,
+    pub php_dropped: u64,
 }
 
 impl BrokerStats {
@@ -85,6 +116,16 @@ impl BrokerStats {
             dropped_frames: self.dropped_frames.load(Relaxed),
             bad_frames: self.bad_frames.load(Relaxed),
             unauthorized_links: self.unauthorized_links.load(Relaxed),
+            php_connections: self.php_connections.load(Relaxed),
+            php_connections_total: self.php_connections_total.load(Relaxed),
+            php_bad_frames: self.php_bad_frames.load(Relaxed),
+            php_refused_peers: self.php_refused_peers.load(Relaxed),
+            php_idle_closed: self.php_idle_closed.load(Relaxed),
+            php_publishes: self.php_publishes.load(Relaxed),
+            php_bridged: self.php_bridged.load(Relaxed),
+            php_bridge_refused: self.php_bridge_refused.load(Relaxed),
+            php_queue_drops: self.php_queue_drops.load(Relaxed),
+            php_dropped: self.php_dropped.load(Relaxed),
         }
     }
 }

@@ -29,7 +29,7 @@ use tokio_util::codec::Framed;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_broker_speaks_first_then_link_is_up() {
-    let tb = TestBroker::start(BrokerConfig::default()).await;
+    let tb = TestBroker::start(link_only()).await;
     let mut client = Link::connect_raw(tb.addr).await;
     // Read before sending anything: the broker's hello must not wait for ours.
     client.expect_hello().await;
@@ -44,7 +44,7 @@ async fn handshake_broker_speaks_first_then_link_is_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_reaches_each_subscriber_of_the_channel_exactly_once() {
-    let tb = TestBroker::start(BrokerConfig::default()).await;
+    let tb = TestBroker::start(link_only()).await;
     let mut a = Link::connect(tb.addr).await;
     let mut b = Link::connect(tb.addr).await;
     let mut other = Link::connect(tb.addr).await;
@@ -73,7 +73,7 @@ async fn publish_reaches_each_subscriber_of_the_channel_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_echo_skips_only_the_publishing_link() {
-    let tb = TestBroker::start(BrokerConfig::default()).await;
+    let tb = TestBroker::start(link_only()).await;
     let mut publisher = Link::connect(tb.addr).await;
     let mut peer = Link::connect(tb.addr).await;
     publisher.subscribe(&["g"]).await;
@@ -95,7 +95,7 @@ async fn no_echo_skips_only_the_publishing_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_stops_delivery_and_closing_removes_subscriptions() {
-    let tb = TestBroker::start(BrokerConfig::default()).await;
+    let tb = TestBroker::start(link_only()).await;
     let mut leaver = Link::connect(tb.addr).await;
     let mut stayer = Link::connect(tb.addr).await;
     let mut publisher = Link::connect(tb.addr).await;
@@ -154,7 +154,7 @@ fn limits_config() -> BrokerConfig {
     BrokerConfig {
         max_channel_len: MAX_CHANNEL_LEN,
         max_channels_per_link: MAX_CHANNELS,
-        ..BrokerConfig::default()
+        ..link_only()
     }
 }
 
@@ -403,7 +403,7 @@ async fn frame_size_limit_is_inclusive() {
         max_frame_size: MAX_FRAME_SIZE,
         // The default channel limit does not fit in frames this small.
         max_channel_len: 64,
-        ..BrokerConfig::default()
+        ..link_only()
     })
     .await;
     let mut subscriber = Link::connect(tb.addr).await;
@@ -445,7 +445,7 @@ async fn silent_new_link_is_closed_after_the_handshake_timeout() {
     let handshake_timeout = Duration::from_secs(10);
     let tb = TestBroker::start(BrokerConfig {
         handshake_timeout,
-        ..BrokerConfig::default()
+        ..link_only()
     })
     .await;
     let started = Instant::now();
@@ -477,7 +477,7 @@ async fn idle_link_is_closed_and_pinging_link_stays_up() {
     let idle = Duration::from_secs(30);
     let tb = TestBroker::start(BrokerConfig {
         link_idle_timeout: idle,
-        ..BrokerConfig::default()
+        ..link_only()
     })
     .await;
     let mut silent = Link::connect(tb.addr).await;
@@ -654,7 +654,7 @@ async fn slow_consumer_is_disconnected_and_a_reading_subscriber_gets_everything(
     const AFTER_DISCONNECT: u64 = 20;
     let tb = TestBroker::start(BrokerConfig {
         link_queue_frames: 8,
-        ..BrokerConfig::default()
+        ..link_only()
     })
     .await;
 
@@ -705,7 +705,7 @@ async fn a_link_queue_is_bounded_in_bytes_as_well_as_in_frames() {
     const AFTER_DISCONNECT: u64 = 20;
     let tb = TestBroker::start(BrokerConfig {
         link_queue_bytes: LINK_QUEUE_BYTES,
-        ..BrokerConfig::default()
+        ..link_only()
     })
     .await;
 
@@ -769,7 +769,7 @@ async fn cancelling_stops_serving_and_closes_every_link() {
     let shutdown_timeout = Duration::from_secs(2);
     let mut tb = TestBroker::start(BrokerConfig {
         shutdown_timeout,
-        ..BrokerConfig::default()
+        ..link_only()
     })
     .await;
     let mut up = Link::connect(tb.addr).await;
@@ -798,4 +798,13 @@ async fn cancelling_stops_serving_and_closes_every_link() {
         TcpStream::connect(tb.addr).await.is_err(),
         "the listener is closed"
     );
+}
+
+/// The broker link on a port of its own (`--php-channel off`): the broker says hello first, and
+/// a silent or malformed peer is a link's. PHP Channel clients on the shared port are tested in
+/// e2e/tests/php_channel.rs.
+fn link_only() -> BrokerConfig {
+    let mut config = BrokerConfig::default();
+    config.php.channel = broker::config::PhpListen::Off;
+    config
 }

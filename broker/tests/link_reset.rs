@@ -11,7 +11,7 @@ use test_support::broker::{ping, subscribe, Link, TestBroker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_link_is_dropped_without_counting_a_bad_frame() {
-    let broker = TestBroker::start(BrokerConfig::default()).await;
+    let broker = TestBroker::start(link_only()).await;
 
     let mut link = Link::connect_raw(broker.addr).await;
     link.expect_hello().await;
@@ -42,4 +42,12 @@ async fn reset_link_is_dropped_without_counting_a_bad_frame() {
         stats.bad_frames, 0,
         "a reset is not a protocol fault: {stats:?}"
     );
+}
+
+/// The broker link on a port of its own (`--php-channel off`): the broker says hello first.
+/// PHP Channel clients on the shared port are tested in e2e/tests/php_channel.rs.
+fn link_only() -> BrokerConfig {
+    let mut config = BrokerConfig::default();
+    config.php.channel = broker::config::PhpListen::Off;
+    config
 }

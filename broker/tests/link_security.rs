@@ -33,7 +33,7 @@ fn test_pki() -> TestPki {
 
 async fn with_secret() -> TestBroker {
     TestBroker::with_security(
-        BrokerConfig::default(),
+        link_only(),
         BrokerSecurity {
             link_secret: Some(secret(SECRET)),
             tls: None,
@@ -148,7 +148,7 @@ async fn an_auth_that_never_comes_times_out_as_unauthorized() {
     let handshake_timeout = Duration::from_secs(10);
     let config = BrokerConfig {
         handshake_timeout,
-        ..BrokerConfig::default()
+        ..link_only()
     };
     let security = BrokerSecurity {
         link_secret: Some(secret(SECRET)),
@@ -170,7 +170,7 @@ async fn an_auth_that_never_comes_times_out_as_unauthorized() {
 
 #[tokio::test]
 async fn without_a_secret_there_is_no_challenge_and_auth_is_unexpected() {
-    let broker = TestBroker::start(BrokerConfig::default()).await;
+    let broker = TestBroker::start(link_only()).await;
     let mut link = Link::connect_raw(broker.addr).await;
     assert!(hello(&mut link).await.is_empty(), "no challenge");
     link.send(Frame::new(Body::Hello(Hello {
@@ -195,7 +195,7 @@ async fn a_tls_link_is_served_to_clients_that_trust_its_ca() {
         link_secret: Some(secret(SECRET)),
         tls: Some(server_kit::tls::server_config(&pki.cert, &pki.key).expect("cert loads")),
     };
-    let broker = TestBroker::with_security(BrokerConfig::default(), security).await;
+    let broker = TestBroker::with_security(link_only(), security).await;
 
     let tcp = TcpStream::connect(broker.addr).await.expect("connect");
     let name = ServerName::try_from("localhost").expect("name");
@@ -221,4 +221,12 @@ async fn a_tls_link_is_served_to_clients_that_trust_its_ca() {
         .expect("TLS handshake timed out");
     let error = refused.expect_err("untrusted certificate").to_string();
     assert!(error.contains("certificate"), "{error}");
+}
+
+/// The broker link on a port of its own (`--php-channel off`): the broker says hello first.
+/// PHP Channel clients on the shared port are tested in e2e/tests/php_channel.rs.
+fn link_only() -> BrokerConfig {
+    let mut config = BrokerConfig::default();
+    config.php.channel = broker::config::PhpListen::Off;
+    config
 }

@@ -376,6 +376,9 @@ impl GatewayConfig {
             max_channel_len: broker_max_channel_len
                 .unwrap_or(self.max_topic_len().max(DEFAULT_MAX_CHANNEL_LEN)),
             shutdown_timeout: self.shutdown_timeout,
+            // PHP Channel clients are recognized on the embedded broker's port, with the
+            // defaults (docs/php-channel.md).
+            php: broker::config::PhpConfig::default(),
         }
     }
 

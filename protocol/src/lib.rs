@@ -12,6 +12,8 @@
 //! - [`cluster`]: what gateways tell each other about the cluster: node and client ids, uids,
 //!   heartbeats, the cluster API's questions and answers ([`cluster::ControlFrame`]), and the
 //!   reserved topics they travel on.
+//! - [`php`]: the PHP Channel protocol (Workerman's `Channel\Server`): its frames, PHP
+//!   `serialize()` values within limits, its commands, and their JSON form for the bridge.
 //! - [`text`]: [`Text`], a message's text as shared bytes, checked to be UTF-8 once.
 //! - [`envelope`]: [`Envelope`], what a message carries on an external bus (Redis, NATS): its
 //!   origin node and sequence number, then the payload.
@@ -27,6 +29,7 @@ pub mod envelope;
 pub mod link;
 pub mod link_auth;
 pub mod link_fault;
+pub mod php;
 pub mod text;
 
 pub use client::{

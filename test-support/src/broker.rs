@@ -103,11 +103,12 @@ impl Link<TcpStream> {
     }
 
     /// Connects and completes the handshake; the link is up (the broker applied our hello) on
-    /// return.
+    /// return. Like a gateway, it says hello first: on a port shared with PHP Channel clients
+    /// the broker answers only once it knows the peer is a gateway.
     pub async fn connect(addr: SocketAddr) -> Link {
         let mut link = Link::connect_raw(addr).await;
-        link.expect_hello().await;
         link.send(Frame::hello("test")).await;
+        link.expect_hello().await;
         link.barrier().await;
         link
     }
