@@ -367,3 +367,71 @@ impl Drop for WorkDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// README's migration from a Workerman Channel server, its two blocks as written on one machine:
+/// the broker in `Channel\Server`'s place, a gateway linked to it; then a PHP publisher
+/// (e2e/php/channel_client.php, php-fpm style) reaches a WebSocket member of the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_migration_from_channel_server_works_as_written() -> Result<()> {
+    let readme = read_doc("README.md")?;
+    let blocks = blocks_under(&readme, "## Migrating from a Workerman Channel server")?;
+    ensure!(
+        blocks.len() == 2,
+        "README's migration section has {} blocks",
+        blocks.len()
+    );
+    let dir = WorkDir::new("readme-migration")?;
+    let mut ports = HashMap::new();
+    let mut started = Started::default();
+    for (i, block) in blocks.iter().enumerate() {
+        let name = format!("README migration block {}", i + 1);
+        // `cargo build` is what the tests' own build already did.
+        let block: String = block
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("cargo "))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        start(
+            &name,
+            rewrite(&block, &mut ports)?,
+            dir.path(),
+            &mut started,
+        )
+        .await
+        .with_context(|| format!("{name}:\n{block}"))?;
+    }
+    let broker_port = ports.get(&2206).context("the broker's port")?;
+    let broker_admin: SocketAddr =
+        format!("127.0.0.1:{}", ports.get(&9091).context("its admin")?).parse()?;
+    let gateway = *started.addrs().first().context("the gateway")?;
+    let mut member = Client::connect("member", gateway).await?;
+    member.join("123").await?;
+    let admin = test_support::Admin::new("broker admin", broker_admin)?;
+    admin
+        .wait_for_counters("the gateway subscribed to 123", &[("/subscriptions", 1)])
+        .await?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("php/channel_client.php");
+    let output = tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        tokio::process::Command::new("php")
+            .arg(&script)
+            .args([
+                "publish",
+                &format!("127.0.0.1:{broker_port}"),
+                "send_to_group",
+                r#"{"group_id":"123","message":"from PHP"}"#,
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("php timed out")?
+    .context("cannot run php (install php-cli)")?;
+    ensure!(
+        output.status.success(),
+        "php publish failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    member.expect_text("from PHP").await?;
+    expect_quiet([&mut member]).await
+}
