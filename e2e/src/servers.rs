@@ -190,6 +190,11 @@ impl Gateway {
         })
     }
 
+    /// The embedded broker's PHP Channel listener (`--broker-php-channel ADDR`), as logged.
+    pub async fn php_channel_addr(&self) -> Result<SocketAddr> {
+        logged_addr(&self.process, "PHP Channel listening").await
+    }
+
     /// The WebSocket URL, as client-cli takes it.
     pub fn url(&self) -> String {
         format!("ws://{}", self.addr)

@@ -1,6 +1,7 @@
 //! PHP Channel clients (e2e/php/channel_client.php, run by `php`) on the broker's link port:
 //! the Channel server's commands among PHP clients, and the `send_to_group` bridge both ways
-//! with WebSocket members on two gateways.
+//! with WebSocket members on two gateways; and on a gateway's embedded broker
+//! (`--broker-php-channel`): on a port of its own, or refused.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -10,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 use e2e::{Broker, Gateway, GatewayConfig};
 use serde_json::json;
 use test_support::Client;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/php/channel_client.php");
@@ -164,5 +165,87 @@ async fn channel_commands_among_php_clients_and_malformed_frames() -> Result<()>
     for process in [&broker.process, &a.process, &b.process] {
         process.assert_no_panics()?;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn php_client_on_the_embedded_brokers_own_port_reaches_its_members() -> Result<()> {
+    let gateway = Gateway::start(
+        GatewayConfig::embedded("gateway")
+            .workers(2)
+            .arg("--broker-php-channel=127.0.0.1:0"),
+    )
+    .await?;
+    let php_addr = gateway.php_channel_addr().await?;
+    ensure!(
+        Some(php_addr) != gateway.embedded_broker,
+        "a port of its own"
+    );
+    let mut on_it = member(&gateway, "m", "123").await?;
+    let data = json!({"group_id": 123, "message": "from php"}).to_string();
+    run_php(&args(&[
+        "publish",
+        &php_addr.to_string(),
+        "send_to_group",
+        &data,
+    ]))
+    .await?;
+    on_it.expect_text("from php").await?;
+    let stats = gateway.admin.stats().await?;
+    ensure!(
+        e2e::stat(&stats, "/embedded_broker/php_bridged") == Some(1),
+        "{stats}"
+    );
+    gateway.process.assert_no_panics()?;
+    Ok(())
+}
+
+/// `serialize(['type' => 'publish', 'channels' => ['send_to_group'], 'data' => [...]])`, framed
+/// as `Channel\Client` frames it (a 4-byte big-endian length that counts itself).
+fn php_publish_frame(group: &str, message: &str) -> Vec<u8> {
+    let body = format!(
+        r#"a:3:{{s:4:"type";s:7:"publish";s:8:"channels";a:1:{{i:0;s:13:"send_to_group";}}s:4:"data";a:2:{{s:8:"group_id";s:{}:"{group}";s:7:"message";s:{}:"{message}";}}}}"#,
+        group.len(),
+        message.len()
+    );
+    let mut frame = u32::try_from(body.len() + 4)
+        .expect("short frame")
+        .to_be_bytes()
+        .to_vec();
+    frame.extend_from_slice(body.as_bytes());
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn php_channel_off_refuses_php_clients_on_the_embedded_brokers_port() -> Result<()> {
+    let gateway = Gateway::start(
+        GatewayConfig::embedded("gateway")
+            .workers(2)
+            .arg("--broker-php-channel=off")
+            .arg("--broker-handshake-timeout=1s"),
+    )
+    .await?;
+    let broker_addr = gateway.embedded_broker.context("embedded broker")?;
+    let mut on_it = member(&gateway, "m", "123").await?;
+    let mut php = tokio::net::TcpStream::connect(broker_addr).await?;
+    php.write_all(&php_publish_frame("123", "from php")).await?;
+    // Served as a gateway link that did not say hello: closed, and nothing is published.
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), php.read_to_end(&mut received))
+        .await
+        .context("the broker kept the PHP client")?
+        .ok();
+    ensure!(
+        !String::from_utf8_lossy(&received).contains("\"event\""),
+        "{received:?}"
+    );
+    on_it.expect_silence(Duration::from_millis(300)).await?;
+    let stats = gateway.admin.stats().await?;
+    ensure!(
+        e2e::stat(&stats, "/embedded_broker/bad_frames") >= Some(1)
+            && e2e::stat(&stats, "/embedded_broker/php_bridged") == Some(0),
+        "{stats}"
+    );
+    gateway.process.assert_no_panics()?;
     Ok(())
 }

@@ -3,14 +3,17 @@
 //! the link to the broker are `--link-*`, as in the broker; those of the embedded broker
 //! ([`EmbeddedBrokerConfig`]) are `--broker-*`, the names the `broker` binary gives them.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use broker::config::{
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LINK_IDLE_TIMEOUT, DEFAULT_LINK_QUEUE_BYTES,
-    DEFAULT_LINK_QUEUE_FRAMES, DEFAULT_MAX_CHANNELS_PER_LINK, DEFAULT_MAX_CHANNEL_LEN,
+    PhpConfig, PhpListen, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LINK_IDLE_TIMEOUT,
+    DEFAULT_LINK_QUEUE_BYTES, DEFAULT_LINK_QUEUE_FRAMES, DEFAULT_MAX_CHANNELS_PER_LINK,
+    DEFAULT_MAX_CHANNEL_LEN, DEFAULT_PHP_IDLE_TIMEOUT, DEFAULT_PHP_QUEUE_MAX_ITEMS,
 };
 use broker::BrokerConfig;
 use protocol::client::DEFAULT_MAX_GROUP_ID_LEN;
+use protocol::php::{DEFAULT_PHP_MAX_DEPTH, DEFAULT_PHP_MAX_ELEMENTS};
 use protocol::DEFAULT_MAX_FRAME_SIZE;
 use server_kit::settings::ConfigError;
 
@@ -301,6 +304,51 @@ pub struct EmbeddedBrokerConfig {
     /// of 1024 and `--max-group-id-len`, so it never refuses a group this gateway accepts.
     #[arg(long, env = "GATEWAY_BROKER_MAX_CHANNEL_LEN")]
     pub broker_max_channel_len: Option<usize>,
+
+    /// PHP Channel clients (Workerman's `Channel\Client`) of the embedded broker: `shared`
+    /// recognizes them by their first frame on `--broker-listen`, beside gateways (not with
+    /// `--broker-tls-cert`); `off` refuses them; an address gives them a listener of their own,
+    /// under the same rule as `--broker-listen` (loopback, or a link secret, or `--insecure`). PHP
+    /// clients cannot authenticate: with a link secret they are served only from loopback or
+    /// `--broker-php-allow`.
+    #[arg(
+        long,
+        env = "GATEWAY_BROKER_PHP_CHANNEL",
+        value_name = "shared|off|ADDR",
+        default_value = "shared"
+    )]
+    pub broker_php_channel: PhpListen,
+
+    /// Source addresses PHP Channel clients may connect to the embedded broker from,
+    /// comma-separated (for example `10.0.0.5,10.0.0.6`): only these (loopback too only if
+    /// listed). Unset: loopback only when there is a link secret, any host that can reach the
+    /// port when there is none.
+    #[arg(
+        long,
+        env = "GATEWAY_BROKER_PHP_ALLOW",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
+    pub broker_php_allow: Vec<IpAddr>,
+
+    /// A PHP Channel client that sends the embedded broker nothing, not even a ping, for this
+    /// long is closed. Workerman's `Channel\Client` pings every 55 s.
+    #[arg(long, env = "GATEWAY_BROKER_PHP_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub broker_php_idle_timeout: Duration,
+
+    /// Items one PHP Channel queue (`enqueue`) of the embedded broker holds until a watcher
+    /// reserves them.
+    #[arg(long, env = "GATEWAY_BROKER_PHP_QUEUE_MAX_ITEMS", default_value_t = DEFAULT_PHP_QUEUE_MAX_ITEMS)]
+    pub broker_php_queue_max_items: usize,
+
+    /// Deepest nesting of arrays in a value a PHP Channel client sends the embedded broker.
+    #[arg(long, env = "GATEWAY_BROKER_PHP_MAX_DEPTH", default_value_t = DEFAULT_PHP_MAX_DEPTH)]
+    pub broker_php_max_depth: usize,
+
+    /// Most array elements (counted at every level) in one frame from a PHP Channel client of
+    /// the embedded broker.
+    #[arg(long, env = "GATEWAY_BROKER_PHP_MAX_ELEMENTS", default_value_t = DEFAULT_PHP_MAX_ELEMENTS)]
+    pub broker_php_max_elements: usize,
 }
 
 impl Default for EmbeddedBrokerConfig {
@@ -312,6 +360,12 @@ impl Default for EmbeddedBrokerConfig {
             broker_link_idle_timeout: DEFAULT_LINK_IDLE_TIMEOUT,
             broker_max_channels_per_link: DEFAULT_MAX_CHANNELS_PER_LINK,
             broker_max_channel_len: None,
+            broker_php_channel: PhpListen::Shared,
+            broker_php_allow: Vec::new(),
+            broker_php_idle_timeout: DEFAULT_PHP_IDLE_TIMEOUT,
+            broker_php_queue_max_items: DEFAULT_PHP_QUEUE_MAX_ITEMS,
+            broker_php_max_depth: DEFAULT_PHP_MAX_DEPTH,
+            broker_php_max_elements: DEFAULT_PHP_MAX_ELEMENTS,
         }
     }
 }
@@ -363,6 +417,12 @@ impl GatewayConfig {
             broker_link_idle_timeout,
             broker_max_channels_per_link,
             broker_max_channel_len,
+            broker_php_channel,
+            ref broker_php_allow,
+            broker_php_idle_timeout,
+            broker_php_queue_max_items,
+            broker_php_max_depth,
+            broker_php_max_elements,
         } = self.embedded_broker;
         BrokerConfig {
             max_frame_size: self.link_max_frame_size,
@@ -376,9 +436,16 @@ impl GatewayConfig {
             max_channel_len: broker_max_channel_len
                 .unwrap_or(self.max_topic_len().max(DEFAULT_MAX_CHANNEL_LEN)),
             shutdown_timeout: self.shutdown_timeout,
-            // PHP Channel clients are recognized on the embedded broker's port, with the
-            // defaults (docs/php-channel.md).
-            php: broker::config::PhpConfig::default(),
+            // docs/php-channel.md. With an address, the `gateway` binary binds it and hands it to
+            // `GatewayBuilder::embedded_broker_php`.
+            php: PhpConfig {
+                channel: broker_php_channel,
+                allow: broker_php_allow.clone(),
+                idle_timeout: broker_php_idle_timeout,
+                queue_max_items: broker_php_queue_max_items,
+                max_depth: broker_php_max_depth,
+                max_elements: broker_php_max_elements,
+            },
         }
     }
 
@@ -412,6 +479,18 @@ impl GatewayConfig {
             (
                 "--broker-link-queue-bytes",
                 self.embedded_broker.broker_link_queue_bytes,
+            ),
+            (
+                "--broker-php-queue-max-items",
+                self.embedded_broker.broker_php_queue_max_items,
+            ),
+            (
+                "--broker-php-max-depth",
+                self.embedded_broker.broker_php_max_depth,
+            ),
+            (
+                "--broker-php-max-elements",
+                self.embedded_broker.broker_php_max_elements,
             ),
             ("--max-connections", self.max_connections),
             ("--max-uid-len", self.max_uid_len),
@@ -449,6 +528,10 @@ impl GatewayConfig {
             (
                 "--broker-link-idle-timeout",
                 self.embedded_broker.broker_link_idle_timeout,
+            ),
+            (
+                "--broker-php-idle-timeout",
+                self.embedded_broker.broker_php_idle_timeout,
             ),
             ("--link-connect-timeout", self.link_connect_timeout),
             ("--reconnect-min", self.reconnect_min),

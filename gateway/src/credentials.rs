@@ -118,8 +118,8 @@ pub struct SecurityArgs {
     #[arg(long, env = "GATEWAY_LINK_SECRET_FILE", value_name = "FILE")]
     pub link_secret_file: Option<PathBuf>,
 
-    /// Allows the embedded broker to listen on a non-loopback `--broker-listen` without a link
-    /// secret.
+    /// Allows the embedded broker to listen on a non-loopback `--broker-listen` (or
+    /// `--broker-php-channel` address) without a link secret.
     #[arg(long, env = "GATEWAY_INSECURE")]
     pub insecure: bool,
 

@@ -86,6 +86,8 @@ pub struct GatewayBuilder {
     config: GatewayConfig,
     security: Security,
     bus: BusChoice,
+    /// PHP Channel clients' own listener for the embedded broker (`--broker-php-channel ADDR`).
+    embedded_broker_php: Option<TcpListener>,
 }
 
 enum BusChoice {
@@ -110,9 +112,14 @@ impl std::fmt::Debug for GatewayBuilder {
             }
             BusChoice::Carrier(_) => "carrier".to_owned(),
         };
+        let php = self
+            .embedded_broker_php
+            .as_ref()
+            .map(|listener| listener.local_addr());
         f.debug_struct("GatewayBuilder")
             .field("config", &self.config)
             .field("bus", &bus)
+            .field("embedded_broker_php", &php)
             .finish_non_exhaustive()
     }
 }
@@ -152,6 +159,14 @@ impl GatewayBuilder {
         self
     }
 
+    /// Serves the embedded broker's PHP Channel clients (docs/php-channel.md) on `listener`, a
+    /// port of their own (`--broker-php-channel ADDR`), beside its link listener. Only with
+    /// [`GatewayBuilder::embedded_broker`].
+    pub fn embedded_broker_php(mut self, listener: TcpListener) -> Self {
+        self.embedded_broker_php = Some(listener);
+        self
+    }
+
     /// Carries messages between gateways with `carrier`.
     pub fn bus<C: Carrier>(mut self, carrier: C) -> Self {
         self.bus = BusChoice::Carrier(Box::new(move |hub, shutdown| carrier.start(hub, shutdown)));
@@ -166,7 +181,13 @@ impl GatewayBuilder {
             config,
             security,
             bus,
+            embedded_broker_php,
         } = self;
+        if embedded_broker_php.is_some() && !matches!(bus, BusChoice::Embedded(..)) {
+            return Err(GatewayError::Config(
+                "a PHP Channel listener is for the embedded broker, and there is none".into(),
+            ));
+        }
         config.validate()?;
         let config = Arc::new(config);
         let link_to = |addr: String| -> Result<StartBus, GatewayError> {
@@ -194,12 +215,17 @@ impl GatewayBuilder {
                     async move { broker.serve(listener, token).await }
                 });
                 tracing::debug!(%addr, "embedded broker serving other gateways");
+                let php_task = embedded_broker_php.map(|php_listener| {
+                    let (broker, token) = (broker.clone(), shutdown.clone());
+                    tokio::spawn(async move { broker.serve_php(php_listener, token).await })
+                });
                 let carrier = EmbeddedBus::new(broker.clone(), &config);
                 (
                     Box::new(move |hub, token| carrier.start(hub, token)) as StartBus,
                     Some(EmbeddedBroker {
                         broker,
                         task: Mutex::new(Some(task)),
+                        php_task: Mutex::new(php_task),
                     }),
                 )
             }
@@ -208,11 +234,12 @@ impl GatewayBuilder {
     }
 }
 
-/// A broker running in this process, and its task.
+/// A broker running in this process, its task and that of its PHP Channel listener.
 #[derive(Debug)]
 struct EmbeddedBroker {
     broker: Broker,
     task: Mutex<Option<JoinHandle<Result<(), BrokerError>>>>,
+    php_task: Mutex<Option<JoinHandle<Result<(), BrokerError>>>>,
 }
 
 impl Gateway {
@@ -222,6 +249,7 @@ impl Gateway {
             config,
             security: Security::default(),
             bus: BusChoice::None,
+            embedded_broker_php: None,
         }
     }
 
@@ -405,15 +433,26 @@ impl Gateway {
         if let Some(task) = bus_task {
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
-        let broker_task = self
+        let broker_tasks = self
             .inner
             .embedded_broker
             .as_ref()
-            .and_then(|embedded| embedded.task.lock().take());
-        if let Some(task) = broker_task {
+            .map(|embedded| {
+                [
+                    ("embedded broker", embedded.task.lock().take()),
+                    (
+                        "embedded broker's PHP Channel server",
+                        embedded.php_task.lock().take(),
+                    ),
+                ]
+            })
+            .into_iter()
+            .flatten();
+        for (what, task) in broker_tasks {
+            let Some(task) = task else { continue };
             match tokio::time::timeout(Duration::from_secs(1), task).await {
-                Ok(Ok(Err(e))) => tracing::error!(cause = %e, "embedded broker failed"),
-                Ok(Err(e)) => tracing::error!(cause = %e, "embedded broker panicked"),
+                Ok(Ok(Err(e))) => tracing::error!(cause = %e, "{what} failed"),
+                Ok(Err(e)) => tracing::error!(cause = %e, "{what} panicked"),
                 Ok(Ok(Ok(()))) | Err(_) => {}
             }
         }

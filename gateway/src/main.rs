@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use broker::config::PhpListen;
 use clap::Parser;
 use gateway::bus::nats::NatsCarrier;
 use gateway::bus::redis::RedisCarrier;
@@ -164,6 +165,26 @@ async fn run() -> anyhow::Result<()> {
         join_tokens = security.clients.join_tokens.is_some(),
         "security"
     );
+    // PHP Channel clients of the embedded broker on a port of their own follow its link
+    // listener's rule (as the `broker` binary's `--php-channel ADDR`).
+    let php_listen = match (&bus, cli.config.embedded_broker.broker_php_channel) {
+        (BusAddress::Embedded, PhpListen::Addr(addr)) => {
+            server_kit::secret::check_exposure(
+                addr,
+                security.link.secret.is_some(),
+                cli.security.insecure,
+                "--broker-php-channel",
+                "GATEWAY",
+            )
+            .context("invalid PHP Channel configuration")?;
+            Some(addr)
+        }
+        (BusAddress::Embedded, PhpListen::Shared) if security.embedded_broker_tls.is_some() => {
+            tracing::warn!("PHP Channel clients are not served: the embedded broker's listener speaks TLS (give them their own port with --broker-php-channel ADDR)");
+            None
+        }
+        _ => None,
+    };
 
     // Every address is bound before anything is announced or started: a taken port stops the
     // gateway before it says it listens anywhere.
@@ -177,6 +198,12 @@ async fn run() -> anyhow::Result<()> {
             },
         )?),
         _ => None,
+    };
+    let php_listener = match php_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} (--broker-php-channel, the embedded broker)")
+        })?),
+        None => None,
     };
     let listener = gateway::bind_client_listener(cli.listen, cli.reuse_port)
         .with_context(|| format!("cannot listen on {} (--listen)", cli.listen))?;
@@ -204,7 +231,14 @@ async fn run() -> anyhow::Result<()> {
         BusAddress::Embedded => {
             let listener = broker_listener.context("the embedded broker's listener")?;
             tracing::info!(addr = %listener.local_addr()?, "embedded broker listening");
-            builder.embedded_broker(listener)
+            let builder = builder.embedded_broker(listener);
+            match php_listener {
+                Some(php_listener) => {
+                    tracing::info!(addr = %php_listener.local_addr()?, "PHP Channel listening");
+                    builder.embedded_broker_php(php_listener)
+                }
+                None => builder,
+            }
         }
     };
     let gateway = builder.start(shutdown.clone())?;
@@ -299,6 +333,12 @@ mod tests {
                 "--broker-max-channel-len=6",
                 "--link-max-frame-size=7777",
                 "--shutdown-timeout=8s",
+                "--broker-php-channel=127.0.0.1:2207",
+                "--broker-php-allow=10.0.0.5,10.0.0.6",
+                "--broker-php-idle-timeout=9s",
+                "--broker-php-queue-max-items=10",
+                "--broker-php-max-depth=11",
+                "--broker-php-max-elements=12",
             ],
             &[],
         )
@@ -313,6 +353,22 @@ mod tests {
         assert_eq!(broker.max_channel_len, 6);
         assert_eq!(broker.max_frame_size, 7777);
         assert_eq!(broker.shutdown_timeout, s(8));
+        assert_eq!(
+            broker.php.channel,
+            PhpListen::Addr("127.0.0.1:2207".parse().expect("addr"))
+        );
+        assert_eq!(
+            broker.php.allow,
+            ["10.0.0.5", "10.0.0.6"].map(|ip| ip.parse::<std::net::IpAddr>().expect("ip"))
+        );
+        assert_eq!(broker.php.idle_timeout, s(9));
+        assert_eq!(broker.php.queue_max_items, 10);
+        assert_eq!(broker.php.max_depth, 11);
+        assert_eq!(broker.php.max_elements, 12);
+        for (setting, channel) in [("shared", PhpListen::Shared), ("off", PhpListen::Off)] {
+            let cli = parse(&["--broker-php-channel", setting], &[]).cli;
+            assert_eq!(cli.config.embedded_broker_config().php.channel, channel);
+        }
 
         // Unset, they are the broker's defaults, but for a channel name as long as a group id's
         // cluster topic (its presence topic: 3 bytes more).
