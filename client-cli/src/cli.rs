@@ -30,7 +30,7 @@ Exit codes:
 #[command(name = "client-cli", version, after_help = EXIT_CODES)]
 pub struct Cli {
     /// WebSocket URL of the gateway.
-    #[arg(long, global = true, env = "CLIENT_CLI_URL", default_value = DEFAULT_URL)]
+    #[arg(long, global = true, env = "CLIENT_CLI_URL", default_value = DEFAULT_URL, value_parser = parse_ws_url)]
     pub url: String,
 
     /// How long to wait for the WebSocket handshake (or the admin API's TCP connection), in
@@ -291,7 +291,7 @@ pub struct MembersArgs {
 #[derive(Debug, Args)]
 pub struct AdminArgs {
     /// Base URL of the gateway's admin HTTP server (its --admin address).
-    #[arg(long, env = "CLIENT_CLI_ADMIN_URL", default_value = DEFAULT_ADMIN_URL)]
+    #[arg(long, env = "CLIENT_CLI_ADMIN_URL", default_value = DEFAULT_ADMIN_URL, value_parser = parse_http_url)]
     pub admin_url: String,
 
     /// Bearer token of the admin API (the gateway's --api-token).
@@ -455,6 +455,39 @@ fn parse_secs(text: &str) -> Result<Secs, String> {
     Ok(Secs(duration))
 }
 
+/// A WebSocket URL: `ws://` or `wss://`. Without a scheme, the error suggests `ws://`.
+fn parse_ws_url(text: &str) -> Result<String, String> {
+    check_scheme(text, &["ws", "wss"], "ws")
+}
+
+/// The admin API's base URL: `http://` or `https://`. Without a scheme, the error suggests
+/// `http://`.
+fn parse_http_url(text: &str) -> Result<String, String> {
+    check_scheme(text, &["http", "https"], "http")
+}
+
+fn check_scheme(text: &str, schemes: &[&str], suggested: &str) -> Result<String, String> {
+    let listed = schemes
+        .iter()
+        .map(|s| format!("{s}://"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    match text.split_once("://") {
+        Some((scheme, rest)) if !rest.is_empty() => {
+            if schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
+                Ok(text.to_owned())
+            } else {
+                Err(format!("{text:?}: the URL must start with {listed}"))
+            }
+        }
+        Some(_) => Err(format!("{text:?}: no host after the scheme")),
+        None => Err(format!(
+            "{text:?} has no scheme: did you mean {suggested}://{text}? (the URL must start with \
+             {listed})"
+        )),
+    }
+}
+
 /// Checks a group id the way the server does (non-empty, at most the default length, not one
 /// of the gateways' own topics).
 fn parse_group(text: &str) -> Result<String, String> {
@@ -559,6 +592,20 @@ mod tests {
         assert_eq!((args.group.as_str(), args.message.as_str()), ("123", "msg"));
         assert!(!args.json);
         assert_eq!(args.timeout.duration(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn urls_need_their_scheme_and_say_which() {
+        assert_eq!(parse_ws_url("ws://h:1").as_deref(), Ok("ws://h:1"));
+        assert_eq!(parse_ws_url("WSS://h:1").as_deref(), Ok("WSS://h:1"));
+        let err = parse_ws_url("127.0.0.1:1234").expect_err("no scheme");
+        assert!(err.contains("did you mean ws://127.0.0.1:1234?"), "{err}");
+        let err = parse_ws_url("http://h:1").expect_err("not a WebSocket scheme");
+        assert!(err.contains("ws:// or wss://"), "{err}");
+        assert!(parse_ws_url("ws://").is_err());
+        assert_eq!(parse_http_url("https://h").as_deref(), Ok("https://h"));
+        let err = parse_http_url("127.0.0.1:9090").expect_err("no scheme");
+        assert!(err.contains("did you mean http://127.0.0.1:9090?"), "{err}");
     }
 
     #[test]
@@ -719,7 +766,7 @@ mod tests {
         assert_eq!(cli.url, "ws://flag:1", "a flag beats an old variable");
         let (cli, _) = parse(
             &["join", "1"],
-            &[("PUSH_URL", "ws://old:1"), ("CLIENT_CLI_URL", "x")],
+            &[("PUSH_URL", "ws://old:1"), ("CLIENT_CLI_URL", "ws://x")],
         );
         assert_ne!(cli.url, "ws://old:1", "the new variable beats the old one");
     }

@@ -159,6 +159,22 @@ async fn usage_errors_exit_one() {
 }
 
 #[tokio::test]
+async fn a_url_without_its_scheme_says_which_one() {
+    let out = run(client(&["--url", "127.0.0.1:1234", "send", "1", "hi"])).await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("did you mean ws://127.0.0.1:1234?"),
+        "{out:?}"
+    );
+    let out = run(client(&["nodes", "--admin-url", "127.0.0.1:9090"])).await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("did you mean http://127.0.0.1:9090?"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
 async fn unreachable_server_is_an_error_not_a_panic() {
     let url = unreachable_url().await;
     let expected = format!("error: cannot connect to {url}: ");
