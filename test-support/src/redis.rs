@@ -317,26 +317,34 @@ impl RedisCluster {
         bail!("no master serves slot {slot}")
     }
 
-    /// The index in `nodes` of a replica of master `master`.
+    /// The index in `nodes` of a replica of master `master`, once the master knows one (the
+    /// cluster's gossip may take a moment after it was created).
     pub async fn replica_of(&self, master: usize) -> Result<usize> {
         let node = &self.nodes[master];
         let id: String = node.query(redis::cmd("CLUSTER").arg("MYID")).await?;
-        let replicas: Vec<String> = node
-            .query(redis::cmd("CLUSTER").arg("REPLICAS").arg(&id))
-            .await?;
-        // Each line: `<id> <ip>:<port>@<cport> slave <master id> ...`.
-        let port = replicas
-            .first()
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|addr| {
-                addr.split(['@'])
-                    .next()?
-                    .rsplit(':')
-                    .next()?
-                    .parse::<u16>()
-                    .ok()
-            })
-            .with_context(|| format!("no replica of {id}: {replicas:?}"))?;
+        let port = wait_until(
+            &format!("{} knows a replica of its own", node.process.name()),
+            STARTUP_TIMEOUT,
+            || async {
+                let replicas: Vec<String> = node
+                    .query(redis::cmd("CLUSTER").arg("REPLICAS").arg(&id))
+                    .await?;
+                // Each line: `<id> <ip>:<port>@<cport> slave <master id> ...`.
+                replicas
+                    .first()
+                    .and_then(|line| line.split_whitespace().nth(1))
+                    .and_then(|addr| {
+                        addr.split(['@'])
+                            .next()?
+                            .rsplit(':')
+                            .next()?
+                            .parse::<u16>()
+                            .ok()
+                    })
+                    .with_context(|| format!("no replica of {id}: {replicas:?}"))
+            },
+        )
+        .await?;
         self.nodes
             .iter()
             .position(|n| n.port == port)
