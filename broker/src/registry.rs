@@ -18,9 +18,6 @@ use crate::php::hub::PhpHub;
 use crate::queue::{QueueSender, Refused};
 use crate::stats::BrokerStats;
 
-/// The first byte of the gateways' own cluster topics, never shown to PHP clients.
-const CLUSTER_TOPIC: u8 = 0x1f;
-
 /// Identifies one link for the lifetime of the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LinkId(pub u64);
@@ -203,8 +200,9 @@ impl Registry {
         payload: Bytes,
         no_echo: bool,
     ) -> Result<usize, FrameError> {
+        // Cloned (a reference count) only when a PHP client listens.
         let bridged = match &self.php {
-            Some(php) if channel.first() != Some(&CLUSTER_TOPIC) => Some((php, payload.clone())),
+            Some(php) if php.bridges(channel) => Some((php, payload.clone())),
             _ => None,
         };
         let queued = self.publish_without_bridge_echo(origin, channel, payload, no_echo)?;

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use server_kit::settings::ConfigError;
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -15,7 +17,7 @@ use crate::config::PhpListen;
 use crate::link::serve_connection;
 use crate::local::LocalLink;
 use crate::php::serve_php_stream;
-use crate::registry::LocalSubscriber;
+use crate::registry::{LinkId, LocalSubscriber};
 use crate::state::Shared;
 use crate::stats::StatsSnapshot;
 
@@ -72,32 +74,15 @@ impl Broker {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), BrokerError> {
-        let tracker = TaskTracker::new();
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = shutdown.cancelled() => break,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let id = self.shared.next_link_id();
-                    tracker.spawn(serve_php_stream(
-                        stream,
-                        peer,
-                        id,
-                        self.shared.clone(),
-                        shutdown.clone(),
-                    ));
-                }
-                Err(e) => {
-                    tracing::error!(cause = %e, "PHP Channel accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        drop(listener);
-        tracker.close();
-        let _ = tokio::time::timeout(self.shared.config.shutdown_timeout, tracker.wait()).await;
+        self.accept(
+            listener,
+            shutdown,
+            "PHP Channel clients",
+            |stream, peer, id, shared, shutdown| {
+                serve_php_stream(stream, peer, id, shared, shutdown)
+            },
+        )
+        .await;
         Ok(())
     }
 
@@ -108,6 +93,36 @@ impl Broker {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), BrokerError> {
+        let php = self.shares_port_with_php();
+        self.accept(
+            listener,
+            shutdown,
+            "links",
+            move |stream, peer, id, shared, shutdown| async move {
+                if php {
+                    crate::sniff::serve_either(stream, peer, id, shared, shutdown).await
+                } else {
+                    serve_connection(stream, peer, id, shared, shutdown).await
+                }
+            },
+        )
+        .await;
+        tracing::info!("broker stopped");
+        Ok(())
+    }
+
+    /// The accept loop of a listener: each connection served by `serve` on a task of its own;
+    /// at shutdown, the listener closed and the connections given the shutdown timeout.
+    async fn accept<F, Fut>(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        what: &'static str,
+        serve: F,
+    ) where
+        F: Fn(TcpStream, SocketAddr, LinkId, Arc<Shared>, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let tracker = TaskTracker::new();
         loop {
             let accepted = tokio::select! {
@@ -117,19 +132,17 @@ impl Broker {
             match accepted {
                 Ok((stream, peer)) => {
                     let id = self.shared.next_link_id();
-                    let shared = self.shared.clone();
-                    let shutdown = shutdown.clone();
-                    if self.shares_port_with_php() {
-                        tracker.spawn(crate::sniff::serve_either(
-                            stream, peer, id, shared, shutdown,
-                        ));
-                    } else {
-                        tracker.spawn(serve_connection(stream, peer, id, shared, shutdown));
-                    }
+                    tracker.spawn(serve(
+                        stream,
+                        peer,
+                        id,
+                        self.shared.clone(),
+                        shutdown.clone(),
+                    ));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::error!(cause = %e, "accept failed");
+                    tracing::error!(cause = %e, what, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -140,9 +153,11 @@ impl Broker {
             .await
             .is_err()
         {
-            tracing::warn!(links = tracker.len(), "shutdown timeout: links still open");
+            tracing::warn!(
+                what,
+                open = tracker.len(),
+                "shutdown timeout: connections still open"
+            );
         }
-        tracing::info!("broker stopped");
-        Ok(())
     }
 }

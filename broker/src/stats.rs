@@ -2,10 +2,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// The first byte of the gateways' own cluster topics (`protocol::cluster::RESERVED_PREFIX`):
-/// heartbeats, cluster queries, uid and presence topics. Counted apart from group traffic.
-const CLUSTER_TOPIC: u8 = 0x1f;
-
 /// The counters of one kind of channel.
 #[derive(Debug, Default)]
 pub struct ChannelCounters {
@@ -92,7 +88,9 @@ pub struct StatsSnapshot {
 impl BrokerStats {
     /// The counters of `channel`'s kind.
     pub fn of_channel(&self, channel: &[u8]) -> &ChannelCounters {
-        if channel.first() == Some(&CLUSTER_TOPIC) {
+        // The gateways' own topics (heartbeats, cluster queries, uids, presence) are counted
+        // apart from group traffic.
+        if protocol::cluster::topic::is_cluster_topic(channel) {
             &self.cluster
         } else {
             &self.groups

@@ -74,6 +74,12 @@ pub mod topic {
         topic
     }
 
+    /// Whether a channel (or topic) name is one of the gateways' own rather than a client
+    /// group's: it starts with [`RESERVED_PREFIX`].
+    pub fn is_cluster_topic(name: &[u8]) -> bool {
+        name.first() == Some(&(RESERVED_PREFIX as u8))
+    }
+
     /// What kind of topic `name` is.
     pub fn kind(name: &str) -> Kind<'_> {
         if !name.starts_with(RESERVED_PREFIX) {

@@ -179,8 +179,15 @@ impl PhpHub {
 
     /// A gateway's send to `group`: to PHP subscribers of `send_to_group` as the seed's array,
     /// when there are any (one atomic read otherwise).
+    /// Whether a gateway's publish on `channel` goes to PHP clients too: a group's (never a
+    /// cluster topic's), while one of them listens to `send_to_group`.
+    pub fn bridges(&self, channel: &[u8]) -> bool {
+        self.group_listeners.load(Relaxed) > 0
+            && !protocol::cluster::topic::is_cluster_topic(channel)
+    }
+
     pub fn bridge_group_send(&self, group: &[u8], message: &[u8]) {
-        if self.group_listeners.load(Relaxed) == 0 {
+        if !self.bridges(group) {
             return;
         }
         let data = PhpValue::Array(vec![

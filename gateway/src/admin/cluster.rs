@@ -14,7 +14,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::Json;
-use protocol::cluster::{ClientId, Op, Request as Ask, Target, Uid};
+use protocol::cluster::{ClientId, NodeId, Op, Reply, Request as Ask, Target, Uid};
 use protocol::{GroupName, Text};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -24,8 +24,8 @@ use super::{check_content_type, ApiError, Published, Shared};
 use crate::cluster::nodes::NodeView;
 use crate::cluster::query::{
     merge_applied, merge_client, merge_count, merge_groups_page, merge_members, merge_totals,
-    merge_uid, Applied, ClientLookup, ClusterTotals, GroupCount, GroupsPage, MembersPage,
-    NodesAnswered, Scope, UidLookup,
+    merge_uid, Answer, Applied, ClientLookup, GroupCount, GroupsPage, InGroup, MembersPage, Scope,
+    UidLookup,
 };
 
 /// Default page size of the listing endpoints.
@@ -241,14 +241,6 @@ pub(super) struct Order {
     reason: Option<String>,
 }
 
-/// The answer to an order: what it did, and which gateways answered.
-#[derive(Debug, Serialize)]
-pub(super) struct OrderDone {
-    #[serde(flatten)]
-    applied: Applied,
-    nodes: NodesAnswered,
-}
-
 fn target_of(state: &Shared, order: &Order) -> Result<(Target, Scope), ApiError> {
     match (&order.client_id, &order.uid) {
         (Some(id), Value::Null) => {
@@ -261,16 +253,24 @@ fn target_of(state: &Shared, order: &Order) -> Result<(Target, Scope), ApiError>
     }
 }
 
+/// Asks `scope` and answers what `merge` makes of the replies, with the gateways that answered.
+async fn ask<T>(
+    state: &Shared,
+    request: Ask,
+    scope: Scope,
+    merge: impl FnOnce(Vec<(NodeId, Reply)>) -> T,
+) -> Json<Answer<T>> {
+    Json(state.gateway.hub().ask(request, scope, merge).await)
+}
+
+/// The answer to an order: what it did, and which gateways answered.
+type OrderDone = Answer<Applied>;
+
 async fn run_order(state: &Shared, target: Target, scope: Scope, op: Op) -> Json<OrderDone> {
-    let gathered = state
-        .gateway
-        .hub()
-        .gather(Ask::Apply { target, op }, scope)
-        .await;
-    Json(OrderDone {
-        applied: merge_applied(&gathered.replies),
-        nodes: gathered.nodes,
+    ask(state, Ask::Apply { target, op }, scope, |r| {
+        merge_applied(&r)
     })
+    .await
 }
 
 /// `POST /api/bind_uid`: `{"client_id":C,"uid":U}`.
@@ -341,15 +341,10 @@ pub(super) async fn ungroup(
 ) -> Result<Json<OrderDone>, ApiError> {
     let order: Order = read_json(&state, request).await?;
     let group = group_field(&state, order.group_id.as_deref())?;
-    let gathered = state
-        .gateway
-        .hub()
-        .gather(Ask::Ungroup { group }, Scope::All)
-        .await;
-    Ok(Json(OrderDone {
-        applied: merge_applied(&gathered.replies),
-        nodes: gathered.nodes,
-    }))
+    Ok(ask(&state, Ask::Ungroup { group }, Scope::All, |r| {
+        merge_applied(&r)
+    })
+    .await)
 }
 
 /// `POST /api/close_client`: `{"client_id":C or "uid":U,"code":4002,"reason":"..."}`.
@@ -377,51 +372,26 @@ pub(super) async fn close_client(
 }
 
 /// `GET /api/clients/{client_id}`.
-#[derive(Serialize)]
-pub(super) struct ClientAnswer {
-    #[serde(flatten)]
-    client: ClientLookup,
-    nodes: NodesAnswered,
-}
-
 pub(super) async fn client(
     State(state): State<Shared>,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<ClientAnswer>, ApiError> {
+) -> Result<Json<Answer<ClientLookup>>, ApiError> {
     let id = client_id(&path_param(id)?)?;
-    let gathered = state
-        .gateway
-        .hub()
-        .gather(Ask::Client { client: id }, Scope::Node(id.node))
-        .await;
-    Ok(Json(ClientAnswer {
-        client: merge_client(id, &gathered.replies),
-        nodes: gathered.nodes,
-    }))
+    let request = Ask::Client { client: id };
+    Ok(ask(&state, request, Scope::Node(id.node), |r| {
+        merge_client(id, &r)
+    })
+    .await)
 }
 
 /// `GET /api/uids/{uid}`.
-#[derive(Serialize)]
-pub(super) struct UidAnswer {
-    #[serde(flatten)]
-    uid: UidLookup,
-    nodes: NodesAnswered,
-}
-
 pub(super) async fn uid(
     State(state): State<Shared>,
     uid: Result<Path<String>, PathRejection>,
-) -> Result<Json<UidAnswer>, ApiError> {
+) -> Result<Json<Answer<UidLookup>>, ApiError> {
     let uid = uid_of(&state, &Value::String(path_param(uid)?))?;
-    let gathered = state
-        .gateway
-        .hub()
-        .gather(Ask::Uid { uid: uid.clone() }, Scope::All)
-        .await;
-    Ok(Json(UidAnswer {
-        uid: merge_uid(uid, &gathered.replies),
-        nodes: gathered.nodes,
-    }))
+    let request = Ask::Uid { uid: uid.clone() };
+    Ok(ask(&state, request, Scope::All, |r| merge_uid(uid, &r)).await)
 }
 
 /// `?limit=N&cursor=C` of the listing endpoints.
@@ -447,104 +417,60 @@ fn page_limit(state: &Shared, page: &Page) -> Result<u32, ApiError> {
 
 /// `GET /api/groups?limit=&cursor=`: groups with members anywhere, in order, with their
 /// connections.
-#[derive(Serialize)]
-pub(super) struct GroupsAnswer {
-    #[serde(flatten)]
-    page: GroupsPage,
-    nodes: NodesAnswered,
-}
-
 pub(super) async fn groups(
     State(state): State<Shared>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<GroupsAnswer>, ApiError> {
+) -> Result<Json<Answer<GroupsPage>>, ApiError> {
     let Query(page) = page.map_err(|e| bad("invalid_field", e.body_text()))?;
     let limit = page_limit(&state, &page)?;
-    let gathered = state
-        .gateway
-        .hub()
-        .gather(
-            Ask::Groups {
-                after: page.cursor,
-                limit,
-            },
-            Scope::All,
-        )
-        .await;
-    Ok(Json(GroupsAnswer {
-        page: merge_groups_page(gathered.replies, limit as usize),
-        nodes: gathered.nodes,
-    }))
+    let request = Ask::Groups {
+        after: page.cursor,
+        limit,
+    };
+    Ok(ask(&state, request, Scope::All, |r| {
+        merge_groups_page(r, limit as usize)
+    })
+    .await)
 }
 
 /// `GET /api/groups/{group_id}`: its connections and distinct uids on every gateway.
-#[derive(Serialize)]
-pub(super) struct CountAnswer {
-    group_id: String,
-    #[serde(flatten)]
-    count: GroupCount,
-    nodes: NodesAnswered,
-}
-
 pub(super) async fn group(
     State(state): State<Shared>,
     group: Result<Path<String>, PathRejection>,
-) -> Result<Json<CountAnswer>, ApiError> {
+) -> Result<Json<Answer<InGroup<GroupCount>>>, ApiError> {
     let group = path_param(group)?;
-    let name = group_id(&state, &group)?.as_str().to_owned();
-    let gathered = state
-        .gateway
-        .hub()
-        .gather(
-            Ask::Count {
-                group: name.clone(),
-            },
-            Scope::All,
-        )
-        .await;
-    Ok(Json(CountAnswer {
-        group_id: name,
-        count: merge_count(&gathered.replies),
-        nodes: gathered.nodes,
-    }))
+    let group_id = group_id(&state, &group)?.as_str().to_owned();
+    let request = Ask::Count {
+        group: group_id.clone(),
+    };
+    Ok(ask(&state, request, Scope::All, |r| InGroup {
+        group_id,
+        result: merge_count(&r),
+    })
+    .await)
 }
 
 /// `GET /api/groups/{group_id}/members?limit=&cursor=`.
-#[derive(Serialize)]
-pub(super) struct MembersAnswer {
-    group_id: String,
-    #[serde(flatten)]
-    page: MembersPage,
-    nodes: NodesAnswered,
-}
-
 pub(super) async fn members(
     State(state): State<Shared>,
     group: Result<Path<String>, PathRejection>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<MembersAnswer>, ApiError> {
+) -> Result<Json<Answer<InGroup<MembersPage>>>, ApiError> {
     let group = path_param(group)?;
     let Query(page) = page.map_err(|e| bad("invalid_field", e.body_text()))?;
-    let name = group_id(&state, &group)?.as_str().to_owned();
+    let group_id = group_id(&state, &group)?.as_str().to_owned();
     let limit = page_limit(&state, &page)?;
     let after = page.cursor.as_deref().map(client_id).transpose()?;
-    let gathered = state
-        .gateway
-        .hub()
-        .gather(
-            Ask::Members {
-                group: name.clone(),
-                after,
-                limit,
-            },
-            Scope::All,
-        )
-        .await;
-    Ok(Json(MembersAnswer {
-        group_id: name,
-        page: merge_members(gathered.replies, limit as usize),
-        nodes: gathered.nodes,
-    }))
+    let request = Ask::Members {
+        group: group_id.clone(),
+        after,
+        limit,
+    };
+    Ok(ask(&state, request, Scope::All, |r| InGroup {
+        group_id,
+        result: merge_members(r, limit as usize),
+    })
+    .await)
 }
 
 /// `GET /api/nodes`: the live gateways, this one first.
@@ -563,18 +489,7 @@ pub(super) async fn nodes(State(state): State<Shared>) -> Json<NodesAnswer> {
 }
 
 /// The cluster's totals in `/api/stats`.
-#[derive(Serialize)]
-pub(super) struct TotalsAnswer {
-    #[serde(flatten)]
-    totals: ClusterTotals,
-    nodes: NodesAnswered,
-}
-
 pub(super) async fn cluster_totals(state: &Shared) -> Value {
-    let gathered = state.gateway.hub().gather(Ask::Stats, Scope::All).await;
-    serde_json::to_value(TotalsAnswer {
-        totals: merge_totals(&gathered.replies),
-        nodes: gathered.nodes,
-    })
-    .unwrap_or(Value::Null)
+    let Json(totals) = ask(state, Ask::Stats, Scope::All, |r| merge_totals(&r)).await;
+    serde_json::to_value(totals).unwrap_or(Value::Null)
 }

@@ -3,7 +3,7 @@
 //! reach an unauthenticated broker) may have other limits, or none.
 
 use bytes::Bytes;
-use protocol::cluster::{topic, ControlFrame, RESERVED_PREFIX};
+use protocol::cluster::{topic, ControlFrame};
 use protocol::{GroupName, Text};
 
 use super::Payload;
@@ -65,7 +65,7 @@ impl InboundLimits {
             return Err(Rejected::TooLarge);
         }
         let name = std::str::from_utf8(channel).map_err(|_| Rejected::Invalid)?;
-        let max_len = if name.starts_with(RESERVED_PREFIX) {
+        let max_len = if topic::is_cluster_topic(channel) {
             self.max_topic_len
         } else {
             self.max_group_id_len

@@ -13,15 +13,14 @@ use std::sync::Arc;
 
 use protocol::cluster::{
     topic, ClientId, ClientInfo, Control, Member, NodeId, Op, Reply, Request, Target, Uid,
-    RESERVED_PREFIX,
 };
-use protocol::GroupId;
+use protocol::{GroupId, GroupName};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::{publish_control, Cluster};
 use crate::fanout::hub::Hub;
-use crate::fanout::local::{topic_id, Client, LocalGroups, MAX_UID_HASHES};
+use crate::fanout::local::{Client, LocalGroups, MAX_UID_HASHES};
 
 /// Questions waiting for answers, by id.
 #[derive(Debug, Default)]
@@ -35,6 +34,23 @@ struct Waiting {
     expected: HashSet<NodeId>,
     replies: Vec<(NodeId, Reply)>,
     done: Option<oneshot::Sender<()>>,
+}
+
+/// A cluster query's answer as clients and the admin API receive it: what was made of the
+/// replies, and which nodes answered.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Answer<T> {
+    #[serde(flatten)]
+    pub result: T,
+    pub nodes: NodesAnswered,
+}
+
+/// A result about one group, named first.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InGroup<T> {
+    pub group_id: String,
+    #[serde(flatten)]
+    pub result: T,
 }
 
 /// Which nodes answered a cluster query, and which did not in time.
@@ -61,6 +77,21 @@ pub enum Scope {
 }
 
 impl Hub {
+    /// Asks `scope` and answers what `merge` makes of the replies, with the nodes that
+    /// answered.
+    pub async fn ask<T>(
+        &self,
+        request: Request,
+        scope: Scope,
+        merge: impl FnOnce(Vec<(NodeId, Reply)>) -> T,
+    ) -> Answer<T> {
+        let gathered = self.gather(request, scope).await;
+        Answer {
+            result: merge(gathered.replies),
+            nodes: gathered.nodes,
+        }
+    }
+
     /// Asks `scope` and gathers the answers within `--cluster-query-timeout`.
     pub async fn gather(&self, request: Request, scope: Scope) -> Gathered {
         let cluster = self.cluster();
@@ -371,10 +402,9 @@ fn merge_groups(pages: impl Iterator<Item = (String, u64)>, limit: usize) -> Vec
 /// A group id of an order from another node, checked again here.
 fn valid_group(hub: &Hub, group: &str) -> Option<GroupId> {
     let max = hub.cluster().settings().max_group_id_len;
-    if group.starts_with(RESERVED_PREFIX) {
-        return None;
-    }
-    GroupId::new(group, max).ok()
+    GroupName::parse_client(group, max)
+        .ok()
+        .map(|name| name.to_group_id())
 }
 
 /// Applies `op` to `target`'s connections on this node.
@@ -704,9 +734,4 @@ pub fn merge_totals(replies: &[(NodeId, Reply)]) -> ClusterTotals {
         }
     }
     totals
-}
-
-/// A uid's topic as a routing key (for tests and the admin API).
-pub fn uid_topic(uid: &Uid) -> GroupId {
-    topic_id(&topic::uid(uid.as_str()))
 }

@@ -6,20 +6,10 @@
 use protocol::client::{ErrorCode, GroupName};
 use protocol::cluster::{ClientId, Request};
 use protocol::{CommandError, ReqId};
-use serde::Serialize;
 
-use super::{with_req_id, Answered, CommandResult, Session};
-use crate::cluster::query::{merge_members, MembersPage, NodesAnswered, Scope};
+use super::{cluster_reply, CommandResult, Session};
+use crate::cluster::query::{merge_members, InGroup};
 use crate::edge::join_token::Action;
-
-#[derive(Serialize)]
-struct MembersReply {
-    cmd: &'static str,
-    group_id: String,
-    #[serde(flatten)]
-    page: MembersPage,
-    nodes: NodesAnswered,
-}
 
 /// Whether the connection may see `group`'s members (a member list, presence events).
 pub(super) fn check_presence(session: &Session, group: &str) -> Result<(), CommandError<'static>> {
@@ -44,22 +34,20 @@ pub(super) fn apply(
     req_id: Option<ReqId<'_>>,
 ) -> CommandResult {
     check_presence(session, group.as_str())?;
-    let group = group.as_str().to_owned();
-    let req_id = req_id.map(|r| r.as_json().to_owned());
-    let hub = session.state.local.hub().clone();
-    Ok(Answered::Later(Box::pin(async move {
-        let request = Request::Members {
-            group: group.clone(),
-            after: cursor,
-            limit,
-        };
-        let gathered = hub.gather(request, Scope::All).await;
-        let reply = MembersReply {
-            cmd: "members",
-            page: merge_members(gathered.replies, limit as usize),
-            group_id: group,
-            nodes: gathered.nodes,
-        };
-        with_req_id(&reply, req_id.as_deref())
-    })))
+    let group_id = group.as_str().to_owned();
+    let request = Request::Members {
+        group: group_id.clone(),
+        after: cursor,
+        limit,
+    };
+    Ok(cluster_reply(
+        session,
+        "members",
+        request,
+        req_id,
+        move |r| InGroup {
+            group_id,
+            result: merge_members(r, limit as usize),
+        },
+    ))
 }

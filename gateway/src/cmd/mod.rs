@@ -186,6 +186,31 @@ fn with_req_id(reply: &impl serde::Serialize, req_id: Option<&str>) -> String {
     text
 }
 
+/// The reply of a cluster query, gathered later ([`Answered::Later`]) while the connection goes
+/// on writing: `{"cmd":CMD, ...what merge makes of the replies..., "nodes":{...}, "req_id":R}`.
+fn cluster_reply<T: serde::Serialize + 'static>(
+    session: &Session,
+    cmd: &'static str,
+    request: protocol::cluster::Request,
+    req_id: Option<ReqId<'_>>,
+    merge: impl FnOnce(Vec<(protocol::cluster::NodeId, protocol::cluster::Reply)>) -> T + 'static,
+) -> Answered {
+    #[derive(serde::Serialize)]
+    struct Reply<T> {
+        cmd: &'static str,
+        #[serde(flatten)]
+        answer: crate::cluster::query::Answer<T>,
+    }
+    let req_id = req_id.map(|r| r.as_json().to_owned());
+    let hub = session.state.local.hub().clone();
+    Answered::Later(Box::pin(async move {
+        let answer = hub
+            .ask(request, crate::cluster::query::Scope::All, merge)
+            .await;
+        with_req_id(&Reply { cmd, answer }, req_id.as_deref())
+    }))
+}
+
 /// The message text of a send, as a slice of the received frame where it is one (no copy).
 fn message_payload(frame: &Utf8Bytes, message: std::borrow::Cow<'_, str>) -> protocol::Text {
     let payload = match message {

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use protocol::client::{presence_event, PresenceKind};
-use protocol::cluster::{topic, ClientId, ClientInfo, Member, NodeId, Uid, RESERVED_PREFIX};
+use protocol::cluster::{topic, ClientId, ClientInfo, Member, NodeId, Uid};
 use protocol::{GroupId, Text};
 use server_kit::memory::shrink_if_sparse;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -493,7 +493,7 @@ pub(crate) fn topic_id(name: &str) -> GroupId {
 
 /// Whether `topic` is a client's group rather than a cluster topic.
 pub(crate) fn is_client_group(topic: &GroupId) -> bool {
-    !topic.as_str().starts_with(RESERVED_PREFIX)
+    !topic::is_cluster_topic(topic.as_str().as_bytes())
 }
 
 /// Publishes a worker's presence events, one at a time in the order they happened (its

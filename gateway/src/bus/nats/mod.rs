@@ -893,7 +893,7 @@ impl<N: Node> Link<N> {
         let topics = self
             .subscribed
             .keys()
-            .filter(|g| g.as_str().starts_with(protocol::cluster::RESERVED_PREFIX))
+            .filter(|g| protocol::cluster::topic::is_cluster_topic(g.as_str().as_bytes()))
             .count();
         self.bus
             .subscriptions
