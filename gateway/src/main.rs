@@ -17,7 +17,7 @@ use gateway::bus::redis::RedisCarrier;
 use gateway::bus::BusAddress;
 use gateway::credentials::SecurityArgs;
 use gateway::{Gateway, GatewayConfig};
-use server_kit::admin_http::{serve_admin, AdminAddr};
+use server_kit::admin_http::AdminAddr;
 use server_kit::logging::LogFormat;
 use server_kit::settings::{Aliases, Renamed};
 use server_kit::shutdown::cancel_on_signals;
@@ -249,13 +249,10 @@ async fn run() -> anyhow::Result<()> {
             let addr = admin_listener.local_addr()?;
             tracing::info!(%addr, "admin listening");
             tracing::info!(url = %format!("http://{addr}/"), "demo page");
-            let limits = cli.admin_api.http_limits();
-            let router = gateway::admin::router(gateway.clone(), cli.admin_api);
-            Some(tokio::spawn(serve_admin(
+            Some(tokio::spawn(gateway::admin::serve(
+                gateway.clone(),
+                cli.admin_api,
                 admin_listener,
-                router,
-                limits,
-                gateway.admin_http_stats(),
                 shutdown.clone(),
             )))
         }

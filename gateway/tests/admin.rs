@@ -14,7 +14,7 @@ use gateway::{Gateway, GatewayConfig};
 use serde_json::{json, Value};
 use server_kit::metrics::CONTENT_TYPE;
 use test_support::broker::TestBroker;
-use test_support::gateway::{workers, TestGateway};
+use test_support::gateway::{serve_admin, workers, TestGateway};
 use test_support::http::sample;
 use test_support::ws::{add_group, Client};
 use test_support::{net, wait_for_state, Admin, RECV_TIMEOUT, STATS_TIMEOUT};
@@ -65,25 +65,6 @@ impl Cluster {
         gateway.wait_ready().await?;
         Ok(Node { gateway, admin })
     }
-}
-
-async fn serve_admin(
-    gateway: &Gateway,
-    admin: AdminConfig,
-    shutdown: &CancellationToken,
-) -> Result<Admin> {
-    let listener = net::listener().await?;
-    let addr = listener.local_addr()?;
-    let limits = admin.http_limits();
-    let router = gateway::admin::router(gateway.clone(), admin);
-    tokio::spawn(server_kit::admin_http::serve_admin(
-        listener,
-        router,
-        limits,
-        gateway.admin_http_stats(),
-        shutdown.clone(),
-    ));
-    Admin::new("gateway", addr)
 }
 
 /// `POST /api/publish` with a JSON content type: the status and the JSON answer.

@@ -24,13 +24,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, ensure, Context, Result};
 use gateway::admin::AdminConfig;
-use gateway::Gateway;
 use serde_json::{json, Value};
-use test_support::gateway::{workers, TestGateway};
+use test_support::gateway::{serve_admin, workers, TestGateway};
 use test_support::ws::Client;
-use test_support::{net, Admin, Event, RECV_TIMEOUT};
+use test_support::{Admin, Event, RECV_TIMEOUT};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 const SPEC: &str = include_str!("../../docs/openapi.json");
 const ROUTER: &str = include_str!("../src/admin/mod.rs");
@@ -605,25 +603,6 @@ fn the_spec_describes_exactly_the_routes_of_the_admin_router() -> Result<()> {
 }
 
 // The spec against a running admin router.
-
-async fn serve_admin(
-    gateway: &Gateway,
-    admin: AdminConfig,
-    shutdown: &CancellationToken,
-) -> Result<Admin> {
-    let listener = net::listener().await?;
-    let addr = listener.local_addr()?;
-    let limits = admin.http_limits();
-    let router = gateway::admin::router(gateway.clone(), admin);
-    tokio::spawn(server_kit::admin_http::serve_admin(
-        listener,
-        router,
-        limits,
-        gateway.admin_http_stats(),
-        shutdown.clone(),
-    ));
-    Admin::new("gateway", addr)
-}
 
 /// An HTTP answer.
 #[derive(Debug)]

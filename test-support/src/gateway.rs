@@ -14,6 +14,23 @@ use tokio_util::sync::CancellationToken;
 use crate::ws::{Client, Connect};
 use crate::{net, wait, RECV_TIMEOUT, STATS_TIMEOUT};
 
+/// Serves `gateway`'s admin HTTP API on `127.0.0.1:0` until `shutdown`; its client.
+pub async fn serve_admin(
+    gateway: &Gateway,
+    admin: gateway::admin::AdminConfig,
+    shutdown: &CancellationToken,
+) -> Result<crate::Admin> {
+    let listener = net::listener().await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(gateway::admin::serve(
+        gateway.clone(),
+        admin,
+        listener,
+        shutdown.clone(),
+    ));
+    crate::Admin::new("gateway", addr)
+}
+
 /// The default configuration with `workers` workers (one makes every client share a worker;
 /// several spread them, the first connection going to worker 0).
 pub fn workers(workers: usize) -> GatewayConfig {

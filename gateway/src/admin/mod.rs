@@ -221,6 +221,20 @@ pub(crate) struct AdminState {
 
 pub(crate) type Shared = Arc<AdminState>;
 
+/// Serves `gateway`'s admin HTTP API on `listener`, within the limits of `config`, until
+/// `shutdown`: what the `gateway` binary runs, and the tests.
+pub async fn serve(
+    gateway: Gateway,
+    config: AdminConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let limits = config.http_limits();
+    let stats = gateway.admin_http_stats();
+    let router = router(gateway, config);
+    server_kit::admin_http::serve_admin(listener, router, limits, stats, shutdown).await
+}
+
 pub fn router(gateway: Gateway, config: AdminConfig) -> Router {
     let body_limit = DefaultBodyLimit::max(config.api_max_body_size);
     let state = Arc::new(AdminState {
