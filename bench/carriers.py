@@ -135,12 +135,11 @@ def setups(target):
     }
 
 
-def fanout(target, port, pids, duration, rate):
-    args = [
-        f"{target}/push-bench", "--url", f"ws://127.0.0.1:{port}", "fanout", "--connections", "1000",
-        "--groups", "10", "--senders", "10", "--duration", duration, "--warmup", "2s",
-        "--payload", "64", "--json",
-    ]
+def run_fanout(target, port, pids, fanout_args, rate):
+    """Runs `push-bench fanout FANOUT_ARGS --json` against the gateways on `port`, measuring
+    `pids`, at `rate` (thousands of deliveries/s; None: full speed). Returns its command line
+    and its JSON result, with `broken` (exit 2: loss, duplicates or errors) and its stderr's end."""
+    args = [f"{target}/push-bench", "--url", f"ws://127.0.0.1:{port}", "fanout", *fanout_args, "--json"]
     for pid in pids:
         args += ["--server-pid", str(pid)]
     if rate:
@@ -150,7 +149,14 @@ def fanout(target, port, pids, duration, rate):
         raise RuntimeError(f"push-bench failed ({out.returncode}): {out.stderr[-2000:]}")
     result = json.loads(out.stdout)
     result["broken"] = out.returncode == 2
-    return result
+    result["stderr"] = out.stderr[-2000:]
+    return args, result
+
+
+def fanout(target, port, pids, duration, rate):
+    shape_a = ["--connections", "1000", "--groups", "10", "--senders", "10", "--duration", duration,
+               "--warmup", "2s", "--payload", "64"]
+    return run_fanout(target, port, pids, shape_a, rate)[1]
 
 
 def main():

@@ -27,14 +27,13 @@ stops by itself.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 import urllib.request
 
 # The process helpers of the carriers benchmark (same folder).
-from carriers import Proc, free_port, wait_port
+from carriers import Proc, free_port, run_fanout, wait_port
 
 GATEWAYS = 3
 MODES = ("group", "uid")
@@ -125,23 +124,12 @@ class StatsProbe(threading.Thread):
 
 
 def fanout(target, port, pids, opts, mode, rate):
-    args = [
-        f"{target}/push-bench", "--url", f"ws://127.0.0.1:{port}", "fanout",
+    one_each = [
         "--connections", str(opts.connections), "--groups", str(opts.connections),
         "--senders", str(opts.senders), "--address", mode, "--duration", opts.duration,
-        "--warmup", opts.warmup, "--payload", "64", "--json",
+        "--warmup", opts.warmup, "--payload", "64",
     ]
-    for pid in pids:
-        args += ["--server-pid", str(pid)]
-    if rate:
-        args += ["--rate", str(rate)]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    if out.returncode not in (0, 2):
-        raise RuntimeError(f"push-bench failed ({out.returncode}): {out.stderr[-2000:]}")
-    result = json.loads(out.stdout)
-    result["broken"] = out.returncode == 2
-    result["stderr"] = out.stderr[-2000:]
-    return args, result
+    return run_fanout(target, port, pids, one_each, rate)
 
 
 def cpu_jiffies():
