@@ -716,6 +716,31 @@ async fn timed<T>(future: impl Future<Output = Result<T>>) -> Result<(T, Duratio
     Ok((value, started.elapsed()))
 }
 
+/// The tests of a scenario on every carrier: `SCENARIO::on_the_broker`, `SCENARIO::on_redis`,
+/// `SCENARIO::on_nats`.
+macro_rules! on_every_carrier {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::{Carrier, Result};
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_the_broker() -> Result<()> {
+                super::$scenario(Carrier::Broker).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_redis() -> Result<()> {
+                super::$scenario(Carrier::Redis).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_nats() -> Result<()> {
+                super::$scenario(Carrier::Nats).await
+            }
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. Sends reach exactly who they name.
 
@@ -935,20 +960,7 @@ async fn sends_reach_exactly_their_targets(carrier: Carrier) -> Result<()> {
     cluster.assert_no_panics()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sends_reach_exactly_their_targets_on_the_broker() -> Result<()> {
-    sends_reach_exactly_their_targets(Carrier::Broker).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sends_reach_exactly_their_targets_on_redis() -> Result<()> {
-    sends_reach_exactly_their_targets(Carrier::Redis).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sends_reach_exactly_their_targets_on_nats() -> Result<()> {
-    sends_reach_exactly_their_targets(Carrier::Nats).await
-}
+on_every_carrier!(sends_reach_exactly_their_targets);
 
 // ---------------------------------------------------------------------------------------------
 // 2. Counts and member lists after churn.
@@ -1436,20 +1448,7 @@ fn slot_label(slot: &Slot) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counts_and_member_lists_are_exact_after_churn_on_the_broker() -> Result<()> {
-    counts_and_member_lists_are_exact_after_churn(Carrier::Broker).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counts_and_member_lists_are_exact_after_churn_on_redis() -> Result<()> {
-    counts_and_member_lists_are_exact_after_churn(Carrier::Redis).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counts_and_member_lists_are_exact_after_churn_on_nats() -> Result<()> {
-    counts_and_member_lists_are_exact_after_churn(Carrier::Nats).await
-}
+on_every_carrier!(counts_and_member_lists_are_exact_after_churn);
 
 // ---------------------------------------------------------------------------------------------
 // 3. Presence.
@@ -1595,20 +1594,7 @@ async fn presence_reaches_only_watchers_in_order(carrier: Carrier) -> Result<()>
     cluster.assert_no_panics()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_reaches_only_watchers_in_order_on_the_broker() -> Result<()> {
-    presence_reaches_only_watchers_in_order(Carrier::Broker).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_reaches_only_watchers_in_order_on_redis() -> Result<()> {
-    presence_reaches_only_watchers_in_order(Carrier::Redis).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_reaches_only_watchers_in_order_on_nats() -> Result<()> {
-    presence_reaches_only_watchers_in_order(Carrier::Nats).await
-}
+on_every_carrier!(presence_reaches_only_watchers_in_order);
 
 // ---------------------------------------------------------------------------------------------
 // 4. A dead gateway.
@@ -1764,20 +1750,7 @@ async fn a_dead_gateway_makes_answers_partial_not_late(carrier: Carrier) -> Resu
     cluster.gateways[1].process.assert_no_panics()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_gateway_makes_answers_partial_not_late_on_the_broker() -> Result<()> {
-    a_dead_gateway_makes_answers_partial_not_late(Carrier::Broker).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_gateway_makes_answers_partial_not_late_on_redis() -> Result<()> {
-    a_dead_gateway_makes_answers_partial_not_late(Carrier::Redis).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_gateway_makes_answers_partial_not_late_on_nats() -> Result<()> {
-    a_dead_gateway_makes_answers_partial_not_late(Carrier::Nats).await
-}
+on_every_carrier!(a_dead_gateway_makes_answers_partial_not_late);
 
 // ---------------------------------------------------------------------------------------------
 // 5. Join tokens.
