@@ -184,3 +184,26 @@ async fn counts_members_and_presence_span_the_cluster() -> Result<()> {
     expect_quiet([&mut watcher, &mut plain, &mut joiner]).await?;
     Ok(())
 }
+
+/// A gateway that stops says bye: the others forget it at once, not after `--node-timeout`.
+#[tokio::test]
+async fn a_stopping_gateway_leaves_the_others_at_once() -> Result<()> {
+    let mut gateways = three().await?;
+    let mut leaving = gateways.pop().context("three gateways")?;
+    let timeout = leaving.gateway.config().node_timeout;
+    let stopped = std::time::Instant::now();
+    leaving.shutdown.cancel();
+    leaving.stopped().await?;
+    for g in &gateways {
+        g.wait_stats("the stopped gateway forgotten", |s| {
+            s.cluster.other_nodes == 1
+        })
+        .await?;
+    }
+    let took = stopped.elapsed();
+    ensure!(
+        took < timeout / 2,
+        "forgotten after {took:?}: by its bye, not by the node timeout ({timeout:?})"
+    );
+    Ok(())
+}
