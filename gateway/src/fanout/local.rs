@@ -41,7 +41,7 @@ pub(crate) const MAX_UID_HASHES: usize = 10_000;
 /// One connection as its worker knows it: where its messages go, its uid and its groups.
 #[derive(Debug)]
 pub(crate) struct Client {
-    pub(crate) conn: ConnId,
+    /// Its cluster-wide id; `id.conn` is its number on this worker.
     pub(crate) id: ClientId,
     pub(crate) outbox: Outbox,
     uid: RefCell<Option<Uid>>,
@@ -161,7 +161,6 @@ impl LocalGroups {
     /// A new connection, with an outbox of these bounds.
     pub(crate) fn register(&self, conn: ConnId, outbox: Outbox) -> Rc<Client> {
         let client = Rc::new(Client {
-            conn,
             id: self.client_id(conn),
             outbox,
             uid: RefCell::new(None),
@@ -180,7 +179,7 @@ impl LocalGroups {
         }
         self.bind_uid(client, None);
         let mut clients = self.clients.borrow_mut();
-        clients.remove(&client.conn);
+        clients.remove(&client.id.conn);
         shrink_if_sparse(&mut clients);
     }
 
@@ -210,7 +209,7 @@ impl LocalGroups {
         self.add_member(group, client)?;
         if presence {
             if let Err(e) = self.set_presence(client, group, true) {
-                self.remove_member(group, client.conn);
+                self.remove_member(group, client.id.conn);
                 return Err(e);
             }
         }
@@ -227,7 +226,7 @@ impl LocalGroups {
         if watching {
             let _ = self.set_presence(client, &group, false);
         }
-        self.remove_member(&group, client.conn);
+        self.remove_member(&group, client.id.conn);
         self.announce(PresenceKind::Leave, &group, client);
         true
     }
@@ -239,7 +238,7 @@ impl LocalGroups {
             return;
         }
         if let Some(old) = old {
-            self.remove_member(&topic_id(&topic::uid(old.as_str())), client.conn);
+            self.remove_member(&topic_id(&topic::uid(old.as_str())), client.id.conn);
         }
         if let Some(uid) = uid {
             // Cluster topics are not limited by --max-groups (a uid per connection at most).
@@ -257,7 +256,7 @@ impl LocalGroups {
         if on {
             self.add_member(&presence, client)?;
         } else {
-            self.remove_member(&presence, client.conn);
+            self.remove_member(&presence, client.id.conn);
         }
         Ok(())
     }
@@ -296,7 +295,7 @@ impl LocalGroups {
                 topics.entry(topic.clone()).or_default()
             }
         };
-        if members.insert(client.conn, client.clone()).is_none() && is_group {
+        if members.insert(client.id.conn, client.clone()).is_none() && is_group {
             self.stats.memberships.fetch_add(1, Relaxed);
             self.stats.joins.fetch_add(1, Relaxed);
         }
@@ -339,7 +338,7 @@ impl LocalGroups {
         };
         let excluded = self.excluded(delivery.exclude.as_deref());
         self.push_all(
-            members.values().filter(|c| !excluded.contains(&c.conn)),
+            members.values().filter(|c| !excluded.contains(&c.id.conn)),
             delivery.payload,
         );
     }
@@ -349,7 +348,7 @@ impl LocalGroups {
         let clients = self.clients.borrow();
         let excluded = self.excluded(Some(exclude));
         self.push_all(
-            clients.values().filter(|c| !excluded.contains(&c.conn)),
+            clients.values().filter(|c| !excluded.contains(&c.id.conn)),
             payload,
         );
     }
