@@ -17,6 +17,8 @@ pub const DEFAULT_LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CHANNELS_PER_LINK: usize = 1_000_000;
 pub const DEFAULT_MAX_CHANNEL_LEN: usize = 1024;
+pub const DEFAULT_HISTORY_MAX_CHANNELS: usize = 100_000;
+pub const DEFAULT_HISTORY_MAX_BYTES: usize = 256 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_PHP_QUEUE_MAX_ITEMS: usize = 10_000;
 pub const DEFAULT_PHP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -62,6 +64,18 @@ pub struct BrokerConfig {
     #[arg(long = "broker-max-channel-len",
         value_name = "BROKER_MAX_CHANNEL_LEN", env = "BROKER_MAX_CHANNEL_LEN", default_value_t = DEFAULT_MAX_CHANNEL_LEN)]
     pub max_channel_len: usize,
+
+    /// Channels with history (gateways' `--history` groups) kept at once; past it the
+    /// histories started first are dropped (their next message starts a new epoch).
+    #[arg(long = "history-max-channels",
+        value_name = "BROKER_HISTORY_MAX_CHANNELS", env = "BROKER_HISTORY_MAX_CHANNELS", default_value_t = DEFAULT_HISTORY_MAX_CHANNELS)]
+    pub history_max_channels: usize,
+
+    /// Bytes of message text kept in histories, all channels together; past it the histories
+    /// started first are dropped.
+    #[arg(long = "history-max-bytes",
+        value_name = "BROKER_HISTORY_MAX_BYTES", env = "BROKER_HISTORY_MAX_BYTES", default_value_t = DEFAULT_HISTORY_MAX_BYTES)]
+    pub history_max_bytes: usize,
 
     /// On SIGTERM or Ctrl-C, how long to wait for links to finish.
     #[arg(long, env = "BROKER_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -174,6 +188,8 @@ impl Default for BrokerConfig {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_channels_per_link: DEFAULT_MAX_CHANNELS_PER_LINK,
             max_channel_len: DEFAULT_MAX_CHANNEL_LEN,
+            history_max_channels: DEFAULT_HISTORY_MAX_CHANNELS,
+            history_max_bytes: DEFAULT_HISTORY_MAX_BYTES,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             php: PhpConfig::default(),
         }

@@ -14,6 +14,8 @@
 //! - [`php`]: PHP Channel clients (Workerman's `Channel\Client`), recognized on the link port
 //!   by their first frame or served on a port of their own: their channels and queues, and the
 //!   `send_to_group` bridge between them and the gateways' groups.
+//! - [`history`]: channel histories (gateways' groups with `--history`): offsets, epochs and
+//!   the last messages, in memory, bounded per channel and as a whole.
 //! - [`queue`]: a link's outbound queue, bounded in frames and in bytes.
 //! - [`auth`]: link security: the shared secret (challenge and response in the handshake), TLS
 //!   on the listener, and the refusal to expose an open link (helpers in `server_kit`).
@@ -29,6 +31,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod history;
 pub mod link;
 pub mod local;
 pub mod metrics;

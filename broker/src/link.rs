@@ -347,12 +347,18 @@ fn apply(
         }
         Some(Body::Publish(publish)) => {
             check_channel(&publish.channel, config.max_channel_len)?;
-            if let Err(e) = shared.registry.publish(
-                handle.id,
-                &publish.channel,
-                publish.payload,
-                publish.no_echo,
-            ) {
+            let published = match publish.history {
+                Some(options) => {
+                    shared.publish_positioned(handle.id, &publish.channel, publish.payload, options)
+                }
+                None => shared.registry.publish(
+                    handle.id,
+                    &publish.channel,
+                    publish.payload,
+                    publish.no_echo,
+                ),
+            };
+            if let Err(e) = published {
                 return Err(Close::Fault {
                     fault: LinkFault::BadPublish,
                     reason: e.to_string(),
@@ -366,6 +372,11 @@ fn apply(
                 &Frame::new(Body::Pong(Pong { nonce: ping.nonce })),
             );
         }
+        Some(Body::HistoryRequest(request)) => {
+            check_channel(&request.channel, config.max_channel_len)?;
+            let reply = shared.history.serve(&request);
+            send_frame(handle, shared, &Frame::new(Body::HistoryReply(reply)));
+        }
         Some(Body::Pong(_)) => {}
         Some(Body::Error(e)) => {
             return Err(Close::PeerError {
@@ -377,6 +388,7 @@ fn apply(
         | Some(Body::Message(_))
         | Some(Body::Auth(_))
         | Some(Body::SubscribeRefused(_))
+        | Some(Body::HistoryReply(_))
         | None => {
             return Err(Close::Fault {
                 fault: LinkFault::UnexpectedFrame,

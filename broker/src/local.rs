@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use protocol::codec::FrameError;
+use protocol::link::{HistoryOptions, HistoryReply, HistoryRequest};
 
 use crate::registry::{LinkId, LocalSubscriber};
 use crate::state::Shared;
@@ -56,6 +57,29 @@ impl LocalLink {
     /// Channels subscribed now.
     pub fn subscriptions(&self) -> usize {
         self.subscribed.lock().len()
+    }
+
+    /// Stores `payload` in `channel`'s history and publishes it, positioned, to every subscriber
+    /// of `channel`, this link included.
+    pub fn publish_history(
+        &self,
+        channel: &[u8],
+        payload: Bytes,
+        options: HistoryOptions,
+    ) -> Result<usize, FrameError> {
+        let channel = Bytes::copy_from_slice(channel);
+        self.shared
+            .publish_positioned(self.id, &channel, payload, options)
+    }
+
+    /// Reads (or removes) a channel's history, as a link's `HistoryRequest` would.
+    pub fn history(&self, request: &HistoryRequest) -> HistoryReply {
+        self.shared.history.serve(request)
+    }
+
+    /// Drops expired history (every [`crate::history::HISTORY_SWEEP`]).
+    pub fn sweep_history(&self) {
+        self.shared.history.sweep();
     }
 
     /// Publishes to every other subscriber of `channel` (never back to this link). Returns how

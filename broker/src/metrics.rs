@@ -218,6 +218,10 @@ mod tests {
             php_bridge_refused: 22,
             php_queue_drops: 23,
             php_dropped: 24,
+            history_channels: 0,
+            history_messages: 0,
+            history_bytes: 0,
+            history_evictions: 0,
             php_idle_closed: 25,
         };
         #[derive(Debug)]

@@ -1,6 +1,7 @@
 //! [`Broker`]: the accept loop, and the handle through which the admin server and embedders read
 //! the counters.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +59,14 @@ impl Broker {
     }
 
     pub fn stats(&self) -> StatsSnapshot {
-        self.shared.stats.snapshot()
+        let history = &self.shared.history.counters;
+        StatsSnapshot {
+            history_channels: history.channels.load(Relaxed),
+            history_messages: history.messages.load(Relaxed),
+            history_bytes: history.bytes.load(Relaxed),
+            history_evictions: history.evictions.load(Relaxed),
+            ..self.shared.stats.snapshot()
+        }
     }
 
     /// Whether PHP Channel clients are recognized on the link listener: `--php-channel shared`,
@@ -94,6 +102,18 @@ impl Broker {
         shutdown: CancellationToken,
     ) -> Result<(), BrokerError> {
         let php = self.shares_port_with_php();
+        // Expired history goes even on channels no one publishes to any more.
+        let shared = self.shared.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut sweep = tokio::time::interval(crate::history::HISTORY_SWEEP);
+            loop {
+                tokio::select! {
+                    _ = sweep.tick() => shared.history.sweep(),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
         self.accept(
             listener,
             shutdown,

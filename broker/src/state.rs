@@ -4,8 +4,14 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use bytes::Bytes;
+use protocol::codec::FrameError;
+use protocol::history::Positioned;
+use protocol::link::HistoryOptions;
+
 use crate::auth::BrokerSecurity;
 use crate::config::BrokerConfig;
+use crate::history::{HistoryLimits, HistoryStore};
 use crate::php::hub::PhpHub;
 use crate::registry::{LinkId, Registry};
 use crate::stats::BrokerStats;
@@ -18,6 +24,8 @@ pub(crate) struct Shared {
     pub(crate) php: Arc<PhpHub>,
     pub(crate) stats: Arc<BrokerStats>,
     pub(crate) security: BrokerSecurity,
+    /// Histories of the channels gateways publish to with history options.
+    pub(crate) history: HistoryStore,
     next_link: AtomicU64,
 }
 
@@ -30,7 +38,12 @@ impl Shared {
             config.max_frame_size,
             config.php.queue_max_items,
         ));
+        let history = HistoryStore::new(HistoryLimits {
+            max_channels: config.history_max_channels,
+            max_bytes: config.history_max_bytes,
+        });
         Shared {
+            history,
             registry: Registry::with_php(stats.clone(), config.max_frame_size, php.clone()),
             php,
             config,
@@ -43,5 +56,30 @@ impl Shared {
     /// A link id never handed out before by this broker.
     pub(crate) fn next_link_id(&self) -> LinkId {
         LinkId(self.next_link.fetch_add(1, Relaxed))
+    }
+}
+
+impl Shared {
+    /// A publish to a channel with history: stored with the channel's next offset, then fanned
+    /// out as a positioned frame to every subscriber (`origin` too: it delivers its own members
+    /// only once the position is known). PHP subscribers of `send_to_group` get the text alone.
+    pub(crate) fn publish_positioned(
+        &self,
+        origin: LinkId,
+        channel: &Bytes,
+        payload: Bytes,
+        options: HistoryOptions,
+    ) -> Result<usize, FrameError> {
+        let framed = {
+            let position = self.history.append(channel, payload.clone(), options);
+            Positioned::encode(&position, &payload)
+        };
+        let queued = self
+            .registry
+            .publish_without_bridge(origin, channel, framed)?;
+        if self.php.bridges(channel) {
+            self.php.bridge_group_send(channel, &payload);
+        }
+        Ok(queued)
     }
 }

@@ -83,6 +83,12 @@ pub struct StatsSnapshot {
     pub php_bridge_refused: u64,
     pub php_queue_drops: u64,
     pub php_dropped: u64,
+    /// Channels with a history, their messages kept and the bytes of those, and histories
+    /// dropped to stay within `--history-max-channels` / `--history-max-bytes`.
+    pub history_channels: u64,
+    pub history_messages: u64,
+    pub history_bytes: u64,
+    pub history_evictions: u64,
 }
 
 impl BrokerStats {
@@ -124,6 +130,11 @@ impl BrokerStats {
             php_bridge_refused: self.php_bridge_refused.load(Relaxed),
             php_queue_drops: self.php_queue_drops.load(Relaxed),
             php_dropped: self.php_dropped.load(Relaxed),
+            // Filled in by `Broker::stats` from its history store.
+            history_channels: 0,
+            history_messages: 0,
+            history_bytes: 0,
+            history_evictions: 0,
         }
     }
 }

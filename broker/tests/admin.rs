@@ -85,6 +85,7 @@ async fn metrics_follow_the_traffic() {
             channel: Bytes::from_static(b"g"),
             payload: Bytes::from_static(b"hi"),
             no_echo: true,
+            history: None,
         })))
         .await;
     match subscriber.expect_frame().await.body {

@@ -96,6 +96,7 @@ async fn a_gateway_that_answers_the_challenge_is_served() {
             channel: Bytes::from_static(b"room"),
             payload: Bytes::from_static(b"hi"),
             no_echo: true,
+            history: None,
         })))
         .await;
     match subscriber.expect_frame().await.body {

@@ -1,6 +1,7 @@
 //! Command-line flags (clap derive) and their value parsers.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
@@ -20,7 +21,8 @@ Exit codes:
      success too, reported on stderr: `partial answer: no answer from NODE, ...`
   1  error: bad arguments, cannot connect, an error reply from the server (`error: CODE:
      REASON`, for the admin API commands its error answer), the server closed the
-     connection, or stdout cannot be written
+     connection, stdout cannot be written, or `join`'s --resume-file is malformed or cannot
+     be written
   2  timeout: --timeout expired first";
 
 /// Client of the group push gateway: join groups and print what they receive, send to a group,
@@ -52,6 +54,13 @@ pub enum Command {
     /// with --presence, the groups' join and leave events
     /// (`{"cmd":"join","group_id":G,"client_id":C,"uid":U}`). Runs until Ctrl-C, until --count
     /// messages arrived, or until --timeout expires.
+    ///
+    /// With --positioned (groups with history on the gateway), each join is answered by a
+    /// `joined` reply giving the group's position, and each message arrives with its offset and
+    /// epoch: its text is printed as above. With --resume-file, the position of the last message
+    /// printed for each group is kept in a file, and the next run receives what it missed first.
+    /// A recovery that could not bring back every missed message is reported on stderr: `warning:
+    /// group G: recovery incomplete (...): reload your state`.
     #[command(after_help = EXIT_CODES)]
     Join(JoinArgs),
     /// Send one message to a group and wait for the server's ack.
@@ -147,6 +156,19 @@ pub struct JoinArgs {
     /// Bind the connection to this uid before joining (a gateway without join tokens).
     #[arg(long, value_name = "UID", allow_negative_numbers = true, value_parser = parse_uid)]
     pub uid: Option<Uid>,
+
+    /// Join with positions (groups with history on the gateway): each join waits for the
+    /// group's `joined` reply, and each message arrives with its offset and epoch (only its
+    /// text is printed, as for other joins).
+    #[arg(long)]
+    pub positioned: bool,
+
+    /// Keep each group's position (of the last message printed) in FILE, a JSON file
+    /// ({"groups":{"G":{"offset":N,"epoch":"E"}}}) written atomically at most every 200 ms and
+    /// at exit; on start, ask to recover every message after the positions FILE holds. Implies
+    /// --positioned.
+    #[arg(long, value_name = "FILE")]
+    pub resume_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -555,6 +577,8 @@ pub fn with_old_env(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
@@ -780,6 +804,20 @@ mod tests {
 
     fn uid(text: &str) -> Uid {
         Uid::new(text, DEFAULT_MAX_UID_LEN).unwrap()
+    }
+
+    #[test]
+    fn join_positioned_and_resume_file() {
+        let cli = parse(&["join", "1", "--positioned"]).unwrap();
+        assert!(join(&cli).positioned);
+        assert_eq!(join(&cli).resume_file, None);
+        let cli = parse(&["join", "1", "--resume-file", "state.json", "2"]).unwrap();
+        let args = join(&cli);
+        assert!(!args.positioned, "implied when joining, not set");
+        assert_eq!(args.resume_file.as_deref(), Some(Path::new("state.json")));
+        assert_eq!(args.groups, ["1", "2"]);
+        assert!(!join(&parse(&["join", "1"]).unwrap()).positioned);
+        assert!(parse(&["join", "1", "--resume-file"]).is_err());
     }
 
     #[test]

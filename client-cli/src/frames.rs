@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use anyhow::{bail, Context as _, Result};
 use protocol::client::{request_json, ClientCommand, GroupName, Reply, DEFAULT_MAX_GROUP_ID_LEN};
 use protocol::cluster::{ClientId, Uid};
+use protocol::history::{Epoch, Position, Recover};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -71,6 +72,28 @@ pub fn add_group_request(group: &str, presence: bool, req_id: u64) -> Result<Str
     let command = ClientCommand::AddGroup {
         group_id: group_name(group)?,
         presence,
+        positioned: false,
+        recover: None,
+    };
+    Ok(request_json(&command, Some(req_id)))
+}
+
+/// `{"cmd":"add_group","group_id":G,"positioned":true,"recover":{"offset":O,"epoch":E},
+/// "req_id":K}` (`recover` when given, `"presence":true` with `presence`): a join of a group
+/// with history, answered by a `joined` reply ([`joined_answer`]); its messages arrive as
+/// [`PositionedMessage`]s. With `recover`, the messages after that position still in history
+/// arrive first.
+pub fn positioned_join_request(
+    group: &str,
+    presence: bool,
+    recover: Option<Recover>,
+    req_id: u64,
+) -> Result<String> {
+    let command = ClientCommand::AddGroup {
+        group_id: group_name(group)?,
+        presence,
+        positioned: true,
+        recover,
     };
     Ok(request_json(&command, Some(req_id)))
 }
@@ -170,8 +193,8 @@ pub fn members_request(
     Ok(request_json(&command, Some(req_id)))
 }
 
-/// Replies that carry data, as opposed to a bare `ack`.
-pub const ANSWER_CMDS: [&str; 3] = ["whoami", "count", "members"];
+/// Replies that carry data, as opposed to a bare `ack` (`joined` answers a positioned join).
+pub const ANSWER_CMDS: [&str; 4] = ["whoami", "count", "members", "joined"];
 
 /// What a text frame from the server means to a client that sent requests with integer ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,8 +207,8 @@ pub enum Incoming {
         code: String,
         reason: String,
     },
-    /// A reply carrying data ([`ANSWER_CMDS`]: `whoami`, `count`, `members`); its text is the
-    /// answer.
+    /// A reply carrying data ([`ANSWER_CMDS`]: `whoami`, `count`, `members`, `joined`); its
+    /// text is the answer.
     Answer {
         req_id: u64,
         cmd: String,
@@ -214,6 +237,100 @@ pub fn classify(text: &str) -> Incoming {
         },
         _ => Incoming::Other,
     }
+}
+
+/// What a positioned member receives for each message of a group with history:
+/// `{"cmd":"message","group_id":G,"offset":O,"epoch":E,"message":M}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PositionedMessage {
+    pub group_id: String,
+    pub position: Position,
+    /// The message's text (M, a JSON string).
+    pub message: String,
+}
+
+/// The positioned message `text` is, or `None` for any other text (a group message of a join
+/// without positions, a presence event, a reply). Strict: every field must be there, of its
+/// type, and there must be no `req_id`.
+pub fn positioned_message(text: &str) -> Option<PositionedMessage> {
+    // Cheap checks first: most messages are not JSON objects of a "message" command.
+    if !text.starts_with('{') || !text.contains(r#""message""#) {
+        return None;
+    }
+    let value: Value = serde_json::from_str(text).ok()?;
+    let object = value.as_object()?;
+    if object.get("cmd")?.as_str()? != "message" || object.contains_key("req_id") {
+        return None;
+    }
+    Some(PositionedMessage {
+        group_id: object.get("group_id")?.as_str()?.to_owned(),
+        position: position(object.get("offset")?, object.get("epoch")?)?,
+        message: object.get("message")?.as_str()?.to_owned(),
+    })
+}
+
+fn position(offset: &Value, epoch: &Value) -> Option<Position> {
+    Some(Position {
+        offset: offset.as_u64()?,
+        epoch: Epoch::new(epoch.as_str()?).ok()?,
+    })
+}
+
+/// The answer to a positioned join:
+/// `{"cmd":"joined","group_id":G,"offset":T,"epoch":E,"recovered":B,"error":"...","req_id":R}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub group_id: String,
+    /// The group's current (last) position: offset 0 when it has no message yet. `None` when
+    /// the gateway could not tell (with `error`).
+    pub position: Option<Position>,
+    /// With `recover`: whether every message after the given position was delivered before
+    /// this reply.
+    pub recovered: Option<bool>,
+    /// Why the history could not be read (the member is joined all the same, live only).
+    pub error: Option<String>,
+}
+
+/// Reads a `joined` answer (the text [`classify`] found to be `Incoming::Answer` with `cmd`
+/// `"joined"`).
+pub fn joined_answer(text: &str) -> Result<Joined> {
+    let unexpected = || format!("unexpected answer from the gateway: {}", abbreviate(text));
+    let value: Value = serde_json::from_str(text).with_context(unexpected)?;
+    let object = value.as_object().with_context(unexpected)?;
+    if object.get("cmd").and_then(Value::as_str) != Some("joined") {
+        bail!("{} (not a \"joined\" answer)", unexpected());
+    }
+    let group_id = match object.get("group_id") {
+        Some(Value::String(group)) => group.clone(),
+        _ => bail!("{} (no \"group_id\")", unexpected()),
+    };
+    let position = match (object.get("offset"), object.get("epoch")) {
+        (None | Some(Value::Null), None | Some(Value::Null)) => None,
+        (Some(offset), Some(epoch)) => Some(
+            position(offset, epoch)
+                .with_context(|| format!("{} (bad \"offset\" or \"epoch\")", unexpected()))?,
+        ),
+        _ => bail!(
+            "{} (\"offset\" without \"epoch\", or the reverse)",
+            unexpected()
+        ),
+    };
+    let recovered = match object.get("recovered") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(recovered)) => Some(*recovered),
+        Some(_) => bail!("{} (\"recovered\" is not a boolean)", unexpected()),
+    };
+    let error = match object.get("error") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(error)) => Some(error.clone()),
+        Some(other) => Some(other.to_string()),
+    };
+    Ok(Joined {
+        group_id,
+        position,
+        recovered,
+        error,
+    })
 }
 
 /// The body of `POST /api/publish` for one message: `{"group_id":G,"message":M}`, with `message`
@@ -323,9 +440,22 @@ mod tests {
                 .join(",")
         };
         match request.command {
-            ClientCommand::AddGroup { group_id, presence } => {
+            ClientCommand::AddGroup {
+                group_id,
+                presence,
+                positioned,
+                recover,
+            } => {
                 let presence = if presence { " presence" } else { "" };
-                (format!("add {group_id:?}{presence}"), None, req_id)
+                let positioned = if positioned { " positioned" } else { "" };
+                let recover = recover
+                    .map(|r| format!(" recover {} {}", r.offset, r.epoch))
+                    .unwrap_or_default();
+                (
+                    format!("add {group_id:?}{presence}{positioned}{recover}"),
+                    None,
+                    req_id,
+                )
             }
             ClientCommand::SendToGroup {
                 group_id,
@@ -731,5 +861,132 @@ mod tests {
             classify(r#"{"cmd":"whoami","client_id":"x"}"#),
             Incoming::Other
         );
+    }
+
+    fn at(offset: u64, epoch: &str) -> Position {
+        Position {
+            offset,
+            epoch: Epoch::new(epoch).unwrap(),
+        }
+    }
+
+    #[test]
+    fn positioned_join_frames() {
+        let frame = positioned_join_request("g", false, None, 2).unwrap();
+        assert_same_json(
+            &frame,
+            r#"{"cmd":"add_group","group_id":"g","positioned":true,"req_id":2}"#,
+        );
+        assert_eq!(server_view(&frame).0, "add \"g\" positioned");
+        let recover = Recover {
+            offset: 17,
+            epoch: Epoch::new("e-1").unwrap(),
+        };
+        let frame = positioned_join_request("g 1", true, Some(recover), 3).unwrap();
+        assert_same_json(
+            &frame,
+            r#"{"cmd":"add_group","group_id":"g 1","presence":true,"positioned":true,"recover":{"offset":17,"epoch":"e-1"},"req_id":3}"#,
+        );
+        assert_eq!(
+            server_view(&frame),
+            (
+                "add \"g 1\" presence positioned recover 17 e-1".to_owned(),
+                None,
+                Some("3".to_owned())
+            )
+        );
+        assert!(positioned_join_request("", false, None, 1).is_err());
+    }
+
+    #[test]
+    fn positioned_messages_are_read_strictly() {
+        // As the gateway writes them.
+        let text = protocol::history::positioned_message("chat:1", &at(17, "e1"), "say \"hi\"\n");
+        assert_eq!(
+            positioned_message(&text),
+            Some(PositionedMessage {
+                group_id: "chat:1".to_owned(),
+                position: at(17, "e1"),
+                message: "say \"hi\"\n".to_owned(),
+            })
+        );
+        // A message sent as a JSON value arrives as its text.
+        let text =
+            r#"{"cmd":"message","group_id":"g","offset":1,"epoch":"e","message":"{\"a\":1}"}"#;
+        assert_eq!(positioned_message(text).unwrap().message, r#"{"a":1}"#);
+        // Whatever the order of the keys.
+        let text = r#"{"message":"m","epoch":"e","offset":2,"group_id":"g","cmd":"message"}"#;
+        assert_eq!(positioned_message(text).unwrap().position, at(2, "e"));
+        for other in [
+            "hello",
+            r#"{"a":1}"#,
+            r#"{"cmd":"messages","group_id":"g","offset":1,"epoch":"e","message":"m"}"#,
+            r#" {"cmd":"message","group_id":"g","offset":1,"epoch":"e","message":"m"}"#,
+            r#"{"cmd":"message","group_id":"g","offset":1,"epoch":"e"}"#,
+            r#"{"cmd":"message","group_id":"g","offset":-1,"epoch":"e","message":"m"}"#,
+            r#"{"cmd":"message","group_id":"g","offset":1,"epoch":"a b","message":"m"}"#,
+            r#"{"cmd":"message","group_id":"g","offset":"1","epoch":"e","message":"m"}"#,
+            r#"{"cmd":"message","group_id":"g","offset":1,"epoch":"e","message":{"a":1}}"#,
+            r#"{"cmd":"message","group_id":"g","offset":1,"epoch":"e","message":"m","req_id":1}"#,
+            r#"{"cmd":"message","group_id":7,"offset":1,"epoch":"e","message":"m"}"#,
+            r#"{"cmd":"message","group_id":"g","offset":1,"epoch":"e","message":"m"} x"#,
+        ] {
+            assert_eq!(positioned_message(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn joined_answers() {
+        let reply =
+            protocol::history::joined_reply("g", Some(&at(40, "e2")), Some(false), None, Some("7"));
+        assert_eq!(
+            classify(&reply),
+            Incoming::Answer {
+                req_id: 7,
+                cmd: "joined".to_owned()
+            }
+        );
+        assert_eq!(
+            joined_answer(&reply).unwrap(),
+            Joined {
+                group_id: "g".to_owned(),
+                position: Some(at(40, "e2")),
+                recovered: Some(false),
+                error: None,
+            }
+        );
+        // A group without messages yet is at offset 0.
+        let reply = r#"{"cmd":"joined","group_id":"g","offset":0,"epoch":"e","req_id":1}"#;
+        let joined = joined_answer(reply).unwrap();
+        assert_eq!(
+            (joined.position, joined.recovered),
+            (Some(at(0, "e")), None)
+        );
+        let reply = protocol::history::joined_reply("g", None, None, Some("store down"), Some("2"));
+        assert_eq!(
+            joined_answer(&reply).unwrap(),
+            Joined {
+                group_id: "g".to_owned(),
+                position: None,
+                recovered: None,
+                error: Some("store down".to_owned()),
+            }
+        );
+        for bad in [
+            "",
+            "[1]",
+            r#"{"cmd":"ack","group_id":"g","req_id":1}"#,
+            r#"{"cmd":"joined","req_id":1}"#,
+            r#"{"cmd":"joined","group_id":"g","offset":3,"req_id":1}"#,
+            r#"{"cmd":"joined","group_id":"g","offset":3,"epoch":"a b","req_id":1}"#,
+            r#"{"cmd":"joined","group_id":"g","offset":-3,"epoch":"e","req_id":1}"#,
+            r#"{"cmd":"joined","group_id":"g","recovered":"yes","req_id":1}"#,
+        ] {
+            let err = joined_answer(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with("unexpected answer from the gateway"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

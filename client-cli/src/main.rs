@@ -4,6 +4,7 @@
 //! client-cli join 123 456            # prints `joined 123 456` and `client_id C` on stderr, then
 //!                                    # messages on stdout
 //! client-cli join 123 --presence --uid alice   # also join/leave events; bound to uid alice
+//! client-cli join 123 --resume-file pos.json   # positioned: what was missed since the last run
 //! client-cli send 123 "hello"        # sends, waits for the ack, closes
 //! client-cli --url ws://host:1234 send 123 --json '{"a":1}' --exclude 5f0c1d2e3a4b6c7d-1-42
 //! client-cli send-all "hello" / send-uid alice bob "hello" / send-client C "hello"
@@ -20,6 +21,7 @@
 //!   requests sent and how replies are read, connecting, reading under a deadline, clean close.
 //! - [`join`]: joining and printing; [`request`]: one request after the other on a connection,
 //!   for [`send`] (the sends) and [`query`] (`whoami`, `count`, `members`).
+//! - [`resume`]: the positions file of `join --resume-file`.
 //! - [`admin`]: the admin API (HTTP), for [`publish`] and [`cluster_api`] (`bind`, `unbind`,
 //!   `groups`, `clients`, `nodes`); [`output`]: the human output of the answers.
 //!
@@ -36,6 +38,7 @@ mod output;
 mod publish;
 mod query;
 mod request;
+mod resume;
 mod send;
 
 use std::process::ExitCode;

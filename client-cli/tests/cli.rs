@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use test_support::net;
 use test_support::process::{command, Finished, Process};
+use test_support::TempFile;
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -731,4 +732,295 @@ async fn members_follow_the_cursor_with_all() {
     );
     let log = server.transcript().await;
     assert_eq!(request(&log[0])["limit"], 100);
+}
+
+/// What a positioned member receives for message `offset` of `group`.
+fn positioned(group: &str, offset: u64, epoch: &str, text: &str) -> String {
+    serde_json::json!({"cmd":"message","group_id":group,"offset":offset,"epoch":epoch,"message":text})
+        .to_string()
+}
+
+/// The positions a resume file holds, as JSON.
+fn resume_file(file: &TempFile) -> serde_json::Value {
+    let text = std::fs::read_to_string(file.path()).expect("read the resume file");
+    serde_json::from_str(&text).expect("the resume file is JSON")
+}
+
+#[tokio::test]
+async fn join_resumes_from_the_file_and_stores_the_last_position() {
+    let state = TempFile::new(
+        "resume.json",
+        r#"{"groups":{"g":{"offset":2,"epoch":"e1"},"other":{"offset":5,"epoch":"o"}}}"#,
+    )
+    .expect("write the resume file");
+    let server = FakeServer::start(|mut ws| async move {
+        let mut log = vec![
+            next_event(&mut ws).await,
+            next_event(&mut ws).await,
+            next_event(&mut ws).await,
+        ];
+        // The missed messages come before the reply.
+        send_text(&mut ws, &positioned("g", 3, "e1", "three")).await;
+        send_text(&mut ws, &positioned("g", 4, "e1", "four")).await;
+        send_text(
+            &mut ws,
+            r#"{"cmd":"joined","group_id":"g","offset":4,"epoch":"e1","recovered":true,"req_id":1}"#,
+        )
+        .await;
+        send_text(
+            &mut ws,
+            r#"{"cmd":"joined","group_id":"h","offset":0,"epoch":"e2","req_id":2}"#,
+        )
+        .await;
+        send_whoami(&mut ws, 3).await;
+        send_text(&mut ws, &positioned("g", 5, "e1", "five \"5\"")).await;
+        // Not a group of this join: printed as it is.
+        send_text(&mut ws, &positioned("x", 1, "e1", "x")).await;
+        log.push(next_event(&mut ws).await);
+        log
+    });
+    let out = run(client(&[
+        "join",
+        "g",
+        "h",
+        "--resume-file",
+        state.arg().expect("path"),
+        "--count",
+        "4",
+        "--timeout",
+        "20",
+        "--url",
+        &server.url,
+    ]))
+    .await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "three\nfour\nfive \"5\"\n{}\n",
+            positioned("x", 1, "e1", "x")
+        )
+    );
+    assert_eq!(out.stderr, format!("joined g h\nclient_id {CLIENT_ID}\n"));
+    let log = server.transcript().await;
+    assert_eq!(
+        request(&log[0]),
+        serde_json::json!({"cmd":"add_group","group_id":"g","positioned":true,"recover":{"offset":2,"epoch":"e1"},"req_id":1})
+    );
+    assert_eq!(
+        request(&log[1]),
+        serde_json::json!({"cmd":"add_group","group_id":"h","positioned":true,"req_id":2})
+    );
+    assert_eq!(log[2..], [whoami(3), "close 1000".to_owned()]);
+    assert_eq!(
+        resume_file(&state),
+        serde_json::json!({"groups":{
+            "g":{"offset":5,"epoch":"e1"},
+            "h":{"offset":0,"epoch":"e2"},
+            "other":{"offset":5,"epoch":"o"}
+        }})
+    );
+}
+
+#[tokio::test]
+async fn join_reports_an_incomplete_recovery_and_history_errors() {
+    let state = TempFile::new(
+        "resume.json",
+        r#"{"groups":{"a":{"offset":7,"epoch":"old"},"b":{"offset":3,"epoch":"e"}}}"#,
+    )
+    .expect("write the resume file");
+    let server = FakeServer::start(|mut ws| async move {
+        let mut log = vec![
+            next_event(&mut ws).await,
+            next_event(&mut ws).await,
+            next_event(&mut ws).await,
+        ];
+        send_text(
+            &mut ws,
+            r#"{"cmd":"joined","group_id":"a","offset":2,"epoch":"new","recovered":false,"req_id":1}"#,
+        )
+        .await;
+        send_text(
+            &mut ws,
+            r#"{"cmd":"joined","group_id":"b","error":"store unreachable","req_id":2}"#,
+        )
+        .await;
+        send_whoami(&mut ws, 3).await;
+        send_text(&mut ws, &positioned("a", 3, "new", "m")).await;
+        log.push(next_event(&mut ws).await);
+        log
+    });
+    let out = run(client(&[
+        "join",
+        "a",
+        "b",
+        "--resume-file",
+        state.arg().expect("path"),
+        "--count",
+        "1",
+        "--url",
+        &server.url,
+    ]))
+    .await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "m\n");
+    let stderr: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(
+        stderr,
+        [
+            "warning: group a: recovery incomplete (history no longer reaches back / epoch \
+             changed; asked from offset 7 of epoch old; the group is at offset 2 of epoch new): \
+             reload your state",
+            "warning: group b: the history could not be read: store unreachable",
+            "warning: group b: recovery incomplete (the history could not be read; asked from \
+             offset 3 of epoch e): reload your state",
+            "joined a b",
+            &format!("client_id {CLIENT_ID}"),
+        ]
+    );
+    server.transcript().await;
+    // b keeps its position: the next run asks again.
+    assert_eq!(
+        resume_file(&state),
+        serde_json::json!({"groups":{"a":{"offset":3,"epoch":"new"},"b":{"offset":3,"epoch":"e"}}})
+    );
+}
+
+#[tokio::test]
+async fn positioned_join_without_a_file_waits_for_joined_and_prints_texts() {
+    let server = FakeServer::start(|mut ws| async move {
+        let mut log = vec![next_event(&mut ws).await, next_event(&mut ws).await];
+        // A live message before the reply is printed after the readiness line.
+        send_text(&mut ws, &positioned("g", 41, "e", "early")).await;
+        send_text(
+            &mut ws,
+            r#"{"cmd":"joined","group_id":"g","offset":40,"epoch":"e","req_id":1}"#,
+        )
+        .await;
+        send_whoami(&mut ws, 2).await;
+        send_text(&mut ws, "raw").await;
+        log.push(next_event(&mut ws).await);
+        log
+    });
+    let out = run(client(&[
+        "join",
+        "g",
+        "--positioned",
+        "--count",
+        "2",
+        "--url",
+        &server.url,
+    ]))
+    .await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "early\nraw\n");
+    assert_eq!(out.stderr, format!("joined g\nclient_id {CLIENT_ID}\n"));
+    let log = server.transcript().await;
+    assert_eq!(
+        request(&log[0]),
+        serde_json::json!({"cmd":"add_group","group_id":"g","positioned":true,"req_id":1})
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_resume_file_is_an_error() {
+    let state = TempFile::new("resume.json", r#"{"groups":{"g":{"offset":"x"}}}"#)
+        .expect("write the resume file");
+    let path = state.arg().expect("path");
+    let url = unreachable_url().await;
+    let out = run(client(&["join", "g", "--resume-file", path, "--url", &url])).await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(
+        out.stderr,
+        format!(
+            "error: --resume-file {path}: malformed: expected \
+             {{\"groups\":{{\"GROUP\":{{\"offset\":N,\"epoch\":\"E\"}}}}}}: group \"g\" has no \
+             valid \"offset\" and \"epoch\"\n"
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.path()).expect("read"),
+        r#"{"groups":{"g":{"offset":"x"}}}"#,
+        "left as it was"
+    );
+}
+
+/// Sends positioned messages `offsets` of group `g`, epoch `e`, text `mN`.
+async fn send_positioned(ws: &mut ServerWs, offsets: std::ops::RangeInclusive<u64>) {
+    for offset in offsets {
+        let text = positioned("g", offset, "e", &format!("m{offset}"));
+        send_text(ws, &text).await;
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn join_writes_positions_while_idle_and_the_last_one_on_sigint() {
+    let state = TempFile::new("resume.json", r#"{"groups":{}}"#).expect("write the resume file");
+    let (more, more_wanted) = tokio::sync::oneshot::channel::<()>();
+    let server = FakeServer::start(|mut ws| async move {
+        let mut log = vec![next_event(&mut ws).await, next_event(&mut ws).await];
+        send_text(
+            &mut ws,
+            r#"{"cmd":"joined","group_id":"g","offset":0,"epoch":"e","req_id":1}"#,
+        )
+        .await;
+        send_whoami(&mut ws, 2).await;
+        send_positioned(&mut ws, 1..=50).await;
+        more_wanted.await.expect("the test asks for more");
+        send_positioned(&mut ws, 51..=60).await;
+        log.push(next_event(&mut ws).await);
+        log
+    });
+    let mut child = Process::spawn_command(
+        "client-cli join",
+        client(&[
+            "join",
+            "g",
+            "--resume-file",
+            state.arg().expect("path"),
+            "--url",
+            &server.url,
+        ]),
+    )
+    .expect("spawn client-cli");
+    let printed = |last: &'static str| move |line: &str| line == last;
+    let last = child
+        .wait_for_stdout_line("m50", WAIT, printed("m50"))
+        .await;
+    assert_eq!(last.ok().as_deref(), Some("m50"));
+    // Nothing more arrives: the position is written within the interval all the same.
+    let stored = |state: &TempFile| resume_file(state)["groups"]["g"]["offset"].as_u64();
+    let idle_write = timeout(WAIT, async {
+        while stored(&state) != Some(50) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    idle_write.await.expect("offset 50 written while idle");
+    more.send(()).expect("server waiting");
+    let last = child
+        .wait_for_stdout_line("m60", WAIT, printed("m60"))
+        .await;
+    assert_eq!(last.ok().as_deref(), Some("m60"));
+    child.signal("INT").await.expect("run kill");
+    let status = child.wait(WAIT).await.expect("client-cli exits");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        server.transcript().await,
+        [
+            add_group_positioned("g", 1),
+            whoami(2),
+            "close 1000".to_owned()
+        ]
+    );
+    assert_eq!(
+        resume_file(&state),
+        serde_json::json!({"groups":{"g":{"offset":60,"epoch":"e"}}})
+    );
+}
+
+fn add_group_positioned(group: &str, req_id: u64) -> String {
+    format!(
+        r#"text {{"cmd":"add_group","group_id":"{group}","positioned":true,"req_id":{req_id}}}"#
+    )
 }

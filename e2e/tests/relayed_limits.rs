@@ -30,6 +30,7 @@ fn publish(group: &str, payload: Bytes) -> Frame {
         channel: Bytes::copy_from_slice(group.as_bytes()),
         payload,
         no_echo: false,
+        history: None,
     }))
 }
 

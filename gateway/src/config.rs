@@ -7,9 +7,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use broker::config::{
-    PhpConfig, PhpListen, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LINK_IDLE_TIMEOUT,
-    DEFAULT_LINK_QUEUE_BYTES, DEFAULT_LINK_QUEUE_FRAMES, DEFAULT_MAX_CHANNELS_PER_LINK,
-    DEFAULT_MAX_CHANNEL_LEN, DEFAULT_PHP_IDLE_TIMEOUT, DEFAULT_PHP_QUEUE_MAX_ITEMS,
+    PhpConfig, PhpListen, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HISTORY_MAX_BYTES,
+    DEFAULT_HISTORY_MAX_CHANNELS, DEFAULT_LINK_IDLE_TIMEOUT, DEFAULT_LINK_QUEUE_BYTES,
+    DEFAULT_LINK_QUEUE_FRAMES, DEFAULT_MAX_CHANNELS_PER_LINK, DEFAULT_MAX_CHANNEL_LEN,
+    DEFAULT_PHP_IDLE_TIMEOUT, DEFAULT_PHP_QUEUE_MAX_ITEMS,
 };
 use broker::BrokerConfig;
 use protocol::client::DEFAULT_MAX_GROUP_ID_LEN;
@@ -18,6 +19,7 @@ use protocol::DEFAULT_MAX_FRAME_SIZE;
 use server_kit::settings::ConfigError;
 
 use crate::edge::origin::AllowedOrigin;
+use crate::history::policy::HistoryRule;
 
 /// Workers are tracked in a 64-bit set per group; run more processes for more cores.
 pub const MAX_WORKERS: usize = 64;
@@ -33,6 +35,7 @@ const CLIENT_LIMITS: &str = "Client limits";
 const TIMERS: &str = "Timers";
 const BUS: &str = "Bus (between gateways)";
 const CLUSTER: &str = "Cluster API (uids, sends, queries, presence)";
+const HISTORY: &str = "History and recovery";
 
 /// Largest `--max-page-size`: an answer of that many members must fit in one control frame.
 pub const MAX_PAGE_SIZE: u32 = 10_000;
@@ -266,6 +269,21 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_CLUSTER_QUERY_TIMEOUT", help_heading = CLUSTER, default_value = "1s", value_parser = humantime::parse_duration)]
     pub cluster_query_timeout: Duration,
 
+    /// Groups that keep a history, as `PREFIX=SIZE,TTL` (repeatable; in a config file an array,
+    /// or a `[history]` table of `"PREFIX" = "SIZE,TTL"`): groups whose id starts with PREFIX
+    /// keep their last SIZE messages, each for at most TTL, where the carrier keeps histories
+    /// (the broker's memory, Redis streams, NATS JetStream). Their messages get offsets and
+    /// an epoch, positioned members receive them with their position and recover what they
+    /// missed after a reconnect (docs/protocol.md). The longest matching prefix wins; an empty
+    /// prefix matches every group. Other groups work as if this were not set.
+    #[arg(long, env = "GATEWAY_HISTORY", value_name = "PREFIX=SIZE,TTL", help_heading = HISTORY, value_delimiter = ';')]
+    pub history: Vec<HistoryRule>,
+
+    /// How long a history read (a recovering join, a hole repaired, the admin API) waits for
+    /// the store.
+    #[arg(long, env = "GATEWAY_HISTORY_TIMEOUT", help_heading = HISTORY, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub history_timeout: Duration,
+
     #[command(flatten, next_help_heading = "Embedded broker")]
     pub embedded_broker: EmbeddedBrokerConfig,
 }
@@ -299,6 +317,15 @@ pub struct EmbeddedBrokerConfig {
     /// subscriptions past it are refused (the link is told which) and the link stays.
     #[arg(long, env = "GATEWAY_BROKER_MAX_CHANNELS_PER_LINK", default_value_t = DEFAULT_MAX_CHANNELS_PER_LINK)]
     pub broker_max_channels_per_link: usize,
+
+    /// Groups with history the embedded broker keeps at once; past it the histories started
+    /// first are dropped (their next message starts a new epoch).
+    #[arg(long, env = "GATEWAY_BROKER_HISTORY_MAX_CHANNELS", default_value_t = DEFAULT_HISTORY_MAX_CHANNELS)]
+    pub broker_history_max_channels: usize,
+
+    /// Bytes of message text the embedded broker keeps in histories, all groups together.
+    #[arg(long, env = "GATEWAY_BROKER_HISTORY_MAX_BYTES", default_value_t = DEFAULT_HISTORY_MAX_BYTES)]
+    pub broker_history_max_bytes: usize,
 
     /// Longest channel name (group id) the embedded broker takes, in bytes. Default: the larger
     /// of 1024 and `--max-group-id-len`, so it never refuses a group this gateway accepts.
@@ -360,6 +387,8 @@ impl Default for EmbeddedBrokerConfig {
             broker_link_idle_timeout: DEFAULT_LINK_IDLE_TIMEOUT,
             broker_max_channels_per_link: DEFAULT_MAX_CHANNELS_PER_LINK,
             broker_max_channel_len: None,
+            broker_history_max_channels: DEFAULT_HISTORY_MAX_CHANNELS,
+            broker_history_max_bytes: DEFAULT_HISTORY_MAX_BYTES,
             broker_php_channel: PhpListen::Shared,
             broker_php_allow: Vec::new(),
             broker_php_idle_timeout: DEFAULT_PHP_IDLE_TIMEOUT,
@@ -417,6 +446,8 @@ impl GatewayConfig {
             broker_link_idle_timeout,
             broker_max_channels_per_link,
             broker_max_channel_len,
+            broker_history_max_channels,
+            broker_history_max_bytes,
             broker_php_channel,
             ref broker_php_allow,
             broker_php_idle_timeout,
@@ -435,6 +466,8 @@ impl GatewayConfig {
             // accepts.
             max_channel_len: broker_max_channel_len
                 .unwrap_or(self.max_topic_len().max(DEFAULT_MAX_CHANNEL_LEN)),
+            history_max_channels: broker_history_max_channels,
+            history_max_bytes: broker_history_max_bytes,
             shutdown_timeout: self.shutdown_timeout,
             // docs/php-channel.md. With an address, the `gateway` binary binds it and hands it to
             // `GatewayBuilder::embedded_broker_php`.

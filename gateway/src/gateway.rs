@@ -27,6 +27,7 @@ use crate::config::GatewayConfig;
 use crate::credentials::Security;
 use crate::edge::limits::{ConnectionLimits, Refusal};
 use crate::fanout::hub::{Hub, Router};
+use crate::history::policy::HistoryRules;
 use crate::stats::{ClusterSnapshot, GatewaySnapshot, WorkerStats};
 use crate::worker::{self, NewConnection, WorkerSetup};
 use protocol::cluster::NodeId;
@@ -95,7 +96,7 @@ enum BusChoice {
     /// The built-in broker at this address, over TCP.
     Broker(String),
     /// A broker started in this process on this listener, and a link to it.
-    Embedded(TcpListener, BrokerConfig),
+    Embedded(TcpListener, Box<BrokerConfig>),
     /// Any carrier, started with the gateway's router.
     Carrier(StartBus),
 }
@@ -155,7 +156,7 @@ impl GatewayBuilder {
 
     /// [`GatewayBuilder::embedded_broker`] with the broker's own settings.
     pub fn embedded_broker_with(mut self, listener: TcpListener, config: BrokerConfig) -> Self {
-        self.bus = BusChoice::Embedded(listener, config);
+        self.bus = BusChoice::Embedded(listener, Box::new(config));
         self
     }
 
@@ -207,7 +208,7 @@ impl GatewayBuilder {
                     link_secret: security.link.secret.clone(),
                     tls: security.embedded_broker_tls.clone(),
                 };
-                let broker = Broker::with_security(broker_config, broker_security)
+                let broker = Broker::with_security(*broker_config, broker_security)
                     .map_err(|e| GatewayError::Config(format!("embedded broker: {e}")))?;
                 let addr = listener.local_addr()?;
                 let task = tokio::spawn({
@@ -267,7 +268,12 @@ impl Gateway {
         let router = Router::new(inbox_txs).with_max_groups(config.max_groups);
         let node = NodeId(fastrand::u64(1..));
         let cluster = Cluster::new(node, ClusterSettings::from_config(&config));
-        let hub = Hub::new(router, cluster);
+        let hub = Hub::with_history(
+            router,
+            cluster,
+            HistoryRules::new(&config.history),
+            config.history_timeout,
+        );
         let RunningBus {
             bus,
             task: bus_task,
@@ -547,6 +553,7 @@ impl Gateway {
                 let router = self.inner.hub.router();
                 (router.subscription_count() - router.group_count()) as u64
             }),
+            history: crate::stats::HistorySnapshot::of(&self.inner.hub.history_counters),
         }
     }
 }

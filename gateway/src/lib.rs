@@ -41,6 +41,7 @@ pub mod credentials;
 pub mod edge;
 pub mod fanout;
 pub mod gateway;
+pub mod history;
 pub mod stats;
 mod worker;
 

@@ -218,6 +218,18 @@ async fn run() -> anyhow::Result<()> {
     cancel_on_signals(shutdown.clone());
     let builder = Gateway::builder(cli.config).security(security);
     tracing::info!(bus = %bus, carrier = bus.carrier(), "bus");
+    if !builder.config().history.is_empty()
+        && matches!(
+            bus,
+            BusAddress::Nats(_) | BusAddress::Redis(_) | BusAddress::RedisCluster(_)
+        )
+    {
+        anyhow::bail!(
+            "--history needs a carrier that keeps histories: the embedded or built-in broker \
+             (the {} carrier does not yet)",
+            bus.carrier()
+        );
+    }
     let builder = match bus {
         BusAddress::Broker(addr) => builder.broker(addr),
         BusAddress::Nats(servers) => {

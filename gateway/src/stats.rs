@@ -132,6 +132,37 @@ pub struct GatewaySnapshot {
     /// This gateway in the cluster: its node id, the other live gateways, the cluster API's
     /// counters.
     pub cluster: ClusterSnapshot,
+    /// Groups with history (`--history`): positioned delivery and recovery.
+    pub history: HistorySnapshot,
+}
+
+/// What the gateway counts of its groups with history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HistorySnapshot {
+    /// Positioned messages dropped as already delivered.
+    pub duplicates: u64,
+    /// Holes in a group's offsets a worker saw and asked the store to fill.
+    pub holes: u64,
+    /// Messages of those holes the store no longer had (or not in time): positioned members
+    /// never received them.
+    pub unrepaired: u64,
+    /// Joins with `recover`, those answered `recovered:false`, and the messages recovered.
+    pub recoveries: u64,
+    pub recoveries_incomplete: u64,
+    pub recovered_messages: u64,
+}
+
+impl HistorySnapshot {
+    pub fn of(counters: &crate::fanout::hub::HistoryCounters) -> HistorySnapshot {
+        HistorySnapshot {
+            duplicates: counters.duplicates.load(Relaxed),
+            holes: counters.holes.load(Relaxed),
+            unrepaired: counters.unrepaired.load(Relaxed),
+            recoveries: counters.recoveries.load(Relaxed),
+            recoveries_incomplete: counters.recoveries_incomplete.load(Relaxed),
+            recovered_messages: counters.recovered_messages.load(Relaxed),
+        }
+    }
 }
 
 /// The cluster API as one gateway sees it.

@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway::bus::{Bus, BusStatus, Node, Payload, SubscriptionChanges};
+use gateway::bus::{
+    Bus, BusStatus, HistoryError, HistoryFuture, HistoryPage, HistoryPolicy, HistoryQuery, Node,
+    Payload, SubscriptionChanges,
+};
 use gateway::cluster::{Cluster, ClusterSettings};
 use gateway::fanout::hub::{Delivery, Hub, Router, Work};
 use gateway::GatewayConfig;
@@ -298,6 +301,23 @@ impl Bus for RecordingBus {
             group.as_str().to_owned(),
             String::from_utf8_lossy(payload).into_owned(),
         ));
+    }
+
+    fn publish_history(&self, group: &GroupName<'_>, payload: &Bytes, _: HistoryPolicy) {
+        self.publish(group, payload);
+    }
+
+    fn history(
+        &self,
+        _: &GroupName<'_>,
+        _: HistoryPolicy,
+        _: HistoryQuery,
+    ) -> HistoryFuture<HistoryPage> {
+        gateway::bus::history::failed(HistoryError::NotSupported("recording"))
+    }
+
+    fn remove_history(&self, _: &GroupName<'_>) -> HistoryFuture<()> {
+        gateway::bus::history::failed(HistoryError::NotSupported("recording"))
     }
 
     fn status(&self) -> BusStatus {

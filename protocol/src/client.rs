@@ -35,6 +35,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::cluster::{ClientId, Uid, DEFAULT_MAX_UID_LEN, RESERVED_PREFIX};
+use crate::history::{Epoch, Recover};
 
 /// Default limit on a group id, in bytes of UTF-8.
 pub const DEFAULT_MAX_GROUP_ID_LEN: usize = 256;
@@ -113,6 +114,11 @@ impl<'a> GroupName<'a> {
     pub fn to_group_id(&self) -> GroupId {
         GroupId(Arc::from(self.0.as_ref()))
     }
+
+    /// A group id already validated, borrowed.
+    pub fn from_group_id(id: &'a GroupId) -> GroupName<'a> {
+        GroupName(Cow::Borrowed(id.as_str()))
+    }
 }
 
 impl fmt::Debug for GroupName<'_> {
@@ -181,6 +187,13 @@ pub enum ClientCommand<'a> {
     AddGroup {
         group_id: GroupName<'a>,
         presence: bool,
+        /// With `"positioned":true` (a group with history only), the connection receives the
+        /// group's messages with their position ([`crate::history::positioned_message`]) and the
+        /// join is answered with the group's position ([`crate::history::joined_reply`]).
+        positioned: bool,
+        /// `"recover":{"offset":O,"epoch":E}` (positioned joins only): every message after O
+        /// still in history is delivered first, in order, then the live ones.
+        recover: Option<Recover>,
     },
     LeaveGroup {
         group_id: GroupName<'a>,
@@ -470,11 +483,40 @@ fn invalid_field<'a>(reason: impl Into<String>) -> CommandError<'a> {
 
 /// The optional `presence` of an `add_group`: a JSON boolean.
 fn presence_field<'a>(raw: &RawCommand<'a>) -> Result<bool, CommandError<'a>> {
-    match raw.presence.map(RawValue::get) {
+    bool_field(raw.presence, "presence")
+}
+
+/// An optional boolean field, false when absent.
+fn bool_field<'a>(value: Option<&RawValue>, name: &str) -> Result<bool, CommandError<'a>> {
+    match value.map(RawValue::get) {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
-        Some(_) => Err(invalid_field("`presence` must be true or false")),
+        Some(_) => Err(invalid_field(format!("`{name}` must be true or false"))),
     }
+}
+
+/// The optional `recover` of a positioned join: `{"offset":O,"epoch":E}`, O an integer of 0 or
+/// more (0: from the start of the history), E an epoch a `joined` reply or a message gave.
+fn recover_field<'a>(raw: &RawCommand<'a>) -> Result<Option<Recover>, CommandError<'a>> {
+    const WHAT: &str =
+        "`recover` must be {\"offset\":N,\"epoch\":\"...\"}, N an integer of 0 or more and the epoch as received";
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RawRecover<'r> {
+        offset: u64,
+        #[serde(borrow)]
+        epoch: Cow<'r, str>,
+    }
+    let Some(value) = raw.recover else {
+        return Ok(None);
+    };
+    let parsed: RawRecover<'_> =
+        serde_json::from_str(value.get()).map_err(|_| invalid_field(WHAT))?;
+    let epoch = Epoch::new(&parsed.epoch).map_err(|_| invalid_field(WHAT))?;
+    Ok(Some(Recover {
+        offset: parsed.offset,
+        epoch,
+    }))
 }
 
 /// The optional `exclude` of a send: an array of at most `max_targets` client id strings.
@@ -677,10 +719,19 @@ fn parse_fields<'a>(
         )
     })?;
     match cmd {
-        "add_group" => Ok(ClientCommand::AddGroup {
-            group_id: required_group_id(raw, limits)?,
-            presence: presence_field(raw)?,
-        }),
+        "add_group" => {
+            let positioned = bool_field(raw.positioned, "positioned")?;
+            let recover = recover_field(raw)?;
+            if recover.is_some() && !positioned {
+                return Err(invalid_field("`recover` needs `\"positioned\":true`"));
+            }
+            Ok(ClientCommand::AddGroup {
+                group_id: required_group_id(raw, limits)?,
+                presence: presence_field(raw)?,
+                positioned,
+                recover,
+            })
+        }
         "leave_group" => Ok(ClientCommand::LeaveGroup {
             group_id: required_group_id(raw, limits)?,
         }),
@@ -977,6 +1028,8 @@ struct RawCommand<'a> {
     client_id: Option<&'a RawValue>,
     limit: Option<&'a RawValue>,
     cursor: Option<&'a RawValue>,
+    positioned: Option<&'a RawValue>,
+    recover: Option<&'a RawValue>,
     duplicate: Option<&'static str>,
 }
 
@@ -1004,6 +1057,8 @@ impl<'de> de::Deserialize<'de> for RawCommand<'de> {
                     client_id: None,
                     limit: None,
                     cursor: None,
+                    positioned: None,
+                    recover: None,
                     duplicate: None,
                 };
                 while let Some(key) = map.next_key::<Key>()? {
@@ -1019,6 +1074,8 @@ impl<'de> de::Deserialize<'de> for RawCommand<'de> {
                         Key::ClientId => (&mut out.client_id, "client_id"),
                         Key::Limit => (&mut out.limit, "limit"),
                         Key::Cursor => (&mut out.cursor, "cursor"),
+                        Key::Positioned => (&mut out.positioned, "positioned"),
+                        Key::Recover => (&mut out.recover, "recover"),
                         Key::Other => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
@@ -1051,6 +1108,8 @@ enum Key {
     ClientId,
     Limit,
     Cursor,
+    Positioned,
+    Recover,
     Other,
 }
 
@@ -1078,6 +1137,8 @@ impl<'de> de::Deserialize<'de> for Key {
                     "client_id" => Key::ClientId,
                     "limit" => Key::Limit,
                     "cursor" => Key::Cursor,
+                    "positioned" => Key::Positioned,
+                    "recover" => Key::Recover,
                     _ => Key::Other,
                 })
             }
@@ -1207,10 +1268,24 @@ pub fn request_json(command: &ClientCommand<'_>, req_id: Option<u64>) -> String 
     };
     obj.insert("cmd".into(), cmd.into());
     match command {
-        ClientCommand::AddGroup { group_id, presence } => {
+        ClientCommand::AddGroup {
+            group_id,
+            presence,
+            positioned,
+            recover,
+        } => {
             obj.insert("group_id".into(), group_id.as_str().into());
             if *presence {
                 obj.insert("presence".into(), true.into());
+            }
+            if *positioned {
+                obj.insert("positioned".into(), true.into());
+            }
+            if let Some(recover) = recover {
+                obj.insert(
+                    "recover".into(),
+                    serde_json::json!({"offset": recover.offset, "epoch": recover.epoch.as_str()}),
+                );
             }
         }
         ClientCommand::LeaveGroup { group_id } | ClientCommand::Count { group_id } => {

@@ -326,6 +326,7 @@ mod tests {
             channel: Bytes::copy_from_slice(channel.as_bytes()),
             payload: Bytes::copy_from_slice(payload.as_bytes()),
             no_echo: true,
+            history: None,
         }))
     }
 
@@ -453,6 +454,7 @@ mod tests {
                         channel: Bytes::copy_from_slice(channel.as_bytes()),
                         payload: Bytes::copy_from_slice(payload.as_bytes()),
                         no_echo,
+                        history: None,
                     })),
                     1024,
                 )

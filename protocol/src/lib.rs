@@ -26,6 +26,7 @@ pub mod client;
 pub mod cluster;
 pub mod codec;
 pub mod envelope;
+pub mod history;
 pub mod link;
 pub mod link_auth;
 pub mod link_fault;

@@ -17,7 +17,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// One frame on the link. Exactly one body must be set.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Frame {
-    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
     pub body: Option<Body>,
 }
 
@@ -51,6 +51,13 @@ pub enum Body {
     /// others, and the link stays up.
     #[prost(message, tag = "10")]
     SubscribeRefused(SubscribeRefused),
+    /// Gateway -> broker: read (or remove) a channel's history; answered by a `HistoryReply`
+    /// with the same id.
+    #[prost(message, tag = "11")]
+    HistoryRequest(HistoryRequest),
+    /// Broker -> gateway: the answer to a `HistoryRequest`.
+    #[prost(message, tag = "12")]
+    HistoryReply(HistoryReply),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -109,6 +116,66 @@ pub struct Publish {
     /// subscribed: the gateway has already delivered it to its own members.
     #[prost(bool, tag = "3")]
     pub no_echo: bool,
+    /// When set, the channel keeps a history: the broker gives the message the channel's next
+    /// offset, stores it, and sends every subscriber (the publishing link too, whatever
+    /// `no_echo` says) a `Message` whose payload is the positioned frame
+    /// ([`crate::history::Positioned`]).
+    #[prost(message, optional, tag = "4")]
+    pub history: Option<HistoryOptions>,
+}
+
+/// How much history a channel keeps: its last `size` messages, each for at most `ttl_ms`.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct HistoryOptions {
+    #[prost(uint32, tag = "1")]
+    pub size: u32,
+    #[prost(uint64, tag = "2")]
+    pub ttl_ms: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HistoryRequest {
+    /// Chosen by the gateway, echoed in the reply.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub channel: Bytes,
+    /// The channel's history settings, for a channel that has none yet: reading it starts its
+    /// epoch, so that a positioned join and the publishes after it agree.
+    #[prost(message, optional, tag = "3")]
+    pub options: Option<HistoryOptions>,
+    /// Only messages after this offset (absent: from the oldest kept, or the newest with
+    /// `reverse`).
+    #[prost(uint64, optional, tag = "4")]
+    pub since: Option<u64>,
+    /// At most this many messages (0: none, only the epoch and the last offset).
+    #[prost(uint32, tag = "5")]
+    pub limit: u32,
+    /// Newest first.
+    #[prost(bool, tag = "6")]
+    pub reverse: bool,
+    /// Remove the channel's history instead (its next message starts a new epoch).
+    #[prost(bool, tag = "7")]
+    pub remove: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HistoryReply {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub epoch: String,
+    /// The channel's last offset (0: none yet).
+    #[prost(uint64, tag = "3")]
+    pub top: u64,
+    /// The messages' offsets, in the order asked, each with the payload at the same index.
+    #[prost(uint64, repeated, tag = "4")]
+    pub offsets: Vec<u64>,
+    #[prost(bytes = "bytes", repeated, tag = "5")]
+    pub payloads: Vec<Bytes>,
+    /// Set when the request could not be served; the other fields are then empty.
+    #[prost(string, tag = "6")]
+    pub error: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -184,6 +251,8 @@ impl Frame {
             Some(Body::Error(_)) => "error",
             Some(Body::Auth(_)) => "auth",
             Some(Body::SubscribeRefused(_)) => "subscribe_refused",
+            Some(Body::HistoryRequest(_)) => "history_request",
+            Some(Body::HistoryReply(_)) => "history_reply",
         }
     }
 }

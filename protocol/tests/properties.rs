@@ -100,7 +100,8 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             Body::Publish(Publish {
                 channel,
                 payload,
-                no_echo
+                no_echo,
+                history: None,
             })
         )),
         (bytes(), bytes())
@@ -174,7 +175,7 @@ proptest! {
     #[test]
     fn hand_encoders_decode_back(channel in proptest::collection::vec(any::<u8>(), 0..100), payload in proptest::collection::vec(any::<u8>(), 0..300), no_echo in any::<bool>()) {
         let mut buf = BytesMut::from(&encode_publish(&channel, &payload, no_echo, MAX).unwrap()[..]);
-        let expected = Frame::new(Body::Publish(Publish { channel: Bytes::from(channel.clone()), payload: Bytes::from(payload.clone()), no_echo }));
+        let expected = Frame::new(Body::Publish(Publish { channel: Bytes::from(channel.clone()), payload: Bytes::from(payload.clone()), no_echo, history: None }));
         prop_assert_eq!(decode_frame(&mut buf, MAX).unwrap(), Some(expected));
         let mut buf = BytesMut::from(&encode_message(&channel, &payload, MAX).unwrap()[..]);
         let expected = Frame::new(Body::Message(Message { channel: Bytes::from(channel), payload: Bytes::from(payload) }));
@@ -233,7 +234,7 @@ proptest! {
     fn valid_commands_round_trip(group in "[^\u{0}\u{1f}][^\u{0}]{0,63}", message in ".{0,200}", kind in 0..3u8, req_id in proptest::option::of(any::<u64>())) {
         let group_id = GroupName::parse(&group, 256).unwrap();
         let command = match kind {
-            0 => ClientCommand::AddGroup { group_id, presence: false },
+            0 => ClientCommand::AddGroup { group_id, presence: false, positioned: false, recover: None },
             1 => ClientCommand::LeaveGroup { group_id },
             _ => ClientCommand::SendToGroup { group_id, message: message.as_str().into(), exclude: vec![] },
         };

@@ -443,6 +443,11 @@ fn to_args(arg: &Arg, key: &str, value: &toml::Value) -> Result<Vec<OsString>, S
             toml::Value::Array(items) => {
                 items.iter().map(|item| scalar(item).map(option)).collect()
             }
+            // `[history]` `"chat:" = "100,10m"`: each entry a `--key=NAME=VALUE`.
+            toml::Value::Table(entries) => entries
+                .iter()
+                .map(|(name, item)| scalar(item).map(|v| option(format!("{name}={v}"))))
+                .collect(),
             value => Ok(vec![option(scalar(value)?)]),
         },
         action @ (ArgAction::SetTrue | ArgAction::SetFalse) => match value {

@@ -270,6 +270,17 @@ pub fn publish(channel: &str, payload: &[u8], no_echo: bool) -> Frame {
         channel: Bytes::copy_from_slice(channel.as_bytes()),
         payload: Bytes::copy_from_slice(payload),
         no_echo,
+        history: None,
+    }))
+}
+
+/// A publish to a channel with history (`size` messages for `ttl_ms`).
+pub fn publish_history(channel: &str, payload: &[u8], size: u32, ttl_ms: u64) -> Frame {
+    Frame::new(Body::Publish(Publish {
+        channel: Bytes::copy_from_slice(channel.as_bytes()),
+        payload: Bytes::copy_from_slice(payload),
+        no_echo: true,
+        history: Some(protocol::link::HistoryOptions { size, ttl_ms }),
     }))
 }
 

@@ -71,6 +71,9 @@ impl Node for FakeNode {
         let text = match &payload {
             Payload::Text(text) => text.as_str().to_owned(),
             Payload::Control(bytes) => format!("control frame of {} bytes", bytes.len()),
+            Payload::Positioned(position, text) => {
+                format!("{}@{} {}", position.offset, position.epoch, text.as_str())
+            }
         };
         self.delivered
             .lock()

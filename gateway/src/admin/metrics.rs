@@ -392,6 +392,7 @@ mod tests {
                 presence_events: 0,
                 presence_dropped: 0,
             },
+            history: crate::stats::HistorySnapshot::default(),
         });
         for line in [
             "# TYPE gateway_connections gauge",

@@ -11,7 +11,8 @@
 //! Which groups to subscribe comes from the gateway's [`Node`]: everything it wants after a
 //! (re)connect, then the changes as they happen (see [`super::interest`]).
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,19 +20,21 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use protocol::codec::{encode_frame, encode_publish, subscribe_frames, unsubscribe_frames};
-use protocol::link::{Auth, Body, Ping, Pong};
+use protocol::link::{Auth, Body, HistoryReply, Ping, Pong, Publish};
 use protocol::{Frame, FrameError, GroupId, GroupName, LinkCodec, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use super::history::{link_request, page_from_link};
 use super::inbound::{InboundLimits, Rejected};
 use super::publish_queue::PublishQueue;
 use super::{
-    jittered, Bus, BusCounters, BusError, BusStatus, Carrier, Node, RunningBus, ShardStatus,
+    jittered, Bus, BusCounters, BusError, BusStatus, Carrier, HistoryError, HistoryFuture,
+    HistoryPage, HistoryPolicy, HistoryQuery, Node, RunningBus, ShardStatus,
 };
 use crate::config::GatewayConfig;
 use crate::credentials::LinkSecurity;
@@ -133,6 +136,7 @@ impl Carrier for BrokerLink {
             max_frame_size: self.settings.max_frame_size,
             address: self.settings.broker.clone(),
             node,
+            requests: Requests::default(),
         });
         let task = tokio::spawn(link_loop(bus.clone(), self.settings, publish_rx, shutdown));
         RunningBus { bus, task }
@@ -151,6 +155,29 @@ struct BrokerBus<N> {
     /// The broker's `HOST:PORT`, for the status.
     address: String,
     node: Arc<N>,
+    /// History reads waiting for the broker's reply.
+    requests: Requests,
+}
+
+/// History requests sent on the link, by id, waiting for their reply; failed all at once when
+/// the link is lost.
+#[derive(Debug, Default)]
+struct Requests {
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<HistoryReply>>>,
+}
+
+impl Requests {
+    fn answer(&self, reply: HistoryReply) {
+        if let Some(waiter) = self.waiting.lock().remove(&reply.id) {
+            let _ = waiter.send(reply);
+        }
+    }
+
+    /// The link is gone: every waiting request fails (its sender dropped).
+    fn fail_all(&self) {
+        self.waiting.lock().clear();
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +217,55 @@ impl<N: Node> Bus for BrokerBus<N> {
         }
     }
 
+    fn publish_history(&self, group: &GroupName<'_>, payload: &Bytes, policy: HistoryPolicy) {
+        self.counters.history_publishes.fetch_add(1, Relaxed);
+        // Queued even while the link is down (within the queue's bounds): the store is the only
+        // way this message reaches anyone, this gateway's own members included.
+        let frame = Frame::new(Body::Publish(Publish {
+            channel: Bytes::copy_from_slice(group.as_str().as_bytes()),
+            payload: payload.clone(),
+            no_echo: false,
+            history: Some(policy.to_link()),
+        }));
+        let queued = match encode_frame(&frame, self.max_frame_size) {
+            Ok(frame) => {
+                let len = frame.len();
+                self.queue.push(frame, len)
+            }
+            Err(e) => {
+                tracing::error!(group = group.as_str(), cause = %e, "cannot encode publish");
+                false
+            }
+        };
+        if !queued {
+            self.counters
+                .history_publishes_dropped
+                .fetch_add(1, Relaxed);
+        }
+    }
+
+    fn history(
+        &self,
+        group: &GroupName<'_>,
+        policy: HistoryPolicy,
+        query: HistoryQuery,
+    ) -> HistoryFuture<HistoryPage> {
+        let reply = self.request(group, Some(policy), query, false);
+        Box::pin(async move { page_from_link(reply.await?) })
+    }
+
+    fn remove_history(&self, group: &GroupName<'_>) -> HistoryFuture<()> {
+        let reply = self.request(group, None, HistoryQuery::POSITION, true);
+        Box::pin(async move {
+            let reply = reply.await?;
+            if reply.error.is_empty() {
+                Ok(())
+            } else {
+                Err(HistoryError::Store(reply.error))
+            }
+        })
+    }
+
     fn status(&self) -> BusStatus {
         let up = self.up.load(Relaxed);
         let subscriptions = self.node.wanted() as u64;
@@ -209,6 +285,47 @@ impl<N: Node> Bus for BrokerBus<N> {
             ..BusStatus::default()
         }
         .with_counters(&self.counters)
+    }
+}
+
+impl<N: Node> BrokerBus<N> {
+    /// Sends a history request; resolves with the broker's reply, or fails when the link is
+    /// down or lost before the reply came.
+    fn request(
+        &self,
+        group: &GroupName<'_>,
+        policy: Option<HistoryPolicy>,
+        query: HistoryQuery,
+        remove: bool,
+    ) -> impl std::future::Future<Output = Result<HistoryReply, HistoryError>> + Send + 'static
+    {
+        let unavailable = || HistoryError::Unavailable("the link to the broker is down".into());
+        let queued = (|| {
+            if !self.up.load(Relaxed) {
+                return Err(unavailable());
+            }
+            let id = self.requests.next.fetch_add(1, Relaxed);
+            let request = link_request(id, group.as_str().as_bytes(), policy, query, remove);
+            let frame = encode_frame(
+                &Frame::new(Body::HistoryRequest(request)),
+                self.max_frame_size,
+            )
+            .map_err(|e| HistoryError::Store(e.to_string()))?;
+            let (tx, rx) = oneshot::channel();
+            self.requests.waiting.lock().insert(id, tx);
+            let len = frame.len();
+            if !self.queue.push(frame, len) {
+                self.requests.waiting.lock().remove(&id);
+                return Err(HistoryError::Unavailable(
+                    "the queue to the broker is full".into(),
+                ));
+            }
+            Ok(rx)
+        })();
+        async move {
+            let rx = queued?;
+            rx.await.map_err(|_| unavailable())
+        }
     }
 }
 
@@ -235,6 +352,7 @@ async fn link_loop<N: Node>(
                 let result =
                     session(&bus, &settings, &mut publish_rx, reader, writer, &shutdown).await;
                 bus.up.store(false, Relaxed);
+                bus.requests.fail_all();
                 bus.node.subscriptions_lost();
                 // Start the backoff over only after a session that lasted: a broker that
                 // accepts the connection and then refuses it (too many channels, say) must not
@@ -475,6 +593,7 @@ async fn session<N: Node>(
                         .await?;
                     }
                     Some(Body::Pong(_)) => {}
+                    Some(Body::HistoryReply(reply)) => bus.requests.answer(reply),
                     Some(Body::SubscribeRefused(refused)) => {
                         // The link stays up for every other group; these are retried with the
                         // next full resubscription.

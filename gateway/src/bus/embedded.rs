@@ -16,8 +16,14 @@ use protocol::GroupName;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use broker::history::HISTORY_SWEEP;
+
+use super::history::{link_request, page_from_link};
 use super::inbound::{InboundLimits, Rejected, INBOX_MESSAGES};
-use super::{Bus, BusCounters, BusStatus, Carrier, Node, RunningBus};
+use super::{
+    Bus, BusCounters, BusStatus, Carrier, HistoryError, HistoryFuture, HistoryPage, HistoryPolicy,
+    HistoryQuery, Node, RunningBus,
+};
 use crate::config::GatewayConfig;
 
 /// The broker embedded in this process, not started yet.
@@ -92,6 +98,47 @@ impl<N: Node> Bus for LocalBus<N> {
         }
     }
 
+    fn publish_history(&self, group: &GroupName<'_>, payload: &Bytes, policy: HistoryPolicy) {
+        self.counters.history_publishes.fetch_add(1, Relaxed);
+        let published =
+            self.link
+                .publish_history(group.as_str().as_bytes(), payload.clone(), policy.to_link());
+        if let Err(e) = published {
+            tracing::error!(group = group.as_str(), cause = %e, "cannot publish to the embedded broker");
+            self.counters
+                .history_publishes_dropped
+                .fetch_add(1, Relaxed);
+        }
+    }
+
+    fn history(
+        &self,
+        group: &GroupName<'_>,
+        policy: HistoryPolicy,
+        query: HistoryQuery,
+    ) -> HistoryFuture<HistoryPage> {
+        let request = link_request(0, group.as_str().as_bytes(), Some(policy), query, false);
+        let page = page_from_link(self.link.history(&request));
+        Box::pin(std::future::ready(page))
+    }
+
+    fn remove_history(&self, group: &GroupName<'_>) -> HistoryFuture<()> {
+        let request = link_request(
+            0,
+            group.as_str().as_bytes(),
+            None,
+            HistoryQuery::POSITION,
+            true,
+        );
+        let reply = self.link.history(&request);
+        let removed = if reply.error.is_empty() {
+            Ok(())
+        } else {
+            Err(HistoryError::Store(reply.error))
+        };
+        Box::pin(std::future::ready(removed))
+    }
+
     fn status(&self) -> BusStatus {
         BusStatus {
             carrier: "embedded",
@@ -111,9 +158,11 @@ async fn run<N: Node>(
     shutdown: CancellationToken,
 ) {
     sync(&bus, true);
+    let mut sweep = tokio::time::interval(HISTORY_SWEEP);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = sweep.tick() => bus.link.sweep_history(),
             _ = bus.node.subscriptions_changed() => sync(&bus, false),
             received = rx.recv() => {
                 let Some((channel, payload)) = received else { return };

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use protocol::cluster::{topic, ControlFrame};
+use protocol::history::Positioned;
 use protocol::{GroupName, Text};
 
 use super::Payload;
@@ -16,6 +17,9 @@ use crate::config::GatewayConfig;
 pub const INBOX_MESSAGES: usize = 4096;
 /// Bytes of message text in such an inbox, at most (one message more may be in it).
 pub const INBOX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Longest header of a positioned frame: the tag, 20 digits, an epoch and two spaces.
+const POSITION_HEADER_MAX: usize = 3 + 20 + protocol::history::MAX_EPOCH_LEN;
 
 /// The gateway's own limits, applied to what arrives from the bus.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +62,8 @@ impl InboundLimits {
         let control = ControlFrame::is_control(&payload);
         let max_size = if control {
             self.max_control_size
+        } else if Positioned::is_positioned(&payload) {
+            self.max_message_size + POSITION_HEADER_MAX
         } else {
             self.max_message_size
         };
@@ -78,6 +84,15 @@ impl InboundLimits {
                 return Err(Rejected::Invalid);
             }
             return Ok((group, Payload::Control(payload)));
+        }
+        if Positioned::is_positioned(&payload) {
+            // Only a client group keeps history.
+            if topic::is_cluster_topic(channel) {
+                return Err(Rejected::Invalid);
+            }
+            let positioned = Positioned::decode(payload).map_err(|_| Rejected::Invalid)?;
+            let text = Text::new(positioned.payload).map_err(|_| Rejected::Invalid)?;
+            return Ok((group, Payload::Positioned(positioned.position, text)));
         }
         let text = Text::new(payload).map_err(|_| Rejected::Invalid)?;
         Ok((group, Payload::Text(text)))

@@ -14,6 +14,7 @@
 pub mod address;
 pub mod broker_link;
 pub mod embedded;
+pub mod history;
 pub mod inbound;
 pub mod interest;
 pub mod nats;
@@ -34,7 +35,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use address::BusAddress;
+pub use history::{HistoryError, HistoryFuture, HistoryPage, HistoryPolicy, HistoryQuery};
 pub use interest::SubscriptionChanges;
+use protocol::history::Position;
 
 /// What a bus reports about itself, for `/readyz` and `/api/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -75,6 +78,13 @@ pub struct BusStatus {
     pub control_publishes: u64,
     /// Cluster control frames received (on Redis, this gateway's own echoed back included).
     pub control_in: u64,
+    /// Messages of groups with history sent to the store.
+    pub history_publishes: u64,
+    /// Messages of groups with history not stored (the store could not be reached, or refused
+    /// them): no gateway delivered them.
+    pub history_publishes_dropped: u64,
+    /// Positioned messages received (this gateway's own included).
+    pub positioned_in: u64,
     /// Why the connection was last lost or refused; `None` while it has never failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -95,6 +105,9 @@ pub struct BusCounters {
     pub slow_consumer: AtomicU64,
     pub control_publishes: AtomicU64,
     pub control_in: AtomicU64,
+    pub history_publishes: AtomicU64,
+    pub history_publishes_dropped: AtomicU64,
+    pub positioned_in: AtomicU64,
 }
 
 impl BusCounters {
@@ -112,6 +125,8 @@ impl BusCounters {
     pub fn count_received(&self, payload: &[u8]) {
         let counter = if ControlFrame::is_control(payload) {
             &self.control_in
+        } else if protocol::history::Positioned::is_positioned(payload) {
+            &self.positioned_in
         } else {
             &self.messages_in
         };
@@ -135,6 +150,9 @@ impl BusStatus {
             slow_consumer: c.slow_consumer.load(Relaxed),
             control_publishes: c.control_publishes.load(Relaxed),
             control_in: c.control_in.load(Relaxed),
+            history_publishes: c.history_publishes.load(Relaxed),
+            history_publishes_dropped: c.history_publishes_dropped.load(Relaxed),
+            positioned_in: c.positioned_in.load(Relaxed),
             ..self
         }
     }
@@ -175,12 +193,14 @@ pub fn equal_jitter(backoff: Duration, random: f64) -> Duration {
 pub enum Payload {
     Text(Text),
     Control(Bytes),
+    /// A message of a group with history, with the position its store gave it.
+    Positioned(Position, Text),
 }
 
 impl Payload {
     pub fn as_bytes(&self) -> &Bytes {
         match self {
-            Payload::Text(text) => text.as_bytes(),
+            Payload::Text(text) | Payload::Positioned(_, text) => text.as_bytes(),
             Payload::Control(bytes) => bytes,
         }
     }
@@ -200,6 +220,20 @@ pub trait Bus: Send + Sync + 'static {
     /// Sends `payload` (a message's text or a control frame: the carrier does not look) to the
     /// other gateways subscribed to `group`.
     fn publish(&self, group: &GroupName<'_>, payload: &Bytes);
+    /// Stores `payload` in `group`'s history (keeping what `policy` says) and brings it, with
+    /// its position, to every gateway subscribed to `group`, this one included
+    /// ([`Payload::Positioned`]). While the store cannot be reached the message is dropped and
+    /// counted in `history_publishes_dropped`.
+    fn publish_history(&self, group: &GroupName<'_>, payload: &Bytes, policy: HistoryPolicy);
+    /// Reads `group`'s history; a group that has none yet gets its epoch (kept per `policy`).
+    fn history(
+        &self,
+        group: &GroupName<'_>,
+        policy: HistoryPolicy,
+        query: HistoryQuery,
+    ) -> HistoryFuture<HistoryPage>;
+    /// Removes `group`'s history: its next message starts a new epoch.
+    fn remove_history(&self, group: &GroupName<'_>) -> HistoryFuture<()>;
     fn status(&self) -> BusStatus;
 }
 

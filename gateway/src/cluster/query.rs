@@ -480,7 +480,7 @@ fn apply_here(
             (Op::BindUid { uid }, _) => local.bind_uid(client, Some(uid.clone())),
             (Op::UnbindUid, _) => local.bind_uid(client, None),
             (Op::JoinGroup { presence, .. }, Some(group)) => {
-                match local.join(client, group, *presence) {
+                match local.join(client, group, *presence, client.is_positioned(group)) {
                     Ok(()) => {}
                     Err(e) => {
                         failed += 1;

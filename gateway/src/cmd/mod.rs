@@ -78,9 +78,12 @@ impl Session {
         };
         let Request { command, req_id } = request;
         let result = match command {
-            ClientCommand::AddGroup { group_id, presence } => {
-                add_group::apply(self, group_id, presence)
-            }
+            ClientCommand::AddGroup {
+                group_id,
+                presence,
+                positioned,
+                recover,
+            } => add_group::apply(self, group_id, presence, positioned, recover, req_id),
             ClientCommand::LeaveGroup { group_id } => leave_group::apply(self, group_id),
             ClientCommand::SendToGroup {
                 group_id,

@@ -18,15 +18,18 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use parking_lot::RwLock;
 use protocol::cluster::{ClientId, NodeId};
+use protocol::history::Position;
 use protocol::{GroupId, GroupName, Text};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use server_kit::memory::shrink_if_sparse;
 
 use crate::bus::interest::{SubscriptionChanges, Subscriptions};
-use crate::bus::{Bus, Node, Payload};
+use crate::bus::{Bus, HistoryError, HistoryPage, HistoryPolicy, HistoryQuery, Node, Payload};
 use crate::cluster::Cluster;
 use crate::fanout::local::{is_client_group, LocalGroups};
+use crate::history::policy::HistoryRules;
 
 /// A join refused: the process already has members in this many distinct groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +43,8 @@ pub struct Delivery {
     pub payload: Text,
     /// Connections not to deliver to (`send_to_group`'s `exclude`; a presence event's subject).
     pub exclude: Option<Arc<[ClientId]>>,
+    /// A history group's message: its position, for the positioned members.
+    pub position: Option<Position>,
 }
 
 /// Something to run on a worker's thread, with its connections and group table at hand.
@@ -213,6 +218,26 @@ impl Router {
         payload: &Text,
         exclude: Option<&Arc<[ClientId]>>,
     ) -> usize {
+        self.dispatch_to(group, payload, exclude, None).await
+    }
+
+    /// A history group's message, with its position, to every worker with members of `group`.
+    pub async fn dispatch_positioned(
+        &self,
+        group: &str,
+        position: &Position,
+        payload: &Text,
+    ) -> usize {
+        self.dispatch_to(group, payload, None, Some(position)).await
+    }
+
+    async fn dispatch_to(
+        &self,
+        group: &str,
+        payload: &Text,
+        exclude: Option<&Arc<[ClientId]>>,
+        position: Option<&Position>,
+    ) -> usize {
         let (group, workers) = {
             let table = self.table.read();
             match table.workers.get_key_value(group) {
@@ -226,6 +251,7 @@ impl Router {
                 group: group.clone(),
                 payload: payload.clone(),
                 exclude: exclude.cloned(),
+                position: position.cloned(),
             };
             if self.send(worker, Work::Deliver(delivery)).await {
                 reached += 1;
@@ -363,6 +389,28 @@ pub struct Hub {
     /// Set once the carrier has started (it is started with this hub as its node).
     bus: OnceLock<Arc<dyn Bus>>,
     cluster: Cluster,
+    /// Which groups keep a history (`--history`).
+    history: HistoryRules,
+    /// How long a history read waits (`--history-timeout`).
+    history_timeout: Duration,
+    pub(crate) history_counters: HistoryCounters,
+}
+
+/// What the gateway counts of history groups (in `/api/stats` `history`).
+#[derive(Debug, Default)]
+pub struct HistoryCounters {
+    /// Positioned messages dropped as already delivered (a carrier that brought one twice).
+    pub duplicates: AtomicU64,
+    /// Holes in a group's offsets seen by a worker, and the messages it then asked the store for.
+    pub holes: AtomicU64,
+    /// Messages of such holes the store no longer had (or could not give in time): positioned
+    /// members never received them.
+    pub unrepaired: AtomicU64,
+    /// Recovering joins, and those that could not recover everything (`recovered:false`).
+    pub recoveries: AtomicU64,
+    pub recoveries_incomplete: AtomicU64,
+    /// Messages delivered to recovering members from the store.
+    pub recovered_messages: AtomicU64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -382,7 +430,68 @@ impl Hub {
             router: Arc::new(router),
             bus: OnceLock::new(),
             cluster,
+            history: HistoryRules::default(),
+            history_timeout: Duration::from_secs(2),
+            history_counters: HistoryCounters::default(),
         })
+    }
+
+    /// A hub whose groups keep history as `rules` say, read within `timeout`.
+    pub fn with_history(
+        router: Router,
+        cluster: Cluster,
+        rules: HistoryRules,
+        timeout: Duration,
+    ) -> Arc<Hub> {
+        let router = router.with_permanent(cluster.permanent_topics());
+        Arc::new_cyclic(|me| Hub {
+            me: me.clone(),
+            router: Arc::new(router),
+            bus: OnceLock::new(),
+            cluster,
+            history: rules,
+            history_timeout: timeout,
+            history_counters: HistoryCounters::default(),
+        })
+    }
+
+    /// The history `group` keeps, if any.
+    pub fn history_policy(&self, group: &str) -> Option<HistoryPolicy> {
+        self.history.policy(group)
+    }
+
+    /// Reads `group`'s history within `--history-timeout`.
+    pub async fn history(
+        &self,
+        group: &GroupName<'_>,
+        policy: HistoryPolicy,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, HistoryError> {
+        let Some(bus) = self.bus.get() else {
+            return Err(HistoryError::Unavailable("the bus has not started".into()));
+        };
+        let read = bus.history(group, policy, query);
+        match tokio::time::timeout(self.history_timeout, read).await {
+            Ok(page) => page,
+            Err(_) => Err(HistoryError::Unavailable(format!(
+                "no answer within {:?} (--history-timeout)",
+                self.history_timeout
+            ))),
+        }
+    }
+
+    /// Removes `group`'s history (its next message starts a new epoch).
+    pub async fn remove_history(&self, group: &GroupName<'_>) -> Result<(), HistoryError> {
+        let Some(bus) = self.bus.get() else {
+            return Err(HistoryError::Unavailable("the bus has not started".into()));
+        };
+        match tokio::time::timeout(self.history_timeout, bus.remove_history(group)).await {
+            Ok(removed) => removed,
+            Err(_) => Err(HistoryError::Unavailable(format!(
+                "no answer within {:?} (--history-timeout)",
+                self.history_timeout
+            ))),
+        }
     }
 
     /// This hub, shared (`None` only while it is being dropped).
@@ -421,7 +530,25 @@ impl Hub {
 
     /// A client's send: delivered to this process's members directly, and to other gateways
     /// through the bus.
+    /// A message of a group with history goes to the store only, and reaches this gateway's
+    /// members when it comes back positioned.
     pub async fn publish(&self, group: &GroupName<'_>, payload: &Text) {
+        if let Some(policy) = self.history.policy(group.as_str()) {
+            match self.bus.get() {
+                Some(bus) => bus.publish_history(group, payload.as_bytes(), policy),
+                None => tracing::warn!(
+                    group = group.as_str(),
+                    "history message dropped: the bus has not started"
+                ),
+            }
+            return;
+        }
+        self.publish_plain(group, payload).await;
+    }
+
+    /// A send that skips the group's history (the admin API's `"history":false`): delivered as
+    /// to a group without history, with no position.
+    pub async fn publish_plain(&self, group: &GroupName<'_>, payload: &Text) {
         self.publish_raw(group, payload.as_bytes());
         self.router.dispatch(group.as_str(), payload).await;
     }
@@ -434,6 +561,11 @@ impl Node for Hub {
                 self.router.dispatch(group.as_str(), &text).await;
             }
             Payload::Control(frame) => crate::cluster::on_control(self, group, frame).await,
+            Payload::Positioned(position, text) => {
+                self.router
+                    .dispatch_positioned(group.as_str(), &position, &text)
+                    .await;
+            }
         }
     }
 

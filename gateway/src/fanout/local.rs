@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use protocol::client::{presence_event, PresenceKind};
 use protocol::cluster::{topic, ClientId, ClientInfo, Member, NodeId, Uid};
+use protocol::history::Position;
 use protocol::{GroupId, Text};
 use server_kit::memory::shrink_if_sparse;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -45,13 +46,32 @@ pub(crate) struct Client {
     pub(crate) id: ClientId,
     pub(crate) outbox: Outbox,
     uid: RefCell<Option<Uid>>,
-    /// Client groups (not cluster topics), and whether it asked for their presence events.
-    groups: RefCell<HashMap<GroupId, bool>>,
+    /// Client groups (not cluster topics), and how it is in each.
+    pub(crate) groups: RefCell<HashMap<GroupId, Membership>>,
+    /// Recoveries in progress and positions already delivered, for its positioned groups
+    /// (`None`, 8 bytes, for a connection that never recovered).
+    pub(crate) history: RefCell<Option<Box<crate::history::recovery::MemberHistory>>>,
     /// Set by an order to close it (the admin API's `close_client`): code and reason.
     close: RefCell<Option<Box<(u16, String)>>>,
 }
 
+/// How a connection is in one of its groups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Membership {
+    /// It receives the group's join and leave events.
+    pub(crate) presence: bool,
+    /// It receives the group's messages with their position (a group with history).
+    pub(crate) positioned: bool,
+}
+
 impl Client {
+    pub(crate) fn is_positioned(&self, group: &GroupId) -> bool {
+        self.groups
+            .borrow()
+            .get(group)
+            .is_some_and(|m| m.positioned)
+    }
+
     pub(crate) fn uid(&self) -> Option<Uid> {
         self.uid.borrow().clone()
     }
@@ -110,6 +130,11 @@ pub(crate) struct LocalGroups {
     stats: Arc<WorkerStats>,
     topics: RefCell<HashMap<GroupId, HashMap<ConnId, Rc<Client>>>>,
     clients: RefCell<HashMap<ConnId, Rc<Client>>>,
+    /// Per history group with positioned members here: the last position delivered to them.
+    pub(crate) streams: RefCell<HashMap<GroupId, crate::history::stream::Stream>>,
+    /// Most live messages held for a recovering member, or for a group whose hole is being
+    /// repaired (`--outbound-queue-messages`).
+    pub(crate) hold_max: usize,
     next_conn: Cell<ConnId>,
     /// Presence events in the order they happened, for [`publish_presence_events`].
     presence: mpsc::Sender<PresenceEvent>,
@@ -121,6 +146,7 @@ impl LocalGroups {
     pub(crate) fn new(
         worker: usize,
         max_groups_per_connection: usize,
+        hold_max: usize,
         hub: Arc<Hub>,
         stats: Arc<WorkerStats>,
     ) -> (LocalGroups, mpsc::Receiver<PresenceEvent>) {
@@ -133,6 +159,8 @@ impl LocalGroups {
             stats,
             topics: RefCell::new(HashMap::new()),
             clients: RefCell::new(HashMap::new()),
+            streams: RefCell::new(HashMap::new()),
+            hold_max,
             next_conn: Cell::new(0),
             presence,
         };
@@ -141,6 +169,17 @@ impl LocalGroups {
 
     pub(crate) fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    pub(crate) fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// The group table, read.
+    pub(crate) fn topics_ref(
+        &self,
+    ) -> std::cell::Ref<'_, HashMap<GroupId, HashMap<ConnId, Rc<Client>>>> {
+        self.topics.borrow()
     }
 
     pub(crate) fn next_conn_id(&self) -> ConnId {
@@ -165,6 +204,7 @@ impl LocalGroups {
             outbox,
             uid: RefCell::new(None),
             groups: RefCell::new(HashMap::new()),
+            history: RefCell::new(None),
             close: RefCell::new(None),
         });
         self.clients.borrow_mut().insert(conn, client.clone());
@@ -187,20 +227,29 @@ impl LocalGroups {
         self.clients.borrow().get(&conn).cloned()
     }
 
-    /// `client` joins `group` (with its presence events when `presence`), announced to those
-    /// watching it. Joining again only changes `presence`, and announces nothing.
+    /// `client` joins `group` (with its presence events when `presence`, with positions when
+    /// `positioned`), announced to those watching it. Joining again only changes `presence`
+    /// and `positioned`, and announces nothing.
     pub(crate) fn join(
         &self,
         client: &Rc<Client>,
         group: &GroupId,
         presence: bool,
+        positioned: bool,
     ) -> Result<(), JoinError> {
         let was = client.groups.borrow().get(group).copied();
-        if let Some(watching) = was {
-            if watching != presence {
+        let membership = Membership {
+            presence,
+            positioned,
+        };
+        if let Some(was) = was {
+            if was.presence != presence {
                 self.set_presence(client, group, presence)?;
-                client.groups.borrow_mut().insert(group.clone(), presence);
             }
+            if was.positioned != positioned {
+                self.count_positioned(group, positioned);
+            }
+            client.groups.borrow_mut().insert(group.clone(), membership);
             return Ok(());
         }
         if client.group_count() >= self.max_groups_per_connection {
@@ -213,18 +262,25 @@ impl LocalGroups {
                 return Err(e);
             }
         }
-        client.groups.borrow_mut().insert(group.clone(), presence);
+        if positioned {
+            self.count_positioned(group, true);
+        }
+        client.groups.borrow_mut().insert(group.clone(), membership);
         self.announce(PresenceKind::Join, group, client);
         Ok(())
     }
 
     /// `client` leaves `group`, announced to those watching it; false when it was not in it.
     pub(crate) fn leave(&self, client: &Rc<Client>, group: &str) -> bool {
-        let Some((group, watching)) = client.groups.borrow_mut().remove_entry(group) else {
+        let Some((group, membership)) = client.groups.borrow_mut().remove_entry(group) else {
             return false;
         };
-        if watching {
+        if membership.presence {
             let _ = self.set_presence(client, &group, false);
+        }
+        if membership.positioned {
+            self.count_positioned(&group, false);
+            crate::history::recovery::forget(client, &group);
         }
         self.remove_member(&group, client.id.conn);
         self.announce(PresenceKind::Leave, &group, client);
@@ -332,6 +388,10 @@ impl LocalGroups {
 
     /// Queues a message to every local member of its topic but the excluded ones.
     pub(crate) fn deliver(&self, delivery: Delivery) {
+        if let Some(position) = delivery.position {
+            self.deliver_positioned(delivery.group, position, delivery.payload);
+            return;
+        }
         let topics = self.topics.borrow();
         let Some(members) = topics.get(&delivery.group) else {
             return; // the last member left after the router looked
@@ -370,7 +430,42 @@ impl LocalGroups {
             .collect()
     }
 
-    fn push_all<'c>(&self, clients: impl Iterator<Item = &'c Rc<Client>>, payload: Text) {
+    /// A history group's message: the raw text to its members that did not ask for positions,
+    /// and to the positioned ones through the group's stream (in order, holes repaired).
+    fn deliver_positioned(&self, group: GroupId, position: Position, payload: Text) {
+        {
+            let topics = self.topics.borrow();
+            let Some(members) = topics.get(&group) else {
+                return;
+            };
+            self.push_all(
+                members.values().filter(|c| !c.is_positioned(&group)),
+                payload.clone(),
+            );
+        }
+        self.sequence(group, position, payload);
+    }
+
+    /// Queues `text` (a reply, a recovered message) to one connection.
+    pub(crate) fn push_one(&self, client: &Client, text: Utf8Bytes) {
+        match client.outbox.push(text) {
+            Push::Queued => {
+                self.stats.deliveries.fetch_add(1, Relaxed);
+            }
+            Push::Overflowed { dropped } => {
+                self.stats.queue_drops.fetch_add(dropped as u64, Relaxed);
+            }
+            Push::Closed => {
+                self.stats.queue_drops.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn push_all<'c>(
+        &self,
+        clients: impl Iterator<Item = &'c Rc<Client>>,
+        payload: Text,
+    ) {
         // Text is UTF-8 by construction; the WebSocket library checks it once more, once per
         // message and worker (not per member).
         let Ok(payload) = Utf8Bytes::try_from(payload.into_bytes()) else {

@@ -18,6 +18,9 @@ pub struct Outbox {
     pub(crate) wake: Notify,
     /// Signalled once, when the queue overflows: interrupts a write in progress.
     pub(crate) overflow: Notify,
+    /// Signalled when the writer takes the queue: room for a producer that paces itself (a
+    /// recovery sending a history).
+    pub(crate) drained: Notify,
 }
 
 /// Result of [`Outbox::push`].
@@ -43,6 +46,7 @@ impl Outbox {
             max_bytes,
             wake: Notify::new(),
             overflow: Notify::new(),
+            drained: Notify::new(),
         }
     }
 
@@ -80,11 +84,21 @@ impl Outbox {
     pub fn take_all(&self, into: &mut VecDeque<Utf8Bytes>) {
         std::mem::swap(&mut *self.queue.borrow_mut(), into);
         self.bytes.set(0);
+        self.drained.notify_one();
     }
 
-    #[cfg(test)]
-    fn is_empty(&self) -> bool {
+    /// Messages queued now.
+    pub fn len(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
         self.queue.borrow().is_empty()
+    }
+
+    /// Half the queue's bound: a paced producer waits above it.
+    pub fn half(&self) -> usize {
+        (self.max_messages / 2).max(1)
     }
 }
 

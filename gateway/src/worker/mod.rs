@@ -91,6 +91,7 @@ async fn run(setup: WorkerSetup) {
     let (local, presence_events) = LocalGroups::new(
         id,
         config.max_groups_per_connection,
+        config.outbound_queue_messages,
         hub.clone(),
         stats.clone(),
     );

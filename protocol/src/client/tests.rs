@@ -16,6 +16,8 @@ fn seed_commands() {
         ClientCommand::AddGroup {
             group_id: GroupName(Cow::Borrowed("123")),
             presence: false,
+            positioned: false,
+            recover: None,
         }
     );
     assert_eq!(r.req_id, None);
@@ -1006,10 +1008,23 @@ fn request_json_round_trips_every_command() {
         ClientCommand::AddGroup {
             group_id: g("g"),
             presence: false,
+            positioned: false,
+            recover: None,
         },
         ClientCommand::AddGroup {
             group_id: g("g"),
             presence: true,
+            positioned: false,
+            recover: None,
+        },
+        ClientCommand::AddGroup {
+            group_id: g("g"),
+            presence: false,
+            positioned: true,
+            recover: Some(crate::history::Recover {
+                offset: 17,
+                epoch: crate::history::Epoch::new("e-1").unwrap(),
+            }),
         },
         ClientCommand::LeaveGroup { group_id: g("g") },
         ClientCommand::SendToGroup {
@@ -1078,20 +1093,24 @@ fn request_json_round_trips_every_command() {
     let v = json(&commands[0]);
     assert!(v.get("presence").is_none());
     assert_eq!(json(&commands[1])["presence"], true);
-    assert!(json(&commands[3]).get("exclude").is_none());
-    assert_eq!(json(&commands[4])["exclude"], serde_json::json!([C1, C2]));
-    assert!(json(&commands[5]).get("exclude").is_none());
-    assert_eq!(json(&commands[7])["uid"], "alice");
+    assert!(json(&commands[4]).get("exclude").is_none());
+    assert_eq!(json(&commands[5])["exclude"], serde_json::json!([C1, C2]));
+    assert!(json(&commands[6]).get("exclude").is_none());
+    assert_eq!(json(&commands[8])["uid"], "alice");
     assert_eq!(
-        json(&commands[8])["uid"],
+        json(&commands[9])["uid"],
         serde_json::json!(["alice", "42", "a\"b"])
     );
-    assert_eq!(json(&commands[14])["limit"], 100);
-    assert!(json(&commands[14]).get("cursor").is_none());
-    assert_eq!(json(&commands[15])["cursor"], C2);
+    assert_eq!(json(&commands[15])["limit"], 100);
+    assert!(json(&commands[15]).get("cursor").is_none());
+    assert_eq!(json(&commands[16])["cursor"], C2);
     assert_eq!(
         request_json(&ClientCommand::Whoami, Some(1)),
         r#"{"cmd":"whoami","req_id":1}"#
+    );
+    assert_eq!(
+        json(&commands[2])["recover"],
+        serde_json::json!({"offset":17,"epoch":"e-1"})
     );
 }
 
@@ -1104,5 +1123,53 @@ fn new_fields_are_not_duplicated() {
         r#"{"cmd":"send_to_client","client_id":"x","client_id":"y","message":"m"}"#,
     ] {
         assert_eq!(code(text), ErrorCode::DuplicateField, "{text}");
+    }
+}
+
+#[test]
+fn positioned_joins_and_recovery() {
+    let r = parse(r#"{"cmd":"add_group","group_id":"g","positioned":true,"recover":{"offset":17,"epoch":"ab"}}"#).unwrap();
+    match r.command {
+        ClientCommand::AddGroup {
+            positioned,
+            recover,
+            ..
+        } => {
+            assert!(positioned);
+            let recover = recover.expect("recover");
+            assert_eq!(recover.offset, 17);
+            assert_eq!(recover.epoch.as_str(), "ab");
+        }
+        other => panic!("{other:?}"),
+    }
+    for (bad, why) in [
+        (
+            r#"{"cmd":"add_group","group_id":"g","recover":{"offset":1,"epoch":"ab"}}"#,
+            "positioned",
+        ),
+        (
+            r#"{"cmd":"add_group","group_id":"g","positioned":1}"#,
+            "positioned",
+        ),
+        (
+            r#"{"cmd":"add_group","group_id":"g","positioned":true,"recover":{"offset":-1,"epoch":"ab"}}"#,
+            "recover",
+        ),
+        (
+            r#"{"cmd":"add_group","group_id":"g","positioned":true,"recover":{"offset":1,"epoch":"a b"}}"#,
+            "recover",
+        ),
+        (
+            r#"{"cmd":"add_group","group_id":"g","positioned":true,"recover":{"offset":1}}"#,
+            "recover",
+        ),
+        (
+            r#"{"cmd":"add_group","group_id":"g","positioned":true,"recover":"x"}"#,
+            "recover",
+        ),
+    ] {
+        let e = parse(bad).expect_err(bad);
+        assert_eq!(e.code, ErrorCode::InvalidField, "{bad}");
+        assert!(e.reason.contains(why), "{bad}: {}", e.reason);
     }
 }

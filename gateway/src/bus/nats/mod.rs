@@ -494,6 +494,25 @@ impl Bus for NatsBus {
         }
     }
 
+    fn publish_history(&self, _: &GroupName<'_>, _: &Bytes, _: super::HistoryPolicy) {
+        self.counters
+            .history_publishes_dropped
+            .fetch_add(1, Relaxed);
+    }
+
+    fn history(
+        &self,
+        _: &GroupName<'_>,
+        _: super::HistoryPolicy,
+        _: super::HistoryQuery,
+    ) -> super::HistoryFuture<super::HistoryPage> {
+        super::history::failed(super::HistoryError::NotSupported(CARRIER))
+    }
+
+    fn remove_history(&self, _: &GroupName<'_>) -> super::HistoryFuture<()> {
+        super::history::failed(super::HistoryError::NotSupported(CARRIER))
+    }
+
     fn status(&self) -> BusStatus {
         let up = self.is_up();
         let subscriptions = self.subscriptions.load(Relaxed);

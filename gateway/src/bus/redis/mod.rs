@@ -56,6 +56,9 @@
 //! TLS (`rediss://`) trusts the system's roots (`SSL_CERT_FILE` may name others); the database
 //! number of a URL is ignored, pub/sub channels being global to a server.
 
+/// This carrier's name in errors.
+const CARRIER: &str = "redis";
+
 pub mod conn;
 pub mod resp;
 pub mod routing;
@@ -352,6 +355,25 @@ impl<N: Node> Bus for RedisBus<N> {
         if !queued {
             self.counters.publishes_dropped.fetch_add(1, Relaxed);
         }
+    }
+
+    fn publish_history(&self, _: &GroupName<'_>, _: &Bytes, _: super::HistoryPolicy) {
+        self.counters
+            .history_publishes_dropped
+            .fetch_add(1, Relaxed);
+    }
+
+    fn history(
+        &self,
+        _: &GroupName<'_>,
+        _: super::HistoryPolicy,
+        _: super::HistoryQuery,
+    ) -> super::HistoryFuture<super::HistoryPage> {
+        super::history::failed(super::HistoryError::NotSupported(CARRIER))
+    }
+
+    fn remove_history(&self, _: &GroupName<'_>) -> super::HistoryFuture<()> {
+        super::history::failed(super::HistoryError::NotSupported(CARRIER))
     }
 
     fn status(&self) -> BusStatus {

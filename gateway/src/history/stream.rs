@@ -1,0 +1,183 @@
+//! Per worker and history group: the last position delivered to the group's positioned
+//! members here, so that each message reaches them once, in offset order, with the holes a
+//! carrier left filled from the store.
+//!
+//! A message is accepted when it is the next offset of the epoch (or of a new epoch, or the
+//! first one this worker sees); an offset already delivered is a duplicate and dropped; an
+//! offset past the next one is a hole: the stream holds what arrives (up to `hold_max`) while
+//! it asks the store for the missing offsets, delivers those, then what it held, and counts
+//! the offsets the store no longer had (`history_unrepaired`).
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use protocol::history::{positioned_message, Epoch, Position};
+use protocol::{GroupId, GroupName, Text};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::bus::{HistoryError, HistoryPage, HistoryQuery};
+use crate::fanout::local::LocalGroups;
+
+/// One history group's positioned delivery on one worker.
+#[derive(Debug, Default)]
+pub(crate) struct Stream {
+    /// Positioned members of the group on this worker.
+    members: usize,
+    /// The last position delivered (`None` until the first message or a join's answer).
+    last: Option<Position>,
+    /// While a hole is being repaired: what arrived meanwhile, in order.
+    held: Option<Vec<(Position, Text)>>,
+}
+
+impl LocalGroups {
+    /// A positioned member joined (`true`) or left the group here.
+    pub(crate) fn count_positioned(&self, group: &GroupId, joined: bool) {
+        let mut streams = self.streams.borrow_mut();
+        if joined {
+            streams.entry(group.clone()).or_default().members += 1;
+            return;
+        }
+        if let Some(stream) = streams.get_mut(group) {
+            stream.members -= 1;
+            if stream.members == 0 {
+                streams.remove(group);
+                server_kit::memory::shrink_if_sparse(&mut streams);
+            }
+        }
+    }
+
+    /// The group's position as the store gave it to a join, for a stream that has none yet:
+    /// a hole between it and the first live message is then seen, and repaired.
+    pub(crate) fn seed_stream(&self, group: &GroupId, position: Position) {
+        if let Some(stream) = self.streams.borrow_mut().get_mut(group) {
+            if stream.last.is_none() {
+                stream.last = Some(position);
+            }
+        }
+    }
+
+    /// A positioned message for the group's positioned members here.
+    pub(crate) fn sequence(&self, group: GroupId, position: Position, text: Text) {
+        let counters = &self.hub().history_counters;
+        let mut streams = self.streams.borrow_mut();
+        let Some(stream) = streams.get_mut(&group) else {
+            return; // no positioned member here
+        };
+        if let Some(held) = &mut stream.held {
+            if held.len() < self.hold_max {
+                held.push((position, text));
+            } else {
+                counters.unrepaired.fetch_add(1, Relaxed);
+            }
+            return;
+        }
+        if let Some(last) = &stream.last {
+            if last.epoch == position.epoch {
+                if position.offset <= last.offset {
+                    counters.duplicates.fetch_add(1, Relaxed);
+                    return;
+                }
+                if position.offset > last.offset + 1 {
+                    counters.holes.fetch_add(1, Relaxed);
+                    let since = last.offset;
+                    let until = position.offset;
+                    let epoch = position.epoch.clone();
+                    stream.held = Some(vec![(position, text)]);
+                    drop(streams);
+                    self.repair(group, epoch, since, until);
+                    return;
+                }
+            }
+        }
+        stream.last = Some(position.clone());
+        drop(streams);
+        self.push_positioned(&group, &position, &text);
+    }
+
+    /// Asks the store for the offsets after `since` and before `until` of `epoch`, and hands
+    /// the answer back to this worker ([`LocalGroups::repaired`]).
+    fn repair(&self, group: GroupId, epoch: Epoch, since: u64, until: u64) {
+        let hub = self.hub().clone();
+        let worker = self.worker();
+        tokio::task::spawn_local(async move {
+            let page = match hub.history_policy(group.as_str()) {
+                Some(policy) => {
+                    let name = GroupName::from_group_id(&group);
+                    let query = HistoryQuery {
+                        since: Some(since),
+                        limit: (until - since - 1) as usize,
+                        reverse: false,
+                    };
+                    hub.history(&name, policy, query).await
+                }
+                None => Err(HistoryError::NotSupported("history")),
+            };
+            hub.router()
+                .run_on(worker, move |local| {
+                    local.repaired(group, epoch, since, until, page)
+                })
+                .await;
+        });
+    }
+
+    /// The store's answer for a hole: what it had is delivered, then what was held.
+    fn repaired(
+        &self,
+        group: GroupId,
+        epoch: Epoch,
+        since: u64,
+        until: u64,
+        page: Result<HistoryPage, HistoryError>,
+    ) {
+        let counters = &self.hub().history_counters;
+        let held = {
+            let mut streams = self.streams.borrow_mut();
+            let Some(stream) = streams.get_mut(&group) else {
+                return; // every positioned member left meanwhile
+            };
+            stream.last = Some(Position {
+                offset: until - 1,
+                epoch: epoch.clone(),
+            });
+            stream.held.take().unwrap_or_default()
+        };
+        let fill: Vec<(u64, Text)> = match page {
+            Ok(page) if page.epoch == epoch => page
+                .messages
+                .into_iter()
+                .filter(|(offset, _)| *offset > since && *offset < until)
+                .collect(),
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(group = group.as_str(), cause = %e, "cannot repair a hole in a history group");
+                Vec::new()
+            }
+        };
+        let missing = (until - since - 1).saturating_sub(fill.len() as u64);
+        counters.unrepaired.fetch_add(missing, Relaxed);
+        for (offset, text) in fill {
+            let position = Position {
+                offset,
+                epoch: epoch.clone(),
+            };
+            self.push_positioned(&group, &position, &text);
+        }
+        for (position, text) in held {
+            self.sequence(group.clone(), position, text);
+        }
+    }
+
+    /// Queues a positioned message to the group's positioned members here (a recovering one
+    /// holds it; one that recovered past it skips it).
+    pub(crate) fn push_positioned(&self, group: &GroupId, position: &Position, text: &Text) {
+        let topics = self.topics_ref();
+        let Some(members) = topics.get(group) else {
+            return;
+        };
+        let json = Utf8Bytes::from(positioned_message(group.as_str(), position, text.as_str()));
+        for client in members.values().filter(|c| c.is_positioned(group)) {
+            if crate::history::recovery::takes_live(client, group, position, text, self.hold_max) {
+                self.push_one(client, json.clone());
+            }
+        }
+    }
+}
