@@ -269,13 +269,13 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_CLUSTER_QUERY_TIMEOUT", help_heading = CLUSTER, default_value = "1s", value_parser = humantime::parse_duration)]
     pub cluster_query_timeout: Duration,
 
-    /// Groups that keep a history, as `PREFIX=SIZE,TTL` (repeatable; in a config file an array,
-    /// or a `[history]` table of `"PREFIX" = "SIZE,TTL"`): groups whose id starts with PREFIX
-    /// keep their last SIZE messages, each for at most TTL, where the carrier keeps histories
-    /// (the broker's memory, Redis streams, NATS JetStream). Their messages get offsets and
-    /// an epoch, positioned members receive them with their position and recover what they
-    /// missed after a reconnect (docs/protocol.md). The longest matching prefix wins; an empty
-    /// prefix matches every group. Other groups work as if this were not set.
+    /// Groups that keep a history, as `PREFIX=SIZE,TTL` (repeatable; `;`-separated in the
+    /// variable; in a config file an array, or a `[history]` table of `"PREFIX" = "SIZE,TTL"`):
+    /// groups whose id starts with PREFIX keep their last SIZE messages (1 to 1000000), each for
+    /// at most TTL (1s to 30 days). Their messages get offsets and an epoch; positioned members
+    /// receive them with their position and recover what they missed (docs/protocol.md,
+    /// "History and recovery"). The longest matching prefix wins; an empty prefix matches every
+    /// group. Today on the embedded and built-in broker only.
     #[arg(long, env = "GATEWAY_HISTORY", value_name = "PREFIX=SIZE,TTL", help_heading = HISTORY, value_delimiter = ';')]
     pub history: Vec<HistoryRule>,
 
