@@ -11,6 +11,8 @@
 //!   the timeouts.
 //! - [`numbered`](mod@numbered): numbered senders and checking receivers, for the tests of
 //!   outages and recovery.
+//! - [`history`]: the history and recovery scenarios (`--history`), shared by every carrier's
+//!   tests.
 //! - [`seed`]: the seed scenario over several gateways, shared by every carrier's tests.
 //! - Below: the tagged and numbered messages the delivery tests send and check.
 //!
@@ -18,6 +20,7 @@
 //! Every wait has a deadline (the constants re-exported below); stats are polled every
 //! [`POLL_INTERVAL`].
 
+pub mod history;
 pub mod numbered;
 pub mod seed;
 pub mod servers;
