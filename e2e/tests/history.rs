@@ -124,3 +124,115 @@ async fn an_epoch_change_answers_recovered_false() -> Result<()> {
     ensure!(recovered.messages.is_empty());
     Ok(())
 }
+
+/// The admin API reads a group's history (since, limit, reverse), publishes past it
+/// (`"history":false`), and removes it (a new epoch follows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_reads_and_removes_history() -> Result<()> {
+    let setup = setup(Carrier::Embedded, 1, "log:=5,10m").await?;
+    let gateway = &setup.gateways[0];
+    let admin = &gateway.admin;
+    let mut member = gateway.connect("member").await?;
+    let joined = join_positioned(&mut member, "log:1", None).await?;
+    let (_, epoch) = joined.position();
+    let mut raw = gateway.connect("raw").await?;
+    raw.join("log:1").await?;
+    let publish = |body: serde_json::Value| {
+        admin.call(
+            admin
+                .http()
+                .post(admin.url("/api/publish"))
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+    };
+    let items: Vec<_> = texts(0, 7)
+        .into_iter()
+        .map(|m| serde_json::json!({"group_id": "log:1", "message": m}))
+        .collect();
+    let (status, answer) = publish(serde_json::Value::Array(items)).await?;
+    ensure!(
+        status == 200 && answer["published"] == 7,
+        "{status} {answer}"
+    );
+    next_positioned(&mut member, "log:1", 7).await?;
+    for text in texts(0, 7) {
+        raw.expect_text(&text).await?;
+    }
+
+    let page = admin.get_json("/api/history/log:1").await?;
+    ensure!(
+        page["epoch"] == epoch.as_str() && page["offset"] == 7,
+        "{page}"
+    );
+    let offsets: Vec<u64> = page["messages"]
+        .as_array()
+        .context("messages")?
+        .iter()
+        .filter_map(|m| m["offset"].as_u64())
+        .collect();
+    ensure!(offsets == [3, 4, 5, 6, 7], "the last 5 kept: {page}");
+    ensure!(page["messages"][0]["message"] == "m2", "{page}");
+    let page = admin.get_json("/api/history/log:1?since=5&limit=1").await?;
+    ensure!(
+        page["messages"] == serde_json::json!([{"offset":6,"message":"m5"}]),
+        "{page}"
+    );
+    let page = admin
+        .get_json("/api/history/log:1?reverse=true&limit=2")
+        .await?;
+    ensure!(
+        page["messages"][0]["offset"] == 7 && page["messages"][1]["offset"] == 6,
+        "{page}"
+    );
+    let (status, body) = admin.get("/api/history/plain").await?;
+    ensure!(
+        status == 400 && body.contains("no_history"),
+        "{status} {body}"
+    );
+    let (status, body) = admin.get("/api/history/log:1?limit=6").await?;
+    ensure!(
+        status == 400 && body.contains("invalid_field"),
+        "{status} {body}"
+    );
+
+    // Past the history: raw text for everyone, nothing stored.
+    let (status, answer) =
+        publish(serde_json::json!({"group_id": "log:1", "message": "unstored", "history": false}))
+            .await?;
+    ensure!(status == 200, "{status} {answer}");
+    raw.expect_text("unstored").await?;
+    member.expect_text("unstored").await?;
+    let page = admin.get_json("/api/history/log:1").await?;
+    ensure!(page["offset"] == 7, "not stored: {page}");
+    // `exclude` on a group with history needs `"history":false`.
+    let (status, answer) = publish(
+        serde_json::json!({"group_id": "log:1", "message": "x", "exclude": ["0000000000000001-0-0"]}),
+    )
+    .await?;
+    ensure!(
+        status == 400 && answer["error"]["code"] == "invalid_field",
+        "{status} {answer}"
+    );
+
+    let (status, answer) = admin
+        .call(
+            admin
+                .http()
+                .post(admin.url("/api/history_remove"))
+                .header("content-type", "application/json")
+                .body(r#"{"group_id":"log:1"}"#),
+        )
+        .await?;
+    ensure!(
+        status == 200 && answer["removed"] == true,
+        "{status} {answer}"
+    );
+    let page = admin.get_json("/api/history/log:1").await?;
+    ensure!(
+        page["offset"] == 0 && page["epoch"] != epoch.as_str(),
+        "{page}"
+    );
+    e2e::expect_quiet([&mut member, &mut raw]).await?;
+    Ok(())
+}

@@ -511,6 +511,25 @@ impl Gateway {
             .await;
     }
 
+    /// [`Gateway::publish_excluding`] past the group's history, if it keeps one: not stored,
+    /// delivered without a position (the admin API's `"history":false`).
+    pub async fn publish_plain(
+        &self,
+        group: &GroupName<'_>,
+        payload: Text,
+        exclude: Vec<protocol::cluster::ClientId>,
+    ) {
+        self.inner.api_publishes.fetch_add(1, Relaxed);
+        if exclude.is_empty() {
+            self.inner.hub.publish_plain(group, &payload).await;
+        } else {
+            self.inner
+                .hub
+                .publish_excluding(group, &payload, exclude)
+                .await;
+        }
+    }
+
     /// What the admin HTTP server serving this gateway counts (reported in its stats).
     pub fn admin_http_stats(&self) -> Arc<AdminHttpStats> {
         self.inner.admin_http.clone()

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, ensure, Context, Result};
 use gateway::admin::AdminConfig;
+use gateway::GatewayConfig;
 use serde_json::{json, Value};
 use test_support::gateway::{serve_admin, workers, TestGateway};
 use test_support::ws::Client;
@@ -710,7 +711,11 @@ struct Live {
 
 impl Live {
     async fn start() -> Result<Live> {
-        let gateway = TestGateway::embedded(workers(2)).await?;
+        let gateway = TestGateway::embedded(GatewayConfig {
+            history: vec!["log=10,1m".parse().map_err(anyhow::Error::msg)?],
+            ..workers(2)
+        })
+        .await?;
         let open = serve_admin(&gateway.gateway, AdminConfig::default(), &gateway.shutdown).await?;
         let locked = AdminConfig {
             api_token: Some(TOKEN.into()),
@@ -817,65 +822,87 @@ impl Live {
 
     /// The URL of a described path with its parameters filled in.
     fn url(&self, path: &str) -> String {
+        // The history endpoints read a group with history.
+        let group = if path.starts_with("/api/history") {
+            "log"
+        } else {
+            "room"
+        };
         path.replace("{client_id}", &self.id_a)
             .replace("{uid}", "u-1")
-            .replace("{group_id}", "room")
+            .replace("{group_id}", group)
     }
 
     /// A valid body for each described POST, in the order they are sent (the close last).
-    fn bodies(&self) -> Vec<(&'static str, Value, &'static str, u64)> {
+    fn bodies(&self) -> Vec<(&'static str, Value, &'static str, Value)> {
         let (a, b, c) = (&self.id_a, &self.id_b, &self.id_c);
         vec![
+            (
+                "/api/history_remove",
+                json!({"group_id": "log"}),
+                "removed",
+                json!(true),
+            ),
             (
                 "/api/publish",
                 json!([{"group_id": "room", "message": {"n": 1}, "exclude": [b]},
                        {"group_id": 42, "message": "x"}]),
                 "published",
-                2,
+                json!(2),
             ),
             (
                 "/api/send_to_all",
                 json!({"message": "to all", "exclude": [a]}),
                 "published",
-                1,
+                json!(1),
             ),
             (
                 "/api/send_to_uid",
                 json!({"uid": ["u-1", 7, "u-1"], "message": "to uids"}),
                 "published",
-                2,
+                json!(2),
             ),
             (
                 "/api/send_to_client",
                 json!({"client_id": b, "message": "to b"}),
                 "published",
-                1,
+                json!(1),
             ),
             (
                 "/api/bind_uid",
                 json!({"client_id": c, "uid": "u-3"}),
                 "affected",
-                1,
+                json!(1),
             ),
-            ("/api/unbind_uid", json!({"uid": "u-3"}), "affected", 1),
+            (
+                "/api/unbind_uid",
+                json!({"uid": "u-3"}),
+                "affected",
+                json!(1),
+            ),
             (
                 "/api/join_group",
                 json!({"client_id": c, "group_id": "other", "presence": true}),
                 "affected",
-                1,
+                json!(1),
             ),
             (
                 "/api/leave_group",
                 json!({"client_id": c, "group_id": "other"}),
                 "affected",
-                1,
+                json!(1),
             ),
-            ("/api/ungroup", json!({"group_id": "lobby"}), "affected", 1),
+            (
+                "/api/ungroup",
+                json!({"group_id": "lobby"}),
+                "affected",
+                json!(1),
+            ),
             (
                 "/api/close_client",
                 json!({"client_id": c, "code": 4002, "reason": "bye"}),
                 "affected",
-                1,
+                json!(1),
             ),
         ]
     }

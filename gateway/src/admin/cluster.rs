@@ -33,12 +33,12 @@ pub const DEFAULT_PAGE: u32 = 100;
 /// Default close code of `close_client`: 4002 ("closed by the application's backend").
 pub const DEFAULT_CLOSE_CODE: u16 = 4002;
 
-fn bad(code: &'static str, reason: impl Into<String>) -> ApiError {
+pub(super) fn bad(code: &'static str, reason: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, reason)
 }
 
 /// Reads a JSON body of type `T` (after the content type and size checks of every endpoint).
-async fn read_json<T: for<'de> Deserialize<'de>>(
+pub(super) async fn read_json<T: for<'de> Deserialize<'de>>(
     state: &Shared,
     request: Request,
 ) -> Result<T, ApiError> {
@@ -87,13 +87,13 @@ fn message_text(state: &Shared, message: Option<&RawValue>) -> Result<Text, ApiE
 }
 
 /// A group id given in a path.
-fn group_id<'a>(state: &Shared, group: &'a str) -> Result<GroupName<'a>, ApiError> {
+pub(super) fn group_id<'a>(state: &Shared, group: &'a str) -> Result<GroupName<'a>, ApiError> {
     GroupName::parse_client(group, state.gateway.config().max_group_id_len)
         .map_err(|e| bad("invalid_group_id", e.to_string()))
 }
 
 /// A body's `group_id`: a string or an integer, as in commands.
-fn group_field(state: &Shared, group: Option<&RawValue>) -> Result<String, ApiError> {
+pub(super) fn group_field(state: &Shared, group: Option<&RawValue>) -> Result<String, ApiError> {
     let group = group.ok_or_else(|| bad("missing_field", "`group_id` is required"))?;
     protocol::client::parse_group_id(group, state.gateway.config().max_group_id_len)
         .map(|name| name.as_str().to_owned())
@@ -101,7 +101,7 @@ fn group_field(state: &Shared, group: Option<&RawValue>) -> Result<String, ApiEr
 }
 
 /// A path parameter, or the JSON error of one that does not decode.
-fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(super) fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     path.map(|Path(value)| value)
         .map_err(|e| bad("invalid_field", e.body_text()))
 }

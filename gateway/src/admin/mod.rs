@@ -15,6 +15,7 @@
 
 mod cluster;
 pub mod demo;
+mod history;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -260,6 +261,8 @@ pub fn router(gateway: Gateway, config: AdminConfig) -> Router {
         .route("/api/groups/{group_id}", get(cluster::group))
         .route("/api/groups/{group_id}/members", get(cluster::members))
         .route("/api/nodes", get(cluster::nodes))
+        .route("/api/history/{group_id}", get(history::read))
+        .route("/api/history_remove", post(history::remove))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(body_limit);
     Router::new()
@@ -338,29 +341,53 @@ async fn publish(
         max_batch: state.config.api_max_batch,
     };
     let items = parse_body(text, &limits)?;
-    let excludes = exclude_lists(text, config.max_targets)?;
+    let extras = publish_extras(text, config.max_targets)?;
+    let hub = state.gateway.hub();
+    for (index, item) in items.iter().enumerate() {
+        let (exclude, history) = extras.get(index).cloned().unwrap_or_default();
+        let has_history = hub.history_policy(item.group_id.as_str()).is_some();
+        if has_history && history != Some(false) && !exclude.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidField.as_str(),
+                "`exclude` is not supported on a group with history (--history): send with \
+                 \"history\":false to skip its history",
+            )
+            .at(index));
+        }
+    }
     let published = items.len();
     for (index, item) in items.into_iter().enumerate() {
         let payload = Text::from(item.message.into_owned());
-        let exclude = excludes.get(index).cloned().unwrap_or_default();
-        state
-            .gateway
-            .publish_excluding(&item.group_id, payload, exclude)
-            .await;
+        let (exclude, history) = extras.get(index).cloned().unwrap_or_default();
+        if history == Some(false) {
+            state
+                .gateway
+                .publish_plain(&item.group_id, payload, exclude)
+                .await;
+        } else {
+            state
+                .gateway
+                .publish_excluding(&item.group_id, payload, exclude)
+                .await;
+        }
     }
     tracing::debug!(published, "published through the admin API");
     Ok(Json(Published { published }))
 }
 
-/// The `exclude` list of each publish of a body (already parsed as publishes).
-fn exclude_lists(
-    text: &str,
-    max: usize,
-) -> Result<Vec<Vec<protocol::cluster::ClientId>>, ApiError> {
+/// What a publish of a body (already parsed as publishes) may add: its `exclude` list, and
+/// `"history":false` to skip the history of a group that keeps one.
+type Extras = (Vec<protocol::cluster::ClientId>, Option<bool>);
+
+/// The [`Extras`] of each publish of a body.
+fn publish_extras(text: &str, max: usize) -> Result<Vec<Extras>, ApiError> {
     #[derive(serde::Deserialize)]
     struct Exclude {
         #[serde(default)]
         exclude: Vec<protocol::cluster::ClientId>,
+        #[serde(default)]
+        history: Option<bool>,
     }
     #[derive(serde::Deserialize)]
     #[serde(untagged)]
@@ -372,14 +399,14 @@ fn exclude_lists(
         ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidField.as_str(),
-            format!("`exclude` must be an array of client ids: {e}"),
+            format!("`exclude` must be an array of client ids, `history` true or false: {e}"),
         )
     })?;
-    let lists: Vec<_> = match body {
-        Body::Many(items) => items.into_iter().map(|i| i.exclude).collect(),
-        Body::One(item) => vec![item.exclude],
+    let lists: Vec<Extras> = match body {
+        Body::Many(items) => items.into_iter().map(|i| (i.exclude, i.history)).collect(),
+        Body::One(item) => vec![(item.exclude, item.history)],
     };
-    if let Some(index) = lists.iter().position(|l| l.len() > max) {
+    if let Some(index) = lists.iter().position(|(l, _)| l.len() > max) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidField.as_str(),

@@ -26,6 +26,11 @@ pub(super) async fn apply(
     let hub = session.state.local.hub();
     if exclude.is_empty() {
         hub.publish(&group, &payload).await;
+    } else if hub.history_policy(group.as_str()).is_some() {
+        return Err(protocol::CommandError::new(
+            protocol::ErrorCode::InvalidField,
+            "`exclude` is not supported on a group with history (--history)",
+        ));
     } else {
         hub.publish_excluding(&group, &payload, exclude).await;
     }
