@@ -60,7 +60,14 @@ struct Inner {
     generation: u64,
     bytes: usize,
     messages: usize,
+    /// Per publishing gateway process, the last publish id stored: a publish sent again after
+    /// a lost acknowledgement is not stored twice.
+    origins: HashMap<u64, u64>,
 }
+
+/// Publishing gateways remembered at most (a gateway restarted is a new one); past it the
+/// table starts over, and a publish sent again right then could be stored twice.
+pub const MAX_ORIGINS: usize = 65_536;
 
 #[derive(Debug)]
 struct Channel {
@@ -92,9 +99,31 @@ impl HistoryStore {
 
     /// Stores `payload` as `channel`'s next message; returns its position.
     pub fn append(&self, channel: &Bytes, payload: Bytes, options: HistoryOptions) -> Position {
+        self.append_once(channel, payload, options, None)
+            .expect("a publish without identity is always stored")
+    }
+
+    /// [`HistoryStore::append`], once per `(origin, id)` (publish ids grow per origin): `None`
+    /// when that publish, or a later one of its origin, was stored already.
+    pub fn append_once(
+        &self,
+        channel: &Bytes,
+        payload: Bytes,
+        options: HistoryOptions,
+        identity: Option<(u64, u64)>,
+    ) -> Option<Position> {
         let now = Instant::now();
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
+        if let Some((origin, id)) = identity {
+            if inner.origins.get(&origin).is_some_and(|last| id <= *last) {
+                return None;
+            }
+            if inner.origins.len() >= MAX_ORIGINS && !inner.origins.contains_key(&origin) {
+                inner.origins.clear();
+            }
+            inner.origins.insert(origin, id);
+        }
         inner.channel(channel, options, now);
         let len = payload.len();
         let position = {
@@ -116,7 +145,7 @@ impl HistoryStore {
         inner.trim(channel, now);
         let evicted = inner.bound(self.limits, channel);
         self.publish_counters(inner, evicted);
-        position
+        Some(position)
     }
 
     /// Answers a read or a removal.
@@ -402,6 +431,24 @@ mod tests {
             );
         }
         store
+    }
+
+    #[test]
+    fn a_publish_sent_again_is_stored_once() {
+        let store = store(10, 1 << 20);
+        let g = Bytes::from_static(b"g");
+        let o = options(10, 60_000);
+        let first = store.append_once(&g, Bytes::from_static(b"a"), o, Some((7, 1)));
+        assert_eq!(first.map(|p| p.offset), Some(1));
+        assert_eq!(
+            store.append_once(&g, Bytes::from_static(b"a"), o, Some((7, 1))),
+            None
+        );
+        let other = store.append_once(&g, Bytes::from_static(b"b"), o, Some((8, 1)));
+        assert_eq!(other.map(|p| p.offset), Some(2));
+        let next = store.append_once(&g, Bytes::from_static(b"c"), o, Some((7, 2)));
+        assert_eq!(next.map(|p| p.offset), Some(3));
+        assert_eq!(read(&store, "g", None).offsets, vec![1, 2, 3]);
     }
 
     #[test]

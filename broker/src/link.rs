@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use protocol::codec::{encode_frame, subscribe_refused_frames};
-use protocol::link::{Body, Pong};
+use protocol::link::{Body, Pong, Stored};
 use protocol::{Frame, FrameError, LinkCodec, LinkFault, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
@@ -349,7 +349,19 @@ fn apply(
             check_channel(&publish.channel, config.max_channel_len)?;
             let published = match publish.history {
                 Some(options) => {
-                    shared.publish_positioned(handle.id, &publish.channel, publish.payload, options)
+                    let identity = (publish.id != 0).then_some((publish.origin, publish.id));
+                    let published = shared.publish_positioned_once(
+                        handle.id,
+                        &publish.channel,
+                        publish.payload,
+                        options,
+                        identity,
+                    );
+                    if publish.id != 0 && published.is_ok() {
+                        let stored = Stored { id: publish.id };
+                        send_frame(handle, shared, &Frame::new(Body::Stored(stored)));
+                    }
+                    published
                 }
                 None => shared.registry.publish(
                     handle.id,
@@ -389,6 +401,7 @@ fn apply(
         | Some(Body::Auth(_))
         | Some(Body::SubscribeRefused(_))
         | Some(Body::HistoryReply(_))
+        | Some(Body::Stored(_))
         | None => {
             return Err(Close::Fault {
                 fault: LinkFault::UnexpectedFrame,

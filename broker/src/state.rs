@@ -70,8 +70,26 @@ impl Shared {
         payload: Bytes,
         options: HistoryOptions,
     ) -> Result<usize, FrameError> {
+        self.publish_positioned_once(origin, channel, payload, options, None)
+    }
+
+    /// [`Shared::publish_positioned`] of a publish with an identity (`Publish.origin`, `.id`):
+    /// one already stored is not stored or sent again (`Ok(0)`).
+    pub(crate) fn publish_positioned_once(
+        &self,
+        origin: LinkId,
+        channel: &Bytes,
+        payload: Bytes,
+        options: HistoryOptions,
+        identity: Option<(u64, u64)>,
+    ) -> Result<usize, FrameError> {
         let framed = {
-            let position = self.history.append(channel, payload.clone(), options);
+            let Some(position) =
+                self.history
+                    .append_once(channel, payload.clone(), options, identity)
+            else {
+                return Ok(0);
+            };
             Positioned::encode(&position, &payload)
         };
         let queued = self

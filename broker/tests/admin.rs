@@ -86,6 +86,8 @@ async fn metrics_follow_the_traffic() {
             payload: Bytes::from_static(b"hi"),
             no_echo: true,
             history: None,
+            id: 0,
+            origin: 0,
         })))
         .await;
     match subscriber.expect_frame().await.body {

@@ -97,6 +97,8 @@ async fn a_gateway_that_answers_the_challenge_is_served() {
             payload: Bytes::from_static(b"hi"),
             no_echo: true,
             history: None,
+            id: 0,
+            origin: 0,
         })))
         .await;
     match subscriber.expect_frame().await.body {

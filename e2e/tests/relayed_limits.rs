@@ -31,6 +31,8 @@ fn publish(group: &str, payload: Bytes) -> Frame {
         payload,
         no_echo: false,
         history: None,
+        id: 0,
+        origin: 0,
     }))
 }
 

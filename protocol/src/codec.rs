@@ -327,6 +327,8 @@ mod tests {
             payload: Bytes::copy_from_slice(payload.as_bytes()),
             no_echo: true,
             history: None,
+            id: 0,
+            origin: 0,
         }))
     }
 
@@ -455,6 +457,8 @@ mod tests {
                         payload: Bytes::copy_from_slice(payload.as_bytes()),
                         no_echo,
                         history: None,
+                        id: 0,
+                        origin: 0,
                     })),
                     1024,
                 )

@@ -17,7 +17,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// One frame on the link. Exactly one body must be set.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Frame {
-    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
+    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13")]
     pub body: Option<Body>,
 }
 
@@ -58,6 +58,18 @@ pub enum Body {
     /// Broker -> gateway: the answer to a `HistoryRequest`.
     #[prost(message, tag = "12")]
     HistoryReply(HistoryReply),
+    /// Broker -> gateway: the history publish with this id is stored (or was already).
+    #[prost(message, tag = "13")]
+    Stored(Stored),
+}
+
+/// The acknowledgement of a history publish (`Publish.id`): until it comes, the gateway keeps
+/// the publish and sends it again on its next link; the broker stores a publish it already
+/// stored (same `origin` and `id`) only once.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct Stored {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -122,6 +134,13 @@ pub struct Publish {
     /// ([`crate::history::Positioned`]).
     #[prost(message, optional, tag = "4")]
     pub history: Option<HistoryOptions>,
+    /// A history publish's number at its gateway, consecutive from 1 (0: not acknowledged). The
+    /// broker answers it with `Stored`.
+    #[prost(uint64, tag = "5")]
+    pub id: u64,
+    /// The publishing gateway process (random per start), with `id` the publish's identity.
+    #[prost(uint64, tag = "6")]
+    pub origin: u64,
 }
 
 /// How much history a channel keeps: its last `size` messages, each for at most `ttl_ms`.
@@ -253,6 +272,7 @@ impl Frame {
             Some(Body::SubscribeRefused(_)) => "subscribe_refused",
             Some(Body::HistoryRequest(_)) => "history_request",
             Some(Body::HistoryReply(_)) => "history_reply",
+            Some(Body::Stored(_)) => "stored",
         }
     }
 }

@@ -102,6 +102,8 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 payload,
                 no_echo,
                 history: None,
+                id: 0,
+                origin: 0,
             })
         )),
         (bytes(), bytes())
@@ -175,7 +177,7 @@ proptest! {
     #[test]
     fn hand_encoders_decode_back(channel in proptest::collection::vec(any::<u8>(), 0..100), payload in proptest::collection::vec(any::<u8>(), 0..300), no_echo in any::<bool>()) {
         let mut buf = BytesMut::from(&encode_publish(&channel, &payload, no_echo, MAX).unwrap()[..]);
-        let expected = Frame::new(Body::Publish(Publish { channel: Bytes::from(channel.clone()), payload: Bytes::from(payload.clone()), no_echo, history: None }));
+        let expected = Frame::new(Body::Publish(Publish { channel: Bytes::from(channel.clone()), payload: Bytes::from(payload.clone()), no_echo, history: None, id: 0, origin: 0 }));
         prop_assert_eq!(decode_frame(&mut buf, MAX).unwrap(), Some(expected));
         let mut buf = BytesMut::from(&encode_message(&channel, &payload, MAX).unwrap()[..]);
         let expected = Frame::new(Body::Message(Message { channel: Bytes::from(channel), payload: Bytes::from(payload) }));

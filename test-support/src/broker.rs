@@ -271,6 +271,8 @@ pub fn publish(channel: &str, payload: &[u8], no_echo: bool) -> Frame {
         payload: Bytes::copy_from_slice(payload),
         no_echo,
         history: None,
+        id: 0,
+        origin: 0,
     }))
 }
 
@@ -281,6 +283,8 @@ pub fn publish_history(channel: &str, payload: &[u8], size: u32, ttl_ms: u64) ->
         payload: Bytes::copy_from_slice(payload),
         no_echo: true,
         history: Some(protocol::link::HistoryOptions { size, ttl_ms }),
+        id: 0,
+        origin: 0,
     }))
 }
 

@@ -24,7 +24,7 @@ use protocol::link::{Auth, Body, HistoryReply, Ping, Pong, Publish};
 use protocol::{Frame, FrameError, GroupId, GroupName, LinkCodec, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -137,6 +137,9 @@ impl Carrier for BrokerLink {
             address: self.settings.broker.clone(),
             node,
             requests: Requests::default(),
+            history: Mutex::new(HistoryOutbox::new(self.queue, self.queue_bytes)),
+            history_ready: Notify::new(),
+            origin: fastrand::u64(1..),
         });
         let task = tokio::spawn(link_loop(bus.clone(), self.settings, publish_rx, shutdown));
         RunningBus { bus, task }
@@ -157,6 +160,77 @@ struct BrokerBus<N> {
     node: Arc<N>,
     /// History reads waiting for the broker's reply.
     requests: Requests,
+    /// History publishes not acknowledged yet (`Stored`): written in order, kept until
+    /// acknowledged, and written again on the next link when this one is lost.
+    history: Mutex<HistoryOutbox>,
+    /// Woken when `history` has publishes to write.
+    history_ready: Notify,
+    /// This gateway process, as the broker tells its publishes apart (`Publish.origin`).
+    origin: u64,
+}
+
+/// History publishes waiting for the broker's acknowledgement, bounded like the link's queue.
+#[derive(Debug)]
+struct HistoryOutbox {
+    /// Id of the next publish (consecutive from 1).
+    next_id: u64,
+    /// Encoded publishes, by id, oldest first.
+    entries: std::collections::VecDeque<(u64, Bytes)>,
+    bytes: usize,
+    /// Entries already written on the current link (the first `written` of `entries`).
+    written: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl HistoryOutbox {
+    fn new(max_entries: usize, max_bytes: usize) -> HistoryOutbox {
+        HistoryOutbox {
+            next_id: 1,
+            entries: std::collections::VecDeque::new(),
+            bytes: 0,
+            written: 0,
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    /// The next id, if one more publish of `len` bytes fits.
+    fn reserve(&self, len: usize) -> Option<u64> {
+        let fits = self.entries.len() < self.max_entries
+            && (self.bytes + len <= self.max_bytes || self.entries.is_empty());
+        fits.then_some(self.next_id)
+    }
+
+    fn push(&mut self, id: u64, frame: Bytes) {
+        self.next_id = id + 1;
+        self.bytes += frame.len();
+        self.entries.push_back((id, frame));
+    }
+
+    /// Publishes up to `id` are stored: forgotten.
+    fn acknowledged(&mut self, id: u64) {
+        while self.entries.front().is_some_and(|(first, _)| *first <= id) {
+            if let Some((_, frame)) = self.entries.pop_front() {
+                self.bytes -= frame.len();
+                self.written = self.written.saturating_sub(1);
+            }
+        }
+        if self.entries.is_empty() && self.entries.capacity() > 1024 {
+            self.entries.shrink_to_fit();
+        }
+    }
+
+    /// What is still to be written on this link, marked written.
+    fn take_unwritten(&mut self, into: &mut Vec<Bytes>) {
+        into.extend(
+            self.entries
+                .iter()
+                .skip(self.written)
+                .map(|(_, f)| f.clone()),
+        );
+        self.written = self.entries.len();
+    }
 }
 
 /// History requests sent on the link, by id, waiting for their reply; failed all at once when
@@ -219,29 +293,39 @@ impl<N: Node> Bus for BrokerBus<N> {
 
     fn publish_history(&self, group: &GroupName<'_>, payload: &Bytes, policy: HistoryPolicy) {
         self.counters.history_publishes.fetch_add(1, Relaxed);
-        // Queued even while the link is down (within the queue's bounds): the store is the only
-        // way this message reaches anyone, this gateway's own members included.
+        // Kept even while the link is down, and until the broker acknowledges it (within the
+        // link queue's bounds): the store is the only way this message reaches anyone, this
+        // gateway's own members included.
+        let mut outbox = self.history.lock();
+        let len = payload.len() + group.as_str().len() + 32;
+        let Some(id) = outbox.reserve(len) else {
+            drop(outbox);
+            self.counters
+                .history_publishes_dropped
+                .fetch_add(1, Relaxed);
+            return;
+        };
         let frame = Frame::new(Body::Publish(Publish {
             channel: Bytes::copy_from_slice(group.as_str().as_bytes()),
             payload: payload.clone(),
             no_echo: false,
             history: Some(policy.to_link()),
+            id,
+            origin: self.origin,
         }));
-        let queued = match encode_frame(&frame, self.max_frame_size) {
-            Ok(frame) => {
-                let len = frame.len();
-                self.queue.push(frame, len)
-            }
+        match encode_frame(&frame, self.max_frame_size) {
+            Ok(frame) => outbox.push(id, frame),
             Err(e) => {
+                drop(outbox);
                 tracing::error!(group = group.as_str(), cause = %e, "cannot encode publish");
-                false
+                self.counters
+                    .history_publishes_dropped
+                    .fetch_add(1, Relaxed);
+                return;
             }
-        };
-        if !queued {
-            self.counters
-                .history_publishes_dropped
-                .fetch_add(1, Relaxed);
         }
+        drop(outbox);
+        self.history_ready.notify_one();
     }
 
     fn history(
@@ -345,14 +429,25 @@ async fn link_loop<N: Node>(
         match connected {
             Ok((reader, writer)) => {
                 let started = tokio::time::Instant::now();
-                if ever_up {
+                let reconnected = ever_up;
+                if reconnected {
                     bus.counters.reconnects.fetch_add(1, Relaxed);
                 }
                 ever_up = true;
-                let result =
-                    session(&bus, &settings, &mut publish_rx, reader, writer, &shutdown).await;
+                let result = session(
+                    &bus,
+                    reconnected,
+                    &settings,
+                    &mut publish_rx,
+                    reader,
+                    writer,
+                    &shutdown,
+                )
+                .await;
                 bus.up.store(false, Relaxed);
                 bus.requests.fail_all();
+                // What this link did not acknowledge is written again on the next one.
+                bus.history.lock().written = 0;
                 bus.node.subscriptions_lost();
                 // Start the backoff over only after a session that lasted: a broker that
                 // accepts the connection and then refuses it (too many channels, say) must not
@@ -525,6 +620,7 @@ async fn sync_subscriptions<N: Node>(
 
 async fn session<N: Node>(
     bus: &BrokerBus<N>,
+    reconnected: bool,
     settings: &LinkSettings,
     publish_rx: &mut mpsc::Receiver<Bytes>,
     mut reader: Reader,
@@ -542,6 +638,11 @@ async fn session<N: Node>(
     .await?;
     bus.up.store(true, Relaxed);
     tracing::info!(carrier = "broker", broker = %settings.broker, "bus up");
+    // History publishes kept from a lost link (and those made while it was down) go first.
+    bus.history_ready.notify_one();
+    if reconnected {
+        bus.node.reconnected();
+    }
 
     let mut heartbeat = tokio::time::interval_at(
         Instant::now() + settings.ping_interval,
@@ -594,6 +695,7 @@ async fn session<N: Node>(
                     }
                     Some(Body::Pong(_)) => {}
                     Some(Body::HistoryReply(reply)) => bus.requests.answer(reply),
+                    Some(Body::Stored(stored)) => bus.history.lock().acknowledged(stored.id),
                     Some(Body::SubscribeRefused(refused)) => {
                         // The link stays up for every other group; these are retried with the
                         // next full resubscription.
@@ -612,6 +714,17 @@ async fn session<N: Node>(
             }
             _ = bus.node.subscriptions_changed() => {
                 bounded(last_heard, settings.timeout, sync_subscriptions(&*bus.node, &mut writer, max, false)).await?;
+            }
+            _ = bus.history_ready.notified() => {
+                let mut frames = Vec::new();
+                bus.history.lock().take_unwritten(&mut frames);
+                bounded(last_heard, settings.timeout, async {
+                    for frame in &frames {
+                        writer.write_all(frame).await?;
+                    }
+                    Ok(writer.flush().await?)
+                })
+                .await?;
             }
             n = publish_rx.recv_many(&mut batch, WRITE_BATCH) => {
                 if n == 0 {

@@ -252,6 +252,9 @@ pub trait Node: Send + Sync + 'static {
     fn wanted(&self) -> usize;
     /// Resolves when subscriptions changed since the last [`Node::subscriptions`].
     fn subscriptions_changed(&self) -> impl Future<Output = ()> + Send;
+    /// The carrier is up again after a loss (not called for its first connection): what was
+    /// published meanwhile to groups with history can be asked of the store.
+    fn reconnected(&self) {}
 }
 
 /// A carrier not started yet: its address and settings.

@@ -585,6 +585,21 @@ impl Node for Hub {
     async fn subscriptions_changed(&self) {
         self.router.subscriptions_changed.notified().await;
     }
+
+    /// Every worker asks the store what its history groups got while the bus was down.
+    fn reconnected(&self) {
+        if self.history.is_empty() {
+            return;
+        }
+        let Some(hub) = self.me() else {
+            return;
+        };
+        tokio::spawn(async move {
+            hub.router
+                .run_on_all(|local| local.catch_up_streams())
+                .await;
+        });
+    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! members here, so that each message reaches them once, in offset order, with the holes a
 //! carrier left filled from the store.
 //!
-//! A message is accepted when it is the next offset of the epoch (or of a new epoch, or the
-//! first one this worker sees); an offset already delivered is a duplicate and dropped; an
+//! A message is accepted when it is the next offset of the epoch (offset 1 of a new epoch, or
+//! the first message this worker sees); an offset already delivered is a duplicate and dropped; an
 //! offset past the next one is a hole: the stream holds what arrives (up to `hold_max`) while
 //! it asks the store for the missing offsets, delivers those, then what it held, and counts
 //! the offsets the store no longer had (`history_unrepaired`).
@@ -70,27 +70,88 @@ impl LocalGroups {
             }
             return;
         }
-        if let Some(last) = &stream.last {
-            if last.epoch == position.epoch {
-                if position.offset <= last.offset {
-                    counters.duplicates.fetch_add(1, Relaxed);
-                    return;
-                }
-                if position.offset > last.offset + 1 {
-                    counters.holes.fetch_add(1, Relaxed);
-                    let since = last.offset;
-                    let until = position.offset;
-                    let epoch = position.epoch.clone();
-                    stream.held = Some(vec![(position, text)]);
-                    drop(streams);
-                    self.repair(group, epoch, since, until);
-                    return;
-                }
+        // The offset before this one as this worker knows it: its last in the same epoch, 0 in
+        // a new epoch (which starts at 1, so a later first offset is a hole too), nothing
+        // before the first message.
+        let previous = match &stream.last {
+            Some(last) if last.epoch == position.epoch => Some(last.offset),
+            Some(_) => Some(0),
+            None => None,
+        };
+        if let Some(previous) = previous {
+            if position.offset <= previous {
+                counters.duplicates.fetch_add(1, Relaxed);
+                return;
+            }
+            if position.offset > previous + 1 {
+                counters.holes.fetch_add(1, Relaxed);
+                let until = position.offset;
+                let epoch = position.epoch.clone();
+                stream.held = Some(vec![(position, text)]);
+                drop(streams);
+                self.repair(group, epoch, previous, until);
+                return;
             }
         }
         stream.last = Some(position.clone());
         drop(streams);
         self.push_positioned(&group, &position, &text);
+    }
+
+    /// After the bus was lost: each history group with positioned members here asks the store
+    /// for its position, and what was published meanwhile is repaired as a hole would be (in a
+    /// new epoch, from its first offset), without waiting for the group's next message.
+    pub(crate) fn catch_up_streams(&self) {
+        let groups: Vec<(GroupId, Option<Position>)> = self
+            .streams
+            .borrow()
+            .iter()
+            .filter(|(_, s)| s.held.is_none())
+            .map(|(g, s)| (g.clone(), s.last.clone()))
+            .collect();
+        for (group, last) in groups {
+            let hub = self.hub().clone();
+            let worker = self.worker();
+            tokio::task::spawn_local(async move {
+                let Some(policy) = hub.history_policy(group.as_str()) else {
+                    return;
+                };
+                let name = GroupName::from_group_id(&group);
+                let Ok(page) = hub.history(&name, policy, HistoryQuery::POSITION).await else {
+                    return; // the next message finds the hole, if there is one
+                };
+                hub.router()
+                    .run_on(worker, move |local| {
+                        local.caught_up(group, last, page.position())
+                    })
+                    .await;
+            });
+        }
+    }
+
+    /// The store's position of a group after the bus came back: behind it, a hole to repair.
+    fn caught_up(&self, group: GroupId, asked_at: Option<Position>, now: Position) {
+        let mut streams = self.streams.borrow_mut();
+        let Some(stream) = streams.get_mut(&group) else {
+            return;
+        };
+        // Messages that arrived meanwhile went through `sequence`: only a stream still where it
+        // was is behind.
+        if stream.held.is_some() || stream.last != asked_at {
+            return;
+        }
+        let since = match &stream.last {
+            Some(last) if last.epoch == now.epoch => last.offset,
+            Some(_) => 0,
+            None => return,
+        };
+        if now.offset <= since {
+            return;
+        }
+        self.hub().history_counters.holes.fetch_add(1, Relaxed);
+        stream.held = Some(Vec::new());
+        drop(streams);
+        self.repair(group, now.epoch, since, now.offset + 1);
     }
 
     /// Asks the store for the offsets after `since` and before `until` of `epoch`, and hands
