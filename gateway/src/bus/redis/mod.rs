@@ -53,13 +53,26 @@
 //! [`SLOW_CONSUMER_BACKLOG`]: a sign, not a proof, since the sample is up to a ping interval
 //! old.
 //!
+//! **History.** A group with history (`--history`) keeps it in two keys of the shard (or the
+//! master) of its channel, in the channel's hash slot ([`history`]). Its messages are not
+//! `PUBLISH`ed: an `EVALSHA` of [`history::PUBLISH_SCRIPT`] takes the group's next offset,
+//! stores the message and publishes it, envelope and position around it, in one step. It goes
+//! through the shard's publish queue and publisher connection like any publish (pipelined, in
+//! order with them); the script is loaded (`SCRIPT LOAD`) on each new publisher connection, and
+//! again after a `NOSCRIPT` (the publishes it answered are lost and counted). Its envelope has
+//! this gateway's origin and sequence number 0, outside the sequence of its other publishes: the
+//! echo of a positioned message is not dropped (this gateway delivers its own history messages
+//! only as they come back with their position), and it takes no number from the sequence. While
+//! a shard is down, history publishes are kept for its next connection, within the queue's
+//! bounds (the store is the only way such a message reaches anyone, this gateway's members
+//! included); plain publishes are dropped. Reads and removals use a connection of their own per
+//! shard ([`history::Requests`]), never the publisher's or the subscriber's.
+//!
 //! TLS (`rediss://`) trusts the system's roots (`SSL_CERT_FILE` may name others); the database
 //! number of a URL is ignored, pub/sub channels being global to a server.
 
-/// This carrier's name in errors.
-const CARRIER: &str = "redis";
-
 pub mod conn;
+pub mod history;
 pub mod resp;
 pub mod routing;
 
@@ -71,7 +84,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
-use protocol::envelope::ENVELOPE_HEADER_LEN;
+use protocol::envelope::{Envelope, ENVELOPE_HEADER_LEN};
+use protocol::history::Positioned;
 use protocol::{GroupId, GroupName};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify};
@@ -81,6 +95,10 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use self::conn::{connect, Conn, RedisError};
+use self::history::{
+    is_noscript, new_epoch, publish_call, request_limits, HistoryKeys, RequestSettings, Requests,
+    ScriptCall, PUBLISH_SCRIPT,
+};
 use self::resp::{encode, PublishCommand, Reply, RespLimits};
 use self::routing::{channel, group_of, shard_of, slot_of, ShardInterest, SLOTS};
 use super::address::redacted;
@@ -89,8 +107,9 @@ use super::origin::{Origin, Received};
 use super::publish_queue::PublishQueue;
 use super::warnings::Throttle;
 use super::{
-    jittered, Bus, BusAddress, BusCounters, BusError, BusStatus, Carrier, Node, Payload,
-    RunningBus, ShardStatus,
+    jittered, Bus, BusAddress, BusCounters, BusError, BusStatus, Carrier, HistoryError,
+    HistoryFuture, HistoryPage, HistoryPolicy, HistoryQuery, Node, Payload, RunningBus,
+    ShardStatus,
 };
 use crate::config::GatewayConfig;
 
@@ -144,6 +163,10 @@ struct Settings {
     reconnect_max: Duration,
     queue: usize,
     queue_bytes: usize,
+    /// Whether this gateway has groups with history: the publish script is loaded only then.
+    history: bool,
+    /// The history request connections'.
+    requests: RequestSettings,
 }
 
 impl Settings {
@@ -179,21 +202,26 @@ impl RedisCarrier {
             })
             .collect();
         let largest = config.max_message_size + ENVELOPE_HEADER_LEN;
+        // Messages larger than this gateway's limit are read and dropped (counted); only those
+        // beyond four times it (or a broken server) cost the connection.
+        let max_bulk = largest.saturating_mul(4).max(1024 * 1024);
+        let client_name = format!("{}-{name}", config.bus_prefix);
         Ok(RedisCarrier {
             targets,
             settings: Settings {
                 prefix: config.bus_prefix.clone(),
-                client_name: format!("{}-{name}", config.bus_prefix),
+                requests: RequestSettings {
+                    client_name: format!("{client_name}-req"),
+                    limits: request_limits(max_bulk, REPLY_SLACK),
+                    connect_timeout: config.link_connect_timeout,
+                    timeout: config.history_timeout,
+                },
+                client_name,
                 inbound: InboundLimits::from_config(config),
-                // Messages larger than this gateway's limit are read and dropped (counted);
-                // only those beyond four times it (or a broken server) cost the connection.
-                resp: {
-                    let max_bulk = largest.saturating_mul(4).max(1024 * 1024);
-                    RespLimits {
-                        max_bulk,
-                        max_elements: MAX_REPLY_ELEMENTS,
-                        max_reply: max_bulk.saturating_add(REPLY_SLACK),
-                    }
+                resp: RespLimits {
+                    max_bulk,
+                    max_elements: MAX_REPLY_ELEMENTS,
+                    max_reply: max_bulk.saturating_add(REPLY_SLACK),
                 },
                 ping_interval: config.link_ping_interval,
                 timeout: config.link_timeout,
@@ -202,6 +230,7 @@ impl RedisCarrier {
                 reconnect_max: config.reconnect_max,
                 queue: config.link_queue,
                 queue_bytes: config.link_queue_bytes,
+                history: !config.history.is_empty(),
             },
         })
     }
@@ -226,6 +255,7 @@ impl RedisCarrier {
             refresh: Notify::new(),
             unrouted: Mutex::new(HashSet::new()),
             last_error: Mutex::new(None),
+            history_warnings: Mutex::new(Throttle::default()),
             node,
         }
     }
@@ -266,9 +296,11 @@ struct Shard {
     url: Url,
     /// `url` without its password, for logs and the status.
     address: String,
-    /// Encoded `PUBLISH` commands waiting for the publisher connection.
-    queue: PublishQueue<Bytes>,
-    publish_rx: Mutex<Option<mpsc::Receiver<Bytes>>>,
+    /// Publishes waiting for the publisher connection.
+    queue: PublishQueue<Outgoing>,
+    publish_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    /// History reads and removals.
+    requests: Requests,
     up: AtomicBool,
     /// Channels the server says the subscriber connection has.
     subscribed: AtomicU64,
@@ -291,6 +323,7 @@ impl Shard {
             url,
             queue,
             publish_rx: Mutex::new(Some(publish_rx)),
+            requests: Requests::default(),
             up: AtomicBool::new(false),
             subscribed: AtomicU64::new(0),
             backlog: Mutex::new(None),
@@ -325,55 +358,87 @@ struct RedisBus<N> {
     /// Wanted groups whose slot no master serves (a cluster that is not whole).
     unrouted: Mutex<HashSet<GroupId>>,
     last_error: Mutex<Option<String>>,
+    /// History publishes that could not be queued, warned about.
+    history_warnings: Mutex<Throttle>,
     node: Arc<N>,
 }
 
 impl<N: Node> Bus for RedisBus<N> {
     fn publish(&self, group: &GroupName<'_>, payload: &Bytes) {
         self.counters.count_publish(payload);
-        let verb: &[u8] = if self.cluster {
-            b"SPUBLISH"
-        } else {
-            b"PUBLISH"
-        };
         let command = PublishCommand::new(
-            verb,
+            self.publish_verb(),
             &self.settings.prefix,
             group.as_str(),
             &self.origin.header(),
             payload,
         );
-        let shard = {
-            let topology = self.topology.read();
-            topology
-                .index_of(group.as_str(), command.channel())
-                .map(|i| topology.shards[i].clone())
-        };
+        let shard = self.shard_for(group.as_str(), command.channel());
+        let len = command.bytes.len();
         let queued = shard
             .filter(|s| s.up.load(Relaxed))
-            .is_some_and(|s| s.queue.push(command.bytes.clone(), command.bytes.len()));
+            .is_some_and(|s| s.queue.push(Outgoing::Publish(command.bytes), len));
         if !queued {
             self.counters.publishes_dropped.fetch_add(1, Relaxed);
         }
     }
 
-    fn publish_history(&self, _: &GroupName<'_>, _: &Bytes, _: super::HistoryPolicy) {
-        self.counters
-            .history_publishes_dropped
-            .fetch_add(1, Relaxed);
+    fn publish_history(&self, group: &GroupName<'_>, payload: &Bytes, policy: HistoryPolicy) {
+        self.counters.history_publishes.fetch_add(1, Relaxed);
+        let keys = HistoryKeys::new(&self.settings.prefix, group.as_str());
+        // Sequence number 0: outside this gateway's sequence of plain publishes (from 1), so
+        // that a history publish the store refuses leaves no hole in it, and so that
+        // `on_message` can tell the echo it must not drop.
+        let header = Envelope::header(self.origin.node_id(), 0);
+        let call = publish_call(
+            &keys,
+            &header,
+            payload,
+            policy,
+            &new_epoch(),
+            self.publish_verb(),
+        );
+        let len = call.len();
+        // Queued while the shard is down too: `drain` keeps it for the next connection.
+        let queued = self
+            .shard_for(group.as_str(), &keys.channel)
+            .is_some_and(|s| s.queue.push(Outgoing::History(call), len));
+        if !queued {
+            self.counters
+                .history_publishes_dropped
+                .fetch_add(1, Relaxed);
+            if let Some(suppressed) = self.history_warnings.lock().allow() {
+                tracing::warn!(carrier = self.carrier, group = group.as_str(), suppressed, "a history message cannot be queued for redis (its queue is full, or no master serves its slot): dropped");
+            }
+        }
     }
 
     fn history(
         &self,
-        _: &GroupName<'_>,
-        _: super::HistoryPolicy,
-        _: super::HistoryQuery,
-    ) -> super::HistoryFuture<super::HistoryPage> {
-        super::history::failed(super::HistoryError::NotSupported(CARRIER))
+        group: &GroupName<'_>,
+        policy: HistoryPolicy,
+        query: HistoryQuery,
+    ) -> HistoryFuture<HistoryPage> {
+        let keys = HistoryKeys::new(&self.settings.prefix, group.as_str());
+        let Some(shard) = self.shard_for(group.as_str(), &keys.channel) else {
+            return super::history::failed(HistoryError::Unavailable(NO_TARGET.into()));
+        };
+        let settings = self.settings.requests.clone();
+        Box::pin(async move {
+            shard
+                .requests
+                .read(&shard.url, &settings, &keys, policy, query)
+                .await
+        })
     }
 
-    fn remove_history(&self, _: &GroupName<'_>) -> super::HistoryFuture<()> {
-        super::history::failed(super::HistoryError::NotSupported(CARRIER))
+    fn remove_history(&self, group: &GroupName<'_>) -> HistoryFuture<()> {
+        let keys = HistoryKeys::new(&self.settings.prefix, group.as_str());
+        let Some(shard) = self.shard_for(group.as_str(), &keys.channel) else {
+            return super::history::failed(HistoryError::Unavailable(NO_TARGET.into()));
+        };
+        let settings = self.settings.requests.clone();
+        Box::pin(async move { shard.requests.remove(&shard.url, &settings, &keys).await })
     }
 
     fn status(&self) -> BusStatus {
@@ -415,7 +480,29 @@ impl<N: Node> Bus for RedisBus<N> {
     }
 }
 
+/// Why a history request has nowhere to go.
+const NO_TARGET: &str =
+    "no redis server serves the group now (the cluster's topology is not known, or \
+                         no master serves its slot)";
+
 impl<N: Node> RedisBus<N> {
+    /// `PUBLISH`, or a cluster's sharded `SPUBLISH`.
+    fn publish_verb(&self) -> &'static [u8] {
+        if self.cluster {
+            b"SPUBLISH"
+        } else {
+            b"PUBLISH"
+        }
+    }
+
+    /// The target of `group`, whose channel is `channel`.
+    fn shard_for(&self, group: &str, channel: &[u8]) -> Option<Arc<Shard>> {
+        let topology = self.topology.read();
+        topology
+            .index_of(group, channel)
+            .map(|i| topology.shards[i].clone())
+    }
+
     /// Logs `bus up` once every target is up, `bus down` when one of them goes down.
     fn shard_changed(&self, shard: &Shard, cause: Option<&RedisError>) {
         let topology = self.topology.read().clone();
@@ -574,11 +661,50 @@ fn spawn_shard<N: Node>(bus: &Arc<RedisBus<N>>, shard: Arc<Shard>, tasks: &mut J
     tasks.spawn(run_shard(bus.clone(), shard, rx));
 }
 
-/// Drops what a target's queue holds (its connection is gone), counting each.
-fn drain<N: Node>(bus: &RedisBus<N>, shard: &Shard, rx: &mut mpsc::Receiver<Bytes>) {
-    while let Ok(command) = rx.try_recv() {
-        shard.queue.release(command.len());
-        bus.counters.publishes_dropped.fetch_add(1, Relaxed);
+/// What waits in a target's publish queue.
+#[derive(Debug)]
+enum Outgoing {
+    /// An encoded `PUBLISH` (or `SPUBLISH`).
+    Publish(Bytes),
+    /// A history publish: the publish script's call, sent with the SHA its connection loaded.
+    History(ScriptCall),
+}
+
+impl Outgoing {
+    /// Its bytes, as the queue's bound counts them.
+    fn len(&self) -> usize {
+        match self {
+            Outgoing::Publish(command) => command.len(),
+            Outgoing::History(call) => call.len(),
+        }
+    }
+
+    /// Releases its bytes from `shard`'s queue, and counts it dropped.
+    fn discard<N: Node>(&self, bus: &RedisBus<N>, shard: &Shard) {
+        shard.queue.release(self.len());
+        let counter = match self {
+            Outgoing::Publish(_) => &bus.counters.publishes_dropped,
+            Outgoing::History(_) => &bus.counters.history_publishes_dropped,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
+/// Empties a target's queue (its connection is gone): publishes are dropped and counted;
+/// history publishes are kept in `held` for the next connection, at most `--link-queue-frames`
+/// of them (their bytes stay in the queue's bytes bound until they are written), and past that
+/// dropped and counted.
+fn drain<N: Node>(
+    bus: &RedisBus<N>,
+    shard: &Shard,
+    rx: &mut mpsc::Receiver<Outgoing>,
+    held: &mut VecDeque<Outgoing>,
+) {
+    while let Ok(out) = rx.try_recv() {
+        match out {
+            Outgoing::History(_) if held.len() < bus.settings.queue => held.push_back(out),
+            out => out.discard(bus, shard),
+        }
     }
 }
 
@@ -643,7 +769,7 @@ async fn deliver_loop<N: Node>(
 async fn run_shard<N: Node>(
     bus: Arc<RedisBus<N>>,
     shard: Arc<Shard>,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Outgoing>,
 ) {
     let (tx, inbox_rx) = mpsc::channel(INBOX_MESSAGES);
     let inbox = Inbox {
@@ -667,7 +793,7 @@ async fn run_shard<N: Node>(
 async fn serve_shard<N: Node>(
     bus: &Arc<RedisBus<N>>,
     shard: &Arc<Shard>,
-    rx: &mut mpsc::Receiver<Bytes>,
+    rx: &mut mpsc::Receiver<Outgoing>,
     inbox: &Inbox,
 ) {
     let bus = bus.clone();
@@ -675,24 +801,34 @@ async fn serve_shard<N: Node>(
     let settings = &bus.settings;
     let mut backoff = settings.reconnect_min;
     let mut ever_up = false;
+    // History publishes kept while the shard is down, for its next connection.
+    let mut held = VecDeque::new();
     loop {
         let connected = tokio::select! {
             c = connect_pair(&bus, &shard) => c,
             _ = shard.stop.cancelled() => break,
         };
         match connected {
-            Ok((sub, publisher)) => {
+            Ok((sub, publisher, script)) => {
                 let started = Instant::now();
                 if ever_up {
                     bus.counters.reconnects.fetch_add(1, Relaxed);
                 }
                 ever_up = true;
-                let result = session(&bus, &shard, rx, inbox, sub, publisher).await;
+                let connection = Connection {
+                    sub,
+                    publisher,
+                    script: PublishScript {
+                        sha: script,
+                        ..PublishScript::default()
+                    },
+                };
+                let result = session(&bus, &shard, rx, &mut held, inbox, connection).await;
                 shard.up.store(false, Relaxed);
                 shard.interest.lock().lost();
                 shard.subscribed.store(0, Relaxed);
                 let backlog = shard.backlog.lock().take().unwrap_or(0);
-                drain(&bus, &shard, rx);
+                drain(&bus, &shard, rx, &mut held);
                 // Start the backoff over only after a session that lasted, so a server that
                 // accepts and then drops the connection is not hammered.
                 if started.elapsed() >= settings.reconnect_max.max(Duration::from_secs(1)) {
@@ -717,7 +853,7 @@ async fn serve_shard<N: Node>(
             }
             Err(error) => {
                 bus.failed(&shard, &error);
-                drain(&bus, &shard, rx);
+                drain(&bus, &shard, rx, &mut held);
                 if let Some(suppressed) = shard.may_warn() {
                     tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause = %error, retry_in = ?backoff, suppressed, "cannot reach redis");
                 }
@@ -733,13 +869,20 @@ async fn serve_shard<N: Node>(
         backoff = (backoff * 2).min(settings.reconnect_max);
     }
     shard.up.store(false, Relaxed);
-    drain(&bus, &shard, rx);
+    drain(&bus, &shard, rx, &mut held);
+    for out in &held {
+        out.discard(&bus, &shard);
+    }
 }
 
+/// Connects a target's subscriber and publisher connections; with groups with history, loads
+/// the publish script on the publisher connection and returns its SHA (`None`: the server
+/// refused it, an ACL say; the shard serves plain groups, and its history publishes are
+/// dropped and counted).
 async fn connect_pair<N: Node>(
     bus: &RedisBus<N>,
     shard: &Shard,
-) -> Result<(Conn, Conn), RedisError> {
+) -> Result<(Conn, Conn, Option<Bytes>), RedisError> {
     let s = &bus.settings;
     let sub = connect(
         &shard.url,
@@ -748,23 +891,118 @@ async fn connect_pair<N: Node>(
         s.connect_timeout,
     )
     .await?;
-    let publisher = connect(
+    let mut publisher = connect(
         &shard.url,
         &format!("{}-pub", s.client_name),
         s.resp,
         s.connect_timeout,
     )
     .await?;
-    Ok((sub, publisher))
+    if !s.history {
+        return Ok((sub, publisher, None));
+    }
+    match history::load(&mut publisher, PUBLISH_SCRIPT, s.connect_timeout).await {
+        Ok(sha) => Ok((sub, publisher, Some(sha))),
+        Err(RedisError::Server(cause)) => {
+            tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause, "redis refused the history script: this shard's history messages are dropped");
+            Ok((sub, publisher, None))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A connected target's connections.
+struct Connection {
+    sub: Conn,
+    publisher: Conn,
+    script: PublishScript,
+}
+
+/// The publish script on a publisher connection.
+#[derive(Debug, Default)]
+struct PublishScript {
+    /// Its SHA (`None`: not loaded; history publishes are dropped and counted).
+    sha: Option<Bytes>,
+    /// A `NOSCRIPT` answered: to be loaded again.
+    reload: bool,
+    /// A `SCRIPT LOAD` sent, not answered yet.
+    loading: bool,
 }
 
 /// What the next replies on a publisher connection answer.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 enum Expect {
     /// This many publishes.
     Publish(usize),
+    /// This many history publishes (the publish script's calls).
+    History(usize),
     /// The heartbeat's `CLIENT LIST ID` (or `PING`).
     Probe,
+    /// `SCRIPT LOAD` of the publish script, after a `NOSCRIPT`.
+    Load,
+}
+
+/// One more reply to expect, for a publish (`history`: a history publish).
+fn expect_publish(expected: &mut VecDeque<Expect>, history: bool) {
+    match (expected.back_mut(), history) {
+        (Some(Expect::Publish(n)), false) | (Some(Expect::History(n)), true) => *n += 1,
+        (_, false) => expected.push_back(Expect::Publish(1)),
+        (_, true) => expected.push_back(Expect::History(1)),
+    }
+}
+
+/// Writes `batch` on the publisher connection (history publishes with the script's SHA) and
+/// records the replies to expect. Its bytes leave the queue's bound whatever happens; what is
+/// not written (the connection failed, or the server has no script) is dropped and counted.
+async fn write_batch<N: Node>(
+    bus: &RedisBus<N>,
+    shard: &Shard,
+    publisher: &mut Conn,
+    batch: &mut Vec<Outgoing>,
+    script: Option<&[u8]>,
+    heard: Instant,
+    expected: &mut VecDeque<Expect>,
+) -> Result<(), RedisError> {
+    let sha = match script {
+        Some(sha) => sha,
+        None => {
+            batch.retain(|out| {
+                let history = matches!(out, Outgoing::History(_));
+                if history {
+                    out.discard(bus, shard);
+                }
+                !history
+            });
+            &[]
+        }
+    };
+    let bytes: usize = batch.iter().map(Outgoing::len).sum();
+    let written = bounded(heard, bus.settings.timeout, async {
+        for out in batch.iter() {
+            match out {
+                Outgoing::Publish(command) => publisher.writer.write_all(command).await?,
+                Outgoing::History(call) => {
+                    publisher.writer.write_all(&call.head(sha)).await?;
+                    publisher.writer.write_all(&call.tail).await?;
+                }
+            }
+        }
+        Ok(publisher.writer.flush().await?)
+    })
+    .await;
+    // Written out, or lost with the connection: either way no longer held.
+    shard.queue.release(bytes);
+    for out in batch.drain(..) {
+        let history = matches!(out, Outgoing::History(_));
+        if written.is_ok() {
+            expect_publish(expected, history);
+        } else if history {
+            bus.counters.history_publishes_dropped.fetch_add(1, Relaxed);
+        } else {
+            bus.counters.publishes_dropped.fetch_add(1, Relaxed);
+        }
+    }
+    written
 }
 
 /// Runs a write, giving up once nothing has been heard on its connection for `timeout` since
@@ -780,16 +1018,22 @@ async fn bounded<T>(
         .unwrap_or(Err(RedisError::Stalled(timeout)))
 }
 
-/// One connected session of a target: full resubscription, then messages in, publishes out,
-/// subscription changes and heartbeats, until an error or the stop.
+/// One connected session of a target: full resubscription and the history publishes `held`
+/// since the last one, then messages in, publishes out, subscription changes and heartbeats,
+/// until an error or the stop.
 async fn session<N: Node>(
     bus: &RedisBus<N>,
     shard: &Shard,
-    rx: &mut mpsc::Receiver<Bytes>,
+    rx: &mut mpsc::Receiver<Outgoing>,
+    held: &mut VecDeque<Outgoing>,
     inbox: &Inbox,
-    mut sub: Conn,
-    mut publisher: Conn,
+    connection: Connection,
 ) -> Result<(), RedisError> {
+    let Connection {
+        mut sub,
+        mut publisher,
+        mut script,
+    } = connection;
     let settings = &bus.settings;
     let timeout = settings.timeout;
     let mut sub_heard = Instant::now();
@@ -811,14 +1055,29 @@ async fn session<N: Node>(
     *shard.warnings.lock() = Throttle::default();
     tracing::debug!(carrier = bus.carrier, shard = %shard.address, subscriptions = count, "redis shard up");
     bus.shard_changed(shard, None);
+    let mut expected: VecDeque<Expect> = VecDeque::new();
+    if !held.is_empty() {
+        tracing::debug!(carrier = bus.carrier, shard = %shard.address, held = held.len(), "sending the history messages kept while redis was down");
+        let mut batch: Vec<Outgoing> = held.drain(..).collect();
+        write_batch(
+            bus,
+            shard,
+            &mut publisher,
+            &mut batch,
+            script.sha.as_deref(),
+            pub_heard,
+            &mut expected,
+        )
+        .await?;
+    }
 
     let mut heartbeat = tokio::time::interval_at(
         Instant::now() + settings.ping_interval,
         settings.ping_interval,
     );
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut expected: VecDeque<Expect> = VecDeque::new();
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let load = encode(&[b"SCRIPT", b"LOAD", PUBLISH_SCRIPT.as_bytes()]);
     let ping = encode(&[b"PING"]);
     let probe = match sub.id {
         Some(id) => encode(&[b"CLIENT", b"LIST", b"ID", id.to_string().as_bytes()]),
@@ -849,7 +1108,17 @@ async fn session<N: Node>(
                     Some(reply) => reply?,
                 };
                 pub_heard = Instant::now();
-                on_pub_reply(bus, shard, reply, &mut expected)?;
+                on_pub_reply(bus, shard, reply, &mut expected, &mut script)?;
+                if script.reload {
+                    script.reload = false;
+                    script.loading = true;
+                    bounded(pub_heard, timeout, async {
+                        publisher.writer.write_all(&load).await?;
+                        Ok(publisher.writer.flush().await?)
+                    })
+                    .await?;
+                    expected.push_back(Expect::Load);
+                }
             }
             _ = shard.changed.notified() => {
                 // After a topology refresh too: the groups a `MOVED` answered for are retried
@@ -862,27 +1131,16 @@ async fn session<N: Node>(
                 if n == 0 {
                     return Ok(());
                 }
-                let bytes: usize = batch.iter().map(Bytes::len).sum();
-                let written = bounded(pub_heard, timeout, async {
-                    for command in batch.drain(..) {
-                        publisher.writer.write_all(&command).await?;
-                    }
-                    Ok(publisher.writer.flush().await?)
-                })
-                .await;
-                // Written out, or dropped with the connection: either way no longer held.
-                shard.queue.release(bytes);
-                // `batch` was drained by the write, however far it got: all `n` are lost with
-                // the connection.
-                if written.is_err() {
-                    bus.counters.publishes_dropped.fetch_add(n as u64, Relaxed);
-                }
-                batch.clear();
-                written?;
-                match expected.back_mut() {
-                    Some(Expect::Publish(m)) => *m += n,
-                    _ => expected.push_back(Expect::Publish(n)),
-                }
+                write_batch(
+                    bus,
+                    shard,
+                    &mut publisher,
+                    &mut batch,
+                    script.sha.as_deref(),
+                    pub_heard,
+                    &mut expected,
+                )
+                .await?;
             }
             _ = heartbeat.tick() => {
                 if !inbox.has_room() {
@@ -1183,7 +1441,9 @@ fn on_message<N: Node>(
         group_of(&bus.settings.prefix, channel),
         bus.origin.open(payload),
     ) {
-        (_, Ok(Received::Echo(payload))) => {
+        // A positioned message is not an echo to drop: this gateway's members receive their
+        // own gateway's history messages only this way.
+        (_, Ok(Received::Echo(payload))) if !Positioned::is_positioned(&payload) => {
             // Control frames come back too: this gateway's own heartbeats, its questions.
             c.count_received(&payload);
             if !protocol::cluster::ControlFrame::is_control(&payload) {
@@ -1191,7 +1451,7 @@ fn on_message<N: Node>(
             }
             return;
         }
-        (Some(group), Ok(Received::Message(payload))) => {
+        (Some(group), Ok(Received::Message(payload) | Received::Echo(payload))) => {
             c.count_received(&payload);
             (group, payload)
         }
@@ -1230,6 +1490,7 @@ fn on_pub_reply<N: Node>(
     shard: &Shard,
     reply: Reply,
     expected: &mut VecDeque<Expect>,
+    script: &mut PublishScript,
 ) -> Result<(), RedisError> {
     match expected.front_mut() {
         None => Err(RedisError::Unexpected(format!(
@@ -1247,6 +1508,38 @@ fn on_pub_reply<N: Node>(
                 }
                 if let Some(suppressed) = shard.may_warn() {
                     tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause = %String::from_utf8_lossy(&e), suppressed, "redis refused a publish");
+                }
+            }
+            Ok(())
+        }
+        Some(Expect::History(n)) => {
+            *n -= 1;
+            if *n == 0 {
+                expected.pop_front();
+            }
+            if let Reply::Error(e) = reply {
+                // Not stored, so delivered by no gateway.
+                bus.counters.history_publishes_dropped.fetch_add(1, Relaxed);
+                if is_noscript(&e) {
+                    // The server's script cache was flushed: loaded again once; the calls sent
+                    // before it is are lost too (counted as their answers come).
+                    script.reload |= !script.loading;
+                } else if bus.cluster && is_topology_error(&e) {
+                    bus.refresh.notify_one();
+                }
+                if let Some(suppressed) = shard.may_warn() {
+                    tracing::warn!(carrier = bus.carrier, shard = %shard.address, cause = %String::from_utf8_lossy(&e), suppressed, "redis refused a history message");
+                }
+            }
+            Ok(())
+        }
+        Some(Expect::Load) => {
+            expected.pop_front();
+            script.loading = false;
+            match reply {
+                Reply::Bulk(Some(sha)) => script.sha = Some(sha),
+                other => {
+                    tracing::warn!(carrier = bus.carrier, shard = %shard.address, reply = %quoted(format!("{other:?}")), "redis refused to load the history script again");
                 }
             }
             Ok(())
@@ -1785,6 +2078,147 @@ mod tests {
         );
         bus.unrouted(id("g"), false);
         assert!(bus.status().up);
+    }
+
+    #[test]
+    fn own_positioned_messages_are_delivered_and_plain_echoes_dropped() {
+        let bus = test_bus(false);
+        let (shard, _, channels) = wanting(&["g"]);
+        let (tx, mut rx) = mpsc::channel(4);
+        let inbox = Inbox {
+            tx,
+            bytes: Arc::default(),
+            taken: Arc::default(),
+        };
+        let position = protocol::history::Position {
+            offset: 7,
+            epoch: protocol::history::Epoch::new("e1").expect("epoch"),
+        };
+        // As the publish script sends it: the envelope (sequence 0), then the frame.
+        let mut own = Envelope::header(bus.origin.node_id(), 0).to_vec();
+        own.extend_from_slice(&Positioned::encode(&position, b"hi"));
+        on_message(&bus, &shard, &inbox, &channels[0], Bytes::from(own));
+        let (group, payload) = rx.try_recv().expect("delivered");
+        assert_eq!(&group[..], b"g");
+        assert!(
+            matches!(&payload, Payload::Positioned(p, text) if *p == position && text.as_str() == "hi"),
+            "{payload:?}"
+        );
+        on_message(
+            &bus,
+            &shard,
+            &inbox,
+            &channels[0],
+            bus.origin.stamp(b"plain"),
+        );
+        assert!(rx.try_recv().is_err(), "a plain echo is dropped");
+        let c = &bus.counters;
+        assert_eq!(
+            (
+                c.positioned_in.load(Relaxed),
+                c.echoes_dropped.load(Relaxed),
+                c.messages_in.load(Relaxed)
+            ),
+            (1, 1, 1)
+        );
+    }
+
+    fn history_call() -> Outgoing {
+        let keys = HistoryKeys::new("gp", "g");
+        let policy = HistoryPolicy {
+            size: 1,
+            ttl: Duration::from_secs(1),
+        };
+        Outgoing::History(publish_call(
+            &keys,
+            b"h",
+            b"x",
+            policy,
+            &new_epoch(),
+            b"PUBLISH",
+        ))
+    }
+
+    #[test]
+    fn a_down_shard_keeps_history_publishes_within_the_queue_bound() {
+        let bus = test_bus(false);
+        let shard = Shard::new(
+            "redis://127.0.0.1:1".parse().expect("url"),
+            8,
+            usize::MAX,
+            CancellationToken::new(),
+        );
+        let mut rx = shard.publish_rx.lock().take().expect("its receiver");
+        let queue = &shard.queue;
+        let held_bound = bus.settings.queue;
+        for out in [
+            Outgoing::Publish(Bytes::from_static(b"p")),
+            history_call(),
+            history_call(),
+        ] {
+            let len = out.len();
+            assert!(queue.push(out, len));
+        }
+        let mut held = VecDeque::new();
+        drain(&bus, &shard, &mut rx, &mut held);
+        assert_eq!(held.len(), 2);
+        assert_eq!(bus.counters.publishes_dropped.load(Relaxed), 1);
+        assert_eq!(bus.counters.history_publishes_dropped.load(Relaxed), 0);
+        // Past the bound, dropped and counted.
+        held.extend((0..held_bound).map(|_| history_call()));
+        let out = history_call();
+        let len = out.len();
+        assert!(queue.push(out, len));
+        drain(&bus, &shard, &mut rx, &mut held);
+        assert_eq!(held.len(), held_bound + 2);
+        assert_eq!(bus.counters.history_publishes_dropped.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_noscript_loses_its_publish_and_loads_the_script_once() {
+        let bus = test_bus(false);
+        let (shard, _, _) = wanting(&[]);
+        let mut expected = VecDeque::new();
+        expect_publish(&mut expected, false);
+        expect_publish(&mut expected, true);
+        expect_publish(&mut expected, true);
+        expect_publish(&mut expected, true);
+        assert_eq!(
+            expected,
+            [Expect::Publish(1), Expect::History(3)],
+            "runs of one kind share an entry"
+        );
+        let mut script = PublishScript::default();
+        let noscript = || Reply::Error(Bytes::from_static(b"NOSCRIPT No matching script."));
+        for reply in [Reply::Int(1), Reply::Int(17), noscript()] {
+            on_pub_reply(&bus, &shard, reply, &mut expected, &mut script).expect("answers");
+        }
+        assert!(script.reload);
+        // The session sends `SCRIPT LOAD` (the reload asked and not answered yet).
+        script.reload = false;
+        script.loading = true;
+        expected.push_back(Expect::Load);
+        on_pub_reply(&bus, &shard, noscript(), &mut expected, &mut script).expect("answers");
+        assert!(!script.reload, "one load at a time");
+        let sha = Bytes::from_static(b"0123456789012345678901234567890123456789");
+        on_pub_reply(
+            &bus,
+            &shard,
+            Reply::Bulk(Some(sha.clone())),
+            &mut expected,
+            &mut script,
+        )
+        .expect("answers");
+        assert_eq!((script.sha, script.loading), (Some(sha), false));
+        assert!(expected.is_empty());
+        let c = &bus.counters;
+        assert_eq!(
+            (
+                c.history_publishes_dropped.load(Relaxed),
+                c.publishes_dropped.load(Relaxed)
+            ),
+            (2, 0)
+        );
     }
 
     #[test]

@@ -358,7 +358,7 @@ impl PublishCommand {
 }
 
 /// `$LEN\r\n`.
-fn put_bulk_header(buf: &mut BytesMut, len: usize) {
+pub(super) fn put_bulk_header(buf: &mut BytesMut, len: usize) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut rest = len;

@@ -1,0 +1,223 @@
+//! History and recovery (`--history`) on Redis: the shared scenarios of `e2e::history` on one
+//! server, on two independent shards and on a Redis Cluster; an epoch change when Redis comes
+//! back empty; and what Redis holds of a history (at most SIZE entries, keys that expire, in the
+//! slot of the group's channel).
+
+use anyhow::{bail, ensure, Context, Result};
+use e2e::history::{join_positioned, next_positioned, send_all, texts, WAIT};
+use e2e::{stat, Gateway, GatewayConfig};
+use futures_util::future::try_join_all;
+use test_support::redis::{RedisCluster, RedisServer};
+
+/// What the gateways use: independent servers (one, or several shards), or a cluster.
+enum Engine {
+    Servers(Vec<RedisServer>),
+    Cluster(RedisCluster),
+}
+
+impl Engine {
+    async fn shards(n: usize) -> Result<Engine> {
+        let mut servers = Vec::new();
+        for i in 0..n {
+            servers.push(RedisServer::start(&format!("redis-shard-{i}")).await?);
+        }
+        Ok(Engine::Servers(servers))
+    }
+
+    async fn cluster() -> Result<Engine> {
+        Ok(Engine::Cluster(RedisCluster::start(3, 0).await?))
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Engine::Servers(servers) => servers
+                .iter()
+                .map(RedisServer::url)
+                .collect::<Vec<_>>()
+                .join(","),
+            Engine::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    fn servers(&self) -> Vec<&RedisServer> {
+        match self {
+            Engine::Servers(servers) => servers.iter().collect(),
+            Engine::Cluster(cluster) => cluster.nodes.iter().collect(),
+        }
+    }
+}
+
+/// `n` gateways on `engine`, each with `--history history`.
+async fn gateways(engine: &Engine, n: usize, history: &str) -> Result<Vec<Gateway>> {
+    try_join_all((0..n).map(|i| {
+        Gateway::start(
+            GatewayConfig::with_bus(&format!("gw{i}"), engine.url())
+                .workers(2)
+                .arg("--max-messages-per-second=0")
+                .arg("--history")
+                .arg(history),
+        )
+    }))
+    .await
+}
+
+/// The scenario, and no history message dropped nor taken for an echo.
+async fn a_member_recovers_exactly_what_it_missed(engine: &Engine) -> Result<()> {
+    let gateways = gateways(engine, 2, "chat:=1000,10m").await?;
+    e2e::history::a_member_recovers_exactly_what_it_missed(&gateways[0], &gateways[1]).await?;
+    for gateway in &gateways {
+        let stats = gateway.admin.stats().await?;
+        ensure!(
+            stat(&stats, "/bus/history_publishes_dropped") == Some(0)
+                && stat(&stats, "/bus/echoes_dropped") == Some(0),
+            "{stats}"
+        );
+    }
+    Ok(())
+}
+
+async fn an_offset_older_than_history_recovers_what_is_left(engine: &Engine) -> Result<()> {
+    let gateways = gateways(engine, 1, "h:=20,10m").await?;
+    e2e::history::an_offset_older_than_history_recovers_what_is_left(&gateways[0]).await
+}
+
+async fn raw_members_see_no_change(engine: &Engine) -> Result<()> {
+    let gateways = gateways(engine, 2, "chat:=100,10m").await?;
+    e2e::history::raw_members_see_no_change(&gateways[0], &gateways[1]).await
+}
+
+macro_rules! on_redis_and_shards {
+    ($($name:ident),* $(,)?) => {
+        mod one_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(&super::Engine::shards(1).await?).await
+                }
+            )*
+        }
+        mod two_shards {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(&super::Engine::shards(2).await?).await
+                }
+            )*
+        }
+    };
+}
+
+on_redis_and_shards!(
+    a_member_recovers_exactly_what_it_missed,
+    an_offset_older_than_history_recovers_what_is_left,
+    raw_members_see_no_change,
+);
+
+/// The keys of `group`'s history (prefix `gp`) on `server`: its hash and its stream.
+async fn history_keys(server: &RedisServer, group: &str) -> Result<Vec<String>> {
+    let mut keys: Vec<String> = server
+        .query(redis::cmd("KEYS").arg(format!("gp:h:*:{group}")))
+        .await?;
+    keys.sort();
+    Ok(keys)
+}
+
+/// On a cluster: the recovery scenario, and the history's keys are on the master serving the
+/// group's channel, in its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_recovers_exactly_what_it_missed_on_a_cluster() -> Result<()> {
+    let engine = Engine::cluster().await?;
+    a_member_recovers_exactly_what_it_missed(&engine).await?;
+    let Engine::Cluster(cluster) = &engine else {
+        bail!("a cluster")
+    };
+    let master = cluster.master_of(0, b"gp:chat:1").await?;
+    let node = &cluster.nodes[master];
+    let keys = history_keys(node, "chat:1").await?;
+    ensure!(keys.len() == 2, "{keys:?} on the channel's master");
+    let channel_slot: i64 = node
+        .query(redis::cmd("CLUSTER").arg("KEYSLOT").arg("gp:chat:1"))
+        .await?;
+    for key in &keys {
+        let slot: i64 = node
+            .query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
+            .await?;
+        ensure!(
+            slot == channel_slot,
+            "{key} in slot {slot}, not {channel_slot}"
+        );
+    }
+    Ok(())
+}
+
+/// Redis restarted empty: a recover answers `recovered:false` with the new epoch, from 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_change_answers_recovered_false() -> Result<()> {
+    let mut engine = Engine::shards(1).await?;
+    let gateways = gateways(&engine, 1, "chat:=100,10m").await?;
+    let gateway = &gateways[0];
+    let mut sender = gateway.connect("sender").await?;
+    let mut member = gateway.connect("member").await?;
+    let joined = join_positioned(&mut member, "chat:1", None).await?;
+    let (_, epoch) = joined.position();
+    send_all(&mut sender, "chat:1", texts(0, 3)).await?;
+    next_positioned(&mut member, "chat:1", 3).await?;
+    drop(member);
+
+    let Engine::Servers(servers) = &mut engine else {
+        bail!("one server")
+    };
+    servers[0].kill().await?;
+    servers[0].restart().await?;
+    gateway.process.wait_for_nth_log("bus up", 2, WAIT).await?;
+    let mut member = gateway.connect("member again").await?;
+    let recovered = join_positioned(&mut member, "chat:1", Some((3, &epoch))).await?;
+    ensure!(recovered.reply["recovered"] == false, "{}", recovered.reply);
+    let (top, new_epoch) = recovered.position();
+    ensure!(top == 0 && new_epoch != epoch, "{}", recovered.reply);
+    ensure!(recovered.messages.is_empty());
+
+    // The new epoch goes on from 1.
+    send_all(&mut sender, "chat:1", texts(3, 4)).await?;
+    let live = next_positioned(&mut member, "chat:1", 1).await?;
+    ensure!(live == vec![(1, "m3".to_owned())], "{live:?}");
+    gateway.process.assert_no_panics()
+}
+
+/// Redis holds at most SIZE entries of a group, in two keys that expire TTL after the last
+/// message (`--history h:=20,10m`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_holds_at_most_size_entries_and_they_expire() -> Result<()> {
+    let engine = Engine::shards(1).await?;
+    let gateways = gateways(&engine, 1, "h:=20,10m").await?;
+    let mut sender = gateways[0].connect("sender").await?;
+    send_all(&mut sender, "h:1", texts(0, 50)).await?;
+    let server = engine.servers()[0];
+    let keys = history_keys(server, "h:1").await?;
+    let [meta, stream] = &keys[..] else {
+        bail!("not two keys: {keys:?}");
+    };
+    ensure!(
+        meta.starts_with("gp:h:{") && meta.ends_with("}:m:h:1"),
+        "{meta}"
+    );
+    ensure!(stream.ends_with("}:s:h:1"), "{stream}");
+    let len: i64 = server.query(redis::cmd("XLEN").arg(stream)).await?;
+    ensure!(len == 20, "{len} entries kept, not 20");
+    let top: i64 = server.query(redis::cmd("HGET").arg(meta).arg("o")).await?;
+    ensure!(top == 50, "last offset {top}");
+    for key in [meta, stream] {
+        let ttl: i64 = server.query(redis::cmd("PTTL").arg(key)).await?;
+        ensure!(0 < ttl && ttl <= 600_000, "{key} expires in {ttl} ms");
+    }
+    let stats = gateways[0].admin.stats().await?;
+    ensure!(
+        stat(&stats, "/bus/history_publishes") == Some(50)
+            && stat(&stats, "/bus/history_publishes_dropped") == Some(0),
+        "{stats}"
+    );
+    gateways[0]
+        .process
+        .assert_no_panics()
+        .context("after 50 messages")
+}
