@@ -219,14 +219,11 @@ async fn run() -> anyhow::Result<()> {
     let builder = Gateway::builder(cli.config).security(security);
     tracing::info!(bus = %bus, carrier = bus.carrier(), "bus");
     if !builder.config().history.is_empty()
-        && matches!(
-            bus,
-            BusAddress::Nats(_) | BusAddress::Redis(_) | BusAddress::RedisCluster(_)
-        )
+        && matches!(bus, BusAddress::Redis(_) | BusAddress::RedisCluster(_))
     {
         anyhow::bail!(
-            "--history needs a carrier that keeps histories: the embedded or built-in broker \
-             (the {} carrier does not yet)",
+            "--history needs a carrier that keeps histories: the embedded or built-in broker, \
+             or NATS with JetStream (the {} carrier does not yet)",
             bus.carrier()
         );
     }
