@@ -111,9 +111,15 @@ pub fn texts(from: usize, to: usize) -> Vec<String> {
 /// A member disconnects, 500 messages are sent, it reconnects with its last position: exactly
 /// the 500, in order, then the live ones, none twice.
 ///
+/// The sender's acks come before its gateway stored the messages, and the store is another
+/// gateway's read away: a positioned member on the sender's gateway (the witness) has them
+/// all only once they are stored, so the member reconnects after that.
+///
 /// `a` and `b` run with `--history chat:=1000,10m`.
 pub async fn a_member_recovers_exactly_what_it_missed(a: &Gateway, b: &Gateway) -> Result<()> {
     let mut sender = a.connect("sender").await?;
+    let mut witness = a.connect("witness").await?;
+    join_positioned(&mut witness, "chat:1", None).await?;
     let mut member = b.connect("member").await?;
     let joined = join_positioned(&mut member, "chat:1", None).await?;
     ensure!(joined.messages.is_empty(), "{:?}", joined.messages);
@@ -129,6 +135,7 @@ pub async fn a_member_recovers_exactly_what_it_missed(a: &Gateway, b: &Gateway) 
     drop(member);
 
     send_all(&mut sender, "chat:1", texts(10, 510)).await?;
+    next_positioned(&mut witness, "chat:1", 510).await?;
     let mut member = b.connect("member again").await?;
     let recovered = join_positioned(&mut member, "chat:1", Some((10, &epoch))).await?;
     ensure!(recovered.reply["recovered"] == true, "{}", recovered.reply);
@@ -154,7 +161,8 @@ pub async fn a_member_recovers_exactly_what_it_missed(a: &Gateway, b: &Gateway) 
         live == (511..=515).zip(texts(510, 515)).collect::<Vec<_>>(),
         "{live:?}"
     );
-    expect_quiet([&mut member]).await?;
+    next_positioned(&mut witness, "chat:1", 5).await?;
+    expect_quiet([&mut member, &mut witness]).await?;
     a.process.assert_no_panics()?;
     b.process.assert_no_panics()
 }

@@ -275,7 +275,7 @@ pub struct GatewayConfig {
     /// at most TTL (1s to 30 days). Their messages get offsets and an epoch; positioned members
     /// receive them with their position and recover what they missed (docs/protocol.md,
     /// "History and recovery"). The longest matching prefix wins; an empty prefix matches every
-    /// group. On the embedded and built-in broker and on Redis (not on NATS yet).
+    /// group. On every carrier: the embedded and built-in broker, Redis, NATS with JetStream.
     #[arg(long, env = "GATEWAY_HISTORY", value_name = "PREFIX=SIZE,TTL", help_heading = HISTORY, value_delimiter = ';')]
     pub history: Vec<HistoryRule>,
 

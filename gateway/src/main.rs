@@ -218,13 +218,6 @@ async fn run() -> anyhow::Result<()> {
     cancel_on_signals(shutdown.clone());
     let builder = Gateway::builder(cli.config).security(security);
     tracing::info!(bus = %bus, carrier = bus.carrier(), "bus");
-    if !builder.config().history.is_empty() && matches!(bus, BusAddress::Nats(_)) {
-        anyhow::bail!(
-            "--history needs a carrier that keeps histories: the embedded or built-in broker, \
-             or Redis (the {} carrier does not yet)",
-            bus.carrier()
-        );
-    }
     let builder = match bus {
         BusAddress::Broker(addr) => builder.broker(addr),
         BusAddress::Nats(servers) => {

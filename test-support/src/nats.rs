@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use anyhow::{ensure, Context, Result};
 use tokio::net::TcpStream;
@@ -37,6 +38,32 @@ pub struct NatsServer {
     pub cluster_port: Option<u16>,
     /// The monitoring endpoint (`/varz`, `/connz`, `/subsz`, `/routez`).
     pub monitor: Admin,
+    /// Its JetStream store, when it has one ([`NatsServer::start_jetstream`]); declared last,
+    /// so that it is removed once the process is killed.
+    store: Option<StoreDir>,
+}
+
+/// A JetStream store directory, removed (with what it holds) on drop.
+#[derive(Debug)]
+struct StoreDir(PathBuf);
+
+impl StoreDir {
+    fn new(name: &str) -> Result<StoreDir> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "test-{}-{}-nats-{name}",
+            std::process::id(),
+            NEXT.fetch_add(1, Relaxed)
+        ));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(StoreDir(path))
+    }
+}
+
+impl Drop for StoreDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The port at the end of the first log line containing `text` (`... on 127.0.0.1:4222`).
@@ -59,6 +86,20 @@ impl NatsServer {
     /// A server on `port`: to restart one where its clients expect it.
     pub async fn start_on(name: &str, port: u16) -> Result<NatsServer> {
         NatsServer::start_with(name, Some(port), &[]).await
+    }
+
+    /// A server with JetStream (`-js`) on `port` (or one of its choosing), its store in a fresh
+    /// directory: started again on the same port, it is a server that lost its store.
+    pub async fn start_jetstream(name: &str, port: Option<u16>) -> Result<NatsServer> {
+        let store = StoreDir::new(name)?;
+        let extra = [
+            "-js".to_owned(),
+            "-sd".to_owned(),
+            store.0.display().to_string(),
+        ];
+        let mut server = NatsServer::start_with(name, port, &extra).await?;
+        server.store = Some(store);
+        Ok(server)
     }
 
     /// A server on `port` (or one of its choosing) with more arguments (`--cluster`, ...).
@@ -87,6 +128,7 @@ impl NatsServer {
             port,
             cluster_port,
             monitor,
+            store: None,
         };
         wait_until(&format!("{name} is ready"), STARTUP_TIMEOUT, || async {
             server.monitor.get_json("/varz").await?;

@@ -77,6 +77,7 @@
 //! async-nats logs its own events at `info` under the target `async_nats` (every failed
 //! reconnection attempt, say): `RUST_LOG=info,async_nats=warn` quiets it.
 
+pub mod history;
 pub mod subject;
 
 use std::collections::{HashMap, HashSet};
@@ -92,8 +93,9 @@ use bytes::Bytes;
 use futures_util::stream::{AbortHandle, Abortable, SelectAll};
 use futures_util::{Stream, StreamExt};
 use parking_lot::Mutex;
+use protocol::history::Positioned;
 use protocol::{GroupId, GroupName};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -104,10 +106,12 @@ use super::origin::{Origin, Received};
 use super::publish_queue::PublishQueue;
 use super::warnings::Throttle;
 use super::{
-    equal_jitter, Bus, BusCounters, BusError, BusStatus, Carrier, Node, Payload, RunningBus,
-    ShardStatus,
+    equal_jitter, Bus, BusCounters, BusError, BusStatus, Carrier, HistoryError, HistoryFuture,
+    HistoryPage, HistoryPolicy, HistoryQuery, Node, Payload, RunningBus, ShardStatus,
 };
 use crate::config::GatewayConfig;
+use crate::history::policy::HistoryRules;
+use history::NatsHistory;
 
 /// The carrier's name in [`BusStatus::carrier`] and in logs.
 const CARRIER: &str = "nats";
@@ -123,6 +127,10 @@ const PUBLISH_BATCH: usize = 256;
 pub const STATE_POLL: Duration = Duration::from_millis(250);
 /// How long a flush after a full resubscription may take before the bus is declared up anyway.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Messages of groups with history taken from their queue at once: those of different groups
+/// are stored concurrently, those of one group one after the other (each waits for the
+/// previous one's place in the stream).
+pub const HISTORY_BATCH: usize = 64;
 
 /// NATS core pub/sub, not started yet: the servers of `--bus nats://...` and the settings.
 #[derive(Debug, Clone)]
@@ -146,6 +154,8 @@ struct Settings {
     connect_timeout: Duration,
     reconnect_min: Duration,
     reconnect_max: Duration,
+    history: HistoryRules,
+    history_timeout: Duration,
 }
 
 /// Authentication from the URLs' userinfo: `user:pass@`, or a token alone as `token@`.
@@ -225,6 +235,16 @@ impl NatsCarrier {
                 subject::max_group_id_len(&prefix) - protocol::cluster::topic::MAX_PREFIX_LEN,
             )));
         }
+        if !config.history.is_empty()
+            && !subject::history_fits_control_line(&prefix, config.max_group_id_len)
+        {
+            return Err(invalid(format!(
+                "--max-group-id-len {} gives history subjects (--history) too long for a NATS \
+                 control line ({} bytes by default) with --bus-prefix {prefix:?}",
+                config.max_group_id_len,
+                subject::MAX_CONTROL_LINE,
+            )));
+        }
         Ok(NatsCarrier {
             servers: addrs,
             shown,
@@ -240,6 +260,8 @@ impl NatsCarrier {
                 connect_timeout: config.link_connect_timeout,
                 reconnect_min: config.reconnect_min,
                 reconnect_max: config.reconnect_max,
+                history: HistoryRules::new(&config.history),
+                history_timeout: config.history_timeout,
             },
         })
     }
@@ -305,10 +327,20 @@ pub fn reconnect_delay(attempt: usize, min: Duration, max: Duration, random: f64
 impl Carrier for NatsCarrier {
     fn start<N: Node>(self, node: Arc<N>, shutdown: CancellationToken) -> RunningBus {
         let (queue, publish_rx) = PublishQueue::new(self.settings.queue, self.settings.queue_bytes);
+        let (history_queue, history_rx) =
+            PublishQueue::new(self.settings.queue, self.settings.queue_bytes);
         let bus = Arc::new(NatsBus {
             prefix: self.settings.prefix.clone(),
             origin: Origin::new(),
             queue,
+            history_queue,
+            history: Arc::new(NatsHistory::new(
+                self.settings.prefix.clone(),
+                self.settings.history.clone(),
+                self.settings.history_timeout,
+            )),
+            history_queued: AtomicU64::new(0),
+            history_done: watch::Sender::new(0),
             session: AtomicU64::new(0),
             client: Mutex::new(None),
             down: Notify::new(),
@@ -326,7 +358,14 @@ impl Carrier for NatsCarrier {
             short_sessions: AtomicU32::new(0),
             warnings: Mutex::new(Warnings::default()),
         });
-        let task = tokio::spawn(run(bus.clone(), self, node, publish_rx, shutdown));
+        let task = tokio::spawn(run(
+            bus.clone(),
+            self,
+            node,
+            publish_rx,
+            history_rx,
+            shutdown,
+        ));
         RunningBus { bus, task }
     }
 }
@@ -345,6 +384,14 @@ impl Outgoing {
     }
 }
 
+/// A message of a group with history on its way to the stream.
+#[derive(Debug)]
+struct HistoryPublish {
+    group: GroupId,
+    payload: Bytes,
+    policy: HistoryPolicy,
+}
+
 /// The started carrier: what workers publish through, and what the task and the client's
 /// events report.
 #[derive(Debug)]
@@ -353,6 +400,17 @@ struct NatsBus {
     origin: Origin,
     /// Publishes waiting for the client, and the batch being handed to it.
     queue: PublishQueue<Outgoing>,
+    /// Messages of groups with history waiting for the stream (`--link-queue-frames` and
+    /// `--link-queue-bytes` too, apart from the other publishes: a slow stream does not hold
+    /// them up).
+    history_queue: PublishQueue<HistoryPublish>,
+    history: Arc<NatsHistory>,
+    /// Messages of groups with history queued so far, and those the history task is done
+    /// with (stored or dropped): a read or removal waits until the task is done with what was
+    /// queued before it, so that it sees (or removes) what this gateway accepted before it, as
+    /// the broker link's single queue gives.
+    history_queued: AtomicU64,
+    history_done: watch::Sender<u64>,
     /// The client's connection count of the session the carrier task reconciled with the
     /// node; 0 while the bus is down. Set by the task, cleared by it or by the event callback
     /// when that session is lost ([`NatsBus::connection_lost`]).
@@ -385,6 +443,7 @@ struct Warnings {
     slow_consumer: Throttle,
     publish_failed: Throttle,
     invalid: Throttle,
+    history_dropped: Throttle,
 }
 
 impl NatsBus {
@@ -476,6 +535,34 @@ impl NatsBus {
     fn drop_publish(&self) {
         self.counters.publishes_dropped.fetch_add(1, Relaxed);
     }
+
+    /// Resolves once the history task is done with every message queued so far (the caller's
+    /// timeout bounds the wait: `--history-timeout`).
+    fn written(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let queued = self.history_queued.load(Relaxed);
+        let mut done = self.history_done.subscribe();
+        async move {
+            // Err: the carrier stopped; the read that follows says so.
+            let _ = done.wait_for(|done| *done >= queued).await;
+        }
+    }
+
+    /// A message of a group with history was not stored: no gateway delivers it.
+    fn drop_history(&self, group: &str, cause: &str) {
+        self.counters
+            .history_publishes_dropped
+            .fetch_add(1, Relaxed);
+        if let Some(repeats) = self.warnings.lock().history_dropped.allow() {
+            tracing::warn!(
+                carrier = CARRIER,
+                group,
+                cause,
+                repeats,
+                "dropping a message of a group with history: not stored, so no gateway \
+                 delivers it"
+            );
+        }
+    }
 }
 
 impl Bus for NatsBus {
@@ -494,23 +581,55 @@ impl Bus for NatsBus {
         }
     }
 
-    fn publish_history(&self, _: &GroupName<'_>, _: &Bytes, _: super::HistoryPolicy) {
-        self.counters
-            .history_publishes_dropped
-            .fetch_add(1, Relaxed);
+    fn publish_history(&self, group: &GroupName<'_>, payload: &Bytes, policy: HistoryPolicy) {
+        self.counters.history_publishes.fetch_add(1, Relaxed);
+        // Dropped while the bus is down, as other publishes are: the stream would take it
+        // only after the reconnection, late and out of order with what others sent meanwhile.
+        let queued = self.is_up()
+            && self.history_queue.push(
+                HistoryPublish {
+                    group: GroupId::from(group.clone()),
+                    payload: payload.clone(),
+                    policy,
+                },
+                payload.len(),
+            );
+        if queued {
+            self.history_queued.fetch_add(1, Relaxed);
+        } else {
+            self.drop_history(group.as_str(), "the bus is down or its queue is full");
+        }
     }
 
     fn history(
         &self,
-        _: &GroupName<'_>,
-        _: super::HistoryPolicy,
-        _: super::HistoryQuery,
-    ) -> super::HistoryFuture<super::HistoryPage> {
-        super::history::failed(super::HistoryError::NotSupported(CARRIER))
+        group: &GroupName<'_>,
+        policy: HistoryPolicy,
+        query: HistoryQuery,
+    ) -> HistoryFuture<HistoryPage> {
+        let history = self.history.clone();
+        if !self.is_up() {
+            return super::history::failed(HistoryError::Unavailable("the bus is down".into()));
+        }
+        let group = GroupId::from(group.clone());
+        let written = self.written();
+        Box::pin(async move {
+            written.await;
+            history.read(group.as_str(), policy, query).await
+        })
     }
 
-    fn remove_history(&self, _: &GroupName<'_>) -> super::HistoryFuture<()> {
-        super::history::failed(super::HistoryError::NotSupported(CARRIER))
+    fn remove_history(&self, group: &GroupName<'_>) -> HistoryFuture<()> {
+        let history = self.history.clone();
+        if !self.is_up() {
+            return super::history::failed(HistoryError::Unavailable("the bus is down".into()));
+        }
+        let group = GroupId::from(group.clone());
+        let written = self.written();
+        Box::pin(async move {
+            written.await;
+            history.remove(group.as_str()).await
+        })
     }
 
     fn status(&self) -> BusStatus {
@@ -540,6 +659,7 @@ async fn run<N: Node>(
     carrier: NatsCarrier,
     node: Arc<N>,
     publish_rx: mpsc::Receiver<Outgoing>,
+    history_rx: mpsc::Receiver<HistoryPublish>,
     shutdown: CancellationToken,
 ) {
     // With `retry_on_initial_connect` this returns at once; the client connects in the
@@ -553,12 +673,14 @@ async fn run<N: Node>(
         }
     };
     *bus.client.lock() = Some(client.clone());
+    bus.history.set_client(client.clone());
     let publisher = tokio::spawn(publish_loop(
         client.clone(),
         bus.clone(),
         publish_rx,
         shutdown.clone(),
     ));
+    let historian = tokio::spawn(history_loop(bus.clone(), history_rx, shutdown.clone()));
     let (inbox, inbox_rx) = mpsc::channel(INBOX_MESSAGES);
     let inbox_bytes = Arc::new(AtomicUsize::new(0));
     let deliverer = tokio::spawn(deliver_loop(
@@ -583,8 +705,9 @@ async fn run<N: Node>(
     link.run(&shutdown).await;
     link.bus.session.store(0, Relaxed);
     link.bus.client.lock().take();
+    link.bus.history.clear_client();
     drop(link);
-    let _ = tokio::join!(publisher, deliverer);
+    let _ = tokio::join!(publisher, deliverer, historian);
 }
 
 /// Hands the messages that arrived to the node, waiting while its workers are full (the
@@ -657,6 +780,64 @@ async fn publish_loop(
             }
             bus.queue.release(len);
         }
+    }
+}
+
+/// Stores the messages of groups with history in their streams ([`history`]), those of one
+/// group in the order they were published, up to [`HISTORY_BATCH`] groups at once. The server
+/// republishes each one stored to the group's subject; what cannot be stored is counted in
+/// `history_publishes_dropped`.
+async fn history_loop(
+    bus: Arc<NatsBus>,
+    mut history_rx: mpsc::Receiver<HistoryPublish>,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(HISTORY_BATCH);
+    loop {
+        let n = tokio::select! {
+            n = history_rx.recv_many(&mut batch, HISTORY_BATCH) => n,
+            _ = shutdown.cancelled() => return,
+        };
+        if n == 0 {
+            return; // the bus itself is gone
+        }
+        // Each group's messages in order, the groups side by side.
+        let mut by_group: Vec<Vec<HistoryPublish>> = Vec::new();
+        let mut index: HashMap<GroupId, usize> = HashMap::new();
+        for publish in batch.drain(..) {
+            let i = *index.entry(publish.group.clone()).or_insert_with(|| {
+                by_group.push(Vec::new());
+                by_group.len() - 1
+            });
+            by_group[i].push(publish);
+        }
+        let stores = by_group.into_iter().map(|publishes| {
+            let bus = &bus;
+            async move {
+                for publish in publishes {
+                    let len = publish.payload.len();
+                    let group = publish.group.as_str();
+                    let stored = if bus.is_up() {
+                        bus.history
+                            .append(group, &publish.payload, publish.policy, &bus.origin)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    } else {
+                        Err("the bus is down".to_owned())
+                    };
+                    if let Err(cause) = stored {
+                        bus.drop_history(group, &cause);
+                    }
+                    bus.history_queue.release(len);
+                }
+            }
+        });
+        tokio::select! {
+            _ = futures_util::future::join_all(stores) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        bus.history_done.send_modify(|done| *done += n as u64);
     }
 }
 
@@ -781,6 +962,9 @@ impl<N: Node> Link<N> {
         }
         self.synced = Some(connects);
         self.session_started = Instant::now();
+        // Perhaps another server, or one that lost its store: streams and last messages are
+        // looked up again.
+        self.bus.history.forget();
         self.bus
             .counters
             .reconnects
@@ -798,6 +982,14 @@ impl<N: Node> Link<N> {
                 max_message_size = self.settings.inbound.max_message_size,
                 "the NATS server's max_payload is below --max-message-size: larger messages \
                  reach only this gateway's members"
+            );
+        }
+        if !self.settings.history.is_empty() && !info.jetstream {
+            tracing::warn!(
+                carrier = CARRIER,
+                server = %server,
+                "the NATS server has no JetStream (nats-server -js): messages of groups with \
+                 history cannot be stored, and are dropped"
             );
         }
         self.bus.session.store(connects, Relaxed);
@@ -925,6 +1117,12 @@ impl<N: Node> Link<N> {
         let counters = &self.bus.counters;
         let payload = match self.bus.origin.open(message.payload) {
             Ok(Received::Message(payload)) => {
+                counters.count_received(&payload);
+                payload
+            }
+            // This gateway's own message of a group with history, republished by the stream
+            // that stored it: its members get it only this way.
+            Ok(Received::Echo(payload)) if Positioned::is_positioned(&payload) => {
                 counters.count_received(&payload);
                 payload
             }

@@ -12,6 +12,12 @@
 //! `3n`. NATS refuses a protocol line (`PUB subject size`, `SUB subject sid`) longer than its
 //! `max_control_line`, 4096 bytes by default: [`fits_control_line`] says whether the longest
 //! subject of a deployment fits.
+//!
+//! Groups with history (`--history`) also have subjects in a JetStream stream, one stream per
+//! history policy ([`history_stream`]): `{prefix}.h.{size}.{ttl_ms}.m.{token}` holds the
+//! group's messages, `{prefix}.h.{size}.{ttl_ms}.e.{token}` the epoch of a history read before
+//! its first message ([`history_subjects`]). The policy is in the subject because a stream's
+//! subjects may not overlap another's.
 
 /// What every group subject has after the deployment's prefix.
 pub const GROUP_INFIX: &str = ".g.";
@@ -23,6 +29,62 @@ pub const MAX_CONTROL_LINE: usize = 4096;
 /// `MSG `), a subscription id, a reply subject-free size field, spaces and CRLF. 64 bytes is
 /// more than the 38 they take at most.
 pub const CONTROL_LINE_OVERHEAD: usize = 64;
+
+/// What every history subject has after the deployment's prefix.
+pub const HISTORY_INFIX: &str = ".h.";
+
+/// The longest `{size}.{ttl_ms}.m.` of a history subject: 7 digits of size, 10 of
+/// milliseconds (30 days), dots and the kind.
+pub const HISTORY_POLICY_MAX_LEN: usize = 7 + 1 + 10 + 3;
+
+/// What a JetStream publish adds to its control line beyond a plain publish's: the reply
+/// inbox (`_INBOX.` and two 22-character tokens) and the header size field. 64 bytes is more
+/// than the 62 they take.
+pub const JETSTREAM_LINE_OVERHEAD: usize = 64;
+
+/// The JetStream stream that keeps the histories of `policy`'s groups under `prefix`:
+/// `{prefix}_history_{size}_{ttl_ms}` (a prefix is letters, digits, `_` and `-`: a valid
+/// stream name).
+pub fn history_stream(prefix: &str, size: u32, ttl_ms: u64) -> String {
+    format!("{prefix}_history_{size}_{ttl_ms}")
+}
+
+/// The subjects of that stream, `{prefix}.h.{size}.{ttl_ms}.>`, and those of its messages that
+/// the server republishes to the groups' subjects (`src` and `dest` of its `republish`):
+/// `{prefix}.h.{size}.{ttl_ms}.m.*` to `{prefix}.g.{{wildcard(1)}}`.
+pub fn history_stream_subjects(prefix: &str, size: u32, ttl_ms: u64) -> (String, String, String) {
+    let base = format!("{prefix}{HISTORY_INFIX}{size}.{ttl_ms}");
+    (
+        format!("{base}.>"),
+        format!("{base}.m.*"),
+        format!("{prefix}{GROUP_INFIX}{{{{wildcard(1)}}}}"),
+    )
+}
+
+/// The subjects of `group`'s history under `prefix` and its policy: its messages', its
+/// epoch's, and a filter for both (to purge them).
+pub fn history_subjects(prefix: &str, size: u32, ttl_ms: u64, group: &str) -> [String; 3] {
+    let mut token = String::with_capacity(group.len());
+    push_token(&mut token, group);
+    let base = format!("{prefix}{HISTORY_INFIX}{size}.{ttl_ms}");
+    [
+        format!("{base}.m.{token}"),
+        format!("{base}.e.{token}"),
+        format!("{base}.*.{token}"),
+    ]
+}
+
+/// Whether every history subject of group ids up to `max_group_id_len` bytes under `prefix`
+/// fits in a default NATS control line, with a JetStream publish's reply inbox.
+pub fn history_fits_control_line(prefix: &str, max_group_id_len: usize) -> bool {
+    prefix.len()
+        + HISTORY_INFIX.len()
+        + HISTORY_POLICY_MAX_LEN
+        + max_group_id_len.saturating_mul(3)
+        + CONTROL_LINE_OVERHEAD
+        + JETSTREAM_LINE_OVERHEAD
+        <= MAX_CONTROL_LINE
+}
 
 /// The subject of `group` under `prefix` (`--bus-prefix`, already validated as a single token
 /// of letters, digits, `_` and `-`).
@@ -135,6 +197,26 @@ mod tests {
         assert!(fits_control_line(&prefix, bound));
         assert!(!fits_control_line(&prefix, bound + 1));
         assert!(bound >= 1024, "{bound}");
+    }
+
+    #[test]
+    fn history_subjects_carry_the_policy_and_one_group_token() {
+        assert_eq!(history_stream("gp", 100, 600_000), "gp_history_100_600000");
+        let (subjects, source, destination) = history_stream_subjects("gp", 100, 600_000);
+        assert_eq!(subjects, "gp.h.100.600000.>");
+        assert_eq!(source, "gp.h.100.600000.m.*");
+        assert_eq!(destination, "gp.g.{{wildcard(1)}}");
+        let [messages, epoch, both] = history_subjects("gp", 100, 600_000, "chat:1");
+        assert_eq!(messages, "gp.h.100.600000.m.chat~3A1");
+        assert_eq!(epoch, "gp.h.100.600000.e.chat~3A1");
+        assert_eq!(both, "gp.h.100.600000.*.chat~3A1");
+        let longest = history_subjects("gp", 1_000_000, 2_592_000_000, "g")[0].len();
+        assert_eq!(
+            longest,
+            "gp".len() + HISTORY_INFIX.len() + HISTORY_POLICY_MAX_LEN + 1
+        );
+        assert!(history_fits_control_line("gp", 1000));
+        assert!(!history_fits_control_line("gp", 1339));
     }
 
     proptest! {
