@@ -1,5 +1,6 @@
-//! In a real browser: the seed's console snippet, and the demo page (gateway/static/demo.html)
-//! used through its UI. Headless Chromium, driven over WebDriver (fantoccini -> chromedriver).
+//! In a real browser: the seed's console snippet, the demo page (gateway/static/demo.html)
+//! used through its UI, and the history example of docs/protocol.md (§5, "In a browser") across
+//! gateway restarts. Headless Chromium, driven over WebDriver (fantoccini -> chromedriver).
 //!
 //! Needs Debian's `chromium` and `chromium-driver` packages (`.ci/run` installs them), so the
 //! tests that drive a browser are `#[ignore]`d: `cargo test` reports them as ignored, and
@@ -18,7 +19,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use e2e::{stat, Admin, Gateway, GatewayConfig, Process, QUIET_PERIOD, STARTUP_TIMEOUT};
+use e2e::history::{send_all, texts};
+use e2e::{
+    stat, Admin, Broker, Gateway, GatewayConfig, Process, EXIT_TIMEOUT, QUIET_PERIOD,
+    STARTUP_TIMEOUT,
+};
 use fantoccini::wd::{Capabilities, TimeoutConfiguration};
 use fantoccini::{ClientBuilder, Locator};
 use futures_util::future::try_join_all;
@@ -63,6 +68,28 @@ console.log = function (...args) {
   return log.apply(this, args);
 };
 "#;
+
+/// docs/protocol.md, whose browser example of history and recovery the recovery test runs (see
+/// [`history_example`]).
+const PROTOCOL_DOC: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"));
+
+/// The history groups of the recovery test's gateways, as in e2e/tests/history.rs.
+const CHAT_HISTORY: &str = "chat:=1000,10m";
+
+/// What the docs' history example leaves to the application, recorded in the page:
+/// `show(text)` appends to `window.__shown`, `reloadState()` counts in `window.__reloads`.
+const HISTORY_HOOKS: &str = r#"
+window.__shown = [];
+window.__reloads = 0;
+window.show = function (text) { window.__shown.push(text); };
+window.reloadState = function () { window.__reloads += 1; };
+"#;
+
+/// How long the docs' history example may take to come back once its gateway is back: its
+/// backoff doubles from 500 ms to at most 10 s while the gateway is away, so the next retry may
+/// be up to 10 s away.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 // ---- tools ------------------------------------------------------------------------------------
 
@@ -302,7 +329,18 @@ impl Browser {
 
     /// Polls `script` until it returns something other than `null` or `false`, and returns it.
     async fn wait_for(&self, what: &str, script: &str, args: Vec<Value>) -> Result<Value> {
-        let deadline = Instant::now() + PAGE_TIMEOUT;
+        self.wait_for_within(what, PAGE_TIMEOUT, script, args).await
+    }
+
+    /// [`Browser::wait_for`], with a deadline of `timeout` instead of [`PAGE_TIMEOUT`].
+    async fn wait_for_within(
+        &self,
+        what: &str,
+        timeout: Duration,
+        script: &str,
+        args: Vec<Value>,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
         loop {
             let value = self.eval(script, args.clone()).await?;
             if !matches!(value, Value::Null | Value::Bool(false)) {
@@ -310,7 +348,7 @@ impl Browser {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "{}: timed out after {PAGE_TIMEOUT:?} waiting for {what}",
+                    "{}: timed out after {timeout:?} waiting for {what}",
                     self.name
                 );
             }
@@ -474,6 +512,42 @@ impl Browser {
         }
     }
 
+    /// Waits (up to `timeout`) until the docs' history example has shown exactly `expected`
+    /// (`window.__shown`, see [`HISTORY_HOOKS`]). Fails at once on anything that is not on the
+    /// way there: a message shown twice, out of order, or never sent.
+    async fn expect_shown(&self, expected: &[String], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let shown: Vec<String> =
+                serde_json::from_value(self.eval("return window.__shown;", vec![]).await?)
+                    .context("window.__shown holds the texts shown")?;
+            if shown == expected {
+                return Ok(());
+            }
+            ensure!(
+                expected.starts_with(&shown),
+                "{}: the page showed {shown:?}, expected {expected:?}",
+                self.name
+            );
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}: timed out after {timeout:?}: the page showed {shown:?}, expected \
+                     {expected:?}",
+                    self.name
+                );
+            }
+            tokio::time::sleep(PAGE_POLL).await;
+        }
+    }
+
+    /// How many times the docs' history example called `reloadState` (see [`HISTORY_HOOKS`]).
+    async fn reloads(&self) -> Result<u64> {
+        let value = self.eval("return window.__reloads;", vec![]).await?;
+        value
+            .as_u64()
+            .with_context(|| format!("{}: window.__reloads is {value}", self.name))
+    }
+
     async fn close(self) -> Result<()> {
         self.client
             .close()
@@ -544,6 +618,93 @@ fn seed_code(addr: SocketAddr) -> Result<String> {
     Ok(SEED_SNIPPET.replace(SEED_URL, &format!("ws://{addr}")))
 }
 
+/// The ```js block of docs/protocol.md §5 "In a browser", verbatim but for its URL: the page
+/// it runs in is not served by the gateway's WebSocket listener, so `"ws://" + location.host +
+/// "/"` becomes `"ws://ADDR/"`. It calls `show` and `reloadState`, which [`HISTORY_HOOKS`]
+/// provides.
+fn history_example(addr: SocketAddr) -> Result<String> {
+    const HEADING: &str = "\n### In a browser\n";
+    const URL: &str = r#""ws://" + location.host + "/""#;
+    let (_, section) = PROTOCOL_DOC
+        .split_once("\n## 5. History and recovery\n")
+        .and_then(|(_, history)| history.split_once(HEADING))
+        .context("docs/protocol.md has no §5 \"History and recovery\", \"In a browser\"")?;
+    // The section ends at the next heading; the example is its first ```js block.
+    let section = section.split("\n#").next().unwrap_or_default();
+    let (_, code) = section
+        .split_once("```js\n")
+        .context("docs/protocol.md §5 \"In a browser\" has no ```js block")?;
+    let (code, _) = code
+        .split_once("\n```")
+        .context("docs/protocol.md §5 \"In a browser\": the ```js block is not closed")?;
+    ensure!(
+        code.matches(URL).count() == 1,
+        "docs/protocol.md §5 \"In a browser\" no longer connects to {URL}: update the test"
+    );
+    for hook in ["show(", "reloadState("] {
+        ensure!(
+            code.contains(hook),
+            "docs/protocol.md §5 \"In a browser\" no longer calls {hook}): update the test"
+        );
+    }
+    Ok(code.replace(URL, &json!(format!("ws://{addr}/")).to_string()))
+}
+
+/// A gateway linked to `broker`, with [`CHAT_HISTORY`] and no rate limit (as e2e/tests/history.rs
+/// starts them), its WebSocket listener on `listen`. [`Gateway::start`] always listens on a free
+/// port (and the gateway takes `--listen` once); one that stands in for a killed gateway must
+/// take its port, for the page to find it again.
+async fn chat_gateway(name: &str, broker: SocketAddr, listen: SocketAddr) -> Result<Gateway> {
+    let args = [
+        "--listen",
+        &listen.to_string(),
+        "--workers",
+        "2",
+        "--admin",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--broker",
+        &broker.to_string(),
+        "--max-messages-per-second=0",
+        "--history",
+        CHAT_HISTORY,
+    ]
+    .map(String::from);
+    let process = Process::spawn(name, "gateway", args)?;
+    let addr = logged_addr(&process, "gateway listening").await?;
+    let admin = Admin::new(name, logged_addr(&process, "admin listening").await?)?;
+    process.wait_for_log("bus up", STARTUP_TIMEOUT).await?;
+    Ok(Gateway {
+        process,
+        addr,
+        admin,
+        embedded_broker: None,
+    })
+}
+
+/// The address in the `addr` field of `process`'s first log event `message`.
+async fn logged_addr(process: &Process, message: &str) -> Result<SocketAddr> {
+    let fields = process.wait_for_log(message, STARTUP_TIMEOUT).await?;
+    let addr = fields
+        .get("addr")
+        .and_then(Value::as_str)
+        .with_context(|| format!("{}: {message:?} has no addr: {fields:?}", process.name()))?;
+    addr.parse()
+        .with_context(|| format!("{}: {message:?}: bad addr {addr:?}", process.name()))
+}
+
+/// Waits until `gateway` has its one page joined to chat:1.
+async fn page_joined(gateway: &Gateway) -> Result<()> {
+    gateway
+        .admin
+        .wait_for_stats("the page in chat:1", |s| {
+            stat(s, "/connections") == Some(1) && stat(s, "/memberships") == Some(1)
+        })
+        .await?;
+    Ok(())
+}
+
 // ---- tests ------------------------------------------------------------------------------------
 
 /// The seed's test: its snippet, run in a page as if typed into the console, logs the message,
@@ -599,6 +760,100 @@ async fn seed_snippet_logs_the_message() -> Result<()> {
 
         browser.close().await?;
         gateway.process.assert_no_panics()
+    })
+    .await
+}
+
+/// The history example of docs/protocol.md (§5, "In a browser", read from the docs: see
+/// [`history_example`]) across gateway restarts. Its page's gateway is SIGKILLed while messages
+/// go on through another gateway on the same broker, and a new one takes its port: the page
+/// reconnects and recovers what it missed, then shows the live messages, each message once and
+/// in order, without reloading. The history is then removed while the page is away again: on
+/// its next reconnect the page reloads its state (`recovered:false`), then shows the live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver: run with --include-ignored"]
+async fn history_example_recovers_across_gateway_restarts() -> Result<()> {
+    let tools = Tools::find()?;
+    within("history_example_recovers_across_gateway_restarts", async {
+        let broker = Broker::start("broker").await?;
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        // The sender's gateway stays up throughout; the page's is killed and replaced, twice.
+        let sending = chat_gateway("gateway-sender", broker.addr, any_port).await?;
+        let mut serving = chat_gateway("gateway-page", broker.addr, any_port).await?;
+        let page_addr = serving.addr;
+        let driver = Chromedriver::start(&tools).await?;
+        let page = driver.browser("page").await?;
+        // Any page of a local origin will do: the example is given the gateway's address.
+        page.goto(&format!("http://{}/healthz", serving.admin.addr()))
+            .await?;
+        page.eval(HISTORY_HOOKS, vec![]).await?;
+        page.eval(&history_example(page_addr)?, vec![]).await?;
+        page_joined(&serving).await?;
+
+        let mut sender = sending.connect("sender").await?;
+        let mut expected = texts(0, 5);
+        send_all(&mut sender, "chat:1", texts(0, 5)).await?;
+        page.expect_shown(&expected, PAGE_TIMEOUT).await?;
+
+        // The page's gateway dies; what is sent meanwhile is kept by the broker.
+        serving.process.kill(EXIT_TIMEOUT).await?;
+        serving.process.assert_no_panics()?;
+        send_all(&mut sender, "chat:1", texts(5, 10)).await?;
+        expected.extend(texts(5, 10));
+        serving = chat_gateway("gateway-page (restarted)", broker.addr, page_addr).await?;
+        ensure!(serving.addr == page_addr, "{} != {page_addr}", serving.addr);
+        // Only a recovery can bring these: they were sent while the page was away.
+        page.expect_shown(&expected, RECONNECT_TIMEOUT).await?;
+        page_joined(&serving).await?;
+        send_all(&mut sender, "chat:1", texts(10, 15)).await?;
+        expected.extend(texts(10, 15));
+        page.expect_shown(&expected, PAGE_TIMEOUT).await?;
+        ensure!(
+            page.reloads().await? == 0,
+            "reloadState was called, though the recovery had everything"
+        );
+
+        // Away again, and the group's history is removed meanwhile: a new epoch.
+        serving.process.kill(EXIT_TIMEOUT).await?;
+        serving.process.assert_no_panics()?;
+        let (status, answer) = sending
+            .admin
+            .call(
+                sending
+                    .admin
+                    .http()
+                    .post(sending.admin.url("/api/history_remove"))
+                    .header("content-type", "application/json")
+                    .body(json!({"group_id": "chat:1"}).to_string()),
+            )
+            .await?;
+        ensure!(
+            status == 200 && answer["removed"] == true,
+            "{status} {answer}"
+        );
+        serving = chat_gateway("gateway-page (restarted again)", broker.addr, page_addr).await?;
+        page.wait_for_within(
+            "reloadState after the reconnection",
+            RECONNECT_TIMEOUT,
+            "return window.__reloads > 0;",
+            vec![],
+        )
+        .await?;
+        page_joined(&serving).await?;
+        send_all(&mut sender, "chat:1", texts(15, 18)).await?;
+        expected.extend(texts(15, 18));
+        page.expect_shown(&expected, PAGE_TIMEOUT).await?;
+
+        // Nothing late either.
+        tokio::time::sleep(QUIET_PERIOD).await;
+        page.expect_shown(&expected, Duration::ZERO).await?;
+        let reloads = page.reloads().await?;
+        ensure!(reloads == 1, "reloadState was called {reloads} times");
+
+        page.close().await?;
+        sending.process.assert_no_panics()?;
+        serving.process.assert_no_panics()?;
+        broker.process.assert_no_panics()
     })
     .await
 }
@@ -936,6 +1191,20 @@ async fn demo_page_is_served() -> Result<()> {
         "unexpected config {config}"
     );
     Ok(())
+}
+
+/// The recovery test's example is found in docs/protocol.md and pointed at the gateway: not
+/// ignored, so that the docs cannot drift away from the test unnoticed.
+#[test]
+fn history_example_is_in_the_docs() {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 4321));
+    let code = history_example(addr).unwrap();
+    assert!(
+        code.contains(r#"new WebSocket("ws://127.0.0.1:4321/")"#),
+        "{code}"
+    );
+    assert!(!code.contains("location.host"), "{code}");
+    assert!(code.trim_end().ends_with("connect();"), "{code}");
 }
 
 #[test]
