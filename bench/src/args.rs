@@ -181,6 +181,12 @@ pub struct FanoutArgs {
     #[arg(long, value_enum, value_name = "MODE", default_value_t = Address::Group)]
     pub address: Address,
 
+    /// With --address group: join with positions (`"positioned":true`, for groups the gateway
+    /// keeps a history of with `--history bench-=SIZE,TTL`): each message then arrives as
+    /// `{"cmd":"message",...,"message":M}` and M is checked as usual.
+    #[arg(long)]
+    pub positioned: bool,
+
     /// Send at this steady rate, in messages per second per sender (for latency at a given
     /// load), instead of as fast as deliveries keep up.
     #[arg(long, value_name = "MSGS_PER_SEC", conflicts_with = "window", value_parser = parse_rate)]

@@ -89,6 +89,9 @@ pub struct FanoutPlan {
     /// How connections are addressed: group membership, or a bound uid of the same name.
     #[serde(default)]
     pub address: Address,
+    /// Group members join with positions and read the message out of each positioned object.
+    #[serde(default)]
+    pub positioned: bool,
 }
 
 /// How a fanout connection is reached: connection i and the senders that send to it name the

@@ -284,6 +284,7 @@ async fn connection(shared: Rc<Shared>, index: u64, mut phase: watch::Receiver<P
     let opened = {
         let _permit = shared.permits.acquire().await;
         let join = match shared.fanout.address {
+            Address::Group if shared.fanout.positioned => net::Join::Positioned(&group_name),
             Address::Group => net::Join::Group(&group_name),
             Address::Uid => net::Join::Uid(&group_name),
         };
@@ -575,6 +576,11 @@ impl<'a> Conn<'a> {
     fn on_text(&mut self, bytes: &[u8]) {
         let shared = self.shared;
         let counters = &shared.counters;
+        let bytes = if shared.fanout.positioned {
+            payload::positioned_text(bytes).unwrap_or(bytes)
+        } else {
+            bytes
+        };
         let Some(stamp) = payload::parse(bytes) else {
             self.on_other(bytes);
             return;
@@ -712,6 +718,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> Result<()> {
         duration: args.duration,
         drain: args.drain,
         address: args.address,
+        positioned: args.positioned,
     };
     let plans = setup.plans(args.groups, &ModePlan::Fanout(fanout.clone()));
     let bar = Bar::new(args.common.json);

@@ -115,12 +115,14 @@ pub enum Join<'a> {
     Group(&'a str),
     /// `bind_uid` this uid (the gateway must be in open mode).
     Uid(&'a str),
+    /// `add_group` this group with positions, answered by `joined`.
+    Positioned(&'a str),
 }
 
 impl Join<'_> {
     fn command(self) -> &'static str {
         match self {
-            Join::Group(_) => "add_group",
+            Join::Group(_) | Join::Positioned(_) => "add_group",
             Join::Uid(_) => "bind_uid",
         }
     }
@@ -129,6 +131,9 @@ impl Join<'_> {
     fn request(self) -> Result<String, String> {
         match self {
             Join::Group(group) => frames::join_request(group, JOIN_REQ_ID),
+            Join::Positioned(group) => {
+                frames::positioned_join_request(group, false, None, JOIN_REQ_ID)
+            }
             Join::Uid(uid) => Uid::new(uid, DEFAULT_MAX_UID_LEN)
                 .map(|uid| frames::bind_uid_request(&uid, JOIN_REQ_ID))
                 .map_err(anyhow::Error::from),
@@ -198,6 +203,10 @@ async fn open_and_join_inner(
                 Incoming::Ack {
                     req_id: JOIN_REQ_ID,
                 } => return Ok(ws),
+                Incoming::Answer {
+                    req_id: JOIN_REQ_ID,
+                    cmd,
+                } if cmd == "joined" => return Ok(ws),
                 Incoming::Error {
                     req_id: JOIN_REQ_ID,
                     code,

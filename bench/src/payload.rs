@@ -67,6 +67,15 @@ pub fn parse(bytes: &[u8]) -> Option<Stamp> {
     })
 }
 
+/// The message text of a positioned message (`{"cmd":"message",...,"message":"M"}`, M last and
+/// written without escapes, as the payloads here are), without parsing the JSON.
+pub fn positioned_text(bytes: &[u8]) -> Option<&[u8]> {
+    const KEY: &[u8] = br#""message":""#;
+    let rest = bytes.strip_prefix(br#"{"cmd":"message","#)?;
+    let at = rest.windows(KEY.len()).rposition(|w| w == KEY)?;
+    rest[at + KEY.len()..].strip_suffix(br#""}"#)
+}
+
 fn hex(digits: &[u8]) -> Option<u64> {
     digits.iter().try_fold(0u64, |acc, &d| {
         let value = match d {
@@ -81,6 +90,14 @@ fn hex(digits: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_text_of_a_positioned_message() {
+        let text =
+            br#"{"cmd":"message","group_id":"bench-1-0","offset":7,"epoch":"e","message":"~abc"}"#;
+        assert_eq!(positioned_text(text), Some(&b"~abc"[..]));
+        assert_eq!(positioned_text(b"~abc"), None);
+    }
 
     fn encoded(stamp: Stamp, size: usize) -> String {
         let mut out = String::new();
