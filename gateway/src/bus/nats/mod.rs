@@ -1003,6 +1003,10 @@ impl<N: Node> Link<N> {
             reconnects = connects.saturating_sub(1),
             "bus up"
         );
+        if connects > 1 {
+            // What groups with history got meanwhile is asked of the store.
+            self.node.reconnected();
+        }
     }
 
     /// The connection was lost (or replaced before this task noticed).

@@ -811,6 +811,7 @@ async fn serve_shard<N: Node>(
         match connected {
             Ok((sub, publisher, script)) => {
                 let started = Instant::now();
+                let started_before = ever_up;
                 if ever_up {
                     bus.counters.reconnects.fetch_add(1, Relaxed);
                 }
@@ -823,6 +824,10 @@ async fn serve_shard<N: Node>(
                         ..PublishScript::default()
                     },
                 };
+                if started_before {
+                    // What groups with history got meanwhile is asked of the store.
+                    bus.node.reconnected();
+                }
                 let result = session(&bus, &shard, rx, &mut held, inbox, connection).await;
                 shard.up.store(false, Relaxed);
                 shard.interest.lock().lost();
