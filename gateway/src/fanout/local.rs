@@ -433,15 +433,23 @@ impl LocalGroups {
     /// A history group's message: the raw text to its members that did not ask for positions,
     /// and to the positioned ones through the group's stream (in order, holes repaired).
     fn deliver_positioned(&self, group: GroupId, position: Position, payload: Text) {
+        let positioned = self.positioned_members(&group);
         {
             let topics = self.topics.borrow();
             let Some(members) = topics.get(&group) else {
                 return;
             };
-            self.push_all(
-                members.values().filter(|c| !c.is_positioned(&group)),
-                payload.clone(),
-            );
+            // No member positioned, or every one (the usual cases): no lookup per member.
+            if positioned == 0 {
+                self.push_all(members.values(), payload);
+                return;
+            }
+            if positioned < members.len() {
+                self.push_all(
+                    members.values().filter(|c| !c.is_positioned(&group)),
+                    payload.clone(),
+                );
+            }
         }
         self.sequence(group, position, payload);
     }

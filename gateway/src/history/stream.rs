@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use protocol::history::{positioned_message, Epoch, Position};
 use protocol::{GroupId, GroupName, Text};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::bus::{HistoryError, HistoryPage, HistoryQuery};
 use crate::fanout::local::LocalGroups;
@@ -43,6 +42,11 @@ impl LocalGroups {
                 server_kit::memory::shrink_if_sparse(&mut streams);
             }
         }
+    }
+
+    /// Positioned members of `group` on this worker.
+    pub(crate) fn positioned_members(&self, group: &GroupId) -> usize {
+        self.streams.borrow().get(group).map_or(0, |s| s.members)
     }
 
     /// The group's position as the store gave it to a join, for a stream that has none yet:
@@ -234,11 +238,16 @@ impl LocalGroups {
         let Some(members) = topics.get(group) else {
             return;
         };
-        let json = Utf8Bytes::from(positioned_message(group.as_str(), position, text.as_str()));
-        for client in members.values().filter(|c| c.is_positioned(group)) {
-            if crate::history::recovery::takes_live(client, group, position, text, self.hold_max) {
-                self.push_one(client, json.clone());
-            }
-        }
+        let json = Text::from(positioned_message(group.as_str(), position, text.as_str()));
+        // Every member positioned (the usual case): no lookup per member.
+        let all = self.positioned_members(group) >= members.len();
+        let hold_max = self.hold_max;
+        self.push_all(
+            members.values().filter(|c| {
+                (all || c.is_positioned(group))
+                    && crate::history::recovery::takes_live(c, group, position, text, hold_max)
+            }),
+            json,
+        );
     }
 }
