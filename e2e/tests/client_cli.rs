@@ -165,3 +165,87 @@ async fn cluster_commands_reach_and_describe_a_member() -> Result<()> {
     );
     gateway.process.assert_no_panics()
 }
+
+/// `client-cli join G --resume-file F` against a gateway with history: it prints what it
+/// receives and keeps the position; the next run recovers what it missed meanwhile, first, and
+/// nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_with_a_resume_file_recovers_what_it_missed() -> Result<()> {
+    let gateway = Gateway::start(
+        GatewayConfig::embedded("gateway")
+            .arg("--history")
+            .arg("chat:=100,10m"),
+    )
+    .await?;
+    let dir = std::env::temp_dir().join(format!("client-cli-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let resume = dir.join("pos.json");
+    let resume = resume.to_str().unwrap_or_default().to_owned();
+    let url = gateway.url();
+    let join = |count: &'static str| {
+        Process::spawn(
+            "client-cli join --resume-file",
+            "client-cli",
+            [
+                "--url",
+                url.as_str(),
+                "join",
+                "chat:1",
+                "--resume-file",
+                resume.as_str(),
+                "--count",
+                count,
+                "--timeout",
+                "10",
+            ],
+        )
+    };
+    let mut first = join("2")?;
+    first
+        .wait_for_stderr_line("\"joined chat:1\" on stderr", STARTUP_TIMEOUT, |line| {
+            line == "joined chat:1"
+        })
+        .await?;
+    send(&gateway, "chat:1", "one").await?;
+    send(&gateway, "chat:1", "two").await?;
+    let status = first.wait(EXIT_TIMEOUT).await?;
+    ensure!(
+        status.success(),
+        "first run: {status}, {:?}",
+        first.stderr_lines()
+    );
+    ensure!(
+        first.stdout() == "one\ntwo\n",
+        "first run printed {:?}",
+        first.stdout()
+    );
+
+    // Missed while no one was connected.
+    send(&gateway, "chat:1", "three").await?;
+    send(&gateway, "chat:1", "four").await?;
+    let mut second = join("3")?;
+    second
+        .wait_for_stderr_line("\"joined chat:1\" on stderr", STARTUP_TIMEOUT, |line| {
+            line == "joined chat:1"
+        })
+        .await?;
+    send(&gateway, "chat:1", "five").await?;
+    let status = second.wait(EXIT_TIMEOUT).await?;
+    ensure!(
+        status.success(),
+        "second run: {status}, {:?}",
+        second.stderr_lines()
+    );
+    ensure!(
+        second.stdout() == "three\nfour\nfive\n",
+        "second run printed {:?}",
+        second.stdout()
+    );
+    ensure!(
+        !second.stderr().contains("recovery incomplete"),
+        "{:?}",
+        second.stderr_lines()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    gateway.process.assert_no_panics()
+}

@@ -274,10 +274,12 @@ impl Gateway {
             HistoryRules::new(&config.history),
             config.history_timeout,
         );
+        // The bus stops once the heartbeats said bye on it (a drop guard: also if they panic).
+        let bus_shutdown = CancellationToken::new();
         let RunningBus {
             bus,
             task: bus_task,
-        } = start_bus(hub.clone(), shutdown.clone());
+        } = start_bus(hub.clone(), bus_shutdown.clone());
         hub.set_bus(bus);
         let client_tls = security.clients.tls.is_some();
         let client_security = Arc::new(security.clients);
@@ -311,7 +313,8 @@ impl Gateway {
         tracing::info!(workers, node = %node, "gateway started");
         let inner = Arc::new_cyclic(|me: &std::sync::Weak<Inner>| {
             let (stats, addr) = (me.clone(), me.clone());
-            tokio::spawn(run_heartbeats(
+            let bus_stops = bus_shutdown.clone().drop_guard();
+            let heartbeats = run_heartbeats(
                 hub.clone(),
                 move || {
                     stats.upgrade().map_or(0, |inner| {
@@ -327,7 +330,11 @@ impl Gateway {
                         .and_then(|inner| inner.ws_addr.get().map(ToString::to_string))
                 },
                 shutdown.clone(),
-            ));
+            );
+            tokio::spawn(async move {
+                heartbeats.await;
+                drop(bus_stops);
+            });
             Inner {
                 limits: Arc::new(ConnectionLimits::new(&config)),
                 refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),

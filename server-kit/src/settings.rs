@@ -685,6 +685,24 @@ pub(crate) mod tests {
         assert!(cli.tag.is_empty());
     }
 
+    /// A repeatable setting may also be a table: each entry is one `NAME=VALUE` (the gateway's
+    /// `[history]` `"chat:" = "100,10m"`). A table must come after the plain keys in TOML.
+    #[test]
+    fn a_repeatable_setting_may_be_a_table() {
+        let file = TempFile::new(
+            "table",
+            r#"
+            count = 3
+            [tag]
+            "chat:" = "100,10m"
+            news = 5
+            "#,
+        );
+        let cli = parse(&["--config", file.path()]).expect("parses");
+        assert_eq!(cli.count, 3);
+        assert_eq!(cli.tag, ["chat:=100,10m", "news=5"]);
+    }
+
     #[test]
     fn unknown_keys_are_named() {
         let file = TempFile::new("unknown", "count = 2\nmax_count = 3\nnope = 1\n");

@@ -41,6 +41,8 @@ use crate::credentials::LinkSecurity;
 
 /// Most publishes written before one flush.
 const WRITE_BATCH: usize = 256;
+/// How long a stopping link may take to write what is queued.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 
 /// Why the link to the broker failed.
 #[derive(Debug, thiserror::Error)]
@@ -656,7 +658,15 @@ async fn session<N: Node>(
         // nor a saturated publish queue the reads.
         tokio::select! {
             _ = shutdown.cancelled() => {
-                let _ = writer.shutdown().await;
+                // What is queued (the gateway's bye, last) goes out before the link closes.
+                let _ = tokio::time::timeout(SHUTDOWN_FLUSH, async {
+                    while let Ok(frame) = publish_rx.try_recv() {
+                        writer.write_all(&frame).await?;
+                    }
+                    writer.flush().await?;
+                    writer.shutdown().await
+                })
+                .await;
                 return Ok(());
             }
             frame = reader.next() => {
