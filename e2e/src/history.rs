@@ -233,3 +233,38 @@ pub async fn raw_members_see_no_change(a: &Gateway, b: &Gateway) -> Result<()> {
     expect_quiet([&mut raw_here, &mut raw_there, &mut positioned_member]).await?;
     Ok(())
 }
+
+/// The first half of the epoch change scenario (`gateway` runs with `--history
+/// chat:=100,10m`): a member of `chat:1` receives 3 messages and leaves. Returns the sender and
+/// the epoch the member knew; the test then makes the store lose its history (a restart, empty).
+pub async fn before_the_store_is_lost(gateway: &Gateway) -> Result<(Client, String)> {
+    let mut sender = gateway.connect("sender").await?;
+    let mut member = gateway.connect("member").await?;
+    let joined = join_positioned(&mut member, "chat:1", None).await?;
+    let (_, epoch) = joined.position();
+    send_all(&mut sender, "chat:1", texts(0, 3)).await?;
+    next_positioned(&mut member, "chat:1", 3).await?;
+    Ok((sender, epoch))
+}
+
+/// The second half, once the store came back empty: after the carrier's second `bus up`, a
+/// recover from the old epoch answers `recovered:false` with a new epoch at offset 0 and
+/// nothing recovered, and the group goes on from offset 1.
+pub async fn after_the_store_is_lost(
+    gateway: &Gateway,
+    mut sender: Client,
+    epoch: &str,
+) -> Result<()> {
+    gateway.process.wait_for_nth_log("bus up", 2, WAIT).await?;
+    let mut member = gateway.connect("member again").await?;
+    let recovered = join_positioned(&mut member, "chat:1", Some((3, epoch))).await?;
+    ensure!(recovered.reply["recovered"] == false, "{}", recovered.reply);
+    let (top, new_epoch) = recovered.position();
+    ensure!(top == 0 && new_epoch != epoch, "{}", recovered.reply);
+    ensure!(recovered.messages.is_empty());
+    send_all(&mut sender, "chat:1", texts(3, 4)).await?;
+    let live = next_positioned(&mut member, "chat:1", 1).await?;
+    ensure!(live == vec![(1, "m3".to_owned())], "{live:?}");
+    expect_quiet([&mut member]).await?;
+    gateway.process.assert_no_panics()
+}

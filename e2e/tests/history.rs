@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use e2e::history::{join_positioned, next_positioned, send_all, texts, WAIT};
+use e2e::history::{join_positioned, next_positioned, texts, WAIT};
 use e2e::{Broker, Gateway, GatewayConfig};
 use serde_json::{json, Value};
 
@@ -103,29 +103,12 @@ async fn raw_members_see_no_change(carrier: Carrier) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_epoch_change_answers_recovered_false() -> Result<()> {
     let mut setup = setup(Carrier::Standalone, 1, "chat:=100,10m").await?;
-    let mut sender = setup.gateways[0].connect("sender").await?;
-    let mut member = setup.gateways[0].connect("member").await?;
-    let joined = join_positioned(&mut member, "chat:1", None).await?;
-    let (_, epoch) = joined.position();
-    send_all(&mut sender, "chat:1", texts(0, 3)).await?;
-    next_positioned(&mut member, "chat:1", 3).await?;
-    drop(member);
-
+    let (sender, epoch) = e2e::history::before_the_store_is_lost(&setup.gateways[0]).await?;
     let mut broker = setup.broker.take().context("standalone broker")?;
     let addr = broker.addr;
     broker.process.kill(WAIT).await?;
     let _broker = Broker::start_on("broker (restarted)", addr).await?;
-    setup.gateways[0]
-        .process
-        .wait_for_nth_log("bus up", 2, WAIT)
-        .await?;
-    let mut member = setup.gateways[0].connect("member again").await?;
-    let recovered = join_positioned(&mut member, "chat:1", Some((3, &epoch))).await?;
-    ensure!(recovered.reply["recovered"] == false, "{}", recovered.reply);
-    let (top, new_epoch) = recovered.position();
-    ensure!(top == 0 && new_epoch != epoch, "{}", recovered.reply);
-    ensure!(recovered.messages.is_empty());
-    Ok(())
+    e2e::history::after_the_store_is_lost(&setup.gateways[0], sender, &epoch).await
 }
 
 /// The admin API reads a group's history (since, limit, reverse), publishes past it

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, ensure, Context, Result};
-use e2e::history::{join_positioned, next_positioned, send_all, texts, WAIT};
+use e2e::history::{join_positioned, next_positioned, send_all, WAIT};
 use e2e::{expect_quiet, Gateway, GatewayConfig};
 use serde_json::{json, Value};
 use test_support::nats::NatsServer;
@@ -188,29 +188,10 @@ async fn two_gateways_storing_at_once_share_one_sequence_of_offsets() -> Result<
 async fn an_epoch_change_answers_recovered_false() -> Result<()> {
     let mut nats = jetstream("nats").await?;
     let gateway = gateway("gw0", &nats, "chat:=100,10m").await?;
-    let mut sender = gateway.connect("sender").await?;
-    let mut member = gateway.connect("member").await?;
-    let joined = join_positioned(&mut member, "chat:1", None).await?;
-    let (_, epoch) = joined.position();
-    send_all(&mut sender, "chat:1", texts(0, 3)).await?;
-    next_positioned(&mut member, "chat:1", 3).await?;
-    drop(member);
-
+    let (sender, epoch) = e2e::history::before_the_store_is_lost(&gateway).await?;
     let port = nats.port;
     nats.kill().await?;
     drop(nats);
     let _nats = NatsServer::start_jetstream("nats (restarted, empty)", Some(port)).await?;
-    gateway.process.wait_for_nth_log("bus up", 2, WAIT).await?;
-    let mut member = gateway.connect("member again").await?;
-    let recovered = join_positioned(&mut member, "chat:1", Some((3, &epoch))).await?;
-    ensure!(recovered.reply["recovered"] == false, "{}", recovered.reply);
-    let (top, new_epoch) = recovered.position();
-    ensure!(top == 0 && new_epoch != epoch, "{}", recovered.reply);
-    ensure!(recovered.messages.is_empty());
-
-    send_all(&mut sender, "chat:1", texts(3, 4)).await?;
-    let got = next_positioned(&mut member, "chat:1", 1).await?;
-    ensure!(got == vec![(1, "m3".to_owned())], "{got:?}");
-    expect_quiet([&mut member]).await?;
-    gateway.process.assert_no_panics()
+    e2e::history::after_the_store_is_lost(&gateway, sender, &epoch).await
 }

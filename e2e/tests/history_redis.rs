@@ -4,7 +4,7 @@
 //! slot of the group's channel).
 
 use anyhow::{bail, ensure, Context, Result};
-use e2e::history::{join_positioned, next_positioned, send_all, texts, WAIT};
+use e2e::history::{send_all, texts};
 use e2e::{stat, Gateway, GatewayConfig};
 use futures_util::future::try_join_all;
 use test_support::redis::{RedisCluster, RedisServer};
@@ -155,33 +155,13 @@ async fn a_member_recovers_exactly_what_it_missed_on_a_cluster() -> Result<()> {
 async fn an_epoch_change_answers_recovered_false() -> Result<()> {
     let mut engine = Engine::shards(1).await?;
     let gateways = gateways(&engine, 1, "chat:=100,10m").await?;
-    let gateway = &gateways[0];
-    let mut sender = gateway.connect("sender").await?;
-    let mut member = gateway.connect("member").await?;
-    let joined = join_positioned(&mut member, "chat:1", None).await?;
-    let (_, epoch) = joined.position();
-    send_all(&mut sender, "chat:1", texts(0, 3)).await?;
-    next_positioned(&mut member, "chat:1", 3).await?;
-    drop(member);
-
+    let (sender, epoch) = e2e::history::before_the_store_is_lost(&gateways[0]).await?;
     let Engine::Servers(servers) = &mut engine else {
         bail!("one server")
     };
     servers[0].kill().await?;
     servers[0].restart().await?;
-    gateway.process.wait_for_nth_log("bus up", 2, WAIT).await?;
-    let mut member = gateway.connect("member again").await?;
-    let recovered = join_positioned(&mut member, "chat:1", Some((3, &epoch))).await?;
-    ensure!(recovered.reply["recovered"] == false, "{}", recovered.reply);
-    let (top, new_epoch) = recovered.position();
-    ensure!(top == 0 && new_epoch != epoch, "{}", recovered.reply);
-    ensure!(recovered.messages.is_empty());
-
-    // The new epoch goes on from 1.
-    send_all(&mut sender, "chat:1", texts(3, 4)).await?;
-    let live = next_positioned(&mut member, "chat:1", 1).await?;
-    ensure!(live == vec![(1, "m3".to_owned())], "{live:?}");
-    gateway.process.assert_no_panics()
+    e2e::history::after_the_store_is_lost(&gateways[0], sender, &epoch).await
 }
 
 /// Redis holds at most SIZE entries of a group, in two keys that expire TTL after the last

@@ -23,22 +23,6 @@ const EPOCH: &str = "e1";
 
 type Link = Framed<TcpStream, LinkCodec>;
 
-/// Accepts the gateway's link and answers its hello as a broker without a secret.
-async fn scripted_broker(listener: TcpListener) -> Result<Link> {
-    let (stream, _) = tokio::time::timeout(WAIT, listener.accept())
-        .await
-        .context("the gateway did not connect")??;
-    let mut link = Framed::new(stream, LinkCodec::new(protocol::DEFAULT_MAX_FRAME_SIZE));
-    match tokio::time::timeout(WAIT, link.next()).await? {
-        Some(Ok(Frame {
-            body: Some(Body::Hello(_)),
-        })) => {}
-        other => bail!("expected the gateway's hello, got {other:?}"),
-    }
-    link.send(Frame::hello("scripted-broker")).await?;
-    Ok(link)
-}
-
 /// The next frame from the gateway that is not a subscription change or a ping.
 async fn next_request(link: &mut Link) -> Result<HistoryRequest> {
     loop {
@@ -128,7 +112,8 @@ async fn holes_are_repaired_from_the_store_and_what_it_lacks_is_counted() -> Res
         ..GatewayConfig::default()
     };
     let gateway = TestGateway::start(Gateway::builder(config).broker(addr.to_string())).await?;
-    let mut link = scripted_broker(listener).await?;
+    // The broker's end: hello answered, the rest scripted below.
+    let mut link = test_support::broker::Link::accept(&listener).await.framed;
     gateway.wait_ready().await?;
 
     let mut member = gateway.connect("positioned").await?;

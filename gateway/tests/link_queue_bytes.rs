@@ -5,13 +5,10 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
+use anyhow::{Context, Result};
 use gateway::{Gateway, GatewayConfig};
-use protocol::link::Body;
-use protocol::{Frame, GroupName, LinkCodec};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::Framed;
+use protocol::GroupName;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -20,23 +17,6 @@ const MESSAGE: usize = 32 * 1024;
 /// What the sockets between the gateway and the broker can absorb before writes block (kernel
 /// buffers on both ends, and the link's write buffer), with room to spare.
 const SOCKET_SLACK: usize = 16 * 1024 * 1024;
-
-/// Accepts one link, answers its hello as a broker without a link secret would, and then
-/// never reads again (the connection stays open until the returned task is dropped).
-async fn deaf_broker(listener: TcpListener) -> Result<Framed<TcpStream, LinkCodec>> {
-    let (stream, _) = tokio::time::timeout(WAIT, listener.accept())
-        .await
-        .context("the gateway did not connect")??;
-    let mut link = Framed::new(stream, LinkCodec::new(protocol::DEFAULT_MAX_FRAME_SIZE));
-    match tokio::time::timeout(WAIT, link.next()).await? {
-        Some(Ok(Frame {
-            body: Some(Body::Hello(_)),
-        })) => {}
-        other => bail!("expected the gateway's hello, got {other:?}"),
-    }
-    link.send(Frame::hello("deaf-broker")).await?;
-    Ok(link)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_stops_reading_holds_at_most_the_queue_bound() -> Result<()> {
@@ -53,7 +33,8 @@ async fn a_broker_that_stops_reading_holds_at_most_the_queue_bound() -> Result<(
     let gateway = Gateway::builder(config)
         .broker(addr.to_string())
         .start(shutdown.clone())?;
-    let _link = deaf_broker(listener).await?;
+    // Its hello answered, the link is never read again (it stays open until dropped).
+    let _link = test_support::broker::Link::accept(&listener).await;
     let ready = async {
         while !gateway.is_ready() {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -114,6 +114,24 @@ impl Link<TcpStream> {
     }
 }
 
+impl Link<TcpStream> {
+    /// The broker's end, scripted by a test: accepts a gateway's link on `listener` and
+    /// answers its hello as a broker without a link secret would. What follows is the test's.
+    pub async fn accept(listener: &tokio::net::TcpListener) -> Link {
+        let (stream, _) = timeout(RECV_TIMEOUT, listener.accept())
+            .await
+            .expect("the gateway did not connect")
+            .expect("accept the gateway's link");
+        let mut link = Link::new(stream);
+        match link.expect_frame().await.body {
+            Some(Body::Hello(_)) => {}
+            other => panic!("expected the gateway's hello first, got {other:?}"),
+        }
+        link.send(Frame::hello("scripted-broker")).await;
+        link
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     /// A link over `stream`, connected already (e.g. a TLS stream).
     pub fn new(stream: S) -> Link<S> {
