@@ -25,7 +25,7 @@ use tokio::time::Instant;
 pub const HISTORY_SWEEP: Duration = Duration::from_secs(1);
 
 /// Most messages a channel keeps, whatever a gateway asks.
-pub const MAX_HISTORY_SIZE: u32 = 1_000_000;
+pub use protocol::history::MAX_HISTORY_SIZE;
 
 /// The store's bounds (`--history-max-channels`, `--history-max-bytes`).
 #[derive(Debug, Clone, Copy)]
@@ -296,26 +296,28 @@ impl Inner {
     /// Evicts the oldest histories but `keep`'s until within `limits`; returns how many.
     fn bound(&mut self, limits: HistoryLimits, keep: &Bytes) -> u64 {
         let mut evicted = 0;
+        let mut kept = None;
         while self.channels.len() > limits.max_channels || self.bytes > limits.max_bytes {
             let Some((channel, generation)) = self.order.pop_front() else {
                 break;
             };
-            if channel == *keep {
-                // The channel being written stays; it goes to the back of the line.
-                self.order.push_back((channel, generation));
-                if self.order.len() == 1 {
-                    break;
-                }
-                continue;
-            }
-            if self
+            let live = self
                 .channels
                 .get(&channel)
-                .is_some_and(|h| h.generation == generation)
-            {
-                self.remove(&channel);
-                evicted += 1;
+                .is_some_and(|h| h.generation == generation);
+            if !live {
+                continue; // a history since removed or started again: its entry is stale
             }
+            if channel == *keep {
+                // The channel being written stays, first in line once the others are gone.
+                kept = Some((channel, generation));
+                continue;
+            }
+            self.remove(&channel);
+            evicted += 1;
+        }
+        if let Some(entry) = kept {
+            self.order.push_front(entry);
         }
         evicted
     }
@@ -431,6 +433,24 @@ mod tests {
             );
         }
         store
+    }
+
+    /// A channel over the bound by itself, with a stale entry of its own from before a
+    /// removal: the channel stays, and the eviction ends (it used to spin, lock held).
+    #[test]
+    fn a_channel_over_the_bound_alone_is_kept_and_the_eviction_ends() {
+        let store = store(10, 5);
+        let g = Bytes::from_static(b"g");
+        store.append(&g, Bytes::from_static(b"0123456789"), options(10, 60_000));
+        store.serve(&HistoryRequest {
+            id: 1,
+            channel: g.clone(),
+            remove: true,
+            ..HistoryRequest::default()
+        });
+        let again = store.append(&g, Bytes::from_static(b"0123456789"), options(10, 60_000));
+        assert_eq!(again.offset, 1);
+        assert_eq!(read(&store, "g", None).offsets, vec![1]);
     }
 
     #[test]

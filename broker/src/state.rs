@@ -84,9 +84,11 @@ impl Shared {
         identity: Option<(u64, u64)>,
     ) -> Result<usize, FrameError> {
         let framed = {
-            let Some(position) =
-                self.history
-                    .append_once(channel, payload.clone(), options, identity)
+            let Some(position) = self
+                .history
+                // A copy: the payload is a slice of the link's read buffer, which the
+                // history would otherwise keep whole (and `--history-max-bytes` not count).
+                .append_once(channel, Bytes::copy_from_slice(&payload), options, identity)
             else {
                 return Ok(0);
             };

@@ -1183,7 +1183,7 @@ impl PresenceKind {
 }
 
 /// `text` as a JSON string literal, appended to `out`.
-fn push_json_str(out: &mut String, text: &str) {
+pub(crate) fn push_json_str(out: &mut String, text: &str) {
     out.push_str(&serde_json::Value::from(text).to_string());
 }
 

@@ -26,10 +26,14 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::client::push_json_str;
+
 /// First byte of a [`Positioned`] frame.
 pub const POSITIONED_TAG: u8 = 0xFE;
 /// Longest epoch, in bytes.
 pub const MAX_EPOCH_LEN: usize = 32;
+/// Most messages one group's history may keep, whatever a gateway or a broker is told.
+pub const MAX_HISTORY_SIZE: u32 = 1_000_000;
 
 /// A group's history epoch: 1 to [`MAX_EPOCH_LEN`] ASCII letters, digits, `_` or `-`.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -242,10 +246,6 @@ pub fn joined_reply(
     }
     out.push('}');
     out
-}
-
-fn push_json_str(out: &mut String, text: &str) {
-    out.push_str(&serde_json::Value::from(text).to_string());
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use super::history::{link_request, page_from_link};
+use super::history::{link_request, page_from_link, removed_from_link};
 use super::inbound::{InboundLimits, Rejected};
 use super::publish_queue::PublishQueue;
 use super::{
@@ -342,14 +342,7 @@ impl<N: Node> Bus for BrokerBus<N> {
 
     fn remove_history(&self, group: &GroupName<'_>) -> HistoryFuture<()> {
         let reply = self.request(group, None, HistoryQuery::POSITION, true);
-        Box::pin(async move {
-            let reply = reply.await?;
-            if reply.error.is_empty() {
-                Ok(())
-            } else {
-                Err(HistoryError::Store(reply.error))
-            }
-        })
+        Box::pin(async move { removed_from_link(reply.await?) })
     }
 
     fn status(&self) -> BusStatus {

@@ -18,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use broker::history::HISTORY_SWEEP;
 
-use super::history::{link_request, page_from_link};
+use super::history::{link_request, page_from_link, removed_from_link};
 use super::inbound::{InboundLimits, Rejected, INBOX_MESSAGES};
 use super::{
-    Bus, BusCounters, BusStatus, Carrier, HistoryError, HistoryFuture, HistoryPage, HistoryPolicy,
-    HistoryQuery, Node, RunningBus,
+    Bus, BusCounters, BusStatus, Carrier, HistoryFuture, HistoryPage, HistoryPolicy, HistoryQuery,
+    Node, RunningBus,
 };
 use crate::config::GatewayConfig;
 
@@ -130,12 +130,7 @@ impl<N: Node> Bus for LocalBus<N> {
             HistoryQuery::POSITION,
             true,
         );
-        let reply = self.link.history(&request);
-        let removed = if reply.error.is_empty() {
-            Ok(())
-        } else {
-            Err(HistoryError::Store(reply.error))
-        };
+        let removed = removed_from_link(self.link.history(&request));
         Box::pin(std::future::ready(removed))
     }
 

@@ -139,3 +139,12 @@ pub fn page_from_link(reply: protocol::link::HistoryReply) -> Result<HistoryPage
         messages,
     })
 }
+
+/// A broker's `HistoryReply` to a removal.
+pub fn removed_from_link(reply: protocol::link::HistoryReply) -> Result<(), HistoryError> {
+    if reply.error.is_empty() {
+        Ok(())
+    } else {
+        Err(HistoryError::Store(reply.error))
+    }
+}

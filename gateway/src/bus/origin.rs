@@ -52,10 +52,14 @@ impl Origin {
         Envelope::header(self.node_id, self.next_seq.fetch_add(1, Relaxed))
     }
 
-    /// Opens a received message.
+    /// Opens a received message. A positioned message (a group with history) is never an echo,
+    /// whoever published it: its store brings it to every gateway, this one included, whose
+    /// members receive their own gateway's history messages only this way.
     pub fn open(&self, bytes: Bytes) -> Result<Received, EnvelopeError> {
         let envelope = Envelope::decode(bytes)?;
-        Ok(if envelope.origin == self.node_id {
+        let own = envelope.origin == self.node_id
+            && !protocol::history::Positioned::is_positioned(&envelope.payload);
+        Ok(if own {
             Received::Echo(envelope.payload)
         } else {
             Received::Message(envelope.payload)

@@ -423,17 +423,14 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
+    /// A hub whose groups keep no history.
     pub fn new(router: Router, cluster: Cluster) -> Arc<Hub> {
-        let router = router.with_permanent(cluster.permanent_topics());
-        Arc::new_cyclic(|me| Hub {
-            me: me.clone(),
-            router: Arc::new(router),
-            bus: OnceLock::new(),
+        Hub::with_history(
+            router,
             cluster,
-            history: HistoryRules::default(),
-            history_timeout: Duration::from_secs(2),
-            history_counters: HistoryCounters::default(),
-        })
+            HistoryRules::default(),
+            Duration::from_secs(2),
+        )
     }
 
     /// A hub whose groups keep history as `rules` say, read within `timeout`.

@@ -248,6 +248,9 @@ impl LocalGroups {
             }
             if was.positioned != positioned {
                 self.count_positioned(group, positioned);
+                if !positioned {
+                    crate::history::recovery::forget(client, group);
+                }
             }
             client.groups.borrow_mut().insert(group.clone(), membership);
             return Ok(());
@@ -456,9 +459,11 @@ impl LocalGroups {
 
     /// Queues `text` (a reply, a recovered message) to one connection.
     pub(crate) fn push_one(&self, client: &Client, text: Utf8Bytes) {
+        let len = text.len() as u64;
         match client.outbox.push(text) {
             Push::Queued => {
                 self.stats.deliveries.fetch_add(1, Relaxed);
+                self.stats.bytes_out.fetch_add(len, Relaxed);
             }
             Push::Overflowed { dropped } => {
                 self.stats.queue_drops.fetch_add(dropped as u64, Relaxed);

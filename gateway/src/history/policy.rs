@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use crate::bus::HistoryPolicy;
 
-/// Most messages one group's history may keep.
-pub const MAX_HISTORY_SIZE: u32 = 1_000_000;
+pub use protocol::history::MAX_HISTORY_SIZE;
 /// Longest history TTL.
 pub const MAX_HISTORY_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 

@@ -249,25 +249,23 @@ pub(crate) async fn join(
         offset: last.max(page.top),
         epoch: epoch.clone(),
     };
-    client
-        .history
-        .borrow_mut()
-        .get_or_insert_with(Default::default)
-        .recovered
-        .insert(
-            group.clone(),
-            Position {
-                offset: last,
-                epoch: epoch.clone(),
-            },
-        );
-    state.local.seed_stream(
-        &group,
-        Position {
-            offset: last,
-            epoch,
-        },
-    );
+    let reached = Position {
+        offset: last,
+        epoch,
+    };
+    // Left meanwhile (an order of the admin API, a join again without positions): nothing to
+    // remember of the group.
+    if client.is_positioned(&group) {
+        client
+            .history
+            .borrow_mut()
+            .get_or_insert_with(Default::default)
+            .recovered
+            .insert(group.clone(), reached.clone());
+        state.local.seed_stream(&group, reached);
+    } else {
+        forget(&client, &group);
+    }
     if !recovered {
         counters.recoveries_incomplete.fetch_add(1, Relaxed);
     }

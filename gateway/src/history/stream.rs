@@ -67,10 +67,10 @@ impl LocalGroups {
             return; // no positioned member here
         };
         if let Some(held) = &mut stream.held {
+            // Past `hold_max` a message is not kept: it is one more offset of the hole the
+            // replay of what is held finds next, and is read from the store then.
             if held.len() < self.hold_max {
                 held.push((position, text));
-            } else {
-                counters.unrepaired.fetch_add(1, Relaxed);
             }
             return;
         }

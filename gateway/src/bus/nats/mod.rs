@@ -93,7 +93,6 @@ use bytes::Bytes;
 use futures_util::stream::{AbortHandle, Abortable, SelectAll};
 use futures_util::{Stream, StreamExt};
 use parking_lot::Mutex;
-use protocol::history::Positioned;
 use protocol::{GroupId, GroupName};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::MissedTickBehavior;
@@ -1121,12 +1120,6 @@ impl<N: Node> Link<N> {
         let counters = &self.bus.counters;
         let payload = match self.bus.origin.open(message.payload) {
             Ok(Received::Message(payload)) => {
-                counters.count_received(&payload);
-                payload
-            }
-            // This gateway's own message of a group with history, republished by the stream
-            // that stored it: its members get it only this way.
-            Ok(Received::Echo(payload)) if Positioned::is_positioned(&payload) => {
                 counters.count_received(&payload);
                 payload
             }

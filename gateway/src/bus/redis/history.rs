@@ -18,9 +18,10 @@
 //!
 //! **Scripts.** [`PUBLISH_SCRIPT`] assigns the offset, stores, trims and publishes in one atomic
 //! step (a reader never sees an offset that is not stored, nor two gateways the same offset);
-//! [`READ_SCRIPT`] answers a read, and gives a group without history its epoch. Both drop
-//! entries older than the TTL first: times are in order and offsets consecutive, so the first
-//! entry kept is found by bisection, a few `XRANGE`s even for a long history. Scripts run by
+//! [`READ_SCRIPT`] answers a read, and gives a group without history its epoch. The read drops
+//! entries older than the TTL first, the publish every 16th message (`MAXLEN` bounds the stream
+//! in between): times are in order and offsets consecutive, so the first entry kept is found by
+//! bisection, a few `XRANGE`s even for a long history. Scripts run by
 //! `EVALSHA`; the SHA is the one `SCRIPT LOAD` answers on each new connection (a restarted or
 //! failed-over server has an empty script cache).
 //!

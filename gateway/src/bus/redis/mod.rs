@@ -85,7 +85,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use protocol::envelope::{Envelope, ENVELOPE_HEADER_LEN};
-use protocol::history::Positioned;
 use protocol::{GroupId, GroupName};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify};
@@ -811,8 +810,8 @@ async fn serve_shard<N: Node>(
         match connected {
             Ok((sub, publisher, script)) => {
                 let started = Instant::now();
-                let started_before = ever_up;
-                if ever_up {
+                let reconnected = ever_up;
+                if reconnected {
                     bus.counters.reconnects.fetch_add(1, Relaxed);
                 }
                 ever_up = true;
@@ -824,11 +823,8 @@ async fn serve_shard<N: Node>(
                         ..PublishScript::default()
                     },
                 };
-                if started_before {
-                    // What groups with history got meanwhile is asked of the store.
-                    bus.node.reconnected();
-                }
-                let result = session(&bus, &shard, rx, &mut held, inbox, connection).await;
+                let result =
+                    session(&bus, &shard, rx, &mut held, inbox, connection, reconnected).await;
                 shard.up.store(false, Relaxed);
                 shard.interest.lock().lost();
                 shard.subscribed.store(0, Relaxed);
@@ -1033,6 +1029,7 @@ async fn session<N: Node>(
     held: &mut VecDeque<Outgoing>,
     inbox: &Inbox,
     connection: Connection,
+    reconnected: bool,
 ) -> Result<(), RedisError> {
     let Connection {
         mut sub,
@@ -1060,6 +1057,10 @@ async fn session<N: Node>(
     *shard.warnings.lock() = Throttle::default();
     tracing::debug!(carrier = bus.carrier, shard = %shard.address, subscriptions = count, "redis shard up");
     bus.shard_changed(shard, None);
+    if reconnected {
+        // Subscribed again: what groups with history got meanwhile is asked of the store.
+        bus.node.reconnected();
+    }
     let mut expected: VecDeque<Expect> = VecDeque::new();
     if !held.is_empty() {
         tracing::debug!(carrier = bus.carrier, shard = %shard.address, held = held.len(), "sending the history messages kept while redis was down");
@@ -1446,9 +1447,7 @@ fn on_message<N: Node>(
         group_of(&bus.settings.prefix, channel),
         bus.origin.open(payload),
     ) {
-        // A positioned message is not an echo to drop: this gateway's members receive their
-        // own gateway's history messages only this way.
-        (_, Ok(Received::Echo(payload))) if !Positioned::is_positioned(&payload) => {
+        (_, Ok(Received::Echo(payload))) => {
             // Control frames come back too: this gateway's own heartbeats, its questions.
             c.count_received(&payload);
             if !protocol::cluster::ControlFrame::is_control(&payload) {
@@ -1456,7 +1455,7 @@ fn on_message<N: Node>(
             }
             return;
         }
-        (Some(group), Ok(Received::Message(payload) | Received::Echo(payload))) => {
+        (Some(group), Ok(Received::Message(payload))) => {
             c.count_received(&payload);
             (group, payload)
         }
@@ -2101,7 +2100,7 @@ mod tests {
         };
         // As the publish script sends it: the envelope (sequence 0), then the frame.
         let mut own = Envelope::header(bus.origin.node_id(), 0).to_vec();
-        own.extend_from_slice(&Positioned::encode(&position, b"hi"));
+        own.extend_from_slice(&protocol::history::Positioned::encode(&position, b"hi"));
         on_message(&bus, &shard, &inbox, &channels[0], Bytes::from(own));
         let (group, payload) = rx.try_recv().expect("delivered");
         assert_eq!(&group[..], b"g");
