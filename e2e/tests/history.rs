@@ -200,6 +200,17 @@ async fn the_admin_api_reads_and_removes_history() -> Result<()> {
         status == 400 && answer["error"]["code"] == "invalid_field",
         "{status} {answer}"
     );
+    // A client cannot skip the history: its send with `exclude` is refused.
+    let refused = raw
+        .reply_to(
+            serde_json::json!({"cmd": "send_to_group", "group_id": "log:1", "message": "x",
+            "exclude": ["0000000000000001-0-0"]}),
+        )
+        .await?;
+    ensure!(
+        refused["cmd"] == "error" && refused["code"] == "invalid_field",
+        "{refused}"
+    );
 
     let (status, answer) = admin
         .call(
