@@ -275,8 +275,13 @@ async fn origins_outside_the_allowlist_get_403() -> Result<()> {
             Ok(_) => bail!("{origin} was accepted"),
         }
     }
+    // A refused client may see its 403 before the worker has counted it: wait for the counts.
     let stats = fx
-        .wait_stats("four sockets", |s| s.client_sockets == 4)
+        .wait_stats("four sockets and four refusals counted", |s| {
+            s.client_sockets == 4
+                && s.workers[0].origin_rejections >= 4
+                && s.workers[0].handshake_failures >= 4
+        })
         .await?;
     assert_eq!(stats.workers[0].origin_rejections, 4);
     assert_eq!(stats.workers[0].handshake_failures, 4);
