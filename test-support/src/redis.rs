@@ -25,10 +25,24 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CLUSTER_NODE_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// A port that was free a moment ago (a port-0 bind, released): `redis-server` cannot report
-/// a port it was given 0 for.
+/// a port it was given 0 for. Never one this process was given before: the kernel may hand a
+/// released port out again at once, and two servers of a test given the same one would make
+/// the second fail to start.
 pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..64 {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no port this process was not given already, in 64 tries")
 }
 
 /// One `redis-server`.
