@@ -125,6 +125,7 @@ pub(crate) async fn serve_link<R, W>(
             8 * 1024,
         );
     let mut subscribed: HashSet<Bytes> = HashSet::new();
+    let reading = shared.readers.enter();
 
     shared.stats.links.fetch_add(1, Relaxed);
     shared.stats.links_total.fetch_add(1, Relaxed);
@@ -260,6 +261,12 @@ pub(crate) async fn serve_link<R, W>(
         }
     }
     .await;
+    drop(reading);
+    if matches!(close, Close::Shutdown) {
+        // Every link stops applying frames before any leaves the registry, so that what one
+        // applied reaches all the others' queues, which are then flushed (see `Readers`).
+        let _ = tokio::time::timeout(config.shutdown_timeout, shared.readers.all_stopped()).await;
+    }
 
     match &close {
         Close::Eof | Close::Shutdown | Close::WriteFailed => {
@@ -296,11 +303,12 @@ pub(crate) async fn serve_link<R, W>(
     drop(handle);
     if matches!(
         close,
-        Close::SlowConsumer | Close::Shutdown | Close::WriteFailed | Close::ReadFailed(_)
+        Close::SlowConsumer | Close::WriteFailed | Close::ReadFailed(_)
     ) {
         kill.cancel();
     }
-    // The writer ends once every queue sender is gone and the queue is drained.
+    // The writer ends once every queue sender is gone and the queue is drained (at shutdown
+    // too: what the link was sent goes out, within the flush timeout).
     if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer)
         .await
         .is_err()

@@ -1,7 +1,7 @@
 //! The state every link shares: settings, the channel registry, the counters, link security,
 //! and the source of link ids. [`crate::server`] creates it; [`crate::link`] reads it.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,7 +26,54 @@ pub(crate) struct Shared {
     pub(crate) security: BrokerSecurity,
     /// Histories of the channels gateways publish to with history options.
     pub(crate) history: HistoryStore,
+    /// Gateway links still reading (and applying) frames: at shutdown every link waits until
+    /// none is before it closes ([`Readers`]).
+    pub(crate) readers: Readers,
     next_link: AtomicU64,
+}
+
+/// The gateway links that may still apply a frame. At shutdown each link stops reading, then
+/// waits until every other one has stopped too before it leaves the registry and flushes what
+/// it was sent: a publish the broker applied has then been delivered to every subscribed link
+/// and acknowledged (`Stored`) to its publisher, or neither, never one without the other (a
+/// gateway sends again what was not acknowledged, to the broker that comes next).
+#[derive(Debug, Default)]
+pub(crate) struct Readers {
+    reading: AtomicUsize,
+    stopped: tokio::sync::Notify,
+}
+
+impl Readers {
+    /// A link starts reading; it stops when the guard drops.
+    pub(crate) fn enter(&self) -> ReaderGuard<'_> {
+        self.reading.fetch_add(1, Relaxed);
+        ReaderGuard(self)
+    }
+
+    /// Resolves once no link reads any more.
+    pub(crate) async fn all_stopped(&self) {
+        loop {
+            let stopped = self.stopped.notified();
+            tokio::pin!(stopped);
+            stopped.as_mut().enable();
+            if self.reading.load(Relaxed) == 0 {
+                return;
+            }
+            stopped.await;
+        }
+    }
+}
+
+/// A link that reads; dropped when it stops.
+#[derive(Debug)]
+pub(crate) struct ReaderGuard<'a>(&'a Readers);
+
+impl Drop for ReaderGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.reading.fetch_sub(1, Relaxed) == 1 {
+            self.0.stopped.notify_waiters();
+        }
+    }
 }
 
 impl Shared {
@@ -49,6 +96,7 @@ impl Shared {
             config,
             stats,
             security,
+            readers: Readers::default(),
             next_link: AtomicU64::new(1),
         }
     }
