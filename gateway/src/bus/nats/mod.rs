@@ -343,6 +343,7 @@ impl Carrier for NatsCarrier {
             session: AtomicU64::new(0),
             client: Mutex::new(None),
             down: Notify::new(),
+            up: Notify::new(),
             subscriptions: AtomicU64::new(0),
             counters: BusCounters::default(),
             last_error: Mutex::new(None),
@@ -419,6 +420,9 @@ struct NatsBus {
     client: Mutex<Option<async_nats::Client>>,
     /// The client reported a loss: whoever waits on the client ([`until_down`]) stops.
     down: Notify,
+    /// The carrier task reconciled a connection: the history task, holding messages while the
+    /// bus was down ([`until_up`]), stores them.
+    up: Notify,
     /// Groups subscribed on the server (one `Subscriber` each).
     subscriptions: AtomicU64,
     counters: BusCounters,
@@ -582,21 +586,21 @@ impl Bus for NatsBus {
 
     fn publish_history(&self, group: &GroupName<'_>, payload: &Bytes, policy: HistoryPolicy) {
         self.counters.history_publishes.fetch_add(1, Relaxed);
-        // Dropped while the bus is down, as other publishes are: the stream would take it
-        // only after the reconnection, late and out of order with what others sent meanwhile.
-        let queued = self.is_up()
-            && self.history_queue.push(
-                HistoryPublish {
-                    group: GroupId::from(group.clone()),
-                    payload: payload.clone(),
-                    policy,
-                },
-                payload.len(),
-            );
+        // Queued while the bus is down too (within the queue's bounds): the history task holds
+        // it until the next connection and stores it then, at the group's next offset, as the
+        // broker link and Redis do.
+        let queued = self.history_queue.push(
+            HistoryPublish {
+                group: GroupId::from(group.clone()),
+                payload: payload.clone(),
+                policy,
+            },
+            payload.len(),
+        );
         if queued {
             self.history_queued.fetch_add(1, Relaxed);
         } else {
-            self.drop_history(group.as_str(), "the bus is down or its queue is full");
+            self.drop_history(group.as_str(), "the history queue is full");
         }
     }
 
@@ -784,8 +788,10 @@ async fn publish_loop(
 
 /// Stores the messages of groups with history in their streams ([`history`]), those of one
 /// group in the order they were published, up to [`HISTORY_BATCH`] groups at once. The server
-/// republishes each one stored to the group's subject; what cannot be stored is counted in
-/// `history_publishes_dropped`.
+/// republishes each one stored to the group's subject. While the bus is down the messages wait
+/// (in the bounded history queue, where `publish_history` counts what does not fit) and are
+/// stored once it is up again; a message whose store fails because the connection was lost is
+/// tried again then. What the store refuses is counted in `history_publishes_dropped`.
 async fn history_loop(
     bus: Arc<NatsBus>,
     mut history_rx: mpsc::Receiver<HistoryPublish>,
@@ -814,21 +820,8 @@ async fn history_loop(
             let bus = &bus;
             async move {
                 for publish in publishes {
-                    let len = publish.payload.len();
-                    let group = publish.group.as_str();
-                    let stored = if bus.is_up() {
-                        bus.history
-                            .append(group, &publish.payload, publish.policy, &bus.origin)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    } else {
-                        Err("the bus is down".to_owned())
-                    };
-                    if let Err(cause) = stored {
-                        bus.drop_history(group, &cause);
-                    }
-                    bus.history_queue.release(len);
+                    store_history(bus, &publish).await;
+                    bus.history_queue.release(publish.payload.len());
                 }
             }
         });
@@ -837,6 +830,44 @@ async fn history_loop(
             _ = shutdown.cancelled() => return,
         }
         bus.history_done.send_modify(|done| *done += n as u64);
+    }
+}
+
+/// Stores one message of a group with history, waiting while the bus is down; counts it
+/// dropped if the store refuses it. A store that fails because the connection was lost (its
+/// ack never came and the check that follows could not be made) is tried again on the next
+/// connection: should the server have stored it after all, members see it twice, each time at
+/// its own offset, as after any lost ack (docs/protocol.md, "On NATS").
+async fn store_history(bus: &NatsBus, publish: &HistoryPublish) {
+    let group = publish.group.as_str();
+    loop {
+        until_up(bus).await;
+        match bus
+            .history
+            .append(group, &publish.payload, publish.policy, &bus.origin)
+            .await
+        {
+            Ok(_) => return,
+            Err(_) if !bus.is_up() => continue,
+            Err(e) => return bus.drop_history(group, &e.to_string()),
+        }
+    }
+}
+
+/// Resolves once the bus is up: told by the carrier task, or seen in [`STATE_POLL`] at the
+/// latest. The caller's task is ended by the shutdown.
+async fn until_up(bus: &NatsBus) {
+    loop {
+        let up = bus.up.notified();
+        tokio::pin!(up);
+        up.as_mut().enable();
+        if bus.is_up() {
+            return;
+        }
+        tokio::select! {
+            _ = up => {}
+            _ = tokio::time::sleep(STATE_POLL) => {}
+        }
     }
 }
 
@@ -995,6 +1026,7 @@ impl<N: Node> Link<N> {
         // Lost since it was checked, and the client's event handled before the store: down
         // again at once rather than at the next poll.
         self.bus.connection_lost();
+        self.bus.up.notify_waiters();
         tracing::info!(
             carrier = CARRIER,
             server = %server,
