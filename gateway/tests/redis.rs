@@ -97,3 +97,103 @@ async fn a_slow_worker_blocks_neither_publishes_nor_heartbeats() -> Result<()> {
     })
     .await
 }
+
+/// The history publish script stores a call sent again (after a lost connection) once: the
+/// numbers a gateway gives its calls tell the server which it already stored, per gateway, and
+/// a group's meta hash keeps at most `PUBLISHER_FIELDS` gateways' numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_publish_sent_again_is_stored_once() -> Result<()> {
+    use bytes::BytesMut;
+    use gateway::bus::redis::history::{
+        new_epoch, publish_call, publisher_field, put_publish_id, HistoryKeys, PUBLISHER_FIELDS,
+        PUBLISH_ID_ARGS, PUBLISH_SCRIPT,
+    };
+    use gateway::bus::HistoryPolicy;
+
+    let server = RedisServer::start("redis").await?;
+    let mut conn = server.connection().await?;
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(PUBLISH_SCRIPT)
+        .query_async(&mut conn)
+        .await?;
+    let keys = HistoryKeys::new("gp", "h:1");
+    let policy = HistoryPolicy {
+        size: 100,
+        ttl: Duration::from_secs(60),
+    };
+    // The bytes the carrier writes: head, tail, then the gateway's field and the call's number.
+    let call = |gateway: u64, id: u64, text: &str| {
+        let call = publish_call(
+            &keys,
+            b"H",
+            text.as_bytes(),
+            policy,
+            &new_epoch(),
+            b"PUBLISH",
+        );
+        let mut bytes = BytesMut::new();
+        call.put_head(sha.as_bytes(), PUBLISH_ID_ARGS, &mut bytes);
+        bytes.extend_from_slice(&call.tail);
+        put_publish_id(&publisher_field(gateway), id, &mut bytes);
+        bytes.freeze()
+    };
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await?;
+    let mut replies = Vec::new();
+    for (gateway, id, text) in [
+        (1, 1, "a"),
+        (1, 2, "b"),
+        (1, 2, "b"), // sent again: stored already
+        (2, 1, "c"), // another gateway's first
+        (1, 1, "a"), // an older one again
+        (1, 3, "d"),
+    ] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        raw.write_all(&call(gateway, id, text)).await?;
+        let mut reply = [0u8; 64];
+        let n = tokio::time::timeout(STATS_TIMEOUT, raw.read(&mut reply)).await??;
+        replies.push(String::from_utf8_lossy(&reply[..n]).trim_end().to_owned());
+    }
+    ensure!(
+        replies == [":1", ":2", ":0", ":3", ":0", ":4"],
+        "offsets (0: stored already): {replies:?}"
+    );
+    /// An `XRANGE` entry: its id and its fields.
+    type Entry = (String, Vec<(String, Vec<u8>)>);
+    let stored: Vec<Entry> = redis::cmd("XRANGE")
+        .arg(&keys.stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await?;
+    let payloads: Vec<Vec<u8>> = stored
+        .into_iter()
+        .map(|(_, fields)| {
+            fields
+                .into_iter()
+                .find(|(name, _)| name == "p")
+                .map(|(_, p)| p)
+                .unwrap_or_default()
+        })
+        .collect();
+    ensure!(
+        payloads == [b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()],
+        "{payloads:?}"
+    );
+    // Many gateways: the meta hash keeps the epoch, the offset, and a bounded number of fields.
+    for gateway in 10..10 + 2 * PUBLISHER_FIELDS as u64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        raw.write_all(&call(gateway, 1, "x")).await?;
+        let mut reply = [0u8; 64];
+        tokio::time::timeout(STATS_TIMEOUT, raw.read(&mut reply)).await??;
+    }
+    let fields: usize = redis::cmd("HLEN")
+        .arg(&keys.meta)
+        .query_async(&mut conn)
+        .await?;
+    ensure!(
+        fields <= 2 + PUBLISHER_FIELDS + 1,
+        "{fields} fields in the meta hash"
+    );
+    Ok(())
+}

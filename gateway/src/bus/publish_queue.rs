@@ -50,6 +50,13 @@ impl<T> PublishQueue<T> {
     pub fn release(&self, len: usize) {
         self.queued_bytes.fetch_sub(len, Relaxed);
     }
+
+    /// `len` bytes released by a write are held again (to be written once more, after a lost
+    /// connection): counted against the bound until [`PublishQueue::release`]d, even past it,
+    /// so that publishers wait for them to go.
+    pub fn hold(&self, len: usize) {
+        self.queued_bytes.fetch_add(len, Relaxed);
+    }
 }
 
 #[cfg(test)]

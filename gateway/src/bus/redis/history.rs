@@ -78,19 +78,35 @@ end
 /// Stores a message and publishes it with its position, atomically.
 ///
 /// KEYS: meta, stream. ARGV: envelope header, payload, size, TTL (ms), epoch for a new history,
-/// `PUBLISH` or `SPUBLISH`, channel. Publishes header, 0xFE (`\254`), offset, ' ', epoch, ' ',
-/// payload: the envelope a receiving gateway opens, around a positioned frame
-/// ([`protocol::history`]). Returns the offset.
+/// `PUBLISH` or `SPUBLISH`, channel, then the two arguments [`put_publish_id`] writes: the
+/// publishing gateway's field in the meta hash and the call's number, which grows with each
+/// message of a group a gateway sends. A call whose number is not above the one the field
+/// holds was stored already (sent again after a lost connection): it is answered 0 and not
+/// stored twice. Publishes header, 0xFE (`\254`), offset, ' ', epoch, ' ', payload: the envelope a
+/// receiving gateway opens, around a positioned frame ([`protocol::history`]). Returns the
+/// offset.
+///
+/// The meta hash holds a field per gateway process that published to the group since its
+/// history started; past [`PUBLISHER_FIELDS`] of them the others' are cleared (they only
+/// matter during a gateway's reconnection).
 pub const PUBLISH_SCRIPT: &str = concat!(
     lua_prelude!(),
     r#"
-local epoch = redis.call('HGET', KEYS[1], 'e')
+local meta = redis.call('HMGET', KEYS[1], 'e', 'o', ARGV[8])
+local epoch = meta[1]
 if not epoch then
   epoch = ARGV[5]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch)
+elseif meta[3] and tonumber(meta[3]) >= tonumber(ARGV[9]) then
+  return 0
 end
-local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local offset = (tonumber(meta[2]) or 0) + 1
+redis.call('HSET', KEYS[1], 'e', epoch, 'o', id(offset), ARGV[8], ARGV[9])
+if not meta[3] and redis.call('HLEN', KEYS[1]) > 2 + tonumber(ARGV[10]) then
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if field ~= 'e' and field ~= 'o' and field ~= ARGV[8] then redis.call('HDEL', KEYS[1], field) end
+  end
+end
 local now = now_ms()
 -- Expired entries are dropped every 16th message (a read drops them first anyway): MAXLEN
 -- bounds the stream in between, and a scan per message would cost more than the rest.
@@ -262,15 +278,20 @@ impl ScriptCall {
     /// What goes before [`ScriptCall::tail`] on the wire: the array header, `EVALSHA`, `sha`.
     pub fn head(&self, sha: &[u8]) -> Vec<u8> {
         let mut head = BytesMut::with_capacity(32 + sha.len());
-        head.put_u8(b'*');
-        head.put_slice(self.elements.to_string().as_bytes());
-        head.put_slice(b"\r\n");
-        put_bulk_header(&mut head, 7);
-        head.put_slice(b"EVALSHA\r\n");
-        put_bulk_header(&mut head, sha.len());
-        head.put_slice(sha);
-        head.put_slice(b"\r\n");
+        self.put_head(sha, 0, &mut head);
         head.to_vec()
+    }
+
+    /// Writes the head into `buf`, for a command with `extra` more arguments after the tail.
+    pub fn put_head(&self, sha: &[u8], extra: usize, buf: &mut BytesMut) {
+        buf.put_u8(b'*');
+        buf.put_slice(itoa::Buffer::new().format(self.elements + extra).as_bytes());
+        buf.put_slice(b"\r\n");
+        put_bulk_header(buf, 7);
+        buf.put_slice(b"EVALSHA\r\n");
+        put_bulk_header(buf, sha.len());
+        buf.put_slice(sha);
+        buf.put_slice(b"\r\n");
     }
 
     /// Bytes it holds (for the publish queue's bound).
@@ -289,6 +310,35 @@ impl ScriptCall {
         command
     }
 }
+
+/// Gateway fields a group's meta hash keeps ([`PUBLISH_SCRIPT`]).
+pub const PUBLISHER_FIELDS: usize = 64;
+/// The arguments [`put_publish_id`] adds after a publish call's tail.
+pub const PUBLISH_ID_ARGS: usize = 3;
+
+/// The field of a group's meta hash that holds the number of the last message the gateway with
+/// origin `node_id` stored there.
+pub fn publisher_field(node_id: u64) -> Vec<u8> {
+    format!("n{node_id:016x}").into_bytes()
+}
+
+/// Writes the last arguments of a [`PUBLISH_SCRIPT`] call, given when it is first sent and kept
+/// for a resend: the gateway's `field`, the call's number `id`, and [`PUBLISHER_FIELDS`].
+pub fn put_publish_id(field: &[u8], id: u64, buf: &mut BytesMut) {
+    let mut number = itoa::Buffer::new();
+    for arg in [
+        field,
+        number.format(id).as_bytes(),
+        PUBLISHER_FIELDS_ARG.as_bytes(),
+    ] {
+        put_bulk_header(buf, arg.len());
+        buf.put_slice(arg);
+        buf.put_slice(b"\r\n");
+    }
+}
+
+/// [`PUBLISHER_FIELDS`] as the script takes it.
+const PUBLISHER_FIELDS_ARG: &str = "64";
 
 /// The [`PUBLISH_SCRIPT`] call storing `payload` in `group`'s history and publishing it behind
 /// `header` (the envelope this gateway stamps) with `verb` (`PUBLISH`, or a cluster's

@@ -81,7 +81,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use protocol::envelope::{Envelope, ENVELOPE_HEADER_LEN};
@@ -242,13 +242,16 @@ impl RedisCarrier {
             Targets::Shards(urls) => (false, urls),
             Targets::Cluster(urls) => (true, urls),
         };
+        let origin = Origin::new();
         RedisBus {
             carrier: if cluster { "redis-cluster" } else { "redis" },
             cluster,
             seeds,
             settings: self.settings,
             topology: RwLock::new(Arc::new(Topology::default())),
-            origin: Origin::new(),
+            history_field: history::publisher_field(origin.node_id()),
+            history_ids: AtomicU64::new(1),
+            origin,
             counters: BusCounters::default(),
             up_logged: AtomicBool::new(false),
             refresh: Notify::new(),
@@ -359,6 +362,11 @@ struct RedisBus<N> {
     last_error: Mutex<Option<String>>,
     /// History publishes that could not be queued, warned about.
     history_warnings: Mutex<Throttle>,
+    /// This gateway's field in the meta hash of each group it publishes to, and the number of
+    /// its next history publish ([`history::put_publish_id`]): a publish sent again after a
+    /// lost connection is stored once.
+    history_field: Vec<u8>,
+    history_ids: AtomicU64,
     node: Arc<N>,
 }
 
@@ -401,7 +409,7 @@ impl<N: Node> Bus for RedisBus<N> {
         // Queued while the shard is down too: `drain` keeps it for the next connection.
         let queued = self
             .shard_for(group.as_str(), &keys.channel)
-            .is_some_and(|s| s.queue.push(Outgoing::History(call), len));
+            .is_some_and(|s| s.queue.push(Outgoing::History(call, None), len));
         if !queued {
             self.counters
                 .history_publishes_dropped
@@ -665,8 +673,10 @@ fn spawn_shard<N: Node>(bus: &Arc<RedisBus<N>>, shard: Arc<Shard>, tasks: &mut J
 enum Outgoing {
     /// An encoded `PUBLISH` (or `SPUBLISH`).
     Publish(Bytes),
-    /// A history publish: the publish script's call, sent with the SHA its connection loaded.
-    History(ScriptCall),
+    /// A history publish: the publish script's call, sent with the SHA its connection loaded,
+    /// and its number ([`history::put_publish_id`]), given when it is first written and kept
+    /// should it be sent again.
+    History(ScriptCall, Option<u64>),
 }
 
 impl Outgoing {
@@ -674,7 +684,7 @@ impl Outgoing {
     fn len(&self) -> usize {
         match self {
             Outgoing::Publish(command) => command.len(),
-            Outgoing::History(call) => call.len(),
+            Outgoing::History(call, _) => call.len(),
         }
     }
 
@@ -683,7 +693,7 @@ impl Outgoing {
         shard.queue.release(self.len());
         let counter = match self {
             Outgoing::Publish(_) => &bus.counters.publishes_dropped,
-            Outgoing::History(_) => &bus.counters.history_publishes_dropped,
+            Outgoing::History(..) => &bus.counters.history_publishes_dropped,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -701,10 +711,36 @@ fn drain<N: Node>(
 ) {
     while let Ok(out) = rx.try_recv() {
         match out {
-            Outgoing::History(_) if held.len() < bus.settings.queue => held.push_back(out),
+            Outgoing::History(..) if held.len() < bus.settings.queue => held.push_back(out),
             out => out.discard(bus, shard),
         }
     }
+}
+
+/// Puts the history publishes written on a lost connection but not answered (`in_flight`)
+/// back in `held`, ahead of what it holds, to be sent again on the next connection: the
+/// publish script skips any the server stored already ([`history::PUBLISH_SCRIPT`]). Their bytes
+/// count against the queue's bound again; at most `--link-queue-frames` are held, those past
+/// it dropped and counted.
+fn requeue<N: Node>(
+    bus: &RedisBus<N>,
+    shard: &Shard,
+    in_flight: &mut VecDeque<Outgoing>,
+    held: &mut VecDeque<Outgoing>,
+) {
+    if in_flight.is_empty() {
+        return;
+    }
+    let waiting = std::mem::take(held);
+    for out in in_flight.drain(..) {
+        if held.len() < bus.settings.queue {
+            shard.queue.hold(out.len());
+            held.push_back(out);
+        } else {
+            bus.counters.history_publishes_dropped.fetch_add(1, Relaxed);
+        }
+    }
+    held.extend(waiting);
 }
 
 /// A target's checked messages on their way to the node ([`deliver_loop`]).
@@ -823,9 +859,22 @@ async fn serve_shard<N: Node>(
                         ..PublishScript::default()
                     },
                 };
-                let result =
-                    session(&bus, &shard, rx, &mut held, inbox, connection, reconnected).await;
+                let mut in_flight = VecDeque::new();
+                let result = session(
+                    &bus,
+                    &shard,
+                    rx,
+                    Pending {
+                        held: &mut held,
+                        in_flight: &mut in_flight,
+                    },
+                    inbox,
+                    connection,
+                    reconnected,
+                )
+                .await;
                 shard.up.store(false, Relaxed);
+                requeue(&bus, &shard, &mut in_flight, &mut held);
                 shard.interest.lock().lost();
                 shard.subscribed.store(0, Relaxed);
                 let backlog = shard.backlog.lock().take().unwrap_or(0);
@@ -952,9 +1001,27 @@ fn expect_publish(expected: &mut VecDeque<Expect>, history: bool) {
     }
 }
 
-/// Writes `batch` on the publisher connection (history publishes with the script's SHA) and
-/// records the replies to expect. Its bytes leave the queue's bound whatever happens; what is
-/// not written (the connection failed, or the server has no script) is dropped and counted.
+/// History publishes not sent yet on a target's connection, and those written but not answered.
+struct Pending<'a> {
+    /// Kept while the target was down, for its next connection.
+    held: &'a mut VecDeque<Outgoing>,
+    /// Written, in order, their replies not read yet: sent again on the next connection should
+    /// this one be lost ([`requeue`]).
+    in_flight: &'a mut VecDeque<Outgoing>,
+}
+
+/// What a publisher connection waits for: the replies to expect, and the history publishes
+/// they answer.
+struct Unanswered<'a> {
+    expected: &'a mut VecDeque<Expect>,
+    in_flight: &'a mut VecDeque<Outgoing>,
+}
+
+/// Writes `batch` on the publisher connection (history publishes with the script's SHA and
+/// their numbers) and records the replies to expect. Its bytes leave the queue's bound whatever
+/// happens. Publishes not written (the connection failed) are dropped and counted; history
+/// publishes, written or not, join `in_flight` until their replies come, to be sent again on
+/// the next connection should this one fail; without the script they are dropped and counted.
 async fn write_batch<N: Node>(
     bus: &RedisBus<N>,
     shard: &Shard,
@@ -962,13 +1029,17 @@ async fn write_batch<N: Node>(
     batch: &mut Vec<Outgoing>,
     script: Option<&[u8]>,
     heard: Instant,
-    expected: &mut VecDeque<Expect>,
+    unanswered: Unanswered<'_>,
 ) -> Result<(), RedisError> {
+    let Unanswered {
+        expected,
+        in_flight,
+    } = unanswered;
     let sha = match script {
         Some(sha) => sha,
         None => {
             batch.retain(|out| {
-                let history = matches!(out, Outgoing::History(_));
+                let history = matches!(out, Outgoing::History(..));
                 if history {
                     out.discard(bus, shard);
                 }
@@ -978,13 +1049,20 @@ async fn write_batch<N: Node>(
         }
     };
     let bytes: usize = batch.iter().map(Outgoing::len).sum();
+    let mut scratch = BytesMut::new();
     let written = bounded(heard, bus.settings.timeout, async {
-        for out in batch.iter() {
+        for out in batch.iter_mut() {
             match out {
                 Outgoing::Publish(command) => publisher.writer.write_all(command).await?,
-                Outgoing::History(call) => {
-                    publisher.writer.write_all(&call.head(sha)).await?;
+                Outgoing::History(call, id) => {
+                    let id = *id.get_or_insert_with(|| bus.history_ids.fetch_add(1, Relaxed));
+                    scratch.clear();
+                    call.put_head(sha, history::PUBLISH_ID_ARGS, &mut scratch);
+                    publisher.writer.write_all(&scratch).await?;
                     publisher.writer.write_all(&call.tail).await?;
+                    scratch.clear();
+                    history::put_publish_id(&bus.history_field, id, &mut scratch);
+                    publisher.writer.write_all(&scratch).await?;
                 }
             }
         }
@@ -994,13 +1072,17 @@ async fn write_batch<N: Node>(
     // Written out, or lost with the connection: either way no longer held.
     shard.queue.release(bytes);
     for out in batch.drain(..) {
-        let history = matches!(out, Outgoing::History(_));
-        if written.is_ok() {
-            expect_publish(expected, history);
-        } else if history {
-            bus.counters.history_publishes_dropped.fetch_add(1, Relaxed);
-        } else {
-            bus.counters.publishes_dropped.fetch_add(1, Relaxed);
+        match out {
+            Outgoing::History(..) => {
+                if written.is_ok() {
+                    expect_publish(expected, true);
+                }
+                in_flight.push_back(out);
+            }
+            Outgoing::Publish(_) if written.is_ok() => expect_publish(expected, false),
+            Outgoing::Publish(_) => {
+                bus.counters.publishes_dropped.fetch_add(1, Relaxed);
+            }
         }
     }
     written
@@ -1026,11 +1108,12 @@ async fn session<N: Node>(
     bus: &RedisBus<N>,
     shard: &Shard,
     rx: &mut mpsc::Receiver<Outgoing>,
-    held: &mut VecDeque<Outgoing>,
+    pending: Pending<'_>,
     inbox: &Inbox,
     connection: Connection,
     reconnected: bool,
 ) -> Result<(), RedisError> {
+    let Pending { held, in_flight } = pending;
     let Connection {
         mut sub,
         mut publisher,
@@ -1072,7 +1155,10 @@ async fn session<N: Node>(
             &mut batch,
             script.sha.as_deref(),
             pub_heard,
-            &mut expected,
+            Unanswered {
+                expected: &mut expected,
+                in_flight,
+            },
         )
         .await?;
     }
@@ -1114,7 +1200,7 @@ async fn session<N: Node>(
                     Some(reply) => reply?,
                 };
                 pub_heard = Instant::now();
-                on_pub_reply(bus, shard, reply, &mut expected, &mut script)?;
+                on_pub_reply(bus, shard, reply, &mut expected, in_flight, &mut script)?;
                 if script.reload {
                     script.reload = false;
                     script.loading = true;
@@ -1144,7 +1230,10 @@ async fn session<N: Node>(
                     &mut batch,
                     script.sha.as_deref(),
                     pub_heard,
-                    &mut expected,
+                    Unanswered {
+                        expected: &mut expected,
+                        in_flight,
+                    },
                 )
                 .await?;
             }
@@ -1494,6 +1583,7 @@ fn on_pub_reply<N: Node>(
     shard: &Shard,
     reply: Reply,
     expected: &mut VecDeque<Expect>,
+    in_flight: &mut VecDeque<Outgoing>,
     script: &mut PublishScript,
 ) -> Result<(), RedisError> {
     match expected.front_mut() {
@@ -1521,6 +1611,8 @@ fn on_pub_reply<N: Node>(
             if *n == 0 {
                 expected.pop_front();
             }
+            // Answered: stored (or skipped as stored already), or refused; not to be sent again.
+            in_flight.pop_front();
             if let Reply::Error(e) = reply {
                 // Not stored, so delivered by no gateway.
                 bus.counters.history_publishes_dropped.fetch_add(1, Relaxed);
@@ -2133,14 +2225,10 @@ mod tests {
             size: 1,
             ttl: Duration::from_secs(1),
         };
-        Outgoing::History(publish_call(
-            &keys,
-            b"h",
-            b"x",
-            policy,
-            &new_epoch(),
-            b"PUBLISH",
-        ))
+        Outgoing::History(
+            publish_call(&keys, b"h", b"x", policy, &new_epoch(), b"PUBLISH"),
+            None,
+        )
     }
 
     #[test]
@@ -2179,6 +2267,49 @@ mod tests {
     }
 
     #[test]
+    fn unanswered_history_publishes_go_again_first_with_their_numbers() {
+        let bus = test_bus(false);
+        let len = history_call().len();
+        let shard = Shard::new(
+            "redis://127.0.0.1:1".parse().expect("url"),
+            8,
+            2 * len + len / 2,
+            CancellationToken::new(),
+        );
+        let numbered = |id| match history_call() {
+            Outgoing::History(call, _) => Outgoing::History(call, Some(id)),
+            other => other,
+        };
+        let mut in_flight: VecDeque<Outgoing> = [numbered(1), numbered(2)].into();
+        let mut held: VecDeque<Outgoing> = [history_call()].into();
+        requeue(&bus, &shard, &mut in_flight, &mut held);
+        let ids: Vec<Option<u64>> = held
+            .iter()
+            .map(|out| match out {
+                Outgoing::History(_, id) => *id,
+                Outgoing::Publish(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            [Some(1), Some(2), None],
+            "the unanswered ones first, in order"
+        );
+        assert!(in_flight.is_empty());
+        // Their bytes count against the bound again (released when written once more).
+        assert!(
+            !shard.queue.push(numbered(3), len),
+            "the bound counts the held bytes"
+        );
+        // Past `--link-queue-frames`, dropped and counted.
+        let mut in_flight: VecDeque<Outgoing> =
+            (0..bus.settings.queue as u64 + 2).map(numbered).collect();
+        requeue(&bus, &shard, &mut in_flight, &mut held);
+        assert_eq!(held.len(), bus.settings.queue + 3, "what was held stays");
+        assert_eq!(bus.counters.history_publishes_dropped.load(Relaxed), 2);
+    }
+
+    #[test]
     fn a_noscript_loses_its_publish_and_loads_the_script_once() {
         let bus = test_bus(false);
         let (shard, _, _) = wanting(&[]);
@@ -2193,16 +2324,35 @@ mod tests {
             "runs of one kind share an entry"
         );
         let mut script = PublishScript::default();
+        let mut in_flight: VecDeque<Outgoing> = (0..3).map(|_| history_call()).collect();
         let noscript = || Reply::Error(Bytes::from_static(b"NOSCRIPT No matching script."));
         for reply in [Reply::Int(1), Reply::Int(17), noscript()] {
-            on_pub_reply(&bus, &shard, reply, &mut expected, &mut script).expect("answers");
+            on_pub_reply(
+                &bus,
+                &shard,
+                reply,
+                &mut expected,
+                &mut in_flight,
+                &mut script,
+            )
+            .expect("answers");
         }
+        assert_eq!(in_flight.len(), 1, "each answered history call leaves");
         assert!(script.reload);
         // The session sends `SCRIPT LOAD` (the reload asked and not answered yet).
         script.reload = false;
         script.loading = true;
         expected.push_back(Expect::Load);
-        on_pub_reply(&bus, &shard, noscript(), &mut expected, &mut script).expect("answers");
+        on_pub_reply(
+            &bus,
+            &shard,
+            noscript(),
+            &mut expected,
+            &mut in_flight,
+            &mut script,
+        )
+        .expect("answers");
+        assert!(in_flight.is_empty());
         assert!(!script.reload, "one load at a time");
         let sha = Bytes::from_static(b"0123456789012345678901234567890123456789");
         on_pub_reply(
@@ -2210,6 +2360,7 @@ mod tests {
             &shard,
             Reply::Bulk(Some(sha.clone())),
             &mut expected,
+            &mut in_flight,
             &mut script,
         )
         .expect("answers");
