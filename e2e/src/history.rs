@@ -6,7 +6,12 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
-use crate::{expect_quiet, Client, Gateway};
+use std::net::SocketAddr;
+
+use test_support::nats::NatsServer;
+use test_support::redis::RedisServer;
+
+use crate::{expect_quiet, Broker, Client, Gateway, GatewayConfig};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -267,4 +272,301 @@ pub async fn after_the_store_is_lost(
     ensure!(live == vec![(1, "m3".to_owned())], "{live:?}");
     expect_quiet([&mut member]).await?;
     gateway.process.assert_no_panics()
+}
+
+/// Messages of the stream test.
+const STREAM: usize = 10_000;
+/// Positioned members on each of the two gateways.
+const MEMBERS: usize = 3;
+
+/// How far a member got.
+#[derive(Debug, Default)]
+struct Progress {
+    received: std::sync::atomic::AtomicUsize,
+    report: std::sync::Mutex<String>,
+}
+
+/// A positioned member of `group` that follows the gateway whose address `addr` holds: it
+/// reads until it has [`STREAM`] messages, and after its gateway is gone it reconnects to the
+/// next one and recovers from its last position. Returns the texts, and every `recovered` it
+/// was answered. `progress` tells how far it got, for the report of a test that times out.
+async fn follow(
+    name: String,
+    group: &'static str,
+    mut addr: tokio::sync::watch::Receiver<std::net::SocketAddr>,
+    progress: std::sync::Arc<Progress>,
+) -> Result<(Vec<String>, Vec<Value>)> {
+    let mut texts: Vec<String> = Vec::with_capacity(STREAM);
+    let mut position: Option<(u64, String)> = None;
+    let mut answers = Vec::new();
+    let mut holes: Vec<(u64, u64)> = Vec::new();
+    let mut take = |texts: &mut Vec<String>,
+                    position: &mut Option<(u64, String)>,
+                    offset: u64,
+                    epoch: &str,
+                    text: String| {
+        if let Some((last, last_epoch)) = position.as_ref() {
+            if last_epoch == epoch && offset != last + 1 {
+                holes.push((*last, offset));
+            }
+        }
+        *position = Some((offset, epoch.to_owned()));
+        texts.push(text);
+        progress
+            .received
+            .store(texts.len(), std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut p) = progress.report.lock() {
+            *p = format!(
+                "{name}: {} received, at {position:?}, holes {holes:?}",
+                texts.len()
+            );
+        }
+    };
+    while texts.len() < STREAM {
+        let to = *addr.borrow_and_update();
+        let Ok(mut client) = Client::connect(name.clone(), to).await else {
+            // The gateway is going away: wait for the next one.
+            tokio::time::timeout(Duration::from_secs(30), addr.changed())
+                .await
+                .context("no next gateway")??;
+            continue;
+        };
+        let from = position.as_ref().map(|(o, e)| (*o, e.as_str()));
+        let Ok(joined) = join_positioned(&mut client, group, from).await else {
+            continue;
+        };
+        if from.is_some() {
+            answers.push(json!({"from": from, "reply": joined.reply, "recovered_messages": joined.messages.len()}));
+        }
+        let epoch = joined.reply["epoch"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if position.is_none() {
+            position = Some(joined.position());
+        }
+        for (offset, text) in joined.messages {
+            take(&mut texts, &mut position, offset, &epoch, text);
+        }
+        while texts.len() < STREAM {
+            let Ok(value) = client.recv_json(Duration::from_secs(30)).await else {
+                break; // the gateway is gone
+            };
+            let (offset, text) = positioned(&value, group)?;
+            let epoch = value["epoch"].as_str().unwrap_or_default().to_owned();
+            take(&mut texts, &mut position, offset, &epoch, text);
+        }
+    }
+    Ok((texts, answers))
+}
+
+/// Where the histories of the stream test live, and how it goes away for a second.
+#[derive(Debug)]
+pub enum Engine {
+    /// A standalone broker, stopped (SIGTERM) and started again on its port, empty.
+    Broker {
+        addr: SocketAddr,
+        broker: Option<Broker>,
+    },
+    /// A `redis-server`, stopped (SIGTERM) and started again on its port, empty.
+    Redis(RedisServer),
+    /// A `nats-server -js`, stopped (SIGTERM) and started again on its port with its store.
+    Nats(NatsServer),
+}
+
+impl Engine {
+    fn gateway(&self, name: &str) -> GatewayConfig {
+        match self {
+            Engine::Broker { addr, .. } => GatewayConfig::with_broker(name, *addr),
+            Engine::Redis(server) => GatewayConfig::with_bus(name, server.url()),
+            Engine::Nats(server) => GatewayConfig::with_bus(name, server.url()),
+        }
+    }
+
+    /// The engine goes away for [`OUTAGE`] and comes back where the gateways expect it.
+    async fn interrupt(&mut self) -> Result<()> {
+        match self {
+            Engine::Broker { addr, broker } => {
+                let mut stopped = broker.take().context("the broker")?;
+                stopped.process.terminate().await?;
+                stopped.process.wait(WAIT).await?;
+                tokio::time::sleep(OUTAGE).await; // the outage itself
+                *broker = Some(Broker::start_on("broker (restarted)", *addr).await?);
+            }
+            Engine::Redis(server) => server.stop_and_restart(OUTAGE).await?,
+            Engine::Nats(server) => server.restart_keeping_store(OUTAGE).await?,
+        }
+        Ok(())
+    }
+
+    /// What the engine says of itself, for the report of a failed test.
+    async fn report(&self) -> String {
+        match self {
+            Engine::Broker {
+                broker: Some(broker),
+                ..
+            } => match broker.admin.stats().await {
+                Ok(stats) => stats.to_string(),
+                Err(e) => format!("{e:#}"),
+            },
+            Engine::Broker { broker: None, .. } => "the broker is down".into(),
+            Engine::Redis(server) => server.process.stderr(),
+            Engine::Nats(server) => server.process.stderr(),
+        }
+    }
+}
+
+/// How long the engine of the stream test is away.
+const OUTAGE: Duration = Duration::from_secs(1);
+
+/// While 10,000 messages go out in a steady stream (2,500 a second, from one sender on gateway
+/// a): the engine stops for a second and comes back (the broker and Redis empty, with a new
+/// epoch; NATS with its store), and later gateway b is killed (SIGKILL) and replaced. Every
+/// positioned member ends with all 10,000 in order, none twice; those of b recover completely
+/// (`recovered:true`) on the new b; a dropped no history message.
+pub async fn a_stream_survives_an_outage_and_a_gateway_restart(engine: &mut Engine) -> Result<()> {
+    const GROUP: &str = "s:1";
+    let start_gateway = |engine: &Engine, name: &str| {
+        Gateway::start(
+            engine
+                .gateway(name)
+                .workers(2)
+                .arg("--max-messages-per-second=0")
+                // What the sender's gateway kept during the outage arrives as one burst: the
+                // members' queues take it (the default, 1024, closes them as slow consumers,
+                // and a recovery from before the outage rightly answers `recovered:false`).
+                .arg("--outbound-queue-messages=20000")
+                .arg("--outbound-queue-bytes=16777216")
+                .arg("--history")
+                .arg("s:=20000,10m"),
+        )
+    };
+    let a = start_gateway(engine, "a").await?;
+    let mut b = start_gateway(engine, "b").await?;
+    let (a_addr, _keep_a) = tokio::sync::watch::channel(a.addr);
+    let (b_addr, b_rx) = tokio::sync::watch::channel(b.addr);
+    let mut members = Vec::new();
+    let mut progress = Vec::new();
+    for i in 0..MEMBERS {
+        for (name, rx) in [
+            (format!("a{i}"), a_addr.subscribe()),
+            (format!("b{i}"), b_rx.clone()),
+        ] {
+            let p = std::sync::Arc::new(Progress::default());
+            progress.push(p.clone());
+            members.push(tokio::spawn(follow(name, GROUP, rx, p)));
+        }
+    }
+    // Every member joined: both gateways hold the group.
+    for gateway in [&a, &b] {
+        gateway
+            .admin
+            .wait_for_counters("members joined", &[("/memberships", MEMBERS as u64)])
+            .await?;
+    }
+
+    let mut sender = a.connect("sender").await?;
+    let sent = texts(0, STREAM);
+    let mut interval = tokio::time::interval(Duration::from_millis(20));
+    // A steady stream: after the outage it goes on at the same pace, not in a catch-up burst.
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut b_before = String::new();
+    for (i, chunk) in sent.chunks(50).enumerate() {
+        interval.tick().await; // 2,500 messages a second
+        for text in chunk {
+            sender
+                .send_text(
+                    json!({"cmd":"send_to_group","group_id":GROUP,"message":text}).to_string(),
+                )
+                .await?;
+        }
+        let done = (i + 1) * 50;
+        if done == 2_000 {
+            engine.interrupt().await?;
+        }
+        if done == 6_000 {
+            // Once every member of b has messages from after the outage (an engine that came
+            // back empty has a new epoch: recovering from the old one would rightly answer
+            // `recovered:false`).
+            let members_of_b: Vec<_> = progress.iter().skip(1).step_by(2).cloned().collect();
+            let caught_up = async {
+                while members_of_b
+                    .iter()
+                    .any(|p| p.received.load(std::sync::atomic::Ordering::Relaxed) < 2_100)
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(30), caught_up)
+                .await
+                .is_err()
+            {
+                let stats = b.admin.stats().await?;
+                let seen: Vec<String> = progress
+                    .iter()
+                    .filter_map(|p| p.report.lock().ok().map(|p| p.clone()))
+                    .collect();
+                let engine_report = engine.report().await;
+                bail!(
+                    "the members of b never got 2,100 messages: {seen:#?}\nb: {} {}\npanics: {:?}\nengine: {engine_report}\nb log: {}",
+                    stats["history"],
+                    stats["bus"],
+                    b.process.panics(),
+                    b.process.stderr().lines().filter(|l| l.contains("bus") || l.contains("broker")).collect::<Vec<_>>().join("\n")
+                );
+            }
+            let before = b.admin.stats().await?;
+            b_before = format!("{} {}", before["history"], before["bus"]);
+            b.process.kill(WAIT).await?;
+            b = start_gateway(engine, "b (restarted)").await?;
+            b_addr.send_replace(b.addr);
+        }
+    }
+
+    let mut results = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    for member in members {
+        let Ok(result) = tokio::time::timeout_at(deadline, member).await else {
+            let seen: Vec<String> = progress
+                .iter()
+                .filter_map(|p| p.report.lock().ok().map(|p| p.clone()))
+                .collect();
+            let a_stats = a.admin.stats().await?;
+            let b_stats = b.admin.stats().await?;
+            bail!(
+                "a member never got every message: {seen:#?}\nb before its restart: {b_before}\na: {} {} {}\nb: {} {} {}",
+                a_stats["history"],
+                a_stats["bus"],
+                a_stats["workers"],
+                b_stats["history"],
+                b_stats["bus"],
+                b_stats["workers"]
+            );
+        };
+        results.push(result??);
+    }
+    for (i, (texts, answers)) in results.iter().enumerate() {
+        let first_wrong = texts.iter().zip(&sent).position(|(got, want)| got != want);
+        ensure!(
+            texts.len() == STREAM && first_wrong.is_none(),
+            "member {i}: {} messages, first out of place at {first_wrong:?}",
+            texts.len()
+        );
+        ensure!(
+            answers
+                .iter()
+                .all(|r| r["reply"]["recovered"] == Value::Bool(true)),
+            "member {i}: recoveries {answers:?}"
+        );
+    }
+    // The members of b recovered once each.
+    ensure!(results.iter().filter(|(_, a)| a.len() == 1).count() == MEMBERS);
+    let stats = a.admin.stats().await?;
+    ensure!(
+        stats["bus"]["history_publishes_dropped"] == 0,
+        "{}",
+        stats["bus"]
+    );
+    a.process.assert_no_panics()?;
+    b.process.assert_no_panics()
 }

@@ -195,3 +195,16 @@ async fn an_epoch_change_answers_recovered_false() -> Result<()> {
     let _nats = NatsServer::start_jetstream("nats (restarted, empty)", Some(port)).await?;
     e2e::history::after_the_store_is_lost(&gateway, sender, &epoch).await
 }
+
+/// While 10,000 messages go out in a steady stream, the NATS server stops for a second and
+/// comes back with its store, and one of two gateways is replaced: every positioned member ends
+/// with all 10,000 in order, none twice (the scenario of [`e2e::history`]); what the sender's
+/// gateway took during the outage is stored once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_survives_a_nats_outage_and_a_gateway_restart() -> Result<()> {
+    let server = jetstream("nats").await?;
+    e2e::history::a_stream_survives_an_outage_and_a_gateway_restart(
+        &mut e2e::history::Engine::Nats(server),
+    )
+    .await
+}

@@ -201,3 +201,15 @@ async fn redis_holds_at_most_size_entries_and_they_expire() -> Result<()> {
         .assert_no_panics()
         .context("after 50 messages")
 }
+
+/// While 10,000 messages go out in a steady stream, Redis stops for a second and comes back
+/// empty (a new epoch), and one of two gateways is replaced: every positioned member ends with
+/// all 10,000 in order, none twice (the scenario of [`e2e::history`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_survives_a_redis_outage_and_a_gateway_restart() -> Result<()> {
+    let server = RedisServer::start("redis").await?;
+    e2e::history::a_stream_survives_an_outage_and_a_gateway_restart(
+        &mut e2e::history::Engine::Redis(server),
+    )
+    .await
+}

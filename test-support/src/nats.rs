@@ -148,6 +148,30 @@ impl NatsServer {
         format!("nats://{}", self.addr())
     }
 
+    /// Stops the server (SIGTERM: it closes its clients' connections and its store), and after
+    /// `pause` starts it again on its port with its JetStream store as it left it (a store it
+    /// keeps, as a server restarted by its operator does). Only for a server of
+    /// [`NatsServer::start_jetstream`].
+    pub async fn restart_keeping_store(&mut self, pause: std::time::Duration) -> Result<()> {
+        let store = self
+            .store
+            .take()
+            .context("restart_keeping_store: a server without a store")?;
+        self.process.terminate().await?;
+        self.process.wait(EXIT_TIMEOUT).await?;
+        tokio::time::sleep(pause).await; // the outage itself
+        let name = self.process.name().to_owned();
+        let extra = [
+            "-js".to_owned(),
+            "-sd".to_owned(),
+            store.0.display().to_string(),
+        ];
+        let mut server = NatsServer::start_with(&name, Some(self.port), &extra).await?;
+        server.store = Some(store);
+        *self = server;
+        Ok(())
+    }
+
     /// SIGKILL: no goodbye to its clients or its cluster.
     pub async fn kill(&mut self) -> Result<()> {
         self.process.kill(EXIT_TIMEOUT).await?;

@@ -112,6 +112,15 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Stops the server (SIGTERM: it finishes the command it runs and closes its clients'
+    /// connections) and after `pause` starts it again on its port, empty (no persistence).
+    pub async fn stop_and_restart(&mut self, pause: Duration) -> Result<()> {
+        self.process.terminate().await?;
+        self.process.wait(EXIT_TIMEOUT).await?;
+        tokio::time::sleep(pause).await; // the outage itself
+        self.restart().await
+    }
+
     /// SIGKILLs the server and waits until it is gone.
     pub async fn kill(&mut self) -> Result<()> {
         self.process.kill(EXIT_TIMEOUT).await?;
