@@ -74,6 +74,12 @@ console.log = function (...args) {
 const PROTOCOL_DOC: &str =
     include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"));
 
+/// The browser client, as the gateway serves it at `/client.js`.
+const CLIENT_JS: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../gateway/static/client.js"
+));
+
 /// The history groups of the recovery test's gateways, as in e2e/tests/history.rs.
 const CHAT_HISTORY: &str = "chat:=1000,10m";
 
@@ -1189,6 +1195,61 @@ async fn demo_page_is_served() -> Result<()> {
     ensure!(
         config == json!({"ws_port": gateway.addr.port(), "ws_host": "127.0.0.1"}),
         "unexpected config {config}"
+    );
+    Ok(())
+}
+
+/// The browser client is served at `/client.js`, as JavaScript (browsers refuse to run a module
+/// of another type), and it is the file of the repository: not ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_module_is_served() -> Result<()> {
+    let gateway = Gateway::start(GatewayConfig::embedded("gateway")).await?;
+    let response = gateway
+        .admin
+        .http()
+        .get(gateway.admin.url("/client.js"))
+        .send()
+        .await
+        .context("GET /client.js")?;
+    ensure!(
+        response.status() == 200,
+        "GET /client.js answered {}",
+        response.status()
+    );
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    ensure!(
+        header("content-type").as_deref() == Some("text/javascript; charset=utf-8"),
+        "GET /client.js: Content-Type {:?}",
+        header("content-type")
+    );
+    ensure!(header("x-content-type-options").as_deref() == Some("nosniff"));
+    let body = response.text().await.context("GET /client.js: the body")?;
+    ensure!(
+        body == CLIENT_JS,
+        "GET /client.js is not gateway/static/client.js"
+    );
+    // The demo page may load it: its Content-Security-Policy allows scripts of its origin.
+    let response = gateway
+        .admin
+        .http()
+        .get(gateway.admin.url("/"))
+        .send()
+        .await
+        .context("GET /")?;
+    let policy = response
+        .headers()
+        .get("content-security-policy")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    ensure!(
+        policy.contains("script-src 'self'"),
+        "the demo page's policy forbids /client.js: {policy}"
     );
     Ok(())
 }
