@@ -944,6 +944,62 @@ async fn demo_pages_join_send_and_leave() -> Result<()> {
     .await
 }
 
+/// The demo page across a restart of its gateway (killed; a new one takes its port): its client
+/// reconnects by itself and joins the page's groups again, which receive messages again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver: run with --include-ignored"]
+async fn demo_page_joins_again_after_a_gateway_restart() -> Result<()> {
+    let tools = Tools::find()?;
+    within("demo_page_joins_again_after_a_gateway_restart", async {
+        let broker = Broker::start("broker").await?;
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut serving = chat_gateway("gateway", broker.addr, any_port).await?;
+        let driver = Chromedriver::start(&tools).await?;
+        let page = driver.browser("page").await?;
+        page.open_demo(serving.admin.addr()).await?;
+        page.join("123").await?;
+        page.join("lobby").await?;
+        let mut sender = serving.connect("sender").await?;
+        sender.send_to_group("123", "before").await?;
+        page.expect_messages(&["before"]).await?;
+
+        let page_addr = serving.addr;
+        serving.process.kill(EXIT_TIMEOUT).await?;
+        serving.process.assert_no_panics()?;
+        page.wait_for(
+            "the page to show the lost connection",
+            "return document.getElementById('status').dataset.state === 'closed';",
+            vec![],
+        )
+        .await?;
+        serving = chat_gateway("gateway (restarted)", broker.addr, page_addr).await?;
+        page.wait_for_within(
+            "the page to connect again",
+            RECONNECT_TIMEOUT,
+            "return document.getElementById('status').dataset.state === 'open';",
+            vec![],
+        )
+        .await?;
+        serving
+            .admin
+            .wait_for_stats("the page in its two groups again", |s| {
+                stat(s, "/connections") == Some(1) && stat(s, "/memberships") == Some(2)
+            })
+            .await?;
+        ensure!(page.joined_groups().await? == ["123", "lobby"]);
+        let mut sender = serving.connect("sender").await?;
+        sender.send_to_group("123", "after").await?;
+        sender.send_to_group("lobby", "barrier").await?;
+        page.expect_messages(&["before", "after", "barrier"])
+            .await?;
+
+        page.close().await?;
+        serving.process.assert_no_panics()?;
+        broker.process.assert_no_panics()
+    })
+    .await
+}
+
 /// The members the page lists for `group`: `(client id, uid text)` in page order, once the list
 /// is ready.
 async fn member_list(page: &Browser, group: &str) -> Result<Vec<(String, String)>> {

@@ -181,6 +181,10 @@ mod tests {
             "the client imports something"
         );
         assert!(CLIENT_JS.contains("export class GroupPushClient "));
+        assert!(
+            PAGE.contains(r#"from '/client.js'"#),
+            "the page does not use the client"
+        );
         for id in [
             "status",
             "group-input",
