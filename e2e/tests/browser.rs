@@ -1,6 +1,7 @@
 //! In a real browser: the seed's console snippet, the demo page (gateway/static/demo.html)
-//! used through its UI, and the history example of docs/protocol.md (§5, "In a browser") across
-//! gateway restarts. Headless Chromium, driven over WebDriver (fantoccini -> chromedriver).
+//! used through its UI, the history example of docs/protocol.md (§5, "In a browser") and the
+//! browser client's example of docs/client.md (gateway/static/client.js) across gateway
+//! restarts. Headless Chromium, driven over WebDriver (fantoccini -> chromedriver).
 //!
 //! Needs Debian's `chromium` and `chromium-driver` packages (`.ci/run` installs them), so the
 //! tests that drive a browser are `#[ignore]`d: `cargo test` reports them as ignored, and
@@ -73,6 +74,32 @@ console.log = function (...args) {
 /// [`history_example`]).
 const PROTOCOL_DOC: &str =
     include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"));
+
+/// docs/client.md, whose example of the browser client the client test runs (see
+/// [`client_example`]).
+const CLIENT_DOC: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/client.md"));
+
+/// README.md, whose short example of the browser client a test runs (see [`readme_client_code`]).
+const README: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+
+/// The browser client, as the gateway serves it at `/client.js`.
+const CLIENT_JS: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../gateway/static/client.js"
+));
+
+/// Runs `arguments[0]` as a module script of the page, as a `<script type="module">` does, and
+/// records in `window.__errors` what fails: the module not loading, or an exception.
+const RUN_MODULE: &str = r#"
+window.__errors = [];
+window.addEventListener('error', (e) => window.__errors.push(String(e.message)));
+window.addEventListener('unhandledrejection', (e) => window.__errors.push(String(e.reason)));
+const script = document.createElement('script');
+script.type = 'module';
+script.onerror = () => window.__errors.push('the module script did not load');
+script.textContent = arguments[0];
+document.documentElement.append(script);
+"#;
 
 /// The history groups of the recovery test's gateways, as in e2e/tests/history.rs.
 const CHAT_HISTORY: &str = "chat:=1000,10m";
@@ -548,6 +575,42 @@ impl Browser {
             .with_context(|| format!("{}: window.__reloads is {value}", self.name))
     }
 
+    /// What the page logged with `console.log` (see [`CONSOLE_HOOK`]), one line per call.
+    async fn logged(&self) -> Result<Vec<String>> {
+        let value = self
+            .eval(
+                "return window.__logs.map(args => args.map(String).join(' '));",
+                vec![],
+            )
+            .await?;
+        serde_json::from_value(value).context("window.__logs holds the console's lines")
+    }
+
+    /// Waits until the page has logged `line`; fails at once when a module script failed (see
+    /// [`RUN_MODULE`]).
+    async fn expect_logged(&self, line: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let errors = self.eval("return window.__errors;", vec![]).await?;
+            ensure!(
+                errors == json!([]),
+                "{}: the page's script failed: {errors}",
+                self.name
+            );
+            if self.logged().await?.iter().any(|logged| logged == line) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}: timed out after {timeout:?} waiting for the log {line:?}; logged: {:?}",
+                    self.name,
+                    self.logged().await?
+                );
+            }
+            tokio::time::sleep(PAGE_POLL).await;
+        }
+    }
+
     async fn close(self) -> Result<()> {
         self.client
             .close()
@@ -647,6 +710,58 @@ fn history_example(addr: SocketAddr) -> Result<String> {
             "docs/protocol.md §5 \"In a browser\" no longer calls {hook}): update the test"
         );
     }
+    Ok(code.replace(URL, &json!(format!("ws://{addr}/")).to_string()))
+}
+
+/// The ```js block of docs/client.md "Example", verbatim but for its URL, which becomes the
+/// gateway's (`addr`). It imports `/client.js` (the page must come from the gateway's admin
+/// server), and calls `show` and `reloadState`, which [`HISTORY_HOOKS`] provides.
+fn client_example(addr: SocketAddr) -> Result<String> {
+    const URL: &str = r#""ws://127.0.0.1:1234/""#;
+    let (_, section) = CLIENT_DOC
+        .split_once("\n## Example\n")
+        .context("docs/client.md has no \"Example\" section")?;
+    let section = section.split("\n#").next().unwrap_or_default();
+    let (_, code) = section
+        .split_once("```js\n")
+        .context("docs/client.md \"Example\" has no ```js block")?;
+    let (code, _) = code
+        .split_once("\n```")
+        .context("docs/client.md \"Example\": the ```js block is not closed")?;
+    ensure!(
+        code.matches(URL).count() == 1,
+        "docs/client.md \"Example\" no longer connects to {URL}: update the test"
+    );
+    for needle in [
+        r#"from "/client.js""#,
+        "show(",
+        "reloadState(",
+        "window.client = client",
+    ] {
+        ensure!(
+            code.contains(needle),
+            "docs/client.md \"Example\" no longer has {needle}: update the test"
+        );
+    }
+    Ok(code.replace(URL, &json!(format!("ws://{addr}/")).to_string()))
+}
+
+/// The ```javascript block after README's "**Browser client.**", pointed at `addr`.
+fn readme_client_code(addr: SocketAddr) -> Result<String> {
+    const URL: &str = r#""ws://127.0.0.1:1234/""#;
+    let (_, section) = README
+        .split_once("**Browser client.**")
+        .context("README has no \"**Browser client.**\" paragraph")?;
+    let (_, code) = section
+        .split_once("```javascript\n")
+        .context("README's \"Browser client\" has no ```javascript block")?;
+    let (code, _) = code
+        .split_once("\n```")
+        .context("README's \"Browser client\": the block is not closed")?;
+    ensure!(
+        code.matches(URL).count() == 1,
+        "README's \"Browser client\" block no longer connects to {URL}: update the test"
+    );
     Ok(code.replace(URL, &json!(format!("ws://{addr}/")).to_string()))
 }
 
@@ -858,6 +973,168 @@ async fn history_example_recovers_across_gateway_restarts() -> Result<()> {
     .await
 }
 
+/// The browser client's example (docs/client.md, read from the docs: see [`client_example`]),
+/// on a page that imports the module from the gateway, across gateway restarts. The example's
+/// join and send promises resolve (it logs what they gave). Its gateway is SIGKILLed while
+/// messages go on through another gateway on the same broker, and a new one takes its port: the
+/// client reconnects by itself, joins again from its last position and recovers what it missed
+/// (`recovered` true), then receives the live messages, each message once and in order, and a
+/// send from the page is acknowledged. With the history removed while it is away, the next
+/// reconnection reports `recovered` false and the page reloads its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver: run with --include-ignored"]
+async fn client_recovers_across_gateway_restarts() -> Result<()> {
+    let tools = Tools::find()?;
+    within("client_recovers_across_gateway_restarts", async {
+        let broker = Broker::start("broker").await?;
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let sending = chat_gateway("gateway-sender", broker.addr, any_port).await?;
+        let mut serving = chat_gateway("gateway-page", broker.addr, any_port).await?;
+        let page_addr = serving.addr;
+        let driver = Chromedriver::start(&tools).await?;
+        let page = driver.browser("page").await?;
+        // A page of the gateway's admin server, where "/client.js" is; the module stays loaded
+        // when that server is gone.
+        page.goto(&format!("http://{}/healthz", serving.admin.addr()))
+            .await?;
+        page.eval(CONSOLE_HOOK, vec![]).await?;
+        page.eval(HISTORY_HOOKS, vec![]).await?;
+        page.eval(RUN_MODULE, vec![json!(client_example(page_addr)?)])
+            .await?;
+
+        // The join resolves with the joined reply (a new group: offset 0), the send on its ack.
+        page.expect_logged("joined chat:1 at offset 0", PAGE_TIMEOUT)
+            .await?;
+        page.expect_logged("sent", PAGE_TIMEOUT).await?;
+        let mut expected = vec!["hello".to_owned()];
+        page.expect_shown(&expected, PAGE_TIMEOUT).await?;
+        page_joined(&serving).await?;
+
+        let mut sender = sending.connect("sender").await?;
+        send_all(&mut sender, "chat:1", texts(0, 5)).await?;
+        expected.extend(texts(0, 5));
+        page.expect_shown(&expected, PAGE_TIMEOUT).await?;
+
+        // The page's gateway dies; what is sent meanwhile is kept by the broker.
+        serving.process.kill(EXIT_TIMEOUT).await?;
+        serving.process.assert_no_panics()?;
+        send_all(&mut sender, "chat:1", texts(5, 10)).await?;
+        expected.extend(texts(5, 10));
+        serving = chat_gateway("gateway-page (restarted)", broker.addr, page_addr).await?;
+        ensure!(serving.addr == page_addr, "{} != {page_addr}", serving.addr);
+        // Only a recovery can bring these: they were sent while the page was away.
+        page.expect_shown(&expected, RECONNECT_TIMEOUT).await?;
+        page.expect_logged("chat:1 recovered: true", PAGE_TIMEOUT)
+            .await?;
+        page_joined(&serving).await?;
+        send_all(&mut sender, "chat:1", texts(10, 15)).await?;
+        expected.extend(texts(10, 15));
+        page.expect_shown(&expected, PAGE_TIMEOUT).await?;
+
+        // The page's own send on the new connection: acknowledged, and received as a member.
+        let answer = page
+            .eval(
+                "return window.client.send('chat:1', 'from the page')
+                     .then(reply => reply.cmd, error => 'rejected: ' + error.code);",
+                vec![],
+            )
+            .await?;
+        ensure!(answer == json!("ack"), "the page's send: {answer}");
+        expected.push("from the page".to_owned());
+        page.expect_shown(&expected, PAGE_TIMEOUT).await?;
+        ensure!(
+            page.reloads().await? == 0,
+            "reloadState was called, though the recovery had everything"
+        );
+        let logged = page.logged().await?;
+        ensure!(
+            logged
+                .iter()
+                .any(|line| line.starts_with("closed (1006), retrying in ")),
+            "the example did not log the loss of its connection: {logged:?}"
+        );
+
+        // Away again, and the group's history is removed meanwhile: a new epoch.
+        serving.process.kill(EXIT_TIMEOUT).await?;
+        serving.process.assert_no_panics()?;
+        let (status, answer) = sending
+            .admin
+            .call(
+                sending
+                    .admin
+                    .http()
+                    .post(sending.admin.url("/api/history_remove"))
+                    .header("content-type", "application/json")
+                    .body(json!({"group_id": "chat:1"}).to_string()),
+            )
+            .await?;
+        ensure!(
+            status == 200 && answer["removed"] == true,
+            "{status} {answer}"
+        );
+        serving = chat_gateway("gateway-page (restarted again)", broker.addr, page_addr).await?;
+        page.expect_logged("chat:1 recovered: false", RECONNECT_TIMEOUT)
+            .await?;
+        ensure!(page.reloads().await? == 1, "recovered false: reloadState");
+        page_joined(&serving).await?;
+        send_all(&mut sender, "chat:1", texts(15, 18)).await?;
+        expected.extend(texts(15, 18));
+        page.expect_shown(&expected, PAGE_TIMEOUT).await?;
+
+        // Nothing late either, and each recovery reported once.
+        tokio::time::sleep(QUIET_PERIOD).await;
+        page.expect_shown(&expected, Duration::ZERO).await?;
+        ensure!(page.reloads().await? == 1, "reloadState called again");
+        let logged = page.logged().await?;
+        let recoveries: Vec<&String> = logged
+            .iter()
+            .filter(|line| line.starts_with("chat:1 recovered: "))
+            .collect();
+        ensure!(
+            recoveries == ["chat:1 recovered: true", "chat:1 recovered: false"],
+            "recoveries logged: {recoveries:?}"
+        );
+
+        page.close().await?;
+        sending.process.assert_no_panics()?;
+        serving.process.assert_no_panics()?;
+        broker.process.assert_no_panics()
+    })
+    .await
+}
+
+/// README's short example of the browser client, run as written (but for the address) in a
+/// page of the gateway's admin server: it logs the message it sent to the group it joined, and
+/// nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver: run with --include-ignored"]
+async fn readme_client_example_logs_the_message() -> Result<()> {
+    let tools = Tools::find()?;
+    within("readme_client_example_logs_the_message", async {
+        let gateway = Gateway::start(GatewayConfig::embedded("gateway")).await?;
+        let driver = Chromedriver::start(&tools).await?;
+        let page = driver.browser("page").await?;
+        page.goto(&format!("http://{}/healthz", gateway.admin.addr()))
+            .await?;
+        page.eval(CONSOLE_HOOK, vec![]).await?;
+        page.eval(RUN_MODULE, vec![json!(readme_client_code(gateway.addr)?)])
+            .await?;
+        page.expect_logged("hello", PAGE_TIMEOUT).await?;
+        // Barrier: a later message to 123 is logged after anything else the page received.
+        let mut other = gateway.connect("other").await?;
+        other.send_to_group("123", "barrier").await?;
+        page.expect_logged("barrier", PAGE_TIMEOUT).await?;
+        let logged = page.logged().await?;
+        ensure!(
+            logged == ["hello", "barrier"],
+            "the console shows {logged:?}, expected \"hello\" then \"barrier\""
+        );
+        page.close().await?;
+        gateway.process.assert_no_panics()
+    })
+    .await
+}
+
 /// Two demo pages in group 123, on different workers, show a message sent from a third page;
 /// after one of them leaves the group, only the other shows the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -934,6 +1211,62 @@ async fn demo_pages_join_send_and_leave() -> Result<()> {
 
         try_join_all([a.close(), b.close(), c.close()]).await?;
         gateway.process.assert_no_panics()
+    })
+    .await
+}
+
+/// The demo page across a restart of its gateway (killed; a new one takes its port): its client
+/// reconnects by itself and joins the page's groups again, which receive messages again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver: run with --include-ignored"]
+async fn demo_page_joins_again_after_a_gateway_restart() -> Result<()> {
+    let tools = Tools::find()?;
+    within("demo_page_joins_again_after_a_gateway_restart", async {
+        let broker = Broker::start("broker").await?;
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut serving = chat_gateway("gateway", broker.addr, any_port).await?;
+        let driver = Chromedriver::start(&tools).await?;
+        let page = driver.browser("page").await?;
+        page.open_demo(serving.admin.addr()).await?;
+        page.join("123").await?;
+        page.join("lobby").await?;
+        let mut sender = serving.connect("sender").await?;
+        sender.send_to_group("123", "before").await?;
+        page.expect_messages(&["before"]).await?;
+
+        let page_addr = serving.addr;
+        serving.process.kill(EXIT_TIMEOUT).await?;
+        serving.process.assert_no_panics()?;
+        page.wait_for(
+            "the page to show the lost connection",
+            "return document.getElementById('status').dataset.state === 'closed';",
+            vec![],
+        )
+        .await?;
+        serving = chat_gateway("gateway (restarted)", broker.addr, page_addr).await?;
+        page.wait_for_within(
+            "the page to connect again",
+            RECONNECT_TIMEOUT,
+            "return document.getElementById('status').dataset.state === 'open';",
+            vec![],
+        )
+        .await?;
+        serving
+            .admin
+            .wait_for_stats("the page in its two groups again", |s| {
+                stat(s, "/connections") == Some(1) && stat(s, "/memberships") == Some(2)
+            })
+            .await?;
+        ensure!(page.joined_groups().await? == ["123", "lobby"]);
+        let mut sender = serving.connect("sender").await?;
+        sender.send_to_group("123", "after").await?;
+        sender.send_to_group("lobby", "barrier").await?;
+        page.expect_messages(&["before", "after", "barrier"])
+            .await?;
+
+        page.close().await?;
+        serving.process.assert_no_panics()?;
+        broker.process.assert_no_panics()
     })
     .await
 }
@@ -1191,6 +1524,81 @@ async fn demo_page_is_served() -> Result<()> {
         "unexpected config {config}"
     );
     Ok(())
+}
+
+/// The browser client is served at `/client.js`, as JavaScript (browsers refuse to run a module
+/// of another type), and it is the file of the repository: not ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_module_is_served() -> Result<()> {
+    let gateway = Gateway::start(GatewayConfig::embedded("gateway")).await?;
+    let response = gateway
+        .admin
+        .http()
+        .get(gateway.admin.url("/client.js"))
+        .send()
+        .await
+        .context("GET /client.js")?;
+    ensure!(
+        response.status() == 200,
+        "GET /client.js answered {}",
+        response.status()
+    );
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    ensure!(
+        header("content-type").as_deref() == Some("text/javascript; charset=utf-8"),
+        "GET /client.js: Content-Type {:?}",
+        header("content-type")
+    );
+    ensure!(header("x-content-type-options").as_deref() == Some("nosniff"));
+    let body = response.text().await.context("GET /client.js: the body")?;
+    ensure!(
+        body == CLIENT_JS,
+        "GET /client.js is not gateway/static/client.js"
+    );
+    // The demo page may load it: its Content-Security-Policy allows scripts of its origin.
+    let response = gateway
+        .admin
+        .http()
+        .get(gateway.admin.url("/"))
+        .send()
+        .await
+        .context("GET /")?;
+    let policy = response
+        .headers()
+        .get("content-security-policy")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    ensure!(
+        policy.contains("script-src 'self'"),
+        "the demo page's policy forbids /client.js: {policy}"
+    );
+    Ok(())
+}
+
+/// The client test's example is found in docs/client.md and pointed at the gateway: not
+/// ignored, so that the docs cannot drift away from the test unnoticed.
+#[test]
+fn client_example_is_in_the_docs() {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 4321));
+    let code = client_example(addr).unwrap();
+    assert!(
+        code.contains(r#"new GroupPushClient("ws://127.0.0.1:4321/""#),
+        "{code}"
+    );
+    assert!(
+        code.starts_with(r#"import { GroupPushClient } from "/client.js";"#),
+        "{code}"
+    );
+    assert!(
+        code.trim_end().ends_with(r#"console.log("sent");"#),
+        "{code}"
+    );
 }
 
 /// The recovery test's example is found in docs/protocol.md and pointed at the gateway: not

@@ -596,7 +596,7 @@ fn the_spec_describes_exactly_the_routes_of_the_admin_router() -> Result<()> {
     );
     // The demo page's routes are not part of the API.
     let demo = routes(DEMO)?;
-    ensure!(demo.len() == 3, "the demo routes: {demo:?}");
+    ensure!(demo.len() == 4, "the demo routes: {demo:?}");
     for route in &demo {
         ensure!(!described.contains(route), "{route:?} is a demo route");
     }

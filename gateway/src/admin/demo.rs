@@ -1,5 +1,6 @@
-//! The demo page: one self-contained HTML file (inline CSS and JS, nothing fetched from
-//! elsewhere) served by the admin HTTP server at `/` and `/demo`.
+//! The demo page and the browser client, served by the admin HTTP server: the page at `/` and
+//! `/demo` (one HTML file, inline CSS and JS, nothing fetched from elsewhere), the client at
+//! `/client.js` (one ES module without dependencies, which the page imports; docs/client.md).
 //!
 //! The page is served by the admin server but talks to the WebSocket listener, whose port it
 //! cannot guess: it reads `GET /demo/config.json` first. It also polls `/api/stats`.
@@ -16,9 +17,12 @@ use crate::gateway::Gateway;
 
 const PAGE: &str = include_str!("../../static/demo.html");
 
-/// Everything the page loads is inline or from this server (`/demo/config.json`,
+/// The browser client, an ES module: `import { GroupPushClient } from "/client.js"`.
+pub const CLIENT_JS: &str = include_str!("../../static/client.js");
+
+/// Everything the page loads is inline or from this server (`/client.js`, `/demo/config.json`,
 /// `/api/stats`); it connects to the WebSocket listener wherever that is.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
      style-src 'unsafe-inline'; img-src data:; connect-src 'self' ws: wss:; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
 
@@ -28,6 +32,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(gateway: Gateway) -> Router<S> {
     Router::new()
         .route("/", get(page))
         .route("/demo", get(page))
+        .route("/client.js", get(client_js))
         .route(
             "/demo/config.json",
             get(move || {
@@ -58,6 +63,30 @@ async fn page() -> Response {
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
         PAGE,
+    )
+        .into_response()
+}
+
+/// The client module. Pages of other origins may import it too (a module script is fetched
+/// with CORS), hence `Access-Control-Allow-Origin`: it is public code, sent without cookies.
+async fn client_js() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/javascript; charset=utf-8"),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        CLIENT_JS,
     )
         .into_response()
 }
@@ -144,7 +173,18 @@ mod tests {
         // No build step and no network: nothing may be loaded from another origin.
         for needle in ["src=\"http", "href=\"http", "@import", "url(http", "//cdn"] {
             assert!(!PAGE.contains(needle), "the demo page loads {needle}...");
+            assert!(!CLIENT_JS.contains(needle), "the client loads {needle}...");
         }
+        // The client is a module without dependencies: it imports nothing, exports its class.
+        assert!(
+            !CLIENT_JS.lines().any(|line| line.starts_with("import ")),
+            "the client imports something"
+        );
+        assert!(CLIENT_JS.contains("export class GroupPushClient "));
+        assert!(
+            PAGE.contains(r#"from '/client.js'"#),
+            "the page does not use the client"
+        );
         for id in [
             "status",
             "group-input",
