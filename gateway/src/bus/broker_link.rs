@@ -138,7 +138,7 @@ impl Carrier for BrokerLink {
             max_frame_size: self.settings.max_frame_size,
             address: self.settings.broker.clone(),
             node,
-            requests: Requests::default(),
+            requests: Arc::default(),
             history: Mutex::new(HistoryOutbox::new(self.queue, self.queue_bytes)),
             history_ready: Notify::new(),
             origin: fastrand::u64(1..),
@@ -161,7 +161,7 @@ struct BrokerBus<N> {
     address: String,
     node: Arc<N>,
     /// History reads waiting for the broker's reply.
-    requests: Requests,
+    requests: Arc<Requests>,
     /// History publishes not acknowledged yet (`Stored`): written in order, kept until
     /// acknowledged, and written again on the next link when this one is lost.
     history: Mutex<HistoryOutbox>,
@@ -253,6 +253,20 @@ impl Requests {
     /// The link is gone: every waiting request fails (its sender dropped).
     fn fail_all(&self) {
         self.waiting.lock().clear();
+    }
+}
+
+/// A request's place in [`Requests`], given up when its caller stops waiting (its timeout, or
+/// the client gone) rather than when the broker answers: a reply that never comes leaves
+/// nothing behind.
+struct Waiting {
+    requests: Arc<Requests>,
+    id: u64,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.requests.waiting.lock().remove(&self.id);
     }
 }
 
@@ -392,17 +406,20 @@ impl<N: Node> BrokerBus<N> {
             .map_err(|e| HistoryError::Store(e.to_string()))?;
             let (tx, rx) = oneshot::channel();
             self.requests.waiting.lock().insert(id, tx);
+            let waiting = Waiting {
+                requests: self.requests.clone(),
+                id,
+            };
             let len = frame.len();
             if !self.queue.push(frame, len) {
-                self.requests.waiting.lock().remove(&id);
                 return Err(HistoryError::Unavailable(
                     "the queue to the broker is full".into(),
                 ));
             }
-            Ok(rx)
+            Ok((rx, waiting))
         })();
         async move {
-            let rx = queued?;
+            let (rx, _waiting) = queued?;
             rx.await.map_err(|_| unavailable())
         }
     }
@@ -806,5 +823,29 @@ mod tests {
                 .to_string();
             assert!(err.contains("HOST:PORT") && err.contains(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn a_request_no_one_waits_for_leaves_nothing_behind() {
+        let requests = Arc::new(Requests::default());
+        for id in [7, 8] {
+            let (tx, _rx) = oneshot::channel();
+            requests.waiting.lock().insert(id, tx);
+        }
+        let answered = Waiting {
+            requests: requests.clone(),
+            id: 7,
+        };
+        drop(Waiting {
+            requests: requests.clone(),
+            id: 8,
+        });
+        assert_eq!(
+            requests.waiting.lock().keys().copied().collect::<Vec<_>>(),
+            [7],
+            "the abandoned request is gone, the other still waits"
+        );
+        drop(answered);
+        assert!(requests.waiting.lock().is_empty());
     }
 }
