@@ -507,10 +507,10 @@ impl NatsHistory {
             .map_err(|e| store(&e))?;
         let mut kept = std::collections::VecDeque::new();
         let scanned = async {
-            // At most SIZE messages are on the subject: the batches needed, and one more that
-            // finds none.
-            let batches = names.policy.0 as usize / READ_BATCH + 2;
-            'batches: for _ in 0..batches {
+            // Until the group's last message when the read began, or a fetch that finds none.
+            // Not a count of batches: a fetch may bring fewer than asked (what the server had
+            // ready), and the subject holds a finite number of messages, each fetched once.
+            'batches: loop {
                 let mut batch = reader
                     .fetch()
                     .max_messages(READ_BATCH)
