@@ -16,6 +16,10 @@
 //! independent shards, where it only keeps the key names uniform. The group id follows the tag
 //! and the one-letter kind, so the names are injective.
 //!
+//! **Bounds.** The stream keeps the last SIZE entries: the publish trims it approximately
+//! (`MAXLEN ~`, whole stream nodes, so it holds at most SIZE plus one node, the server's
+//! `stream-node-max-entries`, 100 by default), and a read trims it exactly before it reads.
+//!
 //! **Scripts.** [`PUBLISH_SCRIPT`] assigns the offset, stores, trims and publishes in one atomic
 //! step (a reader never sees an offset that is not stored, nor two gateways the same offset);
 //! [`READ_SCRIPT`] answers a read, and gives a group without history its epoch. The read drops
@@ -111,7 +115,9 @@ local now = now_ms()
 -- Expired entries are dropped every 16th message (a read drops them first anyway): MAXLEN
 -- bounds the stream in between, and a scan per message would cost more than the rest.
 if offset % 16 == 0 then trim_expired(KEYS[2], now - tonumber(ARGV[4]), offset - 1) end
-redis.call('XADD', KEYS[2], 'MAXLEN', '=', ARGV[3], id(offset) .. '-0', 't', id(now), 'p', ARGV[2])
+-- Trimmed to SIZE approximately (whole stream nodes; an exact trim costs the server about as
+-- much again as the rest of the script): a read trims exactly first.
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], id(offset) .. '-0', 't', id(now), 'p', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call(ARGV[6], ARGV[7], ARGV[1] .. '\254' .. id(offset) .. ' ' .. epoch .. ' ' .. ARGV[2])
