@@ -243,3 +243,68 @@ async fn a_stream_survives_a_broker_outage_and_a_gateway_restart() -> Result<()>
     };
     e2e::history::a_stream_survives_an_outage_and_a_gateway_restart(&mut engine).await
 }
+
+/// While the store cannot be reached (the broker is down): a history read answers 503
+/// `history_unavailable`, a positioned join is answered `joined` with the error and no position,
+/// and a recovering one `recovered:false` with the error. Once the broker is back, both work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_store_reads_and_joins_say_so() -> Result<()> {
+    let broker = Broker::start("broker").await?;
+    let broker_addr = broker.addr;
+    let gateway = Gateway::start(
+        GatewayConfig::with_broker("gw", broker_addr)
+            .workers(2)
+            .arg("--history")
+            .arg("h:=10,1m"),
+    )
+    .await?;
+    let mut member = gateway.connect("member").await?;
+    let joined = join_positioned(&mut member, "h:1", None).await?;
+    let (_, epoch) = joined.position();
+    drop(broker);
+    gateway
+        .admin
+        .wait_for_stats("the bus down", |stats| stats["bus"]["up"] == false)
+        .await?;
+
+    let (status, body) = gateway.admin.get("/api/history/h:1").await?;
+    ensure!(
+        status == 503 && body.contains("history_unavailable"),
+        "{status} {body}"
+    );
+    let mut other = gateway.connect("other").await?;
+    let joined = join_positioned(&mut other, "h:2", None).await?;
+    ensure!(
+        joined.messages.is_empty()
+            && joined.reply["error"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty())
+            && joined.reply.get("offset").is_none(),
+        "{}",
+        joined.reply
+    );
+    let mut again = gateway.connect("again").await?;
+    let joined = join_positioned(&mut again, "h:1", Some((0, &epoch))).await?;
+    ensure!(
+        joined.reply["recovered"] == false
+            && joined.reply["error"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty()),
+        "{}",
+        joined.reply
+    );
+
+    let _broker = Broker::start_on("broker (restarted)", broker_addr).await?;
+    gateway
+        .admin
+        .wait_for_stats("the bus up", |stats| stats["bus"]["up"] == true)
+        .await?;
+    let mut late = gateway.connect("late").await?;
+    let joined = join_positioned(&mut late, "h:3", None).await?;
+    ensure!(
+        joined.reply["offset"] == 0 && joined.reply.get("error").is_none(),
+        "{}",
+        joined.reply
+    );
+    e2e::expect_quiet([&mut member, &mut other, &mut again, &mut late]).await
+}
