@@ -13,6 +13,7 @@
 //!   outages and recovery.
 //! - [`history`]: the history and recovery scenarios (`--history`), shared by every carrier's
 //!   tests.
+//! - [`docs`]: runs the `sh` blocks of README.md and docs/*.md, and lists which test runs each.
 //! - [`seed`]: the seed scenario over several gateways, shared by every carrier's tests.
 //! - Below: the tagged and numbered messages the delivery tests send and check.
 //!
@@ -20,6 +21,7 @@
 //! Every wait has a deadline (the constants re-exported below); stats are polled every
 //! [`POLL_INTERVAL`].
 
+pub mod docs;
 pub mod history;
 pub mod numbered;
 pub mod seed;

@@ -92,7 +92,7 @@ async fn run(args: &[&str]) -> Result<String> {
     Ok(cli.stdout())
 }
 
-/// The cluster API from the command line, as README.md shows it: a member joined with a uid
+/// The cluster API from the command line, as docs/usage.md shows it: a member joined with a uid
 /// receives what is sent to its uid, to its client id and to everyone; count, members, groups,
 /// clients and nodes describe it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,8 +2,8 @@
 //! and listens on `--broker-listen` (127.0.0.1:2206) so other gateways can join it. With
 //! `--broker HOST:PORT` it uses a standalone broker instead. `gateway --help` lists every setting;
 //! each also reads an environment variable, `GATEWAY_` and the flag's name. Security (link
-//! secret, TLS, join tokens) is off by default, as in the original; README's "Security" section
-//! says how to deploy safely. [`ALIASES`] are the names of the previous release.
+//! secret, TLS, join tokens) is off by default, as in the original; docs/security.md says how
+//! to deploy safely. [`ALIASES`] are the names of the previous release.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
