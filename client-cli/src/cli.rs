@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use protocol::client::{GroupName, DEFAULT_MAX_GROUP_ID_LEN};
 use protocol::cluster::{ClientId, Uid, DEFAULT_MAX_UID_LEN};
 
@@ -13,7 +13,8 @@ pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9090";
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success: a send was acknowledged (`send`, `send-all`, `send-uid`, `send-client`); a
+  0  success: a send was acknowledged (`send`, `send-all`, `send-uid`, `send-client`), or
+     was written to a server that sends no acknowledgements (said on stderr); a
      query was answered (`whoami`, `count`, `members`); the admin API accepted the request
      (HTTP 2xx: `publish`, `bind`, `unbind`, `groups`, `clients`, `nodes`); `join` received
      its --count messages, or was stopped by Ctrl-C or SIGTERM (the connection is closed
@@ -31,8 +32,9 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "client-cli", version, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// WebSocket URL of the gateway.
-    #[arg(long, global = true, env = "CLIENT_CLI_URL", default_value = DEFAULT_URL, value_parser = parse_ws_url)]
+    /// WebSocket URL of the gateway, for the commands that open a WebSocket (`ws://` or
+    /// `wss://`; may also be given after the command).
+    #[arg(long, env = "CLIENT_CLI_URL", default_value = DEFAULT_URL, value_parser = parse_ws_url)]
     pub url: String,
 
     /// How long to wait for the WebSocket handshake (or the admin API's TCP connection), in
@@ -61,9 +63,19 @@ pub enum Command {
     /// printed for each group is kept in a file, and the next run receives what it missed first.
     /// A recovery that could not bring back every missed message is reported on stderr: `warning:
     /// group G: recovery incomplete (...): reload your state`.
+    ///
+    /// A server speaking the seed protocol (the original Workerman example) acknowledges
+    /// nothing: when it has answered nothing within --ack-timeout, a warning says so on stderr,
+    /// then `joined G1 G2 ... (unconfirmed)`, and what arrives is printed as above (--acks none
+    /// does not wait).
     #[command(after_help = EXIT_CODES)]
     Join(JoinArgs),
     /// Send one message to a group and wait for the server's ack.
+    ///
+    /// A server speaking the seed protocol (the original Workerman example) acknowledges
+    /// nothing: when it has answered nothing within --ack-timeout, the message was written but
+    /// its delivery is unconfirmed: a warning says so on stderr and the exit code is 0, as the
+    /// seed protocol promises no more (--acks require waits for an ack, --acks none does not).
     #[command(after_help = EXIT_CODES)]
     Send(SendArgs),
     /// Send one message to every connection of the cluster and wait for the server's ack.
@@ -169,6 +181,12 @@ pub struct JoinArgs {
     /// --positioned.
     #[arg(long, value_name = "FILE")]
     pub resume_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub ws: WsArgs,
+
+    #[command(flatten)]
+    pub acks: AckArgs,
 }
 
 #[derive(Debug, Args)]
@@ -192,6 +210,12 @@ pub struct SendArgs {
     /// Give up (exit 2) if connecting, sending and the ack take longer than this, in seconds.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub timeout: Secs,
+
+    #[command(flatten)]
+    pub ws: WsArgs,
+
+    #[command(flatten)]
+    pub acks: AckArgs,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +235,12 @@ pub struct SendAllArgs {
     /// Give up (exit 2) if connecting, sending and the ack take longer than this, in seconds.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub timeout: Secs,
+
+    #[command(flatten)]
+    pub ws: WsArgs,
+
+    #[command(flatten)]
+    pub acks: AckArgs,
 }
 
 #[derive(Debug, Args)]
@@ -231,6 +261,12 @@ pub struct SendUidArgs {
     /// Give up (exit 2) if connecting, sending and the ack take longer than this, in seconds.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub timeout: Secs,
+
+    #[command(flatten)]
+    pub ws: WsArgs,
+
+    #[command(flatten)]
+    pub acks: AckArgs,
 }
 
 #[derive(Debug, Args)]
@@ -251,6 +287,12 @@ pub struct SendClientArgs {
     /// Give up (exit 2) if connecting, sending and the ack take longer than this, in seconds.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub timeout: Secs,
+
+    #[command(flatten)]
+    pub ws: WsArgs,
+
+    #[command(flatten)]
+    pub acks: AckArgs,
 }
 
 #[derive(Debug, Args)]
@@ -267,6 +309,9 @@ pub struct WhoamiArgs {
     /// in seconds.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub timeout: Secs,
+
+    #[command(flatten)]
+    pub ws: WsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -283,6 +328,9 @@ pub struct CountArgs {
     /// seconds.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub timeout: Secs,
+
+    #[command(flatten)]
+    pub ws: WsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -307,6 +355,80 @@ pub struct MembersArgs {
     /// in seconds (every page included).
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub timeout: Secs,
+
+    #[command(flatten)]
+    pub ws: WsArgs,
+}
+
+/// The WebSocket options, for the commands that open a WebSocket.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "WebSocket options")]
+pub struct WsArgs {
+    /// WebSocket URL of the gateway: `ws://`, or `wss://` verified against the system's trusted
+    /// roots (SSL_CERT_FILE names a PEM file of CA certificates to trust instead) [default:
+    /// --url before the command, CLIENT_CLI_URL, or ws://127.0.0.1:1234].
+    #[arg(long = "url", id = "ws_url", value_name = "URL", value_parser = parse_ws_url)]
+    pub url: Option<String>,
+
+    /// A join token (a JWT from the application's backend) for a gateway started with
+    /// --require-join-token: presented with an `auth` request before anything else, so that a
+    /// refused token fails with the gateway's reason. (A token in the URL, `?token=...`, works
+    /// too.)
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CLIENT_CLI_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub join_token: Option<String>,
+}
+
+/// Whether to wait for the server's acknowledgements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Acks {
+    /// Wait up to --ack-timeout for the server's first reply; when none comes, say so once on
+    /// stderr and go on without acknowledgements, as with `none`.
+    Auto,
+    /// Wait for every acknowledgement, up to --timeout (exit 2 when it expires).
+    Require,
+    /// Do not wait for acknowledgements: for a server speaking the seed protocol, which sends
+    /// none (the original Workerman example). Error replies that do come are still reported.
+    None,
+}
+
+/// How `join` and the sends treat acknowledgements.
+#[derive(Debug, Clone, Copy, Args)]
+#[command(next_help_heading = "Acknowledgements")]
+pub struct AckArgs {
+    /// Whether to wait for the server's acknowledgements. A seed-protocol server (the original
+    /// Workerman example) never answers a request; this gateway answers each at once.
+    #[arg(long, value_name = "MODE", env = "CLIENT_CLI_ACKS", value_enum, default_value_t = Acks::Auto)]
+    pub acks: Acks,
+
+    /// With --acks auto: how long to wait for the server's first reply before going on without
+    /// acknowledgements, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
+    pub ack_timeout: Secs,
+}
+
+impl AckArgs {
+    /// How long to wait for the first reply before going on without acknowledgements: `None`
+    /// to wait for every one (--acks require), zero not to wait (--acks none).
+    pub fn grace(self) -> Option<Duration> {
+        match self.acks {
+            Acks::Auto => Some(self.ack_timeout.duration()),
+            Acks::Require => None,
+            Acks::None => Some(Duration::ZERO),
+        }
+    }
+}
+
+impl Cli {
+    /// The WebSocket URL a command uses: its own --url, else the one before the command (or
+    /// its default).
+    pub fn ws_url<'a>(&'a self, ws: &'a WsArgs) -> &'a str {
+        ws.url.as_deref().unwrap_or(&self.url)
+    }
 }
 
 /// Where the admin HTTP API is, and how long to wait for it: shared by its commands.
@@ -641,12 +763,71 @@ mod tests {
             &["join", "1", "2", "--url", url],
         ] {
             let cli = parse(args).unwrap();
-            assert_eq!(cli.url, url, "{args:?}");
+            assert_eq!(cli.ws_url(&join(&cli).ws), url, "{args:?}");
             assert_eq!(join(&cli).groups, ["1", "2"], "{args:?}");
         }
         let cli = parse(&["send", "1", "hi", "--url", url, "--connect-timeout", "0.25"]).unwrap();
-        assert_eq!(cli.url, url);
+        assert_eq!(cli.ws_url(&send(&cli).ws), url);
         assert_eq!(cli.connect_timeout.duration(), Duration::from_millis(250));
+        // After the command, it wins over the one before.
+        let cli = parse(&["--url", "ws://before:1", "send", "1", "hi", "--url", url]).unwrap();
+        assert_eq!(cli.ws_url(&send(&cli).ws), url);
+    }
+
+    #[test]
+    fn admin_commands_take_no_websocket_options() {
+        use clap::CommandFactory;
+        let ws_only = ["--url", "--join-token", "--acks", "--ack-timeout"];
+        for name in ["publish", "bind", "unbind", "groups", "clients", "nodes"] {
+            let help = parse(&[name, "--help"]).unwrap_err().to_string();
+            for flag in ws_only {
+                assert!(
+                    !help.contains(flag),
+                    "`{name} --help` lists {flag}:\n{help}"
+                );
+            }
+            assert!(help.contains("--connect-timeout"), "{name}: it is used");
+            let err = parse(&[name, "--url", "ws://h:1"]).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{name}"
+            );
+        }
+        for sub in Cli::command().get_subcommands() {
+            let name = sub.get_name();
+            if ["join", "send", "send-all", "send-uid", "send-client"].contains(&name) {
+                let help = parse(&[name, "--help"]).unwrap_err().to_string();
+                for flag in ws_only {
+                    assert!(help.contains(flag), "`{name} --help` lacks {flag}");
+                }
+            }
+        }
+        let help = parse(&["whoami", "--help"]).unwrap_err().to_string();
+        assert!(help.contains("--url") && help.contains("--join-token"));
+        assert!(
+            !help.contains("--acks"),
+            "a query always waits for its answer"
+        );
+    }
+
+    #[test]
+    fn acknowledgement_modes() {
+        let args = send(&parse(&["send", "1", "m"]).unwrap()).acks;
+        if std::env::var_os("CLIENT_CLI_ACKS").is_none() {
+            assert_eq!(args.acks, Acks::Auto);
+            assert_eq!(args.grace(), Some(Duration::from_secs(2)));
+        }
+        let cli = parse(&["join", "1", "--acks", "none"]).unwrap();
+        assert_eq!(join(&cli).acks.grace(), Some(Duration::ZERO));
+        let cli = parse(&["send", "1", "m", "--acks", "require"]).unwrap();
+        assert_eq!(send(&cli).acks.grace(), None);
+        let cli = parse(&["send", "1", "m", "--acks", "auto", "--ack-timeout", "500ms"]).unwrap();
+        assert_eq!(send(&cli).acks.grace(), Some(Duration::from_millis(500)));
+        assert!(parse(&["send", "1", "m", "--acks", "maybe"]).is_err());
+        assert!(parse(&["send", "1", "m", "--ack-timeout", "0"]).is_err());
+        let cli = parse(&["join", "1", "--join-token", "a.b.c"]).unwrap();
+        assert_eq!(join(&cli).ws.join_token.as_deref(), Some("a.b.c"));
     }
 
     #[test]

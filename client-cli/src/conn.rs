@@ -1,19 +1,23 @@
-//! The WebSocket connection: connecting, reading text frames under a deadline, closing cleanly.
+//! The WebSocket connection: connecting (`ws://`, or `wss://` trusting the system's roots),
+//! reading text frames under a deadline, closing cleanly.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::rustls::crypto::ring;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -118,9 +122,18 @@ pub async fn wait<F: Future>(
     }
 }
 
-/// Opens the WebSocket, giving up after `timeout`.
+/// Opens the WebSocket, giving up after `timeout`. A `wss://` URL is verified against the
+/// system's trusted roots (`SSL_CERT_FILE` and `SSL_CERT_DIR` add or replace them, e.g. for a
+/// private CA).
 pub async fn connect(url: &str, timeout: Duration) -> Result<Ws> {
-    match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)).await {
+    let connector = if is_wss(url) {
+        let config = tls_config().map_err(|e| anyhow!("cannot connect to {url}: {e}"))?;
+        Some(Connector::Rustls(config))
+    } else {
+        None
+    };
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector);
+    match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok((ws, _response))) => Ok(ws),
         Ok(Err(e)) => Err(anyhow!("cannot connect to {url}: {e}")),
         Err(_) => Err(anyhow!(
@@ -128,6 +141,34 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<Ws> {
             timeout.as_secs_f64()
         )),
     }
+}
+
+fn is_wss(url: &str) -> bool {
+    url.get(..6)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("wss://"))
+}
+
+/// The TLS client configuration of `wss://`: the system's roots, with the ring provider.
+fn tls_config() -> Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for cert in found.certs {
+        // A certificate the system lists but rustls cannot use is no reason to stop.
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        bail!(
+            "no trusted root certificates for wss:// (set SSL_CERT_FILE to a PEM file of CA \
+             certificates): {:?}",
+            found.errors
+        );
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// What [`next_text`] ended with.
@@ -231,6 +272,14 @@ mod tests {
             describe_close(Some(&frame(4001, "slow consumer"))),
             "4001 slow consumer"
         );
+    }
+
+    #[test]
+    fn wss_urls_use_tls() {
+        assert!(is_wss("wss://h:1/"));
+        assert!(is_wss("WSS://h"));
+        assert!(!is_wss("ws://h:1"));
+        assert!(!is_wss("wss:"));
     }
 
     #[test]

@@ -164,6 +164,14 @@ pub fn bind_uid_request(uid: &Uid, req_id: u64) -> String {
     request_json(&ClientCommand::BindUid { uid: uid.clone() }, Some(req_id))
 }
 
+/// `{"cmd":"auth","token":T,"req_id":K}`: presents a join token.
+pub fn auth_request(token: &str, req_id: u64) -> String {
+    let command = ClientCommand::Auth {
+        token: Cow::Borrowed(token),
+    };
+    request_json(&command, Some(req_id))
+}
+
 /// `{"cmd":"whoami","req_id":K}`.
 pub fn whoami_request(req_id: u64) -> String {
     request_json(&ClientCommand::Whoami, Some(req_id))
@@ -770,6 +778,8 @@ mod tests {
         assert_same_json(&frame, r#"{"cmd":"bind_uid","uid":"u 1","req_id":1}"#);
         assert_eq!(server_view(&frame).0, r#"bind "u 1""#);
         assert_eq!(whoami_request(2), r#"{"cmd":"whoami","req_id":2}"#);
+        let frame = auth_request("a.b\"c", 0);
+        assert_same_json(&frame, r#"{"cmd":"auth","token":"a.b\"c","req_id":0}"#);
         assert_eq!(server_view(&whoami_request(2)).0, "whoami");
         let frame = count_request("g", 3).unwrap();
         assert_eq!(frame, r#"{"cmd":"count","group_id":"g","req_id":3}"#);

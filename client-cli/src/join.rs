@@ -1,5 +1,11 @@
-//! `client-cli join`: bind a uid (--uid), join groups, announce readiness and the connection's
-//! client id on stderr, print messages (and presence events) on stdout.
+//! `client-cli join`: present a join token (--join-token), bind a uid (--uid), join groups,
+//! announce readiness and the connection's client id on stderr, print messages (and presence
+//! events) on stdout.
+//!
+//! A server speaking the seed protocol (the original Workerman example) answers no request:
+//! with --acks auto, when nothing answered within --ack-timeout, the joins are taken as made
+//! (unconfirmed), said once on stderr, and what arrives is printed; replies that still come are
+//! not printed, and an error reply still ends the run.
 //!
 //! With --positioned (or --resume-file), the joins ask for positions: each is answered by a
 //! `joined` reply instead of an `ack`, each message arrives with its offset and epoch and its
@@ -8,6 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use client_cli::conn::{self, Interrupt, Next, TimedOut, Waited};
@@ -17,8 +24,9 @@ use protocol::history::{Position, Recover};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::cli::{Cli, JoinArgs};
+use crate::cli::{Acks, Cli, JoinArgs};
 use crate::output;
+use crate::request;
 use crate::resume::ResumeFile;
 
 /// What arrived before every join was answered, handled in that order once they all were.
@@ -48,13 +56,22 @@ pub async fn run(cli: &Cli, args: &JoinArgs) -> Result<()> {
         let secs = args.timeout.map(|t| t.to_string()).unwrap_or_default();
         TimedOut(format!("timed out after {secs} s {what}")).into()
     };
-    // Numbered in the order they are sent: the bind first, then the joins, then `whoami`.
+    // Numbered in the order they are sent: the auth first, the bind, then the joins, then
+    // `whoami` (not with --acks none: it is answered or it is useless).
     let mut last_id = 0;
     let mut number = || {
         last_id += 1;
         last_id
     };
     let mut requests: Vec<String> = Vec::new();
+    let auth_id = match &args.ws.join_token {
+        Some(token) => {
+            let req_id = number();
+            requests.push(frames::auth_request(token, req_id));
+            Some(req_id)
+        }
+        None => None,
+    };
     let bind_id = match &args.uid {
         Some(uid) => {
             let req_id = number();
@@ -85,13 +102,17 @@ pub async fn run(cli: &Cli, args: &JoinArgs) -> Result<()> {
         Some((index, args.groups[index].as_str()))
     };
     let whoami_id = number();
-    requests.push(frames::whoami_request(whoami_id));
+    let grace = args.acks.grace();
+    if grace != Some(Duration::ZERO) {
+        requests.push(frames::whoami_request(whoami_id));
+    }
     let mut interrupt = Interrupt::on_signals();
 
-    let connecting = conn::connect(&cli.url, cli.connect_timeout.duration());
+    let url = cli.ws_url(&args.ws);
+    let connecting = conn::connect(url, cli.connect_timeout.duration());
     let mut ws = match conn::wait(connecting, deadline, &mut interrupt).await {
         Waited::Done(ws) => ws?,
-        Waited::Deadline => return Err(timed_out(format!("connecting to {}", cli.url))),
+        Waited::Deadline => return Err(timed_out(format!("connecting to {url}"))),
         Waited::Interrupted => return Ok(()),
     };
 
@@ -112,18 +133,38 @@ pub async fn run(cli: &Cli, args: &JoinArgs) -> Result<()> {
 
     let total = join_ids.len();
     let mut pending: BTreeSet<u64> = join_ids.iter().copied().collect();
+    pending.extend(auth_id);
     pending.extend(bind_id);
     pending.insert(whoami_id);
+    // Until the server answers something, its silence is awaited for this long at most.
+    let give_up_at = grace.and_then(|g| Instant::now().checked_add(g));
+    let mut answered = false;
+    // Set when the server answered nothing within the grace period: the joins are unconfirmed.
+    let mut unconfirmed = grace == Some(Duration::ZERO);
     let mut client_id: Option<String> = None;
     // Group messages that arrive between two replies: printed once the join is announced.
     let mut early: Vec<Early> = Vec::new();
-    while !pending.is_empty() {
-        let text = match conn::next_text(&mut ws, deadline, &mut interrupt).await? {
+    while !pending.is_empty() && !unconfirmed {
+        let wake = match (deadline, give_up_at.filter(|_| !answered)) {
+            (Some(deadline), Some(give_up)) => Some(deadline.min(give_up)),
+            (deadline, give_up) => deadline.or(give_up),
+        };
+        let text = match conn::next_text(&mut ws, wake, &mut interrupt).await? {
             Next::Text(text) => text,
+            Next::Deadline
+                if !answered
+                    && give_up_at.is_some()
+                    && deadline.is_none_or(|at| Instant::now() < at) =>
+            {
+                unconfirmed = true;
+                break;
+            }
             Next::Deadline => {
                 conn::close(&mut ws).await;
                 let got = join_ids.iter().filter(|id| !pending.contains(id)).count();
-                let what = if bind_id.is_some_and(|id| pending.contains(&id)) {
+                let what = if auth_id.is_some_and(|id| pending.contains(&id)) {
+                    "waiting for the auth ack (--join-token)".to_owned()
+                } else if bind_id.is_some_and(|id| pending.contains(&id)) {
                     "waiting for the bind_uid ack".to_owned()
                 } else if got < total {
                     let replies = if positioned {
@@ -142,7 +183,9 @@ pub async fn run(cli: &Cli, args: &JoinArgs) -> Result<()> {
                 return Ok(());
             }
         };
-        match frames::classify(text.as_str()) {
+        let incoming = frames::classify(text.as_str());
+        answered |= reply_id(&incoming).is_some_and(|id| pending.contains(&id));
+        match incoming {
             Incoming::Answer { req_id, .. } if req_id == whoami_id && pending.remove(&req_id) => {
                 let id = output::parse_answer(text.as_str())
                     .and_then(|a| output::whoami_client_id(&a).map(str::to_owned));
@@ -193,7 +236,20 @@ pub async fn run(cli: &Cli, args: &JoinArgs) -> Result<()> {
             _ => early.push(Early::Text(text)),
         }
     }
-    eprintln!("joined {}", args.groups.join(" "));
+    if unconfirmed {
+        if args.acks.acks == Acks::Auto {
+            eprintln!(
+                "{}",
+                request::no_replies_warning(
+                    args.acks.ack_timeout,
+                    "the joins are unconfirmed; printing what arrives (--acks none does not wait)"
+                )
+            );
+        }
+        eprintln!("joined {} (unconfirmed)", args.groups.join(" "));
+    } else {
+        eprintln!("joined {}", args.groups.join(" "));
+    }
     if let Some(id) = client_id {
         eprintln!("client_id {id}");
     }
@@ -213,7 +269,7 @@ pub async fn run(cli: &Cli, args: &JoinArgs) -> Result<()> {
     let secs = args.timeout.map(|t| t.to_string()).unwrap_or_default();
     let (result, close) = receive(
         &mut ws,
-        &mut printer,
+        (&mut printer, &mut pending),
         early,
         (deadline, &secs),
         &mut interrupt,
@@ -234,11 +290,23 @@ pub async fn run(cli: &Cli, args: &JoinArgs) -> Result<()> {
     }
 }
 
+/// The `req_id` a reply answers (`None` for anything else).
+fn reply_id(incoming: &Incoming) -> Option<u64> {
+    match incoming {
+        Incoming::Ack { req_id }
+        | Incoming::Answer { req_id, .. }
+        | Incoming::Error { req_id, .. } => Some(*req_id),
+        Incoming::Other => None,
+    }
+}
+
 /// Prints the early frames, then what arrives until --count, the deadline, Ctrl-C or an error.
-/// Returns how it ended, and whether the connection is still open (to close).
+/// Replies to the `unanswered` requests (joins left unconfirmed) are not printed; an error reply
+/// among them ends the run. Returns how it ended, and whether the connection is still open (to
+/// close).
 async fn receive(
     ws: &mut conn::Ws,
-    printer: &mut Printer,
+    (printer, unanswered): (&mut Printer, &mut BTreeSet<u64>),
     early: Vec<Early>,
     (deadline, secs): (Option<Instant>, &str),
     interrupt: &mut Interrupt,
@@ -266,6 +334,18 @@ async fn receive(
             (deadline, save_at) => deadline.or(save_at),
         };
         let handled = match conn::next_text(ws, wake, interrupt).await {
+            Ok(Next::Text(text)) if !unanswered.is_empty() => {
+                let incoming = frames::classify(text.as_str());
+                match reply_id(&incoming).filter(|id| unanswered.remove(id)) {
+                    Some(_) => match incoming {
+                        Incoming::Error { code, reason, .. } => {
+                            Err(anyhow::anyhow!("{code}: {reason}"))
+                        }
+                        _ => Ok(()),
+                    },
+                    None => printer.print(&text),
+                }
+            }
             Ok(Next::Text(text)) => printer.print(&text),
             Ok(Next::Deadline) if deadline.is_none_or(|at| Instant::now() < at) => {
                 printer.save_if_due()

@@ -2,7 +2,8 @@
 //! the load generator:
 //!
 //! - [`frames`]: the JSON requests sent and how replies are read (pure).
-//! - [`conn`]: connecting, reading text frames under a deadline, clean close.
+//! - [`conn`]: connecting (`ws://`, or `wss://` against the system's trusted roots), reading
+//!   text frames under a deadline, clean close.
 
 pub mod conn;
 pub mod frames;

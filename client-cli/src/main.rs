@@ -6,6 +6,8 @@
 //! client-cli join 123 --presence --uid alice   # also join/leave events; bound to uid alice
 //! client-cli join 123 --resume-file pos.json   # positioned: what was missed since the last run
 //! client-cli send 123 "hello"        # sends, waits for the ack, closes
+//! client-cli --url wss://push.example.com join 123 --join-token "$JWT"
+//! client-cli join 123 --acks none    # a seed-protocol server (the original PHP), no acks
 //! client-cli --url ws://host:1234 send 123 --json '{"a":1}' --exclude 5f0c1d2e3a4b6c7d-1-42
 //! client-cli send-all "hello" / send-uid alice bob "hello" / send-client C "hello"
 //! client-cli whoami --bind alice     # client_id, uid, groups

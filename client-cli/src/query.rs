@@ -12,7 +12,7 @@ use crate::output::{self, print_lines};
 use crate::request::{self, Requester};
 
 pub async fn whoami(cli: &Cli, args: &WhoamiArgs) -> Result<()> {
-    let mut requester = Requester::connect(cli, args.timeout, request::QUERY).await?;
+    let mut requester = Requester::connect(cli, &args.ws, args.timeout, request::QUERY).await?;
     let mut req_id = 1;
     if let Some(uid) = &args.bind {
         requester
@@ -33,7 +33,7 @@ pub async fn whoami(cli: &Cli, args: &WhoamiArgs) -> Result<()> {
 pub async fn count(cli: &Cli, args: &CountArgs) -> Result<()> {
     const REQ_ID: u64 = 1;
     let request = frames::count_request(&args.group, REQ_ID)?;
-    let mut requester = Requester::connect(cli, args.timeout, request::QUERY).await?;
+    let mut requester = Requester::connect(cli, &args.ws, args.timeout, request::QUERY).await?;
     let text = requester.call(request, REQ_ID).await?;
     requester.close().await;
     if args.json {
@@ -51,7 +51,7 @@ pub async fn members(cli: &Cli, args: &MembersArgs) -> Result<()> {
     let limit = args.limit.unwrap_or(DEFAULT_PAGE_SIZE);
     // Checks the group before connecting.
     frames::members_request(&args.group, limit, None, 1)?;
-    let mut requester = Requester::connect(cli, args.timeout, request::QUERY).await?;
+    let mut requester = Requester::connect(cli, &args.ws, args.timeout, request::QUERY).await?;
     let mut missing = Vec::new();
     let listed = list_members(&mut requester, args, limit, &mut missing).await;
     requester.close().await;

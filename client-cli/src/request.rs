@@ -1,7 +1,13 @@
 //! One WebSocket connection for the commands that send requests and wait for their replies
 //! (`send`, `send-all`, `send-uid`, `send-client`, `whoami`, `count`, `members`): connects,
-//! sends each request with an integer `req_id` and waits for its ack or answer, everything under
-//! one deadline, then closes cleanly.
+//! presents the join token (--join-token), sends each request with an integer `req_id` and waits
+//! for its ack or answer, everything under one deadline, then closes cleanly.
+//!
+//! A server speaking the seed protocol (the original Workerman example) answers no request: the
+//! sends may stop waiting after a grace period ([`Requester::exchange`]), and say so.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use client_cli::conn::{self, Interrupt, Next, TimedOut, Waited, Ws};
@@ -10,7 +16,7 @@ use futures_util::SinkExt as _;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::cli::{Cli, Secs};
+use crate::cli::{Cli, Secs, WsArgs};
 
 /// How errors name what was sent and what was awaited.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +37,17 @@ pub const QUERY: Wording = Wording {
     reply: "the server's answer",
 };
 
+/// The `req_id` of the `auth` request that presents --join-token (the others count from 1).
+const AUTH_ID: u64 = 0;
+
+/// What a stderr warning says of a server that answered nothing within `grace`.
+pub fn no_replies_warning(grace: Secs, consequence: &str) -> String {
+    format!(
+        "warning: no reply from the server within {grace} s: it sends no acknowledgements (a \
+         seed-protocol server, such as the original Workerman example?): {consequence}"
+    )
+}
+
 #[derive(Debug)]
 pub struct Requester {
     ws: Ws,
@@ -38,6 +55,10 @@ pub struct Requester {
     deadline: Option<Instant>,
     interrupt: Interrupt,
     wording: Wording,
+    /// Requests sent earlier whose replies have not come yet (the `auth`).
+    earlier: BTreeSet<u64>,
+    /// Whether the server has answered any request of this connection yet.
+    answered: bool,
 }
 
 fn timed_out(timeout: Secs, what: &str) -> anyhow::Error {
@@ -45,60 +66,123 @@ fn timed_out(timeout: Secs, what: &str) -> anyhow::Error {
 }
 
 impl Requester {
-    /// Connects to `--url`; `timeout` bounds everything from now on.
-    pub async fn connect(cli: &Cli, timeout: Secs, wording: Wording) -> Result<Requester> {
+    /// Connects to the command's URL, and sends the `auth` request of --join-token (its reply
+    /// is awaited with the first request's); `timeout` bounds everything from now on.
+    pub async fn connect(
+        cli: &Cli,
+        ws_args: &WsArgs,
+        timeout: Secs,
+        wording: Wording,
+    ) -> Result<Requester> {
         let deadline = Instant::now().checked_add(timeout.duration());
         let mut interrupt = Interrupt::on_signals();
-        let connecting = conn::connect(&cli.url, cli.connect_timeout.duration());
+        let url = cli.ws_url(ws_args);
+        let connecting = conn::connect(url, cli.connect_timeout.duration());
         let ws = match conn::wait(connecting, deadline, &mut interrupt).await {
             Waited::Done(ws) => ws?,
-            Waited::Deadline => {
-                return Err(timed_out(timeout, &format!("connecting to {}", cli.url)))
-            }
+            Waited::Deadline => return Err(timed_out(timeout, &format!("connecting to {url}"))),
             Waited::Interrupted => bail!("interrupted before {} was sent", wording.request),
         };
-        Ok(Requester {
+        let mut requester = Requester {
             ws,
             timeout,
             deadline,
             interrupt,
             wording,
-        })
+            earlier: BTreeSet::new(),
+            answered: false,
+        };
+        if let Some(token) = &ws_args.join_token {
+            requester
+                .write(frames::auth_request(token, AUTH_ID), "the join token")
+                .await?;
+            requester.earlier.insert(AUTH_ID);
+        }
+        Ok(requester)
+    }
+
+    async fn write(&mut self, frame: String, what: &str) -> Result<()> {
+        let sending = self.ws.send(Message::Text(frame.into()));
+        match conn::wait(sending, self.deadline, &mut self.interrupt).await {
+            Waited::Done(sent) => sent.with_context(|| format!("cannot send {what}")),
+            Waited::Deadline => Err(timed_out(self.timeout, &format!("sending {what}"))),
+            Waited::Interrupted => bail!("interrupted while sending {what}"),
+        }
     }
 
     /// Sends `frame`, a request carrying `req_id`, and waits for its ack or answer: returns the
     /// reply's text. Frames that do not answer it are skipped. An error reply becomes the error
     /// `CODE: REASON`, after a clean close.
     pub async fn call(&mut self, frame: String, req_id: u64) -> Result<Utf8Bytes> {
-        let Wording { request, reply } = self.wording;
-        let sending = self.ws.send(Message::Text(frame.into()));
-        match conn::wait(sending, self.deadline, &mut self.interrupt).await {
-            Waited::Done(sent) => sent.with_context(|| format!("cannot send {request}"))?,
-            Waited::Deadline => return Err(timed_out(self.timeout, &format!("sending {request}"))),
-            Waited::Interrupted => bail!("interrupted while sending {request}"),
+        match self.exchange(frame, req_id, None).await? {
+            Some(text) => Ok(text),
+            None => unreachable!("without a grace period, only a reply ends the wait"),
         }
+    }
+
+    /// [`Requester::call`], but when `grace` is given and the server has answered nothing
+    /// within it (a seed-protocol server answers no request), returns `None`: the request was
+    /// written, its outcome is unknown. A zero `grace` does not wait at all.
+    pub async fn exchange(
+        &mut self,
+        frame: String,
+        req_id: u64,
+        grace: Option<Duration>,
+    ) -> Result<Option<Utf8Bytes>> {
+        let Wording { request, reply } = self.wording;
+        self.write(frame, request).await?;
+        if grace.is_some_and(|g| g.is_zero()) {
+            return Ok(None);
+        }
+        let give_up_at = grace
+            .filter(|_| !self.answered)
+            .and_then(|g| Instant::now().checked_add(g));
         loop {
-            match conn::next_text(&mut self.ws, self.deadline, &mut self.interrupt).await? {
+            let wake = match (self.deadline, give_up_at.filter(|_| !self.answered)) {
+                (Some(deadline), Some(give_up)) => Some(deadline.min(give_up)),
+                (deadline, give_up) => deadline.or(give_up),
+            };
+            match conn::next_text(&mut self.ws, wake, &mut self.interrupt).await? {
                 Next::Text(text) => match frames::classify(text.as_str()) {
                     Incoming::Ack { req_id: r } | Incoming::Answer { req_id: r, .. }
                         if r == req_id =>
                     {
-                        return Ok(text)
+                        self.answered = true;
+                        return Ok(Some(text));
+                    }
+                    Incoming::Ack { req_id: r } | Incoming::Answer { req_id: r, .. }
+                        if self.earlier.remove(&r) =>
+                    {
+                        self.answered = true;
                     }
                     Incoming::Error {
                         req_id: r,
                         code,
                         reason,
-                    } if r == req_id => {
+                    } if r == req_id || self.earlier.contains(&r) => {
                         conn::close(&mut self.ws).await;
                         bail!("{code}: {reason}");
                     }
                     // Not an answer to this request (a message for a group, a uid, everyone).
                     _ => {}
                 },
+                Next::Deadline
+                    if !self.answered && self.deadline.is_none_or(|at| Instant::now() < at) =>
+                {
+                    return Ok(None);
+                }
                 Next::Deadline => {
                     conn::close(&mut self.ws).await;
-                    return Err(timed_out(self.timeout, &format!("waiting for {reply}")));
+                    let silent = if self.answered {
+                        ""
+                    } else {
+                        " (the server answered nothing: a seed-protocol server, such as the \
+                         original Workerman example, answers no request)"
+                    };
+                    return Err(timed_out(
+                        self.timeout,
+                        &format!("waiting for {reply}{silent}"),
+                    ));
                 }
                 Next::Interrupted => {
                     conn::close(&mut self.ws).await;

@@ -503,9 +503,134 @@ async fn send_timeout_exits_two() {
     assert_eq!(out.code, Some(2), "{out:?}");
     assert_eq!(
         out.stderr,
-        "error: timed out after 0.5 s waiting for the server's ack\n"
+        "error: timed out after 0.5 s waiting for the server's ack (the server answered \
+         nothing: a seed-protocol server, such as the original Workerman example, answers no \
+         request)\n"
     );
     assert_eq!(server.transcript().await[1], "close 1000");
+}
+
+/// A server that never answers (the seed protocol's): with --acks auto, `send` gives up waiting
+/// after --ack-timeout, says so once and exits 0; with --acks require it waits until --timeout
+/// and exits 2; with --acks none it does not wait.
+#[tokio::test]
+async fn send_to_a_server_without_acks() {
+    let silent = || {
+        FakeServer::start(|mut ws| async move {
+            vec![next_event(&mut ws).await, next_event(&mut ws).await]
+        })
+    };
+    let server = silent();
+    let out = run(client(&[
+        "send",
+        "1",
+        "m",
+        "--ack-timeout",
+        "0.3",
+        "--url",
+        &server.url,
+    ]))
+    .await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "");
+    assert_eq!(
+        out.stderr,
+        "warning: no reply from the server within 0.3 s: it sends no acknowledgements (a \
+         seed-protocol server, such as the original Workerman example?): the message was sent, \
+         its delivery is unconfirmed (--acks none does not wait)\n"
+    );
+    let transcript = server.transcript().await;
+    assert_eq!(request(&transcript[0])["cmd"], "send_to_group");
+    assert_eq!(transcript[1], "close 1000");
+
+    let server = silent();
+    let args = [
+        "send",
+        "1",
+        "m",
+        "--acks",
+        "require",
+        "--ack-timeout",
+        "0.1",
+    ];
+    let mut command = client(&args);
+    command.args(["--timeout", "0.6", "--url", &server.url]);
+    let out = run(command).await;
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.starts_with("error: timed out after 0.6 s"),
+        "{out:?}"
+    );
+    assert_eq!(server.transcript().await[1], "close 1000");
+
+    let server = silent();
+    let mut command = client(&["send", "1", "m", "--acks", "none", "--url", &server.url]);
+    // The environment's setting is below the flag.
+    command.env("CLIENT_CLI_ACKS", "require");
+    let started = std::time::Instant::now();
+    let out = run(command).await;
+    assert_eq!((out.code, out.stderr.as_str()), (Some(0), ""), "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it did not wait"
+    );
+    assert_eq!(server.transcript().await[1], "close 1000");
+}
+
+/// --acks auto decides once: a server that acked a join is waited for as before, and a join
+/// token goes first, as `auth`; an error reply that comes after the grace period still ends a
+/// join that went on without acknowledgements.
+#[tokio::test]
+async fn join_token_goes_first_and_late_errors_still_count() {
+    let (past_grace, wait_for_grace) = tokio::sync::oneshot::channel::<()>();
+    let server = FakeServer::start(|mut ws| async move {
+        let mut log = vec![
+            next_event(&mut ws).await,
+            next_event(&mut ws).await,
+            next_event(&mut ws).await,
+        ];
+        // Once the client went on without acks (it said so on stderr): a message, then the
+        // refusal.
+        wait_for_grace.await.expect("the test goes on");
+        send_text(&mut ws, "hello").await;
+        send_text(
+            &mut ws,
+            r#"{"cmd":"error","code":"unauthorized","reason":"join token refused: bad","req_id":1}"#,
+        )
+        .await;
+        log.push(next_event(&mut ws).await);
+        log
+    });
+    let mut command = client(&["join", "7", "--ack-timeout", "0.2", "--url", &server.url]);
+    command.env("CLIENT_CLI_JOIN_TOKEN", "a.b.c");
+    let cli = Process::spawn_command("client-cli", command).expect("spawn");
+    cli.wait_for_stderr_line("the unconfirmed join", WAIT, |line| {
+        line == "joined 7 (unconfirmed)"
+    })
+    .await
+    .expect("joined");
+    past_grace.send(()).expect("the server waits");
+    let out = cli.finish(WAIT).await.expect("finishes");
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.stdout, "hello\n");
+    let warnings = out
+        .stderr
+        .matches("warning: no reply from the server")
+        .count();
+    assert_eq!(warnings, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .ends_with("error: unauthorized: join token refused: bad\n"),
+        "{out:?}"
+    );
+    let transcript = server.transcript().await;
+    assert_eq!(
+        request(&transcript[0]),
+        serde_json::json!({"cmd":"auth","token":"a.b.c","req_id":1})
+    );
+    assert_eq!(transcript[1], add_group("7", 2));
+    assert_eq!(transcript[2], whoami(3));
+    assert_eq!(transcript[3], "close 1000");
 }
 
 /// A server that answers each request with the next of `replies`, then records how the client

@@ -27,7 +27,7 @@ pub mod numbered;
 pub mod seed;
 pub mod servers;
 
-pub use servers::{Broker, BrokerMode, Gateway, GatewayConfig};
+pub use servers::{Broker, BrokerMode, Gateway, GatewayConfig, LINK_DEBUG};
 pub use test_support::{certs, frame, process, ws};
 pub use test_support::{
     expect_quiet, stat, Admin, Client, Event, Process, RawFrame, EXIT_TIMEOUT, POLL_INTERVAL,

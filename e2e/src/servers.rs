@@ -90,6 +90,8 @@ pub struct GatewayConfig {
     pub extra_args: Vec<String>,
     /// Whether [`Gateway::start`] waits for the broker link to come up (it does by default).
     pub wait_for_link: bool,
+    /// The gateway's `RUST_LOG`, when not the tests' default.
+    pub log_filter: Option<String>,
 }
 
 impl GatewayConfig {
@@ -101,6 +103,7 @@ impl GatewayConfig {
             broker: BrokerMode::Embedded,
             extra_args: Vec::new(),
             wait_for_link: true,
+            log_filter: None,
         }
     }
 
@@ -130,12 +133,22 @@ impl GatewayConfig {
         self
     }
 
+    /// Runs the gateway with `RUST_LOG=filter` (e.g. to see `debug` lines of one module).
+    pub fn log_filter(mut self, filter: &str) -> GatewayConfig {
+        self.log_filter = Some(filter.to_owned());
+        self
+    }
+
     /// Starts without waiting for the broker link, for a gateway whose link must not come up.
     pub fn without_waiting_for_the_link(mut self) -> GatewayConfig {
         self.wait_for_link = false;
         self
     }
 }
+
+/// A gateway log filter that shows each failed attempt to reach the broker (`debug`: only the
+/// first, then one per 30 s, are warnings).
+pub const LINK_DEBUG: &str = "info,gateway::bus::broker_link=debug";
 
 /// A `gateway` process.
 #[derive(Debug)]
@@ -169,7 +182,12 @@ impl Gateway {
             BrokerMode::Bus(url) => args.extend(["--bus".into(), url.clone()]),
         }
         args.extend(config.extra_args);
-        let process = Process::spawn(&config.name, "gateway", &args)?;
+        let mut command = test_support::process::command(test_support::process::binary("gateway")?);
+        command.args(&args);
+        if let Some(filter) = &config.log_filter {
+            command.env("RUST_LOG", filter);
+        }
+        let process = Process::spawn_command(&config.name, command)?;
         let addr = logged_addr(&process, "gateway listening").await?;
         let admin = Admin::new(
             &config.name,

@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use e2e::{
     check_numbered, expect_quiet, numbered, publish_tagged, stat, tagged_streams, Broker, Client,
-    Event, Gateway, GatewayConfig, Process, EXIT_TIMEOUT, RECV_TIMEOUT, STARTUP_TIMEOUT,
+    Event, Gateway, GatewayConfig, Process, EXIT_TIMEOUT, LINK_DEBUG, RECV_TIMEOUT,
+    STARTUP_TIMEOUT,
 };
 use futures_util::future::try_join_all;
 use serde_json::Value;
@@ -97,13 +98,14 @@ async fn send_numbered(sender: &mut Client, sent: &mut BTreeMap<String, u64>) ->
 
 /// Waits until the gateway's reconnect backoff stopped growing (two failed attempts in a row
 /// report the same `retry_in`): from then on, the outage counts as long. Returns that backoff.
+/// Each attempt is a `debug` line ([`LINK_DEBUG`]); the warning is rate limited.
 async fn wait_for_longest_backoff(gateway: &Process) -> Result<String> {
     let mut previous: Option<String> = None;
     let mut n = 0;
     loop {
         n += 1;
         let fields = gateway
-            .wait_for_nth_log("cannot reach broker", n, STARTUP_TIMEOUT)
+            .wait_for_nth_log("broker connection attempt failed", n, STARTUP_TIMEOUT)
             .await?;
         let retry_in = fields
             .get("retry_in")
@@ -127,8 +129,16 @@ async fn broker_killed_during_a_long_outage_resumes_within_2s() -> Result<()> {
     let broker_addr = broker.addr;
     // Default link settings: the bound must hold for what operators run.
     let (gateway_a, gateway_b) = tokio::try_join!(
-        Gateway::start(GatewayConfig::with_broker("gateway-a", broker_addr).workers(2)),
-        Gateway::start(GatewayConfig::with_broker("gateway-b", broker_addr).workers(2)),
+        Gateway::start(
+            GatewayConfig::with_broker("gateway-a", broker_addr)
+                .workers(2)
+                .log_filter(LINK_DEBUG)
+        ),
+        Gateway::start(
+            GatewayConfig::with_broker("gateway-b", broker_addr)
+                .workers(2)
+                .log_filter(LINK_DEBUG)
+        ),
     )?;
     let mut a1 = Member::new(gateway_a.connect("a1").await?, "sb");
     let mut b1 = Member::new(gateway_b.connect("b1").await?, "sa");

@@ -1,9 +1,10 @@
 //! Starting up: a port another process holds stops a gateway before it says it listens
 //! anywhere, with one clean error line naming the flag (no backtrace, although the tests run
-//! every binary with `RUST_BACKTRACE=1`); sharing a port is something both gateways ask for.
+//! every binary with `RUST_BACKTRACE=1`); sharing a port is something both gateways ask for; a
+//! broker that cannot be reached is warned about once, not at every attempt.
 
 use anyhow::{ensure, Result};
-use e2e::{Gateway, GatewayConfig, Process, EXIT_TIMEOUT};
+use e2e::{Gateway, GatewayConfig, Process, EXIT_TIMEOUT, LINK_DEBUG, STARTUP_TIMEOUT};
 use tokio::net::TcpListener;
 
 /// Runs `gateway ARGS` that must refuse to start, and returns its stderr lines.
@@ -129,4 +130,40 @@ async fn a_second_gateway_shares_a_port_only_when_both_ask() -> Result<()> {
     second.terminate().await?;
     ensure!(second.wait(EXIT_TIMEOUT).await?.success());
     Ok(())
+}
+
+/// While the broker stays down, the first failed attempt is a warning at once, with nothing
+/// held back; the next ones are `debug` lines only, until 30 s have passed (then one warning
+/// with the number held back: gateway::bus::warnings's test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_warned_about_once_per_interval() -> Result<()> {
+    let down = test_support::net::refused_addr().await?;
+    let config = GatewayConfig::with_broker("gateway", down)
+        .workers(1)
+        .arg("--reconnect-min")
+        .arg("10ms")
+        .arg("--reconnect-max")
+        .arg("50ms")
+        .log_filter(LINK_DEBUG)
+        .without_waiting_for_the_link();
+    let started = std::time::Instant::now();
+    let gateway = Gateway::start(config).await?;
+    let first = gateway
+        .process
+        .wait_for_log("cannot reach broker", STARTUP_TIMEOUT)
+        .await?;
+    ensure!(
+        first.get("suppressed").and_then(|n| n.as_u64()) == Some(0),
+        "{first:?}"
+    );
+    gateway
+        .process
+        .wait_for_nth_log("broker connection attempt failed", 20, STARTUP_TIMEOUT)
+        .await?;
+    let warnings = gateway.process.log_count("cannot reach broker");
+    // Twenty attempts 50 ms apart take about a second; the bound below is the warning interval.
+    if started.elapsed() < std::time::Duration::from_secs(30) {
+        ensure!(warnings == 1, "{warnings} warnings for 20 failed attempts");
+    }
+    gateway.process.assert_no_panics()
 }

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::history::{link_request, page_from_link, removed_from_link};
 use super::inbound::{InboundLimits, Rejected};
 use super::publish_queue::PublishQueue;
+use super::warnings::Throttle;
 use super::{
     jittered, Bus, BusCounters, BusError, BusStatus, Carrier, HistoryError, HistoryFuture,
     HistoryPage, HistoryPolicy, HistoryQuery, Node, RunningBus, ShardStatus,
@@ -433,6 +434,9 @@ async fn link_loop<N: Node>(
 ) {
     let mut backoff = settings.reconnect_min;
     let mut ever_up = false;
+    // While the broker stays down, `cannot reach broker` is logged at once, then at most once
+    // per `WARN_EVERY` with the attempts held back; each attempt is logged at `debug`.
+    let mut unreachable = Throttle::default();
     loop {
         let connected = tokio::select! {
             connected = connect(&settings) => connected,
@@ -440,6 +444,8 @@ async fn link_loop<N: Node>(
         };
         match connected {
             Ok((reader, writer)) => {
+                // The next outage's first failure is logged at once.
+                unreachable = Throttle::default();
                 let started = tokio::time::Instant::now();
                 let reconnected = ever_up;
                 if reconnected {
@@ -476,7 +482,10 @@ async fn link_loop<N: Node>(
                 }
             }
             Err(e) => {
-                tracing::warn!(broker = %settings.broker, cause = %e, retry_in = ?backoff, "cannot reach broker");
+                tracing::debug!(broker = %settings.broker, cause = %e, retry_in = ?backoff, "broker connection attempt failed");
+                if let Some(suppressed) = unreachable.allow() {
+                    tracing::warn!(broker = %settings.broker, cause = %e, retry_in = ?backoff, suppressed, "cannot reach broker");
+                }
                 *bus.last_error.lock() = Some(e.to_string());
             }
         }
