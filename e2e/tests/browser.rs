@@ -809,6 +809,32 @@ async fn logged_addr(process: &Process, message: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{}: {message:?}: bad addr {addr:?}", process.name()))
 }
 
+/// SIGKILLs a gateway (no goodbye to its clients) after checking it did not panic.
+async fn stop(gateway: &mut Gateway) -> Result<()> {
+    gateway.process.kill(EXIT_TIMEOUT).await?;
+    gateway.process.assert_no_panics()
+}
+
+/// Removes `group`'s history through `gateway`'s admin API: its next message starts a new epoch.
+async fn remove_history(gateway: &Gateway, group: &str) -> Result<()> {
+    let (status, answer) = gateway
+        .admin
+        .call(
+            gateway
+                .admin
+                .http()
+                .post(gateway.admin.url("/api/history_remove"))
+                .header("content-type", "application/json")
+                .body(json!({ "group_id": group }).to_string()),
+        )
+        .await?;
+    ensure!(
+        status == 200 && answer["removed"] == true,
+        "{status} {answer}"
+    );
+    Ok(())
+}
+
 /// Waits until `gateway` has its one page joined to chat:1.
 async fn page_joined(gateway: &Gateway) -> Result<()> {
     gateway
@@ -911,8 +937,7 @@ async fn history_example_recovers_across_gateway_restarts() -> Result<()> {
         page.expect_shown(&expected, PAGE_TIMEOUT).await?;
 
         // The page's gateway dies; what is sent meanwhile is kept by the broker.
-        serving.process.kill(EXIT_TIMEOUT).await?;
-        serving.process.assert_no_panics()?;
+        stop(&mut serving).await?;
         send_all(&mut sender, "chat:1", texts(5, 10)).await?;
         expected.extend(texts(5, 10));
         serving = chat_gateway("gateway-page (restarted)", broker.addr, page_addr).await?;
@@ -929,23 +954,8 @@ async fn history_example_recovers_across_gateway_restarts() -> Result<()> {
         );
 
         // Away again, and the group's history is removed meanwhile: a new epoch.
-        serving.process.kill(EXIT_TIMEOUT).await?;
-        serving.process.assert_no_panics()?;
-        let (status, answer) = sending
-            .admin
-            .call(
-                sending
-                    .admin
-                    .http()
-                    .post(sending.admin.url("/api/history_remove"))
-                    .header("content-type", "application/json")
-                    .body(json!({"group_id": "chat:1"}).to_string()),
-            )
-            .await?;
-        ensure!(
-            status == 200 && answer["removed"] == true,
-            "{status} {answer}"
-        );
+        stop(&mut serving).await?;
+        remove_history(&sending, "chat:1").await?;
         serving = chat_gateway("gateway-page (restarted again)", broker.addr, page_addr).await?;
         page.wait_for_within(
             "reloadState after the reconnection",
@@ -1016,8 +1026,7 @@ async fn client_recovers_across_gateway_restarts() -> Result<()> {
         page.expect_shown(&expected, PAGE_TIMEOUT).await?;
 
         // The page's gateway dies; what is sent meanwhile is kept by the broker.
-        serving.process.kill(EXIT_TIMEOUT).await?;
-        serving.process.assert_no_panics()?;
+        stop(&mut serving).await?;
         send_all(&mut sender, "chat:1", texts(5, 10)).await?;
         expected.extend(texts(5, 10));
         serving = chat_gateway("gateway-page (restarted)", broker.addr, page_addr).await?;
@@ -1055,23 +1064,8 @@ async fn client_recovers_across_gateway_restarts() -> Result<()> {
         );
 
         // Away again, and the group's history is removed meanwhile: a new epoch.
-        serving.process.kill(EXIT_TIMEOUT).await?;
-        serving.process.assert_no_panics()?;
-        let (status, answer) = sending
-            .admin
-            .call(
-                sending
-                    .admin
-                    .http()
-                    .post(sending.admin.url("/api/history_remove"))
-                    .header("content-type", "application/json")
-                    .body(json!({"group_id": "chat:1"}).to_string()),
-            )
-            .await?;
-        ensure!(
-            status == 200 && answer["removed"] == true,
-            "{status} {answer}"
-        );
+        stop(&mut serving).await?;
+        remove_history(&sending, "chat:1").await?;
         serving = chat_gateway("gateway-page (restarted again)", broker.addr, page_addr).await?;
         page.expect_logged("chat:1 recovered: false", RECONNECT_TIMEOUT)
             .await?;
@@ -1235,8 +1229,7 @@ async fn demo_page_joins_again_after_a_gateway_restart() -> Result<()> {
         page.expect_messages(&["before"]).await?;
 
         let page_addr = serving.addr;
-        serving.process.kill(EXIT_TIMEOUT).await?;
-        serving.process.assert_no_panics()?;
+        stop(&mut serving).await?;
         page.wait_for(
             "the page to show the lost connection",
             "return document.getElementById('status').dataset.state === 'closed';",
