@@ -80,34 +80,49 @@ async fn check_limits(admin: &Admin, prefix: &str) -> Result<()> {
         );
     }
 
-    // More than the cap at once: the extra one is closed at once, while the others wait; the
-    // server still answers once they are gone.
-    let mut held = Vec::new();
-    for _ in 0..MAX_CONNECTIONS {
-        held.push(TcpStream::connect(addr).await?);
+    // More than the cap at once: one past the cap is closed at once (refused), while the
+    // others wait for the header timeout; the server still answers once they are gone.
+    //
+    // Told by the order, not by a clock, so that a stalled server or test cannot blur the two:
+    // the first connections to close must be among the last ones opened. A server that took
+    // them all would close the first ones opened first (each at its header timeout). The last
+    // three, not only the extra one: the idle and half-sent connections above may hold their
+    // places for a moment after they were closed (a place is given back when the connection's
+    // task ends), so the last two held ones may be refused instead, and the extra one then
+    // taken in a place given back meanwhile.
+    let mut opened = Vec::new();
+    for _ in 0..=MAX_CONNECTIONS {
+        opened.push(TcpStream::connect(addr).await?);
     }
-    // Closed at once (refused, not timed out): while the connections accepted before it, which
-    // only the header timeout closes, are still open. Told by the order, not by a clock, so
-    // that a stalled server or test cannot blur the two. The idle and half-sent connections
-    // above may still hold their places for a moment after they were closed (the server
-    // releases a place when the connection's task ends): the last two held ones may have been
-    // refused too.
-    let mut extra = TcpStream::connect(addr).await?;
-    let (answer, _) = read_until_closed(&mut extra, HEADER_TIMEOUT + SLACK).await?;
-    ensure!(
-        answer.is_empty(),
-        "the extra connection got an answer: {answer:?}"
-    );
-    for (i, stream) in held.iter().enumerate().take(MAX_CONNECTIONS - 2) {
-        let mut byte = [0u8; 1];
-        match stream.try_read(&mut byte) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            other => anyhow::bail!(
-                "held connection {i} was closed before the extra one was refused: {other:?}"
-            ),
+    let may_be_refused = opened.len() - 3..opened.len();
+    let deadline = Instant::now() + HEADER_TIMEOUT + SLACK;
+    let closed = loop {
+        let closed: Vec<usize> = opened
+            .iter()
+            .enumerate()
+            .filter(|(_, stream)| {
+                let mut byte = [0u8; 1];
+                !matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if !closed.is_empty() {
+            break closed;
         }
-    }
-    drop(held);
+        ensure!(
+            Instant::now() < deadline,
+            "none of {} connections closed within {:?}",
+            opened.len(),
+            HEADER_TIMEOUT + SLACK
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    ensure!(
+        closed.iter().all(|i| may_be_refused.contains(i)),
+        "the first connections closed were {closed:?} of {}: not refused past the cap",
+        opened.len()
+    );
+    drop(opened);
 
     // Everyone else is served again, and every refusal and timeout was counted.
     let deadline = Instant::now() + SLACK;
