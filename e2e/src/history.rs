@@ -109,6 +109,16 @@ pub async fn send_all(
     Ok(())
 }
 
+/// The offsets of the messages of an admin API history page (`GET /api/history/{group}`).
+pub fn page_offsets(page: &Value) -> Result<Vec<u64>> {
+    Ok(page["messages"]
+        .as_array()
+        .with_context(|| format!("no messages in {page}"))?
+        .iter()
+        .filter_map(|m| m["offset"].as_u64())
+        .collect())
+}
+
 pub fn texts(from: usize, to: usize) -> Vec<String> {
     (from..to).map(|i| format!("m{i}")).collect()
 }

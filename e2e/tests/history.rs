@@ -148,12 +148,7 @@ async fn the_admin_api_reads_and_removes_history() -> Result<()> {
         page["epoch"] == epoch.as_str() && page["offset"] == 7,
         "{page}"
     );
-    let offsets: Vec<u64> = page["messages"]
-        .as_array()
-        .context("messages")?
-        .iter()
-        .filter_map(|m| m["offset"].as_u64())
-        .collect();
+    let offsets = e2e::history::page_offsets(&page)?;
     ensure!(offsets == [3, 4, 5, 6, 7], "the last 5 kept: {page}");
     ensure!(page["messages"][0]["message"] == "m2", "{page}");
     let page = admin.get_json("/api/history/log:1?since=5&limit=1").await?;

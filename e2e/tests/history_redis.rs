@@ -204,12 +204,7 @@ async fn redis_holds_at_most_size_entries_and_they_expire() -> Result<()> {
         .admin
         .get_json("/api/history/h:1?limit=20")
         .await?;
-    let offsets: Vec<u64> = page["messages"]
-        .as_array()
-        .context("messages")?
-        .iter()
-        .filter_map(|m| m["offset"].as_u64())
-        .collect();
+    let offsets = e2e::history::page_offsets(&page)?;
     ensure!(
         offsets == (SENT as u64 - 19..=SENT as u64).collect::<Vec<_>>(),
         "the last 20: {page}"
