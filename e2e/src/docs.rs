@@ -349,6 +349,15 @@ pub struct Session {
 }
 
 impl Session {
+    /// What the first one-shot line starting with `prefix` (e.g. `curl`) printed, trimmed.
+    pub fn printed_by(&self, prefix: &str) -> Result<&str> {
+        self.outputs
+            .iter()
+            .find(|(line, _)| line.starts_with(prefix))
+            .map(|(_, out)| out.trim())
+            .with_context(|| format!("{}: no line starting with {prefix:?} ran", self.name))
+    }
+
     /// A session with a fresh directory and no port mapped yet but the defaults' (1234, 9090,
     /// 2206).
     pub fn new(name: &str) -> Result<Session> {

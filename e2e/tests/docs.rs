@@ -128,15 +128,8 @@ async fn the_readme_tour_works_as_written() -> Result<()> {
             ],
         "the member printed {printed:?}"
     );
-    let curl = session
-        .outputs
-        .iter()
-        .find(|(line, _)| line.starts_with("curl"))
-        .context("no curl line")?;
-    ensure!(
-        curl.1.trim() == r#"{"published":1}"#,
-        "curl printed {curl:?}"
-    );
+    let curl = session.printed_by("curl")?;
+    ensure!(curl == r#"{"published":1}"#, "curl printed {curl:?}");
     session.finish().await
 }
 
@@ -294,22 +287,15 @@ async fn the_usage_publish_examples_work_as_written() -> Result<()> {
         printed == ["a", "b", "hello", "hello", r#"{"price":42}"#],
         "the member printed {printed:?}"
     );
-    let curl = session
-        .outputs
-        .iter()
-        .find(|(line, _)| line.starts_with("curl"))
-        .context("no curl line")?;
-    ensure!(
-        curl.1.trim() == r#"{"published":1}"#,
-        "curl printed {curl:?}"
-    );
+    let curl = session.printed_by("curl")?;
+    ensure!(curl == r#"{"published":1}"#, "curl printed {curl:?}");
     session.finish().await
 }
 
 /// docs/security.md "To deploy safely", its three blocks in order: the certificates and
 /// secrets, the broker with TLS and a link secret, and a gateway that links to it over TLS with
-/// the secret (the harness waits until its bus is up, which takes both) and serves `wss://`
-/// with join tokens.
+/// the secret (the harness waits until its bus is up, which takes both), started with its
+/// `wss://` listener and join tokens (no client connects to them here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_secure_deployment_links_over_tls_with_a_secret() -> Result<()> {
     let mut session = Session::new("security")?;
