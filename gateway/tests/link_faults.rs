@@ -256,6 +256,10 @@ async fn half_open_link_is_detected_and_healed(traffic_during_freeze: bool) -> R
             let chunk = "z".repeat(60 * 1024);
             for _ in 0..320 {
                 x1.publish("nobody", &chunk).await?;
+                // The client's writes complete at once while the gateway reads; without a
+                // yield this loop (framing and masking 60 KiB each time) would keep the two
+                // detection timers above, polled by this same task, from running for a second.
+                tokio::task::yield_now().await;
             }
         }
         Ok::<_, anyhow::Error>(())
