@@ -1,0 +1,2 @@
+//! Empty: it makes the build-dependencies in Cargo.toml (syn, for the proc macros) count.
+fn main() {}
