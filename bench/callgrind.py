@@ -17,6 +17,7 @@ noisy machine (the wall-clock benchmarks need a quiet one). They do not count th
 
     cargo build --release -p gateway -p push-bench
     python3 bench/callgrind.py [--target target/release] [--rate 1] [--window 20]
+    python3 bench/callgrind.py --keep target/cg.out   # then: callgrind_annotate target/cg.out
 
 Prints one line and writes --out (default target/callgrind.json). Everything listens on
 127.0.0.1 and stops by itself.
@@ -75,6 +76,8 @@ def main():
     ap.add_argument("--rate", type=int, default=1, help="messages/s per sender")
     ap.add_argument("--window", type=float, default=20.0, help="seconds counted")
     ap.add_argument("--out", default="target/callgrind.json")
+    ap.add_argument("--keep", metavar="FILE",
+                    help="also keep the window's callgrind dump here (for callgrind_annotate)")
     opts = ap.parse_args()
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
@@ -82,8 +85,10 @@ def main():
     groups = max(1, opts.connections // 100)
     work = tempfile.mkdtemp(prefix="callgrind-")
     port, admin = free_port(), free_port()
+    # A later dump names only the functions the earlier ones did not: a kept one must name all.
+    names = ["--compress-strings=no"] if opts.keep else []
     gateway = Proc("gateway", [
-        "valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/cg.out.%p",
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/cg.out.%p", *names,
         f"{opts.target}/gateway", "--workers", "2", "--listen", f"127.0.0.1:{port}",
         "--admin", f"127.0.0.1:{admin}", "--broker-listen", "127.0.0.1:0",
         "--max-messages-per-second", "0", "--log-format", "json"])
@@ -110,6 +115,8 @@ def main():
         if not dumps:
             raise RuntimeError(f"no dump in {work}")
         ir = instructions(dumps[-1])
+        if opts.keep:
+            shutil.copyfile(dumps[-1], opts.keep)
     finally:
         if bench is not None:
             bench.kill()
