@@ -6,10 +6,13 @@
 //! With `--require-join-token`, each join and send is checked against the connection's
 //! [`Access`] (its join token's rights).
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -109,12 +112,10 @@ pub(crate) async fn serve(
                 state.stats.handshake_failures.fetch_add(1, Relaxed);
                 tracing::debug!(%cause, "handshake failed");
             }
-            Ok(Accepted::Plain(ws, url_token)) => {
-                established(ws, conn, &state, &shutdown, url_token).await
-            }
+            Ok(Accepted::Plain(ws, url_token)) => established(ws, conn, &state, url_token).await,
             // Boxed, like the TLS handshake: plain connections' tasks stay their own size.
             Ok(Accepted::Tls(ws, url_token)) => {
-                Box::pin(established(*ws, conn, &state, &shutdown, url_token)).await
+                Box::pin(established(*ws, conn, &state, url_token)).await
             }
         }
     }
@@ -122,12 +123,12 @@ pub(crate) async fn serve(
     .await
 }
 
-/// Serves an upgraded connection until it closes.
-async fn established<S: AsyncRead + AsyncWrite + Unpin>(
+/// Serves an upgraded connection until it closes (or its worker stops: then it is woken, and
+/// finds [`LocalGroups::closing`](crate::fanout::local::LocalGroups::closing) set).
+async fn established<S: AsyncRead + AsyncWrite + ReadReady + Unpin>(
     mut ws: Ws<S>,
     conn: u64,
     state: &Rc<WorkerState>,
-    shutdown: &CancellationToken,
     url_token: Option<String>,
 ) {
     let access = Access::new(state.security.join_tokens.as_ref(), url_token.as_deref());
@@ -146,7 +147,7 @@ async fn established<S: AsyncRead + AsyncWrite + Unpin>(
         rate: RateLimiter::new(state.rate_limit, Instant::now()),
         state: state.clone(),
     };
-    let close = connection.run(&mut ws, shutdown).await;
+    let close = connection.run(&mut ws).await;
     connection.session.leave_all();
     match close {
         Close::ClientGone => {}
@@ -256,10 +257,9 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    async fn run<S: AsyncRead + AsyncWrite + ReadReady + Unpin>(
         &mut self,
         ws: &mut Ws<S>,
-        shutdown: &CancellationToken,
     ) -> Close {
         let config = self.state.config.clone();
         let client = self.session.client.clone();
@@ -272,17 +272,19 @@ impl Connection {
         // A cluster query's reply being gathered: the connection writes meanwhile, and reads
         // its next frame once it is answered (commands stay in order).
         let mut later: Option<Later> = None;
+        // The last read found nothing: read again once the socket is readable (`next_frame`).
+        let mut read_all = false;
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
-                    // Deliver what is already queued, within the shutdown deadline.
-                    let write = write_outbox(ws, outbox, &mut batch, config.write_timeout);
-                    // Boxed, as it runs once: idle connections do not carry its state.
-                    let _ = Box::pin(tokio::time::timeout(config.shutdown_timeout, write)).await;
-                    return Close::Shutdown;
-                }
-                _ = outbox.wake.notified() => {
+                _ = outbox.wake.raised() => {
+                    if self.state.local.closing() {
+                        // Deliver what is already queued, within the shutdown deadline.
+                        let write = write_outbox(ws, outbox, &mut batch, config.write_timeout);
+                        // Boxed, as it runs once: idle connections do not carry its state.
+                        let _ = Box::pin(tokio::time::timeout(config.shutdown_timeout, write)).await;
+                        return Close::Shutdown;
+                    }
                     if let Err(close) = self.write(ws, &mut batch).await {
                         return close;
                     }
@@ -291,7 +293,7 @@ impl Connection {
                     later = None;
                     self.session.reply_later(reply);
                 }
-                message = ws.next(), if later.is_none() => {
+                message = next_frame(ws, &mut read_all), if later.is_none() => {
                     last_heard = Instant::now();
                     let message = match message {
                         None => return Close::ClientGone,
@@ -368,7 +370,7 @@ impl Connection {
                 Err(WriteError::Ws(e)) => return Err(read_error(e)),
                 Err(WriteError::Stalled) => return Err(Close::SlowConsumer),
             },
-            _ = client.outbox.overflow.notified() => return Err(Close::SlowConsumer),
+            _ = client.outbox.overflow.raised() => return Err(Close::SlowConsumer),
         }
         // An order to close comes with a wake-up, after what was queued before it.
         match client.close_requested() {
@@ -391,53 +393,116 @@ impl Connection {
     }
 }
 
-/// Frames written between two extensions of the write deadline.
-const FRAMES_PER_DEADLINE: usize = 16;
+/// Whether the socket under a connection has bytes to read, asked without reading them.
+pub(crate) trait ReadReady {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl ReadReady for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl ReadReady for TlsStream<TcpStream> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
+    }
+}
+
+impl<S: ReadReady> ReadReady for FrameMeter<S> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_ref().poll_read_ready(cx)
+    }
+}
+
+/// The client's next frame. After one, the WebSocket library may hold more bytes, so it is
+/// asked again at once; once it had nothing (`read_all`), it is asked only when the socket is
+/// readable. Without that, every wake-up to write would cost a read attempt through the whole
+/// library (a quarter of a delivery's instructions, BENCHMARKS.md).
+///
+/// A pong the library queued while the socket was full is then written with the next write
+/// (a message, a ping of ours) or read, not on its own.
+async fn next_frame<S: AsyncRead + AsyncWrite + ReadReady + Unpin>(
+    ws: &mut Ws<S>,
+    read_all: &mut bool,
+) -> Option<Result<Message, WsError>> {
+    std::future::poll_fn(|cx| {
+        // An error is the library's to report: it reads and fails.
+        if *read_all && ws.get_ref().poll_read_ready(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let next = ws.poll_next_unpin(cx);
+        *read_all = next.is_pending();
+        next
+    })
+    .await
+}
 
 enum WriteError {
     Ws(WsError),
-    /// One step of the write (handing a frame to the socket, or the flush) made no progress for
-    /// the write timeout: the client is not reading.
+    /// The write (handing a frame to the socket, or the flush) made no progress for the write
+    /// timeout: the client is not reading.
     Stalled,
 }
 
-/// Writes everything queued (and whatever is queued meanwhile), then flushes once. Every
-/// [`FRAMES_PER_DEADLINE`] frames, and the flush, must be written within `step_timeout`: a
-/// client that reads slowly but steadily is fine however long the whole write takes. One timer
-/// per call, pushed back as frames go out: reading the clock per frame showed up in profiles.
+/// Writes everything queued (and whatever is queued meanwhile), then flushes once. Each
+/// `step_timeout` must see progress (a frame handed to the socket, or the flush done): a client
+/// that reads slowly but steadily is fine however long the whole write takes.
+///
+/// The usual write completes in its first poll (the socket takes it all): then no timer is set.
+/// Setting and clearing one per write showed up in the profiles (BENCHMARKS.md).
 async fn write_outbox<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut Ws<S>,
     outbox: &Outbox,
     batch: &mut VecDeque<Utf8Bytes>,
     step_timeout: Duration,
 ) -> Result<(), WriteError> {
+    let progress = Cell::new(0u64);
+    let write = write_all(ws, outbox, batch, &progress);
+    tokio::pin!(write);
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    if let Poll::Ready(result) = first {
+        return result;
+    }
     let deadline = tokio::time::sleep(step_timeout);
     tokio::pin!(deadline);
+    let mut seen = progress.get();
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut write => return result,
+            _ = &mut deadline => {
+                if progress.get() == seen {
+                    return Err(WriteError::Stalled);
+                }
+                seen = progress.get();
+                deadline.as_mut().reset(Instant::now() + step_timeout);
+            }
+        }
+    }
+}
+
+/// The write of [`write_outbox`], without its deadline; counts the frames handed over.
+async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut Ws<S>,
+    outbox: &Outbox,
+    batch: &mut VecDeque<Utf8Bytes>,
+    progress: &Cell<u64>,
+) -> Result<(), WriteError> {
     loop {
         outbox.take_all(batch);
         if batch.is_empty() {
             break;
         }
-        let mut since_reset = 0;
         while let Some(message) = batch.pop_front() {
-            tokio::select! {
-                biased;
-                result = ws.feed(Message::Text(message)) => result.map_err(WriteError::Ws)?,
-                _ = &mut deadline => return Err(WriteError::Stalled),
-            }
-            since_reset += 1;
-            if since_reset == FRAMES_PER_DEADLINE {
-                since_reset = 0;
-                deadline.as_mut().reset(Instant::now() + step_timeout);
-            }
+            ws.feed(Message::Text(message))
+                .await
+                .map_err(WriteError::Ws)?;
+            progress.set(progress.get() + 1);
         }
-        deadline.as_mut().reset(Instant::now() + step_timeout);
     }
-    tokio::select! {
-        biased;
-        result = ws.flush() => result.map_err(WriteError::Ws),
-        _ = &mut deadline => Err(WriteError::Stalled),
-    }
+    ws.flush().await.map_err(WriteError::Ws)
 }
 
 fn read_error(e: WsError) -> Close {

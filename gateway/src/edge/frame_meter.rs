@@ -88,6 +88,11 @@ impl<S> FrameMeter<S> {
     }
 
     /// The handshake is done: what follows are frames.
+    /// The stream it reads from.
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     pub(crate) fn start(&mut self) {
         self.active = self.budget.is_some();
         self.next = Instant::now();

@@ -89,7 +89,7 @@ impl Client {
     /// Asks the connection to close with `code` and `reason` (once it has written its queue).
     pub(crate) fn request_close(&self, code: u16, reason: String) {
         *self.close.borrow_mut() = Some(Box::new((code, reason)));
-        self.outbox.wake.notify_one();
+        self.outbox.wake.raise();
     }
 
     pub(crate) fn close_requested(&self) -> Option<(u16, String)> {
@@ -136,6 +136,8 @@ pub(crate) struct LocalGroups {
     /// repaired (`--outbound-queue-messages`).
     pub(crate) hold_max: usize,
     next_conn: Cell<ConnId>,
+    /// Set once the worker stops: its connections write what they hold and close.
+    closing: Cell<bool>,
     /// Presence events in the order they happened, for [`publish_presence_events`].
     presence: mpsc::Sender<PresenceEvent>,
 }
@@ -162,6 +164,7 @@ impl LocalGroups {
             streams: RefCell::new(HashMap::new()),
             hold_max,
             next_conn: Cell::new(0),
+            closing: Cell::new(false),
             presence,
         };
         (local, events)
@@ -208,7 +211,24 @@ impl LocalGroups {
             close: RefCell::new(None),
         });
         self.clients.borrow_mut().insert(conn, client.clone());
+        if self.closing.get() {
+            client.outbox.wake.raise();
+        }
         client
+    }
+
+    /// The worker is stopping: every connection, and any registered from now on, is woken to
+    /// write what it holds and close (see [`LocalGroups::closing`]).
+    pub(crate) fn close_all(&self) {
+        self.closing.set(true);
+        for client in self.clients.borrow().values() {
+            client.outbox.wake.raise();
+        }
+    }
+
+    /// True once [`LocalGroups::close_all`] has run.
+    pub(crate) fn closing(&self) -> bool {
+        self.closing.get()
     }
 
     /// The connection is closing: it leaves every group and its uid.

@@ -1,8 +1,13 @@
 //! A connection's bounded outbound queue, shared between the worker's fan-out (producer) and
-//! the connection task (consumer). Both run on the worker's thread, hence `Cell`/`RefCell`.
+//! the connection task (consumer). Both run on the worker's thread, hence `Cell`/`RefCell`, and
+//! the connection task is woken by a [`Signal`], not a `tokio::sync::Notify` (whose lock and
+//! waiter list cost more than the rest of a delivery's queueing, see BENCHMARKS.md).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -14,13 +19,16 @@ pub struct Outbox {
     overflowed: Cell<bool>,
     max_messages: usize,
     max_bytes: usize,
-    /// Wakes the connection task: something was queued, or the queue overflowed.
-    pub(crate) wake: Notify,
-    /// Signalled once, when the queue overflows: interrupts a write in progress.
-    pub(crate) overflow: Notify,
-    /// Signalled when the writer takes the queue: room for a producer that paces itself (a
-    /// recovery sending a history).
-    pub(crate) drained: Notify,
+    /// Wakes the connection task: something was queued, the queue overflowed, the connection
+    /// is ordered to close, or its worker is stopping.
+    pub(crate) wake: Signal,
+    /// Raised once, when the queue overflows: interrupts a write in progress.
+    pub(crate) overflow: Signal,
+    /// Signalled when the writer takes the queue while a producer paces itself (a recovery
+    /// sending a history) on [`Outbox::drained`].
+    drained: Notify,
+    /// Producers waiting in [`Outbox::drained`]: without any, taking the queue signals nothing.
+    pacing: Cell<usize>,
 }
 
 /// Result of [`Outbox::push`].
@@ -44,9 +52,10 @@ impl Outbox {
             overflowed: Cell::new(false),
             max_messages,
             max_bytes,
-            wake: Notify::new(),
-            overflow: Notify::new(),
+            wake: Signal::default(),
+            overflow: Signal::default(),
             drained: Notify::new(),
+            pacing: Cell::new(0),
         }
     }
 
@@ -63,15 +72,15 @@ impl Outbox {
             *queue = VecDeque::new();
             self.bytes.set(0);
             self.overflowed.set(true);
-            self.wake.notify_one();
-            self.overflow.notify_one();
+            self.wake.raise();
+            self.overflow.raise();
             return Push::Overflowed { dropped };
         }
         let was_empty = queue.is_empty();
         queue.push_back(message);
         self.bytes.set(bytes);
         if was_empty {
-            self.wake.notify_one();
+            self.wake.raise();
         }
         Push::Queued
     }
@@ -84,7 +93,22 @@ impl Outbox {
     pub fn take_all(&self, into: &mut VecDeque<Utf8Bytes>) {
         std::mem::swap(&mut *self.queue.borrow_mut(), into);
         self.bytes.set(0);
-        self.drained.notify_one();
+        if self.pacing.get() > 0 {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Waits until the writer next takes the queue.
+    pub async fn drained(&self) {
+        struct Pacing<'a>(&'a Cell<usize>);
+        impl Drop for Pacing<'_> {
+            fn drop(&mut self) {
+                self.0.set(self.0.get() - 1);
+            }
+        }
+        self.pacing.set(self.pacing.get() + 1);
+        let _pacing = Pacing(&self.pacing);
+        self.drained.notified().await;
     }
 
     /// Messages queued now.
@@ -99,6 +123,55 @@ impl Outbox {
     /// Half the queue's bound: a paced producer waits above it.
     pub fn half(&self) -> usize {
         (self.max_messages / 2).max(1)
+    }
+}
+
+/// A wake-up for one task on the same thread as those who raise it: a flag, and the waiting
+/// task's waker, woken when the flag goes up. No lock and no waiter list: raising it costs a
+/// flag (and a wake when the task waits), waiting for it a flag and, when the task is the same as
+/// last time, no waker clone.
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    raised: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    /// Raises it, waking the task that waits for it (if one does).
+    pub(crate) fn raise(&self) {
+        if self.raised.replace(true) {
+            return; // raised already: the waiting task was woken then
+        }
+        if let Some(waker) = &*self.waker.borrow() {
+            waker.wake_by_ref();
+        }
+    }
+
+    /// Completes once it is raised (at once if it was raised since the last wait), and lowers
+    /// it. One task waits at a time: a second one would take the first one's place.
+    pub(crate) fn raised(&self) -> Raised<'_> {
+        Raised(self)
+    }
+}
+
+/// The future of [`Signal::raised`].
+#[derive(Debug)]
+pub(crate) struct Raised<'a>(&'a Signal);
+
+impl Future for Raised<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let signal = self.0;
+        if signal.raised.replace(false) {
+            return Poll::Ready(());
+        }
+        let mut waker = signal.waker.borrow_mut();
+        match &mut *waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 }
 
@@ -137,5 +210,104 @@ mod tests {
         assert_eq!(batch.len(), 2);
         assert_eq!(outbox.push("c".into()), Push::Queued);
         assert_eq!(outbox.push("d".into()), Push::Queued);
+    }
+
+    /// A waker that counts its wakes.
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    impl Counter {
+        fn wakes(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn a_signal_wakes_its_waiting_task_once_per_raise() {
+        let counter = std::sync::Arc::new(Counter(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let signal = Signal::default();
+
+        // Raised before anyone waits: the next wait completes at once, and lowers it.
+        signal.raise();
+        assert_eq!(
+            Pin::new(&mut signal.raised()).poll(&mut cx),
+            Poll::Ready(())
+        );
+        assert_eq!(Pin::new(&mut signal.raised()).poll(&mut cx), Poll::Pending);
+        assert_eq!(counter.wakes(), 0);
+
+        // Waiting: a raise wakes the task once, a second raise before it runs does not again.
+        signal.raise();
+        signal.raise();
+        assert_eq!(counter.wakes(), 1);
+        assert_eq!(
+            Pin::new(&mut signal.raised()).poll(&mut cx),
+            Poll::Ready(())
+        );
+        assert_eq!(Pin::new(&mut signal.raised()).poll(&mut cx), Poll::Pending);
+        signal.raise();
+        assert_eq!(counter.wakes(), 2);
+
+        // Another task waiting takes the place of the first: only it is woken.
+        let other = std::sync::Arc::new(Counter(Default::default()));
+        let other_waker = Waker::from(other.clone());
+        let mut other_cx = Context::from_waker(&other_waker);
+        assert_eq!(
+            Pin::new(&mut signal.raised()).poll(&mut cx),
+            Poll::Ready(())
+        );
+        assert_eq!(
+            Pin::new(&mut signal.raised()).poll(&mut other_cx),
+            Poll::Pending
+        );
+        signal.raise();
+        assert_eq!((counter.wakes(), other.wakes()), (2, 1));
+    }
+
+    #[test]
+    fn a_push_into_an_empty_queue_raises_the_wake_and_an_overflow_both() {
+        let outbox = Outbox::new(2, 100);
+        let counter = std::sync::Arc::new(Counter(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(
+            Pin::new(&mut outbox.wake.raised()).poll(&mut cx),
+            Poll::Pending
+        );
+        assert_eq!(
+            Pin::new(&mut outbox.overflow.raised()).poll(&mut cx),
+            Poll::Pending
+        );
+        outbox.push("a".into());
+        outbox.push("b".into());
+        // One wake for the first message; the second found the queue not empty.
+        assert_eq!(counter.wakes(), 1);
+        assert_eq!(
+            Pin::new(&mut outbox.wake.raised()).poll(&mut cx),
+            Poll::Ready(())
+        );
+        assert_eq!(
+            Pin::new(&mut outbox.overflow.raised()).poll(&mut cx),
+            Poll::Pending
+        );
+        assert_eq!(outbox.push("c".into()), Push::Overflowed { dropped: 3 });
+        assert_eq!(
+            Pin::new(&mut outbox.overflow.raised()).poll(&mut cx),
+            Poll::Ready(())
+        );
+        assert_eq!(
+            Pin::new(&mut outbox.wake.raised()).poll(&mut cx),
+            Poll::Ready(())
+        );
     }
 }

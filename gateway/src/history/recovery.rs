@@ -290,5 +290,5 @@ async fn paced(state: &WorkerState, client: &Client) {
         return;
     }
     let wait: Duration = state.config.write_timeout;
-    let _ = tokio::time::timeout(wait, client.outbox.drained.notified()).await;
+    let _ = tokio::time::timeout(wait, client.outbox.drained()).await;
 }

@@ -114,7 +114,8 @@ async fn run(setup: WorkerSetup) {
         security,
     });
     let tasks = TaskTracker::new();
-    // Tells the connections to flush and close; cancelled only once the inbox is delivered.
+    // Ends the handshakes in progress; cancelled only once the inbox is delivered, when the
+    // established connections are told to flush and close (`LocalGroups::close_all`).
     let close_connections = CancellationToken::new();
     let mut batch = Vec::with_capacity(INBOX_BATCH);
     tracing::debug!(worker = id, "worker started");
@@ -160,6 +161,7 @@ async fn run(setup: WorkerSetup) {
         state.local.run(work);
     }
     close_connections.cancel();
+    state.local.close_all();
     tasks.close();
     // Connections flush their queues and close with 1001 on their own; the deadline is theirs.
     // Their deadline is the flush (shutdown_timeout) plus the closing handshake (1 s): a
