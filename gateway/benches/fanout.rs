@@ -10,14 +10,14 @@ use std::collections::VecDeque;
 use std::hint::black_box;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gateway::fanout::hub::Router;
 use gateway::fanout::outbox::Outbox;
 use protocol::{GroupId, Text};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 fn outbox(c: &mut Criterion) {
-    let payload = Utf8Bytes::from("x".repeat(64));
+    let payload = Bytes::from("x".repeat(64));
     let members: Vec<Outbox> = (0..100).map(|_| Outbox::new(1024, 1 << 20)).collect();
     let mut batch = VecDeque::new();
     let mut group = c.benchmark_group("outbox");

@@ -27,7 +27,6 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::edge::join_token::Access;
 use crate::fanout::local::Client;
-use crate::fanout::outbox::Push;
 use crate::worker::state::WorkerState;
 
 /// One connection's side of the commands: its client entry, its rights, and where replies go.
@@ -149,11 +148,7 @@ impl Session {
     }
 
     fn reply(&self, text: String) {
-        let len = text.len() as u64;
-        if self.client.outbox.push(Utf8Bytes::from(text)) == Push::Queued {
-            self.state.stats.deliveries.fetch_add(1, Relaxed);
-            self.state.stats.bytes_out.fetch_add(len, Relaxed);
-        }
+        self.state.local.push_one(&self.client, &text);
     }
 }
 

@@ -9,15 +9,18 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use futures_util::{SinkExt, StreamExt};
 use protocol::client::{close_code, ErrorCode};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
@@ -146,41 +149,72 @@ async fn established<S: AsyncRead + AsyncWrite + ReadReady + Unpin>(
         session: Session::new(client, access, state.clone()),
         rate: RateLimiter::new(state.rate_limit, Instant::now()),
         state: state.clone(),
+        unwritten: Unwritten::default(),
     };
     let close = connection.run(&mut ws).await;
     connection.session.leave_all();
     match close {
         Close::ClientGone => {}
         Close::Shutdown => {
-            close_with(&mut ws, 1001, "server shutting down").await;
+            close_with(
+                &mut ws,
+                &mut connection.unwritten,
+                1001,
+                "server shutting down",
+            )
+            .await;
         }
         Close::SlowConsumer => {
             state.stats.slow_consumer_closes.fetch_add(1, Relaxed);
             tracing::info!("closing slow consumer");
-            close_with(&mut ws, close_code::SLOW_CONSUMER, "slow consumer").await;
+            close_with(
+                &mut ws,
+                &mut connection.unwritten,
+                close_code::SLOW_CONSUMER,
+                "slow consumer",
+            )
+            .await;
         }
         Close::Idle => {
             state.stats.idle_closes.fetch_add(1, Relaxed);
-            close_with(&mut ws, close_code::IDLE_TIMEOUT, "idle timeout").await;
+            close_with(
+                &mut ws,
+                &mut connection.unwritten,
+                close_code::IDLE_TIMEOUT,
+                "idle timeout",
+            )
+            .await;
         }
         Close::RateLimited => {
             state.stats.rate_limit_closes.fetch_add(1, Relaxed);
             tracing::info!("closing for sustained rate-limit abuse");
-            close_with(&mut ws, 1008, "rate limit exceeded").await;
+            close_with(
+                &mut ws,
+                &mut connection.unwritten,
+                1008,
+                "rate limit exceeded",
+            )
+            .await;
         }
         Close::FrameFlood(flood) => {
             state.stats.rate_limit_closes.fetch_add(1, Relaxed);
             tracing::info!(cause = %flood, "closing for a flood of control frames");
-            close_with(&mut ws, 1008, "too many control frames").await;
+            close_with(
+                &mut ws,
+                &mut connection.unwritten,
+                1008,
+                "too many control frames",
+            )
+            .await;
         }
         Close::Violation(code, reason) => {
             state.stats.protocol_closes.fetch_add(1, Relaxed);
             tracing::debug!(code, %reason, "closing on protocol violation");
-            close_with(&mut ws, code, &reason).await;
+            close_with(&mut ws, &mut connection.unwritten, code, &reason).await;
         }
         Close::Ordered(code, reason) => {
             tracing::info!(code, %reason, "closing as ordered through the admin API");
-            close_with(&mut ws, code, &reason).await;
+            close_with(&mut ws, &mut connection.unwritten, code, &reason).await;
         }
     }
     state.stats.connections.fetch_sub(1, Relaxed);
@@ -234,13 +268,24 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     Ok((ws, url_token))
 }
 
-async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>, code: u16, reason: &str) {
+async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut Ws<S>,
+    unwritten: &mut Unwritten,
+    code: u16,
+    reason: &str,
+) {
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: Utf8Bytes::from(reason),
     };
     // Boxed, as it runs once: idle connections do not carry its state.
     let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, async {
+        // The rest of a frame begun goes first: the close frame must not cut into it.
+        if let Some(rest) = unwritten.started() {
+            if ws.get_mut().write_all(rest).await.is_err() {
+                return;
+            }
+        }
         if ws.close(Some(frame)).await.is_err() {
             return;
         }
@@ -254,6 +299,42 @@ struct Connection {
     session: Session,
     rate: RateLimiter,
     state: Rc<WorkerState>,
+    unwritten: Unwritten,
+}
+
+/// What the connection took from its outbox and has not written yet. The frames are written
+/// to the socket as they are (encoded once per worker, see [`frame`](crate::fanout::frame)),
+/// beside the WebSocket library, which writes its own (pongs, our pings, the close frame): so a
+/// frame of one may never be cut by a frame of the other.
+#[derive(Debug, Default)]
+struct Unwritten {
+    frames: VecDeque<Bytes>,
+    /// The first frame is written in part: its rest must go before anything else.
+    started: bool,
+    /// The library may hold a frame of its own not yet written (a pong to a ping just read):
+    /// it is flushed before our next frames.
+    library: bool,
+}
+
+impl Unwritten {
+    /// `n` more bytes were written.
+    fn advance(&mut self, mut n: usize) {
+        while let Some(front) = self.frames.front_mut() {
+            if n < front.len() {
+                front.advance(n);
+                self.started |= n > 0;
+                return;
+            }
+            n -= front.len();
+            self.frames.pop_front();
+            self.started = false;
+        }
+    }
+
+    /// The rest of a frame written in part, if one is.
+    fn started(&self) -> Option<&Bytes> {
+        self.frames.front().filter(|_| self.started)
+    }
 }
 
 impl Connection {
@@ -264,7 +345,6 @@ impl Connection {
         let config = self.state.config.clone();
         let client = self.session.client.clone();
         let outbox = &client.outbox;
-        let mut batch = VecDeque::new();
         let mut last_heard = Instant::now();
         let mut next_ping = last_heard + config.ping_interval;
         let timer = tokio::time::sleep_until(next_ping.min(last_heard + config.idle_timeout));
@@ -280,12 +360,12 @@ impl Connection {
                 _ = outbox.wake.raised() => {
                     if self.state.local.closing() {
                         // Deliver what is already queued, within the shutdown deadline.
-                        let write = write_outbox(ws, outbox, &mut batch, config.write_timeout);
+                        let write = write_outbox(ws, outbox, &mut self.unwritten, config.write_timeout);
                         // Boxed, as it runs once: idle connections do not carry its state.
                         let _ = Box::pin(tokio::time::timeout(config.shutdown_timeout, write)).await;
                         return Close::Shutdown;
                     }
-                    if let Err(close) = self.write(ws, &mut batch).await {
+                    if let Err(close) = self.write(ws).await {
                         return close;
                     }
                 }
@@ -300,6 +380,8 @@ impl Connection {
                         Some(Ok(message)) => message,
                         Some(Err(e)) => return read_error(e),
                     };
+                    // A ping read has its pong queued in the library.
+                    self.unwritten.library = true;
                     if matches!(message, Message::Text(_) | Message::Binary(_)) {
                         match self.rate.check(last_heard) {
                             Verdict::Allow => {}
@@ -355,19 +437,27 @@ impl Connection {
     /// Writes the outbox out. Gives up (slow consumer) if the queue overflows meanwhile or a
     /// write makes no progress for the write timeout.
     async fn write<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
+        &mut self,
         ws: &mut Ws<S>,
-        batch: &mut VecDeque<Utf8Bytes>,
     ) -> Result<(), Close> {
-        let client = &self.session.client;
+        let client = self.session.client.clone();
         if client.outbox.overflowed() {
             return Err(Close::SlowConsumer);
         }
-        let write = write_outbox(ws, &client.outbox, batch, self.state.config.write_timeout);
+        let write = write_outbox(
+            ws,
+            &client.outbox,
+            &mut self.unwritten,
+            self.state.config.write_timeout,
+        );
         tokio::select! {
             result = write => match result {
                 Ok(()) => {}
                 Err(WriteError::Ws(e)) => return Err(read_error(e)),
+                Err(WriteError::Io(cause)) => {
+                    tracing::debug!(%cause, "write to the client failed");
+                    return Err(Close::ClientGone);
+                }
                 Err(WriteError::Stalled) => return Err(Close::SlowConsumer),
             },
             _ = client.outbox.overflow.raised() => return Err(Close::SlowConsumer),
@@ -440,14 +530,17 @@ async fn next_frame<S: AsyncRead + AsyncWrite + ReadReady + Unpin>(
 }
 
 enum WriteError {
+    /// The WebSocket library's flush of its own frames failed.
     Ws(WsError),
+    /// Writing our frames to the socket failed.
+    Io(std::io::Error),
     /// The write (handing a frame to the socket, or the flush) made no progress for the write
     /// timeout: the client is not reading.
     Stalled,
 }
 
 /// Writes everything queued (and whatever is queued meanwhile), then flushes once. Each
-/// `step_timeout` must see progress (a frame handed to the socket, or the flush done): a client
+/// `step_timeout` must see progress (bytes handed to the socket, or the flush done): a client
 /// that reads slowly but steadily is fine however long the whole write takes.
 ///
 /// The usual write completes in its first poll (the socket takes it all): then no timer is set.
@@ -455,11 +548,11 @@ enum WriteError {
 async fn write_outbox<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut Ws<S>,
     outbox: &Outbox,
-    batch: &mut VecDeque<Utf8Bytes>,
+    unwritten: &mut Unwritten,
     step_timeout: Duration,
 ) -> Result<(), WriteError> {
     let progress = Cell::new(0u64);
-    let write = write_all(ws, outbox, batch, &progress);
+    let write = write_all(ws, outbox, unwritten, &progress);
     tokio::pin!(write);
     let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
     if let Poll::Ready(result) = first {
@@ -483,26 +576,61 @@ async fn write_outbox<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// The write of [`write_outbox`], without its deadline; counts the frames handed over.
+/// Frames handed to the socket in one write at most.
+const FRAMES_PER_WRITE: usize = 64;
+
+/// The write of [`write_outbox`], without its deadline; counts the writes that made progress.
 async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut Ws<S>,
     outbox: &Outbox,
-    batch: &mut VecDeque<Utf8Bytes>,
+    unwritten: &mut Unwritten,
     progress: &Cell<u64>,
 ) -> Result<(), WriteError> {
-    loop {
-        outbox.take_all(batch);
-        if batch.is_empty() {
-            break;
-        }
-        while let Some(message) = batch.pop_front() {
-            ws.feed(Message::Text(message))
-                .await
-                .map_err(WriteError::Ws)?;
-            progress.set(progress.get() + 1);
-        }
+    if unwritten.library {
+        ws.flush().await.map_err(WriteError::Ws)?;
+        unwritten.library = false;
     }
-    ws.flush().await.map_err(WriteError::Ws)
+    loop {
+        if unwritten.frames.is_empty() {
+            outbox.take_all(&mut unwritten.frames);
+            if unwritten.frames.is_empty() {
+                break;
+            }
+        }
+        let frames = &unwritten.frames;
+        let socket = ws.get_mut();
+        let written =
+            std::future::poll_fn(|cx| poll_write_frames(Pin::new(&mut *socket), cx, frames))
+                .await
+                .map_err(WriteError::Io)?;
+        if written == 0 {
+            return Err(WriteError::Io(std::io::ErrorKind::WriteZero.into()));
+        }
+        unwritten.advance(written);
+        progress.set(progress.get() + 1);
+    }
+    let socket = ws.get_mut();
+    std::future::poll_fn(|cx| Pin::new(&mut *socket).poll_flush(cx))
+        .await
+        .map_err(WriteError::Io)
+}
+
+/// Hands the first frames (up to [`FRAMES_PER_WRITE`]) to the socket in one write; returns the
+/// bytes it took.
+fn poll_write_frames<W: AsyncWrite + Unpin>(
+    socket: Pin<&mut W>,
+    cx: &mut Context<'_>,
+    frames: &VecDeque<Bytes>,
+) -> Poll<std::io::Result<usize>> {
+    if frames.len() == 1 || !socket.is_write_vectored() {
+        return socket.poll_write(cx, &frames[0]);
+    }
+    let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
+    let n = frames.len().min(FRAMES_PER_WRITE);
+    for (slice, frame) in slices.iter_mut().zip(frames) {
+        *slice = IoSlice::new(frame);
+    }
+    socket.poll_write_vectored(cx, &slices[..n])
 }
 
 fn read_error(e: WsError) -> Close {
@@ -520,5 +648,32 @@ fn read_error(e: WsError) -> Close {
             None => Close::ClientGone,
         },
         _ => Close::ClientGone,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unwritten_frames_advance_across_frames_and_within_one() {
+        let mut unwritten = Unwritten::default();
+        unwritten
+            .frames
+            .extend([Bytes::from("abc"), Bytes::from("defg"), Bytes::from("h")]);
+        unwritten.advance(0);
+        assert_eq!(unwritten.started(), None);
+        unwritten.advance(2);
+        assert_eq!(unwritten.started().map(|b| &b[..]), Some(&b"c"[..]));
+        // The rest of the first, and part of the second.
+        unwritten.advance(3);
+        assert_eq!(unwritten.started().map(|b| &b[..]), Some(&b"fg"[..]));
+        // Exactly to the end of a frame: the next one is not begun.
+        unwritten.advance(2);
+        assert_eq!(unwritten.started(), None);
+        assert_eq!(unwritten.frames.len(), 1);
+        unwritten.advance(1);
+        assert!(unwritten.frames.is_empty());
+        assert_eq!(unwritten.started(), None);
     }
 }

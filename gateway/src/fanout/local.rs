@@ -20,10 +20,10 @@ use protocol::cluster::{topic, ClientId, ClientInfo, Member, NodeId, Uid};
 use protocol::history::Position;
 use protocol::{GroupId, Text};
 use server_kit::memory::shrink_if_sparse;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use tokio::sync::mpsc;
 
+use crate::fanout::frame;
 use crate::fanout::hub::{Delivery, GroupLimit, Hub, Work};
 use crate::fanout::outbox::{Outbox, Push};
 use crate::stats::WorkerStats;
@@ -478,12 +478,11 @@ impl LocalGroups {
     }
 
     /// Queues `text` (a reply, a recovered message) to one connection.
-    pub(crate) fn push_one(&self, client: &Client, text: Utf8Bytes) {
-        let len = text.len() as u64;
-        match client.outbox.push(text) {
+    pub(crate) fn push_one(&self, client: &Client, text: &str) {
+        match client.outbox.push(frame::text(text)) {
             Push::Queued => {
                 self.stats.deliveries.fetch_add(1, Relaxed);
-                self.stats.bytes_out.fetch_add(len, Relaxed);
+                self.stats.bytes_out.fetch_add(text.len() as u64, Relaxed);
             }
             Push::Overflowed { dropped } => {
                 self.stats.queue_drops.fetch_add(dropped as u64, Relaxed);
@@ -494,20 +493,17 @@ impl LocalGroups {
         }
     }
 
+    /// Queues a message to every one of `clients`: its frame is encoded once, here, and the
+    /// same bytes go to each.
     pub(crate) fn push_all<'c>(
         &self,
         clients: impl Iterator<Item = &'c Rc<Client>>,
         payload: Text,
     ) {
-        // Text is UTF-8 by construction; the WebSocket library checks it once more, once per
-        // message and worker (not per member).
-        let Ok(payload) = Utf8Bytes::try_from(payload.into_bytes()) else {
-            self.stats.queue_drops.fetch_add(1, Relaxed);
-            return;
-        };
+        let frame = frame::text(payload.as_str());
         let mut delivered = 0;
         for client in clients {
-            match client.outbox.push(payload.clone()) {
+            match client.outbox.push(frame.clone()) {
                 Push::Queued => delivered += 1,
                 Push::Overflowed { dropped } => {
                     self.stats.queue_drops.fetch_add(dropped as u64, Relaxed);

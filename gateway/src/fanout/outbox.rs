@@ -9,12 +9,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 #[derive(Debug)]
 pub struct Outbox {
-    queue: RefCell<VecDeque<Utf8Bytes>>,
+    /// Encoded WebSocket frames ([`frame`](crate::fanout::frame)).
+    queue: RefCell<VecDeque<Bytes>>,
     bytes: Cell<usize>,
     overflowed: Cell<bool>,
     max_messages: usize,
@@ -59,7 +60,7 @@ impl Outbox {
         }
     }
 
-    pub fn push(&self, message: Utf8Bytes) -> Push {
+    pub fn push(&self, message: Bytes) -> Push {
         if self.overflowed.get() {
             return Push::Closed;
         }
@@ -90,7 +91,7 @@ impl Outbox {
     }
 
     /// Moves everything queued into `into` (which should be empty), releasing the byte budget.
-    pub fn take_all(&self, into: &mut VecDeque<Utf8Bytes>) {
+    pub fn take_all(&self, into: &mut VecDeque<Bytes>) {
         std::mem::swap(&mut *self.queue.borrow_mut(), into);
         self.bytes.set(0);
         if self.pacing.get() > 0 {

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use protocol::history::{joined_reply, positioned_message, Epoch, Position, Recover};
 use protocol::{GroupId, GroupName, Text};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::bus::{HistoryPolicy, HistoryQuery};
 use crate::fanout::local::Client;
@@ -280,7 +279,7 @@ pub(crate) async fn join(
 
 fn push(state: &WorkerState, client: &Client, group: &GroupId, position: &Position, text: &Text) {
     let json = positioned_message(group.as_str(), position, text.as_str());
-    state.local.push_one(client, Utf8Bytes::from(json));
+    state.local.push_one(client, &json);
 }
 
 /// Waits while the member's outbox is half full (its connection writes meanwhile), at most the
