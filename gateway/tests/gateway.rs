@@ -239,6 +239,53 @@ async fn slow_consumer_is_closed_and_others_get_everything() -> Result<()> {
     Ok(())
 }
 
+/// A member that stops reading while 24 MB arrive (more than the socket buffers hold, less than
+/// its outbound queue) and then reads again gets every message whole and in order: frames
+/// written in part, straight from the fan-out or by the connection, are finished before the next
+/// one, whatever their sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_pauses_gets_every_frame_whole_and_in_order() -> Result<()> {
+    let fx = TestGateway::embedded(GatewayConfig {
+        workers: Some(2),
+        outbound_queue_messages: 10_000,
+        outbound_queue_bytes: 64 << 20,
+        max_messages_per_second: 0,
+        ..GatewayConfig::default()
+    })
+    .await?;
+    let mut paused = fx.connect("paused").await?;
+    paused.ack(add_group("g")).await?;
+    let mut reading = fx.connect("reading").await?;
+    reading.ack(add_group("g")).await?;
+    const N: usize = 800;
+    // Sizes from 100 bytes to 60 kB, in no order: the socket fills at any point of a frame.
+    let message = |i: usize| format!("{i:06}{}", "y".repeat(100 + (i * 7919) % 60_000));
+    let mut sender = fx.connect("sender").await?;
+    for i in 0..N {
+        sender.publish("g", &message(i)).await?;
+    }
+    for i in 0..N {
+        let text = reading.recv_text(WAIT).await.context(i)?;
+        anyhow::ensure!(text == message(i), "reading member: message {i} differs");
+    }
+    // Everything is delivered to the paused member's socket or queue; it reads now.
+    for i in 0..N {
+        let text = paused.recv_text(WAIT).await.context(i)?;
+        anyhow::ensure!(text == message(i), "paused member: message {i} differs");
+    }
+    test_support::expect_quiet([&mut paused, &mut reading]).await?;
+    let stats = fx.stats();
+    assert_eq!(stats.connections, 3, "{stats:#?}");
+    assert!(
+        stats
+            .workers
+            .iter()
+            .all(|w| w.slow_consumer_closes == 0 && w.queue_drops == 0),
+        "{stats:#?}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_clients_with_1001() -> Result<()> {
     let mut fx = TestGateway::embedded(workers(2)).await?;

@@ -36,6 +36,7 @@ use crate::edge::join_token::{Access, CaptureToken};
 
 use crate::edge::frame_meter::{FrameFlood, FrameMeter};
 use crate::edge::limits::{Permit, RateLimiter, Verdict};
+use crate::edge::socket::SharedTcp;
 use crate::fanout::outbox::Outbox;
 use crate::worker::state::WorkerState;
 
@@ -51,7 +52,7 @@ type Ws<S> = WebSocketStream<S>;
               is over a kilobyte, which plain connections' tasks must not carry"
 )]
 enum Accepted {
-    Plain(Ws<FrameMeter<TcpStream>>, Option<String>),
+    Plain(Ws<FrameMeter<SharedTcp>>, Option<String>),
     Tls(Box<Ws<FrameMeter<TlsStream<TcpStream>>>>, Option<String>),
 }
 
@@ -144,6 +145,11 @@ async fn established<S: AsyncRead + AsyncWrite + ReadReady + Unpin>(
         state.config.outbound_queue_messages,
         state.config.outbound_queue_bytes,
     );
+    if let Some(socket) = ws.get_ref().shared() {
+        outbox.attach(socket);
+        // The handshake's response is written: nothing is pending.
+        outbox.set_direct(true);
+    }
     let client = state.local.register(conn, outbox);
     let mut connection = Connection {
         session: Session::new(client, access, state.clone()),
@@ -152,6 +158,8 @@ async fn established<S: AsyncRead + AsyncWrite + ReadReady + Unpin>(
         unwritten: Unwritten::default(),
     };
     let close = connection.run(&mut ws).await;
+    // From here the library writes (the close frame): no frame may go to the socket beside it.
+    connection.session.client.outbox.set_direct(false);
     connection.session.leave_all();
     match close {
         Close::ClientGone => {}
@@ -230,7 +238,7 @@ async fn handshake(
     let accept = async {
         match &state.security.tls {
             None => {
-                let (ws, url_token) = upgrade(stream, state).await?;
+                let (ws, url_token) = upgrade(SharedTcp(Rc::new(stream)), state).await?;
                 Ok(Accepted::Plain(ws, url_token))
             }
             // Boxed: a TLS stream is over a kilobyte, which plain connections' tasks need not
@@ -380,8 +388,10 @@ impl Connection {
                         Some(Ok(message)) => message,
                         Some(Err(e)) => return read_error(e),
                     };
-                    // A ping read has its pong queued in the library.
+                    // A ping read has its pong queued in the library: until it is written, no
+                    // frame may go to the socket from the fan-out.
                     self.unwritten.library = true;
+                    outbox.set_direct(false);
                     if matches!(message, Message::Text(_) | Message::Binary(_)) {
                         match self.rate.check(last_heard) {
                             Verdict::Allow => {}
@@ -417,13 +427,19 @@ impl Connection {
                     }
                     if now >= next_ping {
                         next_ping = now + config.ping_interval;
+                        // The library writes: no frame may go to the socket beside it.
+                        outbox.set_direct(false);
                         let ping = async {
                             ws.feed(Message::Ping(Default::default())).await?;
                             ws.flush().await
                         };
                         // Boxed, like every rare path, to keep idle connections small.
                         match Box::pin(tokio::time::timeout(config.write_timeout, ping)).await {
-                            Ok(Ok(())) => {}
+                            Ok(Ok(())) => {
+                                // Flushed with the ping, whatever the library held.
+                                self.unwritten.library = false;
+                                outbox.set_direct(true);
+                            }
                             Ok(Err(e)) => return read_error(e),
                             Err(_) => return Close::SlowConsumer,
                         }
@@ -483,14 +499,22 @@ impl Connection {
     }
 }
 
-/// Whether the socket under a connection has bytes to read, asked without reading them.
+/// What the connection asks of the socket under the WebSocket library.
 pub(crate) trait ReadReady {
+    /// Whether it has bytes to read, asked without reading them.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+
+    /// The socket, for the fan-out's direct writes; `None` for TLS (see [`SharedTcp`]).
+    fn shared(&self) -> Option<Rc<TcpStream>>;
 }
 
-impl ReadReady for TcpStream {
+impl ReadReady for SharedTcp {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        TcpStream::poll_read_ready(self, cx)
+        self.0.poll_read_ready(cx)
+    }
+
+    fn shared(&self) -> Option<Rc<TcpStream>> {
+        Some(self.0.clone())
     }
 }
 
@@ -498,11 +522,19 @@ impl ReadReady for TlsStream<TcpStream> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.get_ref().0.poll_read_ready(cx)
     }
+
+    fn shared(&self) -> Option<Rc<TcpStream>> {
+        None
+    }
 }
 
 impl<S: ReadReady> ReadReady for FrameMeter<S> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.get_ref().poll_read_ready(cx)
+    }
+
+    fn shared(&self) -> Option<Rc<TcpStream>> {
+        self.get_ref().shared()
     }
 }
 
@@ -586,13 +618,15 @@ async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
     unwritten: &mut Unwritten,
     progress: &Cell<u64>,
 ) -> Result<(), WriteError> {
+    // Writing: a push queues behind what this writes, until it is all written.
+    outbox.set_direct(false);
     if unwritten.library {
         ws.flush().await.map_err(WriteError::Ws)?;
         unwritten.library = false;
     }
     loop {
         if unwritten.frames.is_empty() {
-            outbox.take_all(&mut unwritten.frames);
+            unwritten.started = outbox.take_all(&mut unwritten.frames);
             if unwritten.frames.is_empty() {
                 break;
             }
@@ -612,7 +646,10 @@ async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
     let socket = ws.get_mut();
     std::future::poll_fn(|cx| Pin::new(&mut *socket).poll_flush(cx))
         .await
-        .map_err(WriteError::Io)
+        .map_err(WriteError::Io)?;
+    // All written, the library's frames included: the next push may write at once.
+    outbox.set_direct(true);
+    Ok(())
 }
 
 /// Hands the first frames (up to [`FRAMES_PER_WRITE`]) to the socket in one write; returns the

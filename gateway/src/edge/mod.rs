@@ -6,6 +6,8 @@
 //!   socket), and the per-connection frame rate limit.
 //! - `frame_meter`: counts the control and continuation frames a client sends (which never
 //!   become messages) and stops a flood of them.
+//! - `socket`: a plain client socket shared by its connection task and its worker's fan-out,
+//!   which writes a frame straight to it when nothing is pending.
 //! - [`origin`]: the Origin allowlist checked in the handshake.
 //! - [`join_token`]: signed join tokens (JWT) and the rights they grant a connection.
 
@@ -14,3 +16,4 @@ pub(crate) mod frame_meter;
 pub mod join_token;
 pub(crate) mod limits;
 pub mod origin;
+pub(crate) mod socket;

@@ -480,7 +480,7 @@ impl LocalGroups {
     /// Queues `text` (a reply, a recovered message) to one connection.
     pub(crate) fn push_one(&self, client: &Client, text: &str) {
         match client.outbox.push(frame::text(text)) {
-            Push::Queued => {
+            Push::Written | Push::Queued => {
                 self.stats.deliveries.fetch_add(1, Relaxed);
                 self.stats.bytes_out.fetch_add(text.len() as u64, Relaxed);
             }
@@ -504,7 +504,7 @@ impl LocalGroups {
         let mut delivered = 0;
         for client in clients {
             match client.outbox.push(frame.clone()) {
-                Push::Queued => delivered += 1,
+                Push::Written | Push::Queued => delivered += 1,
                 Push::Overflowed { dropped } => {
                     self.stats.queue_drops.fetch_add(dropped as u64, Relaxed);
                 }

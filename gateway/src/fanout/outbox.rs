@@ -3,13 +3,15 @@
 //! the connection task is woken by a [`Signal`], not a `tokio::sync::Notify` (whose lock and
 //! waiter list cost more than the rest of a delivery's queueing, see BENCHMARKS.md).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 #[derive(Debug)]
@@ -30,11 +32,22 @@ pub struct Outbox {
     drained: Notify,
     /// Producers waiting in [`Outbox::drained`]: without any, taking the queue signals nothing.
     pacing: Cell<usize>,
+    /// The connection's socket, written straight from [`Outbox::push`] while `direct` holds
+    /// (plain TCP only, see [`edge::socket`](crate::edge::socket)).
+    socket: OnceCell<Rc<TcpStream>>,
+    /// Nothing is pending anywhere on the connection (this queue, the frames its task has
+    /// taken, the WebSocket library's own): a frame may be written at once. Kept by the
+    /// connection task, cleared by a push that has to queue.
+    direct: Cell<bool>,
+    /// The first queued frame is the rest of one written in part by a direct write.
+    begun: Cell<bool>,
 }
 
 /// Result of [`Outbox::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
+    /// Written to the socket at once.
+    Written,
     Queued,
     /// This push overflowed the queue: the connection is now a slow consumer, its queue was
     /// dropped (`dropped` messages, this one included).
@@ -57,12 +70,33 @@ impl Outbox {
             overflow: Signal::default(),
             drained: Notify::new(),
             pacing: Cell::new(0),
+            socket: OnceCell::new(),
+            direct: Cell::new(false),
+            begun: Cell::new(false),
         }
     }
 
-    pub fn push(&self, message: Bytes) -> Push {
+    /// Queues `message` (an encoded frame) for the connection to write, or writes it to the
+    /// socket at once when nothing is pending before it: then the connection's task is not
+    /// woken at all. What the socket does not take at once is queued, its rest first.
+    pub fn push(&self, mut message: Bytes) -> Push {
         if self.overflowed.get() {
             return Push::Closed;
+        }
+        if self.direct.get() {
+            if let Some(socket) = self.socket.get() {
+                match socket.try_write(&message) {
+                    Ok(n) if n == message.len() => return Push::Written,
+                    Ok(n) => {
+                        message.advance(n);
+                        self.begun.set(n > 0);
+                    }
+                    // Would block: queued for the connection, which waits until it can write.
+                    // Another error: the connection meets it too when it writes, and closes.
+                    Err(_) => {}
+                }
+                self.direct.set(false);
+            }
         }
         let mut queue = self.queue.borrow_mut();
         let bytes = self.bytes.get() + message.len();
@@ -91,12 +125,28 @@ impl Outbox {
     }
 
     /// Moves everything queued into `into` (which should be empty), releasing the byte budget.
-    pub fn take_all(&self, into: &mut VecDeque<Bytes>) {
+    /// True when the first frame is the rest of one begun by a direct write: nothing else may
+    /// be written before it.
+    pub fn take_all(&self, into: &mut VecDeque<Bytes>) -> bool {
         std::mem::swap(&mut *self.queue.borrow_mut(), into);
         self.bytes.set(0);
+        let begun = self.begun.replace(false) && !into.is_empty();
         if self.pacing.get() > 0 {
             self.drained.notify_waiters();
         }
+        begun
+    }
+
+    /// The connection's plain socket: pushes may write to it while [`Outbox::set_direct`]
+    /// allows.
+    pub(crate) fn attach(&self, socket: Rc<TcpStream>) {
+        let _ = self.socket.set(socket);
+    }
+
+    /// Whether nothing is pending on the connection, so that a push may write at once. Only
+    /// the connection's task says so, and only while this queue is empty.
+    pub(crate) fn set_direct(&self, direct: bool) {
+        self.direct.set(direct && self.queue.borrow().is_empty());
     }
 
     /// Waits until the writer next takes the queue.
