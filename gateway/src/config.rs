@@ -164,8 +164,9 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_WS_READ_BUFFER", help_heading = CLIENT_LIMITS, default_value_t = 1024)]
     pub ws_read_buffer: usize,
 
-    /// Bytes of outgoing frames gathered per connection before they are written to the socket. Not
-    /// a limit on message size.
+    /// Bytes of the WebSocket library's own outgoing frames (pings, pongs, the close frame)
+    /// gathered per connection before they are written. Messages do not pass through it: they are
+    /// written as frames encoded once per worker. Not a limit on message size.
     #[arg(long, env = "GATEWAY_WS_WRITE_BUFFER", help_heading = CLIENT_LIMITS, default_value_t = 8192)]
     pub ws_write_buffer: usize,
 

@@ -6,7 +6,7 @@
 //! - `worker`: one thread and single-threaded runtime per worker, owning its connections; its
 //!   `state` is what the worker's tasks share.
 //! - [`edge`]: a client's socket up to a parsed command: handshakes, the connection task (reads,
-//!   batched writes, ping/idle, close codes), connection and rate limits, the
+//!   writes of what could not go at once, ping/idle, close codes), connection and rate limits, the
 //!   [`edge::origin`] check, [`edge::join_token`]s.
 //! - `cmd`: one file per client command: what it checks and what it does, on a connection's
 //!   `Session`.

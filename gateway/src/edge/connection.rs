@@ -1,5 +1,6 @@
 //! One client connection: WebSocket handshake (after a TLS one with `--tls-cert`), then a single
-//! task that reads commands, writes what its outbox holds in batches (one flush per batch),
+//! task that reads commands, writes what its outbox holds (what the fan-out could not write to
+//! the socket at once, see [`Outbox::push`]; several frames per `writev`),
 //! pings, and closes with a code that says why (docs/protocol.md lists them).
 //!
 //! Past the handshake the code is generic over the stream, so plain TCP pays nothing for TLS.

@@ -1,7 +1,12 @@
-//! A connection's bounded outbound queue, shared between the worker's fan-out (producer) and
-//! the connection task (consumer). Both run on the worker's thread, hence `Cell`/`RefCell`, and
-//! the connection task is woken by a [`Signal`], not a `tokio::sync::Notify` (whose lock and
-//! waiter list cost more than the rest of a delivery's queueing, see BENCHMARKS.md).
+//! A connection's way out: its bounded queue of encoded frames, shared between the worker's
+//! fan-out (producer) and the connection task (consumer), and the direct write that skips the
+//! queue. While the connection has nothing pending, [`Outbox::push`] writes the frame to its
+//! socket at once and the task is not even woken; what the socket does not take is queued, and
+//! the task writes it when the socket can take more.
+//!
+//! Both sides run on the worker's thread, hence `Cell`/`RefCell`, and the connection task is
+//! woken by a [`Signal`], not a `tokio::sync::Notify` (whose lock and waiter list cost more than
+//! the rest of a delivery's queueing, see BENCHMARKS.md).
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
