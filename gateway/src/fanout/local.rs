@@ -15,6 +15,8 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use protocol::client::{presence_event, PresenceKind};
 use protocol::cluster::{topic, ClientId, ClientInfo, Member, NodeId, Uid};
 use protocol::history::Position;
@@ -25,7 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::fanout::frame;
 use crate::fanout::hub::{Delivery, GroupLimit, Hub, Work};
-use crate::fanout::outbox::{Outbox, Push};
+use crate::fanout::outbox::{Outbox, Push, Signal};
 use crate::stats::WorkerStats;
 
 /// A connection's number within its worker.
@@ -138,6 +140,12 @@ pub(crate) struct LocalGroups {
     next_conn: Cell<ConnId>,
     /// Set once the worker stops: its connections write what they hold and close.
     closing: Cell<bool>,
+    /// Connections with frames for the worker to write ([`Push::ForWorker`]), written by
+    /// [`LocalGroups::write_direct`]: after each batch of deliveries, or when `to_write` rings.
+    to_write: RefCell<Vec<Rc<Client>>>,
+    /// Raised when `to_write` gets its first connection: the worker writes them soon (a reply
+    /// queued by a connection's own task, outside the worker's batches).
+    pub(crate) write_soon: Signal,
     /// Presence events in the order they happened, for [`publish_presence_events`].
     presence: mpsc::Sender<PresenceEvent>,
 }
@@ -165,6 +173,8 @@ impl LocalGroups {
             hold_max,
             next_conn: Cell::new(0),
             closing: Cell::new(false),
+            to_write: RefCell::new(Vec::new()),
+            write_soon: Signal::default(),
             presence,
         };
         (local, events)
@@ -223,6 +233,43 @@ impl LocalGroups {
         self.closing.set(true);
         for client in self.clients.borrow().values() {
             client.outbox.wake.raise();
+        }
+    }
+
+    /// Writes the frames queued for the connections with nothing pending, each connection's in
+    /// one write (see [`Outbox::write_direct`]).
+    pub(crate) fn write_direct(&self) {
+        // Taken out: a write may not push, but the list is kept for its allocation.
+        let mut clients = std::mem::take(&mut *self.to_write.borrow_mut());
+        for client in clients.drain(..) {
+            client.outbox.write_direct();
+        }
+        let mut to_write = self.to_write.borrow_mut();
+        if to_write.is_empty() {
+            *to_write = clients;
+        }
+    }
+
+    /// Queues `frame` for `client`: true if it counts as delivered.
+    fn push(&self, client: &Rc<Client>, frame: Bytes) -> bool {
+        match client.outbox.push(frame) {
+            Push::Queued => true,
+            Push::ForWorker => {
+                let mut to_write = self.to_write.borrow_mut();
+                if to_write.is_empty() {
+                    self.write_soon.raise();
+                }
+                to_write.push(client.clone());
+                true
+            }
+            Push::Overflowed { dropped } => {
+                self.stats.queue_drops.fetch_add(dropped as u64, Relaxed);
+                false
+            }
+            Push::Closed => {
+                self.stats.queue_drops.fetch_add(1, Relaxed);
+                false
+            }
         }
     }
 
@@ -478,18 +525,10 @@ impl LocalGroups {
     }
 
     /// Queues `text` (a reply, a recovered message) to one connection.
-    pub(crate) fn push_one(&self, client: &Client, text: &str) {
-        match client.outbox.push(frame::text(text)) {
-            Push::Written | Push::Queued => {
-                self.stats.deliveries.fetch_add(1, Relaxed);
-                self.stats.bytes_out.fetch_add(text.len() as u64, Relaxed);
-            }
-            Push::Overflowed { dropped } => {
-                self.stats.queue_drops.fetch_add(dropped as u64, Relaxed);
-            }
-            Push::Closed => {
-                self.stats.queue_drops.fetch_add(1, Relaxed);
-            }
+    pub(crate) fn push_one(&self, client: &Rc<Client>, text: &str) {
+        if self.push(client, frame::text(text)) {
+            self.stats.deliveries.fetch_add(1, Relaxed);
+            self.stats.bytes_out.fetch_add(text.len() as u64, Relaxed);
         }
     }
 
@@ -503,15 +542,7 @@ impl LocalGroups {
         let frame = frame::text(payload.as_str());
         let mut delivered = 0;
         for client in clients {
-            match client.outbox.push(frame.clone()) {
-                Push::Written | Push::Queued => delivered += 1,
-                Push::Overflowed { dropped } => {
-                    self.stats.queue_drops.fetch_add(dropped as u64, Relaxed);
-                }
-                Push::Closed => {
-                    self.stats.queue_drops.fetch_add(1, Relaxed);
-                }
-            }
+            delivered += u64::from(self.push(client, frame.clone()));
         }
         self.stats.deliveries.fetch_add(delivered, Relaxed);
         self.stats

@@ -1,8 +1,8 @@
 //! A connection's way out: its bounded queue of encoded frames, shared between the worker's
-//! fan-out (producer) and the connection task (consumer), and the direct write that skips the
-//! queue. While the connection has nothing pending, [`Outbox::push`] writes the frame to its
-//! socket at once and the task is not even woken; what the socket does not take is queued, and
-//! the task writes it when the socket can take more.
+//! fan-out (producer) and the connection task (consumer), and the worker's direct write. While
+//! the connection has nothing pending, the worker writes what its batch of deliveries queued to
+//! the socket itself (one write per connection and batch) and the task is not even woken; what
+//! the socket does not take stays queued, and the task writes it when the socket can take more.
 //!
 //! Both sides run on the worker's thread, hence `Cell`/`RefCell`, and the connection task is
 //! woken by a [`Signal`], not a `tokio::sync::Notify` (whose lock and waiter list cost more than
@@ -11,6 +11,7 @@
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -37,23 +38,29 @@ pub struct Outbox {
     drained: Notify,
     /// Producers waiting in [`Outbox::drained`]: without any, taking the queue signals nothing.
     pacing: Cell<usize>,
-    /// The connection's socket, written straight from [`Outbox::push`] while `direct` holds
-    /// (plain TCP only, see [`edge::socket`](crate::edge::socket)).
+    /// The connection's socket, written by the worker ([`Outbox::write_direct`]) while `direct`
+    /// holds (plain TCP only, see [`edge::socket`](crate::edge::socket)).
     socket: OnceCell<Rc<TcpStream>>,
-    /// Nothing is pending anywhere on the connection (this queue, the frames its task has
-    /// taken, the WebSocket library's own): a frame may be written at once. Kept by the
-    /// connection task, cleared by a push that has to queue.
+    /// Nothing is pending anywhere on the connection but frames for the worker to write (the
+    /// frames its task has taken, the WebSocket library's own): the worker may write. Kept by
+    /// the connection task, cleared when the socket does not take everything.
     direct: Cell<bool>,
     /// The first queued frame is the rest of one written in part by a direct write.
     begun: Cell<bool>,
+    /// Handed to the worker for a direct write that has not happened yet.
+    dirty: Cell<bool>,
 }
+
+/// Frames handed to the socket in one direct write at most.
+const DIRECT_WRITE_FRAMES: usize = 64;
 
 /// Result of [`Outbox::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
-    /// Written to the socket at once.
-    Written,
     Queued,
+    /// Queued for the worker to write (the connection has nothing pending): the caller hands
+    /// the connection to [`Outbox::write_direct`] once its batch is fanned out.
+    ForWorker,
     /// This push overflowed the queue: the connection is now a slow consumer, its queue was
     /// dropped (`dropped` messages, this one included).
     Overflowed {
@@ -78,30 +85,17 @@ impl Outbox {
             socket: OnceCell::new(),
             direct: Cell::new(false),
             begun: Cell::new(false),
+            dirty: Cell::new(false),
         }
     }
 
-    /// Queues `message` (an encoded frame) for the connection to write, or writes it to the
-    /// socket at once when nothing is pending before it: then the connection's task is not
-    /// woken at all. What the socket does not take at once is queued, its rest first.
-    pub fn push(&self, mut message: Bytes) -> Push {
+    /// Queues `message` (an encoded frame). While the connection has nothing pending, the
+    /// worker writes the queue itself ([`Outbox::write_direct`], once its current batch of
+    /// deliveries is fanned out, so that a connection's frames of one batch go in one write) and
+    /// the connection's task is not woken; otherwise the task is woken to write it.
+    pub fn push(&self, message: Bytes) -> Push {
         if self.overflowed.get() {
             return Push::Closed;
-        }
-        if self.direct.get() {
-            if let Some(socket) = self.socket.get() {
-                match socket.try_write(&message) {
-                    Ok(n) if n == message.len() => return Push::Written,
-                    Ok(n) => {
-                        message.advance(n);
-                        self.begun.set(n > 0);
-                    }
-                    // Would block: queued for the connection, which waits until it can write.
-                    // Another error: the connection meets it too when it writes, and closes.
-                    Err(_) => {}
-                }
-                self.direct.set(false);
-            }
         }
         let mut queue = self.queue.borrow_mut();
         let bytes = self.bytes.get() + message.len();
@@ -112,6 +106,7 @@ impl Outbox {
             *queue = VecDeque::new();
             self.bytes.set(0);
             self.overflowed.set(true);
+            self.direct.set(false);
             self.wake.raise();
             self.overflow.raise();
             return Push::Overflowed { dropped };
@@ -119,10 +114,73 @@ impl Outbox {
         let was_empty = queue.is_empty();
         queue.push_back(message);
         self.bytes.set(bytes);
+        if self.direct.get() {
+            if self.dirty.replace(true) {
+                return Push::Queued;
+            }
+            return Push::ForWorker;
+        }
         if was_empty {
             self.wake.raise();
         }
         Push::Queued
+    }
+
+    /// Writes the queue to the socket, on the worker's behalf, while the connection has nothing
+    /// pending (else, and for what the socket does not take, its task is woken to write it).
+    /// Called once per [`Push::ForWorker`].
+    pub(crate) fn write_direct(&self) {
+        self.dirty.set(false);
+        let socket = match self.socket.get() {
+            Some(socket) if self.direct.get() => socket,
+            _ => {
+                // The task writes (or will): it takes this queue with its own.
+                if !self.queue.borrow().is_empty() {
+                    self.wake.raise();
+                }
+                return;
+            }
+        };
+        let mut queue = self.queue.borrow_mut();
+        while !queue.is_empty() {
+            let written = if queue.len() == 1 {
+                socket.try_write(&queue[0])
+            } else {
+                let mut slices = [IoSlice::new(&[]); DIRECT_WRITE_FRAMES];
+                let n = queue.len().min(DIRECT_WRITE_FRAMES);
+                for (slice, frame) in slices.iter_mut().zip(queue.iter()) {
+                    *slice = IoSlice::new(frame);
+                }
+                socket.try_write_vectored(&slices[..n])
+            };
+            // Would block: the task waits until it can write. Another error: the task meets it
+            // too when it writes, and closes.
+            let Ok(mut n) = written else {
+                break;
+            };
+            if n == 0 {
+                break;
+            }
+            self.bytes.set(self.bytes.get().saturating_sub(n));
+            while let Some(front) = queue.front_mut() {
+                if n < front.len() {
+                    front.advance(n);
+                    self.begun.set(n > 0);
+                    break;
+                }
+                n -= front.len();
+                queue.pop_front();
+            }
+            if self.begun.get() {
+                break; // the socket is full: the rest is the task's
+            }
+        }
+        if queue.is_empty() {
+            self.bytes.set(0);
+            return;
+        }
+        self.direct.set(false);
+        self.wake.raise();
     }
 
     pub fn overflowed(&self) -> bool {
@@ -148,8 +206,8 @@ impl Outbox {
         let _ = self.socket.set(socket);
     }
 
-    /// Whether nothing is pending on the connection, so that a push may write at once. Only
-    /// the connection's task says so, and only while this queue is empty.
+    /// Whether nothing is pending on the connection, so that the worker may write its frames.
+    /// Only the connection's task says so, and only while this queue is empty.
     pub(crate) fn set_direct(&self, direct: bool) {
         self.direct.set(direct && self.queue.borrow().is_empty());
     }

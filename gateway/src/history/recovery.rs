@@ -277,7 +277,13 @@ pub(crate) async fn join(
     )
 }
 
-fn push(state: &WorkerState, client: &Client, group: &GroupId, position: &Position, text: &Text) {
+fn push(
+    state: &WorkerState,
+    client: &Rc<Client>,
+    group: &GroupId,
+    position: &Position,
+    text: &Text,
+) {
     let json = positioned_message(group.as_str(), position, text.as_str());
     state.local.push_one(client, &json);
 }

@@ -139,6 +139,8 @@ async fn run(setup: WorkerSetup) {
                 }
                 None => break,
             },
+            // Frames queued outside the batches (replies) for connections with nothing pending.
+            _ = state.local.write_soon.raised() => state.local.write_direct(),
             n = inbox.recv_many(&mut batch, INBOX_BATCH) => {
                 if n == 0 {
                     break;
@@ -146,6 +148,9 @@ async fn run(setup: WorkerSetup) {
                 for work in batch.drain(..) {
                     state.local.run(work);
                 }
+                // Each connection with nothing pending gets what this batch queued for it in
+                // one write, from here; the others' tasks were woken.
+                state.local.write_direct();
                 // Let the connections write what was just queued before taking more: without
                 // this a burst fills outboxes faster than their owners can drain them.
                 tokio::task::yield_now().await;
