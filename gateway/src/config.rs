@@ -76,7 +76,7 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_MESSAGES", help_heading = CLIENT_LIMITS, default_value_t = 1024)]
     pub outbound_queue_messages: usize,
 
-    /// Bytes of message text waiting for one connection's writer (as above).
+    /// Bytes of messages (their WebSocket frames: the text and a 2 to 10 byte header) waiting for one connection's writer (as above).
     #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_BYTES", help_heading = CLIENT_LIMITS, default_value_t = 1024 * 1024)]
     pub outbound_queue_bytes: usize,
 

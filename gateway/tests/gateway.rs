@@ -286,6 +286,63 @@ async fn a_member_that_pauses_gets_every_frame_whole_and_in_order() -> Result<()
     Ok(())
 }
 
+/// A slow consumer closed while a frame is written in part reads the rest of that frame, then
+/// the close frame (4001): the close never cuts into a message. The client stops reading while
+/// large messages fill its socket and overflow its queue, and reads again once it is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_reads_whole_frames_then_its_close() -> Result<()> {
+    let fx = TestGateway::embedded(GatewayConfig {
+        workers: Some(1),
+        outbound_queue_messages: 16,
+        outbound_queue_bytes: 4 << 20,
+        max_messages_per_second: 0,
+        ..GatewayConfig::default()
+    })
+    .await?;
+    let mut slow = fx.connect("slow").await?;
+    slow.ack(add_group("g")).await?;
+    let message = |i: usize| format!("{i:06}{}", "z".repeat(30_000 + (i * 7919) % 20_000));
+    let mut sender = fx.connect("sender").await?;
+    let mut sent = 0;
+    while fx
+        .stats()
+        .workers
+        .iter()
+        .map(|w| w.slow_consumer_closes)
+        .sum::<u64>()
+        == 0
+    {
+        anyhow::ensure!(sent < 5_000, "no slow consumer close after {sent} messages");
+        sender.publish("g", &message(sent)).await?;
+        sent += 1;
+        if sent % 16 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // Reads within the server's closing time (1 s): every message that arrives is whole, the
+    // first ones in order, then the close.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut got = 0;
+    loop {
+        match slow.next_event(deadline).await {
+            Some(Event::Text(text)) => {
+                anyhow::ensure!(text == message(got), "message {got} differs or is missing");
+                got += 1;
+            }
+            Some(Event::Close(Some((code, _)))) => {
+                assert_eq!(code, 4001);
+                break;
+            }
+            other => bail!(
+                "after {got} messages of {sent}: {}",
+                other.map_or("nothing".into(), |e| e.to_string())
+            ),
+        }
+    }
+    assert!(got > 0 && got < sent, "{got} of {sent}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_clients_with_1001() -> Result<()> {
     let mut fx = TestGateway::embedded(workers(2)).await?;

@@ -459,6 +459,11 @@ impl Connection {
     ) -> Result<(), Close> {
         let client = self.session.client.clone();
         if client.outbox.overflowed() {
+            // All that is left is the rest of a frame a direct write began, if one did: it goes
+            // before the close frame (`close_with`).
+            if self.unwritten.frames.is_empty() {
+                self.unwritten.started = client.outbox.take_all(&mut self.unwritten.frames);
+            }
             return Err(Close::SlowConsumer);
         }
         let write = write_outbox(

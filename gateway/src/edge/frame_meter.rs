@@ -87,12 +87,12 @@ impl<S> FrameMeter<S> {
         }
     }
 
-    /// The handshake is done: what follows are frames.
     /// The stream it reads from.
     pub(crate) fn get_ref(&self) -> &S {
         &self.inner
     }
 
+    /// The handshake is done: what follows are frames.
     pub(crate) fn start(&mut self) {
         self.active = self.budget.is_some();
         self.next = Instant::now();

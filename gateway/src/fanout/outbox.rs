@@ -33,8 +33,8 @@ pub struct Outbox {
     pub(crate) wake: Signal,
     /// Raised once, when the queue overflows: interrupts a write in progress.
     pub(crate) overflow: Signal,
-    /// Signalled when the writer takes the queue while a producer paces itself (a recovery
-    /// sending a history) on [`Outbox::drained`].
+    /// Signalled when the queue is taken by the connection's task or written by the worker,
+    /// while a producer paces itself (a recovery sending a history) on [`Outbox::drained`].
     drained: Notify,
     /// Producers waiting in [`Outbox::drained`]: without any, taking the queue signals nothing.
     pacing: Cell<usize>,
@@ -102,9 +102,17 @@ impl Outbox {
         // A single message larger than the byte bound is still accepted into an empty queue: a
         // big relayed message must not close every member of its group.
         if queue.len() >= self.max_messages || (bytes > self.max_bytes && !queue.is_empty()) {
+            // The rest of a frame a direct write began is still owed to the socket: the close
+            // frame may only follow it (the task takes it before closing, see `take_all`).
+            let rest = if self.begun.get() {
+                queue.pop_front()
+            } else {
+                None
+            };
             let dropped = queue.len() + 1;
             *queue = VecDeque::new();
-            self.bytes.set(0);
+            self.bytes.set(rest.as_ref().map_or(0, Bytes::len));
+            queue.extend(rest);
             self.overflowed.set(true);
             self.direct.set(false);
             self.wake.raise();
@@ -175,7 +183,9 @@ impl Outbox {
                 break; // the socket is full: the rest is the task's
             }
         }
-        if queue.is_empty() {
+        drop(queue);
+        self.notify_drained();
+        if self.queue.borrow().is_empty() {
             self.bytes.set(0);
             return;
         }
@@ -194,10 +204,15 @@ impl Outbox {
         std::mem::swap(&mut *self.queue.borrow_mut(), into);
         self.bytes.set(0);
         let begun = self.begun.replace(false) && !into.is_empty();
+        self.notify_drained();
+        begun
+    }
+
+    /// Room was made: a paced producer may go on.
+    fn notify_drained(&self) {
         if self.pacing.get() > 0 {
             self.drained.notify_waiters();
         }
-        begun
     }
 
     /// The connection's plain socket: pushes may write to it while [`Outbox::set_direct`]
@@ -209,7 +224,8 @@ impl Outbox {
     /// Whether nothing is pending on the connection, so that the worker may write its frames.
     /// Only the connection's task says so, and only while this queue is empty.
     pub(crate) fn set_direct(&self, direct: bool) {
-        self.direct.set(direct && self.queue.borrow().is_empty());
+        self.direct
+            .set(direct && self.socket.get().is_some() && self.queue.borrow().is_empty());
     }
 
     /// Waits until the writer next takes the queue.
@@ -259,6 +275,11 @@ impl Signal {
         if let Some(waker) = &*self.waker.borrow() {
             waker.wake_by_ref();
         }
+    }
+
+    /// Lowers it, as a wait that completed would: what it announced was seen to otherwise.
+    pub(crate) fn lower(&self) {
+        self.raised.set(false);
     }
 
     /// Completes once it is raised (at once if it was raised since the last wait), and lowers
@@ -423,5 +444,112 @@ mod tests {
             Pin::new(&mut outbox.wake.raised()).poll(&mut cx),
             Poll::Ready(())
         );
+    }
+
+    /// A connected pair: the outbox's socket (attached, direct writes allowed) and its peer.
+    async fn attached(outbox: &Outbox) -> TcpStream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (peer, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        outbox.attach(Rc::new(accepted.expect("accept").0));
+        outbox.set_direct(true);
+        peer.expect("connect")
+    }
+
+    /// Reads exactly `n` bytes from `peer`.
+    async fn read_n(peer: &mut TcpStream, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut got = vec![0u8; n];
+        peer.read_exact(&mut got).await.expect("read");
+        got
+    }
+
+    #[tokio::test]
+    async fn the_worker_writes_a_connections_frames_of_a_batch_in_one_go() {
+        let outbox = Outbox::new(100, 1 << 20);
+        let mut peer = attached(&outbox).await;
+        let counter = std::sync::Arc::new(Counter(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(
+            Pin::new(&mut outbox.wake.raised()).poll(&mut cx),
+            Poll::Pending
+        );
+
+        // The first push hands the connection to the worker, the next ones ride along.
+        assert_eq!(outbox.push("ab".into()), Push::ForWorker);
+        assert_eq!(outbox.push("cd".into()), Push::Queued);
+        outbox.write_direct();
+        assert_eq!(read_n(&mut peer, 4).await, b"abcd");
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.bytes.get(), 0);
+        assert_eq!(counter.wakes(), 0, "the connection's task was not woken");
+        assert_eq!(outbox.push("ef".into()), Push::ForWorker);
+
+        // Once the task says something is pending, pushes wake it and the worker leaves them.
+        outbox.set_direct(false);
+        assert_eq!(outbox.push("gh".into()), Push::Queued);
+        outbox.write_direct();
+        assert!(counter.wakes() >= 1);
+        let mut taken = VecDeque::new();
+        assert!(!outbox.take_all(&mut taken));
+        assert_eq!(taken, [Bytes::from("ef"), Bytes::from("gh")]);
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_leaves_the_rest_to_the_task_and_an_overflow_keeps_it() {
+        let outbox = Outbox::new(8, 1 << 30);
+        let mut peer = attached(&outbox).await;
+        // Frames of 256 KiB, each byte saying its frame, until the socket takes one in part.
+        let frame = |i: usize| Bytes::from(vec![b'a' + (i % 26) as u8; 256 * 1024]);
+        let mut pushed = 0;
+        while outbox.direct.get() {
+            assert!(pushed < 1000, "the socket never filled");
+            outbox.push(frame(pushed));
+            pushed += 1;
+            outbox.write_direct();
+        }
+        let begun = outbox.begun.get();
+        // More frames queue behind; then one too many overflows the queue.
+        let before = outbox.len();
+        for i in 0..(8 - before) {
+            assert_eq!(outbox.push(frame(pushed + i)), Push::Queued);
+        }
+        assert!(matches!(outbox.push(frame(0)), Push::Overflowed { .. }));
+        let mut taken = VecDeque::new();
+        let taken_begun = outbox.take_all(&mut taken);
+        assert_eq!(taken_begun, begun);
+        if begun {
+            // Only the rest of the frame the socket took in part: it completes that frame.
+            assert_eq!(taken.len(), 1);
+            let rest = taken[0].clone();
+            let written = 256 * 1024 * pushed - rest.len();
+            let got = read_n(&mut peer, written).await;
+            let mut all = got;
+            all.extend_from_slice(&rest);
+            let expected: Vec<u8> = (0..pushed).flat_map(|i| frame(i).to_vec()).collect();
+            assert!(
+                all == expected,
+                "the bytes out and the rest make the frames, in order"
+            );
+        } else {
+            assert!(taken.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_paced_producer_goes_on_when_the_worker_writes() {
+        let outbox = Outbox::new(100, 1 << 20);
+        let _peer = attached(&outbox).await;
+        let counter = std::sync::Arc::new(Counter(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut drained = Box::pin(outbox.drained());
+        assert_eq!(drained.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(outbox.push("x".into()), Push::ForWorker);
+        outbox.write_direct();
+        assert_eq!(drained.as_mut().poll(&mut cx), Poll::Ready(()));
     }
 }

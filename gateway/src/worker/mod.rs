@@ -83,8 +83,8 @@ async fn run(setup: WorkerSetup) {
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.ws_read_buffer)
         .write_buffer_size(config.ws_write_buffer)
-        // Room for the largest message another gateway may relay (bounded by the link's frame
-        // limit); the outbox, not this buffer, bounds what a connection may hold.
+        // Only the library's own frames (pings, pongs, the close frame) pass through it: messages
+        // are written as encoded frames beside it, and the outbox bounds what a connection holds.
         .max_write_buffer_size(config.ws_write_buffer + config.link_max_frame_size)
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_message_size));
@@ -151,6 +151,8 @@ async fn run(setup: WorkerSetup) {
                 // Each connection with nothing pending gets what this batch queued for it in
                 // one write, from here; the others' tasks were woken.
                 state.local.write_direct();
+                // Raised by this batch's first push: written already.
+                state.local.write_soon.lower();
                 // Let the connections write what was just queued before taking more: without
                 // this a burst fills outboxes faster than their owners can drain them.
                 tokio::task::yield_now().await;
