@@ -281,7 +281,7 @@ pub struct GatewayConfig {
     pub history: Vec<HistoryRule>,
 
     /// How long a history read (a recovering join, a hole repaired, the admin API) waits for
-    /// the store.
+    /// the store; on NATS also how long a message is tried again while the store does not answer.
     #[arg(long, env = "GATEWAY_HISTORY_TIMEOUT", help_heading = HISTORY, default_value = "2s", value_parser = humantime::parse_duration)]
     pub history_timeout: Duration,
 

@@ -130,6 +130,11 @@ enum Refused {
 }
 
 impl NatsHistory {
+    /// The JetStream API's timeout (`--history-timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn new(prefix: String, rules: HistoryRules, timeout: Duration) -> NatsHistory {
         NatsHistory {
             prefix,

@@ -126,6 +126,10 @@ const PUBLISH_BATCH: usize = 256;
 pub const STATE_POLL: Duration = Duration::from_millis(250);
 /// How long a flush after a full resubscription may take before the bus is declared up anyway.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// First and longest pause between tries of a history store that does not answer.
+const STORE_RETRY_MIN: Duration = Duration::from_millis(20);
+const STORE_RETRY_MAX: Duration = Duration::from_millis(500);
 /// Messages of groups with history taken from their queue at once: those of different groups
 /// are stored concurrently, those of one group one after the other (each waits for the
 /// previous one's place in the stream).
@@ -837,9 +841,13 @@ async fn history_loop(
 /// dropped if the store refuses it. A store that fails because the connection was lost (its
 /// ack never came and the check that follows could not be made) is tried again on the next
 /// connection: should the server have stored it after all, members see it twice, each time at
-/// its own offset, as after any lost ack (docs/protocol.md, "On NATS").
+/// its own offset, as after any lost ack (docs/protocol.md, "On NATS"). A store that does not
+/// answer while the connection is up (JetStream still bringing its streams back after a server
+/// restart) is tried again for `--history-timeout`, then the message is dropped.
 async fn store_history(bus: &NatsBus, publish: &HistoryPublish) {
     let group = publish.group.as_str();
+    let mut unanswered_since: Option<tokio::time::Instant> = None;
+    let mut backoff = STORE_RETRY_MIN;
     loop {
         until_up(bus).await;
         match bus
@@ -849,6 +857,14 @@ async fn store_history(bus: &NatsBus, publish: &HistoryPublish) {
         {
             Ok(_) => return,
             Err(_) if !bus.is_up() => continue,
+            Err(e @ HistoryError::Unavailable(_)) => {
+                let since = *unanswered_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= bus.history.timeout() {
+                    return bus.drop_history(group, &e.to_string());
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(STORE_RETRY_MAX);
+            }
             Err(e) => return bus.drop_history(group, &e.to_string()),
         }
     }
