@@ -84,9 +84,22 @@ async fn a_broker_over_its_channel_limit_refuses_subscriptions_and_keeps_the_lin
     let a = Gateway::start(GatewayConfig::with_broker("gateway-a", broker.addr).workers(1)).await?;
     let b = Gateway::start(GatewayConfig::with_broker("gateway-b", broker.addr).workers(1)).await?;
 
-    // On A, one client joins more groups than the broker takes from one link.
+    // On A, one client joins more groups than the broker takes from one link: first three,
+    // which fill A's link (with its two cluster topics), then three more, which are refused.
+    // In two steps, so that which ones are refused does not depend on how the gateway batches
+    // its subscriptions.
     let mut greedy = a.connect("greedy").await?;
-    for i in 0..6 {
+    for i in 0..3 {
+        greedy.join(&format!("g{i}")).await?;
+    }
+    broker
+        .admin
+        .wait_for_counters(
+            "A's three groups subscribed (beside each gateway's two cluster topics)",
+            &[("/subscriptions", 3), ("/cluster_subscriptions", 4)],
+        )
+        .await?;
+    for i in 3..6 {
         greedy.join(&format!("g{i}")).await?;
     }
     let stats = a
