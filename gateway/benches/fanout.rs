@@ -6,12 +6,12 @@
 //! - `router/dispatch_2_workers`: a send handed to the inboxes of the 2 workers that have
 //!   members of the group.
 
-use std::collections::VecDeque;
 use std::hint::black_box;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use gateway::fanout::frame::Frames;
 use gateway::fanout::hub::Router;
 use gateway::fanout::outbox::Outbox;
 use protocol::{GroupId, Text};
@@ -19,7 +19,7 @@ use protocol::{GroupId, Text};
 fn outbox(c: &mut Criterion) {
     let payload = Bytes::from("x".repeat(64));
     let members: Vec<Outbox> = (0..100).map(|_| Outbox::new(1024, 1 << 20)).collect();
-    let mut batch = VecDeque::new();
+    let mut batch = Frames::default();
     let mut group = c.benchmark_group("outbox");
     group.throughput(Throughput::Elements(100));
     group.bench_function("push_100_members", |b| {
@@ -29,7 +29,7 @@ fn outbox(c: &mut Criterion) {
             }
             for member in &members {
                 member.take_all(&mut batch);
-                batch.clear();
+                batch.clear_all_but_begun();
             }
         })
     });

@@ -148,7 +148,7 @@ impl Session {
     }
 
     fn reply(&self, text: String) {
-        self.state.local.push_one(&self.client, &text);
+        self.state.local.push_one(&self.client, text);
     }
 }
 

@@ -1,6 +1,6 @@
 //! One client connection: WebSocket handshake (after a TLS one with `--tls-cert`), then a single
-//! task that reads commands, writes what its outbox holds (what the fan-out could not write to
-//! the socket at once, see [`Outbox::push`]; several frames per `writev`),
+//! task that reads commands, writes what its outbox holds (what the worker could not write to
+//! the socket itself, see [`Outbox::write_direct`]; several frames per `writev`),
 //! pings, and closes with a code that says why (docs/protocol.md lists them).
 //!
 //! Past the handshake the code is generic over the stream, so plain TCP pays nothing for TLS.
@@ -8,7 +8,6 @@
 //! [`Access`] (its join token's rights).
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -18,7 +17,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
 use futures_util::{SinkExt, StreamExt};
 use protocol::client::{close_code, ErrorCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -38,6 +36,7 @@ use crate::edge::join_token::{Access, CaptureToken};
 use crate::edge::frame_meter::{FrameFlood, FrameMeter};
 use crate::edge::limits::{Permit, RateLimiter, Verdict};
 use crate::edge::socket::SharedTcp;
+use crate::fanout::frame::{Frames, FRAMES_PER_WRITE};
 use crate::fanout::outbox::Outbox;
 use crate::worker::state::WorkerState;
 
@@ -290,7 +289,7 @@ async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(
     // Boxed, as it runs once: idle connections do not carry its state.
     let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, async {
         // The rest of a frame begun goes first: the close frame must not cut into it.
-        if let Some(rest) = unwritten.started() {
+        if let Some(rest) = unwritten.frames.begun() {
             if ws.get_mut().write_all(rest).await.is_err() {
                 return;
             }
@@ -317,33 +316,10 @@ struct Connection {
 /// frame of one may never be cut by a frame of the other.
 #[derive(Debug, Default)]
 struct Unwritten {
-    frames: VecDeque<Bytes>,
-    /// The first frame is written in part: its rest must go before anything else.
-    started: bool,
+    frames: Frames,
     /// The library may hold a frame of its own not yet written (a pong to a ping just read):
     /// it is flushed before our next frames.
     library: bool,
-}
-
-impl Unwritten {
-    /// `n` more bytes were written.
-    fn advance(&mut self, mut n: usize) {
-        while let Some(front) = self.frames.front_mut() {
-            if n < front.len() {
-                front.advance(n);
-                self.started |= n > 0;
-                return;
-            }
-            n -= front.len();
-            self.frames.pop_front();
-            self.started = false;
-        }
-    }
-
-    /// The rest of a frame written in part, if one is.
-    fn started(&self) -> Option<&Bytes> {
-        self.frames.front().filter(|_| self.started)
-    }
 }
 
 impl Connection {
@@ -389,10 +365,6 @@ impl Connection {
                         Some(Ok(message)) => message,
                         Some(Err(e)) => return read_error(e),
                     };
-                    // A ping read has its pong queued in the library: until it is written, no
-                    // frame may go to the socket from the fan-out.
-                    self.unwritten.library = true;
-                    outbox.set_direct(false);
                     if matches!(message, Message::Text(_) | Message::Binary(_)) {
                         match self.rate.check(last_heard) {
                             Verdict::Allow => {}
@@ -412,8 +384,14 @@ impl Connection {
                             self.state.stats.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
                             self.session.reply_error(ErrorCode::BinaryNotSupported, "binary frames are not supported: send JSON text frames", None);
                         }
-                        // tungstenite answers pings itself; a pong only proves the client is alive.
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                        // tungstenite answers pings itself: the pong waits in the library until
+                        // it is written, and no frame of ours may go to the socket before it.
+                        Message::Ping(_) => {
+                            self.unwritten.library = true;
+                            outbox.set_direct(false);
+                        }
+                        // A pong only proves the client is alive.
+                        Message::Pong(_) | Message::Frame(_) => {}
                         Message::Close(_) => {
                             // tungstenite queued the close reply; flushing sends it.
                             let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, ws.flush())).await;
@@ -462,7 +440,7 @@ impl Connection {
             // All that is left is the rest of a frame a direct write began, if one did: it goes
             // before the close frame (`close_with`).
             if self.unwritten.frames.is_empty() {
-                self.unwritten.started = client.outbox.take_all(&mut self.unwritten.frames);
+                client.outbox.take_all(&mut self.unwritten.frames);
             }
             return Err(Close::SlowConsumer);
         }
@@ -614,9 +592,6 @@ async fn write_outbox<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Frames handed to the socket in one write at most.
-const FRAMES_PER_WRITE: usize = 64;
-
 /// The write of [`write_outbox`], without its deadline; counts the writes that made progress.
 async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut Ws<S>,
@@ -632,7 +607,7 @@ async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
     }
     loop {
         if unwritten.frames.is_empty() {
-            unwritten.started = outbox.take_all(&mut unwritten.frames);
+            outbox.take_all(&mut unwritten.frames);
             if unwritten.frames.is_empty() {
                 break;
             }
@@ -646,7 +621,7 @@ async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
         if written == 0 {
             return Err(WriteError::Io(std::io::ErrorKind::WriteZero.into()));
         }
-        unwritten.advance(written);
+        unwritten.frames.consume(written);
         progress.set(progress.get() + 1);
     }
     let socket = ws.get_mut();
@@ -663,17 +638,17 @@ async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
 fn poll_write_frames<W: AsyncWrite + Unpin>(
     socket: Pin<&mut W>,
     cx: &mut Context<'_>,
-    frames: &VecDeque<Bytes>,
+    frames: &Frames,
 ) -> Poll<std::io::Result<usize>> {
-    if frames.len() == 1 || !socket.is_write_vectored() {
-        return socket.poll_write(cx, &frames[0]);
+    match frames.front() {
+        Some(front) if frames.len() == 1 || !socket.is_write_vectored() => {
+            socket.poll_write(cx, front)
+        }
+        _ => {
+            let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
+            socket.poll_write_vectored(cx, frames.slices(&mut slices))
+        }
     }
-    let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
-    let n = frames.len().min(FRAMES_PER_WRITE);
-    for (slice, frame) in slices.iter_mut().zip(frames) {
-        *slice = IoSlice::new(frame);
-    }
-    socket.poll_write_vectored(cx, &slices[..n])
 }
 
 fn read_error(e: WsError) -> Close {
@@ -691,32 +666,5 @@ fn read_error(e: WsError) -> Close {
             None => Close::ClientGone,
         },
         _ => Close::ClientGone,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unwritten_frames_advance_across_frames_and_within_one() {
-        let mut unwritten = Unwritten::default();
-        unwritten
-            .frames
-            .extend([Bytes::from("abc"), Bytes::from("defg"), Bytes::from("h")]);
-        unwritten.advance(0);
-        assert_eq!(unwritten.started(), None);
-        unwritten.advance(2);
-        assert_eq!(unwritten.started().map(|b| &b[..]), Some(&b"c"[..]));
-        // The rest of the first, and part of the second.
-        unwritten.advance(3);
-        assert_eq!(unwritten.started().map(|b| &b[..]), Some(&b"fg"[..]));
-        // Exactly to the end of a frame: the next one is not begun.
-        unwritten.advance(2);
-        assert_eq!(unwritten.started(), None);
-        assert_eq!(unwritten.frames.len(), 1);
-        unwritten.advance(1);
-        assert!(unwritten.frames.is_empty());
-        assert_eq!(unwritten.started(), None);
     }
 }

@@ -7,7 +7,7 @@
 //! - `frame_meter`: counts the control and continuation frames a client sends (which never
 //!   become messages) and stops a flood of them.
 //! - `socket`: a plain client socket shared by its connection task and its worker's fan-out,
-//!   which writes a frame straight to it when nothing is pending.
+//!   which writes a batch's frames to it when nothing is pending.
 //! - [`origin`]: the Origin allowlist checked in the handshake.
 //! - [`join_token`]: signed join tokens (JWT) and the rights they grant a connection.
 

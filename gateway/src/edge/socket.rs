@@ -1,8 +1,9 @@
 //! A plain client socket shared between its connection task, which reads it (through the
-//! WebSocket library) and writes what could not go at once, and its worker's fan-out, which
-//! writes a frame straight to it when the connection has nothing pending
-//! ([`Outbox::push`](crate::fanout::outbox::Outbox::push)): a delivery then costs one `write`,
-//! without waking the connection task. Both run on the worker's thread, hence `Rc`.
+//! WebSocket library) and writes what could not go at once, and its worker, which writes the
+//! frames a batch of deliveries queued when the connection has nothing pending
+//! ([`Outbox::write_direct`](crate::fanout::outbox::Outbox::write_direct)): a delivery then
+//! costs its share of one `write`, without waking the connection task. Both run on the worker's
+//! thread, hence `Rc`.
 //!
 //! TLS connections are not shared: their frames always go through the connection task.
 
@@ -39,19 +40,30 @@ impl AsyncRead for SharedTcp {
     }
 }
 
+impl SharedTcp {
+    /// Runs `write` once the socket is writable, again whenever its readiness was stale.
+    fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        mut write: impl FnMut(&TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match write(&self.0) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
 impl AsyncWrite for SharedTcp {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        self.poll_write_with(cx, |socket| socket.try_write(buf))
     }
 
     fn poll_write_vectored(
@@ -59,13 +71,7 @@ impl AsyncWrite for SharedTcp {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        self.poll_write_with(cx, |socket| socket.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

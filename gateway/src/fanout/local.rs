@@ -237,16 +237,12 @@ impl LocalGroups {
     }
 
     /// Writes the frames queued for the connections with nothing pending, each connection's in
-    /// one write (see [`Outbox::write_direct`]).
+    /// one write (see [`Outbox::write_direct`]); `write_soon` is answered with it.
     pub(crate) fn write_direct(&self) {
-        // Taken out: a write may not push, but the list is kept for its allocation.
-        let mut clients = std::mem::take(&mut *self.to_write.borrow_mut());
-        for client in clients.drain(..) {
+        self.write_soon.lower();
+        // A direct write queues nothing: the list cannot change meanwhile.
+        for client in self.to_write.borrow_mut().drain(..) {
             client.outbox.write_direct();
-        }
-        let mut to_write = self.to_write.borrow_mut();
-        if to_write.is_empty() {
-            *to_write = clients;
         }
     }
 
@@ -525,11 +521,8 @@ impl LocalGroups {
     }
 
     /// Queues `text` (a reply, a recovered message) to one connection.
-    pub(crate) fn push_one(&self, client: &Rc<Client>, text: &str) {
-        if self.push(client, frame::text(text)) {
-            self.stats.deliveries.fetch_add(1, Relaxed);
-            self.stats.bytes_out.fetch_add(text.len() as u64, Relaxed);
-        }
+    pub(crate) fn push_one(&self, client: &Rc<Client>, text: String) {
+        self.push_all(std::iter::once(client), Text::from(text));
     }
 
     /// Queues a message to every one of `clients`: its frame is encoded once, here, and the

@@ -10,7 +10,7 @@
 //! - [`outbox`]: a connection's bounded outbound queue (slow consumers are closed, never waited on)
 //!   of `frame`s: WebSocket frames encoded once per message and worker.
 
-pub(crate) mod frame;
+pub mod frame;
 pub mod hub;
 pub(crate) mod local;
 pub mod outbox;

@@ -9,21 +9,22 @@
 //! the rest of a delivery's queueing, see BENCHMARKS.md).
 
 use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use crate::fanout::frame::{Frames, FRAMES_PER_WRITE};
+
 #[derive(Debug)]
 pub struct Outbox {
-    /// Encoded WebSocket frames ([`frame`](crate::fanout::frame)).
-    queue: RefCell<VecDeque<Bytes>>,
+    /// Encoded WebSocket frames; the first may be the rest of one a direct write began.
+    queue: RefCell<Frames>,
     bytes: Cell<usize>,
     overflowed: Cell<bool>,
     max_messages: usize,
@@ -45,14 +46,9 @@ pub struct Outbox {
     /// frames its task has taken, the WebSocket library's own): the worker may write. Kept by
     /// the connection task, cleared when the socket does not take everything.
     direct: Cell<bool>,
-    /// The first queued frame is the rest of one written in part by a direct write.
-    begun: Cell<bool>,
     /// Handed to the worker for a direct write that has not happened yet.
     dirty: Cell<bool>,
 }
-
-/// Frames handed to the socket in one direct write at most.
-const DIRECT_WRITE_FRAMES: usize = 64;
 
 /// Result of [`Outbox::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +69,7 @@ pub enum Push {
 impl Outbox {
     pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
         Outbox {
-            queue: RefCell::new(VecDeque::new()),
+            queue: RefCell::new(Frames::default()),
             bytes: Cell::new(0),
             overflowed: Cell::new(false),
             max_messages,
@@ -84,7 +80,6 @@ impl Outbox {
             pacing: Cell::new(0),
             socket: OnceCell::new(),
             direct: Cell::new(false),
-            begun: Cell::new(false),
             dirty: Cell::new(false),
         }
     }
@@ -103,16 +98,9 @@ impl Outbox {
         // big relayed message must not close every member of its group.
         if queue.len() >= self.max_messages || (bytes > self.max_bytes && !queue.is_empty()) {
             // The rest of a frame a direct write began is still owed to the socket: the close
-            // frame may only follow it (the task takes it before closing, see `take_all`).
-            let rest = if self.begun.get() {
-                queue.pop_front()
-            } else {
-                None
-            };
-            let dropped = queue.len() + 1;
-            *queue = VecDeque::new();
-            self.bytes.set(rest.as_ref().map_or(0, Bytes::len));
-            queue.extend(rest);
+            // frame may only follow it (the task takes it before closing).
+            let dropped = queue.clear_all_but_begun() + 1;
+            self.bytes.set(queue.front().map_or(0, Bytes::len));
             self.overflowed.set(true);
             self.direct.set(false);
             self.wake.raise();
@@ -120,7 +108,7 @@ impl Outbox {
             return Push::Overflowed { dropped };
         }
         let was_empty = queue.is_empty();
-        queue.push_back(message);
+        queue.push(message);
         self.bytes.set(bytes);
         if self.direct.get() {
             if self.dirty.replace(true) {
@@ -151,35 +139,18 @@ impl Outbox {
         };
         let mut queue = self.queue.borrow_mut();
         while !queue.is_empty() {
-            let written = if queue.len() == 1 {
-                socket.try_write(&queue[0])
-            } else {
-                let mut slices = [IoSlice::new(&[]); DIRECT_WRITE_FRAMES];
-                let n = queue.len().min(DIRECT_WRITE_FRAMES);
-                for (slice, frame) in slices.iter_mut().zip(queue.iter()) {
-                    *slice = IoSlice::new(frame);
-                }
-                socket.try_write_vectored(&slices[..n])
-            };
+            let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
             // Would block: the task waits until it can write. Another error: the task meets it
             // too when it writes, and closes.
-            let Ok(mut n) = written else {
+            let Ok(n) = socket.try_write_vectored(queue.slices(&mut slices)) else {
                 break;
             };
             if n == 0 {
                 break;
             }
             self.bytes.set(self.bytes.get().saturating_sub(n));
-            while let Some(front) = queue.front_mut() {
-                if n < front.len() {
-                    front.advance(n);
-                    self.begun.set(n > 0);
-                    break;
-                }
-                n -= front.len();
-                queue.pop_front();
-            }
-            if self.begun.get() {
+            queue.consume(n);
+            if queue.begun().is_some() {
                 break; // the socket is full: the rest is the task's
             }
         }
@@ -198,14 +169,11 @@ impl Outbox {
     }
 
     /// Moves everything queued into `into` (which should be empty), releasing the byte budget.
-    /// True when the first frame is the rest of one begun by a direct write: nothing else may
-    /// be written before it.
-    pub fn take_all(&self, into: &mut VecDeque<Bytes>) -> bool {
+    /// A frame a direct write began comes first, begun.
+    pub fn take_all(&self, into: &mut Frames) {
         std::mem::swap(&mut *self.queue.borrow_mut(), into);
         self.bytes.set(0);
-        let begun = self.begun.replace(false) && !into.is_empty();
         self.notify_drained();
-        begun
     }
 
     /// Room was made: a paced producer may go on.
@@ -215,7 +183,7 @@ impl Outbox {
         }
     }
 
-    /// The connection's plain socket: pushes may write to it while [`Outbox::set_direct`]
+    /// The connection's plain socket: the worker writes to it while [`Outbox::set_direct`]
     /// allows.
     pub(crate) fn attach(&self, socket: Rc<TcpStream>) {
         let _ = self.socket.set(socket);
@@ -340,7 +308,7 @@ mod tests {
         let outbox = Outbox::new(2, 100);
         outbox.push("a".into());
         outbox.push("b".into());
-        let mut batch = VecDeque::new();
+        let mut batch = Frames::default();
         outbox.take_all(&mut batch);
         assert_eq!(batch.len(), 2);
         assert_eq!(outbox.push("c".into()), Push::Queued);
@@ -365,10 +333,15 @@ mod tests {
         }
     }
 
+    /// A waker and the counter of its wakes.
+    fn counting() -> (std::sync::Arc<Counter>, Waker) {
+        let counter = std::sync::Arc::new(Counter(Default::default()));
+        (counter.clone(), Waker::from(counter))
+    }
+
     #[test]
     fn a_signal_wakes_its_waiting_task_once_per_raise() {
-        let counter = std::sync::Arc::new(Counter(Default::default()));
-        let waker = Waker::from(counter.clone());
+        let (counter, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         let signal = Signal::default();
 
@@ -394,8 +367,7 @@ mod tests {
         assert_eq!(counter.wakes(), 2);
 
         // Another task waiting takes the place of the first: only it is woken.
-        let other = std::sync::Arc::new(Counter(Default::default()));
-        let other_waker = Waker::from(other.clone());
+        let (other, other_waker) = counting();
         let mut other_cx = Context::from_waker(&other_waker);
         assert_eq!(
             Pin::new(&mut signal.raised()).poll(&mut cx),
@@ -412,8 +384,7 @@ mod tests {
     #[test]
     fn a_push_into_an_empty_queue_raises_the_wake_and_an_overflow_both() {
         let outbox = Outbox::new(2, 100);
-        let counter = std::sync::Arc::new(Counter(Default::default()));
-        let waker = Waker::from(counter.clone());
+        let (counter, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         assert_eq!(
             Pin::new(&mut outbox.wake.raised()).poll(&mut cx),
@@ -470,8 +441,7 @@ mod tests {
     async fn the_worker_writes_a_connections_frames_of_a_batch_in_one_go() {
         let outbox = Outbox::new(100, 1 << 20);
         let mut peer = attached(&outbox).await;
-        let counter = std::sync::Arc::new(Counter(Default::default()));
-        let waker = Waker::from(counter.clone());
+        let (counter, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         assert_eq!(
             Pin::new(&mut outbox.wake.raised()).poll(&mut cx),
@@ -493,9 +463,10 @@ mod tests {
         assert_eq!(outbox.push("gh".into()), Push::Queued);
         outbox.write_direct();
         assert!(counter.wakes() >= 1);
-        let mut taken = VecDeque::new();
-        assert!(!outbox.take_all(&mut taken));
-        assert_eq!(taken, [Bytes::from("ef"), Bytes::from("gh")]);
+        let mut taken = Frames::default();
+        outbox.take_all(&mut taken);
+        assert!(taken.begun().is_none());
+        assert_eq!(taken.to_vec(), [Bytes::from("ef"), Bytes::from("gh")]);
     }
 
     #[tokio::test]
@@ -511,20 +482,20 @@ mod tests {
             pushed += 1;
             outbox.write_direct();
         }
-        let begun = outbox.begun.get();
+        let begun = outbox.queue.borrow().begun().is_some();
         // More frames queue behind; then one too many overflows the queue.
         let before = outbox.len();
         for i in 0..(8 - before) {
             assert_eq!(outbox.push(frame(pushed + i)), Push::Queued);
         }
         assert!(matches!(outbox.push(frame(0)), Push::Overflowed { .. }));
-        let mut taken = VecDeque::new();
-        let taken_begun = outbox.take_all(&mut taken);
-        assert_eq!(taken_begun, begun);
+        let mut taken = Frames::default();
+        outbox.take_all(&mut taken);
+        assert_eq!(taken.begun().is_some(), begun);
         if begun {
             // Only the rest of the frame the socket took in part: it completes that frame.
             assert_eq!(taken.len(), 1);
-            let rest = taken[0].clone();
+            let rest = taken.to_vec()[0].clone();
             let written = 256 * 1024 * pushed - rest.len();
             let got = read_n(&mut peer, written).await;
             let mut all = got;
@@ -543,8 +514,7 @@ mod tests {
     async fn a_paced_producer_goes_on_when_the_worker_writes() {
         let outbox = Outbox::new(100, 1 << 20);
         let _peer = attached(&outbox).await;
-        let counter = std::sync::Arc::new(Counter(Default::default()));
-        let waker = Waker::from(counter.clone());
+        let (_, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         let mut drained = Box::pin(outbox.drained());
         assert_eq!(drained.as_mut().poll(&mut cx), Poll::Pending);

@@ -285,7 +285,7 @@ fn push(
     text: &Text,
 ) {
     let json = positioned_message(group.as_str(), position, text.as_str());
-    state.local.push_one(client, &json);
+    state.local.push_one(client, json);
 }
 
 /// Waits while the member's outbox is half full (its connection writes meanwhile), at most the

@@ -151,8 +151,6 @@ async fn run(setup: WorkerSetup) {
                 // Each connection with nothing pending gets what this batch queued for it in
                 // one write, from here; the others' tasks were woken.
                 state.local.write_direct();
-                // Raised by this batch's first push: written already.
-                state.local.write_soon.lower();
                 // Let the connections write what was just queued before taking more: without
                 // this a burst fills outboxes faster than their owners can drain them.
                 tokio::task::yield_now().await;
