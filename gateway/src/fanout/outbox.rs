@@ -139,10 +139,17 @@ impl Outbox {
         };
         let mut queue = self.queue.borrow_mut();
         while !queue.is_empty() {
-            let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
+            // One frame (the usual case at everyday load): no slices to set up.
+            let written = match queue.front() {
+                Some(front) if queue.len() == 1 => socket.try_write(front),
+                _ => {
+                    let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
+                    socket.try_write_vectored(queue.slices(&mut slices))
+                }
+            };
             // Would block: the task waits until it can write. Another error: the task meets it
             // too when it writes, and closes.
-            let Ok(n) = socket.try_write_vectored(queue.slices(&mut slices)) else {
+            let Ok(n) = written else {
                 break;
             };
             if n == 0 {
