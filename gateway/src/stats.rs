@@ -8,6 +8,9 @@ use protocol::ErrorCode;
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub connections: AtomicU64,
+    /// Connections resting: nothing half read or unwritten, so they hold no WebSocket stream
+    /// (see `edge::wire`).
+    pub connections_resting: AtomicU64,
     pub connections_total: AtomicU64,
     pub handshake_failures: AtomicU64,
     /// Handshakes refused (HTTP 403) for an Origin not in `--allowed-origins`; also counted in
@@ -52,6 +55,7 @@ impl WorkerStats {
         WorkerSnapshot {
             id,
             connections: self.connections.load(Relaxed),
+            connections_resting: self.connections_resting.load(Relaxed),
             connections_total: self.connections_total.load(Relaxed),
             handshake_failures: self.handshake_failures.load(Relaxed),
             origin_rejections: self.origin_rejections.load(Relaxed),
@@ -82,6 +86,7 @@ impl WorkerStats {
 pub struct WorkerSnapshot {
     pub id: usize,
     pub connections: u64,
+    pub connections_resting: u64,
     pub connections_total: u64,
     pub handshake_failures: u64,
     pub origin_rejections: u64,

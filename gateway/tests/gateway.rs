@@ -5,8 +5,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use gateway::GatewayConfig;
+use test_support::frame::fragments;
 use test_support::gateway::{workers, TestGateway};
-use test_support::ws::{add_group, Event};
+use test_support::ws::{add_group, expect_quiet, Event};
+use test_support::RawFrame;
 use test_support::RECV_TIMEOUT;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -479,5 +481,66 @@ async fn one_percent_slow_consumers_do_not_hurt_the_others() -> Result<()> {
     );
     assert!(stats.workers.iter().map(|w| w.queue_drops).sum::<u64>() > 0);
     drop(slow);
+    Ok(())
+}
+
+/// Whether worker 0 holds `n` resting connections (no WebSocket stream, see `edge::wire`).
+fn resting(n: u64) -> impl Fn(&gateway::stats::GatewaySnapshot) -> bool {
+    move |s| s.workers[0].connections_resting == n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resting_connection_loses_nothing_the_client_sends() -> Result<()> {
+    let fx = TestGateway::embedded(workers(1)).await?;
+    let mut ws = fx.connect("rester").await?;
+    ws.ack(add_group("g")).await?;
+    fx.wait_stats("the connection rests", resting(1)).await?;
+
+    // A frame in two parts: the connection wakes for the first and stays awake until it has
+    // the whole frame (resting would drop the part its library holds).
+    let send = |text: &str| {
+        RawFrame::text(format!(
+            r#"{{"cmd":"send_to_group","group_id":"g","message":"{text}"}}"#
+        ))
+    };
+    let frame = send("split").encode();
+    ws.send_raw(&frame[..9]).await?;
+    fx.wait_stats("it woke to read the first part", resting(0))
+        .await?;
+    ws.send_raw(&frame[9..]).await?;
+    assert_eq!(ws.recv_text(WAIT).await?, "split");
+    fx.wait_stats("it rests again", resting(1)).await?;
+
+    // A message in fragments: no rest while it is open.
+    let fragments = fragments(
+        br#"{"cmd":"send_to_group","group_id":"g","message":"fragmented"}"#,
+        20,
+    );
+    ws.send_frames(&fragments[..1]).await?;
+    fx.wait_stats("it woke to read the first fragment", resting(0))
+        .await?;
+    ws.send_frames(&fragments[1..]).await?;
+    assert_eq!(ws.recv_text(WAIT).await?, "fragmented");
+    fx.wait_stats("it rests again", resting(1)).await?;
+
+    // Messages to it are written while it rests.
+    let mut sender = fx.connect("sender").await?;
+    for n in 0..3 {
+        sender
+            .publish("g", &format!("to a resting member {n}"))
+            .await?;
+        assert_eq!(
+            ws.recv_text(WAIT).await?,
+            format!("to a resting member {n}")
+        );
+    }
+    ws.send_frames(&[send("after")]).await?;
+    assert_eq!(ws.recv_text(WAIT).await?, "after");
+    expect_quiet([&mut ws, &mut sender]).await?;
+    ws.close().await?;
+    fx.wait_stats("a closed connection is not counted", |s| {
+        s.connections == 1 && s.workers[0].connections_resting <= 1
+    })
+    .await?;
     Ok(())
 }

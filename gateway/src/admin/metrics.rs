@@ -31,6 +31,14 @@ pub fn encode_snapshot(s: &GatewaySnapshot, encoder: &mut DescriptorEncoder<'_>)
             .iter()
             .map(|w| ([("worker", w.id)], w.connections)),
     )?;
+    gauge_family(
+        e,
+        "gateway_connections_resting",
+        "Client connections resting (holding no WebSocket stream), by worker.",
+        s.workers
+            .iter()
+            .map(|w| ([("worker", w.id)], w.connections_resting)),
+    )?;
     counter(
         e,
         "gateway_connections_opened",

@@ -26,7 +26,6 @@ use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -36,14 +35,13 @@ use crate::edge::join_token::{Access, CaptureToken};
 use crate::edge::frame_meter::{FrameFlood, FrameMeter};
 use crate::edge::limits::{Permit, RateLimiter, Verdict};
 use crate::edge::socket::SharedTcp;
+use crate::edge::wire::{ReadReady, Wire, Ws};
 use crate::fanout::frame::{Frames, FRAMES_PER_WRITE};
 use crate::fanout::outbox::Outbox;
 use crate::worker::state::WorkerState;
 
 /// Time allowed for the closing handshake before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
-type Ws<S> = WebSocketStream<S>;
 
 /// A client's upgraded connection, and the join token from its URL if it had one.
 #[expect(
@@ -52,8 +50,8 @@ type Ws<S> = WebSocketStream<S>;
               is over a kilobyte, which plain connections' tasks must not carry"
 )]
 enum Accepted {
-    Plain(Ws<FrameMeter<SharedTcp>>, Option<String>),
-    Tls(Box<Ws<FrameMeter<TlsStream<TcpStream>>>>, Option<String>),
+    Plain(Ws<SharedTcp>, Option<String>),
+    Tls(Box<Ws<TlsStream<TcpStream>>>, Option<String>),
 }
 
 /// Why a handshake failed (logged at debug level and counted; the client sees its socket close).
@@ -90,142 +88,153 @@ enum Close {
 }
 
 /// Serves one client socket until it closes. `permit` holds its place in the connection limits
-/// and is given back when this returns, whichever way.
-pub(crate) async fn serve(
+/// and is given back when this ends, whichever way.
+///
+/// Not an `async fn`: the task is this future, and an `async fn` would keep a copy of each
+/// argument beside the one the block below moves in. The connection's state lives once in the
+/// task ([`Live`]), built in one step after the handshake and served through `&mut`, so that no
+/// value is kept twice across an await (BENCHMARKS.md, "Where an idle connection's memory goes").
+pub(crate) fn serve(
     stream: std::net::TcpStream,
     peer: SocketAddr,
     permit: Permit,
     state: Rc<WorkerState>,
     shutdown: CancellationToken,
-) {
+) -> impl Future<Output = ()> {
     let conn = state.local.next_conn_id();
     let span = tracing::debug_span!("conn", worker = state.id, conn, %peer);
     async move {
-        let _permit = permit;
+        let _permit = &permit;
         // A handshake still in progress when shutdown begins is dropped.
         // Boxed: the handshake's state is large and only needed once; the connection's task
         // keeps its own size for as long as the connection lives.
-        let handshake = tokio::select! {
-            ws = Box::pin(handshake(stream, &state)) => ws,
-            _ = shutdown.cancelled() => Err(HandshakeError::ShuttingDown),
+        let handshake = async {
+            tokio::select! {
+                ws = handshake(stream, &state) => ws,
+                _ = shutdown.cancelled() => Err(HandshakeError::ShuttingDown),
+            }
         };
-        // Matched in place: binding the upgraded stream to a variable first would make the task
-        // store it once more.
-        match handshake {
+        // Built within this statement: the handshake's result is not kept beside it.
+        let mut live = match Box::pin(handshake).await {
             Err(cause) => {
                 state.stats.handshake_failures.fetch_add(1, Relaxed);
                 tracing::debug!(%cause, "handshake failed");
+                return;
             }
-            Ok(Accepted::Plain(ws, url_token)) => established(ws, conn, &state, url_token).await,
+            Ok(Accepted::Plain(ws, url_token)) => {
+                Live::Plain(Established::new(ws, conn, &state, url_token))
+            }
             // Boxed, like the TLS handshake: plain connections' tasks stay their own size.
             Ok(Accepted::Tls(ws, url_token)) => {
-                Box::pin(established(*ws, conn, &state, url_token)).await
+                Live::Tls(Box::new(Established::new(*ws, conn, &state, url_token)))
             }
+        };
+        match &mut live {
+            Live::Plain(established) => established.serve().await,
+            Live::Tls(established) => Box::pin(established.serve()).await,
         }
     }
     .instrument(span)
-    .await
 }
 
-/// Serves an upgraded connection until it closes (or its worker stops: then it is woken, and
-/// finds [`LocalGroups::closing`](crate::fanout::local::LocalGroups::closing) set).
-async fn established<S: AsyncRead + AsyncWrite + ReadReady + Unpin>(
-    mut ws: Ws<S>,
-    conn: u64,
-    state: &Rc<WorkerState>,
-    url_token: Option<String>,
-) {
-    let access = Access::new(state.security.join_tokens.as_ref(), url_token.as_deref());
-    if let Access::Refused(reason) = &access {
-        tracing::debug!(%reason, "join token in the URL refused");
-    }
-    state.stats.connections.fetch_add(1, Relaxed);
-    state.stats.connections_total.fetch_add(1, Relaxed);
-    let outbox = Outbox::new(
-        state.config.outbound_queue_messages,
-        state.config.outbound_queue_bytes,
-    );
-    if let Some(socket) = ws.get_ref().shared() {
-        outbox.attach(socket);
-        // The handshake's response is written: nothing is pending.
-        outbox.set_direct(true);
-    }
-    let client = state.local.register(conn, outbox);
-    let mut connection = Connection {
-        session: Session::new(client, access, state.clone()),
-        rate: RateLimiter::new(state.rate_limit, Instant::now()),
-        state: state.clone(),
-        unwritten: Unwritten::default(),
-    };
-    let close = connection.run(&mut ws).await;
-    // From here the library writes (the close frame): no frame may go to the socket beside it.
-    connection.session.client.outbox.set_direct(false);
-    connection.session.leave_all();
-    match close {
-        Close::ClientGone => {}
-        Close::Shutdown => {
-            close_with(
-                &mut ws,
-                &mut connection.unwritten,
-                1001,
-                "server shutting down",
-            )
-            .await;
+/// An upgraded connection, plain or over TLS.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "as for `Accepted`: plain connections are not boxed, TLS ones are"
+)]
+enum Live {
+    Plain(Established<SharedTcp>),
+    Tls(Box<Established<TlsStream<TcpStream>>>),
+}
+
+/// An upgraded connection: its end of the socket and what it serves it with.
+struct Established<X> {
+    wire: Wire<X>,
+    connection: Connection,
+}
+
+impl<X: AsyncRead + AsyncWrite + ReadReady + Unpin> Established<X> {
+    /// Registers the connection with its worker (it receives from here on).
+    fn new(
+        ws: Ws<X>,
+        conn: u64,
+        state: &Rc<WorkerState>,
+        url_token: Option<String>,
+    ) -> Established<X> {
+        let access = Access::new(state.security.join_tokens.as_ref(), url_token.as_deref());
+        if let Access::Refused(reason) = &access {
+            tracing::debug!(%reason, "join token in the URL refused");
         }
-        Close::SlowConsumer => {
-            state.stats.slow_consumer_closes.fetch_add(1, Relaxed);
-            tracing::info!("closing slow consumer");
-            close_with(
-                &mut ws,
-                &mut connection.unwritten,
-                close_code::SLOW_CONSUMER,
-                "slow consumer",
-            )
-            .await;
+        state.stats.connections.fetch_add(1, Relaxed);
+        state.stats.connections_total.fetch_add(1, Relaxed);
+        let outbox = Outbox::new(
+            state.config.outbound_queue_messages,
+            state.config.outbound_queue_bytes,
+        );
+        if let Some(socket) = ws.get_ref().get_ref().shared() {
+            outbox.attach(socket);
+            // The handshake's response is written: nothing is pending.
+            outbox.set_direct(true);
         }
-        Close::Idle => {
-            state.stats.idle_closes.fetch_add(1, Relaxed);
-            close_with(
-                &mut ws,
-                &mut connection.unwritten,
-                close_code::IDLE_TIMEOUT,
-                "idle timeout",
-            )
-            .await;
-        }
-        Close::RateLimited => {
-            state.stats.rate_limit_closes.fetch_add(1, Relaxed);
-            tracing::info!("closing for sustained rate-limit abuse");
-            close_with(
-                &mut ws,
-                &mut connection.unwritten,
-                1008,
-                "rate limit exceeded",
-            )
-            .await;
-        }
-        Close::FrameFlood(flood) => {
-            state.stats.rate_limit_closes.fetch_add(1, Relaxed);
-            tracing::info!(cause = %flood, "closing for a flood of control frames");
-            close_with(
-                &mut ws,
-                &mut connection.unwritten,
-                1008,
-                "too many control frames",
-            )
-            .await;
-        }
-        Close::Violation(code, reason) => {
-            state.stats.protocol_closes.fetch_add(1, Relaxed);
-            tracing::debug!(code, %reason, "closing on protocol violation");
-            close_with(&mut ws, &mut connection.unwritten, code, &reason).await;
-        }
-        Close::Ordered(code, reason) => {
-            tracing::info!(code, %reason, "closing as ordered through the admin API");
-            close_with(&mut ws, &mut connection.unwritten, code, &reason).await;
+        let client = state.local.register(conn, outbox);
+        let connection = Connection {
+            session: Session::new(client, access, state.clone()),
+            rate: RateLimiter::new(state.rate_limit, Instant::now()),
+            state: state.clone(),
+            unwritten: Unwritten::default(),
+        };
+        Established {
+            wire: Wire::new(ws, state.clone()),
+            connection,
         }
     }
-    state.stats.connections.fetch_sub(1, Relaxed);
+
+    /// Serves the connection until it closes (or its worker stops: then it is woken, and finds
+    /// [`LocalGroups::closing`](crate::fanout::local::LocalGroups::closing) set).
+    async fn serve(&mut self) {
+        let Established { wire, connection } = self;
+        let close = connection.run(wire).await;
+        // From here the library writes (the close frame): no frame may go to the socket beside it.
+        connection.session.client.outbox.set_direct(false);
+        connection.session.leave_all();
+        let Connection {
+            state, unwritten, ..
+        } = connection;
+        let stats = &state.stats;
+        match close {
+            Close::ClientGone => {}
+            Close::Shutdown => close_with(wire, unwritten, 1001, "server shutting down").await,
+            Close::SlowConsumer => {
+                stats.slow_consumer_closes.fetch_add(1, Relaxed);
+                tracing::info!("closing slow consumer");
+                close_with(wire, unwritten, close_code::SLOW_CONSUMER, "slow consumer").await;
+            }
+            Close::Idle => {
+                stats.idle_closes.fetch_add(1, Relaxed);
+                close_with(wire, unwritten, close_code::IDLE_TIMEOUT, "idle timeout").await;
+            }
+            Close::RateLimited => {
+                stats.rate_limit_closes.fetch_add(1, Relaxed);
+                tracing::info!("closing for sustained rate-limit abuse");
+                close_with(wire, unwritten, 1008, "rate limit exceeded").await;
+            }
+            Close::FrameFlood(flood) => {
+                stats.rate_limit_closes.fetch_add(1, Relaxed);
+                tracing::info!(cause = %flood, "closing for a flood of control frames");
+                close_with(wire, unwritten, 1008, "too many control frames").await;
+            }
+            Close::Violation(code, reason) => {
+                stats.protocol_closes.fetch_add(1, Relaxed);
+                tracing::debug!(code, %reason, "closing on protocol violation");
+                close_with(wire, unwritten, code, &reason).await;
+            }
+            Close::Ordered(code, reason) => {
+                tracing::info!(code, %reason, "closing as ordered through the admin API");
+                close_with(wire, unwritten, code, &reason).await;
+            }
+        }
+        stats.connections.fetch_sub(1, Relaxed);
+    }
 }
 
 /// The TLS handshake (with a certificate) and the WebSocket upgrade, within one deadline.
@@ -263,7 +272,7 @@ async fn handshake(
 async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     state: &WorkerState,
-) -> Result<(Ws<FrameMeter<S>>, Option<String>), HandshakeError> {
+) -> Result<(Ws<S>, Option<String>), HandshakeError> {
     let check_origin = state.origins.callback(&state.stats.origin_rejections);
     let mut url_token = None;
     let callback = CaptureToken::new(&mut url_token, check_origin);
@@ -276,8 +285,8 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     Ok((ws, url_token))
 }
 
-async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: &mut Ws<S>,
+async fn close_with<X: AsyncRead + AsyncWrite + ReadReady + Unpin>(
+    wire: &mut Wire<X>,
     unwritten: &mut Unwritten,
     code: u16,
     reason: &str,
@@ -290,10 +299,12 @@ async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, async {
         // The rest of a frame begun goes first: the close frame must not cut into it.
         if let Some(rest) = unwritten.frames.begun() {
-            if ws.get_mut().write_all(rest).await.is_err() {
+            let Ok(socket) = wire.socket() else { return };
+            if socket.write_all(rest).await.is_err() {
                 return;
             }
         }
+        let Ok(ws) = wire.open() else { return };
         if ws.close(Some(frame)).await.is_err() {
             return;
         }
@@ -323,9 +334,9 @@ struct Unwritten {
 }
 
 impl Connection {
-    async fn run<S: AsyncRead + AsyncWrite + ReadReady + Unpin>(
+    async fn run<X: AsyncRead + AsyncWrite + ReadReady + Unpin>(
         &mut self,
-        ws: &mut Ws<S>,
+        wire: &mut Wire<X>,
     ) -> Close {
         let config = self.state.config.clone();
         let client = self.session.client.clone();
@@ -345,12 +356,14 @@ impl Connection {
                 _ = outbox.wake.raised() => {
                     if self.state.local.closing() {
                         // Deliver what is already queued, within the shutdown deadline.
-                        let write = write_outbox(ws, outbox, &mut self.unwritten, config.write_timeout);
+                        let write = write_outbox(wire, outbox, &mut self.unwritten, config.write_timeout);
                         // Boxed, as it runs once: idle connections do not carry its state.
                         let _ = Box::pin(tokio::time::timeout(config.shutdown_timeout, write)).await;
                         return Close::Shutdown;
                     }
-                    if let Err(close) = self.write(ws).await {
+                    // Boxed: the connection writes only what the worker could not (a full socket,
+                    // a frame begun), and idle connections' tasks need no room for it.
+                    if let Err(close) = Box::pin(self.write(wire)).await {
                         return close;
                     }
                 }
@@ -358,7 +371,7 @@ impl Connection {
                     later = None;
                     self.session.reply_later(reply);
                 }
-                message = next_frame(ws, &mut read_all), if later.is_none() => {
+                message = next_frame(wire, &mut read_all, !self.unwritten.library), if later.is_none() => {
                     last_heard = Instant::now();
                     let message = match message {
                         None => return Close::ClientGone,
@@ -394,7 +407,9 @@ impl Connection {
                         Message::Pong(_) | Message::Frame(_) => {}
                         Message::Close(_) => {
                             // tungstenite queued the close reply; flushing sends it.
-                            let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, ws.flush())).await;
+                            if let Ok(ws) = wire.open() {
+                                let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, ws.flush())).await;
+                            }
                             return Close::ClientGone;
                         }
                     }
@@ -409,6 +424,7 @@ impl Connection {
                         // The library writes: no frame may go to the socket beside it.
                         outbox.set_direct(false);
                         let ping = async {
+                            let ws = wire.open().map_err(WsError::Io)?;
                             ws.feed(Message::Ping(Default::default())).await?;
                             ws.flush().await
                         };
@@ -431,9 +447,9 @@ impl Connection {
 
     /// Writes the outbox out. Gives up (slow consumer) if the queue overflows meanwhile or a
     /// write makes no progress for the write timeout.
-    async fn write<S: AsyncRead + AsyncWrite + Unpin>(
+    async fn write<X: AsyncRead + AsyncWrite + ReadReady + Unpin>(
         &mut self,
-        ws: &mut Ws<S>,
+        wire: &mut Wire<X>,
     ) -> Result<(), Close> {
         let client = self.session.client.clone();
         if client.outbox.overflowed() {
@@ -445,7 +461,7 @@ impl Connection {
             return Err(Close::SlowConsumer);
         }
         let write = write_outbox(
-            ws,
+            wire,
             &client.outbox,
             &mut self.unwritten,
             self.state.config.write_timeout,
@@ -483,63 +499,33 @@ impl Connection {
     }
 }
 
-/// What the connection asks of the socket under the WebSocket library.
-pub(crate) trait ReadReady {
-    /// Whether it has bytes to read, asked without reading them.
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
-
-    /// The socket, for the fan-out's direct writes; `None` for TLS (see [`SharedTcp`]).
-    fn shared(&self) -> Option<Rc<TcpStream>>;
-}
-
-impl ReadReady for SharedTcp {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.0.poll_read_ready(cx)
-    }
-
-    fn shared(&self) -> Option<Rc<TcpStream>> {
-        Some(self.0.clone())
-    }
-}
-
-impl ReadReady for TlsStream<TcpStream> {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.get_ref().0.poll_read_ready(cx)
-    }
-
-    fn shared(&self) -> Option<Rc<TcpStream>> {
-        None
-    }
-}
-
-impl<S: ReadReady> ReadReady for FrameMeter<S> {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.get_ref().poll_read_ready(cx)
-    }
-
-    fn shared(&self) -> Option<Rc<TcpStream>> {
-        self.get_ref().shared()
-    }
-}
-
 /// The client's next frame. After one, the WebSocket library may hold more bytes, so it is
 /// asked again at once; once it had nothing (`read_all`), it is asked only when the socket is
 /// readable. Without that, every wake-up to write would cost a read attempt through the whole
-/// library (a quarter of a delivery's instructions, BENCHMARKS.md).
+/// library (a quarter of a delivery's instructions, BENCHMARKS.md). Once it had nothing and
+/// has no frame of its own to write (`may_rest`), the connection rests ([`Wire::rest`]).
 ///
 /// A pong the library queued while the socket was full is then written with the next write
 /// (a message, a ping of ours) or read, not on its own.
-async fn next_frame<S: AsyncRead + AsyncWrite + ReadReady + Unpin>(
-    ws: &mut Ws<S>,
+async fn next_frame<X: AsyncRead + AsyncWrite + ReadReady + Unpin>(
+    wire: &mut Wire<X>,
     read_all: &mut bool,
+    may_rest: bool,
 ) -> Option<Result<Message, WsError>> {
     std::future::poll_fn(|cx| {
         // An error is the library's to report: it reads and fails.
-        if *read_all && ws.get_ref().poll_read_ready(cx).is_pending() {
+        if *read_all && wire.poll_read_ready(cx).is_pending() {
             return Poll::Pending;
         }
+        let ws = match wire.open() {
+            Ok(ws) => ws,
+            Err(e) => return Poll::Ready(Some(Err(WsError::Io(e)))),
+        };
         let next = ws.poll_next_unpin(cx);
         *read_all = next.is_pending();
+        if *read_all && may_rest {
+            wire.rest();
+        }
         next
     })
     .await
@@ -561,14 +547,14 @@ enum WriteError {
 ///
 /// The usual write completes in its first poll (the socket takes it all): then no timer is set.
 /// Setting and clearing one per write showed up in the profiles (BENCHMARKS.md).
-async fn write_outbox<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: &mut Ws<S>,
+async fn write_outbox<X: AsyncRead + AsyncWrite + ReadReady + Unpin>(
+    wire: &mut Wire<X>,
     outbox: &Outbox,
     unwritten: &mut Unwritten,
     step_timeout: Duration,
 ) -> Result<(), WriteError> {
     let progress = Cell::new(0u64);
-    let write = write_all(ws, outbox, unwritten, &progress);
+    let write = write_all(wire, outbox, unwritten, &progress);
     tokio::pin!(write);
     let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
     if let Poll::Ready(result) = first {
@@ -593,8 +579,8 @@ async fn write_outbox<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The write of [`write_outbox`], without its deadline; counts the writes that made progress.
-async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: &mut Ws<S>,
+async fn write_all<X: AsyncRead + AsyncWrite + ReadReady + Unpin>(
+    wire: &mut Wire<X>,
     outbox: &Outbox,
     unwritten: &mut Unwritten,
     progress: &Cell<u64>,
@@ -602,7 +588,10 @@ async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
     // Writing: a push queues behind what this writes, until it is all written.
     outbox.set_direct(false);
     if unwritten.library {
-        ws.flush().await.map_err(WriteError::Ws)?;
+        // Set only by a read: the library's stream is open.
+        if let Some(ws) = wire.if_open() {
+            ws.flush().await.map_err(WriteError::Ws)?;
+        }
         unwritten.library = false;
     }
     loop {
@@ -613,7 +602,7 @@ async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         let frames = &unwritten.frames;
-        let socket = ws.get_mut();
+        let socket = wire.socket().map_err(WriteError::Io)?;
         let written =
             std::future::poll_fn(|cx| poll_write_frames(Pin::new(&mut *socket), cx, frames))
                 .await
@@ -624,7 +613,7 @@ async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
         unwritten.frames.consume(written);
         progress.set(progress.get() + 1);
     }
-    let socket = ws.get_mut();
+    let socket = wire.socket().map_err(WriteError::Io)?;
     std::future::poll_fn(|cx| Pin::new(&mut *socket).poll_flush(cx))
         .await
         .map_err(WriteError::Io)?;

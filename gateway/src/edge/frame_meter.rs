@@ -8,6 +8,11 @@
 //! as the bytes go by (a small state machine, no copy). Past `--max-control-frames-per-second`
 //! on average (with a burst of one second's worth), the read fails with [`FrameFlood`], which
 //! the connection answers with close code 1008.
+//!
+//! Reading the headers, it also knows when every byte read so far belongs to a whole frame and
+//! no fragmented message is open ([`FrameMeter::at_rest`]): once the library then finds nothing
+//! more to read, it holds nothing, and the connection may drop it until the client sends again
+//! (see `Wire` in [`connection`](super::connection)).
 
 use std::io;
 use std::pin::Pin;
@@ -72,8 +77,13 @@ pub(crate) struct FrameMeter<S> {
     budget: Option<FrameBudget>,
     /// The theoretical arrival time of the next counted frame (GCRA).
     next: Instant,
-    /// Counting starts once the WebSocket handshake is done (before it the bytes are HTTP).
+    /// Counting starts once the WebSocket handshake is done.
     active: bool,
+    /// The handshake is done: the bytes are frames. (The library refuses a request followed by
+    /// anything before its answer, so no frame is read before.)
+    framing: bool,
+    /// A text or binary message's first frame came without FIN, and its last has not come yet.
+    fragmented: bool,
 }
 
 impl<S> FrameMeter<S> {
@@ -84,6 +94,8 @@ impl<S> FrameMeter<S> {
             budget,
             next: Instant::now(),
             active: false,
+            framing: false,
+            fragmented: false,
         }
     }
 
@@ -92,10 +104,16 @@ impl<S> FrameMeter<S> {
         &self.inner
     }
 
-    /// The handshake is done: what follows are frames.
+    /// The handshake is done: frames from here.
     pub(crate) fn start(&mut self) {
+        self.framing = true;
         self.active = self.budget.is_some();
         self.next = Instant::now();
+    }
+
+    /// Every byte read so far belongs to a whole frame, and no fragmented message is open.
+    pub(crate) fn at_rest(&self) -> bool {
+        self.framing && matches!(self.parse, Parse::Header { have: 0, .. }) && !self.fragmented
     }
 
     /// Parses `bytes`; returns how many counted frames (control or continuation) began in them.
@@ -131,9 +149,15 @@ impl<S> FrameMeter<S> {
                     *have += 1;
                     if *have >= 2 && *have as usize == header_len(*second) {
                         let opcode = *first & 0x0f;
+                        let fin = *first & 0x80 != 0;
                         // Continuation (0) and control frames (8 and up).
                         if opcode == 0 || opcode >= 8 {
                             counted += 1;
+                        }
+                        match opcode {
+                            1 | 2 => self.fragmented = !fin,
+                            0 if fin => self.fragmented = false,
+                            _ => {}
                         }
                         let payload = match *second & 0x7f {
                             126 | 127 => *ext,
@@ -186,13 +210,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameMeter<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if this.active {
-            if let Poll::Ready(Ok(())) = polled {
-                let frames = this.scan(&buf.filled()[before..]);
-                if frames > 0 && !this.charge(frames) {
-                    let per_second = this.budget.map_or(0, |b| b.per_second);
-                    return Poll::Ready(Err(io::Error::other(FrameFlood(per_second))));
-                }
+        if let (true, Poll::Ready(Ok(()))) = (this.framing, &polled) {
+            let frames = this.scan(&buf.filled()[before..]);
+            if this.active && frames > 0 && !this.charge(frames) {
+                let per_second = this.budget.map_or(0, |b| b.per_second);
+                return Poll::Ready(Err(io::Error::other(FrameFlood(per_second))));
             }
         }
         polled
@@ -274,6 +296,27 @@ mod tests {
             assert_eq!(counted, 4, "split {split}");
             assert!(matches!(meter.parse, Parse::Header { have: 0, .. }));
         }
+    }
+
+    #[test]
+    fn at_rest_only_between_whole_frames_and_outside_a_fragmented_message() {
+        let mut meter = meter();
+        assert!(meter.at_rest());
+        let text = frame(true, 1, b"hello");
+        meter.scan(&text[..3]);
+        assert!(!meter.at_rest(), "within a header");
+        meter.scan(&text[3..8]);
+        assert!(!meter.at_rest(), "within a payload");
+        meter.scan(&text[8..]);
+        assert!(meter.at_rest());
+        meter.scan(&frame(false, 1, b"first"));
+        assert!(!meter.at_rest(), "a fragmented message is open");
+        meter.scan(&frame(true, 9, b"ping"));
+        assert!(!meter.at_rest(), "a control frame does not close it");
+        meter.scan(&frame(false, 0, b"more"));
+        assert!(!meter.at_rest());
+        meter.scan(&frame(true, 0, b"last"));
+        assert!(meter.at_rest());
     }
 
     #[test]

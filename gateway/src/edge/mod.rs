@@ -8,6 +8,8 @@
 //!   become messages) and stops a flood of them.
 //! - `socket`: a plain client socket shared by its connection task and its worker's fan-out,
 //!   which writes a batch's frames to it when nothing is pending.
+//! - `wire`: a connection's end of the socket: the WebSocket library's stream, or, while the
+//!   connection rests (nothing half read or unwritten), the socket alone.
 //! - [`origin`]: the Origin allowlist checked in the handshake.
 //! - [`join_token`]: signed join tokens (JWT) and the rights they grant a connection.
 
@@ -17,3 +19,4 @@ pub mod join_token;
 pub(crate) mod limits;
 pub mod origin;
 pub(crate) mod socket;
+pub(crate) mod wire;
