@@ -159,8 +159,9 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", help_heading = CLIENT_LIMITS, value_delimiter = ',')]
     pub allowed_origins: Vec<AllowedOrigin>,
 
-    /// Read buffer per connection, in bytes; most of an idle connection's memory (see
-    /// BENCHMARKS.md). Not a limit: larger messages are read in several steps.
+    /// Read buffer per connection while it reads, in bytes (a resting connection, with nothing
+    /// half read, holds none: see BENCHMARKS.md). Not a limit: larger messages are read in
+    /// several steps.
     #[arg(long, env = "GATEWAY_WS_READ_BUFFER", help_heading = CLIENT_LIMITS, default_value_t = 1024)]
     pub ws_read_buffer: usize,
 
