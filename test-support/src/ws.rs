@@ -276,6 +276,26 @@ impl Client {
             .with_context(|| format!("{}: cannot write raw bytes", self.name))
     }
 
+    /// Sends a ping and waits for its pong; text frames that arrive meanwhile are kept for the
+    /// next reads.
+    pub async fn ping(&mut self, payload: &[u8]) -> Result<()> {
+        self.send_message(Message::Ping(Bytes::copy_from_slice(payload)))
+            .await?;
+        let deadline = Instant::now() + RECV_TIMEOUT;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .with_context(|| format!("{}: no pong within {RECV_TIMEOUT:?}", self.name))?;
+            match next {
+                Some(Ok(Message::Pong(pong))) if pong[..] == *payload => return Ok(()),
+                Some(Ok(Message::Text(text))) => self.pending.push_back(text.as_str().to_owned()),
+                Some(Ok(other)) => bail!("{}: expected a pong, got {other:?}", self.name),
+                Some(Err(e)) => bail!("{}: expected a pong: {e}", self.name),
+                None => bail!("{}: expected a pong, the stream ended", self.name),
+            }
+        }
+    }
+
     /// The next event, or `None` if nothing arrives before `deadline`. Pings and pongs are
     /// skipped (tungstenite answers pings itself).
     pub async fn next_event(&mut self, deadline: Instant) -> Option<Event> {

@@ -233,6 +233,8 @@ impl<X: AsyncRead + AsyncWrite + ReadReady + Unpin> Established<X> {
                 close_with(wire, unwritten, code, &reason).await;
             }
         }
+        // Not counted as resting once it is not counted as open.
+        wire.finish();
         stats.connections.fetch_sub(1, Relaxed);
     }
 }
@@ -371,7 +373,7 @@ impl Connection {
                     later = None;
                     self.session.reply_later(reply);
                 }
-                message = next_frame(wire, &mut read_all, !self.unwritten.library), if later.is_none() => {
+                message = next_frame(wire, &mut read_all, self.unwritten.library), if later.is_none() => {
                     last_heard = Instant::now();
                     let message = match message {
                         None => return Close::ClientGone,
@@ -502,15 +504,16 @@ impl Connection {
 /// The client's next frame. After one, the WebSocket library may hold more bytes, so it is
 /// asked again at once; once it had nothing (`read_all`), it is asked only when the socket is
 /// readable. Without that, every wake-up to write would cost a read attempt through the whole
-/// library (a quarter of a delivery's instructions, BENCHMARKS.md). Once it had nothing and
-/// has no frame of its own to write (`may_rest`), the connection rests ([`Wire::rest`]).
+/// library (a quarter of a delivery's instructions, BENCHMARKS.md). Once it had nothing, the
+/// connection rests if the library holds nothing ([`Wire::rest`]; `pong_due`: a ping was read
+/// since the library last flushed).
 ///
 /// A pong the library queued while the socket was full is then written with the next write
 /// (a message, a ping of ours) or read, not on its own.
 async fn next_frame<X: AsyncRead + AsyncWrite + ReadReady + Unpin>(
     wire: &mut Wire<X>,
     read_all: &mut bool,
-    may_rest: bool,
+    pong_due: bool,
 ) -> Option<Result<Message, WsError>> {
     std::future::poll_fn(|cx| {
         // An error is the library's to report: it reads and fails.
@@ -523,8 +526,8 @@ async fn next_frame<X: AsyncRead + AsyncWrite + ReadReady + Unpin>(
         };
         let next = ws.poll_next_unpin(cx);
         *read_all = next.is_pending();
-        if *read_all && may_rest {
-            wire.rest();
+        if *read_all {
+            wire.rest(pong_due);
         }
         next
     })

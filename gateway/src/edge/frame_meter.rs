@@ -84,6 +84,8 @@ pub(crate) struct FrameMeter<S> {
     framing: bool,
     /// A text or binary message's first frame came without FIN, and its last has not come yet.
     fragmented: bool,
+    /// The last write or flush through it did not complete (the socket was full).
+    write_blocked: bool,
 }
 
 impl<S> FrameMeter<S> {
@@ -96,6 +98,7 @@ impl<S> FrameMeter<S> {
             active: false,
             framing: false,
             fragmented: false,
+            write_blocked: false,
         }
     }
 
@@ -109,6 +112,11 @@ impl<S> FrameMeter<S> {
         self.framing = true;
         self.active = self.budget.is_some();
         self.next = Instant::now();
+    }
+
+    /// The last write or flush through it (the library's pong, say) completed.
+    pub(crate) fn writes_done(&self) -> bool {
+        !self.write_blocked
     }
 
     /// Every byte read so far belongs to a whole frame, and no fragmented message is open.
@@ -227,11 +235,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameMeter<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.write_blocked = polled.is_pending();
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.write_blocked = polled.is_pending();
+        polled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -243,7 +257,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameMeter<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.write_blocked = polled.is_pending();
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -5,10 +5,10 @@
 //! and its own state, most of what an idle connection would hold (BENCHMARKS.md). Once a read
 //! finds nothing, the library holds nothing either when every byte read so far belonged to a
 //! whole frame, no fragmented message is open ([`FrameMeter::at_rest`]) and none of its own
-//! frames waits to be written (a pong): the connection then drops the stream and keeps the
-//! socket ([`Wire::rest`]). The stream is made anew, with no I/O, when the socket is readable
-//! again, or when the connection pings or closes ([`Wire::open`]). The fan-out's frames never
-//! need it: they are written to the socket beneath the library.
+//! frames waits to be written (a pong it could not write): the connection then drops the stream
+//! and keeps the socket ([`Wire::rest`]). The stream is made anew, with no I/O, when the socket
+//! is readable again, or when the connection pings or closes ([`Wire::open`]). The fan-out's
+//! frames never need it: they are written to the socket beneath the library.
 
 use std::io;
 use std::task::{Context, Poll};
@@ -79,10 +79,15 @@ impl<X: AsyncRead + AsyncWrite + ReadReady + Unpin> Wire<X> {
         }
     }
 
-    /// Drops the library's stream if it holds nothing. Called when a read found nothing and no
-    /// frame of the library's waits to be written.
-    pub(crate) fn rest(&mut self) {
-        if matches!(&self.end, End::Open(ws) if ws.get_ref().at_rest()) {
+    /// Drops the library's stream if it holds nothing. Called when a read found nothing.
+    /// `pong_due`: the connection read a ping since the library last flushed. The library writes
+    /// the pong at its next read, before reading: if that write completed, nothing is left.
+    pub(crate) fn rest(&mut self, pong_due: bool) {
+        let idle = |ws: &Ws<X>| {
+            let meter = ws.get_ref();
+            meter.at_rest() && (!pong_due || meter.writes_done())
+        };
+        if matches!(&self.end, End::Open(ws) if idle(ws)) {
             if let End::Open(ws) = std::mem::replace(&mut self.end, End::Gone) {
                 self.end = End::Resting(ws.into_inner());
                 self.state.stats.connections_resting.fetch_add(1, Relaxed);
@@ -109,11 +114,18 @@ impl<X: AsyncRead + AsyncWrite + ReadReady + Unpin> Wire<X> {
     }
 }
 
-impl<X> Drop for Wire<X> {
-    fn drop(&mut self) {
-        if let End::Resting(_) = self.end {
+impl<X> Wire<X> {
+    /// Lets the socket go (the connection has ended).
+    pub(crate) fn finish(&mut self) {
+        if let End::Resting(_) = std::mem::replace(&mut self.end, End::Gone) {
             self.state.stats.connections_resting.fetch_sub(1, Relaxed);
         }
+    }
+}
+
+impl<X> Drop for Wire<X> {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
