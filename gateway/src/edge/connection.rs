@@ -138,10 +138,6 @@ pub(crate) fn serve(
 }
 
 /// An upgraded connection, plain or over TLS.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "as for `Accepted`: plain connections are not boxed, TLS ones are"
-)]
 enum Live {
     Plain(Established<SharedTcp>),
     Tls(Box<Established<TlsStream<TcpStream>>>),
@@ -179,7 +175,7 @@ impl<X: AsyncRead + AsyncWrite + ReadReady + Unpin> Established<X> {
         let client = state.local.register(conn, outbox);
         let connection = Connection {
             session: Session::new(client, access, state.clone()),
-            rate: RateLimiter::new(state.rate_limit, Instant::now()),
+            rate: RateLimiter::new(Instant::now()),
             state: state.clone(),
             unwritten: Unwritten::default(),
         };
@@ -381,7 +377,7 @@ impl Connection {
                         Some(Err(e)) => return read_error(e),
                     };
                     if matches!(message, Message::Text(_) | Message::Binary(_)) {
-                        match self.rate.check(last_heard) {
+                        match self.rate.check(self.state.rate_limit.as_ref(), last_heard) {
                             Verdict::Allow => {}
                             Verdict::Reject => {
                                 self.reject_rate_limited(&message);

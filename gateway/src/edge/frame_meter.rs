@@ -15,6 +15,7 @@
 //! (see `Wire` in [`connection`](super::connection)).
 
 use std::io;
+use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,23 +28,30 @@ use tokio::time::Instant;
 #[error("more than {0} control or continuation frames per second")]
 pub(crate) struct FrameFlood(pub(crate) u32);
 
-/// The allowance: `per_second` frames on average, at most `per_second` in a burst.
+/// The allowance: `per_second` frames on average, at most `per_second` in a burst (a window
+/// of one second). Eight bytes, as every connection's meter holds a copy.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FrameBudget {
-    per_second: u32,
-    interval: Duration,
-    window: Duration,
+    per_second: NonZeroU32,
+    /// One second / `per_second`, in nanoseconds.
+    interval_nanos: u32,
 }
+
+/// How far ahead of now the budget may be spent.
+const WINDOW: Duration = Duration::from_secs(1);
 
 impl FrameBudget {
     /// `None` (no limit) for 0.
     pub(crate) fn new(per_second: u32) -> Option<FrameBudget> {
-        let interval = Duration::from_secs(1).checked_div(per_second)?;
+        let per_second = NonZeroU32::new(per_second)?;
         Some(FrameBudget {
             per_second,
-            interval,
-            window: Duration::from_secs(1),
+            interval_nanos: 1_000_000_000 / per_second.get(),
         })
+    }
+
+    fn interval(self) -> Duration {
+        Duration::from_nanos(u64::from(self.interval_nanos))
     }
 }
 
@@ -189,8 +197,8 @@ impl<S> FrameMeter<S> {
             return true;
         };
         let now = Instant::now();
-        self.next = self.next.max(now) + budget.interval.saturating_mul(frames);
-        self.next.saturating_duration_since(now) <= budget.window
+        self.next = self.next.max(now) + budget.interval().saturating_mul(frames);
+        self.next.saturating_duration_since(now) <= WINDOW
     }
 }
 
@@ -221,7 +229,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameMeter<S> {
         if let (true, Poll::Ready(Ok(()))) = (this.framing, &polled) {
             let frames = this.scan(&buf.filled()[before..]);
             if this.active && frames > 0 && !this.charge(frames) {
-                let per_second = this.budget.map_or(0, |b| b.per_second);
+                let per_second = this.budget.map_or(0, |b| b.per_second.get());
                 return Poll::Ready(Err(io::Error::other(FrameFlood(per_second))));
             }
         }

@@ -199,10 +199,10 @@ pub(crate) enum Verdict {
 /// A token bucket kept as a single instant (the generic cell rate algorithm): `spent_until` is
 /// when the bucket would be full again. A frame is allowed if, after paying its interval, the
 /// bucket is not more than `window` ahead of now. No timer, no allocation: a few operations on
-/// the instant the read path already took.
+/// the instant the read path already took. The limit itself is the worker's (one copy, not one
+/// per connection).
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
-    limit: Option<RateLimit>,
     spent_until: Instant,
     strikes: u32,
     last_reject: Instant,
@@ -210,18 +210,17 @@ pub(crate) struct RateLimiter {
 
 impl RateLimiter {
     /// A full bucket at `now`.
-    pub(crate) fn new(limit: Option<RateLimit>, now: Instant) -> RateLimiter {
+    pub(crate) fn new(now: Instant) -> RateLimiter {
         RateLimiter {
-            limit,
             spent_until: now,
             strikes: 0,
             last_reject: now,
         }
     }
 
-    /// Judges a frame that arrived at `now`.
-    pub(crate) fn check(&mut self, now: Instant) -> Verdict {
-        let Some(limit) = self.limit else {
+    /// Judges a frame that arrived at `now`, under `limit` (`None`: no limit).
+    pub(crate) fn check(&mut self, limit: Option<&RateLimit>, now: Instant) -> Verdict {
+        let Some(limit) = limit else {
             return Verdict::Allow;
         };
         let from = self.spent_until.max(now);
@@ -303,14 +302,23 @@ mod tests {
         assert_eq!(limits.admit(mapped).unwrap_err(), Refusal::AddressFull);
     }
 
-    fn limiter(rate: u32, burst: u32, strikes: u32, now: Instant) -> RateLimiter {
+    /// A limiter and the limit it is checked against.
+    struct Limited(Option<RateLimit>, RateLimiter);
+
+    impl Limited {
+        fn check(&mut self, now: Instant) -> Verdict {
+            self.1.check(self.0.as_ref(), now)
+        }
+    }
+
+    fn limiter(rate: u32, burst: u32, strikes: u32, now: Instant) -> Limited {
         let config = GatewayConfig {
             max_messages_per_second: rate,
             message_burst: burst,
             rate_limit_strikes: strikes,
             ..GatewayConfig::default()
         };
-        RateLimiter::new(RateLimit::from_config(&config), now)
+        Limited(RateLimit::from_config(&config), RateLimiter::new(now))
     }
 
     #[test]

@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 
 use crate::fanout::frame;
 use crate::fanout::hub::{Delivery, GroupLimit, Hub, Work};
+pub(crate) use crate::fanout::memberships::Membership;
+use crate::fanout::memberships::Memberships;
 use crate::fanout::outbox::{Outbox, Push, Signal};
 use crate::stats::WorkerStats;
 
@@ -49,7 +51,7 @@ pub(crate) struct Client {
     pub(crate) outbox: Outbox,
     uid: RefCell<Option<Uid>>,
     /// Client groups (not cluster topics), and how it is in each.
-    pub(crate) groups: RefCell<HashMap<GroupId, Membership>>,
+    pub(crate) groups: RefCell<Memberships>,
     /// Recoveries in progress and positions already delivered, for its positioned groups
     /// (`None`, 8 bytes, for a connection that never recovered).
     pub(crate) history: RefCell<Option<Box<crate::history::recovery::MemberHistory>>>,
@@ -57,20 +59,11 @@ pub(crate) struct Client {
     close: RefCell<Option<Box<(u16, String)>>>,
 }
 
-/// How a connection is in one of its groups.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Membership {
-    /// It receives the group's join and leave events.
-    pub(crate) presence: bool,
-    /// It receives the group's messages with their position (a group with history).
-    pub(crate) positioned: bool,
-}
-
 impl Client {
     pub(crate) fn is_positioned(&self, group: &GroupId) -> bool {
         self.groups
             .borrow()
-            .get(group)
+            .get(group.as_str())
             .is_some_and(|m| m.positioned)
     }
 
@@ -79,7 +72,8 @@ impl Client {
     }
 
     pub(crate) fn group_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.groups.borrow().keys().map(|g| g.to_string()).collect();
+        let groups = self.groups.borrow().groups();
+        let mut names: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
         names.sort_unstable();
         names
     }
@@ -216,7 +210,7 @@ impl LocalGroups {
             id: self.client_id(conn),
             outbox,
             uid: RefCell::new(None),
-            groups: RefCell::new(HashMap::new()),
+            groups: RefCell::new(Memberships::default()),
             history: RefCell::new(None),
             close: RefCell::new(None),
         });
@@ -276,7 +270,7 @@ impl LocalGroups {
 
     /// The connection is closing: it leaves every group and its uid.
     pub(crate) fn unregister(&self, client: &Rc<Client>) {
-        let groups: Vec<GroupId> = client.groups.borrow().keys().cloned().collect();
+        let groups = client.groups.borrow().groups();
         for group in &groups {
             self.leave(client, group.as_str());
         }
@@ -300,7 +294,7 @@ impl LocalGroups {
         presence: bool,
         positioned: bool,
     ) -> Result<(), JoinError> {
-        let was = client.groups.borrow().get(group).copied();
+        let was = client.groups.borrow().get(group.as_str());
         let membership = Membership {
             presence,
             positioned,
@@ -315,7 +309,7 @@ impl LocalGroups {
                     crate::history::recovery::forget(client, group);
                 }
             }
-            client.groups.borrow_mut().insert(group.clone(), membership);
+            client.groups.borrow_mut().insert(group, membership);
             return Ok(());
         }
         if client.group_count() >= self.max_groups_per_connection {
@@ -331,14 +325,14 @@ impl LocalGroups {
         if positioned {
             self.count_positioned(group, true);
         }
-        client.groups.borrow_mut().insert(group.clone(), membership);
+        client.groups.borrow_mut().insert(group, membership);
         self.announce(PresenceKind::Join, group, client);
         Ok(())
     }
 
     /// `client` leaves `group`, announced to those watching it; false when it was not in it.
     pub(crate) fn leave(&self, client: &Rc<Client>, group: &str) -> bool {
-        let Some((group, membership)) = client.groups.borrow_mut().remove_entry(group) else {
+        let Some((group, membership)) = client.groups.borrow_mut().remove(group) else {
             return false;
         };
         if membership.presence {
