@@ -303,3 +303,32 @@ async fn without_the_store_reads_and_joins_say_so() -> Result<()> {
     );
     e2e::expect_quiet([&mut member, &mut other, &mut again, &mut late]).await
 }
+
+/// The seed's flow on a group with history: a client joins and sends at once, without waiting
+/// for the join's ack (as the seed's browser snippet does), and gets its message. A history
+/// message reaches this gateway's members only through the store, so the join's subscription
+/// must be there before the publish. Repeated with fresh groups, as the two could race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_joins_and_sends_at_once_gets_its_message() -> Result<()> {
+    let setup = setup(Carrier::Embedded, 1, "seed:=100,10m").await?;
+    let gateway = &setup.gateways[0];
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let mut client = gateway.connect(&format!("client{i}")).await?;
+        let group = format!("seed:{i}");
+        client
+            .send_json(&serde_json::json!({"cmd": "add_group", "group_id": group}))
+            .await?;
+        client
+            .send_json(&serde_json::json!({
+                "cmd": "send_to_group", "group_id": group, "message": "C'est le message"
+            }))
+            .await?;
+        client
+            .expect_text("C'est le message")
+            .await
+            .with_context(|| format!("round {i}"))?;
+        clients.push(client);
+    }
+    e2e::expect_quiet(clients.iter_mut()).await
+}
