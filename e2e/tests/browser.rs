@@ -853,9 +853,34 @@ async fn page_joined(gateway: &Gateway) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium and chromedriver: run with --include-ignored"]
 async fn seed_snippet_logs_the_message() -> Result<()> {
+    seed_snippet(
+        "seed_snippet_logs_the_message",
+        GatewayConfig::embedded("gateway"),
+        false,
+    )
+    .await
+}
+
+/// The same on a group with history (`--history`): the snippet's raw membership still gets the
+/// message alone, without a position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver: run with --include-ignored"]
+async fn seed_snippet_logs_the_message_of_a_history_group() -> Result<()> {
+    seed_snippet(
+        "seed_snippet_logs_the_message_of_a_history_group",
+        GatewayConfig::embedded("gateway")
+            .arg("--history")
+            .arg("12=100,10m"),
+        true,
+    )
+    .await
+}
+
+/// `history`: group 123 has history (its two messages must be in it).
+async fn seed_snippet(test: &str, config: GatewayConfig, history: bool) -> Result<()> {
     let tools = Tools::find()?;
-    within("seed_snippet_logs_the_message", async {
-        let gateway = Gateway::start(GatewayConfig::embedded("gateway")).await?;
+    within(test, async {
+        let gateway = Gateway::start(config).await?;
         let driver = Chromedriver::start(&tools).await?;
         let browser = driver.browser("browser").await?;
         // Any page of a local origin will do, as any tab's console does for the seed.
@@ -898,6 +923,19 @@ async fn seed_snippet_logs_the_message() -> Result<()> {
             "the snippet's WebSocket is no longer open ({state})"
         );
         other.expect_silence(QUIET_PERIOD).await?;
+        let (status, body) = gateway.admin.get("/api/history/123").await?;
+        if history {
+            let page: Value = serde_json::from_str(&body)?;
+            ensure!(
+                status == 200 && page["messages"][1]["message"] == "barrier",
+                "group 123 holds both messages in its history: {status} {body}"
+            );
+        } else {
+            ensure!(
+                status == 400 && body.contains("no_history"),
+                "{status} {body}"
+            );
+        }
 
         browser.close().await?;
         gateway.process.assert_no_panics()

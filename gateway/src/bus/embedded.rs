@@ -71,6 +71,7 @@ impl Carrier for EmbeddedBus {
             link: self.broker.local_link(inlet),
             counters,
             node,
+            syncing: parking_lot::Mutex::new(()),
         });
         tracing::info!(carrier = "embedded", "bus up");
         let task = tokio::spawn(run(bus.clone(), rx, self.inbound, shutdown));
@@ -83,6 +84,9 @@ struct LocalBus<N> {
     link: LocalLink,
     counters: Arc<BusCounters>,
     node: Arc<N>,
+    /// Held while subscription changes are taken and applied ([`sync`]), which both the bus's
+    /// task and a history publish do: changes are applied in the order they were taken.
+    syncing: parking_lot::Mutex<()>,
 }
 
 impl<N: Node> Bus for LocalBus<N> {
@@ -100,6 +104,10 @@ impl<N: Node> Bus for LocalBus<N> {
 
     fn publish_history(&self, group: &GroupName<'_>, payload: &Bytes, policy: HistoryPolicy) {
         self.counters.history_publishes.fetch_add(1, Relaxed);
+        // A history message reaches this gateway's members only through the broker, which
+        // delivers it at once: the subscriptions of the joins made before it (the sender's own,
+        // say) must be applied first, not whenever the bus's task gets to them.
+        sync(self, false);
         let published =
             self.link
                 .publish_history(group.as_str().as_bytes(), payload.clone(), policy.to_link());
@@ -179,6 +187,7 @@ async fn run<N: Node>(
 }
 
 fn sync<N: Node>(bus: &LocalBus<N>, full: bool) {
+    let _syncing = bus.syncing.lock();
     let changes = bus.node.subscriptions(full);
     for group in &changes.subscribe {
         bus.link.subscribe(group.as_str().as_bytes());
