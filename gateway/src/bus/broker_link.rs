@@ -623,6 +623,9 @@ async fn sync_subscriptions<N: Node>(
     full: bool,
 ) -> Result<(), LinkError> {
     let changes = node.subscriptions(full);
+    if changes.is_empty() {
+        return Ok(());
+    }
     let names = |groups: Vec<GroupId>| -> Vec<Bytes> {
         groups
             .iter()
@@ -745,6 +748,11 @@ async fn session<N: Node>(
                 bounded(last_heard, settings.timeout, sync_subscriptions(&*bus.node, &mut writer, max, false)).await?;
             }
             _ = bus.history_ready.notified() => {
+                // The broker delivers a history message to the links subscribed when it stores
+                // it, and reads this link's frames in order: the subscriptions of the joins
+                // made before these publishes (the sender's own, say) go first, or this
+                // gateway's members of a group it just joined would miss the message.
+                bounded(last_heard, settings.timeout, sync_subscriptions(&*bus.node, &mut writer, max, false)).await?;
                 let mut frames = Vec::new();
                 bus.history.lock().take_unwritten(&mut frames);
                 bounded(last_heard, settings.timeout, async {
