@@ -258,6 +258,7 @@ impl RedisCarrier {
             unrouted: Mutex::new(HashSet::new()),
             last_error: Mutex::new(None),
             history_warnings: Mutex::new(Throttle::default()),
+            routing: Mutex::new(()),
             node,
         }
     }
@@ -367,6 +368,10 @@ struct RedisBus<N> {
     /// lost connection is stored once.
     history_field: Vec<u8>,
     history_ids: AtomicU64,
+    /// Held while the Node's subscription changes are taken and recorded with their targets
+    /// (by the dispatcher, and by a history publish: [`RedisBus::route_pending`]), and while
+    /// the topology moves groups: changes are recorded in the order they were taken.
+    routing: Mutex<()>,
     node: Arc<N>,
 }
 
@@ -392,6 +397,11 @@ impl<N: Node> Bus for RedisBus<N> {
 
     fn publish_history(&self, group: &GroupName<'_>, payload: &Bytes, policy: HistoryPolicy) {
         self.counters.history_publishes.fetch_add(1, Relaxed);
+        // A history message reaches this gateway's members only as Redis publishes it back:
+        // the subscriptions of the joins made before it (the sender's own, say) are recorded
+        // with their targets now, so that the target's connection subscribes them, and waits
+        // for Redis to confirm, before it sends this message (see `session`).
+        self.route_pending();
         let keys = HistoryKeys::new(&self.settings.prefix, group.as_str());
         // Sequence number 0: outside this gateway's sequence of plain publishes (from 1), so
         // that a history publish the store refuses leaves no hole in it, and so that
@@ -574,7 +584,10 @@ async fn supervise<N: Node>(bus: Arc<RedisBus<N>>, shutdown: CancellationToken) 
     }
     // Everything wanted now, then every change: the Node stays in sync with this task for
     // good, whatever the connections do (each target resynchronizes from its own interest).
-    route_changes(&bus, bus.node.subscriptions(true));
+    {
+        let _routing = bus.routing.lock();
+        route_changes(&bus, bus.node.subscriptions(true));
+    }
     let shards = bus.topology.read().shards.clone();
     for shard in shards {
         spawn_shard(&bus, shard, &mut tasks);
@@ -585,9 +598,7 @@ async fn supervise<N: Node>(bus: Arc<RedisBus<N>>, shutdown: CancellationToken) 
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = bus.node.subscriptions_changed() => {
-                route_changes(&bus, bus.node.subscriptions(false));
-            }
+            _ = bus.node.subscriptions_changed() => bus.route_pending(),
             _ = bus.refresh.notified(), if bus.cluster => {
                 if let Some(at) = last_refresh {
                     let wait = REFRESH_MIN.saturating_sub(at.elapsed());
@@ -651,6 +662,12 @@ fn route_changes<N: Node>(bus: &RedisBus<N>, changes: super::SubscriptionChanges
 }
 
 impl<N: Node> RedisBus<N> {
+    /// Takes the Node's subscription changes and records each with its target.
+    fn route_pending(&self) {
+        let _routing = self.routing.lock();
+        route_changes(self, self.node.subscriptions(false));
+    }
+
     fn unrouted(&self, group: GroupId, wanted: bool) {
         let mut unrouted = self.unrouted.lock();
         if wanted {
@@ -874,6 +891,15 @@ async fn serve_shard<N: Node>(
                 )
                 .await;
                 shard.up.store(false, Relaxed);
+                // A batch that waited for subscriptions: its history publishes are kept, its
+                // plain ones dropped, as for what is still queued (`drain`).
+                held.retain(|out| {
+                    let history = matches!(out, Outgoing::History(..));
+                    if !history {
+                        out.discard(&bus, &shard);
+                    }
+                    history
+                });
                 requeue(&bus, &shard, &mut in_flight, &mut held);
                 shard.interest.lock().lost();
                 shard.subscribed.store(0, Relaxed);
@@ -1104,6 +1130,16 @@ async fn bounded<T>(
 /// One connected session of a target: full resubscription and the history publishes `held`
 /// since the last one, then messages in, publishes out, subscription changes and heartbeats,
 /// until an error or the stop.
+///
+/// **History publishes wait for subscriptions.** Redis publishes a history message to the
+/// subscribers of its channel when the script stores it, and this gateway's members get it only
+/// that way: a client that joins a group and sends to it at once (the seed's snippet does) must
+/// find this gateway subscribed. The subscriber and publisher connections are two, which Redis
+/// serves in no set order, so a batch with a history publish first sends the target's pending
+/// subscriptions (the bus recorded them before queuing the publish) and then waits, in `held`,
+/// until Redis has answered every subscribe sent so far; meanwhile the publish queue is not
+/// read (it fills and counts its drops as ever). Plain publishes reach this gateway's members
+/// without Redis and never wait, except behind a held batch (their order is kept).
 async fn session<N: Node>(
     bus: &RedisBus<N>,
     shard: &Shard,
@@ -1145,22 +1181,10 @@ async fn session<N: Node>(
         bus.node.reconnected();
     }
     let mut expected: VecDeque<Expect> = VecDeque::new();
+    // The history publishes kept while Redis was down go once the resubscription is answered.
+    let mut held_until = subs.subscribes_sent;
     if !held.is_empty() {
-        tracing::debug!(carrier = bus.carrier, shard = %shard.address, held = held.len(), "sending the history messages kept while redis was down");
-        let mut batch: Vec<Outgoing> = held.drain(..).collect();
-        write_batch(
-            bus,
-            shard,
-            &mut publisher,
-            &mut batch,
-            script.sha.as_deref(),
-            pub_heard,
-            Unanswered {
-                expected: &mut expected,
-                in_flight,
-            },
-        )
-        .await?;
+        tracing::debug!(carrier = bus.carrier, shard = %shard.address, held = held.len(), "history messages kept while redis was down: sent once resubscribed");
     }
 
     let mut heartbeat = tokio::time::interval_at(
@@ -1176,6 +1200,22 @@ async fn session<N: Node>(
         None => ping.clone(),
     };
     loop {
+        if !held.is_empty() && subs.answered_through(held_until) {
+            let mut batch: Vec<Outgoing> = held.drain(..).collect();
+            write_batch(
+                bus,
+                shard,
+                &mut publisher,
+                &mut batch,
+                script.sha.as_deref(),
+                pub_heard,
+                Unanswered {
+                    expected: &mut expected,
+                    in_flight,
+                },
+            )
+            .await?;
+        }
         let room = inbox.has_room();
         // Not biased: a saturated inbound stream must not starve the writes, nor a saturated
         // publish queue the reads.
@@ -1219,9 +1259,18 @@ async fn session<N: Node>(
                 changes.subscribe.extend(subs.take_retries(bus, shard));
                 bounded(sub_heard, timeout, write_subscriptions(bus, &mut sub, changes, &mut subs)).await?;
             }
-            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+            n = rx.recv_many(&mut batch, WRITE_BATCH), if held.is_empty() => {
                 if n == 0 {
                     return Ok(());
+                }
+                if batch.iter().any(|out| matches!(out, Outgoing::History(..))) {
+                    let changes = shard.interest.lock().take_changes();
+                    bounded(sub_heard, timeout, write_subscriptions(bus, &mut sub, changes, &mut subs)).await?;
+                    if !subs.answered_through(subs.subscribes_sent) {
+                        held_until = subs.subscribes_sent;
+                        held.extend(batch.drain(..));
+                        continue;
+                    }
                 }
                 write_batch(
                     bus,
@@ -1286,11 +1335,25 @@ enum SubCommand {
 struct SubCommands {
     pending: VecDeque<SubCommand>,
     retry: HashSet<GroupId>,
+    /// `(S)SUBSCRIBE` commands sent on this connection, and those answered (every channel
+    /// confirmed, or an error): a history publish waits until the subscriptions sent before it
+    /// are answered ([`SubCommands::answered_through`]).
+    subscribes_sent: u64,
+    subscribes_answered: u64,
 }
 
 impl SubCommands {
     fn sent(&mut self, command: SubCommand) {
+        if matches!(command, SubCommand::Subscribe(_)) {
+            self.subscribes_sent += 1;
+        }
         self.pending.push_back(command);
+    }
+
+    /// Whether the first `mark` subscribe commands sent are answered: Redis has made those
+    /// subscriptions (or refused them) before it runs anything sent after the answer came.
+    fn answered_through(&self, mark: u64) -> bool {
+        self.subscribes_answered >= mark
     }
 
     /// Takes a confirmation of `channel`: whether it answers the command in front.
@@ -1306,6 +1369,9 @@ impl SubCommands {
         channels.remove(at);
         if channels.is_empty() {
             self.pending.pop_front();
+            if subscribe {
+                self.subscribes_answered += 1;
+            }
         }
         true
     }
@@ -1318,7 +1384,11 @@ impl SubCommands {
 
     /// The command an error reply answers.
     fn errored(&mut self) -> Option<SubCommand> {
-        self.pending.pop_front()
+        let command = self.pending.pop_front();
+        if matches!(command, Some(SubCommand::Subscribe(_))) {
+            self.subscribes_answered += 1;
+        }
+        command
     }
 
     fn retry(&mut self, prefix: &str, channels: impl IntoIterator<Item = Bytes>) {
@@ -1805,6 +1875,7 @@ fn apply_topology<N: Node>(
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
+    let _routing = bus.routing.lock();
     let old = bus.topology.read().clone();
     let unchanged = old.slots.as_deref() == Some(&discovered.slots[..])
         && old.shards.len() == discovered.masters.len()
@@ -2069,6 +2140,53 @@ mod tests {
     fn refresh_asked<N: Node>(bus: &RedisBus<N>) -> bool {
         use futures_util::FutureExt;
         bus.refresh.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn a_subscribe_is_answered_once_every_channel_is_confirmed_or_refused() {
+        let bus = test_bus(false);
+        let (shard, inbox, channels) = wanting(&["a", "b", "c"]);
+        let mut subs = SubCommands::default();
+        assert!(
+            subs.answered_through(0),
+            "nothing sent, nothing to wait for"
+        );
+        subs.sent(SubCommand::Subscribe(
+            [channels[0].clone(), channels[1].clone()].into(),
+        ));
+        subs.sent(SubCommand::Ping);
+        subs.sent(SubCommand::Unsubscribe([channels[0].clone()].into()));
+        subs.sent(SubCommand::Subscribe([channels[2].clone()].into()));
+        assert_eq!(
+            subs.subscribes_sent, 2,
+            "pings and unsubscribes are not counted"
+        );
+        let mark = subs.subscribes_sent;
+
+        let reply = |r: Reply, subs: &mut SubCommands| {
+            on_sub_reply(&bus, &shard, &inbox, r, subs).expect("an answer");
+        };
+        reply(confirmation("subscribe", &channels[0], 1), &mut subs);
+        assert!(
+            !subs.answered_through(1),
+            "one of its two channels confirmed"
+        );
+        reply(confirmation("subscribe", &channels[1], 2), &mut subs);
+        assert!(subs.answered_through(1) && !subs.answered_through(mark));
+        reply(Reply::Simple(Bytes::from_static(b"PONG")), &mut subs);
+        reply(confirmation("unsubscribe", &channels[0], 1), &mut subs);
+        assert!(
+            !subs.answered_through(mark),
+            "an unsubscribe answers no subscribe"
+        );
+        // Refused (an ACL, say): answered all the same, and retried later.
+        reply(
+            Reply::Error(Bytes::from_static(b"NOPERM no access")),
+            &mut subs,
+        );
+        assert!(subs.answered_through(mark));
+        assert!(subs.pending.is_empty(), "{:?}", subs.pending);
+        assert_eq!(bus.counters.subscriptions_refused.load(Relaxed), 1);
     }
 
     #[test]
