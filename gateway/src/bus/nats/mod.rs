@@ -344,6 +344,9 @@ impl Carrier for NatsCarrier {
             )),
             history_queued: AtomicU64::new(0),
             history_done: watch::Sender::new(0),
+            subscriptions_asked: AtomicU64::new(0),
+            subscriptions_wanted: Notify::new(),
+            subscriptions_applied: watch::Sender::new(0),
             session: AtomicU64::new(0),
             client: Mutex::new(None),
             down: Notify::new(),
@@ -415,6 +418,11 @@ struct NatsBus {
     /// the broker link's single queue gives.
     history_queued: AtomicU64,
     history_done: watch::Sender<u64>,
+    /// The history task's requests that the carrier task apply the node's subscription
+    /// changes (numbered), and the last one it answered: see [`subscriptions_applied`].
+    subscriptions_asked: AtomicU64,
+    subscriptions_wanted: Notify,
+    subscriptions_applied: watch::Sender<u64>,
     /// The client's connection count of the session the carrier task reconciled with the
     /// node; 0 while the bus is down. Set by the task, cleared by it or by the event callback
     /// when that session is lost ([`NatsBus::connection_lost`]).
@@ -810,6 +818,7 @@ async fn history_loop(
         if n == 0 {
             return; // the bus itself is gone
         }
+        subscriptions_applied(&bus).await;
         // Each group's messages in order, the groups side by side.
         let mut by_group: Vec<Vec<HistoryPublish>> = Vec::new();
         let mut index: HashMap<GroupId, usize> = HashMap::new();
@@ -835,6 +844,25 @@ async fn history_loop(
         }
         bus.history_done.send_modify(|done| *done += n as u64);
     }
+}
+
+/// Resolves once the carrier task has applied the node's subscription changes recorded so far:
+/// their `SUB`s are in the client's command channel, ahead of any store made after this (one
+/// connection, whose commands the server runs in order). The stream republishes a stored
+/// message to the subscribers of the group's subject at once, and this gateway's members get it
+/// only that way: a client that joins a group and sends to it at once (the seed's snippet does)
+/// must find this gateway subscribed. Bounded by `--history-timeout`; while the bus is down the
+/// carrier task answers at once, and the reconciliation after the next connection comes before
+/// any store ([`until_up`]).
+async fn subscriptions_applied(bus: &NatsBus) {
+    let asked = bus.subscriptions_asked.fetch_add(1, Relaxed) + 1;
+    let mut applied = bus.subscriptions_applied.subscribe();
+    bus.subscriptions_wanted.notify_one();
+    let _ = tokio::time::timeout(
+        bus.history.timeout(),
+        applied.wait_for(|applied| *applied >= asked),
+    )
+    .await;
 }
 
 /// Stores one message of a group with history, waiting while the bus is down; counts it
@@ -960,12 +988,16 @@ impl<N: Node> Link<N> {
                 _ = self.bus.link_changed.notified() => Wake::Link,
                 _ = poll.tick() => Wake::Link,
                 _ = self.node.subscriptions_changed() => Wake::Changes,
+                _ = self.bus.subscriptions_wanted.notified() => Wake::Changes,
                 Some((group, message)) = self.inbound.next() => Wake::Message(group, message),
             };
             let handled = async {
                 match wake {
                     Wake::Link => self.check_link().await,
                     Wake::Changes => {
+                        // What the history task asked before the changes are taken is
+                        // answered once they are applied.
+                        let asked = self.bus.subscriptions_asked.load(Relaxed);
                         let changes = self.node.subscriptions(false);
                         if self.synced.is_some()
                             && !self.apply(changes.subscribe, changes.unsubscribe).await
@@ -974,6 +1006,11 @@ impl<N: Node> Link<N> {
                             // full reconciliation after the next connection.
                             self.lost();
                         }
+                        self.bus.subscriptions_applied.send_if_modified(|applied| {
+                            let newer = asked > *applied;
+                            *applied = (*applied).max(asked);
+                            newer
+                        });
                     }
                     Wake::Message(group, message) => self.receive(group, message),
                 }
