@@ -5,7 +5,7 @@
 
 use anyhow::{ensure, Context, Result};
 use e2e::history::{join_positioned, next_positioned, texts, WAIT};
-use e2e::{Broker, Gateway, GatewayConfig, RawFrame};
+use e2e::{Broker, Gateway, GatewayConfig};
 
 enum Carrier {
     Embedded,
@@ -77,6 +77,7 @@ on_both_brokers!(
     a_member_recovers_exactly_what_it_missed,
     an_offset_older_than_history_recovers_what_is_left,
     raw_members_see_no_change,
+    a_member_that_joins_and_sends_at_once_gets_its_message,
 );
 
 async fn a_member_recovers_exactly_what_it_missed(carrier: Carrier) -> Result<()> {
@@ -304,30 +305,7 @@ async fn without_the_store_reads_and_joins_say_so() -> Result<()> {
     e2e::expect_quiet([&mut member, &mut other, &mut again, &mut late]).await
 }
 
-/// The seed's flow on a group with history: a client joins and sends at once, both frames in
-/// one write (as the seed's browser snippet's two sends arrive), and gets its message. A history
-/// message reaches this gateway's members only through the store, so the join's subscription
-/// must be there before the publish (without that the message was lost in about half of the
-/// runs). Repeated with fresh groups.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_that_joins_and_sends_at_once_gets_its_message() -> Result<()> {
-    let setup = setup(Carrier::Embedded, 1, "seed:=100,10m").await?;
-    let gateway = &setup.gateways[0];
-    let mut clients = Vec::new();
-    for i in 0..10 {
-        let mut client = gateway.connect(&format!("client{i}")).await?;
-        let join = format!(r#"{{"cmd":"add_group","group_id":"seed:{i}"}}"#);
-        let send = format!(
-            r#"{{"cmd":"send_to_group","group_id":"seed:{i}","message":"C'est le message"}}"#
-        );
-        client
-            .send_frames(&[RawFrame::text(join), RawFrame::text(send)])
-            .await?;
-        client
-            .expect_text("C'est le message")
-            .await
-            .with_context(|| format!("round {i}"))?;
-        clients.push(client);
-    }
-    e2e::expect_quiet(clients.iter_mut()).await
+async fn a_member_that_joins_and_sends_at_once_gets_its_message(carrier: Carrier) -> Result<()> {
+    let setup = setup(carrier, 1, "seed:=100,10m").await?;
+    e2e::history::a_member_that_joins_and_sends_at_once_gets_its_message(&setup.gateways[0]).await
 }

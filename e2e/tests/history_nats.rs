@@ -134,6 +134,13 @@ async fn raw_members_see_no_change() -> Result<()> {
     e2e::history::raw_members_see_no_change(&a, &b).await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_joins_and_sends_at_once_gets_its_message() -> Result<()> {
+    let nats = jetstream("nats").await?;
+    let gateway = gateway("gw0", &nats, "seed:=100,10m").await?;
+    e2e::history::a_member_that_joins_and_sends_at_once_gets_its_message(&gateway).await
+}
+
 /// Senders on two gateways store messages of one group at once: the offsets are 1 to 200
 /// without a gap or a repeat, each sender's messages in its order, and the members on both
 /// gateways receive the same messages at the same offsets, in order.

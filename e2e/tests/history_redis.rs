@@ -81,6 +81,11 @@ async fn an_offset_older_than_history_recovers_what_is_left(engine: &Engine) -> 
     e2e::history::an_offset_older_than_history_recovers_what_is_left(&gateways[0]).await
 }
 
+async fn a_member_that_joins_and_sends_at_once_gets_its_message(engine: &Engine) -> Result<()> {
+    let gateways = gateways(engine, 1, "seed:=100,10m").await?;
+    e2e::history::a_member_that_joins_and_sends_at_once_gets_its_message(&gateways[0]).await
+}
+
 async fn raw_members_see_no_change(engine: &Engine) -> Result<()> {
     let gateways = gateways(engine, 2, "chat:=100,10m").await?;
     e2e::history::raw_members_see_no_change(&gateways[0], &gateways[1]).await
@@ -111,6 +116,7 @@ on_redis_and_shards!(
     a_member_recovers_exactly_what_it_missed,
     an_offset_older_than_history_recovers_what_is_left,
     raw_members_see_no_change,
+    a_member_that_joins_and_sends_at_once_gets_its_message,
 );
 
 /// The keys of `group`'s history (prefix `gp`) on `server`: its hash and its stream.
@@ -148,6 +154,13 @@ async fn a_member_recovers_exactly_what_it_missed_on_a_cluster() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// On a cluster: a client that joins a group and sends to it at once gets its message (the
+/// subscription is on the master serving the channel's slot before the script publishes there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_joins_and_sends_at_once_gets_its_message_on_a_cluster() -> Result<()> {
+    a_member_that_joins_and_sends_at_once_gets_its_message(&Engine::cluster().await?).await
 }
 
 /// Redis restarted empty: a recover answers `recovered:false` with the new epoch, from 0.
