@@ -56,6 +56,11 @@ impl Subscriptions {
         }
     }
 
+    /// Whether there are changes to take.
+    pub fn has_changes(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// The changes since the last call (or since [`Subscriptions::start_full_sync`]).
     pub fn take_changes(&mut self) -> SubscriptionChanges {
         self.pending.drain().collect()
@@ -94,6 +99,7 @@ mod tests {
         subs.record(&id("b"), true);
         subs.record(&id("c"), true);
         subs.record(&id("c"), false);
+        assert!(subs.has_changes());
         let mut changes = subs.take_changes();
         changes.subscribe.sort_by(|x, y| x.as_str().cmp(y.as_str()));
         assert_eq!(changes.subscribe, vec![id("b")]);
@@ -102,7 +108,7 @@ mod tests {
             vec![id("c")],
             "the last change of a group wins"
         );
-        assert!(subs.take_changes().is_empty());
+        assert!(!subs.has_changes() && subs.take_changes().is_empty());
     }
 
     #[test]

@@ -362,6 +362,11 @@ impl Router {
 impl Router {
     fn subscriptions(&self, full: bool) -> SubscriptionChanges {
         if !full {
+            // Asked at every history publish too: the exclusive lock only when there is
+            // something to take.
+            if !self.table.read().subscriptions.has_changes() {
+                return SubscriptionChanges::default();
+            }
             return self.table.write().subscriptions.take_changes();
         }
         self.table.write().subscriptions.start_full_sync();
