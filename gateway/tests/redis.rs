@@ -98,6 +98,79 @@ async fn a_slow_worker_blocks_neither_publishes_nor_heartbeats() -> Result<()> {
     .await
 }
 
+/// A history publish waits for the subscriptions sent before it to be answered, but not past
+/// `--history-timeout`: here the subscriber connection is not read (this gateway's workers take
+/// nothing and its inbox is full), so the answer to a new subscription never comes; the
+/// message is stored once the timeout has passed, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_publish_waits_for_subscriptions_at_most_the_history_timeout() -> Result<()> {
+    use gateway::bus::inbound::INBOX_MESSAGES;
+    use gateway::bus::redis::history::HistoryKeys;
+    use gateway::bus::HistoryPolicy;
+    use protocol::GroupName;
+
+    const HOLD: Duration = Duration::from_secs(1);
+    let server = RedisServer::start("redis").await?;
+    let url = server.url();
+    let (slow, other) = (Arc::new(FakeNode::default()), Arc::new(FakeNode::default()));
+    slow.want("a", true);
+    slow.stall(true);
+    let address: BusAddress = url.parse()?;
+    let slow_config = GatewayConfig {
+        history: vec!["h:=100,1m".parse().map_err(anyhow::Error::msg)?],
+        history_timeout: HOLD,
+        ..config("slow")
+    };
+    let slow_bus = RedisCarrier::new(&address, &slow_config)?
+        .start(slow.clone(), CancellationToken::new())
+        .bus;
+    let other_bus = start(&url, "other", other.clone())?.bus;
+    wait_for_subscribers(&server, "a", 1).await?;
+    wait_for_status(&other_bus, "the other bus up", |s| s.up).await?;
+    // More than the inbox holds: the slow gateway stops reading its subscriber connection.
+    for i in 0..INBOX_MESSAGES + 100 {
+        publish(&other_bus, "a", &format!("to a {i}"));
+    }
+    wait_for_status(&slow_bus, "the inbox full", |s| {
+        s.messages_in >= INBOX_MESSAGES as u64
+    })
+    .await?;
+
+    slow.want("h:1", true);
+    wait_for_subscribers(&server, "h:1", 1).await?;
+    let group = GroupName::parse("h:1", 64).expect("group");
+    let policy = HistoryPolicy {
+        size: 100,
+        ttl: Duration::from_secs(60),
+    };
+    let sent = std::time::Instant::now();
+    slow_bus.publish_history(&group, &bytes::Bytes::from_static(b"held"), policy);
+    let keys = HistoryKeys::new("gp", "h:1");
+    let stored = || async {
+        let len: i64 = server
+            .query(redis::cmd("XLEN").arg(keys.stream.as_slice()))
+            .await?;
+        anyhow::Ok(len)
+    };
+    tokio::time::sleep(HOLD / 3).await;
+    ensure!(
+        stored().await? == 0,
+        "stored before the subscription was answered"
+    );
+    wait_until("the held message stored", STATS_TIMEOUT, || async {
+        ensure!(stored().await? == 1);
+        Ok(())
+    })
+    .await?;
+    ensure!(sent.elapsed() >= HOLD, "stored after {:?}", sent.elapsed());
+    let status = slow_bus.status();
+    ensure!(
+        status.history_publishes == 1 && status.history_publishes_dropped == 0 && status.up,
+        "{status:?}"
+    );
+    Ok(())
+}
+
 /// The history publish script stores a call sent again (after a lost connection) once: the
 /// numbers a gateway gives its calls tell the server which it already stored, per gateway, and
 /// a group's meta hash keeps at most `PUBLISHER_FIELDS` gateways' numbers.

@@ -1138,9 +1138,11 @@ async fn bounded<T>(
 /// find this gateway subscribed. The subscriber and publisher connections are two, which Redis
 /// serves in no set order, so a batch with a history publish first sends the target's pending
 /// subscriptions (the bus recorded them before queuing the publish) and then waits, in `held`,
-/// until Redis has answered every subscribe sent so far; meanwhile the publish queue is not
-/// read (it fills and counts its drops as ever). Plain publishes reach this gateway's members
-/// without Redis and never wait, except behind a held batch (their order is kept).
+/// until Redis has answered every subscribe sent on the subscriber connection so far (this
+/// join's and any other not answered yet), at most `--history-timeout`; meanwhile the publish
+/// queue is not read (it fills and counts its drops as ever). Plain publishes reach this
+/// gateway's members without Redis; they wait only when they are in or behind a held batch
+/// (their order is kept).
 async fn session<N: Node>(
     bus: &RedisBus<N>,
     shard: &Shard,
@@ -1183,7 +1185,12 @@ async fn session<N: Node>(
     }
     let mut expected: VecDeque<Expect> = VecDeque::new();
     // The history publishes kept while Redis was down go once the resubscription is answered.
+    // A wait ends after `--history-timeout` all the same (the subscriber connection may be
+    // left unread while the inbox is full): the batch is sent, in order, and a join just made
+    // may miss it.
+    let hold = settings.requests.timeout;
     let mut held_until = subs.subscribes_sent;
+    let mut held_deadline = Instant::now() + hold;
     if !held.is_empty() {
         tracing::debug!(carrier = bus.carrier, shard = %shard.address, held = held.len(), "history messages kept while redis was down: sent once resubscribed");
     }
@@ -1201,7 +1208,13 @@ async fn session<N: Node>(
         None => ping.clone(),
     };
     loop {
-        if !held.is_empty() && subs.answered_through(held_until) {
+        let answered = subs.answered_through(held_until);
+        if !held.is_empty() && (answered || Instant::now() >= held_deadline) {
+            if !answered {
+                if let Some(suppressed) = shard.may_warn() {
+                    tracing::warn!(carrier = bus.carrier, shard = %shard.address, waited = ?hold, suppressed, "redis did not answer subscriptions in time: history messages sent without waiting for them");
+                }
+            }
             let mut batch: Vec<Outgoing> = held.drain(..).collect();
             write_batch(
                 bus,
@@ -1253,6 +1266,7 @@ async fn session<N: Node>(
                     expected.push_back(Expect::Load);
                 }
             }
+            _ = tokio::time::sleep_until(held_deadline), if !held.is_empty() => {}
             _ = shard.changed.notified() => {
                 // After a topology refresh too: the groups a `MOVED` answered for are retried
                 // here, unless they moved to another master.
@@ -1265,13 +1279,14 @@ async fn session<N: Node>(
                     return Ok(());
                 }
                 if batch.iter().any(|out| matches!(out, Outgoing::History(..))) {
+                    // Held first: should the subscriptions' write fail, the session's end keeps
+                    // or counts the batch like anything else held.
+                    held.extend(batch.drain(..));
+                    held_deadline = Instant::now() + hold;
                     let changes = shard.interest.lock().take_changes();
                     bounded(sub_heard, timeout, write_subscriptions(bus, &mut sub, changes, &mut subs)).await?;
-                    if !subs.answered_through(subs.subscribes_sent) {
-                        held_until = subs.subscribes_sent;
-                        held.extend(batch.drain(..));
-                        continue;
-                    }
+                    held_until = subs.subscribes_sent;
+                    continue;
                 }
                 write_batch(
                     bus,
