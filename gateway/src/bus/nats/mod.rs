@@ -818,7 +818,10 @@ async fn history_loop(
         if n == 0 {
             return; // the bus itself is gone
         }
-        subscriptions_applied(&bus).await;
+        tokio::select! {
+            _ = subscriptions_applied(&bus) => {}
+            _ = shutdown.cancelled() => return,
+        }
         // Each group's messages in order, the groups side by side.
         let mut by_group: Vec<Vec<HistoryPublish>> = Vec::new();
         let mut index: HashMap<GroupId, usize> = HashMap::new();
