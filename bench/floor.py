@@ -29,6 +29,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from carriers import Proc, free_port, wait_port
@@ -47,12 +48,13 @@ def cpu_ticks(pid):
     return int(rest[11]), int(rest[12])
 
 
-def reader(port):
-    """Accepts CONNECTIONS connections and drains them until the process is terminated."""
+def reader():
+    """Listens (printing its port), accepts CONNECTIONS connections and drains them until the
+    process is terminated."""
     listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
+    listener.bind(("127.0.0.1", 0))
     listener.listen(CONNECTIONS)
+    print(listener.getsockname()[1], flush=True)
     sel = selectors.EpollSelector()
     accepted = 0
     while accepted < CONNECTIONS:
@@ -63,9 +65,12 @@ def reader(port):
     while True:
         for key, _ in sel.select(timeout=0.1):
             try:
-                key.fileobj.recv(65536)
+                data = key.fileobj.recv(65536)
             except BlockingIOError:
                 continue
+            if not data:
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
 
 
 def floor_child(port, duration):
@@ -111,11 +116,12 @@ def floor_child(port, duration):
 
 
 def run_floor(duration):
-    port = free_port()
-    # The reader runs in its own process, so that its time is not the writer's.
-    child = subprocess.Popen([sys.executable, __file__, "--reader", str(port)])
+    # The reader runs in its own process, so that its time is not the writer's. It prints its
+    # port once it listens (a probe connection would take one of its CONNECTIONS places).
+    child = subprocess.Popen([sys.executable, __file__, "--reader"], stdout=subprocess.PIPE,
+                             text=True)
     try:
-        wait_port(port)
+        port = int(child.stdout.readline())
         out = subprocess.run([sys.executable, __file__, "--writer", str(port),
                               "--duration", str(duration)],
                              capture_output=True, text=True, timeout=duration + 120)
@@ -138,7 +144,8 @@ def run_gateway(gateway_bin, bench_bin, duration):
         args = [bench_bin, "--url", f"ws://127.0.0.1:{port}", "fanout", "--connections",
                 str(CONNECTIONS), "--groups", "10", "--senders", "10", "--rate", "40",
                 "--payload", "64", "--warmup", "2s", "--duration", f"{duration}s", "--json"]
-        bench = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        errors = tempfile.TemporaryFile(mode="w+")
+        bench = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors, text=True)
         # push-bench connects, warms up for 2 s, then measures for `duration`: sample inside
         # that window, leaving a margin at each end.
         samples = []
@@ -148,17 +155,20 @@ def run_gateway(gateway_bin, bench_bin, duration):
 
         deadline = time.perf_counter() + 120
         while time.perf_counter() < deadline and bench.poll() is None:
-            # Wait for the connections to be in place: the gateway's CPU settles.
+            # Wait for the connections to be in place (the count includes the gateway's two
+            # listeners, and the last few connections follow within milliseconds), then for
+            # push-bench's warm-up to end.
             time.sleep(0.5)
-            if len(samples) == 0 and _established(gw.p.pid) >= CONNECTIONS:
+            if len(samples) == 0 and _sockets(gw.p.pid) >= CONNECTIONS:
                 time.sleep(3.0)
                 sample()
                 time.sleep(max(1.0, duration - 2.0))
                 sample()
                 break
-        out, err = bench.communicate(timeout=duration + 300)
+        out, _ = bench.communicate(timeout=duration + 300)
         if bench.returncode not in (0, 2):
-            raise RuntimeError(f"push-bench failed ({bench.returncode}): {err[-2000:]}")
+            errors.seek(0)
+            raise RuntimeError(f"push-bench failed ({bench.returncode}): {errors.read()[-2000:]}")
         result = json.loads(out)
         if len(samples) != 2:
             raise RuntimeError("the gateway's CPU was not sampled inside the measured window")
@@ -175,8 +185,8 @@ def run_gateway(gateway_bin, bench_bin, duration):
         gw.stop()
 
 
-def _established(pid):
-    """TCP connections the process holds (its open sockets)."""
+def _sockets(pid):
+    """The sockets the process holds (its listeners and its connections)."""
     try:
         return sum(1 for fd in os.listdir(f"/proc/{pid}/fd")
                    if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"))
@@ -191,11 +201,11 @@ def main():
     ap.add_argument("--bench", default="target/release/push-bench")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--reader", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--reader", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--writer", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.reader:
-        reader(a.reader)
+        reader()
         return
     if a.writer:
         floor_child(a.writer, a.duration)
