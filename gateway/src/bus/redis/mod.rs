@@ -66,7 +66,8 @@
 //! a shard is down, history publishes are kept for its next connection, within the queue's
 //! bounds (the store is the only way such a message reaches anyone, this gateway's members
 //! included); plain publishes are dropped. A batch with a history publish waits until Redis has
-//! answered the subscriptions sent before it (a join just before the send: see [`session`]). Reads and removals use a connection of their own per
+//! answered the subscriptions sent before it (a join just before the send), at most
+//! `--history-timeout` (see [`session`]). Reads and removals use a connection of their own per
 //! shard ([`history::Requests`]), never the publisher's or the subscriber's.
 //!
 //! TLS (`rediss://`) trusts the system's roots (`SSL_CERT_FILE` may name others); the database
