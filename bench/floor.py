@@ -68,6 +68,8 @@ def reader():
                 data = key.fileobj.recv(65536)
             except BlockingIOError:
                 continue
+            except ConnectionResetError:
+                data = b""
             if not data:
                 sel.unregister(key.fileobj)
                 key.fileobj.close()
@@ -107,6 +109,8 @@ def floor_child(port, duration):
         due += PERIOD
     after = os.times()
     n = writes - writes_before
+    if n == 0:
+        sys.exit("the writer made no write in the measured window")
     print(json.dumps({
         "writes": n,
         "writes_per_sec": n / duration,
@@ -121,7 +125,10 @@ def run_floor(duration):
     child = subprocess.Popen([sys.executable, __file__, "--reader"], stdout=subprocess.PIPE,
                              text=True)
     try:
-        port = int(child.stdout.readline())
+        line = child.stdout.readline()
+        if not line.strip():
+            raise RuntimeError("the reader process ended before it listened")
+        port = int(line)
         out = subprocess.run([sys.executable, __file__, "--writer", str(port),
                               "--duration", str(duration)],
                              capture_output=True, text=True, timeout=duration + 120)
@@ -146,43 +153,52 @@ def run_gateway(gateway_bin, bench_bin, duration):
                 "--payload", "64", "--warmup", "2s", "--duration", f"{duration}s", "--json"]
         errors = tempfile.TemporaryFile(mode="w+")
         bench = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors, text=True)
-        # push-bench connects, warms up for 2 s, then measures for `duration`: sample inside
-        # that window, leaving a margin at each end.
-        samples = []
-
-        def sample():
-            samples.append((time.perf_counter(), cpu_ticks(gw.p.pid)))
-
-        deadline = time.perf_counter() + 120
-        while time.perf_counter() < deadline and bench.poll() is None:
-            # Wait for the connections to be in place (the count includes the gateway's two
-            # listeners, and the last few connections follow within milliseconds), then for
-            # push-bench's warm-up to end.
-            time.sleep(0.5)
-            if len(samples) == 0 and _sockets(gw.p.pid) >= CONNECTIONS:
-                time.sleep(3.0)
-                sample()
-                time.sleep(max(1.0, duration - 2.0))
-                sample()
-                break
-        out, _ = bench.communicate(timeout=duration + 300)
-        if bench.returncode not in (0, 2):
-            errors.seek(0)
-            raise RuntimeError(f"push-bench failed ({bench.returncode}): {errors.read()[-2000:]}")
-        result = json.loads(out)
-        if len(samples) != 2:
-            raise RuntimeError("the gateway's CPU was not sampled inside the measured window")
-        (t0, (u0, s0)), (t1, (u1, s1)) = samples
-        rate = result["deliveries_per_sec"]
-        deliveries = rate * (t1 - t0)
-        return {
-            "deliveries_per_sec": rate,
-            "user_us_per_delivery": (u1 - u0) / TICK * 1e6 / deliveries,
-            "system_us_per_delivery": (s1 - s0) / TICK * 1e6 / deliveries,
-            "lost": result["lost"], "duplicated": result["duplicated"],
-        }
+        try:
+            return _measure(gw, bench, errors, duration)
+        finally:
+            if bench.poll() is None:
+                bench.kill()
+                bench.wait()
+            errors.close()
     finally:
         gw.stop()
+
+
+def _measure(gw, bench, errors, duration):
+    """The gateway's user and system time per delivery inside push-bench's measured window:
+    push-bench connects, warms up for 2 s, then measures for `duration`; the two samples are
+    taken inside that window, with a margin at each end."""
+    samples = []
+    deadline = time.perf_counter() + 120
+    while time.perf_counter() < deadline and bench.poll() is None:
+        # Wait for the connections to be in place (the count includes the gateway's two
+        # listeners, and the last few connections follow within milliseconds), then for
+        # push-bench's warm-up to end.
+        time.sleep(0.5)
+        if _sockets(gw.p.pid) >= CONNECTIONS:
+            time.sleep(3.0)
+            samples.append((time.perf_counter(), cpu_ticks(gw.p.pid)))
+            time.sleep(duration - 2.0)
+            samples.append((time.perf_counter(), cpu_ticks(gw.p.pid)))
+            break
+    out, _ = bench.communicate(timeout=duration + 300)
+    if bench.returncode not in (0, 2):
+        errors.seek(0)
+        raise RuntimeError(f"push-bench failed ({bench.returncode}): {errors.read()[-2000:]}")
+    result = json.loads(out)
+    if len(samples) != 2:
+        raise RuntimeError("the gateway's CPU was not sampled inside the measured window")
+    (t0, (u0, s0)), (t1, (u1, s1)) = samples
+    rate = result["deliveries_per_sec"]
+    if not rate:
+        raise RuntimeError(f"push-bench measured no deliveries: {out[-2000:]}")
+    deliveries = rate * (t1 - t0)
+    return {
+        "deliveries_per_sec": rate,
+        "user_us_per_delivery": (u1 - u0) / TICK * 1e6 / deliveries,
+        "system_us_per_delivery": (s1 - s0) / TICK * 1e6 / deliveries,
+        "lost": result["lost"], "duplicated": result["duplicated"],
+    }
 
 
 def _sockets(pid):
@@ -204,6 +220,9 @@ def main():
     ap.add_argument("--reader", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--writer", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.duration < 4:
+        ap.error("--duration must be at least 4 (s): the gateway is sampled from 1 s into "
+                 "push-bench's window to 1 s before its end")
     if a.reader:
         reader()
         return
