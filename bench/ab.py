@@ -38,7 +38,9 @@ SHAPES = {
 }
 
 
-def run(gateway_bin, bench_bin, shape, duration):
+def start_gateway(gateway_bin):
+    """A gateway as the shapes of issue 12 run it: 2 workers, embedded broker, no admin, rate
+    and per-IP limits off; returns (process, WebSocket port) once it listens."""
     port = free_port()
     gw = Proc("gateway", [
         gateway_bin, "--listen", f"127.0.0.1:{port}", "--admin", "off", "--workers", "2",
@@ -46,6 +48,15 @@ def run(gateway_bin, bench_bin, shape, duration):
         "--max-connections-per-ip", "0", "--log-format", "json"])
     try:
         wait_port(port)
+    except BaseException:
+        gw.stop()
+        raise
+    return gw, port
+
+
+def run(gateway_bin, bench_bin, shape, duration):
+    gw, port = start_gateway(gateway_bin)
+    try:
         args = [bench_bin, "--url", f"ws://127.0.0.1:{port}", *SHAPES[shape], "--json",
                 "--server-pid", str(gw.p.pid)]
         if shape != "idle":

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from carriers import Proc, free_port, wait_port
+from ab import SHAPES, start_gateway
 
 TICK = os.sysconf("SC_CLK_TCK")
 CONNECTIONS = 1000
@@ -141,16 +141,10 @@ def run_floor(duration):
 
 
 def run_gateway(gateway_bin, bench_bin, duration):
-    port = free_port()
-    gw = Proc("gateway", [
-        gateway_bin, "--listen", f"127.0.0.1:{port}", "--admin", "off", "--workers", "2",
-        "--broker-listen", "127.0.0.1:0", "--max-messages-per-second", "0",
-        "--max-connections-per-ip", "0", "--log-format", "json"])
+    gw, port = start_gateway(gateway_bin)
     try:
-        wait_port(port)
-        args = [bench_bin, "--url", f"ws://127.0.0.1:{port}", "fanout", "--connections",
-                str(CONNECTIONS), "--groups", "10", "--senders", "10", "--rate", "40",
-                "--payload", "64", "--warmup", "2s", "--duration", f"{duration}s", "--json"]
+        args = [bench_bin, "--url", f"ws://127.0.0.1:{port}", *SHAPES["everyday"],
+                "--duration", f"{duration}s", "--json"]
         errors = tempfile.TemporaryFile(mode="w+")
         bench = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors, text=True)
         try:
