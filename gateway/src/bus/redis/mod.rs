@@ -1031,7 +1031,9 @@ fn expect_publish(expected: &mut VecDeque<Expect>, history: bool) {
 
 /// History publishes not sent yet on a target's connection, and those written but not answered.
 struct Pending<'a> {
-    /// Kept while the target was down, for its next connection.
+    /// Publishes on their way to the publisher connection: within a session, the batch taken
+    /// last (written at once, or once the subscriptions before it are answered); between
+    /// sessions, the history publishes kept for the next connection.
     held: &'a mut VecDeque<Outgoing>,
     /// Written, in order, their replies not read yet: sent again on the next connection should
     /// this one be lost ([`requeue`]).
@@ -1216,7 +1218,7 @@ async fn session<N: Node>(
                     tracing::warn!(carrier = bus.carrier, shard = %shard.address, waited = ?hold, suppressed, "redis did not answer subscriptions in time: history messages sent without waiting for them");
                 }
             }
-            let mut batch: Vec<Outgoing> = held.drain(..).collect();
+            batch.extend(held.drain(..));
             write_batch(
                 bus,
                 shard,
@@ -1279,29 +1281,19 @@ async fn session<N: Node>(
                 if n == 0 {
                     return Ok(());
                 }
-                if batch.iter().any(|out| matches!(out, Outgoing::History(..))) {
-                    // Held first: should the subscriptions' write fail, the session's end keeps
-                    // or counts the batch like anything else held.
-                    held.extend(batch.drain(..));
+                // Every batch goes out through `held`, at the top of the loop: at once, or,
+                // with a history publish in it, once the subscriptions are answered. Held
+                // before they are written: should that write fail, the session's end keeps or
+                // counts the batch like anything else held.
+                let history = batch.iter().any(|out| matches!(out, Outgoing::History(..)));
+                held.extend(batch.drain(..));
+                held_until = 0;
+                if history {
                     held_deadline = Instant::now() + hold;
                     let changes = shard.interest.lock().take_changes();
                     bounded(sub_heard, timeout, write_subscriptions(bus, &mut sub, changes, &mut subs)).await?;
                     held_until = subs.subscribes_sent;
-                    continue;
                 }
-                write_batch(
-                    bus,
-                    shard,
-                    &mut publisher,
-                    &mut batch,
-                    script.sha.as_deref(),
-                    pub_heard,
-                    Unanswered {
-                        expected: &mut expected,
-                        in_flight,
-                    },
-                )
-                .await?;
             }
             _ = heartbeat.tick() => {
                 if !inbox.has_room() {
