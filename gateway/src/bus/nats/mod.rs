@@ -1003,6 +1003,7 @@ impl<N: Node> Link<N> {
                         let asked = self.bus.subscriptions_asked.load(Relaxed);
                         let changes = self.node.subscriptions(false);
                         if self.synced.is_some()
+                            && !changes.is_empty()
                             && !self.apply(changes.subscribe, changes.unsubscribe).await
                         {
                             // Lost while subscribing: what was not subscribed is left to the
