@@ -224,6 +224,11 @@ pub trait Bus: Send + Sync + 'static {
     /// its position, to every gateway subscribed to `group`, this one included
     /// ([`Payload::Positioned`]). While the store cannot be reached the message is dropped and
     /// counted in `history_publishes_dropped`.
+    ///
+    /// The store delivers the message to the gateways subscribed when it stores it, and this
+    /// gateway's members get it only that way: the subscriptions the [`Node`] recorded before
+    /// this call must take effect at the store before the message does (a client that joins
+    /// and sends at once gets its message). Each carrier keeps that order its own way.
     fn publish_history(&self, group: &GroupName<'_>, payload: &Bytes, policy: HistoryPolicy);
     /// Reads `group`'s history; a group that has none yet gets its epoch (kept per `policy`).
     fn history(
